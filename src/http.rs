@@ -1,0 +1,161 @@
+//! The plain-HTTP side of the client port: the upgrade request, `/`,
+//! `/healthz` and `/metrics`. Parsing is pure (httparse); the connection
+//! task does the I/O.
+
+use tungstenite::handshake::derive_accept_key;
+
+/// Longest request head accepted.
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A valid WebSocket upgrade; reply 101 with this accept key.
+    Upgrade {
+        /// `Sec-WebSocket-Accept` value.
+        accept: String,
+    },
+    /// A plain GET of this path.
+    Get(String),
+    /// Anything else: reply with this status and close.
+    Reject(u16, &'static str),
+}
+
+/// Parses a request head at the front of `buf`. Ok(None) while incomplete;
+/// otherwise the request and the length of the head.
+pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD {
+                Err("request head too large")
+            } else {
+                Ok(None)
+            };
+        }
+        Err(_) => return Err("malformed request"),
+    };
+    if req.method != Some("GET") {
+        return Ok(Some((Request::Reject(405, "only GET is served"), len)));
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if header("upgrade").is_none() {
+        let path = req.path.unwrap_or("/");
+        let path = path.split('?').next().unwrap_or("/").to_owned();
+        return Ok(Some((Request::Get(path), len)));
+    }
+    if !has_token("upgrade", "websocket")
+        || !has_token("connection", "upgrade")
+        || req.version != Some(1)
+    {
+        return Ok(Some((Request::Reject(400, "bad websocket upgrade"), len)));
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return Ok(Some((
+            Request::Reject(426, "websocket version 13 required"),
+            len,
+        )));
+    }
+    let Some(key) = header("sec-websocket-key").filter(|k| !k.trim().is_empty()) else {
+        return Ok(Some((
+            Request::Reject(400, "missing Sec-WebSocket-Key"),
+            len,
+        )));
+    };
+    Ok(Some((
+        Request::Upgrade {
+            accept: derive_accept_key(key.trim().as_bytes()),
+        },
+        len,
+    )))
+}
+
+/// The 101 response.
+pub fn switching_protocols(accept: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+}
+
+/// A complete response that closes the connection.
+pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let extra = if status == 426 {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The browser client served at `GET /`.
+pub const INDEX_HTML: &str = include_str!("../static/index.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn upgrade_on_any_path() {
+        let (r, n) = parse(UPGRADE.as_bytes()).unwrap().unwrap();
+        assert_eq!(n, UPGRADE.len());
+        // The RFC 6455 example key.
+        assert_eq!(
+            r,
+            Request::Upgrade {
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+            }
+        );
+    }
+
+    #[test]
+    fn plain_gets_and_rejects() {
+        let (r, _) = parse(b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r, Request::Get("/metrics".into()));
+        let (r, _) = parse(b"POST / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert!(matches!(r, Request::Reject(405, _)));
+        let bad_version = UPGRADE.replace("Version: 13", "Version: 8");
+        assert!(matches!(
+            parse(bad_version.as_bytes()).unwrap().unwrap().0,
+            Request::Reject(426, _)
+        ));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost").unwrap(), None);
+        assert!(parse(b"\x00\x01garbage\r\n\r\n").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Per-shard counters, summed only when `/metrics` is read.
+//!
+//! Each shard writes only its own [`ShardStats`] (relaxed atomics: no shared
+//! cache line is written by two cores on the hot path); the reader adds them
+//! up. The fan-out latency histogram is recorded shard-locally and published
+//! into a mutex once per second, so the lock is never on the message path.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use hdrhistogram::Histogram;
+
+/// Counters of one shard.
+#[derive(Debug)]
+pub struct ShardStats {
+    /// Open WebSocket connections.
+    pub connections: AtomicI64,
+    /// Rooms this shard owns that have members.
+    pub rooms: AtomicI64,
+    /// Client commands of type `message` accepted.
+    pub messages_in: AtomicU64,
+    /// Message frames queued to client sockets.
+    pub deliveries: AtomicU64,
+    /// Bytes written to client sockets.
+    pub bytes_out: AtomicU64,
+    /// Error replies by code: 101, 102, 50.
+    pub errors: [AtomicU64; 3],
+    /// Connections closed because their outbound queue passed its cap.
+    pub slow_consumer_closes: AtomicU64,
+    /// Connections closed for a WebSocket protocol violation.
+    pub protocol_closes: AtomicU64,
+    /// Connections closed for idleness or a missed handshake deadline.
+    pub timeout_closes: AtomicU64,
+    /// Upgrades refused with 503 because the node was full.
+    pub rejected_connections: AtomicU64,
+    /// Items sent to this shard's inbound queues and not yet handled.
+    pub queue_depth: AtomicI64,
+    /// Fan-out latency (owner sequenced → recipient shard wrote), microseconds.
+    pub latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            connections: AtomicI64::new(0),
+            rooms: AtomicI64::new(0),
+            messages_in: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            errors: Default::default(),
+            slow_consumer_closes: AtomicU64::new(0),
+            protocol_closes: AtomicU64::new(0),
+            timeout_closes: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            queue_depth: AtomicI64::new(0),
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
+            ),
+        }
+    }
+}
+
+impl ShardStats {
+    /// Counts an error reply.
+    pub fn error(&self, code: u16) {
+        let i = match code {
+            101 => 0,
+            102 => 1,
+            _ => 2,
+        };
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// The node's view of every shard's counters.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// One entry per shard.
+    pub shards: Vec<ShardStats>,
+}
+
+impl NodeStats {
+    /// Counters for `n` shards.
+    pub fn new(n: usize) -> Self {
+        NodeStats {
+            shards: (0..n).map(|_| ShardStats::default()).collect(),
+        }
+    }
+
+    /// Total open connections.
+    pub fn connections(&self) -> i64 {
+        self.shards
+            .iter()
+            .map(|s| s.connections.load(Relaxed))
+            .sum()
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self, max_connections: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let sum_u = |f: fn(&ShardStats) -> &AtomicU64| {
+            self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
+        };
+        let sum_i = |f: fn(&ShardStats) -> &AtomicI64| {
+            self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<i64>()
+        };
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "cchat_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            sum_i(|s| &s.connections).to_string(),
+        );
+        metric(
+            "cchat_max_connections",
+            "gauge",
+            "Connection cap of this node.",
+            max_connections.to_string(),
+        );
+        metric(
+            "cchat_rooms",
+            "gauge",
+            "Rooms with members.",
+            sum_i(|s| &s.rooms).to_string(),
+        );
+        metric(
+            "cchat_messages_in_total",
+            "counter",
+            "Chat messages accepted from clients.",
+            sum_u(|s| &s.messages_in).to_string(),
+        );
+        metric(
+            "cchat_deliveries_total",
+            "counter",
+            "Message frames queued to client sockets.",
+            sum_u(|s| &s.deliveries).to_string(),
+        );
+        metric(
+            "cchat_bytes_out_total",
+            "counter",
+            "Bytes written to client sockets.",
+            sum_u(|s| &s.bytes_out).to_string(),
+        );
+        metric(
+            "cchat_slow_consumer_closes_total",
+            "counter",
+            "Connections closed (1008) because their outbound queue passed its cap.",
+            sum_u(|s| &s.slow_consumer_closes).to_string(),
+        );
+        metric(
+            "cchat_protocol_closes_total",
+            "counter",
+            "Connections closed for a WebSocket protocol violation.",
+            sum_u(|s| &s.protocol_closes).to_string(),
+        );
+        metric(
+            "cchat_timeout_closes_total",
+            "counter",
+            "Connections closed for idleness or a missed handshake deadline.",
+            sum_u(|s| &s.timeout_closes).to_string(),
+        );
+        metric(
+            "cchat_rejected_connections_total",
+            "counter",
+            "Upgrades refused with 503 at the connection cap.",
+            sum_u(|s| &s.rejected_connections).to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cchat_errors_total Error replies sent, by errCode.\n# TYPE cchat_errors_total counter"
+        );
+        for (i, code) in [101, 102, 50].iter().enumerate() {
+            let n: u64 = self.shards.iter().map(|s| s.errors[i].load(Relaxed)).sum();
+            let _ = writeln!(out, "cchat_errors_total{{code=\"{code}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cchat_shard_queue_depth Items waiting in a shard's inbound cross-shard queues.\n# TYPE cchat_shard_queue_depth gauge"
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cchat_shard_queue_depth{{shard=\"{i}\"}} {}",
+                s.queue_depth.load(Relaxed).max(0)
+            );
+        }
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
+        for s in &self.shards {
+            if let Ok(l) = s.latency.lock() {
+                let _ = h.add(&*l);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cchat_fanout_latency_seconds Time from a message being sequenced to its recipients' shard writing it.\n# TYPE cchat_fanout_latency_seconds summary"
+        );
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let _ = writeln!(
+                out,
+                "cchat_fanout_latency_seconds{{quantile=\"{q}\"}} {}",
+                h.value_at_quantile(q) as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "cchat_fanout_latency_seconds_count {}", h.len());
+        out
+    }
+}

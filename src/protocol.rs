@@ -1,0 +1,503 @@
+//! The CChat client protocol: commands in, replies out. No I/O here.
+//!
+//! [`parse`] turns one text frame into a [`Command`] or a [`ProtoError`] whose
+//! code is exactly the one DESIGN §1 assigns (101 not a command, 102 unknown
+//! command, 50 bad field). The `encode_*` functions write each reply straight
+//! into a WebSocket frame ([`crate::ws::FrameBuf`]): a reply is encoded once
+//! and its bytes are shared by every recipient.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes};
+use simd_json::BorrowedValue as Value;
+use simd_json::prelude::*;
+use thiserror::Error;
+
+use crate::ids::{Id, Name};
+use crate::json::{self, Obj};
+use crate::ws::FrameBuf;
+
+/// Error code: the frame is not a JSON object with a string `cmd` (or is binary).
+pub const ERR_NOT_COMMAND: u16 = 101;
+/// Error code: `cmd` names no command.
+pub const ERR_UNKNOWN_CMD: u16 = 102;
+/// Error code: a field is invalid or missing, or the command is not allowed now.
+pub const ERR_INVALID: u16 = 50;
+
+/// A command refused with an error reply; the connection stays open.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("error {code}: {msg}")]
+pub struct ProtoError {
+    /// `errCode` of the reply.
+    pub code: u16,
+    /// `errMsg` of the reply.
+    pub msg: Cow<'static, str>,
+}
+
+impl ProtoError {
+    /// An error with a fixed message.
+    pub const fn new(code: u16, msg: &'static str) -> Self {
+        ProtoError {
+            code,
+            msg: Cow::Borrowed(msg),
+        }
+    }
+
+    /// Error 50 with a message naming the field.
+    pub fn invalid(msg: impl Into<Cow<'static, str>>) -> Self {
+        ProtoError {
+            code: ERR_INVALID,
+            msg: msg.into(),
+        }
+    }
+
+    /// The error reply frame.
+    pub fn encode(&self) -> Bytes {
+        let mut f = FrameBuf::with_capacity(48 + self.msg.len());
+        Obj::new(f.body(), "error")
+            .num("errCode", self.code as u64)
+            .str("errMsg", &self.msg)
+            .end();
+        f.finish()
+    }
+}
+
+/// Kind of a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgType {
+    /// Plain text.
+    Text,
+    /// A URL of an audio clip.
+    Audio,
+    /// A URL of a picture.
+    Pic,
+}
+
+impl MsgType {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MsgType::Text => "text",
+            MsgType::Audio => "audio",
+            MsgType::Pic => "pic",
+        }
+    }
+}
+
+/// A client command, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Join a room (and, the first time, establish the session's identity).
+    Login {
+        /// Display name; required on a connection's first login.
+        name: Option<Name>,
+        /// Room to join.
+        rid: Id,
+        /// Chosen user id; the server assigns one when absent.
+        uid: Option<Id>,
+        /// Receive own room messages and copies of own private messages.
+        echo: bool,
+    },
+    /// Post to a room, or privately to `tid` within it.
+    Message {
+        /// Kind of message.
+        mtype: MsgType,
+        /// Body.
+        msg: String,
+        /// Room.
+        rid: Id,
+        /// Private recipient.
+        tid: Option<Id>,
+    },
+    /// Leave one room, or all.
+    Logout {
+        /// Room to leave; all rooms when absent.
+        rid: Option<Id>,
+    },
+    /// List a room's members.
+    GetOnline {
+        /// Room.
+        rid: Id,
+    },
+    /// Fetch a room's stored messages.
+    GetHistory {
+        /// Room.
+        rid: Id,
+        /// Only messages with `seq` greater than this.
+        since: Option<u64>,
+        /// At most this many.
+        limit: Option<usize>,
+    },
+}
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    /// Longest `msg`, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Parses one text frame. `data` is parsed in place (simd-json rewrites it).
+pub fn parse(
+    data: &mut [u8],
+    buffers: &mut simd_json::Buffers,
+    limits: ParseLimits,
+) -> Result<Command, ProtoError> {
+    let v = simd_json::borrowed::to_value_with_buffers(data, buffers)
+        .map_err(|_| ProtoError::new(ERR_NOT_COMMAND, "frame is not valid JSON"))?;
+    if !v.is_object() {
+        return Err(ProtoError::new(
+            ERR_NOT_COMMAND,
+            "frame is not a JSON object",
+        ));
+    }
+    let cmd = v
+        .get("cmd")
+        .and_then(|c| c.as_str())
+        .ok_or(ProtoError::new(ERR_NOT_COMMAND, "missing string field cmd"))?;
+    match cmd {
+        "login" => Ok(Command::Login {
+            name: match v.get("name") {
+                None => None,
+                Some(n) => Some(n.as_str().and_then(Name::parse).ok_or(ProtoError::new(
+                    ERR_INVALID,
+                    "name must be 1-64 bytes of text without control characters",
+                ))?),
+            },
+            rid: id_field(&v, "rid")?,
+            uid: opt_id_field(&v, "uid")?,
+            echo: match v.get("echo") {
+                None => false,
+                Some(e) => e
+                    .as_bool()
+                    .ok_or(ProtoError::new(ERR_INVALID, "echo must be a boolean"))?,
+            },
+        }),
+        "message" => {
+            let mtype = match v.get("type").and_then(|t| t.as_str()) {
+                Some("text") => MsgType::Text,
+                Some("audio") => MsgType::Audio,
+                Some("pic") => MsgType::Pic,
+                _ => {
+                    return Err(ProtoError::new(
+                        ERR_INVALID,
+                        "type must be text, audio or pic",
+                    ));
+                }
+            };
+            let msg = v
+                .get("msg")
+                .and_then(|m| m.as_str())
+                .ok_or(ProtoError::new(ERR_INVALID, "msg must be a string"))?;
+            if msg.len() > limits.max_message_bytes {
+                return Err(ProtoError::invalid(format!(
+                    "msg is longer than {} bytes",
+                    limits.max_message_bytes
+                )));
+            }
+            Ok(Command::Message {
+                mtype,
+                msg: msg.to_owned(),
+                rid: id_field(&v, "rid")?,
+                tid: opt_id_field(&v, "tid")?,
+            })
+        }
+        "logout" => Ok(Command::Logout {
+            rid: opt_id_field(&v, "rid")?,
+        }),
+        "getOnline" => Ok(Command::GetOnline {
+            rid: id_field(&v, "rid")?,
+        }),
+        "getHistory" => Ok(Command::GetHistory {
+            rid: id_field(&v, "rid")?,
+            since: opt_u64(&v, "since")?,
+            limit: opt_u64(&v, "limit")?.map(|l| l.min(usize::MAX as u64) as usize),
+        }),
+        _ => Err(ProtoError::new(ERR_UNKNOWN_CMD, "unknown cmd")),
+    }
+}
+
+fn id_value(v: &Value<'_>) -> Option<Id> {
+    if let Some(s) = v.as_str() {
+        Id::parse_str(s)
+    } else if v.is_u64() || v.is_i64() {
+        v.as_u64().and_then(Id::from_u64)
+    } else {
+        None
+    }
+}
+
+fn opt_id_field(v: &Value<'_>, key: &'static str) -> Result<Option<Id>, ProtoError> {
+    match v.get(key) {
+        None => Ok(None),
+        Some(x) => id_value(x).map(Some).ok_or_else(|| bad_id(key)),
+    }
+}
+
+fn id_field(v: &Value<'_>, key: &'static str) -> Result<Id, ProtoError> {
+    opt_id_field(v, key)?.ok_or_else(|| bad_id(key))
+}
+
+fn bad_id(key: &'static str) -> ProtoError {
+    ProtoError::invalid(format!(
+        "{key} must be a positive integer or 1-64 characters of [A-Za-z0-9_.:-]"
+    ))
+}
+
+fn opt_u64(v: &Value<'_>, key: &'static str) -> Result<Option<u64>, ProtoError> {
+    match v.get(key) {
+        None => Ok(None),
+        Some(x) => x
+            .as_u64()
+            .filter(|_| x.is_u64() || x.is_i64())
+            .map(Some)
+            .ok_or_else(|| ProtoError::invalid(format!("{key} must be a non-negative integer"))),
+    }
+}
+
+// ---- replies ------------------------------------------------------------
+
+/// `{"cmd":"login","uid","name","rid"}`, also used for `newUser` and `userLeave`.
+pub fn encode_presence(cmd: &str, uid: &str, name: &str, rid: &str) -> Bytes {
+    let mut f = FrameBuf::with_capacity(48 + uid.len() + name.len() + rid.len());
+    Obj::new(f.body(), cmd)
+        .str("uid", uid)
+        .str("name", name)
+        .str("rid", rid)
+        .end();
+    f.finish()
+}
+
+/// `{"cmd":"logout","rid"}`.
+pub fn encode_logout(rid: &str) -> Bytes {
+    let mut f = FrameBuf::with_capacity(32 + rid.len());
+    Obj::new(f.body(), "logout").str("rid", rid).end();
+    f.finish()
+}
+
+/// The fields of one chat message as sent to clients.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageOut<'a> {
+    /// Sender.
+    pub uid: &'a str,
+    /// Sender's name.
+    pub name: &'a str,
+    /// Kind.
+    pub mtype: MsgType,
+    /// Room.
+    pub rid: &'a str,
+    /// Body.
+    pub msg: &'a str,
+    /// Private recipient.
+    pub tid: Option<&'a str>,
+    /// Room sequence number.
+    pub seq: u64,
+    /// Room epoch.
+    pub epoch: u64,
+    /// Server time, Unix milliseconds.
+    pub ts: u64,
+}
+
+/// A `message` frame. Returns the frame and the offset at which its JSON
+/// body starts, so history can keep the JSON without copying it.
+pub fn encode_message(m: &MessageOut<'_>) -> (Bytes, usize) {
+    let mut f = FrameBuf::with_capacity(128 + m.msg.len() + m.name.len());
+    let mut o = Obj::new(f.body(), "message")
+        .str("uid", m.uid)
+        .str("name", m.name)
+        .str("type", m.mtype.as_str())
+        .str("rid", m.rid)
+        .str("msg", m.msg);
+    if let Some(t) = m.tid {
+        o = o.str("tid", t);
+    }
+    o.num("seq", m.seq)
+        .num("epoch", m.epoch)
+        .num("ts", m.ts)
+        .end();
+    let body_len = f.body().len() - 10;
+    let frame = f.finish();
+    let off = frame.len() - body_len;
+    (frame, off)
+}
+
+/// `{"cmd":"getOnline","rid","users":[{"uid","name"}…]}`.
+pub fn encode_online<'a>(rid: &str, users: impl Iterator<Item = (&'a str, &'a str)>) -> Bytes {
+    let mut f = FrameBuf::with_capacity(256);
+    Obj::new(f.body(), "getOnline")
+        .str("rid", rid)
+        .raw("users", |b| {
+            b.put_u8(b'[');
+            for (i, (uid, name)) in users.enumerate() {
+                if i > 0 {
+                    b.put_u8(b',');
+                }
+                b.put_slice(b"{\"uid\":");
+                json::write_str(b, uid);
+                b.put_slice(b",\"name\":");
+                json::write_str(b, name);
+                b.put_u8(b'}');
+            }
+            b.put_u8(b']');
+        })
+        .end();
+    f.finish()
+}
+
+/// `{"cmd":"getHistory","rid","epoch","msgs":[…]}` from stored message JSON.
+pub fn encode_history<'a>(rid: &str, epoch: u64, msgs: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut f = FrameBuf::with_capacity(1024);
+    Obj::new(f.body(), "getHistory")
+        .str("rid", rid)
+        .num("epoch", epoch)
+        .raw("msgs", |b| {
+            b.put_u8(b'[');
+            for (i, m) in msgs.enumerate() {
+                if i > 0 {
+                    b.put_u8(b',');
+                }
+                b.put_slice(m);
+            }
+            b.put_u8(b']');
+        })
+        .end();
+    f.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIM: ParseLimits = ParseLimits {
+        max_message_bytes: 1024,
+    };
+
+    fn p(s: &str) -> Result<Command, ProtoError> {
+        let mut b = s.as_bytes().to_vec();
+        parse(&mut b, &mut simd_json::Buffers::default(), LIM)
+    }
+
+    fn code(s: &str) -> u16 {
+        p(s).unwrap_err().code
+    }
+
+    fn body(frame: &Bytes) -> serde_json::Value {
+        let (_, r, _) = crate::ws::parse_server_frame(frame).unwrap().unwrap();
+        serde_json::from_slice(&frame[r]).unwrap()
+    }
+
+    #[test]
+    fn login_forms() {
+        let c = p(r#"{"cmd":"login","name":"ann","rid":5,"uid":"u1","echo":true}"#).unwrap();
+        assert_eq!(
+            c,
+            Command::Login {
+                name: Name::parse("ann"),
+                rid: Id::from_u64(5).unwrap(),
+                uid: Id::parse_str("u1"),
+                echo: true
+            }
+        );
+        assert!(matches!(
+            p(r#"{"cmd":"login","name":"a","rid":"r"}"#).unwrap(),
+            Command::Login {
+                uid: None,
+                echo: false,
+                ..
+            }
+        ));
+        assert_eq!(code(r#"{"cmd":"login","name":"a","rid":0}"#), 50);
+        assert_eq!(code(r#"{"cmd":"login","name":"a","rid":-3}"#), 50);
+        assert_eq!(code(r#"{"cmd":"login","name":"a","rid":1.5}"#), 50);
+        assert_eq!(code(r#"{"cmd":"login","name":"a","rid":"a b"}"#), 50);
+        assert_eq!(code(r#"{"cmd":"login","name":"a"}"#), 50);
+        assert_eq!(code(r#"{"cmd":"login","name":7,"rid":"r"}"#), 50);
+        assert_eq!(
+            code(r#"{"cmd":"login","name":"a","rid":"r","echo":"yes"}"#),
+            50
+        );
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(code("not json"), 101);
+        assert_eq!(code("[1,2]"), 101);
+        assert_eq!(code(r#""login""#), 101);
+        assert_eq!(code(r#"{"cmd":5}"#), 101);
+        assert_eq!(code(r#"{"x":1}"#), 101);
+        assert_eq!(code(r#"{"cmd":"debug"}"#), 102);
+        assert_eq!(code(r#"{"cmd":"proxySet"}"#), 102);
+        assert_eq!(
+            code(r#"{"cmd":"message","type":"video","msg":"x","rid":1}"#),
+            50
+        );
+        assert_eq!(
+            code(r#"{"cmd":"message","type":"text","msg":5,"rid":1}"#),
+            50
+        );
+        let long = format!(
+            r#"{{"cmd":"message","type":"text","msg":"{}","rid":1}}"#,
+            "x".repeat(1025)
+        );
+        assert_eq!(code(&long), 50);
+        assert_eq!(code(r#"{"cmd":"getHistory","rid":1,"since":-1}"#), 50);
+    }
+
+    #[test]
+    fn message_with_escapes() {
+        let c =
+            p(r#"{"cmd":"message","type":"text","msg":"a\"\u00e9\n","rid":"r","tid":9}"#).unwrap();
+        let Command::Message { msg, tid, .. } = c else {
+            panic!()
+        };
+        assert_eq!(msg, "a\"é\n");
+        assert_eq!(tid.unwrap().as_str(), "9");
+    }
+
+    #[test]
+    fn replies_are_valid_json() {
+        let m = MessageOut {
+            uid: "1",
+            name: "Ann \"A\"",
+            mtype: MsgType::Pic,
+            rid: "r",
+            msg: "<img src=x>",
+            tid: Some("2"),
+            seq: 3,
+            epoch: 4,
+            ts: 5,
+        };
+        let (f, off) = encode_message(&m);
+        let v = body(&f);
+        assert_eq!(v["name"], "Ann \"A\"");
+        assert_eq!(v["tid"], "2");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(&f[off..off + 1], b"{");
+        let o = body(&encode_online("r", [("1", "a"), ("2", "b")].into_iter()));
+        assert_eq!(o["users"][1]["name"], "b");
+        let h = body(&encode_history("r", 9, [&f[off..], &f[off..]].into_iter()));
+        assert_eq!(h["msgs"][1]["seq"], 3);
+        assert_eq!(h["epoch"], 9);
+        let e = body(&ProtoError::new(50, "x").encode());
+        assert_eq!(e["errCode"], 50);
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let r = parse(&mut bytes, &mut simd_json::Buffers::default(), LIM);
+            if let Err(e) = r {
+                prop_assert!([50, 101, 102].contains(&e.code));
+            }
+        }
+
+        #[test]
+        fn any_message_text_survives(msg in "\\PC{0,100}", rid in "[a-z0-9]{1,10}") {
+            let frame = serde_json::json!({"cmd":"message","type":"text","msg":msg,"rid":rid}).to_string();
+            let c = p(&frame).unwrap();
+            let Command::Message { msg: got, .. } = c else { panic!() };
+            prop_assert_eq!(got, msg);
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Starting and stopping a node: open-file limit, shards, signals.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::timer::Timer;
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::node::Node;
+use crate::shard::{Shard, ShardMsg, TICK};
+
+/// Capacity of each cross-shard queue, in messages.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// File descriptors kept back from the connection cap (listeners, io_uring,
+/// relay links, log files, sockets still in their HTTP phase).
+const FD_RESERVE: u64 = 128;
+
+/// Raises the soft open-file limit to the hard limit; returns the new limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Runs a node until SIGINT or SIGTERM. Prints `listening on ADDR` on
+/// stdout once every shard accepts (scripts and tests wait for that line).
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let nofile = raise_nofile_limit();
+    let fd_cap = nofile.saturating_sub(FD_RESERVE).max(16) as usize;
+    let max_connections = cfg.max_connections.unwrap_or(fd_cap);
+    info!(
+        nofile,
+        max_connections,
+        shards = cfg.shards,
+        "open-file limit raised to the hard limit"
+    );
+    if max_connections > fd_cap {
+        warn!(
+            max_connections,
+            fd_cap, "--max-connections is above what the open-file limit allows"
+        );
+    }
+
+    // Reserve the port (port 0 resolves here) so every shard binds the same one.
+    let reserve =
+        reserve_port(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = reserve
+        .local_addr()?
+        .as_socket()
+        .context("listen address")?;
+    let nshards = cfg.shards;
+    let node = Arc::new(Node::new(cfg, max_connections));
+    let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, QUEUE_CAPACITY);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<anyhow::Result<()>>(nshards);
+
+    let mut handles = Vec::new();
+    for i in 0..nshards {
+        let node = node.clone();
+        let mesh = mesh.clone();
+        let ready = ready_tx.clone();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+            .name(&format!("shard-{i}"))
+            .io_memory(1 << 20)
+            .spawn(move || async move { shard_main(i, node, mesh, addr, ready).await })
+            .map_err(|e| anyhow::anyhow!("cannot start shard {i}: {e}"))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..nshards {
+        ready_rx.recv().context("a shard died while starting")??;
+    }
+    drop(reserve);
+    println!("listening on {addr}");
+    info!(%addr, "listening");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    let sig_node = node.clone();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for (n, sig) in signals.forever().enumerate() {
+                if n > 0 {
+                    warn!(sig, "second signal: exiting now");
+                    std::process::exit(130);
+                }
+                info!(sig, "shutting down");
+                sig_node.shutdown.store(true, Relaxed);
+            }
+        })?;
+
+    for h in handles {
+        h.join().map_err(|e| anyhow::anyhow!("shard failed: {e}"))?;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+async fn shard_main(
+    id: usize,
+    node: Arc<Node>,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    addr: SocketAddr,
+    ready: crossbeam_channel::Sender<anyhow::Result<()>>,
+) {
+    let (senders, receivers) = if node.cfg.shards > 1 {
+        match mesh.join().await {
+            Ok((s, r)) => (Some(s), Some(r)),
+            Err(_) => {
+                let _ = ready.send(Err(anyhow::anyhow!("shard {id}: mesh join failed")));
+                return;
+            }
+        }
+    } else {
+        (None, None)
+    };
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow::anyhow!("shard {id}: bind {addr}: {e}")));
+            return;
+        }
+    };
+    let shard = Rc::new(Shard::new(id, node.clone(), senders));
+
+    let mut tasks = Vec::new();
+    if let Some(mut receivers) = receivers {
+        for (_, rx) in receivers.streams() {
+            let shard = shard.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let mut n = 0u32;
+                while let Some(msg) = rx.recv().await {
+                    shard.node.stats.shards[shard.id]
+                        .queue_depth
+                        .fetch_sub(1, Relaxed);
+                    shard.handle(msg);
+                    n = n.wrapping_add(1);
+                    if n % 64 == 0 {
+                        // Let the flusher write what this batch queued.
+                        futures_lite::future::yield_now().await;
+                    }
+                }
+            }));
+        }
+        for dst in (0..node.cfg.shards).filter(|d| *d != id) {
+            tasks.push(glommio::spawn_local(shard.clone().run_pump(dst)));
+        }
+    }
+    tasks.push(glommio::spawn_local(shard.clone().run_flusher()));
+    let _ = ready.send(Ok(()));
+
+    let acceptor = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+                    }
+                    Err(e) => {
+                        // Out of descriptors or a transient error: back off, keep serving.
+                        warn!(shard = shard.id, error = %e, "accept failed");
+                        Timer::new(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    // Sweeper: idle checks, pings, and the shutdown flag.
+    while !node.shutdown.load(Relaxed) {
+        Timer::new(TICK).await;
+        shard.sweep();
+    }
+    drop(acceptor);
+    shard.close_all();
+    let deadline = Instant::now() + node.cfg.shutdown_grace + Duration::from_secs(1);
+    while shard.conn_count() > 0 && Instant::now() < deadline {
+        Timer::new(Duration::from_millis(20)).await;
+    }
+    drop(tasks);
+}

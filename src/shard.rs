@@ -1,0 +1,1178 @@
+//! One shard: an executor's share of the node.
+//!
+//! A shard owns the connections the kernel handed to its listener, the rooms
+//! that [`crate::placement::shard_for`] assigns to it, and a local index of
+//! which of its connections sit in which room. Everything here runs on one
+//! thread, so state lives in `RefCell`s that are borrowed only between awaits.
+//!
+//! Message path (see DESIGN §2):
+//! 1. a connection task parses a command and sends one [`ShardMsg`] to the
+//!    room's owner shard (handled inline when that is this shard);
+//! 2. the owner sequences it, encodes the frame once, and sends one
+//!    [`ShardMsg::Deliver`] per shard that holds members;
+//! 3. each shard pushes the shared bytes onto its members' queues and marks
+//!    them dirty; the flusher then writes every dirty socket once, with all
+//!    its queued frames gathered into one `send`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::channels::channel_mesh::Senders;
+use glommio::{GlommioError, ResourceType};
+use hdrhistogram::Histogram;
+use indexmap::IndexSet;
+use slab::Slab;
+
+use crate::ids::{Id, Name};
+use crate::node::Node;
+use crate::placement::shard_for;
+use crate::protocol::{self, Command, MessageOut, MsgType, ParseLimits, ProtoError};
+use crate::ratelimit::TokenBucket;
+use crate::room::{ConnRef, Joined, Room};
+use crate::ws;
+
+/// The one message type that crosses shards (glommio's channel mesh).
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// To the owner: admit a connection to a room.
+    Join {
+        /// Room.
+        rid: Id,
+        /// Connection.
+        conn: ConnRef,
+        /// Its user.
+        uid: Id,
+        /// The user's name.
+        name: Name,
+        /// Echo flag of the connection.
+        echo: bool,
+    },
+    /// To the owner: a connection left a room (logout when `ack`, else disconnect).
+    Leave {
+        /// Room.
+        rid: Id,
+        /// Connection.
+        conn: ConnRef,
+        /// Send the logout acknowledgement.
+        ack: bool,
+    },
+    /// To the owner: a chat message to sequence and fan out.
+    Publish(Box<Publish>),
+    /// To the owner: roster request.
+    GetOnline {
+        /// Room.
+        rid: Id,
+        /// Requesting connection.
+        conn: ConnRef,
+    },
+    /// To the owner: history request.
+    GetHistory {
+        /// Room.
+        rid: Id,
+        /// Requesting connection.
+        conn: ConnRef,
+        /// After this seq.
+        since: Option<u64>,
+        /// At most this many.
+        limit: Option<usize>,
+    },
+    /// From the owner: the connection is a member now; index it and send the ack.
+    Joined {
+        /// Room.
+        rid: Id,
+        /// Connection.
+        conn: ConnRef,
+        /// Encoded login acknowledgement.
+        ack: Bytes,
+    },
+    /// From the owner: one encoded frame for this shard's members of a room.
+    Deliver {
+        /// Room.
+        rid: Id,
+        /// The frame, shared by every recipient.
+        frame: Bytes,
+        /// Who receives it.
+        audience: Audience,
+        /// When the owner sequenced it (for the fan-out latency metric).
+        t0: Instant,
+    },
+    /// From the owner: a reply to one connection.
+    Direct {
+        /// Connection.
+        conn: ConnRef,
+        /// The frame.
+        frame: Bytes,
+    },
+}
+
+/// A chat message on its way to the owner.
+#[derive(Debug)]
+pub struct Publish {
+    /// Room.
+    pub rid: Id,
+    /// Sending connection.
+    pub from: ConnRef,
+    /// Sender's uid (from the session).
+    pub uid: Id,
+    /// Sender's name (from the session).
+    pub name: Name,
+    /// Kind.
+    pub mtype: MsgType,
+    /// Body.
+    pub msg: String,
+    /// Private recipient.
+    pub tid: Option<Id>,
+}
+
+/// Which of a shard's room members receive a [`ShardMsg::Deliver`].
+#[derive(Debug)]
+pub enum Audience {
+    /// Every member on the shard, except one connection (the sender without echo).
+    AllExcept(Option<ConnRef>),
+    /// Exactly these connections (private messages).
+    Only(Vec<ConnRef>),
+}
+
+/// Why a connection is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closing {
+    /// Close code sent to the client.
+    pub(crate) code: u16,
+}
+
+/// A connection's state as the shard sees it.
+#[derive(Debug)]
+pub(crate) struct ConnEntry {
+    generation: u32,
+    fd: RawFd,
+    // Session.
+    uid: Option<Id>,
+    name: Option<Name>,
+    echo: bool,
+    /// Rooms joined or being joined (the owner's roster follows in FIFO order).
+    rooms: Vec<Id>,
+    msg_bucket: TokenBucket,
+    frame_bucket: TokenBucket,
+    // Output.
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    front_off: usize,
+    dirty: bool,
+    pub(crate) write_blocked: bool,
+    pub(crate) closing: Option<Closing>,
+    waker: Option<Waker>,
+    // Liveness, in sweeper ticks.
+    last_rx: u32,
+    pinged: bool,
+}
+
+/// Tick length of the sweeper (idle checks, pings, shutdown polling).
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// Largest gather buffer for one socket write.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// A shard's state. Shared by its tasks through `Rc`.
+pub struct Shard {
+    /// Index of this shard.
+    pub id: usize,
+    /// Number of shards on the node.
+    pub nshards: usize,
+    /// Node-wide shared state.
+    pub node: Arc<Node>,
+    conns: RefCell<Slab<ConnEntry>>,
+    next_gen: Cell<u32>,
+    local_rooms: RefCell<HashMap<Id, IndexSet<u32>>>,
+    owned: RefCell<HashMap<Id, Room>>,
+    dirty: RefCell<Vec<u32>>,
+    flush_waker: RefCell<Option<Waker>>,
+    write_buf: RefCell<Vec<u8>>,
+    /// Shared read buffer: every connection reads into it and copies out only
+    /// the tail of an incomplete frame, so an idle socket holds no buffer.
+    pub(crate) read_buf: RefCell<Box<[u8]>>,
+    json_buffers: RefCell<simd_json::Buffers>,
+    senders: Option<Senders<ShardMsg>>,
+    /// Per destination shard: messages waiting because its queue was full.
+    outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
+    pump_busy: Vec<Cell<bool>>,
+    pump_wakers: RefCell<Vec<Option<Waker>>>,
+    uid_counter: Cell<u64>,
+    /// Sweeper ticks since start.
+    pub(crate) tick: Cell<u32>,
+    latency: RefCell<Histogram<u64>>,
+    /// Set when the node shuts down.
+    pub(crate) shutting_down: Cell<bool>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shard {
+    /// A shard with no connections yet.
+    pub fn new(id: usize, node: Arc<Node>, senders: Option<Senders<ShardMsg>>) -> Self {
+        let n = node.cfg.shards;
+        Shard {
+            id,
+            nshards: n,
+            conns: RefCell::new(Slab::new()),
+            next_gen: Cell::new(1),
+            local_rooms: RefCell::new(HashMap::new()),
+            owned: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(Vec::new()),
+            flush_waker: RefCell::new(None),
+            write_buf: RefCell::new(Vec::with_capacity(WRITE_CHUNK)),
+            read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
+            json_buffers: RefCell::new(simd_json::Buffers::new(1024)),
+            senders,
+            outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            pump_busy: (0..n).map(|_| Cell::new(false)).collect(),
+            pump_wakers: RefCell::new(vec![None; n]),
+            uid_counter: Cell::new(0),
+            tick: Cell::new(0),
+            latency: RefCell::new(
+                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
+            ),
+            shutting_down: Cell::new(false),
+            node,
+        }
+    }
+
+    fn stats(&self) -> &crate::metrics::ShardStats {
+        &self.node.stats.shards[self.id]
+    }
+
+    // ---- connections ---------------------------------------------------
+
+    /// Registers an upgraded connection; returns its slot.
+    pub(crate) fn register(&self, fd: RawFd) -> u32 {
+        let generation = self.next_gen.get();
+        self.next_gen.set(generation.wrapping_add(1));
+        let now = Instant::now();
+        let burst = self.node.cfg.rate_limit * 2.0;
+        let key = self.conns.borrow_mut().insert(ConnEntry {
+            generation,
+            fd,
+            uid: None,
+            name: None,
+            echo: false,
+            rooms: Vec::new(),
+            msg_bucket: TokenBucket::new(burst, now),
+            frame_bucket: TokenBucket::new(frame_burst(self.node.cfg.rate_limit), now),
+            queue: VecDeque::new(),
+            queued: 0,
+            front_off: 0,
+            dirty: false,
+            write_blocked: false,
+            closing: None,
+            waker: None,
+            last_rx: self.tick.get(),
+            pinged: false,
+        });
+        self.stats().connections.fetch_add(1, Relaxed);
+        key as u32
+    }
+
+    fn conn_ref(&self, key: u32, generation: u32) -> ConnRef {
+        ConnRef {
+            shard: self.id as u16,
+            key,
+            generation,
+        }
+    }
+
+    /// Forgets a connection: leaves its rooms (telling their owners).
+    pub(crate) fn unregister(&self, key: u32) {
+        let e = self.conns.borrow_mut().remove(key as usize);
+        self.stats().connections.fetch_sub(1, Relaxed);
+        self.node.open.fetch_sub(1, Relaxed);
+        let me = self.conn_ref(key, e.generation);
+        for rid in e.rooms {
+            self.unindex(&rid, key);
+            self.send(
+                shard_for(&rid, self.nshards),
+                ShardMsg::Leave {
+                    rid,
+                    conn: me,
+                    ack: false,
+                },
+            );
+        }
+    }
+
+    fn unindex(&self, rid: &str, key: u32) {
+        let mut lr = self.local_rooms.borrow_mut();
+        if let Some(set) = lr.get_mut(rid) {
+            set.swap_remove(&key);
+            if set.is_empty() {
+                lr.remove(rid);
+            }
+        }
+    }
+
+    /// Notes input activity (for the idle timeout).
+    pub(crate) fn touch(&self, key: u32) {
+        if let Some(e) = self.conns.borrow_mut().get_mut(key as usize) {
+            e.last_rx = self.tick.get();
+            e.pinged = false;
+        }
+    }
+
+    /// Stores the connection task's waker so the shard can wake it.
+    pub(crate) fn set_waker(&self, key: u32, w: &Waker) {
+        if let Some(e) = self.conns.borrow_mut().get_mut(key as usize) {
+            match &e.waker {
+                Some(old) if old.will_wake(w) => {}
+                _ => e.waker = Some(w.clone()),
+            }
+        }
+    }
+
+    /// (closing, write_blocked) of a connection.
+    pub(crate) fn conn_flags(&self, key: u32) -> (Option<Closing>, bool) {
+        let c = self.conns.borrow();
+        let e = &c[key as usize];
+        (e.closing, e.write_blocked)
+    }
+
+    /// Starts closing a connection with a close frame. Frames not yet begun
+    /// are dropped (a half-written one is finished first, or the stream
+    /// would be corrupt); the connection task flushes and hangs up.
+    pub(crate) fn begin_close(&self, key: u32, code: u16, reason: &str) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(e) = conns.get_mut(key as usize) else {
+            return;
+        };
+        if e.closing.is_some() {
+            return;
+        }
+        e.closing = Some(Closing { code });
+        let keep = if e.front_off > 0 { 1 } else { 0 };
+        e.queue.truncate(keep);
+        e.queued = e.queue.iter().map(Bytes::len).sum();
+        let f = ws::close_frame(code, reason);
+        e.queued += f.len();
+        e.queue.push_back(f);
+        if let Some(w) = e.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a frame on a connection and marks it for the next flush.
+    /// Returns false if the connection is closing or was just closed for
+    /// exceeding its outbound cap.
+    fn enqueue(&self, conns: &mut Slab<ConnEntry>, key: u32, frame: &Bytes) -> bool {
+        let Some(e) = conns.get_mut(key as usize) else {
+            return false;
+        };
+        if e.closing.is_some() {
+            return false;
+        }
+        if e.queued + frame.len() > self.node.cfg.max_outbound_bytes {
+            // Slow consumer: close with 1008 rather than grow without bound.
+            self.stats().slow_consumer_closes.fetch_add(1, Relaxed);
+            e.closing = Some(Closing {
+                code: ws::close_code::POLICY,
+            });
+            let keep = if e.front_off > 0 { 1 } else { 0 };
+            e.queue.truncate(keep);
+            let f = ws::close_frame(ws::close_code::POLICY, "outbound queue full");
+            e.queue.push_back(f);
+            e.queued = e.queue.iter().map(Bytes::len).sum();
+            if let Some(w) = e.waker.take() {
+                w.wake();
+            }
+            return false;
+        }
+        e.queue.push_back(frame.clone());
+        e.queued += frame.len();
+        if !e.dirty && !e.write_blocked {
+            e.dirty = true;
+            self.dirty.borrow_mut().push(key);
+        }
+        true
+    }
+
+    /// Queues a frame to one local connection and schedules the flush.
+    pub(crate) fn send_frame(&self, key: u32, frame: &Bytes) {
+        let mut conns = self.conns.borrow_mut();
+        self.enqueue(&mut conns, key, frame);
+        drop(conns);
+        self.wake_flusher();
+    }
+
+    fn send_error(&self, key: u32, err: &ProtoError) {
+        self.stats().error(err.code);
+        self.send_frame(key, &err.encode());
+    }
+
+    fn wake_flusher(&self) {
+        if !self.dirty.borrow().is_empty() {
+            if let Some(w) = self.flush_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    // ---- output ----------------------------------------------------------
+
+    /// The flusher task: whenever connections are dirty, writes each once.
+    /// It runs after the tasks that queued frames yield, so a burst of
+    /// deliveries becomes one `send` per socket.
+    pub(crate) async fn run_flusher(self: Rc<Self>) {
+        let mut batch: Vec<u32> = Vec::new();
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.dirty.borrow().is_empty() {
+                    *self.flush_waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
+            for key in batch.drain(..) {
+                self.flush_now(key);
+            }
+        }
+    }
+
+    /// Writes what a connection has queued with non-blocking sends. If the
+    /// socket is full, the connection task takes over and waits for it.
+    fn flush_now(&self, key: u32) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(e) = conns.get_mut(key as usize) else {
+            return;
+        };
+        e.dirty = false;
+        if e.write_blocked {
+            return;
+        }
+        let mut wb = self.write_buf.borrow_mut();
+        while !e.queue.is_empty() {
+            let r = if e.queue.len() == 1 {
+                let f = &e.queue[0][e.front_off..];
+                raw_send(e.fd, f)
+            } else {
+                gather(e, &mut wb);
+                raw_send(e.fd, &wb)
+            };
+            match r {
+                Ok(n) => {
+                    self.stats().bytes_out.fetch_add(n as u64, Relaxed);
+                    consume(e, n);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    e.write_blocked = true;
+                    if let Some(w) = e.waker.take() {
+                        w.wake();
+                    }
+                    return;
+                }
+                Err(_) => {
+                    // Peer reset: drop the output; the task sees the error on read.
+                    e.queue.clear();
+                    e.queued = 0;
+                    e.front_off = 0;
+                    if let Some(w) = e.waker.take() {
+                        w.wake();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Called by the connection task when its socket was full: writes through
+    /// glommio's stream, which registers for writability when it would block.
+    /// Ready(Ok(true)) when the queue is empty.
+    pub(crate) fn poll_write_queued(
+        &self,
+        key: u32,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<bool>> {
+        let mut conns = self.conns.borrow_mut();
+        let e = &mut conns[key as usize];
+        let mut wb = self.write_buf.borrow_mut();
+        while !e.queue.is_empty() {
+            gather(e, &mut wb);
+            match write(cx, &wb) {
+                Poll::Ready(Ok(n)) => {
+                    self.stats().bytes_out.fetch_add(n as u64, Relaxed);
+                    consume(e, n);
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        e.write_blocked = false;
+        Poll::Ready(Ok(true))
+    }
+
+    /// Bytes still queued for a connection.
+    pub(crate) fn queued(&self, key: u32) -> usize {
+        self.conns
+            .borrow()
+            .get(key as usize)
+            .map_or(0, |e| e.queued)
+    }
+
+    // ---- input -----------------------------------------------------------
+
+    /// Handles one complete text message from a client.
+    pub(crate) fn on_text(&self, key: u32, data: &mut [u8]) {
+        let rate = self.node.cfg.rate_limit;
+        {
+            let mut conns = self.conns.borrow_mut();
+            let e = &mut conns[key as usize];
+            if !e
+                .frame_bucket
+                .take(rate * 10.0, frame_burst(rate), Instant::now())
+            {
+                drop(conns);
+                self.send_error(
+                    key,
+                    &ProtoError::new(protocol::ERR_INVALID, "sending too fast"),
+                );
+                return;
+            }
+        }
+        let limits = ParseLimits {
+            max_message_bytes: self.node.cfg.max_message_bytes,
+        };
+        let parsed = protocol::parse(data, &mut self.json_buffers.borrow_mut(), limits);
+        match parsed {
+            Ok(cmd) => {
+                if let Err(e) = self.on_command(key, cmd) {
+                    self.send_error(key, &e);
+                }
+            }
+            Err(e) => self.send_error(key, &e),
+        }
+    }
+
+    /// A binary frame: the protocol has none.
+    pub(crate) fn on_binary(&self, key: u32) {
+        self.send_error(
+            key,
+            &ProtoError::new(protocol::ERR_NOT_COMMAND, "binary frames are not supported"),
+        );
+    }
+
+    fn on_command(&self, key: u32, cmd: Command) -> Result<(), ProtoError> {
+        let mut conns = self.conns.borrow_mut();
+        let e = &mut conns[key as usize];
+        let me = ConnRef {
+            shard: self.id as u16,
+            key,
+            generation: e.generation,
+        };
+        match cmd {
+            Command::Login {
+                name,
+                rid,
+                uid,
+                echo,
+            } => {
+                let (uid, name) = match (&e.uid, &e.name) {
+                    (Some(u), Some(n)) => (u.clone(), n.clone()),
+                    _ => {
+                        let name =
+                            name.ok_or(ProtoError::new(protocol::ERR_INVALID, "name is required"))?;
+                        let uid = uid.unwrap_or_else(|| self.assign_uid());
+                        e.uid = Some(uid.clone());
+                        e.name = Some(name.clone());
+                        e.echo = echo;
+                        (uid, name)
+                    }
+                };
+                if !e.rooms.contains(&rid) {
+                    e.rooms.push(rid.clone());
+                }
+                drop(conns);
+                let echo = self.conns.borrow()[key as usize].echo;
+                self.send(
+                    shard_for(&rid, self.nshards),
+                    ShardMsg::Join {
+                        rid,
+                        conn: me,
+                        uid,
+                        name,
+                        echo,
+                    },
+                );
+            }
+            Command::Message {
+                mtype,
+                msg,
+                rid,
+                tid,
+            } => {
+                let (Some(uid), Some(name)) = (e.uid.clone(), e.name.clone()) else {
+                    return Err(ProtoError::new(protocol::ERR_INVALID, "not logged in"));
+                };
+                if !e.rooms.contains(&rid) {
+                    return Err(ProtoError::new(
+                        protocol::ERR_INVALID,
+                        "not a member of rid",
+                    ));
+                }
+                let rate = self.node.cfg.rate_limit;
+                if !e.msg_bucket.take(rate, rate * 2.0, Instant::now()) {
+                    return Err(ProtoError::new(protocol::ERR_INVALID, "sending too fast"));
+                }
+                drop(conns);
+                self.stats().messages_in.fetch_add(1, Relaxed);
+                let owner = shard_for(&rid, self.nshards);
+                self.send(
+                    owner,
+                    ShardMsg::Publish(Box::new(Publish {
+                        rid,
+                        from: me,
+                        uid,
+                        name,
+                        mtype,
+                        msg,
+                        tid,
+                    })),
+                );
+            }
+            Command::Logout { rid } => {
+                if e.uid.is_none() {
+                    return Err(ProtoError::new(protocol::ERR_INVALID, "not logged in"));
+                }
+                let leaving: Vec<Id> = match rid {
+                    Some(rid) => {
+                        let Some(pos) = e.rooms.iter().position(|r| *r == rid) else {
+                            return Err(ProtoError::new(
+                                protocol::ERR_INVALID,
+                                "not a member of rid",
+                            ));
+                        };
+                        vec![e.rooms.swap_remove(pos)]
+                    }
+                    None if e.rooms.is_empty() => {
+                        return Err(ProtoError::new(protocol::ERR_INVALID, "not in any room"));
+                    }
+                    None => std::mem::take(&mut e.rooms),
+                };
+                drop(conns);
+                for rid in leaving {
+                    self.unindex(&rid, key);
+                    self.send(
+                        shard_for(&rid, self.nshards),
+                        ShardMsg::Leave {
+                            rid,
+                            conn: me,
+                            ack: true,
+                        },
+                    );
+                }
+            }
+            Command::GetOnline { rid } => {
+                member_check(e, &rid)?;
+                drop(conns);
+                self.send(
+                    shard_for(&rid, self.nshards),
+                    ShardMsg::GetOnline { rid, conn: me },
+                );
+            }
+            Command::GetHistory { rid, since, limit } => {
+                member_check(e, &rid)?;
+                drop(conns);
+                self.send(
+                    shard_for(&rid, self.nshards),
+                    ShardMsg::GetHistory {
+                        rid,
+                        conn: me,
+                        since,
+                        limit,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn assign_uid(&self) -> Id {
+        let n = self.uid_counter.get() + 1;
+        self.uid_counter.set(n);
+        Id::parse_str(&format!("u-{}-{}-{n}", self.node.uid_tag, self.id))
+            .expect("assigned uids are valid ids")
+    }
+
+    // ---- cross-shard -------------------------------------------------------
+
+    /// Sends a message to a shard (handled inline for this shard). A full
+    /// queue is back-pressure: the message waits in an ordered local outbox
+    /// that a pump task feeds into the queue; nothing is dropped.
+    pub(crate) fn send(&self, dst: usize, msg: ShardMsg) {
+        if dst == self.id {
+            self.handle(msg);
+            return;
+        }
+        let Some(senders) = &self.senders else { return };
+        self.node.stats.shards[dst]
+            .queue_depth
+            .fetch_add(1, Relaxed);
+        let mut outbox = self.outbox.borrow_mut();
+        if outbox[dst].is_empty() && !self.pump_busy[dst].get() {
+            match senders.try_send_to(dst, msg) {
+                Ok(()) => return,
+                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                    outbox[dst].push_back(msg)
+                }
+                // The destination shard is gone (shutdown): nothing to deliver to.
+                Err(_) => return,
+            }
+        } else {
+            outbox[dst].push_back(msg);
+        }
+        if let Some(w) = self.pump_wakers.borrow_mut()[dst].take() {
+            w.wake();
+        }
+    }
+
+    /// Feeds the outbox of one destination into its queue, waiting when full.
+    pub(crate) async fn run_pump(self: Rc<Self>, dst: usize) {
+        let Some(senders) = &self.senders else { return };
+        loop {
+            let msg = std::future::poll_fn(|cx| match self.outbox.borrow_mut()[dst].pop_front() {
+                Some(m) => Poll::Ready(m),
+                None => {
+                    self.pump_wakers.borrow_mut()[dst] = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            self.pump_busy[dst].set(true);
+            let r = senders.send_to(dst, msg).await;
+            self.pump_busy[dst].set(self.outbox.borrow()[dst].len() > 0);
+            if r.is_err() {
+                // The peer shard is gone (shutdown): nothing left to deliver to.
+                self.outbox.borrow_mut()[dst].clear();
+                return;
+            }
+        }
+    }
+
+    /// Messages waiting in local outboxes (back-pressure signal for readers).
+    pub(crate) fn outbox_len(&self) -> usize {
+        self.outbox.borrow().iter().map(VecDeque::len).sum()
+    }
+
+    /// Handles a message from a shard (or from this one).
+    pub(crate) fn handle(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Join {
+                rid,
+                conn,
+                uid,
+                name,
+                echo,
+            } => self.owner_join(rid, conn, uid, name, echo),
+            ShardMsg::Leave { rid, conn, ack } => self.owner_leave(rid, conn, ack),
+            ShardMsg::Publish(p) => self.owner_publish(*p),
+            ShardMsg::GetOnline { rid, conn } => {
+                let owned = self.owned.borrow();
+                let frame = match owned.get(&rid) {
+                    Some(room) => protocol::encode_online(&rid, room.users()),
+                    None => protocol::encode_online(&rid, std::iter::empty()),
+                };
+                drop(owned);
+                self.send(conn.shard as usize, ShardMsg::Direct { conn, frame });
+            }
+            ShardMsg::GetHistory {
+                rid,
+                conn,
+                since,
+                limit,
+            } => {
+                let owned = self.owned.borrow();
+                let epoch = self.node.epoch;
+                let frame = match owned.get(&rid) {
+                    Some(room) => protocol::encode_history(
+                        &rid,
+                        epoch,
+                        room.history(since, limit).map(|b| &b[..]),
+                    ),
+                    None => protocol::encode_history(&rid, epoch, std::iter::empty()),
+                };
+                drop(owned);
+                self.send(conn.shard as usize, ShardMsg::Direct { conn, frame });
+            }
+            ShardMsg::Joined { rid, conn, ack } => {
+                let mut conns = self.conns.borrow_mut();
+                let Some(e) = conns
+                    .get_mut(conn.key as usize)
+                    .filter(|e| e.generation == conn.generation)
+                else {
+                    return;
+                };
+                if e.rooms.contains(&rid) {
+                    self.local_rooms
+                        .borrow_mut()
+                        .entry(rid)
+                        .or_default()
+                        .insert(conn.key);
+                }
+                self.enqueue(&mut conns, conn.key, &ack);
+                drop(conns);
+                self.wake_flusher();
+            }
+            ShardMsg::Deliver {
+                rid,
+                frame,
+                audience,
+                t0,
+            } => {
+                let mut conns = self.conns.borrow_mut();
+                let mut n = 0u64;
+                match audience {
+                    Audience::AllExcept(except) => {
+                        let lr = self.local_rooms.borrow();
+                        if let Some(members) = lr.get(&rid) {
+                            let skip = except
+                                .filter(|c| c.shard as usize == self.id)
+                                .map(|c| c.key);
+                            for &key in members {
+                                if Some(key) != skip && self.enqueue(&mut conns, key, &frame) {
+                                    n += 1;
+                                }
+                            }
+                        }
+                    }
+                    Audience::Only(targets) => {
+                        for c in targets {
+                            if conns
+                                .get(c.key as usize)
+                                .is_some_and(|e| e.generation == c.generation)
+                                && self.enqueue(&mut conns, c.key, &frame)
+                            {
+                                n += 1;
+                            }
+                        }
+                    }
+                }
+                drop(conns);
+                self.stats().deliveries.fetch_add(n, Relaxed);
+                let us = t0.elapsed().as_micros() as u64;
+                let _ = self.latency.borrow_mut().record(us.clamp(1, 60_000_000));
+                self.wake_flusher();
+            }
+            ShardMsg::Direct { conn, frame } => {
+                let mut conns = self.conns.borrow_mut();
+                if conns
+                    .get(conn.key as usize)
+                    .is_some_and(|e| e.generation == conn.generation)
+                {
+                    self.enqueue(&mut conns, conn.key, &frame);
+                }
+                drop(conns);
+                self.wake_flusher();
+            }
+        }
+    }
+
+    // ---- owner side ----------------------------------------------------------
+
+    fn owner_join(&self, rid: Id, conn: ConnRef, uid: Id, name: Name, echo: bool) {
+        let mut owned = self.owned.borrow_mut();
+        let room = owned
+            .entry(rid.clone())
+            .or_insert_with(|| Room::new(self.nshards, self.node.cfg.history));
+        let was_empty = room.is_empty();
+        let joined = room.join(conn, &uid, &name, echo);
+        if was_empty && !room.is_empty() {
+            self.stats().rooms.fetch_add(1, Relaxed);
+        }
+        let shards: Vec<usize> = room.member_shards().collect();
+        drop(owned);
+        let ack = protocol::encode_presence("login", &uid, &name, &rid);
+        self.send(
+            conn.shard as usize,
+            ShardMsg::Joined {
+                rid: rid.clone(),
+                conn,
+                ack,
+            },
+        );
+        if joined == Joined::NewUser {
+            let frame = protocol::encode_presence("newUser", &uid, &name, &rid);
+            self.broadcast(&rid, &shards, frame, Some(conn));
+        }
+    }
+
+    fn owner_leave(&self, rid: Id, conn: ConnRef, ack: bool) {
+        let mut owned = self.owned.borrow_mut();
+        let left = owned.get_mut(&rid).and_then(|room| {
+            let left = room.leave(conn)?;
+            if room.is_empty() {
+                self.stats().rooms.fetch_sub(1, Relaxed);
+            }
+            Some((left, room.member_shards().collect::<Vec<_>>()))
+        });
+        drop(owned);
+        if ack {
+            self.send(
+                conn.shard as usize,
+                ShardMsg::Direct {
+                    conn,
+                    frame: protocol::encode_logout(&rid),
+                },
+            );
+        }
+        if let Some((left, shards)) = left {
+            if left.user_gone {
+                let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
+                self.broadcast(&rid, &shards, frame, None);
+            }
+        }
+    }
+
+    fn owner_publish(&self, p: Publish) {
+        let mut owned = self.owned.borrow_mut();
+        let err = |msg| ShardMsg::Direct {
+            conn: p.from,
+            frame: ProtoError::new(protocol::ERR_INVALID, msg).encode(),
+        };
+        let Some(room) = owned.get_mut(&p.rid) else {
+            drop(owned);
+            self.stats().error(protocol::ERR_INVALID);
+            return self.send(p.from.shard as usize, err("not a member of rid"));
+        };
+        let Some(sender_echo) = room.member(&p.from).map(|m| m.echo) else {
+            drop(owned);
+            self.stats().error(protocol::ERR_INVALID);
+            return self.send(p.from.shard as usize, err("not a member of rid"));
+        };
+        let ts = unix_ms();
+        let t0 = Instant::now();
+        match &p.tid {
+            None => {
+                let seq = room.next_seq();
+                let (frame, off) = protocol::encode_message(&MessageOut {
+                    uid: &p.uid,
+                    name: &p.name,
+                    mtype: p.mtype,
+                    rid: &p.rid,
+                    msg: &p.msg,
+                    tid: None,
+                    seq,
+                    epoch: self.node.epoch,
+                    ts,
+                });
+                room.remember(seq, frame.slice(off..));
+                let shards: Vec<usize> = room.member_shards().collect();
+                drop(owned);
+                let except = if sender_echo { None } else { Some(p.from) };
+                self.broadcast(&p.rid, &shards, frame, except);
+            }
+            Some(tid) => {
+                let Some(target) = room.user(tid) else {
+                    drop(owned);
+                    self.stats().error(protocol::ERR_INVALID);
+                    return self.send(p.from.shard as usize, err("tid is not in the room"));
+                };
+                let mut targets = target.conns.clone();
+                if sender_echo && !targets.contains(&p.from) {
+                    targets.push(p.from);
+                }
+                // A private message is not one of the room's messages: it
+                // carries the room's current seq and does not advance it, so
+                // other members see no gap.
+                let (frame, _) = protocol::encode_message(&MessageOut {
+                    uid: &p.uid,
+                    name: &p.name,
+                    mtype: p.mtype,
+                    rid: &p.rid,
+                    msg: &p.msg,
+                    tid: Some(tid),
+                    seq: room.seq(),
+                    epoch: self.node.epoch,
+                    ts,
+                });
+                drop(owned);
+                targets.sort_by_key(|c| c.shard);
+                for group in targets.chunk_by(|a, b| a.shard == b.shard) {
+                    let dst = group[0].shard as usize;
+                    let audience = Audience::Only(group.to_vec());
+                    self.send(
+                        dst,
+                        ShardMsg::Deliver {
+                            rid: p.rid.clone(),
+                            frame: frame.clone(),
+                            audience,
+                            t0,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// One Deliver per shard holding members.
+    fn broadcast(&self, rid: &Id, shards: &[usize], frame: Bytes, except: Option<ConnRef>) {
+        let t0 = Instant::now();
+        for &s in shards {
+            self.send(
+                s,
+                ShardMsg::Deliver {
+                    rid: rid.clone(),
+                    frame: frame.clone(),
+                    audience: Audience::AllExcept(except),
+                    t0,
+                },
+            );
+        }
+    }
+
+    // ---- housekeeping ----------------------------------------------------------
+
+    /// One sweeper tick: pings quiet connections, closes idle ones, and
+    /// publishes the latency histogram once a second.
+    pub(crate) fn sweep(&self) {
+        let t = self.tick.get().wrapping_add(1);
+        self.tick.set(t);
+        let ticks = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
+        let ping_after = ticks(self.node.cfg.ping_interval);
+        let idle_after = ticks(self.node.cfg.idle_timeout);
+        let mut to_close = Vec::new();
+        let mut conns = self.conns.borrow_mut();
+        let ping = ws::ping_frame();
+        let keys: Vec<u32> = conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            let e = &mut conns[key as usize];
+            if e.closing.is_some() {
+                continue;
+            }
+            let quiet = t.wrapping_sub(e.last_rx);
+            if quiet >= idle_after {
+                to_close.push(key);
+            } else if quiet >= ping_after && !e.pinged {
+                e.pinged = true;
+                self.enqueue(&mut conns, key, &ping);
+            }
+        }
+        drop(conns);
+        for key in to_close {
+            self.stats().timeout_closes.fetch_add(1, Relaxed);
+            self.begin_close(key, ws::close_code::GOING_AWAY, "idle timeout");
+        }
+        self.wake_flusher();
+        if t % 10 == 0 {
+            let mut local = self.latency.borrow_mut();
+            if let Ok(mut shared) = self.stats().latency.try_lock() {
+                let _ = shared.add(&*local);
+                local.reset();
+            }
+        }
+    }
+
+    /// Begins shutdown: every connection gets a 1001 close frame.
+    pub(crate) fn close_all(&self) {
+        self.shutting_down.set(true);
+        let keys: Vec<u32> = self.conns.borrow().iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            self.begin_close(key, ws::close_code::GOING_AWAY, "server shutting down");
+        }
+    }
+
+    /// Open connections on this shard.
+    pub(crate) fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+}
+
+fn member_check(e: &ConnEntry, rid: &Id) -> Result<(), ProtoError> {
+    if e.uid.is_none() {
+        return Err(ProtoError::new(protocol::ERR_INVALID, "not logged in"));
+    }
+    if !e.rooms.contains(rid) {
+        return Err(ProtoError::new(
+            protocol::ERR_INVALID,
+            "not a member of rid",
+        ));
+    }
+    Ok(())
+}
+
+/// Burst of the per-connection frame bucket (all commands), which stops a
+/// flood of cheap commands; messages have their own, stricter bucket.
+fn frame_burst(rate: f64) -> f64 {
+    (rate * 20.0).max(100.0)
+}
+
+/// Copies queued frames (from the unsent part of the first) into `wb`, up
+/// to [`WRITE_CHUNK`] bytes.
+fn gather(e: &ConnEntry, wb: &mut Vec<u8>) {
+    wb.clear();
+    let mut off = e.front_off;
+    for f in &e.queue {
+        let room = WRITE_CHUNK - wb.len();
+        if room == 0 {
+            break;
+        }
+        let part = &f[off..];
+        wb.extend_from_slice(&part[..part.len().min(room)]);
+        off = 0;
+    }
+}
+
+/// Drops `n` written bytes from the front of the queue.
+fn consume(e: &mut ConnEntry, mut n: usize) {
+    e.queued -= n;
+    while n > 0 {
+        let front_left = e.queue[0].len() - e.front_off;
+        if n >= front_left {
+            n -= front_left;
+            e.queue.pop_front();
+            e.front_off = 0;
+        } else {
+            e.front_off += n;
+            n = 0;
+        }
+    }
+    if e.queue.is_empty() && e.queue.capacity() > 64 {
+        // A burst grew the queue; give the memory back once it drained.
+        e.queue = VecDeque::new();
+    }
+}
+
+fn raw_send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: buf is valid for reads of buf.len() bytes; fd is the
+    // connection's socket, owned by its task for as long as it is registered.
+    let r = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
