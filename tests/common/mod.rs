@@ -1,0 +1,255 @@
+//! Test support: real server processes and real WebSocket clients on 127.0.0.1.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+/// A `cchat` process listening on an ephemeral port; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `cchat --listen 127.0.0.1:0` with extra flags and waits for
+    /// its `listening on` line.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cchat"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cchat");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Server { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// A plain HTTP GET; returns (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path)
+    }
+
+    /// A metric's value from /metrics (sum over labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc_kill(self.child.id() as i32, sig) };
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// A WebSocket client (tungstenite) with a read timeout.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/chat"), stream).expect("websocket handshake");
+        Client { ws }
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).unwrap();
+    }
+
+    pub fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s)).unwrap();
+    }
+
+    /// The next text frame as JSON (pings are answered by tungstenite).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("read frame") {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+                Message::Close(c) => panic!("closed by server: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads frames until one with this `cmd` arrives; fails on any other.
+    pub fn expect(&mut self, cmd: &str) -> Value {
+        let v = self.recv();
+        assert_eq!(v["cmd"], cmd, "expected {cmd}, got {v}");
+        v
+    }
+
+    /// Expects an error reply with this code.
+    pub fn expect_error(&mut self, code: i64) -> Value {
+        let v = self.expect("error");
+        assert_eq!(v["errCode"], code, "{v}");
+        assert!(v["errMsg"].is_string(), "{v}");
+        v
+    }
+
+    /// Asserts that no text frame arrives within `d`.
+    pub fn expect_silence(&mut self, d: Duration) {
+        self.ws.get_mut().set_read_timeout(Some(d)).unwrap();
+        match self.ws.read() {
+            Ok(Message::Text(t)) => panic!("unexpected frame {t}"),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+        self.ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub fn expect_close(&mut self) -> u16 {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Close(Some(CloseFrame { code, .. }))) => return code.into(),
+                Ok(Message::Close(None)) => return 1005,
+                Ok(_) => {}
+                Err(e) => panic!("connection ended without a close frame: {e}"),
+            }
+        }
+        panic!("no close frame");
+    }
+
+    /// Logs in and returns the ack.
+    pub fn login(&mut self, name: &str, rid: &str, uid: Option<&str>) -> Value {
+        let mut v = json!({"cmd": "login", "name": name, "rid": rid});
+        if let Some(u) = uid {
+            v["uid"] = json!(u);
+        }
+        self.send(v);
+        let ack = self.expect("login");
+        assert_eq!(ack["rid"], rid);
+        ack
+    }
+
+    pub fn say(&mut self, rid: &str, msg: &str) {
+        self.send(json!({"cmd": "message", "type": "text", "msg": msg, "rid": rid}));
+    }
+}
+
+/// A raw TCP connection that has completed the WebSocket upgrade, for
+/// sending frames a well-behaved client library would refuse to send.
+pub struct Raw {
+    pub s: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut b = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "closed during handshake");
+            buf.extend_from_slice(&b[..n]);
+        }
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        buf.drain(..end);
+        Raw { s, buf }
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    /// Sends a masked client frame.
+    pub fn frame(&mut self, opcode: u8, payload: &[u8]) {
+        let mut f = Vec::new();
+        cchat::ws::client_frame(&mut f, opcode, payload, [7, 1, 9, 3]);
+        self.write(&f);
+    }
+
+    /// Next server frame: (opcode, payload). None at EOF.
+    pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((op, r, used)) = cchat::ws::parse_server_frame(&self.buf).unwrap() {
+                let p = self.buf[r].to_vec();
+                self.buf.drain(..used);
+                return Some((op, p));
+            }
+            let mut b = [0u8; 4096];
+            match self.s.read(&mut b) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Reads until a close frame; returns its code.
+    pub fn expect_close(&mut self) -> u16 {
+        while let Some((op, p)) = self.read_frame() {
+            if op == 8 {
+                return u16::from_be_bytes([p[0], p[1]]);
+            }
+        }
+        panic!("EOF without close frame");
+    }
+}

@@ -1,0 +1,267 @@
+//! Limits, protocol violations, HTTP endpoints and shutdown, with real sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Raw, Server};
+use serde_json::json;
+
+#[test]
+fn oversized_frame_closes_1009() {
+    let s = Server::start(&["--max-frame-bytes", "1000"]);
+    let mut r = Raw::connect(s.addr);
+    r.frame(1, &vec![b' '; 1001]);
+    assert_eq!(r.expect_close(), 1009);
+    // A fragmented message may not exceed the limit in total either.
+    let mut r = Raw::connect(s.addr);
+    let mut f = Vec::new();
+    cchat::ws::client_frame(&mut f, 1, &[b' '; 600], [1, 2, 3, 4]);
+    f[0] &= 0x7f; // not final
+    r.write(&f);
+    r.frame(0, &[b' '; 600]);
+    assert_eq!(r.expect_close(), 1009);
+}
+
+#[test]
+fn invalid_utf8_closes_1007() {
+    let s = Server::start(&[]);
+    let mut r = Raw::connect(s.addr);
+    r.frame(1, &[b'{', 0xff, 0xfe, b'}']);
+    assert_eq!(r.expect_close(), 1007);
+}
+
+#[test]
+fn unmasked_frame_and_bad_opcode_close_1002() {
+    let s = Server::start(&[]);
+    let mut r = Raw::connect(s.addr);
+    r.write(&[0x81, 0x02, b'{', b'}']); // unmasked text frame
+    assert_eq!(r.expect_close(), 1002);
+    let mut r = Raw::connect(s.addr);
+    r.frame(0x3, b"x"); // reserved data opcode
+    assert_eq!(r.expect_close(), 1002);
+    let mut r = Raw::connect(s.addr);
+    r.frame(0xB, b"x"); // reserved control opcode
+    assert_eq!(r.expect_close(), 1002);
+    assert!(s.metric("cchat_protocol_closes_total") >= 3.0);
+}
+
+#[test]
+fn ping_gets_pong_and_close_is_echoed() {
+    let s = Server::start(&[]);
+    let mut r = Raw::connect(s.addr);
+    r.frame(9, b"hello");
+    assert_eq!(r.read_frame(), Some((10, b"hello".to_vec())));
+    r.frame(8, &1000u16.to_be_bytes());
+    assert_eq!(r.expect_close(), 1000);
+    // Then the server hangs up.
+    assert_eq!(r.read_frame(), None);
+}
+
+#[test]
+fn frames_split_across_reads_and_pipelined_after_the_handshake() {
+    let s = Server::start(&["--rate-limit", "0"]);
+    let mut b = s.client();
+    b.login("bob", "r", Some("b"));
+    // Handshake and login frame in one write.
+    let mut st = TcpStream::connect(s.addr).unwrap();
+    st.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+    cchat::ws::client_frame(&mut req, 1, br#"{"cmd":"login","name":"ann","rid":"r","uid":"a"}"#, [9, 8, 7, 6]);
+    st.write_all(&req).unwrap();
+    let mut r = Raw { s: st, buf: Vec::new() };
+    // Skip the 101 head.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        r.s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let (_, ack) = r.read_frame().unwrap();
+    assert!(String::from_utf8(ack).unwrap().contains("\"cmd\":\"login\""));
+    b.expect("newUser");
+    // One message written a byte at a time.
+    let mut f = Vec::new();
+    cchat::ws::client_frame(&mut f, 1, br#"{"cmd":"message","type":"text","msg":"slow","rid":"r"}"#, [1, 2, 3, 4]);
+    for byte in f {
+        r.write(&[byte]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(b.expect("message")["msg"], "slow");
+}
+
+#[test]
+fn slow_reader_is_closed_1008_and_counted() {
+    let s = Server::start(&["--shards", "2", "--rate-limit", "0", "--max-outbound-bytes", "65536"]);
+    // A reader that never reads; its socket buffers fill, then its queue.
+    let mut slow = Raw::connect(s.addr);
+    slow.frame(1, br#"{"cmd":"login","name":"slow","rid":"r","uid":"slow"}"#);
+    let mut fast = s.client();
+    fast.login("fast", "r", Some("fast"));
+    let mut a = s.client();
+    a.login("ann", "r", Some("a"));
+    fast.expect("newUser");
+    let body = "x".repeat(1000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    while s.metric("cchat_slow_consumer_closes_total") < 1.0 {
+        assert!(Instant::now() < deadline, "slow reader was never closed");
+        // Batches small enough for a reader that keeps up.
+        for _ in 0..30 {
+            a.say("r", &body);
+        }
+        sent += 30;
+        // The fast reader keeps up and loses nothing.
+        let mut got = 0;
+        while got < 30 {
+            let m = fast.recv();
+            if m["cmd"] == "userLeave" {
+                assert_eq!(m["uid"], "slow");
+                continue;
+            }
+            assert_eq!(m["msg"].as_str().unwrap().len(), 1000);
+            got += 1;
+        }
+    }
+    assert!(sent > 0);
+    // The slow reader finds a 1008 close after what was already written.
+    slow.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(slow.expect_close(), 1008);
+    // Everyone else carries on.
+    a.say("r", "after");
+    loop {
+        let m = fast.recv();
+        if m["cmd"] == "message" {
+            assert_eq!(m["msg"], "after");
+            break;
+        }
+    }
+}
+
+#[test]
+fn connection_cap_answers_503() {
+    let s = Server::start(&["--max-connections", "3", "--shards", "2"]);
+    let _held: Vec<_> = (0..3).map(|_| s.client()).collect();
+    let mut st = TcpStream::connect(s.addr).unwrap();
+    st.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(st, "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut out = String::new();
+    st.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert_eq!(s.metric("cchat_rejected_connections_total"), 1.0);
+    // Plain HTTP is still served at the cap.
+    assert_eq!(s.get("/healthz").0, 200);
+    drop(_held);
+    // Room again once connections close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.metric("cchat_connections") > 0.0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = s.client();
+    c.login("x", "r", None);
+}
+
+#[test]
+fn handshake_timeout_drops_silent_sockets() {
+    let s = Server::start(&["--handshake-timeout", "0.3"]);
+    let mut st = TcpStream::connect(s.addr).unwrap();
+    st.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    st.write_all(b"GET / HTTP/1.1\r\n").unwrap(); // never finishes
+    let t0 = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = st.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to hang up");
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    assert!(s.metric("cchat_timeout_closes_total") >= 1.0);
+}
+
+#[test]
+fn idle_connections_are_pinged_then_closed() {
+    let s = Server::start(&["--ping-interval", "0.3", "--idle-timeout", "1"]);
+    let mut r = Raw::connect(s.addr);
+    // A ping arrives after the quiet interval; we do not answer it.
+    let (op, _) = r.read_frame().unwrap();
+    assert_eq!(op, 9);
+    assert_eq!(r.expect_close(), 1001);
+    // A client that answers pings (tungstenite does) stays connected.
+    let mut c = s.client();
+    c.login("ann", "r", None);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2500) {
+        c.expect_silence(Duration::from_millis(300));
+        // Reading processes pings and queues pongs; flush them.
+        c.ws.flush().unwrap();
+    }
+    c.send(json!({"cmd":"getOnline","rid":"r"}));
+    c.expect("getOnline");
+}
+
+#[test]
+fn http_endpoints() {
+    let s = Server::start(&[]);
+    let (st, body) = s.get("/healthz");
+    assert_eq!((st, body.trim()), (200, "ok"));
+    let (st, body) = s.get("/");
+    assert_eq!(st, 200);
+    assert!(body.contains("<html"));
+    let (st, _) = s.get("/nope");
+    assert_eq!(st, 404);
+    let mut c = s.client();
+    c.login("ann", "r", None);
+    let (st, body) = s.get("/metrics");
+    assert_eq!(st, 200);
+    for name in [
+        "cchat_connections 1",
+        "cchat_rooms 1",
+        "cchat_messages_in_total",
+        "cchat_deliveries_total",
+        "cchat_errors_total{code=\"50\"}",
+        "cchat_slow_consumer_closes_total",
+        "cchat_shard_queue_depth{shard=\"0\"}",
+        "cchat_fanout_latency_seconds",
+    ] {
+        assert!(body.contains(name), "{name} missing from\n{body}");
+    }
+}
+
+#[test]
+fn sigterm_closes_clients_1001_and_exits() {
+    let mut s = Server::start(&["--shards", "2"]);
+    let mut clients: Vec<_> = (0..4).map(|_| s.client()).collect();
+    for c in clients.iter_mut() {
+        c.login("x", "r", None);
+    }
+    let mut first = clients.remove(0);
+    // Drain the newUser announcements the first client got.
+    for _ in 0..3 {
+        first.expect("newUser");
+    }
+    let t0 = Instant::now();
+    s.signal(15);
+    assert_eq!(first.expect_close(), 1001);
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn config_file_sets_limits() {
+    let dir = std::env::temp_dir().join(format!("cchat-cfgtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cchat.toml");
+    std::fs::write(&path, "max-message-bytes = 10\nrate-limit = 0\nshards = 2\n").unwrap();
+    let s = Server::start(&["--config", path.to_str().unwrap()]);
+    let mut a = s.client();
+    a.login("ann", "r", None);
+    a.say("r", "0123456789");
+    a.say("r", "0123456789a");
+    a.expect_error(50);
+}

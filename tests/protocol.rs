@@ -1,0 +1,436 @@
+//! The client protocol of DESIGN §1 against a real server process, with real
+//! WebSocket clients. Every scenario runs with one shard and with three, so
+//! members of one room sit on different shards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Server};
+use serde_json::json;
+
+const SHORT: Duration = Duration::from_millis(300);
+
+fn for_shards(f: impl Fn(&Server)) {
+    for shards in ["1", "3"] {
+        let s = Server::start(&["--shards", shards, "--rate-limit", "0"]);
+        f(&s);
+    }
+}
+
+#[test]
+fn login_ack_and_new_user() {
+    for_shards(|s| {
+        let mut a = s.client();
+        let ack = a.login("ann", "lobby", Some("u1"));
+        assert_eq!(ack, json!({"cmd":"login","uid":"u1","name":"ann","rid":"lobby"}));
+        let mut b = s.client();
+        b.login("bob", "lobby", Some("u2"));
+        let nu = a.expect("newUser");
+        assert_eq!(nu, json!({"cmd":"newUser","uid":"u2","name":"bob","rid":"lobby"}));
+        // Integer ids are written back as strings.
+        let mut c = s.client();
+        c.send(json!({"cmd":"login","name":"cat","rid":7,"uid":42}));
+        let ack = c.expect("login");
+        assert_eq!((ack["uid"].as_str(), ack["rid"].as_str()), (Some("42"), Some("7")));
+        a.expect_silence(SHORT);
+    });
+}
+
+#[test]
+fn server_assigns_unique_uids() {
+    for_shards(|s| {
+        let mut uids = std::collections::HashSet::new();
+        let mut clients: Vec<Client> = (0..6).map(|_| s.client()).collect();
+        for c in &mut clients {
+            let ack = c.login("anon", "r", None);
+            let uid = ack["uid"].as_str().unwrap().to_owned();
+            assert!(!uid.is_empty() && uid.len() <= 64);
+            assert!(uids.insert(uid));
+        }
+    });
+}
+
+#[test]
+fn relogin_same_room_acks_without_announcing_and_identity_stays() {
+    for_shards(|s| {
+        let mut a = s.client();
+        let mut b = s.client();
+        a.login("ann", "r1", Some("a"));
+        b.login("bob", "r1", Some("b"));
+        a.expect("newUser");
+        // Same room again: acknowledged, nothing announced.
+        b.send(json!({"cmd":"login","name":"bob","rid":"r1"}));
+        b.expect("login");
+        a.expect_silence(SHORT);
+        // Another room: joins it too, under the first identity.
+        b.send(json!({"cmd":"login","name":"someone-else","rid":"r2","uid":"zzz"}));
+        let ack = b.expect("login");
+        assert_eq!(ack, json!({"cmd":"login","uid":"b","name":"bob","rid":"r2"}));
+        // Still in r1: gets a's message there.
+        a.say("r1", "hi r1");
+        let m = b.expect("message");
+        assert_eq!((m["rid"].as_str(), m["msg"].as_str()), (Some("r1"), Some("hi r1")));
+    });
+}
+
+#[test]
+fn room_message_reaches_others_not_sender() {
+    for_shards(|s| {
+        let mut a = s.client();
+        let mut b = s.client();
+        let mut c = s.client();
+        let mut outsider = s.client();
+        a.login("ann", "r", Some("a"));
+        b.login("bob", "r", Some("b"));
+        c.login("cat", "r", Some("c"));
+        outsider.login("out", "other", Some("o"));
+        a.expect("newUser");
+        a.expect("newUser");
+        b.expect("newUser");
+        // uid and name come from the session, not from the request.
+        a.send(json!({"cmd":"message","type":"pic","msg":"https://x/y.png","rid":"r","uid":"evil","name":"Mallory"}));
+        for who in [&mut b, &mut c] {
+            let m = who.expect("message");
+            assert_eq!(m["uid"], "a");
+            assert_eq!(m["name"], "ann");
+            assert_eq!(m["type"], "pic");
+            assert_eq!(m["rid"], "r");
+            assert_eq!(m["msg"], "https://x/y.png");
+            assert_eq!(m["seq"], 1);
+            assert!(m["epoch"].is_u64() && m["ts"].is_u64());
+            assert!(m.get("tid").is_none());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+            assert!(m["ts"].as_u64().unwrap().abs_diff(now) < 60_000);
+        }
+        a.expect_silence(SHORT);
+        outsider.expect_silence(Duration::from_millis(50));
+    });
+}
+
+#[test]
+fn echo_returns_own_messages() {
+    for_shards(|s| {
+        let mut a = s.client();
+        let mut b = s.client();
+        a.send(json!({"cmd":"login","name":"ann","rid":"r","uid":"a","echo":true}));
+        a.expect("login");
+        b.login("bob", "r", Some("b"));
+        a.expect("newUser");
+        a.say("r", "mine");
+        let own = a.expect("message");
+        let theirs = b.expect("message");
+        assert_eq!(own, theirs);
+    });
+}
+
+#[test]
+fn private_message_reaches_only_target_connections() {
+    for_shards(|s| {
+        let mut a = s.client();
+        a.send(json!({"cmd":"login","name":"ann","rid":"r","uid":"a","echo":true}));
+        a.expect("login");
+        let mut b1 = s.client();
+        let mut b2 = s.client();
+        let mut c = s.client();
+        b1.login("bob", "r", Some("b"));
+        b2.login("bob", "r", Some("b")); // a second connection of the same user
+        c.login("cat", "r", Some("c"));
+        a.expect("newUser");
+        a.expect("newUser");
+        b1.expect("newUser");
+        b2.expect("newUser");
+        a.say("r", "public");
+        a.expect("message");
+        for x in [&mut b1, &mut b2, &mut c] {
+            assert_eq!(x.expect("message")["seq"], 1);
+        }
+        a.send(json!({"cmd":"message","type":"text","msg":"psst","rid":"r","tid":"b"}));
+        for x in [&mut b1, &mut b2] {
+            let m = x.expect("message");
+            assert_eq!((m["tid"].as_str(), m["msg"].as_str()), (Some("b"), Some("psst")));
+            // Private messages do not advance the room's sequence.
+            assert_eq!(m["seq"], 1);
+        }
+        assert_eq!(a.expect("message")["tid"], "b"); // echo copy
+        c.expect_silence(SHORT);
+        // The next room message has no gap for anyone.
+        a.say("r", "public 2");
+        assert_eq!(c.expect("message")["seq"], 2);
+        assert_eq!(a.expect("message")["seq"], 2); // echo
+        // A tid not in the room is refused.
+        a.send(json!({"cmd":"message","type":"text","msg":"x","rid":"r","tid":"nobody"}));
+        a.expect_error(50);
+    });
+}
+
+#[test]
+fn logout_and_disconnect_announce_user_leave() {
+    for_shards(|s| {
+        let mut a = s.client();
+        let mut b = s.client();
+        a.login("ann", "r", Some("a"));
+        a.send(json!({"cmd":"login","rid":"r2"}));
+        a.expect("login");
+        b.login("bob", "r", Some("b"));
+        b.send(json!({"cmd":"login","rid":"r2"}));
+        b.expect("login");
+        a.expect("newUser");
+        a.expect("newUser");
+        b.send(json!({"cmd":"logout","rid":"r"}));
+        assert_eq!(b.expect("logout"), json!({"cmd":"logout","rid":"r"}));
+        assert_eq!(a.expect("userLeave"), json!({"cmd":"userLeave","uid":"b","name":"bob","rid":"r"}));
+        // b no longer gets r's messages but still gets r2's.
+        a.say("r", "after");
+        a.say("r2", "in r2");
+        assert_eq!(b.expect("message")["rid"], "r2");
+        // b may not post to r any more.
+        b.say("r", "x");
+        b.expect_error(50);
+        // Disconnect announces userLeave in the rooms it was in.
+        drop(b);
+        let ul = a.expect("userLeave");
+        assert_eq!((ul["uid"].as_str(), ul["rid"].as_str()), (Some("b"), Some("r2")));
+        // logout without rid leaves every room.
+        a.send(json!({"cmd":"logout"}));
+        let mut rooms = vec![a.expect("logout")["rid"].as_str().unwrap().to_owned(), a.expect("logout")["rid"].as_str().unwrap().to_owned()];
+        rooms.sort();
+        assert_eq!(rooms, ["r", "r2"]);
+    });
+}
+
+#[test]
+fn second_connection_of_a_uid_does_not_evict_the_first() {
+    for_shards(|s| {
+        let mut a1 = s.client();
+        let mut a2 = s.client();
+        let mut b = s.client();
+        b.login("bob", "r", Some("b"));
+        a1.login("ann", "r", Some("a"));
+        b.expect("newUser");
+        a2.login("ann", "r", Some("a"));
+        b.expect_silence(SHORT); // the same user: no second newUser
+        b.say("r", "both");
+        assert_eq!(a1.expect("message")["msg"], "both");
+        assert_eq!(a2.expect("message")["msg"], "both");
+        drop(a1);
+        b.expect_silence(SHORT); // a is still present through a2
+        drop(a2);
+        assert_eq!(b.expect("userLeave")["uid"], "a");
+    });
+}
+
+#[test]
+fn get_online_lists_the_whole_room() {
+    for_shards(|s| {
+        let mut clients: Vec<Client> = (0..5).map(|_| s.client()).collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.login(&format!("n{i}"), "r", Some(&format!("u{i}")));
+        }
+        let mut a = s.client();
+        a.login("ann", "r", Some("a"));
+        a.send(json!({"cmd":"getOnline","rid":"r"}));
+        let v = a.expect("getOnline");
+        assert_eq!(v["rid"], "r");
+        let mut uids: Vec<String> = v["users"].as_array().unwrap().iter().map(|u| u["uid"].as_str().unwrap().to_owned()).collect();
+        uids.sort();
+        assert_eq!(uids, ["a", "u0", "u1", "u2", "u3", "u4"]);
+        assert!(v["users"].as_array().unwrap().iter().any(|u| u["name"] == "n3" && u["uid"] == "u3"));
+        // Only members may ask.
+        let mut o = s.client();
+        o.login("out", "elsewhere", None);
+        o.send(json!({"cmd":"getOnline","rid":"r"}));
+        o.expect_error(50);
+    });
+}
+
+#[test]
+fn get_history_windows() {
+    let s = Server::start(&["--shards", "2", "--rate-limit", "0", "--history", "5"]);
+    let mut a = s.client();
+    a.login("ann", "h", Some("a"));
+    for i in 1..=8 {
+        a.say("h", &format!("m{i}"));
+    }
+    let mut b = s.client();
+    b.login("bob", "h", Some("b"));
+    b.send(json!({"cmd":"getHistory","rid":"h"}));
+    let h = b.expect("getHistory");
+    let seqs = |v: &serde_json::Value| v["msgs"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(seqs(&h), [4, 5, 6, 7, 8]); // the newest 5, oldest first
+    assert!(h["epoch"].is_u64());
+    assert_eq!(h["msgs"][0]["msg"], "m4");
+    assert_eq!(h["msgs"][0]["cmd"], "message");
+    b.send(json!({"cmd":"getHistory","rid":"h","since":5}));
+    assert_eq!(seqs(&b.expect("getHistory")), [6, 7, 8]);
+    b.send(json!({"cmd":"getHistory","rid":"h","since":5,"limit":2}));
+    assert_eq!(seqs(&b.expect("getHistory")), [6, 7]);
+    b.send(json!({"cmd":"getHistory","rid":"h","limit":1}));
+    assert_eq!(seqs(&b.expect("getHistory")), [8]);
+    b.send(json!({"cmd":"getHistory","rid":"h","since":"x"}));
+    b.expect_error(50);
+    let mut o = s.client();
+    o.login("o", "other", None);
+    o.send(json!({"cmd":"getHistory","rid":"h"}));
+    o.expect_error(50);
+}
+
+#[test]
+fn error_codes_keep_the_connection_open() {
+    for_shards(|s| {
+        let mut a = s.client();
+        let mut b = s.client();
+        b.login("bob", "r", Some("b"));
+        // 101: not JSON, not an object, no string cmd, binary frame.
+        for bad in ["not json", "[1,2,3]", "\"login\"", "{\"cmd\":5}", "{}", "{\"cmd\":"] {
+            a.send_text(bad);
+            a.expect_error(101);
+        }
+        a.ws.send(tungstenite::Message::binary(vec![1u8, 2, 3])).unwrap();
+        a.expect_error(101);
+        // 102: unknown command, including CChat's debug and proxySet.
+        for cmd in ["nope", "debug", "proxySet"] {
+            a.send(json!({"cmd": cmd}));
+            a.expect_error(102);
+        }
+        // 50: not logged in.
+        a.say("r", "x");
+        a.expect_error(50);
+        a.send(json!({"cmd":"getOnline","rid":"r"}));
+        a.expect_error(50);
+        // 50: bad or missing fields.
+        a.send(json!({"cmd":"login","rid":"r"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"","rid":"r"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"a\u{1}","rid":"r"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"ann","rid":"bad room"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"ann","rid":"r","uid":0}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"ann","rid":"r","uid":"x".repeat(65)}));
+        a.expect_error(50);
+        a.login("ann", "r", Some("a"));
+        b.expect("newUser");
+        a.send(json!({"cmd":"message","type":"video","msg":"x","rid":"r"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"message","type":"text","rid":"r"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"message","type":"text","msg":"x"}));
+        a.expect_error(50);
+        // 50: not a member of rid.
+        a.say("elsewhere", "x");
+        a.expect_error(50);
+        a.send(json!({"cmd":"logout","rid":"elsewhere"}));
+        a.expect_error(50);
+        // 50: msg too long (default limit 1024 bytes).
+        a.say("r", &"x".repeat(1025));
+        a.expect_error(50);
+        a.say("r", &"é".repeat(512)); // exactly 1024 bytes: accepted
+        // Nothing above reached b except the accepted message; the connection still works.
+        assert_eq!(b.expect("message")["msg"].as_str().unwrap().len(), 1024);
+        a.say("r", "still here");
+        assert_eq!(b.expect("message")["msg"], "still here");
+    });
+}
+
+#[test]
+fn rate_limit_token_bucket() {
+    let s = Server::start(&["--shards", "2", "--rate-limit", "5"]);
+    let mut a = s.client();
+    let mut b = s.client();
+    a.login("ann", "r", Some("a"));
+    b.login("bob", "r", Some("b"));
+    a.expect("newUser");
+    // Burst is 2R = 10: of 15 quick messages, 10 pass and 5 are refused.
+    for i in 0..15 {
+        a.say("r", &format!("m{i}"));
+    }
+    let mut errors = 0;
+    for _ in 0..5 {
+        let e = a.expect_error(50);
+        assert!(e["errMsg"].as_str().unwrap().contains("fast"), "{e}");
+        errors += 1;
+    }
+    assert_eq!(errors, 5);
+    for i in 0..10 {
+        assert_eq!(b.expect("message")["msg"], format!("m{i}"));
+    }
+    b.expect_silence(SHORT);
+    // Tokens come back at R per second.
+    std::thread::sleep(Duration::from_millis(500));
+    a.say("r", "later");
+    assert_eq!(b.expect("message")["msg"], "later");
+}
+
+#[test]
+fn one_order_per_room_across_shards() {
+    // Members on different shards, several concurrent senders: every member
+    // sees the same sequence, gapless, and each sender's messages in order.
+    let s = Server::start(&["--shards", "3", "--rate-limit", "0"]);
+    let members = 12;
+    let per_sender = 200;
+    let senders = 4;
+    let mut clients: Vec<Client> = (0..members).map(|_| s.client()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(json!({"cmd":"login","name":format!("n{i}"),"rid":"big","uid":format!("u{i}"),"echo":true}));
+        c.expect("login");
+    }
+    // Drain newUser announcements.
+    for (i, c) in clients.iter_mut().enumerate() {
+        for _ in i + 1..members {
+            c.expect("newUser");
+        }
+    }
+    let mut writers: Vec<_> = clients.drain(..senders).collect();
+    let handles: Vec<_> = writers
+        .drain(..)
+        .enumerate()
+        .map(|(w, mut c)| {
+            std::thread::spawn(move || {
+                for k in 0..per_sender {
+                    c.say("big", &format!("{w}:{k}"));
+                }
+                c
+            })
+        })
+        .collect();
+    let total = senders * per_sender;
+    let mut orders = Vec::new();
+    for c in clients.iter_mut() {
+        let mut seqs = Vec::new();
+        let mut last_k = vec![-1i64; senders];
+        for _ in 0..total {
+            let m = c.expect("message");
+            seqs.push(m["seq"].as_u64().unwrap());
+            let (w, k) = m["msg"].as_str().unwrap().split_once(':').unwrap();
+            let (w, k): (usize, i64) = (w.parse().unwrap(), k.parse().unwrap());
+            assert_eq!(k, last_k[w] + 1, "sender {w} out of order");
+            last_k[w] = k;
+        }
+        assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
+        orders.push(seqs);
+    }
+    for h in handles {
+        let mut c = h.join().unwrap();
+        // Senders (echo on) see the same order too.
+        let seqs: Vec<u64> = (0..total).map(|_| c.expect("message")["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, orders[0]);
+    }
+}
+
+#[test]
+fn names_and_messages_are_json_escaped() {
+    let s = Server::start(&["--rate-limit", "0"]);
+    let mut a = s.client();
+    let mut b = s.client();
+    a.login("A \"quoted\" \\ name ✓", "r", Some("a"));
+    b.login("bob", "r", Some("b"));
+    a.expect("newUser");
+    let tricky = "line\nbreak \"q\" \\ </script> <img src=x onerror=alert(1)> \u{7f} ✓";
+    a.say("r", tricky);
+    let m = b.expect("message");
+    assert_eq!(m["msg"], tricky);
+    assert_eq!(m["name"], "A \"quoted\" \\ name ✓");
+}
