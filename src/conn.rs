@@ -25,7 +25,9 @@ use crate::ws::{self, Decoder, Event, WsError};
 /// Serves one accepted TCP connection to the end.
 pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let leftover = match handshake(&shard, &mut stream).await {
+    // Boxed so that the handshake's state (its buffers) is freed once it is
+    // done instead of staying part of this future for the connection's life.
+    let leftover = match Box::pin(handshake(&shard, &mut stream)).await {
         Some(l) => l,
         None => return,
     };
@@ -51,8 +53,7 @@ impl Drop for Registered<'_> {
 /// head for an accepted upgrade.
 async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
     let deadline = Instant::now() + shard.node.cfg.handshake_timeout;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let (req, head_len) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -62,7 +63,9 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
             return None;
         }
         let _ = stream.set_read_timeout(Some(left));
-        let n = match stream.read(&mut chunk).await {
+        let len = buf.len();
+        buf.resize(len + 1024, 0);
+        let n = match stream.read(&mut buf[len..]).await {
             Ok(0) => return None,
             Ok(n) => n,
             Err(_) => {
@@ -72,7 +75,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
                 return None;
             }
         };
-        buf.extend_from_slice(&chunk[..n]);
+        buf.truncate(len + n);
         match http::parse(&buf) {
             Ok(Some(r)) => break r,
             Ok(None) => continue,
@@ -188,7 +191,7 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
                 glommio::yield_if_needed().await;
             }
             Wake::Closing => {
-                linger(shard, key, stream).await;
+                Box::pin(linger(shard, key, stream)).await;
                 return;
             }
             Wake::Gone => return,

@@ -104,6 +104,7 @@ impl Room {
         self.shard_members[conn.shard as usize] += 1;
         match self.users.get_mut(uid.as_str()) {
             Some(u) => {
+                u.conns.reserve_exact(1);
                 u.conns.push(conn);
                 Joined::NewConnection
             }

@@ -198,7 +198,8 @@ async fn shard_main(
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
-                        glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+                        let fut = crate::conn::serve(shard.clone(), stream);
+                        glommio::spawn_local(fut).detach();
                     }
                     Err(e) => {
                         // Out of descriptors or a transient error: back off, keep serving.

@@ -209,6 +209,7 @@ pub struct Shard {
     latency: RefCell<Histogram<u64>>,
     /// Set when the node shuts down.
     pub(crate) shutting_down: Cell<bool>,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Shard {
@@ -245,6 +246,7 @@ impl Shard {
                 Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
             ),
             shutting_down: Cell::new(false),
+            started: Instant::now(),
             node,
         }
     }
@@ -259,7 +261,7 @@ impl Shard {
     pub(crate) fn register(&self, fd: RawFd) -> u32 {
         let generation = self.next_gen.get();
         self.next_gen.set(generation.wrapping_add(1));
-        let now = Instant::now();
+        let now = self.now_ms();
         let burst = self.node.cfg.rate_limit * 2.0;
         let key = self.conns.borrow_mut().insert(ConnEntry {
             generation,
@@ -540,7 +542,7 @@ impl Shard {
             let e = &mut conns[key as usize];
             if !e
                 .frame_bucket
-                .take(rate * 10.0, frame_burst(rate), Instant::now())
+                .take(rate * 10.0, frame_burst(rate), self.now_ms())
             {
                 drop(conns);
                 self.send_error(
@@ -600,6 +602,8 @@ impl Shard {
                     }
                 };
                 if !e.rooms.contains(&rid) {
+                    // Most connections join one room: no spare capacity.
+                    e.rooms.reserve_exact(1);
                     e.rooms.push(rid.clone());
                 }
                 drop(conns);
@@ -631,7 +635,7 @@ impl Shard {
                     ));
                 }
                 let rate = self.node.cfg.rate_limit;
-                if !e.msg_bucket.take(rate, rate * 2.0, Instant::now()) {
+                if !e.msg_bucket.take(rate, rate * 2.0, self.now_ms()) {
                     return Err(ProtoError::new(protocol::ERR_INVALID, "sending too fast"));
                 }
                 drop(conns);
@@ -705,6 +709,11 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Milliseconds since the shard started (wrapping), the rate limiter's clock.
+    fn now_ms(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
     }
 
     fn assign_uid(&self) -> Id {

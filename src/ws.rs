@@ -87,12 +87,19 @@ pub enum Event {
     Fragment,
 }
 
-/// Per-connection decoder state. Empty (no heap) unless a client fragments.
+/// Per-connection decoder state: one pointer, and no heap at all unless a
+/// client fragments a message (memory per idle connection matters).
 #[derive(Debug, Default)]
 pub struct Decoder {
-    /// Opcode (text = true) and contents of a fragmented message in progress.
-    partial: Option<(bool, Vec<u8>)>,
-    assembled: Vec<u8>,
+    frag: Option<Box<Fragmented>>,
+}
+
+/// A fragmented message being reassembled (or reassembled, waiting to be taken).
+#[derive(Debug)]
+struct Fragmented {
+    is_text: bool,
+    data: Vec<u8>,
+    complete: bool,
 }
 
 impl Decoder {
@@ -148,36 +155,37 @@ impl Decoder {
                 unreachable!()
             }
             OpCode::Data(Data::Continue) => {
-                let Some((is_text, data)) = self.partial.as_mut() else {
+                let Some(f) = self.frag.as_mut().filter(|f| !f.complete) else {
                     return Err(WsError::Protocol("continuation without a message"));
                 };
-                if data.len() + len > max {
+                if f.data.len() + len > max {
                     return Err(WsError::TooBig);
                 }
-                data.extend_from_slice(&buf[range]);
+                f.data.extend_from_slice(&buf[range]);
                 if !hdr.is_final {
                     Event::Fragment
+                } else if !f.is_text {
+                    self.frag = None;
+                    Event::Binary
                 } else {
-                    let (is_text, data) = (*is_text, std::mem::take(data));
-                    self.partial = None;
-                    if !is_text {
-                        Event::Binary
-                    } else {
-                        if std::str::from_utf8(&data).is_err() {
-                            return Err(WsError::InvalidUtf8);
-                        }
-                        self.assembled = data;
-                        Event::AssembledText
+                    if std::str::from_utf8(&f.data).is_err() {
+                        return Err(WsError::InvalidUtf8);
                     }
+                    f.complete = true;
+                    Event::AssembledText
                 }
             }
             OpCode::Data(d) => {
-                if self.partial.is_some() {
+                if self.frag.as_ref().is_some_and(|f| !f.complete) {
                     return Err(WsError::Protocol("new message inside a fragmented one"));
                 }
                 let is_text = d == Data::Text;
                 if !hdr.is_final {
-                    self.partial = Some((is_text, buf[range].to_vec()));
+                    self.frag = Some(Box::new(Fragmented {
+                        is_text,
+                        data: buf[range].to_vec(),
+                        complete: false,
+                    }));
                     Event::Fragment
                 } else if is_text {
                     if std::str::from_utf8(&buf[range.clone()]).is_err() {
@@ -194,12 +202,7 @@ impl Decoder {
 
     /// The message behind the last [`Event::AssembledText`].
     pub fn take_message(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.assembled)
-    }
-
-    /// Bytes held for a fragmented message in progress.
-    pub fn buffered(&self) -> usize {
-        self.partial.as_ref().map_or(0, |(_, v)| v.capacity())
+        self.frag.take().map(|f| f.data).unwrap_or_default()
     }
 }
 

@@ -30,7 +30,9 @@ impl Server {
             .expect("start cchat");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -38,6 +40,42 @@ impl Server {
             .parse()
             .unwrap();
         Server { child, addr }
+    }
+
+    /// Starts `cchat --listen LISTEN` (no ephemeral port) with extra flags.
+    /// Returns `None` when the process exits before printing its
+    /// `listening on` line (e.g. the address is still in use), so a caller
+    /// can retry a restart on the same port.
+    pub fn try_start_on(listen: &str, args: &[&str]) -> Option<Server> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cchat"))
+            .args(["--listen", listen])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cchat");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok());
+        match addr {
+            Some(addr) => Some(Server { child, addr }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
+    }
+
+    /// Kills the process and waits for it to exit (the port is free after).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self) -> String {
@@ -87,8 +125,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -104,7 +149,8 @@ impl Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let (ws, _) = tungstenite::client(format!("ws://{addr}/chat"), stream).expect("websocket handshake");
+        let (ws, _) =
+            tungstenite::client(format!("ws://{addr}/chat"), stream).expect("websocket handshake");
         Client { ws }
     }
 
@@ -149,7 +195,10 @@ impl Client {
             Ok(Message::Text(t)) => panic!("unexpected frame {t}"),
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => panic!("unexpected error {e}"),
         }
         self.ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -209,7 +258,11 @@ impl Raw {
             assert!(n > 0, "closed during handshake");
             buf.extend_from_slice(&b[..n]);
         }
-        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        assert!(
+            buf.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         buf.drain(..end);
         Raw { s, buf }

@@ -1,0 +1,943 @@
+//! Browser tests: a real headless Chromium (driven through chromedriver's W3C
+//! WebDriver HTTP API) against a real `cchat` process, using the page served
+//! at `GET /`.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
+//! `chromium` and `chromium-driver`; override with `CHROMIUM` and
+//! `CHROMEDRIVER`). The tests fail, not skip, when they are missing.
+//! Screenshots go to `$TMPDIR/cchat-browser-<test>/`.
+#![allow(missing_docs, unreachable_pub)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use common::{Client, Server};
+
+const WAIT: Duration = Duration::from_secs(10);
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+const KEY_ENTER: &str = "\u{E007}";
+const KEY_TAB: &str = "\u{E004}";
+
+// ---------------------------------------------------------------------------
+// A minimal W3C WebDriver client.
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build(),
+    )
+}
+
+/// One WebDriver request; returns the `value` of the reply, or the W3C error.
+fn wd(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> Result<Value, (String, String)> {
+    let resp = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        (_, body) => agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body.unwrap_or_else(|| json!({})).to_string()),
+    };
+    let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{method} {url}: HTTP {status}: {text}"));
+    let value = v.get("value").cloned().unwrap_or(Value::Null);
+    if status >= 400 || value.get("error").is_some_and(Value::is_string) {
+        return Err((
+            value["error"].as_str().unwrap_or("?").to_owned(),
+            value["message"].as_str().unwrap_or("").to_owned(),
+        ));
+    }
+    Ok(value)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn chromedriver_bin() -> String {
+    std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into())
+}
+
+fn chromium_bin() -> String {
+    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// A chromedriver process on a free 127.0.0.1 port; killed on drop.
+struct Driver {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+    dir: PathBuf,
+}
+
+impl Driver {
+    fn start(dir: &Path) -> Driver {
+        for bin in [chromedriver_bin(), chromium_bin()] {
+            assert!(
+                Path::new(&bin).exists(),
+                "{bin} not found: install Debian's `chromium` and `chromium-driver` (apt-get install chromium chromium-driver)"
+            );
+        }
+        let agent = agent();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(chromedriver_bin())
+                .arg(format!("--port={port}"))
+                .arg(format!(
+                    "--log-path={}",
+                    dir.join("chromedriver.log").display()
+                ))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver");
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken in the meantime: try another
+                }
+                if let Ok(v) = agent.get(format!("{base}/status")).call().map(|mut r| {
+                    serde_json::from_str::<Value>(
+                        &r.body_mut().read_to_string().unwrap_or_default(),
+                    )
+                    .unwrap_or(Value::Null)
+                }) {
+                    if v["value"]["ready"] == true {
+                        return Driver {
+                            child,
+                            base,
+                            agent,
+                            dir: dir.to_owned(),
+                        };
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("chromedriver did not become ready");
+    }
+
+    /// A new browser session with its own empty profile directory.
+    fn session(&self, width: u32, height: u32) -> Browser {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let profile = self
+            .dir
+            .join(format!("profile-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium_bin(),
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
+                    format!("--user-data-dir={}", profile.display()),
+                    format!("--window-size={width},{height}"),
+                ]
+            }
+        }}});
+        let v = wd(
+            &self.agent,
+            "POST",
+            &format!("{}/session", self.base),
+            Some(caps),
+        )
+        .unwrap_or_else(|e| panic!("new session: {e:?}"));
+        let id = v["sessionId"].as_str().expect("sessionId").to_owned();
+        Browser {
+            agent: self.agent.clone(),
+            base: format!("{}/session/{id}", self.base),
+            profile,
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser session (a window with one page); deleted on drop.
+struct Browser {
+    agent: ureq::Agent,
+    base: String,
+    profile: PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = wd(&self.agent, "DELETE", &self.base, None);
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Browser {
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        wd(&self.agent, method, &format!("{}{path}", self.base), body)
+            .unwrap_or_else(|(e, m)| panic!("{method} {path}: {e}: {m}"))
+    }
+
+    fn navigate(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url})));
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.cmd(
+            "POST",
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v[ELEMENT_KEY].as_str().expect("element id").to_owned()
+    }
+
+    fn by_id(&self, testid: &str) -> String {
+        self.find(&format!("[data-testid=\"{testid}\"]"))
+    }
+
+    fn send_keys(&self, el: &str, text: &str) {
+        self.cmd(
+            "POST",
+            &format!("/element/{el}/value"),
+            Some(json!({"text": text})),
+        );
+    }
+
+    fn clear(&self, el: &str) {
+        self.cmd("POST", &format!("/element/{el}/clear"), None);
+    }
+
+    fn click(&self, el: &str) {
+        self.cmd("POST", &format!("/element/{el}/click"), None);
+    }
+
+    fn text(&self, el: &str) -> String {
+        self.cmd("GET", &format!("/element/{el}/text"), None)
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    fn displayed(&self, el: &str) -> bool {
+        self.cmd("GET", &format!("/element/{el}/displayed"), None) == true
+    }
+
+    /// Types on the keyboard into whatever has focus (W3C actions).
+    fn keys(&self, text: &str) {
+        let mut acts = Vec::new();
+        for c in text.chars() {
+            acts.push(json!({"type": "keyDown", "value": c.to_string()}));
+            acts.push(json!({"type": "keyUp", "value": c.to_string()}));
+        }
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "kb", "actions": acts}]})),
+        );
+    }
+
+    fn exec(&self, script: &str, args: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": args})),
+        )
+    }
+
+    fn alert_text(&self) -> Option<String> {
+        wd(
+            &self.agent,
+            "GET",
+            &format!("{}/alert/text", self.base),
+            None,
+        )
+        .ok()
+        .map(|v| v.as_str().unwrap_or("").to_owned())
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let v = self.cmd("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("base64 screenshot"))
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Polls a JS expression (the body of a function) until it returns a
+    /// truthy value; returns that value. On timeout: panics with `what`.
+    fn wait_js(&self, what: &str, script: &str, args: Value) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.exec(script, args.clone());
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
+            if truthy {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let dump = self.exec("return document.body.innerText.slice(0, 3000)", json!([]));
+                panic!(
+                    "timed out waiting for {what}; page text:\n{}",
+                    dump.as_str().unwrap_or("")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // ---- page-level helpers ------------------------------------------------
+
+    fn open(&self, server: SocketAddr) {
+        self.navigate(&format!("http://{server}/"));
+        self.wait_js(
+            "the login form",
+            "return !!document.querySelector('[data-testid=login-name]')",
+            json!([]),
+        );
+        // Record any alert() the page (or injected markup) would show.
+        self.exec("window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };", json!([]));
+    }
+
+    fn login(&self, name: &str, room: &str, uid: Option<&str>) {
+        let n = self.by_id("login-name");
+        self.clear(&n);
+        self.send_keys(&n, name);
+        let r = self.by_id("login-room");
+        self.clear(&r);
+        self.send_keys(&r, room);
+        if let Some(uid) = uid {
+            let u = self.by_id("login-uid");
+            self.clear(&u);
+            self.send_keys(&u, uid);
+        }
+        self.click(&self.by_id("login-submit"));
+        self.wait_connected();
+    }
+
+    fn status(&self) -> String {
+        self.exec(
+            "return document.querySelector('[data-testid=connection-status]').dataset.state",
+            json!([]),
+        )
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+    }
+
+    fn wait_connected(&self) {
+        self.wait_js(
+            "connection-status = connected",
+            "return document.querySelector('[data-testid=connection-status]').dataset.state === 'connected'",
+            json!([]),
+        );
+    }
+
+    /// Types a message into the input and presses Enter.
+    fn say(&self, text: &str) {
+        let input = self.by_id("message-input");
+        self.send_keys(&input, text);
+        self.send_keys(&input, KEY_ENTER);
+    }
+
+    /// The messages shown: [{seq, uid, name, text, private, type}].
+    fn messages(&self) -> Vec<Value> {
+        let v = self.exec(
+            r#"return Array.from(document.querySelectorAll('[data-testid=message-list] [data-testid=message]')).map(function (m) {
+                var n = m.querySelector('.name'), b = m.querySelector('.body');
+                return {seq: m.dataset.seq, epoch: m.dataset.epoch, uid: m.dataset.uid, name: n ? n.textContent : null,
+                        text: b ? b.textContent : null, private: m.dataset.private === 'true', type: m.dataset.type,
+                        all: m.textContent};
+            });"#,
+            json!([]),
+        );
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until a message with this body text is shown; returns it.
+    fn wait_message(&self, text: &str) -> Value {
+        self.wait_js(
+            &format!("message {text:?}"),
+            r#"var want = arguments[0];
+               var ms = document.querySelectorAll('[data-testid=message-list] [data-testid=message]');
+               for (var i = 0; i < ms.length; i++) {
+                 var b = ms[i].querySelector('.body');
+                 if (b && b.textContent === want) {
+                   var n = ms[i].querySelector('.name');
+                   return {seq: ms[i].dataset.seq, uid: ms[i].dataset.uid, name: n ? n.textContent : null,
+                           private: ms[i].dataset.private === 'true', all: ms[i].textContent};
+                 }
+               }
+               return null;"#,
+            json!([text]),
+        )
+    }
+
+    fn wait_user(&self, uid: &str) {
+        self.wait_js(
+            &format!("user {uid} in user-list"),
+            "return !!document.querySelector('[data-testid=user-list] [data-testid=user][data-uid=\"' + CSS.escape(arguments[0]) + '\"]')",
+            json!([uid]),
+        );
+    }
+
+    /// The uid the server assigned (shown in the `me` line as "(uid)").
+    fn my_uid(&self) -> String {
+        let me = self.text(&self.by_id("me"));
+        let start = me.rfind('(').expect("uid in me line") + 1;
+        me[start..me.len() - 1].to_owned()
+    }
+
+    fn alerts(&self) -> Vec<Value> {
+        self.exec("return window.__alerts || []", json!([]))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Per-test folder for screenshots, logs and browser profiles.
+fn test_dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cchat-browser-{test}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn shot(b: &Browser, dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.png"));
+    b.screenshot(&p);
+    let len = std::fs::metadata(&p).unwrap().len();
+    assert!(
+        len > 1000,
+        "screenshot {} is suspiciously small ({len} bytes)",
+        p.display()
+    );
+    p
+}
+
+fn count_text(msgs: &[Value], text: &str) -> usize {
+    msgs.iter().filter(|m| m["text"] == text).count()
+}
+
+/// Reads frames until a `message` arrives; returns it.
+fn next_message(c: &mut Client) -> Value {
+    loop {
+        let v = c.recv();
+        if v["cmd"] == "message" {
+            return v;
+        }
+        assert_ne!(v["cmd"], "error", "unexpected error {v}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+/// (a) Two pages in one room chat both ways and see each other online.
+#[test]
+fn two_pages_chat_both_ways() {
+    let dir = test_dir("two_pages_chat_both_ways");
+    let server = Server::start(&["--shards", "2"]);
+    let driver = Driver::start(&dir);
+    let a = driver.session(1200, 900);
+    let b = driver.session(1200, 900);
+    a.open(server.addr);
+    b.open(server.addr);
+    a.login("Alice", "lobby", None);
+    b.login("Bob", "lobby", None);
+    let (ua, ub) = (a.my_uid(), b.my_uid());
+    assert_ne!(ua, ub);
+    // Online lists: A learned of B through newUser, B got both with getOnline.
+    a.wait_user(&ub);
+    b.wait_user(&ua);
+    b.wait_user(&ub);
+
+    a.say("hello from alice");
+    let seen_by_b = b.wait_message("hello from alice");
+    assert_eq!(seen_by_b["name"], "Alice", "{seen_by_b}");
+    assert_eq!(seen_by_b["uid"], ua.as_str());
+    assert_eq!(seen_by_b["private"], false);
+    // B answers with the Send button instead of Enter.
+    let input = b.by_id("message-input");
+    b.send_keys(&input, "hi alice, bob here");
+    b.click(&b.by_id("message-send"));
+    let seen_by_a = a.wait_message("hi alice, bob here");
+    assert_eq!(seen_by_a["name"], "Bob", "{seen_by_a}");
+    // The sender sees its own message too (echo), in the same order and with the same seq.
+    let own = a.wait_message("hello from alice");
+    assert_eq!(own["seq"], seen_by_b["seq"]);
+    b.wait_message("hi alice, bob here");
+    let (ma, mb) = (a.messages(), b.messages());
+    let order = |ms: &[Value]| {
+        ms.iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(order(&ma), ["hello from alice", "hi alice, bob here"]);
+    assert_eq!(order(&mb), order(&ma));
+    // A time is shown with each message.
+    assert!(
+        ma.iter().all(|m| m["all"].as_str().unwrap().contains(':')),
+        "{ma:?}"
+    );
+    let ta = a.text(&a.by_id("message-list"));
+    assert!(ta.contains("Bob") && ta.contains("Alice"), "{ta}");
+    shot(&a, &dir, "alice");
+    shot(&b, &dir, "bob");
+}
+
+/// (b) A private message from A to B reaches B only, not a third member.
+#[test]
+fn private_message_reaches_only_target() {
+    let dir = test_dir("private_message_reaches_only_target");
+    let server = Server::start(&["--shards", "2"]);
+    let driver = Driver::start(&dir);
+    let a = driver.session(1200, 900);
+    let b = driver.session(1200, 900);
+    a.open(server.addr);
+    b.open(server.addr);
+    a.login("Alice", "room1", None);
+    b.login("Bob", "room1", Some("bob-uid"));
+    let mut carol = server.client();
+    carol.login("Carol", "room1", Some("carol"));
+    a.wait_user("bob-uid");
+    a.wait_user("carol");
+
+    // Click Bob in A's user list: private mode is shown, with a way out.
+    a.click(&a.find("[data-testid=user-list] [data-testid=user][data-uid=\"bob-uid\"]"));
+    a.wait_js(
+        "private-target visible",
+        "var t = document.querySelector('[data-testid=private-target]'); return !t.hidden && t.textContent.indexOf('Bob') >= 0",
+        json!([]),
+    );
+    a.say("secret for bob");
+    let got = b.wait_message("secret for bob");
+    assert_eq!(got["private"], true, "{got}");
+    assert_eq!(got["name"], "Alice");
+    assert!(got["all"].as_str().unwrap().contains("private"), "{got}");
+    // A's own copy is marked private too.
+    let mine = a.wait_message("secret for bob");
+    assert_eq!(mine["private"], true, "{mine}");
+    shot(&a, &dir, "alice-private");
+    shot(&b, &dir, "bob-received");
+
+    // Cancel private mode and talk to the room: Carol's first message is this one.
+    a.click(&a.by_id("private-cancel"));
+    a.wait_js(
+        "private-target hidden",
+        "return document.querySelector('[data-testid=private-target]').hidden",
+        json!([]),
+    );
+    a.say("public after secret");
+    let m = next_message(&mut carol);
+    assert_eq!(m["msg"], "public after secret", "Carol got {m}");
+    assert!(m.get("tid").is_none());
+    carol.expect_silence(Duration::from_millis(300));
+    let pub_b = b.wait_message("public after secret");
+    assert_eq!(pub_b["private"], false);
+    assert_eq!(count_text(&b.messages(), "secret for bob"), 1);
+}
+
+/// (c) Markup in a message (and in a name, and a non-http picture) is text.
+#[test]
+fn markup_is_shown_as_text() {
+    let dir = test_dir("markup_is_shown_as_text");
+    let server = Server::start(&["--shards", "2"]);
+    let driver = Driver::start(&dir);
+    let a = driver.session(1200, 900);
+    let b = driver.session(1200, 900);
+    a.open(server.addr);
+    b.open(server.addr);
+    a.login("Alice", "xss", None);
+    b.login("Bob", "xss", None);
+    let evil = "<img src=x onerror=alert(1)>";
+    a.say(evil);
+    // Another client with a markup name posts a javascript: "picture".
+    let mut m = server.client();
+    m.login("<b>Mallory</b>", "xss", Some("mallory"));
+    m.send(json!({"cmd": "message", "type": "pic", "msg": "javascript:alert(2)", "rid": "xss"}));
+    m.send(json!({"cmd": "message", "type": "audio", "msg": "<script>alert(3)</script>", "rid": "xss"}));
+    for page in [&a, &b] {
+        let got = page.wait_message(evil);
+        assert_eq!(got["name"], "Alice");
+        let js = page.wait_message("javascript:alert(2)");
+        assert_eq!(js["name"], "<b>Mallory</b>", "{js}");
+        page.wait_message("<script>alert(3)</script>");
+        page.wait_user("mallory");
+        let n = page.exec(
+            "var l = document.querySelector('[data-testid=message-list]');
+             return {img: l.querySelectorAll('img').length, b: l.querySelectorAll('b').length,
+                     script: l.querySelectorAll('script').length, audio: l.querySelectorAll('audio').length,
+                     userB: document.querySelector('[data-testid=user-list]').querySelectorAll('b').length,
+                     html: l.innerHTML.indexOf('&lt;img src=x onerror=alert(1)&gt;') >= 0}",
+            json!([]),
+        );
+        assert_eq!(
+            n,
+            json!({"img": 0, "b": 0, "script": 0, "audio": 0, "userB": 0, "html": true})
+        );
+        let list = page.text(&page.by_id("user-list"));
+        assert!(list.contains("<b>Mallory</b>"), "{list}");
+        assert_eq!(page.alerts(), Vec::<Value>::new());
+        assert_eq!(page.alert_text(), None, "an alert dialog is open");
+    }
+    shot(&b, &dir, "literal-markup");
+}
+
+/// pic/audio messages with an http(s) URL become <img>/<audio>.
+#[test]
+fn media_messages_for_http_urls() {
+    let dir = test_dir("media_messages_for_http_urls");
+    let server = Server::start(&["--shards", "2"]);
+    let driver = Driver::start(&dir);
+    let a = driver.session(1200, 900);
+    a.open(server.addr);
+    a.login("Alice", "media", None);
+    let mut c = server.client();
+    c.login("Carl", "media", Some("carl"));
+    let pic = format!("http://{}/no-such-picture.png", server.addr);
+    let audio = format!("http://{}/no-such-sound.ogg", server.addr);
+    c.send(json!({"cmd": "message", "type": "audio", "msg": audio, "rid": "media"}));
+    c.send(json!({"cmd": "message", "type": "pic", "msg": "ftp://example.invalid/x.png", "rid": "media"}));
+    c.send(json!({"cmd": "message", "type": "text", "msg": "done", "rid": "media"}));
+    a.wait_message("done");
+    a.wait_message("ftp://example.invalid/x.png");
+    let n = a.exec(
+        "var a = document.querySelectorAll('[data-testid=message-list] audio');
+         return a.length === 1 ? {controls: a[0].controls, src: a[0].src} : a.length",
+        json!([]),
+    );
+    assert_eq!(n, json!({"controls": true, "src": audio}));
+    // A picture: an <img> with that source (it fails to load and then shows as text).
+    let img_seen = a.exec(
+        "window.__imgs = []; new MutationObserver(function (rs) { rs.forEach(function (r) { r.addedNodes.forEach(function (n) {
+            if (n.querySelectorAll) n.querySelectorAll('img').forEach(function (i) { window.__imgs.push(i.getAttribute('src')); }); }); }); })
+         .observe(document.querySelector('[data-testid=message-list]'), {childList: true, subtree: true}); return true",
+        json!([]),
+    );
+    assert_eq!(img_seen, true);
+    c.send(json!({"cmd": "message", "type": "pic", "msg": pic, "rid": "media"}));
+    let srcs = a.wait_js(
+        "an <img> for the picture",
+        "return window.__imgs.length ? window.__imgs : null",
+        json!([]),
+    );
+    assert_eq!(srcs, json!([pic]));
+    shot(&a, &dir, "media");
+}
+
+/// (d) The server restarts on the same port: the page shows it, reconnects,
+/// fetches what it missed and shows new messages, without duplicates.
+#[test]
+fn reconnects_after_server_restart() {
+    let dir = test_dir("reconnects_after_server_restart");
+    let mut server = Server::start(&["--shards", "2"]);
+    let addr = server.addr;
+    let driver = Driver::start(&dir);
+    let a = driver.session(1200, 900);
+    a.open(addr);
+    a.login("Alice", "durable", None);
+    let uid = a.my_uid();
+    let mut bob = server.client();
+    bob.login("Bob", "durable", Some("bob"));
+    a.wait_user("bob");
+    bob.say("durable", "before-1");
+    bob.say("durable", "before-2");
+    a.wait_message("before-2");
+    a.wait_message("before-1");
+
+    drop(bob);
+    server.kill();
+    a.wait_js(
+        "connection-status = disconnected",
+        "var s = document.querySelector('[data-testid=connection-status]'); return s.dataset.state === 'disconnected' && /disconnected/i.test(s.textContent)",
+        json!([]),
+    );
+    shot(&a, &dir, "disconnected");
+
+    let listen = addr.to_string();
+    let deadline = Instant::now() + WAIT;
+    let server2 = loop {
+        if let Some(s) = Server::try_start_on(&listen, &["--shards", "2"]) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "could not restart the server on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(server2.addr, addr);
+    // Sent right after the restart, most likely before the page is back: the
+    // page gets it from getHistory (a new epoch, so seq starts over).
+    let mut bob = server2.client();
+    bob.login("Bob", "durable", Some("bob"));
+    bob.say("durable", "missed-1");
+
+    a.wait_connected();
+    shot(&a, &dir, "reconnected");
+    // Same identity as before: Bob sees Alice's old uid online.
+    bob.send(json!({"cmd": "getOnline", "rid": "durable"}));
+    let online = loop {
+        let v = bob.recv();
+        if v["cmd"] == "getOnline" {
+            break v;
+        }
+    };
+    let online_uids: Vec<&str> = online["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["uid"].as_str())
+        .collect();
+    assert!(
+        online_uids.contains(&uid.as_str()),
+        "{uid} not online after the reconnect: {online}"
+    );
+    a.wait_message("missed-1");
+    bob.say("durable", "after-1");
+    bob.say("durable", "after-2");
+    a.wait_message("after-2");
+    a.wait_message("after-1");
+    let ms = a.messages();
+    for t in ["before-1", "before-2", "missed-1", "after-1", "after-2"] {
+        assert_eq!(
+            count_text(&ms, t),
+            1,
+            "{t} shown {} times: {ms:?}",
+            count_text(&ms, t)
+        );
+    }
+    assert_eq!(ms.len(), 5, "{ms:?}");
+    // The page shows the status as connected again.
+    assert_eq!(a.status(), "connected");
+    assert!(
+        a.text(&a.by_id("connection-status"))
+            .to_lowercase()
+            .contains("connected")
+    );
+    // Still usable: the page can send after the reconnect.
+    a.say("alice is back");
+    let m = next_message(&mut bob);
+    assert_eq!(m["msg"], "alice is back");
+    assert_eq!(m["uid"], uid.as_str());
+    a.wait_message("alice is back");
+    shot(&a, &dir, "after");
+}
+
+/// (e) Phone width: the login form and the composer are visible and usable
+/// with the keyboard alone.
+#[test]
+fn phone_width_keyboard_only() {
+    let dir = test_dir("phone_width_keyboard_only");
+    let server = Server::start(&["--shards", "2"]);
+    let driver = Driver::start(&dir);
+    let a = driver.session(375, 800);
+    a.cmd(
+        "POST",
+        "/window/rect",
+        Some(json!({"width": 375, "height": 800})),
+    );
+    a.open(server.addr);
+    let width = a
+        .exec("return window.innerWidth", json!([]))
+        .as_i64()
+        .unwrap();
+    assert!(width <= 400, "viewport is {width}px wide");
+    let fits = "var r = document.querySelector(arguments[0]).getBoundingClientRect();
+                return r.width > 0 && r.height > 0 && r.left >= 0 && r.right <= window.innerWidth + 1 && r.top >= 0 && r.bottom <= window.innerHeight + 1";
+    for id in ["login-name", "login-room", "login-uid", "login-submit"] {
+        assert!(a.displayed(&a.by_id(id)), "{id} not displayed");
+        assert_eq!(
+            a.exec(fits, json!([format!("[data-testid={id}]")])),
+            true,
+            "{id} outside the viewport"
+        );
+    }
+    shot(&a, &dir, "login");
+    // Keyboard only: the name field has focus; Tab moves through the form; Enter submits.
+    let focused = "return document.activeElement && document.activeElement.dataset.testid";
+    assert_eq!(a.exec(focused, json!([])), "login-name");
+    a.keys("Pat");
+    a.keys(KEY_TAB);
+    assert_eq!(a.exec(focused, json!([])), "login-room");
+    a.exec("document.activeElement.select()", json!([]));
+    a.keys("mobile");
+    a.keys(KEY_TAB);
+    assert_eq!(a.exec(focused, json!([])), "login-uid");
+    a.keys(KEY_ENTER);
+    a.wait_connected();
+    // The message input has focus after login.
+    assert_eq!(a.exec(focused, json!([])), "message-input");
+    for id in [
+        "message-input",
+        "message-send",
+        "message-list",
+        "connection-status",
+    ] {
+        assert!(a.displayed(&a.by_id(id)), "{id} not displayed");
+        assert_eq!(
+            a.exec(fits, json!([format!("[data-testid={id}]")])),
+            true,
+            "{id} outside the viewport"
+        );
+    }
+    a.keys("typed on a phone");
+    a.keys(KEY_ENTER);
+    let m = a.wait_message("typed on a phone");
+    assert_eq!(m["name"], "Pat");
+    let mut c = server.client();
+    c.login("Quinn", "mobile", Some("quinn"));
+    c.say("mobile", "a reply with a rather long text that has to wrap on a narrow phone screen instead of widening the page");
+    a.wait_message("a reply with a rather long text that has to wrap on a narrow phone screen instead of widening the page");
+    let overflow = a
+        .exec(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            json!([]),
+        )
+        .as_i64()
+        .unwrap();
+    assert!(
+        overflow <= 0,
+        "page is {overflow}px wider than the viewport"
+    );
+    assert_eq!(a.exec(fits, json!(["[data-testid=message-input]"])), true);
+    shot(&a, &dir, "chat");
+}
+
+/// (f) Server errors are shown: a too-long message, then sending too fast.
+#[test]
+fn server_errors_are_shown() {
+    let dir = test_dir("server_errors_are_shown");
+    let server = Server::start(&["--shards", "2", "--rate-limit", "1"]);
+    let driver = Driver::start(&dir);
+    let a = driver.session(1200, 900);
+    a.open(server.addr);
+    a.login("Alice", "errs", None);
+    let banner_hidden = "return document.querySelector('[data-testid=error-banner]').hidden";
+    assert_eq!(a.exec(banner_hidden, json!([])), true);
+    // 2000 bytes: over the 1024-byte limit.
+    let input = a.by_id("message-input");
+    a.exec(
+        "arguments[0].value = 'x'.repeat(2000)",
+        json!([{ELEMENT_KEY: input}]),
+    );
+    a.click(&a.by_id("message-send"));
+    let text = a.wait_js(
+        "the error banner",
+        "var b = document.querySelector('[data-testid=error-banner]'); return b.hidden ? null : b.textContent",
+        json!([]),
+    );
+    let text = text.as_str().unwrap();
+    assert!(text.contains("50"), "{text}");
+    shot(&a, &dir, "too-long");
+    a.click(&a.by_id("error-dismiss"));
+    assert_eq!(a.exec(banner_hidden, json!([])), true);
+    // Burst 2 at 1 msg/s: several at once are refused with "sending too fast".
+    for i in 0..6 {
+        a.say(&format!("quick {i}"));
+    }
+    let text = a.wait_js(
+        "a 'too fast' error",
+        "var b = document.querySelector('[data-testid=error-banner]'); return !b.hidden && /too fast/.test(b.textContent) ? b.textContent : null",
+        json!([]),
+    );
+    assert!(text.as_str().unwrap().contains("50"), "{text}");
+    assert!(a.displayed(&a.by_id("error-banner")));
+    a.wait_message("quick 0");
+    shot(&a, &dir, "too-fast");
+}
+
+/// Joining a second room, switching between rooms, unread counts.
+#[test]
+fn join_and_switch_rooms() {
+    let dir = test_dir("join_and_switch_rooms");
+    let server = Server::start(&["--shards", "2"]);
+    let driver = Driver::start(&dir);
+    let a = driver.session(1200, 900);
+    a.open(server.addr);
+    let mut c = server.client();
+    c.login("Cy", "second", Some("cy"));
+    c.say("second", "history in second");
+    a.login("Alice", "first", None);
+    a.say("in first");
+    a.wait_message("in first");
+    let join = a.by_id("join-room-input");
+    a.send_keys(&join, "second");
+    a.send_keys(&join, KEY_ENTER);
+    a.wait_js(
+        "second room tab active",
+        "var t = document.querySelector('[data-testid=room-tab][data-rid=second]'); return t && t.getAttribute('aria-current') === 'true'",
+        json!([]),
+    );
+    // Joining shows the room's history and who is online.
+    a.wait_message("history in second");
+    a.wait_user("cy");
+    assert_eq!(
+        count_text(&a.messages(), "in first"),
+        0,
+        "messages of another room shown"
+    );
+    let _ = c.expect("newUser");
+    a.say("hello second");
+    assert_eq!(next_message(&mut c)["msg"], "hello second");
+    // A message in the inactive room raises its unread count.
+    a.click(&a.find("[data-testid=room-tab][data-rid=first]"));
+    a.wait_message("in first");
+    c.say("second", "while away");
+    a.wait_js(
+        "unread badge on second",
+        "var t = document.querySelector('[data-testid=room-tab][data-rid=second]'); return t && /1/.test(t.textContent)",
+        json!([]),
+    );
+    shot(&a, &dir, "unread");
+    a.click(&a.find("[data-testid=room-tab][data-rid=second]"));
+    a.wait_message("while away");
+    let texts: Vec<String> = a
+        .messages()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["history in second", "hello second", "while away"]);
+    // Leaving the room: the tab goes and the other room shows.
+    a.click(&a.by_id("leave-room"));
+    a.wait_js(
+        "second tab gone",
+        "return !document.querySelector('[data-testid=room-tab][data-rid=second]')",
+        json!([]),
+    );
+    let left = c.expect("userLeave");
+    assert_eq!(left["rid"], "second");
+    a.wait_message("in first");
+    shot(&a, &dir, "rooms");
+}
