@@ -860,7 +860,11 @@ fn server_errors_are_shown() {
     );
     let text = text.as_str().unwrap();
     assert!(text.contains("50"), "{text}");
+    // The rejected text is given back in the input.
+    let back = a.exec("return arguments[0].value.length", json!([{ELEMENT_KEY: input}]));
+    assert_eq!(back, 2000);
     shot(&a, &dir, "too-long");
+    a.clear(&input);
     a.click(&a.by_id("error-dismiss"));
     assert_eq!(a.exec(banner_hidden, json!([])), true);
     // Burst 2 at 1 msg/s: several at once are refused with "sending too fast".
