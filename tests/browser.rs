@@ -544,10 +544,11 @@ fn private_message_reaches_only_target() {
     let got = b.wait_message("secret for bob");
     assert_eq!(got["private"], true, "{got}");
     assert_eq!(got["name"], "Alice");
-    assert!(got["all"].as_str().unwrap().contains("private"), "{got}");
+    assert!(got["all"].as_str().unwrap().contains("Private to you"), "{got}");
     // A's own copy is marked private too.
     let mine = a.wait_message("secret for bob");
     assert_eq!(mine["private"], true, "{mine}");
+    assert!(mine["all"].as_str().unwrap().contains("Private to Bob"), "{mine}");
     shot(&a, &dir, "alice-private");
     shot(&b, &dir, "bob-received");
 
