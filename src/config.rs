@@ -15,11 +15,7 @@ use thiserror::Error;
 /// Flags of the `cchat` binary. Every setting is optional here so that a
 /// config file can supply it; [`Config::from_args`] applies defaults.
 #[derive(Debug, Parser, Default)]
-#[command(
-    name = "cchat",
-    version,
-    about = "Thread-per-core WebSocket chat server (CChat-compatible)"
-)]
+#[command(name = "cchat", version, about = "Thread-per-core WebSocket chat server (CChat-compatible)")]
 pub struct Args {
     /// Client address (WebSocket + HTTP). Default 0.0.0.0:9503.
     #[arg(long)]
@@ -173,9 +169,7 @@ impl Default for Config {
 
 fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
     if !(v.is_finite() && v > 0.0 && v < 1e9) {
-        return Err(ConfigError::Invalid(format!(
-            "{name} must be a positive number of seconds"
-        )));
+        return Err(ConfigError::Invalid(format!("{name} must be a positive number of seconds")));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -186,8 +180,7 @@ impl Config {
         let file = match &args.config {
             None => FileConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::Read(path.clone(), e))?;
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.clone(), e))?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e))?
             }
         };
@@ -199,9 +192,7 @@ impl Config {
         }
         let shards = pick!(shards).unwrap_or(d.shards);
         if shards == 0 || shards > 1024 {
-            return Err(ConfigError::Invalid(
-                "shards must be between 1 and 1024".into(),
-            ));
+            return Err(ConfigError::Invalid("shards must be between 1 and 1024".into()));
         }
         let rate_limit = pick!(rate_limit).unwrap_or(d.rate_limit);
         if !(rate_limit.is_finite() && rate_limit >= 0.0) {
@@ -210,25 +201,19 @@ impl Config {
         let max_message_bytes = pick!(max_message_bytes).unwrap_or(d.max_message_bytes);
         let max_frame_bytes = pick!(max_frame_bytes).unwrap_or(d.max_frame_bytes);
         if max_frame_bytes < 125 || max_frame_bytes > 1 << 30 {
-            return Err(ConfigError::Invalid(
-                "max-frame-bytes must be between 125 and 2^30".into(),
-            ));
+            return Err(ConfigError::Invalid("max-frame-bytes must be between 125 and 2^30".into()));
         }
         let listen = pick!(listen).unwrap_or(d.listen);
         let node_id = match pick!(node_id) {
             Some(n) => n,
             None => format!("{}:{}", host_name(), listen.port()),
         };
-        let peers = if args.peers.is_empty() {
-            file.peers
-        } else {
-            args.peers
-        };
+        let peers = if args.peers.is_empty() { file.peers } else { args.peers };
         let relay_listen = pick!(relay_listen);
         let cluster_secret = pick!(cluster_secret);
-        if relay_listen.is_some() && cluster_secret.as_deref().is_none_or(str::is_empty) {
+        if (relay_listen.is_some() || !peers.is_empty()) && cluster_secret.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::Invalid(
-                "--relay-listen needs --cluster-secret (or CCHAT_CLUSTER_SECRET)".into(),
+                "--relay-listen and --peer need --cluster-secret (or CCHAT_CLUSTER_SECRET)".into(),
             ));
         }
         let cfg = Config {
@@ -238,15 +223,10 @@ impl Config {
             max_message_bytes,
             max_frame_bytes,
             max_connections: pick!(max_connections),
-            handshake_timeout: secs(
-                "handshake-timeout",
-                pick!(handshake_timeout).unwrap_or(10.0),
-            )?,
+            handshake_timeout: secs("handshake-timeout", pick!(handshake_timeout).unwrap_or(10.0))?,
             ping_interval: secs("ping-interval", pick!(ping_interval).unwrap_or(20.0))?,
             idle_timeout: secs("idle-timeout", pick!(idle_timeout).unwrap_or(60.0))?,
-            max_outbound_bytes: pick!(max_outbound_bytes)
-                .unwrap_or(d.max_outbound_bytes)
-                .max(1024),
+            max_outbound_bytes: pick!(max_outbound_bytes).unwrap_or(d.max_outbound_bytes).max(1024),
             history: pick!(history).unwrap_or(d.history),
             shutdown_grace: secs("shutdown-grace", pick!(shutdown_grace).unwrap_or(3.0))?,
             node_id,
@@ -255,9 +235,7 @@ impl Config {
             cluster_secret,
         };
         if cfg.idle_timeout <= cfg.ping_interval {
-            return Err(ConfigError::Invalid(
-                "idle-timeout must be longer than ping-interval".into(),
-            ));
+            return Err(ConfigError::Invalid("idle-timeout must be longer than ping-interval".into()));
         }
         Ok(cfg)
     }
@@ -289,28 +267,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cchat-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
-            "rate-limit = 3\nmax-message-bytes = 99\nlisten = \"127.0.0.1:1\"\n",
-        )
-        .unwrap();
-        let args = Args::parse_from([
-            "cchat",
-            "--config",
-            path.to_str().unwrap(),
-            "--rate-limit",
-            "7",
-        ]);
+        std::fs::write(&path, "rate-limit = 3\nmax-message-bytes = 99\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let args = Args::parse_from(["cchat", "--config", path.to_str().unwrap(), "--rate-limit", "7"]);
         let c = Config::from_args(args).unwrap();
         assert_eq!(c.rate_limit, 7.0);
         assert_eq!(c.max_message_bytes, 99);
         assert_eq!(c.listen.port(), 1);
         std::fs::write(&path, "bogus = 1\n").unwrap();
         let args = Args::parse_from(["cchat", "--config", path.to_str().unwrap()]);
-        assert!(matches!(
-            Config::from_args(args),
-            Err(ConfigError::Parse(..))
-        ));
+        assert!(matches!(Config::from_args(args), Err(ConfigError::Parse(..))));
     }
 
     #[test]

@@ -57,9 +57,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
     let (req, head_len) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            shard.node.stats.shards[shard.id]
-                .timeout_closes
-                .fetch_add(1, Relaxed);
+            shard.node.stats.shards[shard.id].timeout_closes.fetch_add(1, Relaxed);
             return None;
         }
         let _ = stream.set_read_timeout(Some(left));
@@ -69,9 +67,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
             Ok(0) => return None,
             Ok(n) => n,
             Err(_) => {
-                shard.node.stats.shards[shard.id]
-                    .timeout_closes
-                    .fetch_add(1, Relaxed);
+                shard.node.stats.shards[shard.id].timeout_closes.fetch_add(1, Relaxed);
                 return None;
             }
         };
@@ -80,9 +76,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
             Ok(Some(r)) => break r,
             Ok(None) => continue,
             Err(why) => {
-                let _ = stream
-                    .write_all(&http::response(400, "text/plain", why.as_bytes()))
-                    .await;
+                let _ = stream.write_all(&http::response(400, "text/plain", why.as_bytes())).await;
                 return None;
             }
         }
@@ -95,28 +89,21 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
                 http::response(503, "text/plain", b"shutting down")
             } else if node.open.fetch_add(1, Relaxed) >= node.max_connections {
                 node.open.fetch_sub(1, Relaxed);
-                node.stats.shards[shard.id]
-                    .rejected_connections
-                    .fetch_add(1, Relaxed);
+                node.stats.shards[shard.id].rejected_connections.fetch_add(1, Relaxed);
                 http::response(503, "text/plain", b"connection limit reached")
             } else {
-                stream
-                    .write_all(http::switching_protocols(&accept).as_bytes())
-                    .await
-                    .ok()?;
+                stream.write_all(http::switching_protocols(&accept).as_bytes()).await.ok()?;
                 return Some(buf.split_off(head_len));
             }
         }
         Request::Get(path) => match path.as_str() {
-            "/" | "/index.html" => {
-                http::response(200, "text/html; charset=utf-8", http::INDEX_HTML.as_bytes())
-            }
+            "/" | "/index.html" => http::response(200, "text/html; charset=utf-8", http::INDEX_HTML.as_bytes()),
             "/healthz" => http::response(200, "text/plain", b"ok\n"),
-            "/metrics" => http::response(
-                200,
-                "text/plain; version=0.0.4",
-                node.stats.render(node.max_connections).as_bytes(),
-            ),
+            "/metrics" => {
+                let mut body = node.stats.render(node.max_connections);
+                node.relay.render(&mut body);
+                http::response(200, "text/plain; version=0.0.4", body.as_bytes())
+            }
             _ => http::response(404, "text/plain", b"not found\n"),
         },
         Request::Reject(status, why) => http::response(status, "text/plain", why.as_bytes()),
@@ -149,8 +136,7 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
                 return Poll::Ready(Wake::Closing);
             }
             if blocked {
-                let r = shard
-                    .poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b));
+                let r = shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b));
                 if let Poll::Ready(Err(_)) = r {
                     return Poll::Ready(Wake::Gone);
                 }
@@ -200,9 +186,7 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
 }
 
 fn violation(shard: &Shard, key: u32, e: WsError) {
-    shard.node.stats.shards[shard.id]
-        .protocol_closes
-        .fetch_add(1, Relaxed);
+    shard.node.stats.shards[shard.id].protocol_closes.fetch_add(1, Relaxed);
     shard.begin_close(key, e.close_code(), e.reason());
 }
 
@@ -259,11 +243,9 @@ async fn linger(shard: &Shard, key: u32, stream: &mut TcpStream) {
     let grace = shard.node.cfg.shutdown_grace.min(Duration::from_secs(5));
     let flushed = futures_lite::future::or(
         async {
-            poll_fn(|cx| {
-                shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b))
-            })
-            .await
-            .is_ok()
+            poll_fn(|cx| shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b)))
+                .await
+                .is_ok()
         },
         async {
             Timer::new(grace).await;

@@ -29,11 +29,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= MAX_HEAD {
-                Err("request head too large")
-            } else {
-                Ok(None)
-            };
+            return if buf.len() >= MAX_HEAD { Err("request head too large") } else { Ok(None) };
         }
         Err(_) => return Err("malformed request"),
     };
@@ -41,10 +37,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
         return Ok(Some((Request::Reject(405, "only GET is served"), len)));
     }
     let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
+        req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
     };
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -54,30 +47,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
         let path = path.split('?').next().unwrap_or("/").to_owned();
         return Ok(Some((Request::Get(path), len)));
     }
-    if !has_token("upgrade", "websocket")
-        || !has_token("connection", "upgrade")
-        || req.version != Some(1)
-    {
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") || req.version != Some(1) {
         return Ok(Some((Request::Reject(400, "bad websocket upgrade"), len)));
     }
     if header("sec-websocket-version") != Some("13") {
-        return Ok(Some((
-            Request::Reject(426, "websocket version 13 required"),
-            len,
-        )));
+        return Ok(Some((Request::Reject(426, "websocket version 13 required"), len)));
     }
     let Some(key) = header("sec-websocket-key").filter(|k| !k.trim().is_empty()) else {
-        return Ok(Some((
-            Request::Reject(400, "missing Sec-WebSocket-Key"),
-            len,
-        )));
+        return Ok(Some((Request::Reject(400, "missing Sec-WebSocket-Key"), len)));
     };
-    Ok(Some((
-        Request::Upgrade {
-            accept: derive_accept_key(key.trim().as_bytes()),
-        },
-        len,
-    )))
+    Ok(Some((Request::Upgrade { accept: derive_accept_key(key.trim().as_bytes()) }, len)))
 }
 
 /// The 101 response.
@@ -98,11 +77,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let extra = if status == 426 {
-        "Sec-WebSocket-Version: 13\r\n"
-    } else {
-        ""
-    };
+    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{extra}Connection: close\r\n\r\n",
         body.len()
@@ -127,27 +102,17 @@ mod tests {
         let (r, n) = parse(UPGRADE.as_bytes()).unwrap().unwrap();
         assert_eq!(n, UPGRADE.len());
         // The RFC 6455 example key.
-        assert_eq!(
-            r,
-            Request::Upgrade {
-                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
-            }
-        );
+        assert_eq!(r, Request::Upgrade { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() });
     }
 
     #[test]
     fn plain_gets_and_rejects() {
-        let (r, _) = parse(b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (r, _) = parse(b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
         assert_eq!(r, Request::Get("/metrics".into()));
         let (r, _) = parse(b"POST / HTTP/1.1\r\n\r\n").unwrap().unwrap();
         assert!(matches!(r, Request::Reject(405, _)));
         let bad_version = UPGRADE.replace("Version: 13", "Version: 8");
-        assert!(matches!(
-            parse(bad_version.as_bytes()).unwrap().unwrap().0,
-            Request::Reject(426, _)
-        ));
+        assert!(matches!(parse(bad_version.as_bytes()).unwrap().unwrap().0, Request::Reject(426, _)));
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost").unwrap(), None);
         assert!(parse(b"\x00\x01garbage\r\n\r\n").is_err());
     }

@@ -26,10 +26,7 @@ impl Id {
         if s.is_empty() || s.len() > MAX_ID_LEN {
             return None;
         }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-        {
+        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-')) {
             return None;
         }
         Some(Id(Arc::from(s)))

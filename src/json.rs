@@ -24,14 +24,7 @@ pub fn write_str(out: &mut impl BufMut, s: &str) {
         out.put_slice(&bytes[start..i]);
         if esc.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.put_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]);
+            out.put_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
         } else {
             out.put_slice(esc);
         }
@@ -123,10 +116,7 @@ mod tests {
     #[test]
     fn object() {
         let mut v = Vec::new();
-        Obj::new(&mut v, "login")
-            .str("uid", "1")
-            .num("seq", 10)
-            .end();
+        Obj::new(&mut v, "login").str("uid", "1").num("seq", 10).end();
         assert_eq!(v, br#"{"cmd":"login","uid":"1","seq":10}"#);
     }
 

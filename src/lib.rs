@@ -31,10 +31,14 @@
 //! | [`config`] | flags, TOML file, defaults | file |
 //! | [`metrics`] | per-shard counters, Prometheus text | no |
 //! | [`node`] | state shared by a node's shards | no |
+//! | [`cluster`] | live nodes, room → owner node | no |
+//! | [`relay::codec`], [`relay::handshake`] | relay wire format and handshake | no |
+//! | [`relay`] | links between nodes | yes |
 //! | [`shard`] | a shard: connections, rooms, cross-shard messages, flushing | yes |
 //! | [`conn`] | one connection's task | yes |
 //! | [`server`] | start shards, signals, shutdown | yes |
 
+pub mod cluster;
 pub mod config;
 pub(crate) mod conn;
 pub mod http;
@@ -45,6 +49,7 @@ pub mod node;
 pub mod placement;
 pub mod protocol;
 pub mod ratelimit;
+pub mod relay;
 pub mod room;
 pub mod server;
 pub mod shard;

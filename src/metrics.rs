@@ -54,9 +54,7 @@ impl Default for ShardStats {
             timeout_closes: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
-            ),
+            latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
         }
     }
 }
@@ -83,52 +81,25 @@ pub struct NodeStats {
 impl NodeStats {
     /// Counters for `n` shards.
     pub fn new(n: usize) -> Self {
-        NodeStats {
-            shards: (0..n).map(|_| ShardStats::default()).collect(),
-        }
+        NodeStats { shards: (0..n).map(|_| ShardStats::default()).collect() }
     }
 
     /// Total open connections.
     pub fn connections(&self) -> i64 {
-        self.shards
-            .iter()
-            .map(|s| s.connections.load(Relaxed))
-            .sum()
+        self.shards.iter().map(|s| s.connections.load(Relaxed)).sum()
     }
 
     /// Renders the Prometheus text exposition format.
     pub fn render(&self, max_connections: usize) -> String {
         let mut out = String::with_capacity(4096);
-        let sum_u = |f: fn(&ShardStats) -> &AtomicU64| {
-            self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<u64>()
-        };
-        let sum_i = |f: fn(&ShardStats) -> &AtomicI64| {
-            self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<i64>()
-        };
+        let sum_u = |f: fn(&ShardStats) -> &AtomicU64| self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<u64>();
+        let sum_i = |f: fn(&ShardStats) -> &AtomicI64| self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<i64>();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         };
-        metric(
-            "cchat_connections",
-            "gauge",
-            "Open WebSocket connections.",
-            sum_i(|s| &s.connections).to_string(),
-        );
-        metric(
-            "cchat_max_connections",
-            "gauge",
-            "Connection cap of this node.",
-            max_connections.to_string(),
-        );
-        metric(
-            "cchat_rooms",
-            "gauge",
-            "Rooms with members.",
-            sum_i(|s| &s.rooms).to_string(),
-        );
+        metric("cchat_connections", "gauge", "Open WebSocket connections.", sum_i(|s| &s.connections).to_string());
+        metric("cchat_max_connections", "gauge", "Connection cap of this node.", max_connections.to_string());
+        metric("cchat_rooms", "gauge", "Rooms with members.", sum_i(|s| &s.rooms).to_string());
         metric(
             "cchat_messages_in_total",
             "counter",
@@ -184,11 +155,7 @@ impl NodeStats {
             "# HELP cchat_shard_queue_depth Items waiting in a shard's inbound cross-shard queues.\n# TYPE cchat_shard_queue_depth gauge"
         );
         for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "cchat_shard_queue_depth{{shard=\"{i}\"}} {}",
-                s.queue_depth.load(Relaxed).max(0)
-            );
+            let _ = writeln!(out, "cchat_shard_queue_depth{{shard=\"{i}\"}} {}", s.queue_depth.load(Relaxed).max(0));
         }
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
         for s in &self.shards {

@@ -1,9 +1,12 @@
 //! State shared by every shard of a node (read-mostly; written with atomics).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+use crate::cluster::Table;
 use crate::config::Config;
 use crate::metrics::NodeStats;
+use crate::relay::RelayStats;
 
 /// Node-wide state, one `Arc` shared by all shards.
 #[derive(Debug)]
@@ -16,13 +19,17 @@ pub struct Node {
     pub open: AtomicUsize,
     /// Connection cap.
     pub max_connections: usize,
-    /// Epoch of every room sequence on this node: its start time in
-    /// milliseconds, so a restarted node's sequences are told apart.
+    /// This node's start time in Unix milliseconds.
     pub epoch: u64,
     /// Short tag in server-assigned uids, unique per node start.
     pub uid_tag: String,
     /// Set by the signal handler; shards poll it every tick.
     pub shutdown: AtomicBool,
+    /// Known nodes and which are live (written by the relay shard).
+    pub cluster: Mutex<Table>,
+    /// Relay counters.
+    pub relay: RelayStats,
+    last_epoch: AtomicU64,
 }
 
 impl Node {
@@ -37,6 +44,9 @@ impl Node {
         }
         Node {
             stats: NodeStats::new(cfg.shards),
+            cluster: Mutex::new(Table::new(&cfg.node_id)),
+            relay: RelayStats::default(),
+            last_epoch: AtomicU64::new(epoch),
             cfg,
             open: AtomicUsize::new(0),
             max_connections,
@@ -44,5 +54,16 @@ impl Node {
             uid_tag: tag,
             shutdown: AtomicBool::new(false),
         }
+    }
+}
+
+impl Node {
+    /// An epoch for a room sequence starting now: Unix milliseconds, and
+    /// strictly greater than any this node handed out before, so a room that
+    /// is re-homed here (or a restarted node's rooms) never reuses an epoch.
+    pub fn next_epoch(&self) -> u64 {
+        let now = crate::shard::unix_ms();
+        let prev = self.last_epoch.fetch_max(now, Relaxed);
+        if prev >= now { self.last_epoch.fetch_add(1, Relaxed) + 1 } else { now }
     }
 }

@@ -32,9 +32,7 @@ pub fn shard_for(rid: &str, shards: usize) -> usize {
 /// The node that owns room `rid` among `nodes` (by rendezvous hashing).
 /// Returns None only when `nodes` is empty.
 pub fn node_for<'a>(rid: &str, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    nodes
-        .into_iter()
-        .max_by_key(|n| (fnv1a(&[n.as_bytes(), rid.as_bytes()]), *n))
+    nodes.into_iter().max_by_key(|n| (fnv1a(&[n.as_bytes(), rid.as_bytes()]), *n))
 }
 
 #[cfg(test)]

@@ -37,27 +37,18 @@ pub struct ProtoError {
 impl ProtoError {
     /// An error with a fixed message.
     pub const fn new(code: u16, msg: &'static str) -> Self {
-        ProtoError {
-            code,
-            msg: Cow::Borrowed(msg),
-        }
+        ProtoError { code, msg: Cow::Borrowed(msg) }
     }
 
     /// Error 50 with a message naming the field.
     pub fn invalid(msg: impl Into<Cow<'static, str>>) -> Self {
-        ProtoError {
-            code: ERR_INVALID,
-            msg: msg.into(),
-        }
+        ProtoError { code: ERR_INVALID, msg: msg.into() }
     }
 
     /// The error reply frame.
     pub fn encode(&self) -> Bytes {
         let mut f = FrameBuf::with_capacity(48 + self.msg.len());
-        Obj::new(f.body(), "error")
-            .num("errCode", self.code as u64)
-            .str("errMsg", &self.msg)
-            .end();
+        Obj::new(f.body(), "error").num("errCode", self.code as u64).str("errMsg", &self.msg).end();
         f.finish()
     }
 }
@@ -138,23 +129,14 @@ pub struct ParseLimits {
 }
 
 /// Parses one text frame. `data` is parsed in place (simd-json rewrites it).
-pub fn parse(
-    data: &mut [u8],
-    buffers: &mut simd_json::Buffers,
-    limits: ParseLimits,
-) -> Result<Command, ProtoError> {
+pub fn parse(data: &mut [u8], buffers: &mut simd_json::Buffers, limits: ParseLimits) -> Result<Command, ProtoError> {
     let v = simd_json::borrowed::to_value_with_buffers(data, buffers)
         .map_err(|_| ProtoError::new(ERR_NOT_COMMAND, "frame is not valid JSON"))?;
     if !v.is_object() {
-        return Err(ProtoError::new(
-            ERR_NOT_COMMAND,
-            "frame is not a JSON object",
-        ));
+        return Err(ProtoError::new(ERR_NOT_COMMAND, "frame is not a JSON object"));
     }
-    let cmd = v
-        .get("cmd")
-        .and_then(|c| c.as_str())
-        .ok_or(ProtoError::new(ERR_NOT_COMMAND, "missing string field cmd"))?;
+    let cmd =
+        v.get("cmd").and_then(|c| c.as_str()).ok_or(ProtoError::new(ERR_NOT_COMMAND, "missing string field cmd"))?;
     match cmd {
         "login" => Ok(Command::Login {
             name: match v.get("name") {
@@ -168,9 +150,7 @@ pub fn parse(
             uid: opt_id_field(&v, "uid")?,
             echo: match v.get("echo") {
                 None => false,
-                Some(e) => e
-                    .as_bool()
-                    .ok_or(ProtoError::new(ERR_INVALID, "echo must be a boolean"))?,
+                Some(e) => e.as_bool().ok_or(ProtoError::new(ERR_INVALID, "echo must be a boolean"))?,
             },
         }),
         "message" => {
@@ -179,21 +159,13 @@ pub fn parse(
                 Some("audio") => MsgType::Audio,
                 Some("pic") => MsgType::Pic,
                 _ => {
-                    return Err(ProtoError::new(
-                        ERR_INVALID,
-                        "type must be text, audio or pic",
-                    ));
+                    return Err(ProtoError::new(ERR_INVALID, "type must be text, audio or pic"));
                 }
             };
-            let msg = v
-                .get("msg")
-                .and_then(|m| m.as_str())
-                .ok_or(ProtoError::new(ERR_INVALID, "msg must be a string"))?;
+            let msg =
+                v.get("msg").and_then(|m| m.as_str()).ok_or(ProtoError::new(ERR_INVALID, "msg must be a string"))?;
             if msg.len() > limits.max_message_bytes {
-                return Err(ProtoError::invalid(format!(
-                    "msg is longer than {} bytes",
-                    limits.max_message_bytes
-                )));
+                return Err(ProtoError::invalid(format!("msg is longer than {} bytes", limits.max_message_bytes)));
             }
             Ok(Command::Message {
                 mtype,
@@ -202,12 +174,8 @@ pub fn parse(
                 tid: opt_id_field(&v, "tid")?,
             })
         }
-        "logout" => Ok(Command::Logout {
-            rid: opt_id_field(&v, "rid")?,
-        }),
-        "getOnline" => Ok(Command::GetOnline {
-            rid: id_field(&v, "rid")?,
-        }),
+        "logout" => Ok(Command::Logout { rid: opt_id_field(&v, "rid")? }),
+        "getOnline" => Ok(Command::GetOnline { rid: id_field(&v, "rid")? }),
         "getHistory" => Ok(Command::GetHistory {
             rid: id_field(&v, "rid")?,
             since: opt_u64(&v, "since")?,
@@ -239,9 +207,7 @@ fn id_field(v: &Value<'_>, key: &'static str) -> Result<Id, ProtoError> {
 }
 
 fn bad_id(key: &'static str) -> ProtoError {
-    ProtoError::invalid(format!(
-        "{key} must be a positive integer or 1-64 characters of [A-Za-z0-9_.:-]"
-    ))
+    ProtoError::invalid(format!("{key} must be a positive integer or 1-64 characters of [A-Za-z0-9_.:-]"))
 }
 
 fn opt_u64(v: &Value<'_>, key: &'static str) -> Result<Option<u64>, ProtoError> {
@@ -260,11 +226,7 @@ fn opt_u64(v: &Value<'_>, key: &'static str) -> Result<Option<u64>, ProtoError> 
 /// `{"cmd":"login","uid","name","rid"}`, also used for `newUser` and `userLeave`.
 pub fn encode_presence(cmd: &str, uid: &str, name: &str, rid: &str) -> Bytes {
     let mut f = FrameBuf::with_capacity(48 + uid.len() + name.len() + rid.len());
-    Obj::new(f.body(), cmd)
-        .str("uid", uid)
-        .str("name", name)
-        .str("rid", rid)
-        .end();
+    Obj::new(f.body(), cmd).str("uid", uid).str("name", name).str("rid", rid).end();
     f.finish()
 }
 
@@ -311,10 +273,7 @@ pub fn encode_message(m: &MessageOut<'_>) -> (Bytes, usize) {
     if let Some(t) = m.tid {
         o = o.str("tid", t);
     }
-    o.num("seq", m.seq)
-        .num("epoch", m.epoch)
-        .num("ts", m.ts)
-        .end();
+    o.num("seq", m.seq).num("epoch", m.epoch).num("ts", m.ts).end();
     let body_len = f.body().len() - 10;
     let frame = f.finish();
     let off = frame.len() - body_len;
@@ -369,9 +328,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIM: ParseLimits = ParseLimits {
-        max_message_bytes: 1024,
-    };
+    const LIM: ParseLimits = ParseLimits { max_message_bytes: 1024 };
 
     fn p(s: &str) -> Result<Command, ProtoError> {
         let mut b = s.as_bytes().to_vec();
@@ -401,11 +358,7 @@ mod tests {
         );
         assert!(matches!(
             p(r#"{"cmd":"login","name":"a","rid":"r"}"#).unwrap(),
-            Command::Login {
-                uid: None,
-                echo: false,
-                ..
-            }
+            Command::Login { uid: None, echo: false, .. }
         ));
         assert_eq!(code(r#"{"cmd":"login","name":"a","rid":0}"#), 50);
         assert_eq!(code(r#"{"cmd":"login","name":"a","rid":-3}"#), 50);
@@ -413,10 +366,7 @@ mod tests {
         assert_eq!(code(r#"{"cmd":"login","name":"a","rid":"a b"}"#), 50);
         assert_eq!(code(r#"{"cmd":"login","name":"a"}"#), 50);
         assert_eq!(code(r#"{"cmd":"login","name":7,"rid":"r"}"#), 50);
-        assert_eq!(
-            code(r#"{"cmd":"login","name":"a","rid":"r","echo":"yes"}"#),
-            50
-        );
+        assert_eq!(code(r#"{"cmd":"login","name":"a","rid":"r","echo":"yes"}"#), 50);
     }
 
     #[test]
@@ -428,29 +378,17 @@ mod tests {
         assert_eq!(code(r#"{"x":1}"#), 101);
         assert_eq!(code(r#"{"cmd":"debug"}"#), 102);
         assert_eq!(code(r#"{"cmd":"proxySet"}"#), 102);
-        assert_eq!(
-            code(r#"{"cmd":"message","type":"video","msg":"x","rid":1}"#),
-            50
-        );
-        assert_eq!(
-            code(r#"{"cmd":"message","type":"text","msg":5,"rid":1}"#),
-            50
-        );
-        let long = format!(
-            r#"{{"cmd":"message","type":"text","msg":"{}","rid":1}}"#,
-            "x".repeat(1025)
-        );
+        assert_eq!(code(r#"{"cmd":"message","type":"video","msg":"x","rid":1}"#), 50);
+        assert_eq!(code(r#"{"cmd":"message","type":"text","msg":5,"rid":1}"#), 50);
+        let long = format!(r#"{{"cmd":"message","type":"text","msg":"{}","rid":1}}"#, "x".repeat(1025));
         assert_eq!(code(&long), 50);
         assert_eq!(code(r#"{"cmd":"getHistory","rid":1,"since":-1}"#), 50);
     }
 
     #[test]
     fn message_with_escapes() {
-        let c =
-            p(r#"{"cmd":"message","type":"text","msg":"a\"\u00e9\n","rid":"r","tid":9}"#).unwrap();
-        let Command::Message { msg, tid, .. } = c else {
-            panic!()
-        };
+        let c = p(r#"{"cmd":"message","type":"text","msg":"a\"\u00e9\n","rid":"r","tid":9}"#).unwrap();
+        let Command::Message { msg, tid, .. } = c else { panic!() };
         assert_eq!(msg, "a\"é\n");
         assert_eq!(tid.unwrap().as_str(), "9");
     }

@@ -14,10 +14,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(burst: f64, now_ms: u32) -> Self {
-        TokenBucket {
-            tokens: burst as f32,
-            last_ms: now_ms,
-        }
+        TokenBucket { tokens: burst as f32, last_ms: now_ms }
     }
 
     /// Takes one token if there is one. A rate of 0 means unlimited.
@@ -51,10 +48,7 @@ mod tests {
         let granted = (0..30).filter(|_| b.take(10.0, 20.0, 500)).count();
         assert_eq!(granted, 5);
         // Never more than the burst, however long the pause.
-        assert_eq!(
-            (0..100).filter(|_| b.take(10.0, 20.0, 3_600_500)).count(),
-            20
-        );
+        assert_eq!((0..100).filter(|_| b.take(10.0, 20.0, 3_600_500)).count(), 20);
     }
 
     #[test]

@@ -12,11 +12,14 @@ use indexmap::IndexMap;
 
 use crate::ids::{Id, Name};
 
-/// A connection anywhere on this node: its shard, its slot there, and the
-/// slot's generation (a reused slot gets a new generation, so a stale
+/// A connection anywhere in the cluster: its node (0 is this node, others
+/// are indices of [`crate::cluster::Table`]), its shard there, its slot, and
+/// the slot's generation (a reused slot gets a new generation, so a stale
 /// reference is recognised and ignored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnRef {
+    /// Node the connection lives on (0 = this node).
+    pub node: u16,
     /// Shard the connection lives on.
     pub shard: u16,
     /// Slot in that shard's connection table.
@@ -71,21 +74,45 @@ pub struct Room {
     seq: u64,
     conns: HashMap<ConnRef, Member>,
     users: IndexMap<Id, User>,
+    /// Members per shard of this node.
     shard_members: Vec<u32>,
+    /// Members per other node.
+    node_members: HashMap<u16, u32>,
     history: VecDeque<(u64, Bytes)>,
     history_cap: usize,
+    epoch: u64,
 }
 
 impl Room {
-    /// An empty room on a node of `shards` shards, keeping `history_cap` messages.
-    pub fn new(shards: usize, history_cap: usize) -> Self {
+    /// An empty room on a node of `shards` shards, keeping `history_cap`
+    /// messages; its sequence starts in `epoch`.
+    pub fn new(shards: usize, history_cap: usize, epoch: u64) -> Self {
         Room {
             seq: 0,
             conns: HashMap::new(),
             users: IndexMap::new(),
             shard_members: vec![0; shards],
+            node_members: HashMap::new(),
             history: VecDeque::new(),
             history_cap,
+            epoch,
+        }
+    }
+
+    /// The epoch of this room's sequence.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn count(&mut self, conn: ConnRef, delta: i32) {
+        let slot = if conn.node == 0 {
+            &mut self.shard_members[conn.shard as usize]
+        } else {
+            self.node_members.entry(conn.node).or_insert(0)
+        };
+        *slot = slot.wrapping_add_signed(delta);
+        if conn.node != 0 && *slot == 0 {
+            self.node_members.remove(&conn.node);
         }
     }
 
@@ -94,14 +121,8 @@ impl Room {
         if self.conns.contains_key(&conn) {
             return Joined::Already;
         }
-        self.conns.insert(
-            conn,
-            Member {
-                uid: uid.clone(),
-                echo,
-            },
-        );
-        self.shard_members[conn.shard as usize] += 1;
+        self.conns.insert(conn, Member { uid: uid.clone(), echo });
+        self.count(conn, 1);
         match self.users.get_mut(uid.as_str()) {
             Some(u) => {
                 u.conns.reserve_exact(1);
@@ -109,13 +130,7 @@ impl Room {
                 Joined::NewConnection
             }
             None => {
-                self.users.insert(
-                    uid.clone(),
-                    User {
-                        name: name.clone(),
-                        conns: vec![conn],
-                    },
-                );
+                self.users.insert(uid.clone(), User { name: name.clone(), conns: vec![conn] });
                 Joined::NewUser
             }
         }
@@ -124,22 +139,15 @@ impl Room {
     /// Removes a connection; None if it was not a member.
     pub fn leave(&mut self, conn: ConnRef) -> Option<Left> {
         let m = self.conns.remove(&conn)?;
-        self.shard_members[conn.shard as usize] -= 1;
-        let u = self
-            .users
-            .get_mut(m.uid.as_str())
-            .expect("member's user is present");
+        self.count(conn, -1);
+        let u = self.users.get_mut(m.uid.as_str()).expect("member's user is present");
         u.conns.retain(|c| *c != conn);
         let name = u.name.clone();
         let user_gone = u.conns.is_empty();
         if user_gone {
             self.users.shift_remove(m.uid.as_str());
         }
-        Some(Left {
-            uid: m.uid,
-            name,
-            user_gone,
-        })
+        Some(Left { uid: m.uid, name, user_gone })
     }
 
     /// The member record of a connection.
@@ -154,9 +162,7 @@ impl Room {
 
     /// Present users in order of arrival: (uid, name).
     pub fn users(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.users
-            .iter()
-            .map(|(id, u)| (id.as_str(), u.name.as_str()))
+        self.users.iter().map(|(id, u)| (id.as_str(), u.name.as_str()))
     }
 
     /// Number of member connections.
@@ -169,13 +175,20 @@ impl Room {
         self.conns.is_empty()
     }
 
-    /// Shards that hold at least one member.
+    /// Shards of this node that hold at least one member.
     pub fn member_shards(&self) -> impl Iterator<Item = usize> + '_ {
-        self.shard_members
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, _)| i)
+        self.shard_members.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, _)| i)
+    }
+
+    /// Other nodes that hold at least one member.
+    pub fn member_nodes(&self) -> impl Iterator<Item = u16> + '_ {
+        self.node_members.keys().copied()
+    }
+
+    /// Removes every member on a node that died; returns what each removal changed.
+    pub fn remove_node(&mut self, node: u16) -> Vec<Left> {
+        let gone: Vec<ConnRef> = self.conns.keys().filter(|c| c.node == node).copied().collect();
+        gone.into_iter().filter_map(|c| self.leave(c)).collect()
     }
 
     /// Numbers the next room message.
@@ -203,11 +216,7 @@ impl Room {
     /// Stored messages, oldest first. With `since`, the first `limit` messages
     /// after it (paging forward, as a reconnecting client catches up);
     /// without, the newest `limit`.
-    pub fn history(
-        &self,
-        since: Option<u64>,
-        limit: Option<usize>,
-    ) -> impl Iterator<Item = &Bytes> {
+    pub fn history(&self, since: Option<u64>, limit: Option<usize>) -> impl Iterator<Item = &Bytes> {
         let limit = limit.unwrap_or(usize::MAX);
         let (skip, take) = match since {
             Some(s) => (self.history.partition_point(|(seq, _)| *seq <= s), limit),
@@ -222,11 +231,7 @@ mod tests {
     use super::*;
 
     fn c(shard: u16, key: u32) -> ConnRef {
-        ConnRef {
-            shard,
-            key,
-            generation: 0,
-        }
+        ConnRef { node: 0, shard, key, generation: 0 }
     }
     fn id(s: &str) -> Id {
         Id::parse_str(s).unwrap()
@@ -237,13 +242,10 @@ mod tests {
 
     #[test]
     fn join_and_leave_announce_users_not_connections() {
-        let mut r = Room::new(2, 10);
+        let mut r = Room::new(2, 10, 1);
         assert_eq!(r.join(c(0, 1), &id("a"), &nm("A"), false), Joined::NewUser);
         assert_eq!(r.join(c(0, 1), &id("a"), &nm("A"), false), Joined::Already);
-        assert_eq!(
-            r.join(c(1, 1), &id("a"), &nm("A"), false),
-            Joined::NewConnection
-        );
+        assert_eq!(r.join(c(1, 1), &id("a"), &nm("A"), false), Joined::NewConnection);
         assert_eq!(r.join(c(1, 2), &id("b"), &nm("B"), true), Joined::NewUser);
         assert_eq!(r.member_shards().collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(r.users().collect::<Vec<_>>(), vec![("a", "A"), ("b", "B")]);
@@ -256,8 +258,27 @@ mod tests {
     }
 
     #[test]
+    fn remote_members_are_counted_per_node_and_removed_with_it() {
+        let mut r = Room::new(1, 10, 1);
+        let remote = |node, key| ConnRef { node, shard: 5, key, generation: 1 };
+        r.join(c(0, 1), &id("a"), &nm("A"), false);
+        r.join(remote(2, 1), &id("b"), &nm("B"), false);
+        r.join(remote(2, 2), &id("c"), &nm("C"), false);
+        r.join(remote(3, 1), &id("c"), &nm("C"), false);
+        assert_eq!(r.member_shards().collect::<Vec<_>>(), vec![0]);
+        let mut nodes: Vec<_> = r.member_nodes().collect();
+        nodes.sort();
+        assert_eq!(nodes, vec![2, 3]);
+        let left = r.remove_node(2);
+        assert_eq!(left.len(), 2);
+        // b is gone; c is still present through node 3.
+        assert_eq!(left.iter().filter(|l| l.user_gone).map(|l| l.uid.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(r.member_nodes().collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
     fn history_windows() {
-        let mut r = Room::new(1, 3);
+        let mut r = Room::new(1, 3, 1);
         for _ in 0..5 {
             let s = r.next_seq();
             r.remember(s, Bytes::from(s.to_string()));

@@ -26,20 +26,14 @@ const FD_RESERVE: u64 = 128;
 
 /// Raises the soft open-file limit to the hard limit; returns the new limit.
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 1024;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
+            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 lim.rlim_cur = lim.rlim_max;
             }
@@ -54,26 +48,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let nofile = raise_nofile_limit();
     let fd_cap = nofile.saturating_sub(FD_RESERVE).max(16) as usize;
     let max_connections = cfg.max_connections.unwrap_or(fd_cap);
-    info!(
-        nofile,
-        max_connections,
-        shards = cfg.shards,
-        "open-file limit raised to the hard limit"
-    );
+    info!(nofile, max_connections, shards = cfg.shards, "open-file limit raised to the hard limit");
     if max_connections > fd_cap {
-        warn!(
-            max_connections,
-            fd_cap, "--max-connections is above what the open-file limit allows"
-        );
+        warn!(max_connections, fd_cap, "--max-connections is above what the open-file limit allows");
     }
 
     // Reserve the port (port 0 resolves here) so every shard binds the same one.
-    let reserve =
-        reserve_port(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = reserve
-        .local_addr()?
-        .as_socket()
-        .context("listen address")?;
+    let reserve = reserve_port(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = reserve.local_addr()?.as_socket().context("listen address")?;
     let nshards = cfg.shards;
     let node = Arc::new(Node::new(cfg, max_connections));
     let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, QUEUE_CAPACITY);
@@ -103,22 +85,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     let sig_node = node.clone();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for (n, sig) in signals.forever().enumerate() {
-                if n > 0 {
-                    warn!(sig, "second signal: exiting now");
-                    std::process::exit(130);
-                }
-                info!(sig, "shutting down");
-                sig_node.shutdown.store(true, Relaxed);
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for (n, sig) in signals.forever().enumerate() {
+            if n > 0 {
+                warn!(sig, "second signal: exiting now");
+                std::process::exit(130);
             }
-        })?;
+            info!(sig, "shutting down");
+            sig_node.shutdown.store(true, Relaxed);
+        }
+    })?;
 
     for h in handles {
         h.join().map_err(|e| anyhow::anyhow!("shard failed: {e}"))?;
@@ -128,11 +105,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     s.set_reuse_port(true)?;
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;
@@ -173,9 +146,7 @@ async fn shard_main(
             tasks.push(glommio::spawn_local(async move {
                 let mut n = 0u32;
                 while let Some(msg) = rx.recv().await {
-                    shard.node.stats.shards[shard.id]
-                        .queue_depth
-                        .fetch_sub(1, Relaxed);
+                    shard.node.stats.shards[shard.id].queue_depth.fetch_sub(1, Relaxed);
                     shard.handle(msg);
                     n = n.wrapping_add(1);
                     if n % 64 == 0 {
@@ -190,6 +161,18 @@ async fn shard_main(
         }
     }
     tasks.push(glommio::spawn_local(shard.clone().run_flusher()));
+    let clustered = node.cfg.relay_listen.is_some() || !node.cfg.peers.is_empty();
+    let _relay_tasks = if id == 0 && clustered {
+        match crate::relay::start(&shard) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let _ = ready.send(Ok(()));
 
     let acceptor = {

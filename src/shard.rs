@@ -30,11 +30,13 @@ use hdrhistogram::Histogram;
 use indexmap::IndexSet;
 use slab::Slab;
 
+use crate::cluster::View;
 use crate::ids::{Id, Name};
 use crate::node::Node;
 use crate::placement::shard_for;
 use crate::protocol::{self, Command, MessageOut, MsgType, ParseLimits, ProtoError};
 use crate::ratelimit::TokenBucket;
+use crate::relay::Relay;
 use crate::room::{ConnRef, Joined, Room};
 use crate::ws;
 
@@ -53,6 +55,8 @@ pub enum ShardMsg {
         name: Name,
         /// Echo flag of the connection.
         echo: bool,
+        /// Re-homing after a cluster change: join quietly (no ack, no newUser).
+        rejoin: bool,
     },
     /// To the owner: a connection left a room (logout when `ack`, else disconnect).
     Leave {
@@ -109,6 +113,18 @@ pub enum ShardMsg {
         conn: ConnRef,
         /// The frame.
         frame: Bytes,
+    },
+    /// To the relay shard: send this message to another node.
+    ToNode {
+        /// Destination node index.
+        node: u16,
+        /// The message.
+        msg: Box<ShardMsg>,
+    },
+    /// From the relay shard: the set of live nodes changed (and `down` died).
+    Cluster {
+        /// A node whose members must be removed.
+        down: Option<u16>,
     },
 }
 
@@ -210,13 +226,15 @@ pub struct Shard {
     /// Set when the node shuts down.
     pub(crate) shutting_down: Cell<bool>,
     started: Instant,
+    /// Live nodes as this shard last applied them.
+    view: RefCell<Rc<View>>,
+    /// The relay (links to other nodes); only on shard 0 of a clustered node.
+    pub(crate) relay: RefCell<Option<Rc<Relay>>>,
 }
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("Shard").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -242,11 +260,11 @@ impl Shard {
             pump_wakers: RefCell::new(vec![None; n]),
             uid_counter: Cell::new(0),
             tick: Cell::new(0),
-            latency: RefCell::new(
-                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"),
-            ),
+            latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
             shutting_down: Cell::new(false),
             started: Instant::now(),
+            view: RefCell::new(Rc::new(View::solo(&node.cfg.node_id))),
+            relay: RefCell::new(None),
             node,
         }
     }
@@ -287,11 +305,7 @@ impl Shard {
     }
 
     fn conn_ref(&self, key: u32, generation: u32) -> ConnRef {
-        ConnRef {
-            shard: self.id as u16,
-            key,
-            generation,
-        }
+        ConnRef { node: 0, shard: self.id as u16, key, generation }
     }
 
     /// Forgets a connection: leaves its rooms (telling their owners).
@@ -302,14 +316,7 @@ impl Shard {
         let me = self.conn_ref(key, e.generation);
         for rid in e.rooms {
             self.unindex(&rid, key);
-            self.send(
-                shard_for(&rid, self.nshards),
-                ShardMsg::Leave {
-                    rid,
-                    conn: me,
-                    ack: false,
-                },
-            );
+            self.send_to_owner(ShardMsg::Leave { rid, conn: me, ack: false });
         }
     }
 
@@ -384,9 +391,7 @@ impl Shard {
         if e.queued + frame.len() > self.node.cfg.max_outbound_bytes {
             // Slow consumer: close with 1008 rather than grow without bound.
             self.stats().slow_consumer_closes.fetch_add(1, Relaxed);
-            e.closing = Some(Closing {
-                code: ws::close_code::POLICY,
-            });
+            e.closing = Some(Closing { code: ws::close_code::POLICY });
             let keep = if e.front_off > 0 { 1 } else { 0 };
             e.queue.truncate(keep);
             let f = ws::close_frame(ws::close_code::POLICY, "outbound queue full");
@@ -526,10 +531,7 @@ impl Shard {
 
     /// Bytes still queued for a connection.
     pub(crate) fn queued(&self, key: u32) -> usize {
-        self.conns
-            .borrow()
-            .get(key as usize)
-            .map_or(0, |e| e.queued)
+        self.conns.borrow().get(key as usize).map_or(0, |e| e.queued)
     }
 
     // ---- input -----------------------------------------------------------
@@ -540,21 +542,13 @@ impl Shard {
         {
             let mut conns = self.conns.borrow_mut();
             let e = &mut conns[key as usize];
-            if !e
-                .frame_bucket
-                .take(rate * 10.0, frame_burst(rate), self.now_ms())
-            {
+            if !e.frame_bucket.take(rate * 10.0, frame_burst(rate), self.now_ms()) {
                 drop(conns);
-                self.send_error(
-                    key,
-                    &ProtoError::new(protocol::ERR_INVALID, "sending too fast"),
-                );
+                self.send_error(key, &ProtoError::new(protocol::ERR_INVALID, "sending too fast"));
                 return;
             }
         }
-        let limits = ParseLimits {
-            max_message_bytes: self.node.cfg.max_message_bytes,
-        };
+        let limits = ParseLimits { max_message_bytes: self.node.cfg.max_message_bytes };
         let parsed = protocol::parse(data, &mut self.json_buffers.borrow_mut(), limits);
         match parsed {
             Ok(cmd) => {
@@ -568,32 +562,19 @@ impl Shard {
 
     /// A binary frame: the protocol has none.
     pub(crate) fn on_binary(&self, key: u32) {
-        self.send_error(
-            key,
-            &ProtoError::new(protocol::ERR_NOT_COMMAND, "binary frames are not supported"),
-        );
+        self.send_error(key, &ProtoError::new(protocol::ERR_NOT_COMMAND, "binary frames are not supported"));
     }
 
     fn on_command(&self, key: u32, cmd: Command) -> Result<(), ProtoError> {
         let mut conns = self.conns.borrow_mut();
         let e = &mut conns[key as usize];
-        let me = ConnRef {
-            shard: self.id as u16,
-            key,
-            generation: e.generation,
-        };
+        let me = self.conn_ref(key, e.generation);
         match cmd {
-            Command::Login {
-                name,
-                rid,
-                uid,
-                echo,
-            } => {
+            Command::Login { name, rid, uid, echo } => {
                 let (uid, name) = match (&e.uid, &e.name) {
                     (Some(u), Some(n)) => (u.clone(), n.clone()),
                     _ => {
-                        let name =
-                            name.ok_or(ProtoError::new(protocol::ERR_INVALID, "name is required"))?;
+                        let name = name.ok_or(ProtoError::new(protocol::ERR_INVALID, "name is required"))?;
                         let uid = uid.unwrap_or_else(|| self.assign_uid());
                         e.uid = Some(uid.clone());
                         e.name = Some(name.clone());
@@ -606,33 +587,16 @@ impl Shard {
                     e.rooms.reserve_exact(1);
                     e.rooms.push(rid.clone());
                 }
+                let echo = e.echo;
                 drop(conns);
-                let echo = self.conns.borrow()[key as usize].echo;
-                self.send(
-                    shard_for(&rid, self.nshards),
-                    ShardMsg::Join {
-                        rid,
-                        conn: me,
-                        uid,
-                        name,
-                        echo,
-                    },
-                );
+                self.send_to_owner(ShardMsg::Join { rid, conn: me, uid, name, echo, rejoin: false });
             }
-            Command::Message {
-                mtype,
-                msg,
-                rid,
-                tid,
-            } => {
+            Command::Message { mtype, msg, rid, tid } => {
                 let (Some(uid), Some(name)) = (e.uid.clone(), e.name.clone()) else {
                     return Err(ProtoError::new(protocol::ERR_INVALID, "not logged in"));
                 };
                 if !e.rooms.contains(&rid) {
-                    return Err(ProtoError::new(
-                        protocol::ERR_INVALID,
-                        "not a member of rid",
-                    ));
+                    return Err(ProtoError::new(protocol::ERR_INVALID, "not a member of rid"));
                 }
                 let rate = self.node.cfg.rate_limit;
                 if !e.msg_bucket.take(rate, rate * 2.0, self.now_ms()) {
@@ -640,19 +604,7 @@ impl Shard {
                 }
                 drop(conns);
                 self.stats().messages_in.fetch_add(1, Relaxed);
-                let owner = shard_for(&rid, self.nshards);
-                self.send(
-                    owner,
-                    ShardMsg::Publish(Box::new(Publish {
-                        rid,
-                        from: me,
-                        uid,
-                        name,
-                        mtype,
-                        msg,
-                        tid,
-                    })),
-                );
+                self.send_to_owner(ShardMsg::Publish(Box::new(Publish { rid, from: me, uid, name, mtype, msg, tid })));
             }
             Command::Logout { rid } => {
                 if e.uid.is_none() {
@@ -661,10 +613,7 @@ impl Shard {
                 let leaving: Vec<Id> = match rid {
                     Some(rid) => {
                         let Some(pos) = e.rooms.iter().position(|r| *r == rid) else {
-                            return Err(ProtoError::new(
-                                protocol::ERR_INVALID,
-                                "not a member of rid",
-                            ));
+                            return Err(ProtoError::new(protocol::ERR_INVALID, "not a member of rid"));
                         };
                         vec![e.rooms.swap_remove(pos)]
                     }
@@ -676,36 +625,18 @@ impl Shard {
                 drop(conns);
                 for rid in leaving {
                     self.unindex(&rid, key);
-                    self.send(
-                        shard_for(&rid, self.nshards),
-                        ShardMsg::Leave {
-                            rid,
-                            conn: me,
-                            ack: true,
-                        },
-                    );
+                    self.send_to_owner(ShardMsg::Leave { rid, conn: me, ack: true });
                 }
             }
             Command::GetOnline { rid } => {
                 member_check(e, &rid)?;
                 drop(conns);
-                self.send(
-                    shard_for(&rid, self.nshards),
-                    ShardMsg::GetOnline { rid, conn: me },
-                );
+                self.send_to_owner(ShardMsg::GetOnline { rid, conn: me });
             }
             Command::GetHistory { rid, since, limit } => {
                 member_check(e, &rid)?;
                 drop(conns);
-                self.send(
-                    shard_for(&rid, self.nshards),
-                    ShardMsg::GetHistory {
-                        rid,
-                        conn: me,
-                        since,
-                        limit,
-                    },
-                );
+                self.send_to_owner(ShardMsg::GetHistory { rid, conn: me, since, limit });
             }
         }
         Ok(())
@@ -719,8 +650,7 @@ impl Shard {
     fn assign_uid(&self) -> Id {
         let n = self.uid_counter.get() + 1;
         self.uid_counter.set(n);
-        Id::parse_str(&format!("u-{}-{}-{n}", self.node.uid_tag, self.id))
-            .expect("assigned uids are valid ids")
+        Id::parse_str(&format!("u-{}-{}-{n}", self.node.uid_tag, self.id)).expect("assigned uids are valid ids")
     }
 
     // ---- cross-shard -------------------------------------------------------
@@ -734,16 +664,12 @@ impl Shard {
             return;
         }
         let Some(senders) = &self.senders else { return };
-        self.node.stats.shards[dst]
-            .queue_depth
-            .fetch_add(1, Relaxed);
+        self.node.stats.shards[dst].queue_depth.fetch_add(1, Relaxed);
         let mut outbox = self.outbox.borrow_mut();
         if outbox[dst].is_empty() && !self.pump_busy[dst].get() {
             match senders.try_send_to(dst, msg) {
                 Ok(()) => return,
-                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                    outbox[dst].push_back(msg)
-                }
+                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => outbox[dst].push_back(msg),
                 // The destination shard is gone (shutdown): nothing to deliver to.
                 Err(_) => return,
             }
@@ -783,16 +709,101 @@ impl Shard {
         self.outbox.borrow().iter().map(VecDeque::len).sum()
     }
 
+    // ---- routing -------------------------------------------------------------
+
+    /// The node that owns a room, as this shard last applied the cluster view.
+    fn owner_node(&self, rid: &str) -> u16 {
+        self.view.borrow().owner(rid)
+    }
+
+    /// Sends a request to the owner of its room: a shard of this node, or
+    /// another node through the relay (whose shard there is its own choice).
+    fn send_to_owner(&self, msg: ShardMsg) {
+        let rid = match &msg {
+            ShardMsg::Join { rid, .. }
+            | ShardMsg::Leave { rid, .. }
+            | ShardMsg::GetOnline { rid, .. }
+            | ShardMsg::GetHistory { rid, .. } => rid,
+            ShardMsg::Publish(p) => &p.rid,
+            _ => unreachable!("only requests go to an owner"),
+        };
+        match self.owner_node(rid) {
+            0 => self.send(shard_for(rid, self.nshards), msg),
+            node => self.send_remote(node, msg),
+        }
+    }
+
+    /// Sends an owner's message to the shard (or node) of a connection.
+    fn send_to_conn(&self, conn: ConnRef, msg: ShardMsg) {
+        match conn.node {
+            0 => self.send(conn.shard as usize, msg),
+            node => self.send_remote(node, msg),
+        }
+    }
+
+    /// Hands a message to the relay (on shard 0) for another node.
+    fn send_remote(&self, node: u16, msg: ShardMsg) {
+        if self.id == 0 {
+            if let Some(relay) = self.relay.borrow().as_ref() {
+                relay.send(node, &msg);
+            }
+        } else {
+            self.send(0, ShardMsg::ToNode { node, msg: Box::new(msg) });
+        }
+    }
+
+    /// Routes a message that arrived from another node to the shard(s) it is for.
+    pub(crate) fn dispatch_remote(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Join { .. }
+            | ShardMsg::Leave { .. }
+            | ShardMsg::Publish(_)
+            | ShardMsg::GetOnline { .. }
+            | ShardMsg::GetHistory { .. } => {
+                // The sender chose this node as the owner; the shard is ours to pick.
+                let rid = match &msg {
+                    ShardMsg::Join { rid, .. }
+                    | ShardMsg::Leave { rid, .. }
+                    | ShardMsg::GetOnline { rid, .. }
+                    | ShardMsg::GetHistory { rid, .. } => rid,
+                    ShardMsg::Publish(p) => &p.rid,
+                    _ => unreachable!(),
+                };
+                self.send(shard_for(rid, self.nshards), msg);
+            }
+            ShardMsg::Joined { ref conn, .. } | ShardMsg::Direct { ref conn, .. } => {
+                let shard = conn.shard as usize;
+                if shard < self.nshards {
+                    self.send(shard, msg);
+                }
+            }
+            ShardMsg::Deliver { rid, frame, audience: Audience::AllExcept(except), t0 } => {
+                // One item per node came over the link; each local shard
+                // filters by its own members (a miss is one hash lookup).
+                for s in 0..self.nshards {
+                    let audience = Audience::AllExcept(except);
+                    self.send(s, ShardMsg::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 });
+                }
+            }
+            ShardMsg::Deliver { rid, frame, audience: Audience::Only(mut targets), t0 } => {
+                targets.retain(|c| (c.shard as usize) < self.nshards);
+                targets.sort_by_key(|c| c.shard);
+                for group in targets.chunk_by(|a, b| a.shard == b.shard) {
+                    let audience = Audience::Only(group.to_vec());
+                    let msg = ShardMsg::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
+                    self.send(group[0].shard as usize, msg);
+                }
+            }
+            ShardMsg::ToNode { .. } | ShardMsg::Cluster { .. } => {}
+        }
+    }
+
     /// Handles a message from a shard (or from this one).
     pub(crate) fn handle(&self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Join {
-                rid,
-                conn,
-                uid,
-                name,
-                echo,
-            } => self.owner_join(rid, conn, uid, name, echo),
+            ShardMsg::Join { rid, conn, uid, name, echo, rejoin } => {
+                self.owner_join(rid, conn, uid, name, echo, rejoin)
+            }
             ShardMsg::Leave { rid, conn, ack } => self.owner_leave(rid, conn, ack),
             ShardMsg::Publish(p) => self.owner_publish(*p),
             ShardMsg::GetOnline { rid, conn } => {
@@ -802,61 +813,39 @@ impl Shard {
                     None => protocol::encode_online(&rid, std::iter::empty()),
                 };
                 drop(owned);
-                self.send(conn.shard as usize, ShardMsg::Direct { conn, frame });
+                self.send_to_conn(conn, ShardMsg::Direct { conn, frame });
             }
-            ShardMsg::GetHistory {
-                rid,
-                conn,
-                since,
-                limit,
-            } => {
+            ShardMsg::GetHistory { rid, conn, since, limit } => {
                 let owned = self.owned.borrow();
-                let epoch = self.node.epoch;
                 let frame = match owned.get(&rid) {
-                    Some(room) => protocol::encode_history(
-                        &rid,
-                        epoch,
-                        room.history(since, limit).map(|b| &b[..]),
-                    ),
-                    None => protocol::encode_history(&rid, epoch, std::iter::empty()),
+                    Some(room) => {
+                        protocol::encode_history(&rid, room.epoch(), room.history(since, limit).map(|b| &b[..]))
+                    }
+                    None => protocol::encode_history(&rid, self.node.epoch, std::iter::empty()),
                 };
                 drop(owned);
-                self.send(conn.shard as usize, ShardMsg::Direct { conn, frame });
+                self.send_to_conn(conn, ShardMsg::Direct { conn, frame });
             }
             ShardMsg::Joined { rid, conn, ack } => {
                 let mut conns = self.conns.borrow_mut();
-                let Some(e) = conns
-                    .get_mut(conn.key as usize)
-                    .filter(|e| e.generation == conn.generation)
-                else {
+                let Some(e) = conns.get_mut(conn.key as usize).filter(|e| e.generation == conn.generation) else {
                     return;
                 };
                 if e.rooms.contains(&rid) {
-                    self.local_rooms
-                        .borrow_mut()
-                        .entry(rid)
-                        .or_default()
-                        .insert(conn.key);
+                    self.local_rooms.borrow_mut().entry(rid).or_default().insert(conn.key);
                 }
                 self.enqueue(&mut conns, conn.key, &ack);
                 drop(conns);
                 self.wake_flusher();
             }
-            ShardMsg::Deliver {
-                rid,
-                frame,
-                audience,
-                t0,
-            } => {
+            ShardMsg::Deliver { rid, frame, audience, t0 } => {
                 let mut conns = self.conns.borrow_mut();
                 let mut n = 0u64;
                 match audience {
                     Audience::AllExcept(except) => {
                         let lr = self.local_rooms.borrow();
                         if let Some(members) = lr.get(&rid) {
-                            let skip = except
-                                .filter(|c| c.shard as usize == self.id)
-                                .map(|c| c.key);
+                            let skip = except.filter(|c| c.node == 0 && c.shard as usize == self.id).map(|c| c.key);
                             for &key in members {
                                 if Some(key) != skip && self.enqueue(&mut conns, key, &frame) {
                                     n += 1;
@@ -866,9 +855,7 @@ impl Shard {
                     }
                     Audience::Only(targets) => {
                         for c in targets {
-                            if conns
-                                .get(c.key as usize)
-                                .is_some_and(|e| e.generation == c.generation)
+                            if conns.get(c.key as usize).is_some_and(|e| e.generation == c.generation)
                                 && self.enqueue(&mut conns, c.key, &frame)
                             {
                                 n += 1;
@@ -884,44 +871,102 @@ impl Shard {
             }
             ShardMsg::Direct { conn, frame } => {
                 let mut conns = self.conns.borrow_mut();
-                if conns
-                    .get(conn.key as usize)
-                    .is_some_and(|e| e.generation == conn.generation)
-                {
+                if conns.get(conn.key as usize).is_some_and(|e| e.generation == conn.generation) {
                     self.enqueue(&mut conns, conn.key, &frame);
                 }
                 drop(conns);
                 self.wake_flusher();
             }
+            ShardMsg::ToNode { node, msg } => self.send_remote(node, *msg),
+            ShardMsg::Cluster { down } => self.apply_cluster_change(down),
+        }
+    }
+
+    // ---- cluster changes -------------------------------------------------------
+
+    /// Applies a new set of live nodes: forgets members on a dead node,
+    /// hands over rooms this node no longer owns, and re-joins this shard's
+    /// connections at the new owners of rooms that moved. A re-homed room
+    /// starts a new epoch at its new owner.
+    fn apply_cluster_change(&self, down: Option<u16>) {
+        let new_view = Rc::new(self.node.cluster.lock().expect("cluster table").view());
+        let old_view = std::mem::replace(&mut *self.view.borrow_mut(), new_view.clone());
+        if let Some(dead) = down {
+            let mut owned = self.owned.borrow_mut();
+            let mut announce = Vec::new();
+            for (rid, room) in owned.iter_mut() {
+                let had_members = !room.is_empty();
+                for left in room.remove_node(dead) {
+                    if left.user_gone {
+                        announce.push((Id::clone(rid), left));
+                    }
+                }
+                if had_members && room.is_empty() {
+                    self.stats().rooms.fetch_sub(1, Relaxed);
+                }
+            }
+            drop(owned);
+            for (rid, left) in announce {
+                let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
+                self.broadcast(&rid, frame, None);
+            }
+        }
+        // Rooms that now belong to another node: their members re-join there.
+        self.owned.borrow_mut().retain(|rid, room| {
+            let keep = new_view.owner(rid) == 0;
+            if !keep && !room.is_empty() {
+                self.stats().rooms.fetch_sub(1, Relaxed);
+            }
+            keep
+        });
+        let mut rejoins = Vec::new();
+        {
+            let conns = self.conns.borrow();
+            let lr = self.local_rooms.borrow();
+            for (key, e) in conns.iter() {
+                let (Some(uid), Some(name)) = (&e.uid, &e.name) else { continue };
+                for rid in &e.rooms {
+                    if old_view.owner(rid) != new_view.owner(rid) {
+                        let indexed = lr.get(rid).is_some_and(|m| m.contains(&(key as u32)));
+                        rejoins.push(ShardMsg::Join {
+                            rid: rid.clone(),
+                            conn: self.conn_ref(key as u32, e.generation),
+                            uid: uid.clone(),
+                            name: name.clone(),
+                            echo: e.echo,
+                            rejoin: indexed,
+                        });
+                    }
+                }
+            }
+        }
+        for msg in rejoins {
+            self.send_to_owner(msg);
         }
     }
 
     // ---- owner side ----------------------------------------------------------
 
-    fn owner_join(&self, rid: Id, conn: ConnRef, uid: Id, name: Name, echo: bool) {
+    fn owner_join(&self, rid: Id, conn: ConnRef, uid: Id, name: Name, echo: bool, rejoin: bool) {
         let mut owned = self.owned.borrow_mut();
         let room = owned
             .entry(rid.clone())
-            .or_insert_with(|| Room::new(self.nshards, self.node.cfg.history));
+            .or_insert_with(|| Room::new(self.nshards, self.node.cfg.history, self.node.next_epoch()));
         let was_empty = room.is_empty();
         let joined = room.join(conn, &uid, &name, echo);
         if was_empty && !room.is_empty() {
             self.stats().rooms.fetch_add(1, Relaxed);
         }
-        let shards: Vec<usize> = room.member_shards().collect();
         drop(owned);
+        if rejoin {
+            // The member already has its ack and its place; join quietly.
+            return;
+        }
         let ack = protocol::encode_presence("login", &uid, &name, &rid);
-        self.send(
-            conn.shard as usize,
-            ShardMsg::Joined {
-                rid: rid.clone(),
-                conn,
-                ack,
-            },
-        );
+        self.send_to_conn(conn, ShardMsg::Joined { rid: rid.clone(), conn, ack });
         if joined == Joined::NewUser {
             let frame = protocol::encode_presence("newUser", &uid, &name, &rid);
-            self.broadcast(&rid, &shards, frame, Some(conn));
+            self.broadcast(&rid, frame, Some(conn));
         }
     }
 
@@ -932,41 +977,30 @@ impl Shard {
             if room.is_empty() {
                 self.stats().rooms.fetch_sub(1, Relaxed);
             }
-            Some((left, room.member_shards().collect::<Vec<_>>()))
+            Some(left)
         });
         drop(owned);
         if ack {
-            self.send(
-                conn.shard as usize,
-                ShardMsg::Direct {
-                    conn,
-                    frame: protocol::encode_logout(&rid),
-                },
-            );
+            self.send_to_conn(conn, ShardMsg::Direct { conn, frame: protocol::encode_logout(&rid) });
         }
-        if let Some((left, shards)) = left {
-            if left.user_gone {
-                let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
-                self.broadcast(&rid, &shards, frame, None);
-            }
+        if let Some(left) = left.filter(|l| l.user_gone) {
+            let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
+            self.broadcast(&rid, frame, None);
         }
     }
 
     fn owner_publish(&self, p: Publish) {
         let mut owned = self.owned.borrow_mut();
-        let err = |msg| ShardMsg::Direct {
-            conn: p.from,
-            frame: ProtoError::new(protocol::ERR_INVALID, msg).encode(),
-        };
+        let err = |msg| ShardMsg::Direct { conn: p.from, frame: ProtoError::new(protocol::ERR_INVALID, msg).encode() };
         let Some(room) = owned.get_mut(&p.rid) else {
             drop(owned);
             self.stats().error(protocol::ERR_INVALID);
-            return self.send(p.from.shard as usize, err("not a member of rid"));
+            return self.send_to_conn(p.from, err("not a member of rid"));
         };
         let Some(sender_echo) = room.member(&p.from).map(|m| m.echo) else {
             drop(owned);
             self.stats().error(protocol::ERR_INVALID);
-            return self.send(p.from.shard as usize, err("not a member of rid"));
+            return self.send_to_conn(p.from, err("not a member of rid"));
         };
         let ts = unix_ms();
         let t0 = Instant::now();
@@ -981,20 +1015,19 @@ impl Shard {
                     msg: &p.msg,
                     tid: None,
                     seq,
-                    epoch: self.node.epoch,
+                    epoch: room.epoch(),
                     ts,
                 });
                 room.remember(seq, frame.slice(off..));
-                let shards: Vec<usize> = room.member_shards().collect();
                 drop(owned);
                 let except = if sender_echo { None } else { Some(p.from) };
-                self.broadcast(&p.rid, &shards, frame, except);
+                self.broadcast(&p.rid, frame, except);
             }
             Some(tid) => {
                 let Some(target) = room.user(tid) else {
                     drop(owned);
                     self.stats().error(protocol::ERR_INVALID);
-                    return self.send(p.from.shard as usize, err("tid is not in the room"));
+                    return self.send_to_conn(p.from, err("tid is not in the room"));
                 };
                 let mut targets = target.conns.clone();
                 if sender_echo && !targets.contains(&p.from) {
@@ -1011,41 +1044,36 @@ impl Shard {
                     msg: &p.msg,
                     tid: Some(tid),
                     seq: room.seq(),
-                    epoch: self.node.epoch,
+                    epoch: room.epoch(),
                     ts,
                 });
                 drop(owned);
-                targets.sort_by_key(|c| c.shard);
-                for group in targets.chunk_by(|a, b| a.shard == b.shard) {
-                    let dst = group[0].shard as usize;
+                // One item per local shard and per other node.
+                targets.sort_by_key(|c| (c.node, if c.node == 0 { c.shard } else { 0 }));
+                for group in targets.chunk_by(|a, b| a.node == b.node && (a.node != 0 || a.shard == b.shard)) {
                     let audience = Audience::Only(group.to_vec());
-                    self.send(
-                        dst,
-                        ShardMsg::Deliver {
-                            rid: p.rid.clone(),
-                            frame: frame.clone(),
-                            audience,
-                            t0,
-                        },
-                    );
+                    let msg = ShardMsg::Deliver { rid: p.rid.clone(), frame: frame.clone(), audience, t0 };
+                    self.send_to_conn(group[0], msg);
                 }
             }
         }
     }
 
-    /// One Deliver per shard holding members.
-    fn broadcast(&self, rid: &Id, shards: &[usize], frame: Bytes, except: Option<ConnRef>) {
+    /// One Deliver per local shard and per other node holding members.
+    fn broadcast(&self, rid: &Id, frame: Bytes, except: Option<ConnRef>) {
+        let owned = self.owned.borrow();
+        let Some(room) = owned.get(rid) else { return };
+        let shards: Vec<usize> = room.member_shards().collect();
+        let nodes: Vec<u16> = room.member_nodes().collect();
+        drop(owned);
         let t0 = Instant::now();
-        for &s in shards {
-            self.send(
-                s,
-                ShardMsg::Deliver {
-                    rid: rid.clone(),
-                    frame: frame.clone(),
-                    audience: Audience::AllExcept(except),
-                    t0,
-                },
-            );
+        for s in shards {
+            let audience = Audience::AllExcept(except.filter(|c| c.node == 0));
+            self.send(s, ShardMsg::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 });
+        }
+        for n in nodes {
+            let audience = Audience::AllExcept(except.filter(|c| c.node == n));
+            self.send_remote(n, ShardMsg::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 });
         }
     }
 
@@ -1111,10 +1139,7 @@ fn member_check(e: &ConnEntry, rid: &Id) -> Result<(), ProtoError> {
         return Err(ProtoError::new(protocol::ERR_INVALID, "not logged in"));
     }
     if !e.rooms.contains(rid) {
-        return Err(ProtoError::new(
-            protocol::ERR_INVALID,
-            "not a member of rid",
-        ));
+        return Err(ProtoError::new(protocol::ERR_INVALID, "not a member of rid"));
     }
     Ok(())
 }
@@ -1164,24 +1189,11 @@ fn consume(e: &mut ConnEntry, mut n: usize) {
 fn raw_send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     // SAFETY: buf is valid for reads of buf.len() bytes; fd is the
     // connection's socket, owned by its task for as long as it is registered.
-    let r = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+    let r = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

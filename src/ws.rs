@@ -109,11 +109,7 @@ impl Decoder {
     /// consumed), or the event and how many bytes it used. Payloads are
     /// unmasked in place. `max` bounds a frame's payload and a reassembled
     /// message.
-    pub fn decode(
-        &mut self,
-        buf: &mut [u8],
-        max: usize,
-    ) -> Result<Option<(Event, usize)>, WsError> {
+    pub fn decode(&mut self, buf: &mut [u8], max: usize) -> Result<Option<(Event, usize)>, WsError> {
         let mut cur = Cursor::new(&*buf);
         let (hdr, len) = match FrameHeader::parse(&mut cur) {
             Ok(Some(h)) => h,
@@ -136,8 +132,7 @@ impl Decoder {
         if len > max as u64 {
             return Err(WsError::TooBig);
         }
-        if let OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) = hdr.opcode
-        {
+        if let OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) = hdr.opcode {
             return Err(WsError::Protocol("reserved opcode"));
         }
         let len = len as usize;
@@ -181,11 +176,7 @@ impl Decoder {
                 }
                 let is_text = d == Data::Text;
                 if !hdr.is_final {
-                    self.frag = Some(Box::new(Fragmented {
-                        is_text,
-                        data: buf[range].to_vec(),
-                        complete: false,
-                    }));
+                    self.frag = Some(Box::new(Fragmented { is_text, data: buf[range].to_vec(), complete: false }));
                     Event::Fragment
                 } else if is_text {
                     if std::str::from_utf8(&buf[range.clone()]).is_err() {
@@ -226,9 +217,7 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
 
 /// XORs `data` with the 4-byte client mask, eight bytes at a time.
 pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
-    let m8 = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
+    let m8 = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
     let mut chunks = data.chunks_exact_mut(8);
     for c in &mut chunks {
         let v = u64::from_ne_bytes(c.try_into().unwrap()) ^ m8;
@@ -270,15 +259,11 @@ impl FrameBuf {
 
     fn finish_op(mut self, opcode: OpCode) -> Bytes {
         let body_len = (self.buf.len() - HEADROOM) as u64;
-        let hdr = FrameHeader {
-            opcode,
-            ..FrameHeader::default()
-        };
+        let hdr = FrameHeader { opcode, ..FrameHeader::default() };
         let hlen = hdr.len(body_len);
         let start = HEADROOM - hlen;
         let mut head = &mut self.buf[start..HEADROOM];
-        hdr.format(body_len, &mut head)
-            .expect("header fits its headroom");
+        hdr.format(body_len, &mut head).expect("header fits its headroom");
         self.buf.freeze().slice(start..)
     }
 }
@@ -321,10 +306,7 @@ pub fn parse_server_frame(buf: &[u8]) -> Result<Option<(u8, Range<usize>, usize)
     }
     let (len, hlen) = match buf[1] & 0x7f {
         126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => (
-            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-            10,
-        ),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10),
         126 | 127 => return Ok(None),
         n => (n as usize, 2),
     };
@@ -400,10 +382,7 @@ mod tests {
         let mut bad_utf8 = masked(1, true, &[0xff, 0xfe]);
         assert_eq!(d.decode(&mut bad_utf8, 10).unwrap_err().close_code(), 1007);
         let mut long_ping = masked(9, true, &[0; 126]);
-        assert_eq!(
-            d.decode(&mut long_ping, 1000).unwrap_err().close_code(),
-            1002
-        );
+        assert_eq!(d.decode(&mut long_ping, 1000).unwrap_err().close_code(), 1002);
         let mut cont = masked(0, true, b"x");
         assert_eq!(d.decode(&mut cont, 10).unwrap_err().close_code(), 1002);
         let mut rsv = masked(1, true, b"x");
@@ -418,14 +397,8 @@ mod tests {
         let mut b = masked(0, true, "llo".as_bytes());
         assert_eq!(d.decode(&mut a, 100).unwrap().unwrap().0, Event::Fragment);
         let mut ping = masked(9, true, b"p");
-        assert!(matches!(
-            d.decode(&mut ping, 100).unwrap().unwrap().0,
-            Event::Ping(_)
-        ));
-        assert_eq!(
-            d.decode(&mut b, 100).unwrap().unwrap().0,
-            Event::AssembledText
-        );
+        assert!(matches!(d.decode(&mut ping, 100).unwrap().unwrap().0, Event::Ping(_)));
+        assert_eq!(d.decode(&mut b, 100).unwrap().unwrap().0, Event::AssembledText);
         assert_eq!(d.take_message(), "héllo".as_bytes());
         // A fragmented message may not exceed the limit in total.
         let mut a = masked(1, false, &[b'a'; 60]);
@@ -438,10 +411,7 @@ mod tests {
     fn close_codes() {
         let mut d = Decoder::default();
         let mut c = masked(8, true, &1000u16.to_be_bytes());
-        assert_eq!(
-            d.decode(&mut c, 10).unwrap().unwrap().0,
-            Event::Close(Some(1000))
-        );
+        assert_eq!(d.decode(&mut c, 10).unwrap().unwrap().0, Event::Close(Some(1000)));
         let mut c = masked(8, true, &[3]);
         assert!(d.decode(&mut c, 10).is_err());
         let mut c = masked(8, true, &999u16.to_be_bytes());

@@ -1,0 +1,470 @@
+//! The relay's wire format: binary, length-prefixed, versioned. No I/O.
+//!
+//! # Byte layout
+//!
+//! Every value is big-endian. After the handshake (see [`super::handshake`])
+//! a link carries frames:
+//!
+//! ```text
+//! frame   := len:u32 type:u8 body          len = 1 + body length, at most MAX_FRAME
+//! str     := n:u16 bytes[n]                UTF-8 (ids, names)
+//! text    := n:u32 bytes[n]                UTF-8 (message bodies)
+//! blob    := n:u32 bytes[n]                an already-encoded WebSocket frame
+//! conn    := shard:u16 key:u32 gen:u32     a connection on the sending or receiving node
+//! opt<T>  := 0 | 1 T
+//!
+//! type 1  HEARTBEAT   (empty)
+//! type 10 JOIN        rid:str conn uid:str name:str flags:u8 (bit0 echo, bit1 rejoin)
+//! type 11 LEAVE       rid:str conn ack:u8
+//! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str>
+//! type 13 GETONLINE   rid:str conn
+//! type 14 GETHISTORY  rid:str conn since:opt<u64> limit:opt<u64>
+//! type 20 JOINED      rid:str conn ack:blob
+//! type 21 DELIVER     rid:str audience frame:blob
+//!                     audience := 0 except:opt<conn>   (every member on the node but one)
+//!                               | 1 n:u32 conn[n]      (exactly these connections)
+//! type 22 DIRECT      conn frame:blob
+//! ```
+//!
+//! Requests (10–14) name a connection of the *sending* node; owner messages
+//! (20–22) name connections of the *receiving* node. The node of a
+//! [`ConnRef`] is therefore never on the wire: the decoder fills it in from
+//! the link it arrived on. A DELIVER carries the WebSocket frame exactly as
+//! the owner encoded it, so the receiving node re-encodes nothing.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::ids::{Id, Name};
+use crate::protocol::MsgType;
+use crate::room::ConnRef;
+use crate::shard::{Audience, Publish, ShardMsg};
+
+/// Largest frame accepted on a link (a getHistory reply of 100 long
+/// messages is well under it).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Frame type of a heartbeat.
+pub const T_HEARTBEAT: u8 = 1;
+const T_JOIN: u8 = 10;
+const T_LEAVE: u8 = 11;
+const T_PUBLISH: u8 = 12;
+const T_GETONLINE: u8 = 13;
+const T_GETHISTORY: u8 = 14;
+const T_JOINED: u8 = 20;
+const T_DELIVER: u8 = 21;
+const T_DIRECT: u8 = 22;
+
+/// A frame that cannot be decoded: the link is closed (and nothing else).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// The length prefix is over [`MAX_FRAME`] (or zero).
+    #[error("frame length {0} out of range")]
+    Length(usize),
+    /// The body ended before its fields did.
+    #[error("truncated frame body")]
+    Truncated,
+    /// A field has a value no sender writes (bad type, id, name or UTF-8).
+    #[error("invalid field: {0}")]
+    Invalid(&'static str),
+}
+
+/// What a link delivers.
+#[derive(Debug)]
+pub enum Frame {
+    /// Liveness only.
+    Heartbeat,
+    /// A shard message, with connection nodes set to the link's node where
+    /// they refer to the peer.
+    Msg(ShardMsg),
+}
+
+/// Encodes a heartbeat frame.
+pub fn heartbeat() -> Bytes {
+    Bytes::from_static(&[0, 0, 0, 1, T_HEARTBEAT])
+}
+
+/// Encodes a shard message for a link. Returns None for messages that never
+/// cross nodes.
+pub fn encode(msg: &ShardMsg) -> Option<Bytes> {
+    let mut b = BytesMut::with_capacity(64);
+    b.put_u32(0); // length, patched below
+    match msg {
+        ShardMsg::Join { rid, conn, uid, name, echo, rejoin } => {
+            b.put_u8(T_JOIN);
+            put_str(&mut b, rid);
+            put_conn(&mut b, conn);
+            put_str(&mut b, uid);
+            put_str(&mut b, name);
+            b.put_u8(*echo as u8 | (*rejoin as u8) << 1);
+        }
+        ShardMsg::Leave { rid, conn, ack } => {
+            b.put_u8(T_LEAVE);
+            put_str(&mut b, rid);
+            put_conn(&mut b, conn);
+            b.put_u8(*ack as u8);
+        }
+        ShardMsg::Publish(p) => {
+            b.reserve(p.msg.len() + 64);
+            b.put_u8(T_PUBLISH);
+            put_str(&mut b, &p.rid);
+            put_conn(&mut b, &p.from);
+            put_str(&mut b, &p.uid);
+            put_str(&mut b, &p.name);
+            b.put_u8(match p.mtype {
+                MsgType::Text => 0,
+                MsgType::Audio => 1,
+                MsgType::Pic => 2,
+            });
+            b.put_u32(p.msg.len() as u32);
+            b.put_slice(p.msg.as_bytes());
+            match &p.tid {
+                None => b.put_u8(0),
+                Some(t) => {
+                    b.put_u8(1);
+                    put_str(&mut b, t);
+                }
+            }
+        }
+        ShardMsg::GetOnline { rid, conn } => {
+            b.put_u8(T_GETONLINE);
+            put_str(&mut b, rid);
+            put_conn(&mut b, conn);
+        }
+        ShardMsg::GetHistory { rid, conn, since, limit } => {
+            b.put_u8(T_GETHISTORY);
+            put_str(&mut b, rid);
+            put_conn(&mut b, conn);
+            put_opt_u64(&mut b, *since);
+            put_opt_u64(&mut b, limit.map(|l| l as u64));
+        }
+        ShardMsg::Joined { rid, conn, ack } => {
+            b.put_u8(T_JOINED);
+            put_str(&mut b, rid);
+            put_conn(&mut b, conn);
+            put_blob(&mut b, ack);
+        }
+        ShardMsg::Deliver { rid, frame, audience, .. } => {
+            b.reserve(frame.len() + 32);
+            b.put_u8(T_DELIVER);
+            put_str(&mut b, rid);
+            match audience {
+                Audience::AllExcept(ex) => {
+                    b.put_u8(0);
+                    match ex {
+                        None => b.put_u8(0),
+                        Some(c) => {
+                            b.put_u8(1);
+                            put_conn(&mut b, c);
+                        }
+                    }
+                }
+                Audience::Only(list) => {
+                    b.put_u8(1);
+                    b.put_u32(list.len() as u32);
+                    for c in list {
+                        put_conn(&mut b, c);
+                    }
+                }
+            }
+            put_blob(&mut b, frame);
+        }
+        ShardMsg::Direct { conn, frame } => {
+            b.put_u8(T_DIRECT);
+            put_conn(&mut b, conn);
+            put_blob(&mut b, frame);
+        }
+        _ => return None,
+    }
+    let len = (b.len() - 4) as u32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    Some(b.freeze())
+}
+
+/// Decodes one frame from the front of `buf`, consuming it. Ok(None) while
+/// the frame is incomplete (nothing consumed). `node` is the link's peer.
+pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(CodecError::Length(len));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut body = buf.split_to(len).freeze();
+    let t = body.get_u8();
+    let peer = |c: ConnRef| ConnRef { node, ..c };
+    let f = match t {
+        T_HEARTBEAT => Frame::Heartbeat,
+        T_JOIN => {
+            let rid = get_id(&mut body)?;
+            let conn = peer(get_conn(&mut body)?);
+            let uid = get_id(&mut body)?;
+            let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
+            let flags = get_u8(&mut body)?;
+            Frame::Msg(ShardMsg::Join { rid, conn, uid, name, echo: flags & 1 != 0, rejoin: flags & 2 != 0 })
+        }
+        T_LEAVE => {
+            let rid = get_id(&mut body)?;
+            let conn = peer(get_conn(&mut body)?);
+            let ack = get_u8(&mut body)? != 0;
+            Frame::Msg(ShardMsg::Leave { rid, conn, ack })
+        }
+        T_PUBLISH => {
+            let rid = get_id(&mut body)?;
+            let from = peer(get_conn(&mut body)?);
+            let uid = get_id(&mut body)?;
+            let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
+            let mtype = match get_u8(&mut body)? {
+                0 => MsgType::Text,
+                1 => MsgType::Audio,
+                2 => MsgType::Pic,
+                _ => return Err(CodecError::Invalid("message type")),
+            };
+            let msg = get_blob(&mut body)?;
+            let msg = String::from_utf8(msg.to_vec()).map_err(|_| CodecError::Invalid("utf-8"))?;
+            let tid = match get_u8(&mut body)? {
+                0 => None,
+                1 => Some(get_id(&mut body)?),
+                _ => return Err(CodecError::Invalid("option")),
+            };
+            Frame::Msg(ShardMsg::Publish(Box::new(Publish { rid, from, uid, name, mtype, msg, tid })))
+        }
+        T_GETONLINE => {
+            let rid = get_id(&mut body)?;
+            let conn = peer(get_conn(&mut body)?);
+            Frame::Msg(ShardMsg::GetOnline { rid, conn })
+        }
+        T_GETHISTORY => {
+            let rid = get_id(&mut body)?;
+            let conn = peer(get_conn(&mut body)?);
+            let since = get_opt_u64(&mut body)?;
+            let limit = get_opt_u64(&mut body)?.map(|l| l.min(usize::MAX as u64) as usize);
+            Frame::Msg(ShardMsg::GetHistory { rid, conn, since, limit })
+        }
+        T_JOINED => {
+            let rid = get_id(&mut body)?;
+            let conn = get_conn(&mut body)?;
+            let ack = get_blob(&mut body)?;
+            Frame::Msg(ShardMsg::Joined { rid, conn, ack })
+        }
+        T_DELIVER => {
+            let rid = get_id(&mut body)?;
+            let audience = match get_u8(&mut body)? {
+                0 => Audience::AllExcept(match get_u8(&mut body)? {
+                    0 => None,
+                    1 => Some(get_conn(&mut body)?),
+                    _ => return Err(CodecError::Invalid("option")),
+                }),
+                1 => {
+                    let n = get_u32(&mut body)? as usize;
+                    if n > body.remaining() / 10 {
+                        return Err(CodecError::Truncated);
+                    }
+                    let mut list = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        list.push(get_conn(&mut body)?);
+                    }
+                    Audience::Only(list)
+                }
+                _ => return Err(CodecError::Invalid("audience")),
+            };
+            let frame = get_blob(&mut body)?;
+            Frame::Msg(ShardMsg::Deliver { rid, frame, audience, t0: std::time::Instant::now() })
+        }
+        T_DIRECT => {
+            let conn = get_conn(&mut body)?;
+            let frame = get_blob(&mut body)?;
+            Frame::Msg(ShardMsg::Direct { conn, frame })
+        }
+        _ => return Err(CodecError::Invalid("frame type")),
+    };
+    if body.has_remaining() {
+        return Err(CodecError::Invalid("trailing bytes"));
+    }
+    Ok(Some(f))
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_u16(s.len() as u16);
+    b.put_slice(s.as_bytes());
+}
+
+fn put_blob(b: &mut BytesMut, s: &[u8]) {
+    b.put_u32(s.len() as u32);
+    b.put_slice(s);
+}
+
+fn put_conn(b: &mut BytesMut, c: &ConnRef) {
+    b.put_u16(c.shard);
+    b.put_u32(c.key);
+    b.put_u32(c.generation);
+}
+
+fn put_opt_u64(b: &mut BytesMut, v: Option<u64>) {
+    match v {
+        None => b.put_u8(0),
+        Some(v) => {
+            b.put_u8(1);
+            b.put_u64(v);
+        }
+    }
+}
+
+fn need(b: &Bytes, n: usize) -> Result<(), CodecError> {
+    if b.remaining() < n { Err(CodecError::Truncated) } else { Ok(()) }
+}
+
+fn get_u8(b: &mut Bytes) -> Result<u8, CodecError> {
+    need(b, 1)?;
+    Ok(b.get_u8())
+}
+
+fn get_u32(b: &mut Bytes) -> Result<u32, CodecError> {
+    need(b, 4)?;
+    Ok(b.get_u32())
+}
+
+fn get_str(b: &mut Bytes) -> Result<String, CodecError> {
+    need(b, 2)?;
+    let n = b.get_u16() as usize;
+    need(b, n)?;
+    String::from_utf8(b.split_to(n).to_vec()).map_err(|_| CodecError::Invalid("utf-8"))
+}
+
+fn get_id(b: &mut Bytes) -> Result<Id, CodecError> {
+    Id::parse_str(&get_str(b)?).ok_or(CodecError::Invalid("identifier"))
+}
+
+fn get_blob(b: &mut Bytes) -> Result<Bytes, CodecError> {
+    let n = get_u32(b)? as usize;
+    need(b, n)?;
+    Ok(b.split_to(n))
+}
+
+fn get_conn(b: &mut Bytes) -> Result<ConnRef, CodecError> {
+    need(b, 10)?;
+    Ok(ConnRef { node: 0, shard: b.get_u16(), key: b.get_u32(), generation: b.get_u32() })
+}
+
+fn get_opt_u64(b: &mut Bytes) -> Result<Option<u64>, CodecError> {
+    match get_u8(b)? {
+        0 => Ok(None),
+        1 => {
+            need(b, 8)?;
+            Ok(Some(b.get_u64()))
+        }
+        _ => Err(CodecError::Invalid("option")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn conn(k: u32) -> ConnRef {
+        ConnRef { node: 0, shard: 1, key: k, generation: 7 }
+    }
+
+    fn round_trip(m: ShardMsg) -> ShardMsg {
+        let enc = encode(&m).unwrap();
+        let mut buf = BytesMut::from(&enc[..]);
+        match decode(&mut buf, 3).unwrap().unwrap() {
+            Frame::Msg(m) => {
+                assert!(buf.is_empty());
+                m
+            }
+            Frame::Heartbeat => panic!(),
+        }
+    }
+
+    #[test]
+    fn requests_take_the_links_node() {
+        let m = round_trip(ShardMsg::Join {
+            rid: Id::parse_str("r").unwrap(),
+            conn: conn(5),
+            uid: Id::parse_str("u").unwrap(),
+            name: Name::parse("Zoë").unwrap(),
+            echo: true,
+            rejoin: false,
+        });
+        let ShardMsg::Join { conn: c, name, echo, rejoin, .. } = m else { panic!() };
+        assert_eq!((c.node, c.key, c.generation), (3, 5, 7));
+        assert_eq!((name.as_str(), echo, rejoin), ("Zoë", true, false));
+        let m = round_trip(ShardMsg::Publish(Box::new(Publish {
+            rid: Id::parse_str("r").unwrap(),
+            from: conn(1),
+            uid: Id::parse_str("u").unwrap(),
+            name: Name::parse("n").unwrap(),
+            mtype: MsgType::Pic,
+            msg: "héllo".into(),
+            tid: Id::parse_str("t"),
+        })));
+        let ShardMsg::Publish(p) = m else { panic!() };
+        assert_eq!((p.msg.as_str(), p.tid.unwrap().as_str(), p.from.node), ("héllo", "t", 3));
+    }
+
+    #[test]
+    fn owner_messages_keep_local_conns_and_bytes() {
+        let frame = Bytes::from_static(b"\x81\x02{}");
+        let m = round_trip(ShardMsg::Deliver {
+            rid: Id::parse_str("r").unwrap(),
+            frame: frame.clone(),
+            audience: Audience::Only(vec![conn(1), conn(2)]),
+            t0: std::time::Instant::now(),
+        });
+        let ShardMsg::Deliver { frame: f, audience: Audience::Only(l), .. } = m else { panic!() };
+        assert_eq!(f, frame);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[1].node, 0);
+    }
+
+    #[test]
+    fn incomplete_and_bad_frames() {
+        let enc = encode(&ShardMsg::GetOnline { rid: Id::parse_str("r").unwrap(), conn: conn(1) }).unwrap();
+        for cut in 0..enc.len() {
+            let mut b = BytesMut::from(&enc[..cut]);
+            assert!(decode(&mut b, 1).unwrap().is_none());
+            assert_eq!(b.len(), cut, "nothing consumed");
+        }
+        let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1][..]);
+        assert!(matches!(decode(&mut huge, 1), Err(CodecError::Length(_))));
+        let mut bad_type = BytesMut::from(&[0, 0, 0, 1, 99][..]);
+        assert!(decode(&mut bad_type, 1).is_err());
+        let mut hb = BytesMut::from(&heartbeat()[..]);
+        assert!(matches!(decode(&mut hb, 1), Ok(Some(Frame::Heartbeat))));
+    }
+
+    proptest! {
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut b = BytesMut::from(&bytes[..]);
+            let _ = decode(&mut b, 1);
+        }
+
+        #[test]
+        fn truncated_bodies_are_errors(cut in 1usize..40, msg in "\\PC{0,30}") {
+            let enc = encode(&ShardMsg::Publish(Box::new(Publish {
+                rid: Id::parse_str("room").unwrap(),
+                from: conn(1),
+                uid: Id::parse_str("u").unwrap(),
+                name: Name::parse("n").unwrap(),
+                mtype: MsgType::Text,
+                msg,
+                tid: None,
+            }))).unwrap();
+            let body_len = enc.len() - 4;
+            let cut = cut.min(body_len - 1);
+            // A length prefix that claims fewer bytes than the fields need.
+            let mut b = BytesMut::new();
+            b.put_u32((body_len - cut) as u32);
+            b.put_slice(&enc[4..enc.len() - cut]);
+            prop_assert!(decode(&mut b, 1).is_err());
+        }
+    }
+}
