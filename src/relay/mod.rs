@@ -358,9 +358,10 @@ async fn run_link(shard: Rc<Shard>, relay: Rc<Relay>, mut stream: TcpStream, dia
     }
     let result = pump(&shard, &link, &mut stream, &mut rbuf).await;
     link.closed.set(true);
-    link.stats.up.store(false, Relaxed);
     link.stats.queue_bytes.fetch_sub(link.queued.get() as i64, Relaxed);
+    // A link replaced by the other direction's is not a node going down.
     if relay.unregister(&link) {
+        link.stats.up.store(false, Relaxed);
         warn!(peer = %peer_name, reason = %result, "relay link down");
         node.cluster.lock().expect("cluster table").up[idx as usize] = false;
         announce(&shard, Some(idx));

@@ -1,0 +1,326 @@
+//! Three real node processes joined by the relay on loopback.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{Client, Server};
+use serde_json::json;
+
+const SECRET: &str = "test-secret";
+
+/// Free loopback ports (bound then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<_> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+struct Cluster {
+    nodes: Vec<Option<Server>>,
+    client_ports: Vec<u16>,
+    relay_ports: Vec<u16>,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let ports = free_ports(2 * n);
+        let mut c = Cluster { nodes: Vec::new(), client_ports: ports[..n].to_vec(), relay_ports: ports[n..].to_vec() };
+        for i in 0..n {
+            let s = c.spawn(i);
+            c.nodes.push(Some(s));
+        }
+        c.wait_links(n - 1);
+        c
+    }
+
+    fn spawn(&self, i: usize) -> Server {
+        let n = self.client_ports.len();
+        let listen = format!("127.0.0.1:{}", self.client_ports[i]);
+        let relay = format!("127.0.0.1:{}", self.relay_ports[i]);
+        let name = format!("node{i}");
+        let mut args: Vec<String> = vec![
+            "--shards".into(),
+            "2".into(),
+            "--rate-limit".into(),
+            "0".into(),
+            "--node-id".into(),
+            name,
+            "--relay-listen".into(),
+            relay,
+            "--cluster-secret".into(),
+            SECRET.into(),
+        ];
+        for j in (0..n).filter(|j| *j != i) {
+            args.push("--peer".into());
+            args.push(format!("127.0.0.1:{}", self.relay_ports[j]));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = Server::try_start_on(&listen, &args) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node {i} did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn node(&self, i: usize) -> &Server {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    /// Waits until every running node has `links` live relay links.
+    fn wait_links(&self, links: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for s in self.nodes.iter().flatten() {
+            while s.metric("cchat_relay_link_up") as usize != links {
+                assert!(Instant::now() < deadline, "relay links did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Let every shard apply the new view.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn login(c: &mut Client, name: &str, rid: &str, uid: &str) {
+    c.send(json!({"cmd":"login","name":name,"rid":rid,"uid":uid,"echo":true}));
+    c.expect("login");
+}
+
+/// Reads until a message frame arrives, skipping presence frames.
+fn next_message(c: &mut Client) -> serde_json::Value {
+    loop {
+        let v = c.recv();
+        if v["cmd"] == "message" {
+            return v;
+        }
+        assert!(["newUser", "userLeave"].contains(&v["cmd"].as_str().unwrap()), "{v}");
+    }
+}
+
+#[test]
+fn one_room_across_three_nodes() {
+    let cl = Cluster::start(3);
+    // Two members on each node.
+    let mut members: Vec<Client> = Vec::new();
+    for i in 0..6 {
+        let mut c = cl.node(i % 3).client();
+        login(&mut c, &format!("n{i}"), "world", &format!("u{i}"));
+        members.push(c);
+    }
+    // newUser reaches members on other nodes.
+    for (i, c) in members.iter_mut().enumerate() {
+        for j in i + 1..6 {
+            let v = c.expect("newUser");
+            assert_eq!(v["uid"], format!("u{j}"));
+        }
+    }
+    // getOnline lists the whole cluster's roster.
+    members[4].send(json!({"cmd":"getOnline","rid":"world"}));
+    let online = members[4].expect("getOnline");
+    let mut uids: Vec<String> =
+        online["users"].as_array().unwrap().iter().map(|u| u["uid"].as_str().unwrap().to_owned()).collect();
+    uids.sort();
+    assert_eq!(uids, ["u0", "u1", "u2", "u3", "u4", "u5"]);
+    // Concurrent senders on every node: one order, seen by every member.
+    let per = 50;
+    let senders: Vec<Client> = members.drain(..3).collect();
+    let handles: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut c)| {
+            std::thread::spawn(move || {
+                for k in 0..per {
+                    c.say("world", &format!("{w}:{k}"));
+                }
+                c
+            })
+        })
+        .collect();
+    let mut senders: Vec<Client> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let total = 3 * per;
+    let mut first: Option<Vec<String>> = None;
+    for c in senders.iter_mut().chain(members.iter_mut()) {
+        let mut order = Vec::new();
+        let mut seqs = Vec::new();
+        let mut epoch = None;
+        for _ in 0..total {
+            let m = next_message(c);
+            order.push(m["msg"].as_str().unwrap().to_owned());
+            seqs.push(m["seq"].as_u64().unwrap());
+            let e = m["epoch"].as_u64().unwrap();
+            assert_eq!(*epoch.get_or_insert(e), e);
+        }
+        assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>());
+        match &first {
+            None => first = Some(order),
+            Some(f) => assert_eq!(f, &order, "members disagree on the order"),
+        }
+    }
+    // Private message from node 0 to a user on node 2 reaches only them.
+    let (a, rest) = senders.split_at_mut(1);
+    let _ = rest;
+    a[0].send(json!({"cmd":"message","type":"text","msg":"psst","rid":"world","tid":"u5"}));
+    let m = next_message(&mut members[2]); // u5 lives on node 2
+    assert_eq!((m["msg"].as_str(), m["tid"].as_str(), m["uid"].as_str()), (Some("psst"), Some("u5"), Some("u0")));
+    let echo = next_message(&mut a[0]);
+    assert_eq!(echo["tid"], "u5");
+    for c in members[..2].iter_mut() {
+        c.expect_silence(Duration::from_millis(300));
+    }
+    // getHistory from any node.
+    members[0].send(json!({"cmd":"getHistory","rid":"world","limit":5}));
+    let h = members[0].expect("getHistory");
+    assert_eq!(h["msgs"].as_array().unwrap().len(), 5);
+    assert_eq!(h["msgs"][4]["seq"], total as u64);
+    // userLeave crosses nodes.
+    drop(members.remove(2)); // u5 on node 2
+    for c in senders.iter_mut() {
+        let v = c.expect("userLeave");
+        assert_eq!(v["uid"], "u5");
+    }
+}
+
+#[test]
+fn a_node_dies_and_comes_back() {
+    let mut cl = Cluster::start(3);
+    // Many rooms so that some are owned by each node; one member per node in each.
+    let rooms: Vec<String> = (0..12).map(|i| format!("room{i}")).collect();
+    let mut clients: Vec<Vec<Client>> = (0..3).map(|_| Vec::new()).collect();
+    for (n, list) in clients.iter_mut().enumerate() {
+        let mut c = cl.node(n).client();
+        login(&mut c, &format!("user{n}"), &rooms[0], &format!("u{n}"));
+        for r in &rooms[1..] {
+            c.send(json!({"cmd":"login","rid":r}));
+            c.expect("login");
+        }
+        list.push(c);
+    }
+    let drain = |c: &mut Client| c.expect_silence(Duration::from_millis(400));
+    for list in clients.iter_mut() {
+        // Skip the presence announcements.
+        loop {
+            list[0].ws.get_mut().set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+            match list[0].ws.read() {
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        list[0].ws.get_mut().set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    }
+    // Kill node 2 in the middle of traffic.
+    let mut survivors: Vec<Client> = clients.drain(..2).map(|mut l| l.remove(0)).collect();
+    for r in &rooms {
+        survivors[0].say(r, "before");
+    }
+    let mut dead = cl.nodes[2].take().unwrap();
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    drop(clients);
+    // Survivors keep serving: after re-homing, every room works between them
+    // again, and nothing is delivered twice.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    cl.wait_links(1);
+    let mut seen = std::collections::HashSet::new();
+    for r in &rooms {
+        loop {
+            assert!(Instant::now() < deadline, "room {r} never recovered");
+            survivors[0].say(r, &format!("after:{r}"));
+            // The sender (echo) and the other survivor both get it once.
+            let mut got = None;
+            while let Ok(tungstenite::Message::Text(t)) = {
+                survivors[1].ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                survivors[1].ws.read()
+            } {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["cmd"] == "message" {
+                    let key = (
+                        v["rid"].as_str().unwrap().to_owned(),
+                        v["epoch"].as_u64().unwrap(),
+                        v["seq"].as_u64().unwrap(),
+                    );
+                    assert!(seen.insert(key.clone()), "delivered twice: {key:?}");
+                    if v["msg"] == format!("after:{r}") {
+                        got = Some(v);
+                        break;
+                    }
+                }
+            }
+            survivors[1].ws.get_mut().set_read_timeout(Some(common::TIMEOUT)).unwrap();
+            if got.is_some() {
+                break;
+            }
+        }
+    }
+    // Roster no longer lists the dead node's user.
+    survivors[1].send(json!({"cmd":"getOnline","rid":rooms[0]}));
+    let online = loop {
+        let v = survivors[1].recv();
+        if v["cmd"] == "getOnline" {
+            break v;
+        }
+    };
+    let uids: Vec<&str> = online["users"].as_array().unwrap().iter().map(|u| u["uid"].as_str().unwrap()).collect();
+    assert!(!uids.contains(&"u2"), "{online}");
+    // Restart node 2: it rejoins by itself and takes part again.
+    cl.nodes[2] = Some(cl.spawn(2));
+    cl.wait_links(2);
+    let mut back = cl.node(2).client();
+    login(&mut back, "back", &rooms[0], "u2b");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "restarted node never got room traffic");
+        survivors[0].say(&rooms[0], "welcome back");
+        back.ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut ok = false;
+        while let Ok(tungstenite::Message::Text(t)) = back.ws.read() {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["cmd"] == "message" && v["msg"] == "welcome back" {
+                ok = true;
+                break;
+            }
+        }
+        if ok {
+            break;
+        }
+    }
+    let _ = drain;
+}
+
+#[test]
+fn strangers_and_wrong_secrets_are_refused() {
+    let ports = free_ports(2);
+    let relay = format!("127.0.0.1:{}", ports[1]);
+    let s = Server::try_start_on(
+        &format!("127.0.0.1:{}", ports[0]),
+        &["--node-id", "a", "--relay-listen", &relay, "--cluster-secret", SECRET],
+    )
+    .unwrap();
+    // Garbage on the relay port.
+    {
+        use std::io::{Read, Write};
+        let mut st = std::net::TcpStream::connect(&relay).unwrap();
+        st.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        st.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        let _ = st.read_to_end(&mut buf); // the node hangs up
+    }
+    // A node with the wrong secret.
+    let other_port = free_ports(1)[0];
+    let _intruder = Server::try_start_on(
+        &format!("127.0.0.1:{other_port}"),
+        &["--node-id", "b", "--peer", &relay, "--cluster-secret", "wrong"],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("cchat_relay_refused_total") < 2.0 {
+        assert!(Instant::now() < deadline, "refusals not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.metric("cchat_relay_link_up"), 0.0);
+    // The node still serves its own clients.
+    let mut c = s.client();
+    c.login("x", "r", None);
+}
