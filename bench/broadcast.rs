@@ -17,31 +17,18 @@ const MESSAGES: usize = 2000;
 
 fn main() {
     let shards = std::env::var("SHARDS").unwrap_or_else(|_| "2".into());
-    let server = support::Server::start(&[
-        "--shards",
-        &shards,
-        "--rate-limit",
-        "0",
-        "--max-outbound-bytes",
-        "16777216",
-    ]);
-    let mut socks: Vec<_> = (0..MEMBERS)
-        .map(|i| support::connect_and_login(server.addr, &format!("u{i}"), "bcast"))
-        .collect();
+    let server =
+        support::Server::start(&["--shards", &shards, "--rate-limit", "0", "--max-outbound-bytes", "16777216"]);
+    let mut socks: Vec<_> =
+        (0..MEMBERS).map(|i| support::connect_and_login(server.addr, &format!("u{i}"), "bcast")).collect();
     let mut sender = socks.remove(0);
     for s in &socks {
         s.set_nonblocking(true).unwrap();
     }
     let expected = (MEMBERS - 1) * MESSAGES;
     let reader = std::thread::spawn(move || {
-        let mut fds: Vec<libc_pollfd> = socks
-            .iter()
-            .map(|s| libc_pollfd {
-                fd: s.as_raw_fd(),
-                events: 1,
-                revents: 0,
-            })
-            .collect();
+        let mut fds: Vec<libc_pollfd> =
+            socks.iter().map(|s| libc_pollfd { fd: s.as_raw_fd(), events: 1, revents: 0 }).collect();
         let mut got = 0usize;
         let mut buf = vec![0u8; 1 << 16];
         let mut pending: Vec<Vec<u8>> = vec![Vec::new(); socks.len()];

@@ -11,22 +11,13 @@ mod support;
 use std::time::Duration;
 
 fn main() {
-    let n: usize = std::env::var("CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n: usize = std::env::var("CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let server = support::Server::start(&["--shards", "2", "--rate-limit", "0"]);
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = server.rss_bytes();
     let connect = |range: std::ops::Range<usize>| {
         range
-            .map(|i| {
-                support::connect_and_login(
-                    server.addr,
-                    &format!("u{i}"),
-                    &format!("room{}", i / 100),
-                )
-            })
+            .map(|i| support::connect_and_login(server.addr, &format!("u{i}"), &format!("room{}", i / 100)))
             .collect::<Vec<_>>()
     };
     let half = n / 2;

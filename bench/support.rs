@@ -22,15 +22,8 @@ impl Server {
             .spawn()
             .expect("start cchat");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("listening line")
-            .parse()
-            .unwrap();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").expect("listening line").parse().unwrap();
         Server { child, addr }
     }
 
@@ -47,12 +40,7 @@ impl Server {
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            * 1024
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
     }
 }
 
@@ -87,10 +75,7 @@ pub fn connect_and_login(addr: SocketAddr, uid: &str, rid: &str) -> TcpStream {
         head.push(b[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"));
-    send_text(
-        &mut s,
-        &format!(r#"{{"cmd":"login","name":"n{uid}","rid":"{rid}","uid":"{uid}"}}"#),
-    );
+    send_text(&mut s, &format!(r#"{{"cmd":"login","name":"n{uid}","rid":"{rid}","uid":"{uid}"}}"#));
     // Read until the login ack (newUser frames may come first).
     let mut buf = Vec::new();
     loop {
@@ -123,14 +108,10 @@ pub fn write_result(name: &str, command: &str, body: &str) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout)
-        .trim()
-        .to_owned();
+    let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout).trim().to_owned();
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results");
     std::fs::create_dir_all(dir).unwrap();

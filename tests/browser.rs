@@ -40,12 +40,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// One WebDriver request; returns the `value` of the reply, or the W3C error.
-fn wd(
-    agent: &ureq::Agent,
-    method: &str,
-    url: &str,
-    body: Option<Value>,
-) -> Result<Value, (String, String)> {
+fn wd(agent: &ureq::Agent, method: &str, url: &str, body: Option<Value>) -> Result<Value, (String, String)> {
     let resp = match (method, body) {
         ("GET", _) => agent.get(url).call(),
         ("DELETE", _) => agent.delete(url).call(),
@@ -57,8 +52,7 @@ fn wd(
     let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap_or_default();
-    let v: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("{method} {url}: HTTP {status}: {text}"));
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {url}: HTTP {status}: {text}"));
     let value = v.get("value").cloned().unwrap_or(Value::Null);
     if status >= 400 || value.get("error").is_some_and(Value::is_string) {
         return Err((
@@ -70,11 +64,7 @@ fn wd(
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn chromedriver_bin() -> String {
@@ -106,10 +96,7 @@ impl Driver {
             let port = free_port();
             let mut child = Command::new(chromedriver_bin())
                 .arg(format!("--port={port}"))
-                .arg(format!(
-                    "--log-path={}",
-                    dir.join("chromedriver.log").display()
-                ))
+                .arg(format!("--log-path={}", dir.join("chromedriver.log").display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -122,18 +109,11 @@ impl Driver {
                     break; // port taken in the meantime: try another
                 }
                 if let Ok(v) = agent.get(format!("{base}/status")).call().map(|mut r| {
-                    serde_json::from_str::<Value>(
-                        &r.body_mut().read_to_string().unwrap_or_default(),
-                    )
-                    .unwrap_or(Value::Null)
+                    serde_json::from_str::<Value>(&r.body_mut().read_to_string().unwrap_or_default())
+                        .unwrap_or(Value::Null)
                 }) {
                     if v["value"]["ready"] == true {
-                        return Driver {
-                            child,
-                            base,
-                            agent,
-                            dir: dir.to_owned(),
-                        };
+                        return Driver { child, base, agent, dir: dir.to_owned() };
                     }
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -147,9 +127,7 @@ impl Driver {
     /// A new browser session with its own empty profile directory.
     fn session(&self, width: u32, height: u32) -> Browser {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let profile = self
-            .dir
-            .join(format!("profile-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let profile = self.dir.join(format!("profile-{}", N.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).unwrap();
         let caps = json!({"capabilities": {"alwaysMatch": {
@@ -165,19 +143,10 @@ impl Driver {
                 ]
             }
         }}});
-        let v = wd(
-            &self.agent,
-            "POST",
-            &format!("{}/session", self.base),
-            Some(caps),
-        )
-        .unwrap_or_else(|e| panic!("new session: {e:?}"));
+        let v = wd(&self.agent, "POST", &format!("{}/session", self.base), Some(caps))
+            .unwrap_or_else(|e| panic!("new session: {e:?}"));
         let id = v["sessionId"].as_str().expect("sessionId").to_owned();
-        Browser {
-            agent: self.agent.clone(),
-            base: format!("{}/session/{id}", self.base),
-            profile,
-        }
+        Browser { agent: self.agent.clone(), base: format!("{}/session/{id}", self.base), profile }
     }
 }
 
@@ -213,11 +182,7 @@ impl Browser {
     }
 
     fn find(&self, css: &str) -> String {
-        let v = self.cmd(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
+        let v = self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css})));
         v[ELEMENT_KEY].as_str().expect("element id").to_owned()
     }
 
@@ -226,11 +191,7 @@ impl Browser {
     }
 
     fn send_keys(&self, el: &str, text: &str) {
-        self.cmd(
-            "POST",
-            &format!("/element/{el}/value"),
-            Some(json!({"text": text})),
-        );
+        self.cmd("POST", &format!("/element/{el}/value"), Some(json!({"text": text})));
     }
 
     fn clear(&self, el: &str) {
@@ -242,10 +203,7 @@ impl Browser {
     }
 
     fn text(&self, el: &str) -> String {
-        self.cmd("GET", &format!("/element/{el}/text"), None)
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
+        self.cmd("GET", &format!("/element/{el}/text"), None).as_str().unwrap_or("").to_owned()
     }
 
     fn displayed(&self, el: &str) -> bool {
@@ -259,37 +217,22 @@ impl Browser {
             acts.push(json!({"type": "keyDown", "value": c.to_string()}));
             acts.push(json!({"type": "keyUp", "value": c.to_string()}));
         }
-        self.cmd(
-            "POST",
-            "/actions",
-            Some(json!({"actions": [{"type": "key", "id": "kb", "actions": acts}]})),
-        );
+        self.cmd("POST", "/actions", Some(json!({"actions": [{"type": "key", "id": "kb", "actions": acts}]})));
     }
 
     fn exec(&self, script: &str, args: Value) -> Value {
-        self.cmd(
-            "POST",
-            "/execute/sync",
-            Some(json!({"script": script, "args": args})),
-        )
+        self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": args})))
     }
 
     fn alert_text(&self) -> Option<String> {
-        wd(
-            &self.agent,
-            "GET",
-            &format!("{}/alert/text", self.base),
-            None,
-        )
-        .ok()
-        .map(|v| v.as_str().unwrap_or("").to_owned())
+        wd(&self.agent, "GET", &format!("{}/alert/text", self.base), None)
+            .ok()
+            .map(|v| v.as_str().unwrap_or("").to_owned())
     }
 
     fn screenshot(&self, path: &Path) {
         let v = self.cmd("GET", "/screenshot", None);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().expect("base64 screenshot"))
-            .unwrap();
+        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("base64 screenshot")).unwrap();
         std::fs::write(path, png).unwrap();
     }
 
@@ -299,17 +242,13 @@ impl Browser {
         let deadline = Instant::now() + WAIT;
         loop {
             let v = self.exec(script, args.clone());
-            let truthy =
-                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
+            let truthy = !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return v;
             }
             if Instant::now() > deadline {
                 let dump = self.exec("return document.body.innerText.slice(0, 3000)", json!([]));
-                panic!(
-                    "timed out waiting for {what}; page text:\n{}",
-                    dump.as_str().unwrap_or("")
-                );
+                panic!("timed out waiting for {what}; page text:\n{}", dump.as_str().unwrap_or(""));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -319,11 +258,7 @@ impl Browser {
 
     fn open(&self, server: SocketAddr) {
         self.navigate(&format!("http://{server}/"));
-        self.wait_js(
-            "the login form",
-            "return !!document.querySelector('[data-testid=login-name]')",
-            json!([]),
-        );
+        self.wait_js("the login form", "return !!document.querySelector('[data-testid=login-name]')", json!([]));
         // Record any alert() the page (or injected markup) would show.
         self.exec("window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };", json!([]));
     }
@@ -345,13 +280,10 @@ impl Browser {
     }
 
     fn status(&self) -> String {
-        self.exec(
-            "return document.querySelector('[data-testid=connection-status]').dataset.state",
-            json!([]),
-        )
-        .as_str()
-        .unwrap_or("")
-        .to_owned()
+        self.exec("return document.querySelector('[data-testid=connection-status]').dataset.state", json!([]))
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
     }
 
     fn wait_connected(&self) {
@@ -418,10 +350,7 @@ impl Browser {
     }
 
     fn alerts(&self) -> Vec<Value> {
-        self.exec("return window.__alerts || []", json!([]))
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.exec("return window.__alerts || []", json!([])).as_array().cloned().unwrap_or_default()
     }
 }
 
@@ -437,11 +366,7 @@ fn shot(b: &Browser, dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(format!("{name}.png"));
     b.screenshot(&p);
     let len = std::fs::metadata(&p).unwrap().len();
-    assert!(
-        len > 1000,
-        "screenshot {} is suspiciously small ({len} bytes)",
-        p.display()
-    );
+    assert!(len > 1000, "screenshot {} is suspiciously small ({len} bytes)", p.display());
     p
 }
 
@@ -498,18 +423,11 @@ fn two_pages_chat_both_ways() {
     assert_eq!(own["seq"], seen_by_b["seq"]);
     b.wait_message("hi alice, bob here");
     let (ma, mb) = (a.messages(), b.messages());
-    let order = |ms: &[Value]| {
-        ms.iter()
-            .map(|m| m["text"].as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-    };
+    let order = |ms: &[Value]| ms.iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
     assert_eq!(order(&ma), ["hello from alice", "hi alice, bob here"]);
     assert_eq!(order(&mb), order(&ma));
     // A time is shown with each message.
-    assert!(
-        ma.iter().all(|m| m["all"].as_str().unwrap().contains(':')),
-        "{ma:?}"
-    );
+    assert!(ma.iter().all(|m| m["all"].as_str().unwrap().contains(':')), "{ma:?}");
     let ta = a.text(&a.by_id("message-list"));
     assert!(ta.contains("Bob") && ta.contains("Alice"), "{ta}");
     shot(&a, &dir, "alice");
@@ -603,10 +521,7 @@ fn markup_is_shown_as_text() {
                      html: l.innerHTML.indexOf('&lt;img src=x onerror=alert(1)&gt;') >= 0}",
             json!([]),
         );
-        assert_eq!(
-            n,
-            json!({"img": 0, "b": 0, "script": 0, "audio": 0, "userB": 0, "html": true})
-        );
+        assert_eq!(n, json!({"img": 0, "b": 0, "script": 0, "audio": 0, "userB": 0, "html": true}));
         let list = page.text(&page.by_id("user-list"));
         assert!(list.contains("<b>Mallory</b>"), "{list}");
         assert_eq!(page.alerts(), Vec::<Value>::new());
@@ -648,11 +563,7 @@ fn media_messages_for_http_urls() {
     );
     assert_eq!(img_seen, true);
     c.send(json!({"cmd": "message", "type": "pic", "msg": pic, "rid": "media"}));
-    let srcs = a.wait_js(
-        "an <img> for the picture",
-        "return window.__imgs.length ? window.__imgs : null",
-        json!([]),
-    );
+    let srcs = a.wait_js("an <img> for the picture", "return window.__imgs.length ? window.__imgs : null", json!([]));
     assert_eq!(srcs, json!([pic]));
     shot(&a, &dir, "media");
 }
@@ -692,10 +603,7 @@ fn reconnects_after_server_restart() {
         if let Some(s) = Server::try_start_on(&listen, &["--shards", "2"]) {
             break s;
         }
-        assert!(
-            Instant::now() < deadline,
-            "could not restart the server on {listen}"
-        );
+        assert!(Instant::now() < deadline, "could not restart the server on {listen}");
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(server2.addr, addr);
@@ -715,16 +623,8 @@ fn reconnects_after_server_restart() {
             break v;
         }
     };
-    let online_uids: Vec<&str> = online["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|u| u["uid"].as_str())
-        .collect();
-    assert!(
-        online_uids.contains(&uid.as_str()),
-        "{uid} not online after the reconnect: {online}"
-    );
+    let online_uids: Vec<&str> = online["users"].as_array().unwrap().iter().filter_map(|u| u["uid"].as_str()).collect();
+    assert!(online_uids.contains(&uid.as_str()), "{uid} not online after the reconnect: {online}");
     a.wait_message("missed-1");
     bob.say("durable", "after-1");
     bob.say("durable", "after-2");
@@ -732,21 +632,12 @@ fn reconnects_after_server_restart() {
     a.wait_message("after-1");
     let ms = a.messages();
     for t in ["before-1", "before-2", "missed-1", "after-1", "after-2"] {
-        assert_eq!(
-            count_text(&ms, t),
-            1,
-            "{t} shown {} times: {ms:?}",
-            count_text(&ms, t)
-        );
+        assert_eq!(count_text(&ms, t), 1, "{t} shown {} times: {ms:?}", count_text(&ms, t));
     }
     assert_eq!(ms.len(), 5, "{ms:?}");
     // The page shows the status as connected again.
     assert_eq!(a.status(), "connected");
-    assert!(
-        a.text(&a.by_id("connection-status"))
-            .to_lowercase()
-            .contains("connected")
-    );
+    assert!(a.text(&a.by_id("connection-status")).to_lowercase().contains("connected"));
     // Still usable: the page can send after the reconnect.
     a.say("alice is back");
     let m = next_message(&mut bob);
@@ -764,26 +655,15 @@ fn phone_width_keyboard_only() {
     let server = Server::start(&["--shards", "2"]);
     let driver = Driver::start(&dir);
     let a = driver.session(375, 800);
-    a.cmd(
-        "POST",
-        "/window/rect",
-        Some(json!({"width": 375, "height": 800})),
-    );
+    a.cmd("POST", "/window/rect", Some(json!({"width": 375, "height": 800})));
     a.open(server.addr);
-    let width = a
-        .exec("return window.innerWidth", json!([]))
-        .as_i64()
-        .unwrap();
+    let width = a.exec("return window.innerWidth", json!([])).as_i64().unwrap();
     assert!(width <= 400, "viewport is {width}px wide");
     let fits = "var r = document.querySelector(arguments[0]).getBoundingClientRect();
                 return r.width > 0 && r.height > 0 && r.left >= 0 && r.right <= window.innerWidth + 1 && r.top >= 0 && r.bottom <= window.innerHeight + 1";
     for id in ["login-name", "login-room", "login-uid", "login-submit"] {
         assert!(a.displayed(&a.by_id(id)), "{id} not displayed");
-        assert_eq!(
-            a.exec(fits, json!([format!("[data-testid={id}]")])),
-            true,
-            "{id} outside the viewport"
-        );
+        assert_eq!(a.exec(fits, json!([format!("[data-testid={id}]")])), true, "{id} outside the viewport");
     }
     shot(&a, &dir, "login");
     // Keyboard only: the name field has focus; Tab moves through the form; Enter submits.
@@ -800,18 +680,9 @@ fn phone_width_keyboard_only() {
     a.wait_connected();
     // The message input has focus after login.
     assert_eq!(a.exec(focused, json!([])), "message-input");
-    for id in [
-        "message-input",
-        "message-send",
-        "message-list",
-        "connection-status",
-    ] {
+    for id in ["message-input", "message-send", "message-list", "connection-status"] {
         assert!(a.displayed(&a.by_id(id)), "{id} not displayed");
-        assert_eq!(
-            a.exec(fits, json!([format!("[data-testid={id}]")])),
-            true,
-            "{id} outside the viewport"
-        );
+        assert_eq!(a.exec(fits, json!([format!("[data-testid={id}]")])), true, "{id} outside the viewport");
     }
     a.keys("typed on a phone");
     a.keys(KEY_ENTER);
@@ -819,19 +690,16 @@ fn phone_width_keyboard_only() {
     assert_eq!(m["name"], "Pat");
     let mut c = server.client();
     c.login("Quinn", "mobile", Some("quinn"));
-    c.say("mobile", "a reply with a rather long text that has to wrap on a narrow phone screen instead of widening the page");
-    a.wait_message("a reply with a rather long text that has to wrap on a narrow phone screen instead of widening the page");
-    let overflow = a
-        .exec(
-            "return document.documentElement.scrollWidth - window.innerWidth",
-            json!([]),
-        )
-        .as_i64()
-        .unwrap();
-    assert!(
-        overflow <= 0,
-        "page is {overflow}px wider than the viewport"
+    c.say(
+        "mobile",
+        "a reply with a rather long text that has to wrap on a narrow phone screen instead of widening the page",
     );
+    a.wait_message(
+        "a reply with a rather long text that has to wrap on a narrow phone screen instead of widening the page",
+    );
+    let overflow =
+        a.exec("return document.documentElement.scrollWidth - window.innerWidth", json!([])).as_i64().unwrap();
+    assert!(overflow <= 0, "page is {overflow}px wider than the viewport");
     assert_eq!(a.exec(fits, json!(["[data-testid=message-input]"])), true);
     shot(&a, &dir, "chat");
 }
@@ -849,10 +717,7 @@ fn server_errors_are_shown() {
     assert_eq!(a.exec(banner_hidden, json!([])), true);
     // 2000 bytes: over the 1024-byte limit.
     let input = a.by_id("message-input");
-    a.exec(
-        "arguments[0].value = 'x'.repeat(2000)",
-        json!([{ELEMENT_KEY: input}]),
-    );
+    a.exec("arguments[0].value = 'x'.repeat(2000)", json!([{ELEMENT_KEY: input}]));
     a.click(&a.by_id("message-send"));
     let text = a.wait_js(
         "the error banner",
@@ -908,11 +773,7 @@ fn join_and_switch_rooms() {
     // Joining shows the room's history and who is online.
     a.wait_message("history in second");
     a.wait_user("cy");
-    assert_eq!(
-        count_text(&a.messages(), "in first"),
-        0,
-        "messages of another room shown"
-    );
+    assert_eq!(count_text(&a.messages(), "in first"), 0, "messages of another room shown");
     let _ = c.expect("newUser");
     a.say("hello second");
     assert_eq!(next_message(&mut c)["msg"], "hello second");
@@ -928,11 +789,7 @@ fn join_and_switch_rooms() {
     shot(&a, &dir, "unread");
     a.click(&a.find("[data-testid=room-tab][data-rid=second]"));
     a.wait_message("while away");
-    let texts: Vec<String> = a
-        .messages()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect();
+    let texts: Vec<String> = a.messages().iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect();
     assert_eq!(texts, ["history in second", "hello second", "while away"]);
     // Leaving the room: the tab goes and the other room shows.
     a.click(&a.by_id("leave-room"));

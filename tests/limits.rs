@@ -69,17 +69,9 @@ fn frames_split_across_reads_and_pipelined_after_the_handshake() {
     let mut st = TcpStream::connect(s.addr).unwrap();
     st.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
-    cchat::ws::client_frame(
-        &mut req,
-        1,
-        br#"{"cmd":"login","name":"ann","rid":"r","uid":"a"}"#,
-        [9, 8, 7, 6],
-    );
+    cchat::ws::client_frame(&mut req, 1, br#"{"cmd":"login","name":"ann","rid":"r","uid":"a"}"#, [9, 8, 7, 6]);
     st.write_all(&req).unwrap();
-    let mut r = Raw {
-        s: st,
-        buf: Vec::new(),
-    };
+    let mut r = Raw { s: st, buf: Vec::new() };
     // Skip the 101 head.
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -88,20 +80,11 @@ fn frames_split_across_reads_and_pipelined_after_the_handshake() {
         head.push(byte[0]);
     }
     let (_, ack) = r.read_frame().unwrap();
-    assert!(
-        String::from_utf8(ack)
-            .unwrap()
-            .contains("\"cmd\":\"login\"")
-    );
+    assert!(String::from_utf8(ack).unwrap().contains("\"cmd\":\"login\""));
     b.expect("newUser");
     // One message written a byte at a time.
     let mut f = Vec::new();
-    cchat::ws::client_frame(
-        &mut f,
-        1,
-        br#"{"cmd":"message","type":"text","msg":"slow","rid":"r"}"#,
-        [1, 2, 3, 4],
-    );
+    cchat::ws::client_frame(&mut f, 1, br#"{"cmd":"message","type":"text","msg":"slow","rid":"r"}"#, [1, 2, 3, 4]);
     for byte in f {
         r.write(&[byte]);
         std::thread::sleep(Duration::from_millis(1));
@@ -111,20 +94,10 @@ fn frames_split_across_reads_and_pipelined_after_the_handshake() {
 
 #[test]
 fn slow_reader_is_closed_1008_and_counted() {
-    let s = Server::start(&[
-        "--shards",
-        "2",
-        "--rate-limit",
-        "0",
-        "--max-outbound-bytes",
-        "65536",
-    ]);
+    let s = Server::start(&["--shards", "2", "--rate-limit", "0", "--max-outbound-bytes", "65536"]);
     // A reader that never reads; its socket buffers fill, then its queue.
     let mut slow = Raw::connect(s.addr);
-    slow.frame(
-        1,
-        br#"{"cmd":"login","name":"slow","rid":"r","uid":"slow"}"#,
-    );
+    slow.frame(1, br#"{"cmd":"login","name":"slow","rid":"r","uid":"slow"}"#);
     let mut fast = s.client();
     fast.login("fast", "r", Some("fast"));
     let mut a = s.client();
@@ -155,9 +128,7 @@ fn slow_reader_is_closed_1008_and_counted() {
     }
     assert!(sent > 0);
     // The slow reader finds a 1008 close after what was already written.
-    slow.s
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    slow.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(slow.expect_close(), 1008);
     // Everyone else carries on.
     a.say("r", "after");
@@ -277,10 +248,7 @@ fn sigterm_closes_clients_1001_and_exits() {
             assert!(status.success(), "{status}");
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "server did not exit"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "server did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -290,11 +258,7 @@ fn config_file_sets_limits() {
     let dir = std::env::temp_dir().join(format!("cchat-cfgtest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("cchat.toml");
-    std::fs::write(
-        &path,
-        "max-message-bytes = 10\nrate-limit = 0\nshards = 2\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "max-message-bytes = 10\nrate-limit = 0\nshards = 2\n").unwrap();
     let s = Server::start(&["--config", path.to_str().unwrap()]);
     let mut a = s.client();
     a.login("ann", "r", None);

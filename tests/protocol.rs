@@ -23,25 +23,16 @@ fn login_ack_and_new_user() {
     for_shards(|s| {
         let mut a = s.client();
         let ack = a.login("ann", "lobby", Some("u1"));
-        assert_eq!(
-            ack,
-            json!({"cmd":"login","uid":"u1","name":"ann","rid":"lobby"})
-        );
+        assert_eq!(ack, json!({"cmd":"login","uid":"u1","name":"ann","rid":"lobby"}));
         let mut b = s.client();
         b.login("bob", "lobby", Some("u2"));
         let nu = a.expect("newUser");
-        assert_eq!(
-            nu,
-            json!({"cmd":"newUser","uid":"u2","name":"bob","rid":"lobby"})
-        );
+        assert_eq!(nu, json!({"cmd":"newUser","uid":"u2","name":"bob","rid":"lobby"}));
         // Integer ids are written back as strings.
         let mut c = s.client();
         c.send(json!({"cmd":"login","name":"cat","rid":7,"uid":42}));
         let ack = c.expect("login");
-        assert_eq!(
-            (ack["uid"].as_str(), ack["rid"].as_str()),
-            (Some("42"), Some("7"))
-        );
+        assert_eq!((ack["uid"].as_str(), ack["rid"].as_str()), (Some("42"), Some("7")));
         a.expect_silence(SHORT);
     });
 }
@@ -75,17 +66,11 @@ fn relogin_same_room_acks_without_announcing_and_identity_stays() {
         // Another room: joins it too, under the first identity.
         b.send(json!({"cmd":"login","name":"someone-else","rid":"r2","uid":"zzz"}));
         let ack = b.expect("login");
-        assert_eq!(
-            ack,
-            json!({"cmd":"login","uid":"b","name":"bob","rid":"r2"})
-        );
+        assert_eq!(ack, json!({"cmd":"login","uid":"b","name":"bob","rid":"r2"}));
         // Still in r1: gets a's message there.
         a.say("r1", "hi r1");
         let m = b.expect("message");
-        assert_eq!(
-            (m["rid"].as_str(), m["msg"].as_str()),
-            (Some("r1"), Some("hi r1"))
-        );
+        assert_eq!((m["rid"].as_str(), m["msg"].as_str()), (Some("r1"), Some("hi r1")));
     });
 }
 
@@ -115,10 +100,7 @@ fn room_message_reaches_others_not_sender() {
             assert_eq!(m["seq"], 1);
             assert!(m["epoch"].is_u64() && m["ts"].is_u64());
             assert!(m.get("tid").is_none());
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
             assert!(m["ts"].as_u64().unwrap().abs_diff(now) < 60_000);
         }
         a.expect_silence(SHORT);
@@ -166,10 +148,7 @@ fn private_message_reaches_only_target_connections() {
         a.send(json!({"cmd":"message","type":"text","msg":"psst","rid":"r","tid":"b"}));
         for x in [&mut b1, &mut b2] {
             let m = x.expect("message");
-            assert_eq!(
-                (m["tid"].as_str(), m["msg"].as_str()),
-                (Some("b"), Some("psst"))
-            );
+            assert_eq!((m["tid"].as_str(), m["msg"].as_str()), (Some("b"), Some("psst")));
             // Private messages do not advance the room's sequence.
             assert_eq!(m["seq"], 1);
         }
@@ -200,10 +179,7 @@ fn logout_and_disconnect_announce_user_leave() {
         a.expect("newUser");
         b.send(json!({"cmd":"logout","rid":"r"}));
         assert_eq!(b.expect("logout"), json!({"cmd":"logout","rid":"r"}));
-        assert_eq!(
-            a.expect("userLeave"),
-            json!({"cmd":"userLeave","uid":"b","name":"bob","rid":"r"})
-        );
+        assert_eq!(a.expect("userLeave"), json!({"cmd":"userLeave","uid":"b","name":"bob","rid":"r"}));
         // b no longer gets r's messages but still gets r2's.
         a.say("r", "after");
         a.say("r2", "in r2");
@@ -214,10 +190,7 @@ fn logout_and_disconnect_announce_user_leave() {
         // Disconnect announces userLeave in the rooms it was in.
         drop(b);
         let ul = a.expect("userLeave");
-        assert_eq!(
-            (ul["uid"].as_str(), ul["rid"].as_str()),
-            (Some("b"), Some("r2"))
-        );
+        assert_eq!((ul["uid"].as_str(), ul["rid"].as_str()), (Some("b"), Some("r2")));
         // logout without rid leaves every room.
         a.send(json!({"cmd":"logout"}));
         let mut rooms = vec![
@@ -262,21 +235,11 @@ fn get_online_lists_the_whole_room() {
         a.send(json!({"cmd":"getOnline","rid":"r"}));
         let v = a.expect("getOnline");
         assert_eq!(v["rid"], "r");
-        let mut uids: Vec<String> = v["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["uid"].as_str().unwrap().to_owned())
-            .collect();
+        let mut uids: Vec<String> =
+            v["users"].as_array().unwrap().iter().map(|u| u["uid"].as_str().unwrap().to_owned()).collect();
         uids.sort();
         assert_eq!(uids, ["a", "u0", "u1", "u2", "u3", "u4"]);
-        assert!(
-            v["users"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|u| u["name"] == "n3" && u["uid"] == "u3")
-        );
+        assert!(v["users"].as_array().unwrap().iter().any(|u| u["name"] == "n3" && u["uid"] == "u3"));
         // Only members may ask.
         let mut o = s.client();
         o.login("out", "elsewhere", None);
@@ -298,12 +261,7 @@ fn get_history_windows() {
     b.send(json!({"cmd":"getHistory","rid":"h"}));
     let h = b.expect("getHistory");
     let seqs = |v: &serde_json::Value| {
-        v["msgs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>()
+        v["msgs"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>()
     };
     assert_eq!(seqs(&h), [4, 5, 6, 7, 8]); // the newest 5, oldest first
     assert!(h["epoch"].is_u64());
@@ -330,19 +288,11 @@ fn error_codes_keep_the_connection_open() {
         let mut b = s.client();
         b.login("bob", "r", Some("b"));
         // 101: not JSON, not an object, no string cmd, binary frame.
-        for bad in [
-            "not json",
-            "[1,2,3]",
-            "\"login\"",
-            "{\"cmd\":5}",
-            "{}",
-            "{\"cmd\":",
-        ] {
+        for bad in ["not json", "[1,2,3]", "\"login\"", "{\"cmd\":5}", "{}", "{\"cmd\":"] {
             a.send_text(bad);
             a.expect_error(101);
         }
-        a.ws.send(tungstenite::Message::binary(vec![1u8, 2, 3]))
-            .unwrap();
+        a.ws.send(tungstenite::Message::binary(vec![1u8, 2, 3])).unwrap();
         a.expect_error(101);
         // 102: unknown command, including CChat's debug and proxySet.
         for cmd in ["nope", "debug", "proxySet"] {
@@ -471,9 +421,7 @@ fn one_order_per_room_across_shards() {
     for h in handles {
         let mut c = h.join().unwrap();
         // Senders (echo on) see the same order too.
-        let seqs: Vec<u64> = (0..total)
-            .map(|_| c.expect("message")["seq"].as_u64().unwrap())
-            .collect();
+        let seqs: Vec<u64> = (0..total).map(|_| c.expect("message")["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, orders[0]);
     }
 }

@@ -30,9 +30,7 @@ impl Server {
             .expect("start cchat");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -58,10 +56,7 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok());
+        let addr = line.trim().strip_prefix("listening on ").and_then(|a| a.parse().ok());
         match addr {
             Some(addr) => Some(Server { child, addr }),
             None => {
@@ -125,15 +120,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
 
@@ -149,8 +137,7 @@ impl Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let (ws, _) =
-            tungstenite::client(format!("ws://{addr}/chat"), stream).expect("websocket handshake");
+        let (ws, _) = tungstenite::client(format!("ws://{addr}/chat"), stream).expect("websocket handshake");
         Client { ws }
     }
 
@@ -195,10 +182,7 @@ impl Client {
             Ok(Message::Text(t)) => panic!("unexpected frame {t}"),
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) => panic!("unexpected error {e}"),
         }
         self.ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -258,11 +242,7 @@ impl Raw {
             assert!(n > 0, "closed during handshake");
             buf.extend_from_slice(&b[..n]);
         }
-        assert!(
-            buf.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         buf.drain(..end);
         Raw { s, buf }
