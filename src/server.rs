@@ -59,7 +59,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let nshards = cfg.shards;
     let node = Arc::new(Node::new(cfg, max_connections));
     let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, QUEUE_CAPACITY);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<anyhow::Result<()>>(nshards);
 
     let mut handles = Vec::new();
@@ -67,7 +67,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let node = node.clone();
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
-        let h = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
             .name(&format!("shard-{i}"))
             .io_memory(1 << 20)
             .spawn(move || async move { shard_main(i, node, mesh, addr, ready).await })
@@ -102,6 +102,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The CPUs this process may run on (containers often allow a subset).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        set
+    };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+    if cpus.is_empty() { vec![0] } else { cpus }
 }
 
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
