@@ -128,6 +128,21 @@ pub enum ShardMsg {
     },
 }
 
+impl ShardMsg {
+    /// The room of a request to an owner (Join, Leave, Publish, GetOnline,
+    /// GetHistory); None for owner-to-member messages.
+    pub fn request_room(&self) -> Option<&Id> {
+        match self {
+            ShardMsg::Join { rid, .. }
+            | ShardMsg::Leave { rid, .. }
+            | ShardMsg::GetOnline { rid, .. }
+            | ShardMsg::GetHistory { rid, .. } => Some(rid),
+            ShardMsg::Publish(p) => Some(&p.rid),
+            _ => None,
+        }
+    }
+}
+
 /// A chat message on its way to the owner.
 #[derive(Debug)]
 pub struct Publish {
@@ -719,14 +734,7 @@ impl Shard {
     /// Sends a request to the owner of its room: a shard of this node, or
     /// another node through the relay (whose shard there is its own choice).
     fn send_to_owner(&self, msg: ShardMsg) {
-        let rid = match &msg {
-            ShardMsg::Join { rid, .. }
-            | ShardMsg::Leave { rid, .. }
-            | ShardMsg::GetOnline { rid, .. }
-            | ShardMsg::GetHistory { rid, .. } => rid,
-            ShardMsg::Publish(p) => &p.rid,
-            _ => unreachable!("only requests go to an owner"),
-        };
+        let rid = msg.request_room().expect("only requests go to an owner");
         match self.owner_node(rid) {
             0 => self.send(shard_for(rid, self.nshards), msg),
             node => self.send_remote(node, msg),
@@ -761,14 +769,7 @@ impl Shard {
             | ShardMsg::GetOnline { .. }
             | ShardMsg::GetHistory { .. } => {
                 // The sender chose this node as the owner; the shard is ours to pick.
-                let rid = match &msg {
-                    ShardMsg::Join { rid, .. }
-                    | ShardMsg::Leave { rid, .. }
-                    | ShardMsg::GetOnline { rid, .. }
-                    | ShardMsg::GetHistory { rid, .. } => rid,
-                    ShardMsg::Publish(p) => &p.rid,
-                    _ => unreachable!(),
-                };
+                let rid = msg.request_room().expect("a request");
                 self.send(shard_for(rid, self.nshards), msg);
             }
             ShardMsg::Joined { ref conn, .. } | ShardMsg::Direct { ref conn, .. } => {

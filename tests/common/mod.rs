@@ -20,24 +20,7 @@ impl Server {
     /// Starts `cchat --listen 127.0.0.1:0` with extra flags and waits for
     /// its `listening on` line.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cchat"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cchat");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Server { child, addr }
+        Server::try_start_on("127.0.0.1:0", args).expect("cchat did not start")
     }
 
     /// Starts `cchat --listen LISTEN` (no ephemeral port) with extra flags.
