@@ -20,10 +20,19 @@ fn messages() -> usize {
 
 fn main() {
     let shards = std::env::var("SHARDS").unwrap_or_else(|_| "2".into());
-    let server =
-        support::Server::start(&["--shards", &shards, "--rate-limit", "0", "--max-outbound-bytes", "16777216",
+    let server = support::Server::start(&[
+        "--shards",
+        &shards,
+        "--rate-limit",
+        "0",
+        "--max-outbound-bytes",
+        "16777216",
         // The raw receivers never answer pings.
-        "--ping-interval", "300", "--idle-timeout", "600"]);
+        "--ping-interval",
+        "300",
+        "--idle-timeout",
+        "600",
+    ]);
     let mut socks: Vec<_> =
         (0..MEMBERS).map(|i| support::connect_and_login(server.addr, &format!("u{i}"), "bcast")).collect();
     let mut sender = socks.remove(0);

@@ -1,1 +1,135 @@
-fn main() {}
+//! `loadgen`: cchat's load generator. It measures broadcast fan-out latency,
+//! from one client to 100,000, and checks every delivery on the way.
+//!
+//! # What a run does
+//!
+//! 1. Opens `--clients` WebSocket connections (at `--connect-concurrency`)
+//!    and logs client `c` into room `c / --room-size`; rooms go to the
+//!    `--url`s round-robin, whole.
+//! 2. Starts a fixed, open-loop schedule: `--rate` messages per second in
+//!    total, message `m` due at `t0 + m/rate` in room `m % rooms`, each
+//!    carrying its due time and number in `msg` ([`scan`]).
+//! 3. Every recipient scans each delivery (byte search, no JSON parse),
+//!    checks that its room's `seq` rises by exactly one, and records the
+//!    latency from the *due* time in an HdrHistogram — so a late send or a
+//!    stalled server counts in full (no coordinated omission). Per message it
+//!    keeps the latest arrival: the broadcast completion time. The kernel's
+//!    receive timestamp of each read gives a second figure, the latency up
+//!    to arrival in loadgen's socket, which loadgen's own scheduling cannot
+//!    inflate: the gap between the two is loadgen's share.
+//! 4. After `--warmup` + `--duration` seconds and a `--drain`, it counts the
+//!    deliveries that never came, prints a summary (`--json`, `--hgrm`,
+//!    `--svg` write it to files too) and exits non-zero on any loss,
+//!    disorder, error frame or closed connection.
+//!
+//! Beyond one process's open-file limit it re-executes itself as worker
+//! processes ([`coord`]), each with a slice of whole rooms ([`plan`]) and its
+//! own epoll loop ([`worker`]); client sockets are bound to source addresses
+//! spread over 127.0.0.0/8 when the target is loopback. Workers report
+//! histograms in HdrHistogram's V2 encoding and the coordinator merges them
+//! exactly ([`stats`]).
+//!
+//! # Modules
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`cli`] | flags and the validated config |
+//! | [`plan`] | clients → rooms → nodes, clients → workers, source addresses |
+//! | [`schedule`] | the open-loop send schedule and expected deliveries |
+//! | [`scan`] | `msg` layout, server frames, the delivery scanner |
+//! | [`conn`] | one client connection: socket, upgrade, state |
+//! | [`worker`] | the per-process event loop |
+//! | [`stats`] | measurements, their wire form and exact merge |
+//! | [`coord`] | worker processes, the common start, merging |
+//! | [`report`] | progress, summary, `.hgrm`, SVG |
+//! | [`sys`] | epoll, clocks, limits, CPU time |
+
+#![warn(missing_docs)]
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+pub mod cli;
+pub mod conn;
+pub mod coord;
+pub mod plan;
+pub mod report;
+pub mod scan;
+pub mod schedule;
+pub mod stats;
+pub mod sys;
+pub mod worker;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let cfg = match cli::Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let (Some(index), Some(count)) = (cfg.args.worker_index, cfg.args.worker_count) {
+        return run_worker(&cfg, index, count);
+    }
+    match run(&cfg) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// A worker process: measure, report on stdout, exit.
+fn run_worker(cfg: &cli::Config, index: u32, count: u32) -> ExitCode {
+    let r = worker::run(cfg, index, count, &mut worker::ChildLink).and_then(|s| s.to_wire());
+    match r {
+        Ok(w) => {
+            worker::ChildLink::send(&worker::ToCoordinator::Report(Box::new(w)));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen worker {index}: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// The coordinator: run, print, write files. Ok(false) when a check failed.
+fn run(cfg: &cli::Config) -> anyhow::Result<bool> {
+    let (stats, summary) = coord::run(cfg)?;
+    print!("{}", summary.text());
+    let a = &cfg.args;
+    if let Some(path) = &a.json {
+        let mut text = serde_json::to_string_pretty(&summary)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.hgrm {
+        std::fs::write(path, report::hgrm(&stats.latency)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.svg {
+        let title = format!(
+            "{} clients, rooms of {}, {} msg/s × {} B, {} s: latency percentile spectrum",
+            cfg.clients, cfg.room_size, cfg.rate, cfg.payload, a.duration
+        );
+        let completion = stats.completion();
+        let plot = report::svg(
+            &title,
+            &[
+                ("delivery latency", &stats.latency),
+                ("broadcast completion", &completion),
+                ("arrival in loadgen's socket", &stats.socket_latency),
+            ],
+        );
+        std::fs::write(path, plot).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(summary.ok)
+}

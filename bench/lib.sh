@@ -1,0 +1,169 @@
+# Shared helpers for the benchmark scenarios (source it; do not run it).
+#
+# A scenario script calls, in order:
+#   bench_init NAME "Title"          build release binaries, set up results paths and the EXIT trap
+#   bench_runs RUNS NODES SHARDS -- LOADGEN_ARGS...
+#                                    RUNS times: wait for an idle machine, start NODES servers,
+#                                    run loadgen against them, stop them; then write
+#                                    results/DATE-NAME.{md,json,svg} with every run and the medians
+# or, for a search, start_servers / run_loadgen / stop_servers itself and then bench_report steps.
+#
+# Environment: RUNS overrides the number of runs; NO_BUILD=1 skips `cargo build`;
+# CCHAT and LOADGEN point at other binaries; NOTE adds a line to the result.
+# Everything started here is stopped by PID on exit, whatever happens.
+
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+RESULTS="$BENCH_DIR/results"
+CCHAT="${CCHAT:-$ROOT/target/release/cchat}"
+LOADGEN="${LOADGEN:-$ROOT/target/release/loadgen}"
+DATE="${DATE:-$(date -u +%Y-%m-%d)}"
+NOTE="${NOTE:-}"
+SERVER_PIDS=()
+SERVER_URLS=()
+SERVER_CMD=""
+WORK="$(mktemp -d -t cchat-bench.XXXXXX)"
+
+bench_cleanup() {
+    stop_servers
+    rm -rf "$WORK"
+}
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+# bench_init NAME TITLE: builds (one cargo command) and names the results.
+bench_init() {
+    NAME="$1"
+    TITLE="$2"
+    BASE="$RESULTS/$DATE-$NAME"
+    mkdir -p "$RESULTS"
+    if [ -z "${NO_BUILD:-}" ]; then
+        (cd "$ROOT" && cargo build --release -p cchat -p loadgen)
+    fi
+    [ -x "$CCHAT" ] || { echo "bench: no server binary at $CCHAT" >&2; exit 1; }
+    [ -x "$LOADGEN" ] || { echo "bench: no loadgen binary at $LOADGEN" >&2; exit 1; }
+}
+
+# cpu_busy: percent of all CPU time used in the last second, machine-wide.
+cpu_busy() {
+    local a b
+    read -r -a a < /proc/stat
+    sleep 1
+    read -r -a b < /proc/stat
+    local t1=0 t2=0 i
+    for i in 1 2 3 4 5 6 7 8; do t1=$((t1 + a[i])); t2=$((t2 + b[i])); done
+    local idle=$(((b[4] + b[5]) - (a[4] + a[5])))
+    local total=$((t2 - t1))
+    echo $((100 * (total - idle) / (total > 0 ? total : 1)))
+}
+
+# wait_quiet: waits (up to 5 minutes) until the machine is idle, so that a
+# build or another benchmark does not share the two cores with this one.
+wait_quiet() {
+    local busy i
+    for i in $(seq 300); do
+        busy=$(cpu_busy)
+        if [ "$busy" -lt 10 ]; then
+            return 0
+        fi
+        [ $((i % 10)) -eq 1 ] && echo "bench: machine busy (${busy}% CPU), waiting for it to settle" >&2
+    done
+    echo "bench: machine still busy (${busy}% CPU); measuring anyway" >&2
+    NOTE="${NOTE:+$NOTE; }the machine was busy (${busy}% CPU) when a run started"
+}
+
+# start_servers NODES SHARDS [ARGS...]: one node listens on an ephemeral
+# port; several listen on 127.0.0.1:9501, 9502, … (not joined by a relay).
+start_servers() {
+    local nodes="$1" shards="$2"
+    shift 2
+    local n listen log pid addr i
+    for n in $(seq "$nodes"); do
+        if [ "$nodes" -eq 1 ]; then listen=127.0.0.1:0; else listen="127.0.0.1:$((9500 + n))"; fi
+        log="$WORK/server-$n.out"
+        : > "$log"
+        RUST_LOG=warn "$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "$@" > "$log" 2> "$log.err" &
+        pid=$!
+        SERVER_PIDS+=("$pid")
+        for i in $(seq 100); do
+            grep -q '^listening on ' "$log" && break
+            if ! kill -0 "$pid" 2> /dev/null; then
+                echo "bench: server $n did not start:" >&2
+                cat "$log.err" >&2
+                exit 1
+            fi
+            sleep 0.1
+        done
+        addr=$(sed -n 's/^listening on //p' "$log" | head -1)
+        [ -n "$addr" ] || { echo "bench: server $n printed no address" >&2; exit 1; }
+        SERVER_URLS+=("ws://$addr/")
+    done
+    SERVER_CMD="cchat --listen $( [ "$nodes" -eq 1 ] && echo 127.0.0.1:0 || echo "127.0.0.1:950X (X = 1..$nodes, $nodes processes)") --shards $shards --rate-limit 0${*:+ $*}"
+}
+
+# stop_servers: SIGTERM, then SIGKILL after 5 s, each server by its PID.
+stop_servers() {
+    local pid i
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill "$pid" 2> /dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        for i in $(seq 50); do
+            kill -0 "$pid" 2> /dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2> /dev/null || true
+        wait "$pid" 2> /dev/null || true
+    done
+    SERVER_PIDS=()
+    SERVER_URLS=()
+}
+
+# run_loadgen OUT ARGS...: runs loadgen against the running servers, writing
+# OUT.json, OUT.svg and OUT.hgrm; returns loadgen's exit code.
+run_loadgen() {
+    local out="$1"
+    shift
+    local args=() u p
+    for u in "${SERVER_URLS[@]}"; do args+=(--url "$u"); done
+    for p in "${SERVER_PIDS[@]}"; do args+=(--server-pid "$p"); done
+    LOADGEN_CMD="loadgen $(printf -- '--url %s ' "${SERVER_URLS[@]}")$*"
+    echo "bench: $LOADGEN_CMD" >&2
+    local rc=0
+    "$LOADGEN" "${args[@]}" "$@" --json "$out.json" --svg "$out.svg" --hgrm "$out.hgrm" || rc=$?
+    return $rc
+}
+
+# bench_runs RUNS NODES SHARDS [SERVER_ARGS...] -- LOADGEN_ARGS...
+bench_runs() {
+    local runs="${RUNS:-$1}" nodes="$2" shards="$3"
+    shift 3
+    local server_args=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do server_args+=("$1"); shift; done
+    shift
+    local files=() r rc=0 status=0
+    for r in $(seq "$runs"); do
+        wait_quiet
+        start_servers "$nodes" "$shards" "${server_args[@]}"
+        run_loadgen "$WORK/run$r" "$@" || rc=$?
+        stop_servers
+        if [ ! -f "$WORK/run$r.json" ]; then
+            echo "bench: run $r produced no summary (loadgen exit $rc)" >&2
+            exit 1
+        fi
+        [ "$rc" -eq 0 ] || status=$rc
+        files+=("$WORK/run$r.json")
+    done
+    bench_report runs "${files[@]}"
+    return $status
+}
+
+# bench_report MODE FILES...: writes BASE.{md,json,svg} (see report.py).
+bench_report() {
+    local mode="$1"
+    shift
+    python3 "$BENCH_DIR/report.py" "$mode" "$BASE" "$TITLE" "$NOTE" "$SERVER_CMD" "$LOADGEN_CMD" "$@"
+    echo "bench: wrote $BASE.md, $BASE.json, $BASE.svg, $BASE.hgrm" >&2
+}

@@ -1,0 +1,237 @@
+//! Command-line flags and the validated [`Config`] they become.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+/// Flags of the `loadgen` binary (DESIGN §5, plus measurement settings).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for cchat: broadcast fan-out latency, from one client to 100,000",
+    long_about = "Opens --clients WebSocket connections, logs them into rooms of --room-size, \
+                  sends --rate messages/s in total on a fixed (open-loop) schedule and measures \
+                  every delivery's latency from its intended send time. Exits non-zero when a \
+                  message was lost, arrived out of order, or an error came back."
+)]
+pub struct Args {
+    /// A node to connect to (ws://host:port/path); repeat to spread clients
+    /// (whole rooms) round-robin over several nodes.
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
+    /// Connections to open and log in.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: u32,
+    /// Members per room (rooms = clients / room-size; the last may be smaller).
+    #[arg(long, default_value_t = 100)]
+    pub room_size: u32,
+    /// Messages per second sent in total, on a fixed schedule.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds of measured traffic (after the connect phase and the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Bytes of `msg` in each message (at least 24: the send time and message id).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Seconds of traffic before measuring starts (checked, not recorded).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Seconds to wait after the last send for stragglers before counting losses
+    /// (ends early once every expected delivery arrived).
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+    /// Connections being opened at once (in total over all workers).
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: u32,
+    /// Seconds allowed for the whole connect phase.
+    #[arg(long, default_value_t = 300.0)]
+    pub connect_timeout: f64,
+    /// Worker processes. Default: enough to keep each under ~15,000 clients and
+    /// under the open-file limit.
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Clients per worker process when --workers is not given.
+    #[arg(long, default_value_t = 15_000)]
+    pub clients_per_worker: u32,
+    /// Write the delivery-latency percentile distribution (HdrHistogram .hgrm text, ms).
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Write a latency percentile spectrum plot (SVG) of delivery and broadcast completion.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// PID of a server process whose CPU time to report per delivery (repeat
+    /// for several nodes); read from /proc over the traffic phase.
+    #[arg(long)]
+    pub server_pid: Vec<u32>,
+    /// Set SO_RCVBUF on every client socket (bytes): small values imitate slow
+    /// readers on thin links.
+    #[arg(long)]
+    pub rcvbuf: Option<usize>,
+    /// Do not bind client sockets to source addresses spread over 127.0.0.0/8
+    /// (done by default when the target is loopback, so that more than one
+    /// port range of connections fits).
+    #[arg(long)]
+    pub no_source_spread: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Internal: this process is worker I of --worker-count.
+    #[arg(long, hide = true, requires = "worker_count")]
+    pub worker_index: Option<u32>,
+    /// Internal: number of worker processes.
+    #[arg(long, hide = true)]
+    pub worker_count: Option<u32>,
+}
+
+/// One target node.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// `host:port` as given, for the Host header.
+    pub host: String,
+    /// Request path.
+    pub path: String,
+}
+
+impl Target {
+    /// Parses `ws://host:port/path` (port defaults to 80, path to `/`).
+    pub fn parse(url: &str) -> anyhow::Result<Target> {
+        let Some(rest) = url.strip_prefix("ws://") else {
+            bail!("--url {url:?}: only ws:// URLs are supported");
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if host.is_empty() {
+            bail!("--url {url:?}: no host");
+        }
+        let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+            host.to_string()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .with_context(|| format!("--url {url:?}: cannot resolve {with_port}"))?
+            .next()
+            .with_context(|| format!("--url {url:?}: no address"))?;
+        Ok(Target { addr, host: host.to_string(), path: path.to_string() })
+    }
+}
+
+/// Validated settings shared by the coordinator and every worker.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The flags as given (workers are started with the same ones).
+    pub args: Args,
+    /// Nodes, in --url order.
+    pub targets: Vec<Target>,
+    /// Clients in total.
+    pub clients: u32,
+    /// Members per room.
+    pub room_size: u32,
+    /// Messages per second in total.
+    pub rate: f64,
+    /// Bytes of `msg`.
+    pub payload: usize,
+    /// Bind sockets to spread 127.x source addresses.
+    pub source_spread: bool,
+}
+
+/// The shortest `msg` loadgen can send: 16 hex digits of send time, 8 of id.
+pub const MIN_PAYLOAD: usize = crate::scan::MSG_HEAD;
+
+impl Config {
+    /// Checks the flags and resolves the URLs.
+    pub fn from_args(args: Args) -> anyhow::Result<Config> {
+        if args.clients == 0 {
+            bail!("--clients must be at least 1");
+        }
+        if args.room_size == 0 {
+            bail!("--room-size must be at least 1");
+        }
+        if !(args.rate > 0.0 && args.rate.is_finite()) {
+            bail!("--rate must be a positive number");
+        }
+        for (flag, v) in [
+            ("--duration", args.duration),
+            ("--warmup", args.warmup),
+            ("--drain", args.drain),
+            ("--connect-timeout", args.connect_timeout),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("{flag} must be a non-negative number of seconds");
+            }
+        }
+        if args.duration <= 0.0 {
+            bail!("--duration must be positive");
+        }
+        if args.payload < MIN_PAYLOAD {
+            bail!("--payload must be at least {MIN_PAYLOAD} bytes (send time and message id)");
+        }
+        if args.connect_concurrency == 0 {
+            bail!("--connect-concurrency must be at least 1");
+        }
+        if args.workers == Some(0) || args.clients_per_worker == 0 {
+            bail!("--workers and --clients-per-worker must be at least 1");
+        }
+        let msgs = (args.warmup + args.duration) * args.rate;
+        if msgs >= u32::MAX as f64 {
+            bail!("--rate × (--warmup + --duration) must stay under 2^32 messages");
+        }
+        let targets = args.urls.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<Vec<_>>>()?;
+        let loopback = targets.iter().all(|t| matches!(t.addr, SocketAddr::V4(a) if a.ip().is_loopback()));
+        Ok(Config {
+            clients: args.clients,
+            room_size: args.room_size,
+            rate: args.rate,
+            payload: args.payload,
+            source_spread: loopback && !args.no_source_spread,
+            targets,
+            args,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let t = Target::parse("ws://127.0.0.1:9503/").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9503".parse().unwrap());
+        assert_eq!((t.host.as_str(), t.path.as_str()), ("127.0.0.1:9503", "/"));
+        let t = Target::parse("ws://127.0.0.1:9/chat?x=1").unwrap();
+        assert_eq!(t.path, "/chat?x=1");
+        let t = Target::parse("ws://127.0.0.1").unwrap();
+        assert_eq!(t.addr.port(), 80);
+        assert!(Target::parse("wss://127.0.0.1:1/").is_err());
+        assert!(Target::parse("ws:///").is_err());
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["loadgen", "--url", "ws://127.0.0.1:1/"];
+            v.extend_from_slice(extra);
+            Config::from_args(Args::try_parse_from(v).unwrap())
+        };
+        assert!(parse(&[]).is_ok());
+        assert!(parse(&["--payload", "10"]).is_err());
+        assert!(parse(&["--rate", "0"]).is_err());
+        assert!(parse(&["--room-size", "0"]).is_err());
+        assert!(parse(&["--duration", "0"]).is_err());
+        assert!(parse(&[]).unwrap().source_spread);
+        assert!(!parse(&["--no-source-spread"]).unwrap().source_spread);
+    }
+}

@@ -1,0 +1,209 @@
+//! The coordinator: decides how many worker processes to use, runs them (or
+//! the single worker in-process), starts everyone's schedule at one instant,
+//! shows progress and merges the results.
+//!
+//! Worker processes are this same binary, started with hidden flags
+//! `--worker-index I --worker-count W` and the user's flags. They talk over
+//! pipes: JSON lines on their stdout (progress, ready, report) and a single
+//! `go T0` line on their stdin once every worker has logged in all its
+//! clients, where `T0` is a CLOCK_MONOTONIC instant shortly ahead, so all
+//! schedules start together.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::cli::Config;
+use crate::plan::Plan;
+use crate::report::{ProgressPrinter, Summary};
+use crate::stats::Stats;
+use crate::sys;
+use crate::worker::{self, Link, Progress, ToCoordinator};
+
+/// Lead between `go` and the first message, so every worker has it in time.
+const GO_LEAD_NS: u64 = 100_000_000;
+/// File descriptors a worker keeps besides its clients.
+const FD_MARGIN: u64 = 200;
+
+/// Runs the whole load and returns the merged statistics and summary.
+pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
+    let plan = Plan { clients: cfg.clients, room_size: cfg.room_size, nodes: cfg.targets.len() as u32 };
+    let limit = sys::raise_nofile();
+    let fd_cap = limit.saturating_sub(FD_MARGIN).clamp(1, u32::MAX as u64) as u32;
+    let workers = match cfg.args.workers {
+        Some(w) => w.min(cfg.clients),
+        None => plan.auto_workers(cfg.args.clients_per_worker, fd_cap),
+    };
+    if !cfg.args.quiet {
+        eprintln!(
+            "loadgen: {} clients in {} rooms of {} over {} node(s), {} worker process(es){}; {} msg/s × {} B, warm-up {} s, measure {} s",
+            cfg.clients,
+            plan.rooms(),
+            cfg.room_size,
+            cfg.targets.len(),
+            workers,
+            if cfg.source_spread { ", sources spread over 127.0.0.0/8" } else { "" },
+            cfg.rate,
+            cfg.payload,
+            cfg.args.warmup,
+            cfg.args.duration
+        );
+    }
+    let server_pids = &cfg.args.server_pid;
+    let (stats, server_cpu) = if workers == 1 {
+        let mut link = InlineLink { printer: ProgressPrinter::new(cfg.args.quiet), server_pids, server_cpu0: None };
+        let stats = worker::run(cfg, 0, 1, &mut link)?;
+        let cpu = server_cpu_delta(server_pids, link.server_cpu0.as_deref());
+        (stats, cpu)
+    } else {
+        run_processes(cfg, workers)?
+    };
+    let summary = Summary::new(cfg, workers, &stats, server_cpu);
+    Ok((stats, summary))
+}
+
+/// The link of the single in-process worker.
+struct InlineLink<'a> {
+    printer: ProgressPrinter,
+    server_pids: &'a [u32],
+    server_cpu0: Option<Vec<Option<u64>>>,
+}
+
+impl Link for InlineLink<'_> {
+    fn progress(&mut self, p: &Progress) {
+        self.printer.print(p);
+    }
+    fn ready(&mut self) -> Option<u64> {
+        self.server_cpu0 = Some(self.server_pids.iter().map(|p| sys::proc_cpu_ns(*p)).collect());
+        Some(sys::now_ns() + GO_LEAD_NS / 10)
+    }
+}
+
+/// Server CPU used since `before` (None if any server could not be read).
+fn server_cpu_delta(pids: &[u32], before: Option<&[Option<u64>]>) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let before = before?;
+    let mut sum = 0;
+    for (pid, b) in pids.iter().zip(before) {
+        sum += sys::proc_cpu_ns(*pid)?.checked_sub((*b)?)?;
+    }
+    Some(sum)
+}
+
+/// Kills the workers (by their own PIDs) unless disarmed.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u64>)> {
+    let exe = std::env::current_exe().context("finding loadgen's own binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let (tx, rx) = mpsc::channel::<(usize, Option<String>)>();
+    let mut children = Children(Vec::new());
+    for i in 0..workers {
+        let mut child = Command::new(&exe)
+            .args(&args)
+            .args(["--worker-index", &i.to_string(), "--worker-count", &workers.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting worker {i}"))?;
+        let out = child.stdout.take().expect("piped stdout");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send((i as usize, Some(l))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = tx.send((i as usize, None));
+        });
+        children.0.push(child);
+    }
+    drop(tx);
+    let n = workers as usize;
+    let mut progress = vec![Progress::default(); n];
+    let mut ready = vec![false; n];
+    let mut reports: Vec<Option<Stats>> = (0..n).map(|_| None).collect();
+    let mut printer = ProgressPrinter::new(cfg.args.quiet);
+    let mut server_cpu0: Option<Vec<Option<u64>>> = None;
+    let a = &cfg.args;
+    let started = sys::now_ns();
+    let mut deadline = started + ((a.connect_timeout + 30.0) * 1e9) as u64;
+    let mut last_print = started;
+    while reports.iter().any(Option::is_none) {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((i, Some(line))) => match serde_json::from_str::<ToCoordinator>(&line) {
+                Ok(ToCoordinator::Progress(p)) => progress[i] = p,
+                Ok(ToCoordinator::Ready) => {
+                    ready[i] = true;
+                    progress[i].connected = progress[i].clients.max(progress[i].connected);
+                    if ready.iter().all(|r| *r) {
+                        server_cpu0 = Some(a.server_pid.iter().map(|p| sys::proc_cpu_ns(*p)).collect());
+                        let t0 = sys::now_ns() + GO_LEAD_NS;
+                        for (j, c) in children.0.iter_mut().enumerate() {
+                            let stdin = c.stdin.as_mut().expect("piped stdin");
+                            writeln!(stdin, "go {t0}")
+                                .and_then(|_| stdin.flush())
+                                .with_context(|| format!("telling worker {j} to go"))?;
+                        }
+                        deadline = t0 + ((a.warmup + a.duration + a.drain + 60.0) * 1e9) as u64;
+                    }
+                }
+                Ok(ToCoordinator::Report(w)) => {
+                    reports[i] = Some(Stats::from_wire(*w).with_context(|| format!("worker {i}'s report"))?)
+                }
+                Err(e) => bail!("worker {i} said something unreadable ({e}): {line:.200}"),
+            },
+            Ok((i, None)) => {
+                if reports[i].is_none() {
+                    bail!("worker {i} exited before reporting (its error is above)");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("all workers exited before reporting"),
+        }
+        let now = sys::now_ns();
+        if now > deadline {
+            bail!("workers did not finish in time");
+        }
+        if now - last_print >= 1_000_000_000 {
+            last_print = now;
+            let mut total = progress[0];
+            for p in &progress[1..] {
+                total.add(p);
+            }
+            printer.print(&total);
+        }
+    }
+    let server_cpu = server_cpu_delta(&a.server_pid, server_cpu0.as_deref());
+    let mut it = reports.into_iter().map(|r| r.expect("all reported"));
+    let mut merged = it.next().expect("at least one worker");
+    for r in it {
+        merged.merge(&r)?;
+    }
+    for c in &mut children.0 {
+        let _ = c.wait();
+    }
+    Ok((merged, server_cpu))
+}

@@ -1,0 +1,405 @@
+//! The wire layer, free of I/O: the `msg` loadgen sends, the server frames it
+//! reads, and the byte-search scanner that pulls the send time, message id,
+//! `seq` and `epoch` out of a delivery without parsing its JSON.
+//!
+//! Every delivery costs loadgen a few dozen nanoseconds here, which is what
+//! lets one core read millions of them per second. The scanner relies on the
+//! server's documented field order (`cmd, uid, name, type, rid, msg, tid?,
+//! seq, epoch, ts`) and on loadgen's own `msg` layout, and refuses (as
+//! [`Kind::Malformed`]) anything that does not fit rather than guessing.
+
+use memchr::memmem::Finder;
+
+/// Bytes at the front of every `msg`: 16 hex digits of the due time (ns,
+/// CLOCK_MONOTONIC) and 8 hex digits of the message number.
+pub const MSG_HEAD: usize = 24;
+
+/// Writes the `msg` of message `id` due at `due_ns`, padded to `len` bytes.
+/// Hex digits and `.` only: nothing the server escapes, so the text arrives
+/// byte for byte.
+pub fn write_msg(out: &mut Vec<u8>, due_ns: u64, id: u32, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let start = out.len();
+    for i in (0..16).rev() {
+        out.push(HEX[((due_ns >> (i * 4)) & 0xf) as usize]);
+    }
+    for i in (0..8).rev() {
+        out.push(HEX[((id >> (i * 4)) & 0xf) as usize]);
+    }
+    out.resize(start + len.max(MSG_HEAD), b'.');
+}
+
+/// Reads the (due time, id) at the front of a `msg`.
+pub fn read_msg_head(msg: &[u8]) -> Option<(u64, u32)> {
+    let head = msg.get(..MSG_HEAD)?;
+    let due = hex(&head[..16])?;
+    let id = hex(&head[16..])? as u32;
+    Some((due, id))
+}
+
+fn hex(digits: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for &d in digits {
+        let n = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        v = v << 4 | n as u64;
+    }
+    Some(v)
+}
+
+/// Parses a run of ASCII digits at the front of `b`: (value, digits used).
+fn decimal(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    let mut i = 0;
+    while let Some(&d) = b.get(i) {
+        if !d.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+        i += 1;
+    }
+    (i > 0).then_some((v, i))
+}
+
+/// The JSON text of a room message from loadgen (the body of a client frame).
+pub fn message_json(out: &mut Vec<u8>, room: u32, due_ns: u64, id: u32, payload: usize) {
+    out.extend_from_slice(br#"{"cmd":"message","type":"text","msg":""#);
+    write_msg(out, due_ns, id, payload);
+    out.extend_from_slice(br#"","rid":"r"#);
+    out.extend_from_slice(room.to_string().as_bytes());
+    out.extend_from_slice(br#""}"#);
+}
+
+/// The JSON text of client `c`'s login into room `room`.
+pub fn login_json(c: u32, room: u32) -> String {
+    format!(r#"{{"cmd":"login","name":"n{c}","rid":"r{room}","uid":"u{c}"}}"#)
+}
+
+/// One delivery, as the scanner reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// When the message was due to be sent (ns, CLOCK_MONOTONIC).
+    pub due_ns: u64,
+    /// Message number in the schedule.
+    pub id: u32,
+    /// The room's sequence number.
+    pub seq: u64,
+    /// The sequence's epoch (0 if the server sent none).
+    pub epoch: u64,
+}
+
+/// What a server text frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A room message from loadgen.
+    Message(Delivery),
+    /// `{"cmd":"error",…}`.
+    Error,
+    /// A login acknowledgement.
+    Login,
+    /// Anything else the server says (`newUser`, `userLeave`, …): ignored.
+    Other,
+    /// A message frame that does not have loadgen's layout, or not JSON.
+    Malformed,
+}
+
+/// Byte-search scanner for server text frames; build one and reuse it (the
+/// substring searchers are prepared once).
+#[derive(Debug)]
+pub struct Scanner {
+    msg: Finder<'static>,
+    seq: Finder<'static>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner { msg: Finder::new(br#""msg":""#), seq: Finder::new(br#""seq":"#) }
+    }
+}
+
+const CMD: &[u8] = br#"{"cmd":""#;
+
+impl Scanner {
+    /// Classifies a server text frame, reading a delivery's fields.
+    #[inline]
+    pub fn classify(&self, p: &[u8]) -> Kind {
+        let Some(rest) = p.strip_prefix(CMD) else {
+            return Kind::Malformed;
+        };
+        if rest.starts_with(b"message\"") {
+            self.delivery(p).map_or(Kind::Malformed, Kind::Message)
+        } else if rest.starts_with(b"error\"") {
+            Kind::Error
+        } else if rest.starts_with(b"login\"") {
+            Kind::Login
+        } else {
+            Kind::Other
+        }
+    }
+
+    /// Reads a delivery's fields. `"msg":"` cannot occur earlier in the frame
+    /// unescaped (a quote inside `uid`, `name` or `rid` arrives as `\"`), and
+    /// loadgen's `msg` holds no quote, so the first quote after it ends it.
+    #[inline]
+    fn delivery(&self, p: &[u8]) -> Option<Delivery> {
+        let skip = CMD.len() + 8;
+        let at = skip + self.msg.find(p.get(skip..)?)? + 7;
+        let msg = &p[at..];
+        let (due_ns, id) = read_msg_head(msg)?;
+        let end = at + MSG_HEAD + memchr::memchr(b'"', &msg[MSG_HEAD..])?;
+        // Usually `","seq":` follows at once; a `tid` may sit in between.
+        let s = end + 1 + self.seq.find(&p[end + 1..])? + 6;
+        let (seq, used) = decimal(&p[s..])?;
+        let rest = &p[s + used..];
+        let epoch = match rest.strip_prefix(br#","epoch":"#) {
+            Some(e) => decimal(e)?.0,
+            None => 0,
+        };
+        Some(Delivery { due_ns, id, seq, epoch })
+    }
+}
+
+/// A broken server frame stream: loadgen cannot go on reading this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Masked server frame or bad header.
+    Protocol,
+    /// A fragmented frame (the server never fragments, and loadgen does not reassemble).
+    Fragmented,
+    /// A frame longer than loadgen's read buffer.
+    TooBig,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FrameError::Protocol => "bad server frame",
+            FrameError::Fragmented => "fragmented server frame",
+            FrameError::TooBig => "server frame larger than the read buffer",
+        })
+    }
+}
+
+/// Calls `f(opcode, payload)` on every whole frame at the front of `data`;
+/// returns how many bytes they took (the rest is an incomplete frame).
+#[inline]
+pub fn for_each_frame(data: &[u8], mut f: impl FnMut(u8, &[u8])) -> Result<usize, FrameError> {
+    let mut off = 0;
+    while off < data.len() {
+        let buf = &data[off..];
+        match cchat::ws::parse_server_frame(buf) {
+            Ok(Some((op, range, used))) => {
+                if buf[0] & 0x80 == 0 || op == 0 {
+                    return Err(FrameError::Fragmented);
+                }
+                f(op, &buf[range]);
+                off += used;
+            }
+            Ok(None) => break,
+            Err(_) => return Err(FrameError::Protocol),
+        }
+    }
+    Ok(off)
+}
+
+/// The incomplete tail of a connection's input between reads. Reads go into
+/// one buffer shared by all connections; only the few bytes of a frame cut by
+/// a read boundary are kept per connection (usually none).
+#[derive(Debug, Default)]
+pub struct Inbox {
+    pending: Vec<u8>,
+}
+
+impl Inbox {
+    /// Copies the pending tail to the front of the shared buffer and returns
+    /// its length: the next read goes after it.
+    #[inline]
+    pub fn restore(&self, shared: &mut [u8]) -> Result<usize, FrameError> {
+        let n = self.pending.len();
+        if n >= shared.len() {
+            return Err(FrameError::TooBig);
+        }
+        shared[..n].copy_from_slice(&self.pending);
+        Ok(n)
+    }
+
+    /// Runs `f` on every whole frame in `shared[..filled]` and keeps the tail.
+    #[inline]
+    pub fn take(&mut self, shared: &[u8], filled: usize, f: impl FnMut(u8, &[u8])) -> Result<(), FrameError> {
+        let used = for_each_frame(&shared[..filled], f)?;
+        self.pending.clear();
+        if used < filled {
+            self.pending.extend_from_slice(&shared[used..filled]);
+        } else if self.pending.capacity() > 4096 {
+            self.pending = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Bytes waiting for the rest of their frame.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+    /// A delivery exactly as the server writes it.
+    fn server_json(uid: &str, name: &str, rid: &str, msg: &str, tid: Option<&str>, seq: u64, epoch: u64) -> String {
+        let q = |s: &str| serde_json::to_string(s).unwrap();
+        let tid = tid.map(|t| format!(",\"tid\":{}", q(t))).unwrap_or_default();
+        format!(
+            r#"{{"cmd":"message","uid":{},"name":{},"type":"text","rid":{},"msg":{}{tid},"seq":{seq},"epoch":{epoch},"ts":1764000000000}}"#,
+            q(uid),
+            q(name),
+            q(rid),
+            q(msg)
+        )
+    }
+
+    fn msg(due: u64, id: u32, len: usize) -> String {
+        let mut v = Vec::new();
+        write_msg(&mut v, due, id, len);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn reads_a_delivery() {
+        let s = Scanner::default();
+        let j = server_json("u1", "n1", "r7", &msg(123_456_789, 42, 64), None, 12, 1764);
+        assert_eq!(
+            s.classify(j.as_bytes()),
+            Kind::Message(Delivery { due_ns: 123_456_789, id: 42, seq: 12, epoch: 1764 })
+        );
+    }
+
+    #[test]
+    fn classifies_other_frames() {
+        let s = Scanner::default();
+        assert_eq!(s.classify(br#"{"cmd":"error","errCode":50,"errMsg":"x"}"#), Kind::Error);
+        assert_eq!(s.classify(br#"{"cmd":"login","uid":"u1","name":"n","rid":"r"}"#), Kind::Login);
+        assert_eq!(s.classify(br#"{"cmd":"newUser","uid":"u1","name":"n","rid":"r"}"#), Kind::Other);
+        assert_eq!(s.classify(b"hello"), Kind::Malformed);
+        // A message that is not loadgen's.
+        let j = server_json("u1", "n1", "r7", "hi there", None, 1, 1);
+        assert_eq!(s.classify(j.as_bytes()), Kind::Malformed);
+        // Truncated after seq.
+        let j = server_json("u1", "n1", "r7", &msg(1, 2, 30), None, 1, 1);
+        let cut = j.find("\"seq\":").unwrap() + 6;
+        assert_eq!(s.classify(&j.as_bytes()[..cut]), Kind::Malformed);
+    }
+
+    #[test]
+    fn the_message_json_is_what_the_server_expects() {
+        let mut v = Vec::new();
+        message_json(&mut v, 7, 99, 3, 30);
+        let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(j["cmd"], "message");
+        assert_eq!(j["rid"], "r7");
+        assert_eq!(j["msg"].as_str().unwrap().len(), 30);
+        assert_eq!(read_msg_head(j["msg"].as_str().unwrap().as_bytes()), Some((99, 3)));
+        let l: serde_json::Value = serde_json::from_str(&login_json(5, 2)).unwrap();
+        assert_eq!((l["uid"].as_str(), l["rid"].as_str()), (Some("u5"), Some("r2")));
+    }
+
+    fn frames(payloads: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (op, p) in payloads {
+            let code = match op {
+                1 => OpCode::Data(Data::Text),
+                8 => OpCode::Control(Control::Close),
+                _ => OpCode::Control(Control::Ping),
+            };
+            out.extend_from_slice(&cchat::ws::frame(code, p));
+        }
+        out
+    }
+
+    #[test]
+    fn fragmented_and_masked_frames_are_refused() {
+        let mut f = frames(&[(1, b"abc".to_vec())]);
+        f[0] &= 0x7f;
+        assert_eq!(for_each_frame(&f, |_, _| {}), Err(FrameError::Fragmented));
+        let mut f = frames(&[(1, b"abc".to_vec())]);
+        f[1] |= 0x80;
+        assert_eq!(for_each_frame(&f, |_, _| {}), Err(FrameError::Protocol));
+    }
+
+    fn id_string() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_.:-]{1,64}"
+    }
+
+    proptest! {
+        /// Whatever the sender's identity (any name, JSON-escaped by the
+        /// server) and a `tid` or not, the scanner reads back exactly what
+        /// was sent.
+        #[test]
+        fn scanner_reads_back_any_delivery(
+            uid in id_string(),
+            name in any::<String>(),
+            rid in id_string(),
+            tid in proptest::option::of(id_string()),
+            due in any::<u64>(),
+            id in any::<u32>(),
+            len in MSG_HEAD..600,
+            seq in any::<u64>(),
+            epoch in any::<u64>(),
+        ) {
+            let s = Scanner::default();
+            let j = server_json(&uid, &name, &rid, &msg(due, id, len), tid.as_deref(), seq, epoch);
+            prop_assert_eq!(s.classify(j.as_bytes()), Kind::Message(Delivery { due_ns: due, id, seq, epoch }));
+        }
+
+        /// The scanner never panics, whatever the bytes.
+        #[test]
+        fn scanner_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), prefix in 0usize..3) {
+            let s = Scanner::default();
+            let mut p = match prefix {
+                0 => br#"{"cmd":"message","msg":""#.to_vec(),
+                1 => br#"{"cmd":"message","uid":"u","msg":"0000000000000001000000ff"#.to_vec(),
+                _ => Vec::new(),
+            };
+            p.extend_from_slice(&bytes);
+            let _ = s.classify(&p);
+        }
+
+        /// A stream of frames cut into reads at arbitrary points yields the
+        /// same frames, in order, through the shared buffer and the inbox.
+        #[test]
+        fn frames_survive_any_read_boundaries(
+            payloads in proptest::collection::vec(
+                (prop_oneof![Just(1u8), Just(8u8), Just(9u8)], proptest::collection::vec(any::<u8>(), 0..300)),
+                0..20),
+            cuts in proptest::collection::vec(1usize..700, 0..40),
+        ) {
+            // Control frames carry at most 125 bytes.
+            let payloads: Vec<(u8, Vec<u8>)> = payloads
+                .into_iter()
+                .map(|(op, mut p)| { if op != 1 { p.truncate(125); } (op, p) })
+                .collect();
+            let stream = frames(&payloads);
+            let mut inbox = Inbox::default();
+            let mut shared = vec![0u8; 1024];
+            let mut got = Vec::new();
+            let mut off = 0;
+            let mut cuts = cuts.into_iter();
+            while off < stream.len() {
+                let start = inbox.restore(&mut shared).unwrap();
+                let room = shared.len() - start;
+                let n = cuts.next().unwrap_or(room).min(room).min(stream.len() - off);
+                shared[start..start + n].copy_from_slice(&stream[off..off + n]);
+                off += n;
+                inbox.take(&shared, start + n, |op, p| got.push((op, p.to_vec()))).unwrap();
+            }
+            prop_assert_eq!(inbox.pending(), 0);
+            prop_assert_eq!(got, payloads);
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! loadgen against a real cchat server: a clean run passes its checks, and a
+//! server that drops a slow reader makes loadgen fail.
+//!
+//! The server binary is the `cchat` built next to loadgen in the same target
+//! directory and profile (`cargo test --workspace` builds it for the server's
+//! own tests); if it is missing, the test builds it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// A cchat process, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cchat_binary() -> PathBuf {
+    let loadgen = Path::new(env!("CARGO_BIN_EXE_loadgen"));
+    let dir = loadgen.parent().expect("binary directory");
+    let cchat = dir.join("cchat");
+    if !cchat.exists() {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-p", "cchat", "--bin", "cchat"]).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build -p cchat");
+        assert!(st.success(), "building cchat failed");
+    }
+    cchat
+}
+
+/// The two tests run one after the other: the lossy one loads the machine,
+/// and the clean one must not pay for it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn start_server(args: &[&str]) -> Server {
+    let mut child = Command::new(cchat_binary())
+        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--rate-limit", "0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start cchat");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, url: format!("ws://{addr}/") }
+}
+
+/// A finished loadgen run.
+struct Run {
+    code: i32,
+    /// The `--json` summary, if it wrote one.
+    summary: Option<Value>,
+    /// Its stdout and stderr, for failure messages.
+    output: String,
+}
+
+fn loadgen(server: &Server, name: &str, args: &[&str]) -> Run {
+    let json = std::env::temp_dir().join(format!("loadgen-e2e-{}-{name}.json", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &server.url, "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("run loadgen");
+    let summary = std::fs::read_to_string(&json).ok().map(|t| serde_json::from_str(&t).expect("summary is JSON"));
+    let _ = std::fs::remove_file(&json);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        summary,
+        output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+#[test]
+fn a_clean_run_has_no_loss_and_keeps_order() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    let args = "--clients 1000 --room-size 50 --rate 100 --duration 5 --warmup 1 --drain 5";
+    let run = loadgen(&server, "clean", &args.split(' ').collect::<Vec<_>>());
+    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
+    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    assert_eq!(s["ok"], true);
+    let d = &s["deliveries"];
+    // 500 measured messages, each to the 49 other members of its room.
+    assert_eq!(d["expected"], 500 * 49);
+    assert_eq!(d["received"], d["expected"]);
+    assert_eq!(d["lost"], 0);
+    let c = &s["checks"];
+    for k in ["seq_gaps", "seq_backwards", "error_frames", "closed", "unexpected"] {
+        assert_eq!(c[k], 0, "{k}: {s:#}");
+    }
+    assert_eq!(s["latency_ms"]["count"], 500 * 49);
+    assert_eq!(s["completion_ms"]["count"], 500);
+    assert!(s["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(s["cpu"]["loadgen_ns_per_delivery"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_server_that_drops_slow_readers_fails_the_run() {
+    let _serial = serial();
+    // A 2,000-byte outbound cap and ~1 KB messages: a few frames waiting for
+    // one socket are enough for the server to close it with 1008, and a
+    // small receive buffer makes frames wait.
+    let server = start_server(&["--max-outbound-bytes", "2000"]);
+    let args = "--clients 200 --room-size 100 --rate 2000 --payload 1000 --duration 3 --warmup 0.5 --drain 1 \
+                --rcvbuf 4096";
+    let run = loadgen(&server, "slow", &args.split_whitespace().collect::<Vec<_>>());
+    assert_ne!(run.code, 0, "loadgen passed a lossy run:\n{}", run.output);
+    // A connection dropped while joining can end the run before the summary
+    // (the exit code and message say so); otherwise the summary names it.
+    let Some(s) = run.summary else {
+        assert!(run.output.contains("1008") || run.output.contains("closed"), "{}", run.output);
+        return;
+    };
+    assert_eq!(s["ok"], false);
+    let lost = s["deliveries"]["lost"].as_u64().unwrap();
+    let closed = s["checks"]["closed"].as_u64().unwrap();
+    assert!(lost > 0 || closed > 0, "no loss or close reported: {s:#}");
+    assert!(!s["failures"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn worker_processes_split_a_room_and_merge_exactly() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    // One room of 400 split over two worker processes: every message has
+    // recipients in both, and the coordinator merges counts and per-message
+    // completion times.
+    let args = "--clients 400 --room-size 400 --rate 20 --duration 3 --warmup 1 --drain 5 --workers 2";
+    let run = loadgen(&server, "workers", &args.split(' ').collect::<Vec<_>>());
+    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
+    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    assert_eq!(s["config"]["workers"], 2);
+    assert_eq!(s["deliveries"]["expected"], 60 * 399);
+    assert_eq!(s["deliveries"]["received"], 60 * 399);
+    assert_eq!(s["latency_ms"]["count"], 60 * 399);
+    assert_eq!(s["completion_ms"]["count"], 60);
+    assert_eq!(s["messages"]["measured"], 60);
+}
