@@ -56,6 +56,10 @@ pub struct Args {
     /// Seconds the server waits for clients to take their close frames at shutdown. Default 3.
     #[arg(long)]
     pub shutdown_grace: Option<f64>,
+    /// Microseconds a shard keeps polling for work before it sleeps: trades idle CPU for
+    /// wake-up latency between shards. Default 300.
+    #[arg(long)]
+    pub busy_poll_us: Option<u64>,
     /// This node's name in a cluster. Default: derived from the host name and port.
     #[arg(long)]
     pub node_id: Option<String>,
@@ -86,6 +90,7 @@ struct FileConfig {
     max_outbound_bytes: Option<usize>,
     history: Option<usize>,
     shutdown_grace: Option<f64>,
+    busy_poll_us: Option<u64>,
     node_id: Option<String>,
     relay_listen: Option<SocketAddr>,
     #[serde(default)]
@@ -134,6 +139,8 @@ pub struct Config {
     pub history: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Polling before a shard sleeps.
+    pub busy_poll: Duration,
     /// Node name.
     pub node_id: String,
     /// Relay address, when clustered.
@@ -159,6 +166,7 @@ impl Default for Config {
             max_outbound_bytes: 1 << 20,
             history: 100,
             shutdown_grace: Duration::from_secs(3),
+            busy_poll: Duration::from_micros(300),
             node_id: String::new(),
             relay_listen: None,
             peers: Vec::new(),
@@ -229,6 +237,7 @@ impl Config {
             max_outbound_bytes: pick!(max_outbound_bytes).unwrap_or(d.max_outbound_bytes).max(1024),
             history: pick!(history).unwrap_or(d.history),
             shutdown_grace: secs("shutdown-grace", pick!(shutdown_grace).unwrap_or(3.0))?,
+            busy_poll: Duration::from_micros(pick!(busy_poll_us).unwrap_or(300).min(1_000_000)),
             node_id,
             relay_listen,
             peers,

@@ -70,6 +70,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
             .name(&format!("shard-{i}"))
             .io_memory(1 << 20)
+            .spin_before_park(node.cfg.busy_poll)
             .spawn(move || async move { shard_main(i, node, mesh, addr, ready).await })
             .map_err(|e| anyhow::anyhow!("cannot start shard {i}: {e}"))?;
         handles.push(h);

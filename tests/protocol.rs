@@ -252,9 +252,15 @@ fn get_online_lists_the_whole_room() {
 fn get_history_windows() {
     let s = Server::start(&["--shards", "2", "--rate-limit", "0", "--history", "5"]);
     let mut a = s.client();
-    a.login("ann", "h", Some("a"));
+    a.send(json!({"cmd":"login","name":"ann","rid":"h","uid":"a","echo":true}));
+    a.expect("login");
     for i in 1..=8 {
         a.say("h", &format!("m{i}"));
+    }
+    // Wait until all eight are sequenced (a sees its own with echo): b's
+    // requests come from another shard and are not ordered after a's.
+    for _ in 1..=8 {
+        a.expect("message");
     }
     let mut b = s.client();
     b.login("bob", "h", Some("b"));
