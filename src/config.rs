@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long)]
     pub shutdown_grace: Option<f64>,
     /// Microseconds a shard keeps polling for work before it sleeps: trades idle CPU for
-    /// wake-up latency between shards. Default 300.
+    /// wake-up latency between shards. Default 0 (measured: polling only cost CPU here).
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
     /// This node's name in a cluster. Default: derived from the host name and port.
@@ -166,7 +166,7 @@ impl Default for Config {
             max_outbound_bytes: 1 << 20,
             history: 100,
             shutdown_grace: Duration::from_secs(3),
-            busy_poll: Duration::from_micros(300),
+            busy_poll: Duration::ZERO,
             node_id: String::new(),
             relay_listen: None,
             peers: Vec::new(),
@@ -237,7 +237,7 @@ impl Config {
             max_outbound_bytes: pick!(max_outbound_bytes).unwrap_or(d.max_outbound_bytes).max(1024),
             history: pick!(history).unwrap_or(d.history),
             shutdown_grace: secs("shutdown-grace", pick!(shutdown_grace).unwrap_or(3.0))?,
-            busy_poll: Duration::from_micros(pick!(busy_poll_us).unwrap_or(300).min(1_000_000)),
+            busy_poll: Duration::from_micros(pick!(busy_poll_us).unwrap_or(0).min(1_000_000)),
             node_id,
             relay_listen,
             peers,

@@ -24,6 +24,8 @@ pub struct ShardStats {
     pub deliveries: AtomicU64,
     /// Bytes written to client sockets.
     pub bytes_out: AtomicU64,
+    /// Write system calls to client sockets (deliveries / writes = batching).
+    pub writes: AtomicU64,
     /// Error replies by code: 101, 102, 50.
     pub errors: [AtomicU64; 3],
     /// Connections closed because their outbound queue passed its cap.
@@ -48,6 +50,7 @@ impl Default for ShardStats {
             messages_in: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             errors: Default::default(),
             slow_consumer_closes: AtomicU64::new(0),
             protocol_closes: AtomicU64::new(0),
@@ -117,6 +120,12 @@ impl NodeStats {
             "counter",
             "Bytes written to client sockets.",
             sum_u(|s| &s.bytes_out).to_string(),
+        );
+        metric(
+            "cchat_socket_writes_total",
+            "counter",
+            "Write system calls to client sockets; deliveries per write is the batching.",
+            sum_u(|s| &s.writes).to_string(),
         );
         metric(
             "cchat_slow_consumer_closes_total",

@@ -17,6 +17,9 @@ use crate::config::Config;
 use crate::node::Node;
 use crate::shard::{Shard, ShardMsg, TICK};
 
+/// How long a shard handles cross-shard items before the flusher gets a turn.
+const DISPATCH_BUDGET: Duration = Duration::from_millis(1);
+
 /// Capacity of each cross-shard queue, in messages.
 const QUEUE_CAPACITY: usize = 4096;
 
@@ -120,6 +123,17 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    // Shards share the port with SO_REUSEPORT, which would also let a second
+    // cchat process (same user) bind it and silently take half the
+    // connections. A probe without SO_REUSEPORT fails if anyone holds the port.
+    if addr.port() != 0 {
+        let probe = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        // SO_REUSEADDR: connections of a previous run in TIME_WAIT are no obstacle.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into()).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("{addr} is already in use (is another cchat running?): {e}"))
+        })?;
+    }
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     s.set_reuse_port(true)?;
     s.set_reuse_address(true)?;
@@ -159,14 +173,19 @@ async fn shard_main(
         for (_, rx) in receivers.streams() {
             let shard = shard.clone();
             tasks.push(glommio::spawn_local(async move {
+                // Handle items as long as they keep coming, up to a time
+                // budget, then let the flusher write what they queued. Under
+                // load, more frames per socket collect in one batch and go
+                // out in one write: the batch size follows the load.
                 let mut n = 0u32;
+                let mut batch_start = Instant::now();
                 while let Some(msg) = rx.recv().await {
                     shard.node.stats.shards[shard.id].queue_depth.fetch_sub(1, Relaxed);
                     shard.handle(msg);
                     n = n.wrapping_add(1);
-                    if n % 64 == 0 {
-                        // Let the flusher write what this batch queued.
+                    if n % 16 == 0 && batch_start.elapsed() >= DISPATCH_BUDGET {
                         futures_lite::future::yield_now().await;
+                        batch_start = Instant::now();
                     }
                 }
             }));

@@ -491,6 +491,7 @@ impl Shard {
                 gather(e, &mut wb);
                 raw_send(e.fd, &wb)
             };
+            self.stats().writes.fetch_add(1, Relaxed);
             match r {
                 Ok(n) => {
                     self.stats().bytes_out.fetch_add(n as u64, Relaxed);
@@ -533,6 +534,7 @@ impl Shard {
             gather(e, &mut wb);
             match write(cx, &wb) {
                 Poll::Ready(Ok(n)) => {
+                    self.stats().writes.fetch_add(1, Relaxed);
                     self.stats().bytes_out.fetch_add(n as u64, Relaxed);
                     consume(e, n);
                 }

@@ -266,3 +266,14 @@ fn config_file_sets_limits() {
     a.say("r", "0123456789a");
     a.expect_error(50);
 }
+
+#[test]
+fn a_second_server_on_the_same_port_refuses_to_start() {
+    // Shards share their port with SO_REUSEPORT; a second process must not
+    // silently take half the connections.
+    let s = Server::start(&[]);
+    let listen = s.addr.to_string();
+    assert!(Server::try_start_on(&listen, &[]).is_none(), "second server started on {listen}");
+    let mut c = s.client();
+    c.login("x", "r", None);
+}
