@@ -122,17 +122,42 @@ fn allowed_cpus() -> Vec<usize> {
     if cpus.is_empty() { vec![0] } else { cpus }
 }
 
+/// Whether a socket in LISTEN state holds `addr`'s port on an overlapping
+/// address (from /proc/net/tcp and tcp6; false if they cannot be read).
+fn port_has_listener(addr: SocketAddr) -> bool {
+    let want_port = format!("{:04X}", addr.port());
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|path| {
+        let Ok(text) = std::fs::read_to_string(path) else { return false };
+        text.lines().skip(1).any(|line| {
+            let mut f = line.split_whitespace();
+            let (Some(local), Some(_remote), Some(state)) = (f.nth(1), f.next(), f.next()) else { return false };
+            let Some((ip, port)) = local.split_once(':') else { return false };
+            // State 0A is LISTEN. An all-zero address overlaps every address.
+            state == "0A"
+                && port == want_port
+                && (addr.ip().is_unspecified() || ip.chars().all(|c| c == '0') || hex_ip_matches(ip, addr.ip()))
+        })
+    })
+}
+
+/// /proc/net/tcp writes IPv4 addresses as one little-endian 32-bit hex word.
+fn hex_ip_matches(hex: &str, ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => u32::from_str_radix(hex, 16).is_ok_and(|n| n.to_le_bytes() == v4.octets()),
+        // IPv6 listeners: treat any same-port listener as a conflict.
+        std::net::IpAddr::V6(_) => hex.len() == 32,
+    }
+}
+
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     // Shards share the port with SO_REUSEPORT, which would also let a second
-    // cchat process (same user) bind it and silently take half the
-    // connections. A probe without SO_REUSEPORT fails if anyone holds the port.
-    if addr.port() != 0 {
-        let probe = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-        // SO_REUSEADDR: connections of a previous run in TIME_WAIT are no obstacle.
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into()).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("{addr} is already in use (is another cchat running?): {e}"))
-        })?;
+    // cchat process (same user) listen on it and silently take half the
+    // connections. Refuse to start if anything already listens there.
+    if addr.port() != 0 && port_has_listener(addr) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{addr} is already in use (is another cchat running?)"),
+        ));
     }
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     s.set_reuse_port(true)?;
