@@ -75,16 +75,25 @@ wait_quiet() {
 }
 
 # start_servers NODES SHARDS [ARGS...]: one node listens on an ephemeral
-# port; several listen on 127.0.0.1:9501, 9502, … (not joined by a relay).
+# port; several listen on 127.0.0.1:9501, 9502, … With CLUSTER=1 the nodes
+# are joined by the relay (127.0.0.1:9601, 9602, …) and this waits until
+# every node has a link to every other.
 start_servers() {
     local nodes="$1" shards="$2"
     shift 2
-    local n listen log pid addr i
+    local n listen log pid addr i relay m
     for n in $(seq "$nodes"); do
         if [ "$nodes" -eq 1 ]; then listen=127.0.0.1:0; else listen="127.0.0.1:$((9500 + n))"; fi
+        relay=()
+        if [ "${CLUSTER:-0}" = 1 ] && [ "$nodes" -gt 1 ]; then
+            relay=(--node-id "node$n" --relay-listen "127.0.0.1:$((9600 + n))" --cluster-secret bench)
+            for m in $(seq "$nodes"); do
+                [ "$m" -eq "$n" ] || relay+=(--peer "127.0.0.1:$((9600 + m))")
+            done
+        fi
         log="$WORK/server-$n.out"
         : > "$log"
-        RUST_LOG=warn "$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "$@" > "$log" 2> "$log.err" &
+        RUST_LOG=warn "$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "${relay[@]}" "$@" > "$log" 2> "$log.err" &
         pid=$!
         SERVER_PIDS+=("$pid")
         for i in $(seq 100); do
@@ -100,7 +109,24 @@ start_servers() {
         [ -n "$addr" ] || { echo "bench: server $n printed no address" >&2; exit 1; }
         SERVER_URLS+=("ws://$addr/")
     done
+    if [ "${CLUSTER:-0}" = 1 ] && [ "$nodes" -gt 1 ]; then
+        local url up
+        for url in "${SERVER_URLS[@]}"; do
+            addr=${url#ws://}
+            addr=${addr%/}
+            for i in $(seq 200); do
+                up=$(curl -s "http://$addr/metrics" | awk '/^cchat_relay_link_up/ {s += $2} END {print s + 0}')
+                [ "$up" -ge $((nodes - 1)) ] && break
+                sleep 0.1
+            done
+            [ "$up" -ge $((nodes - 1)) ] || { echo "bench: relay links of $addr did not come up" >&2; exit 1; }
+        done
+        sleep 0.5
+    fi
     SERVER_CMD="cchat --listen $( [ "$nodes" -eq 1 ] && echo 127.0.0.1:0 || echo "127.0.0.1:950X (X = 1..$nodes, $nodes processes)") --shards $shards --rate-limit 0${*:+ $*}"
+    if [ "${CLUSTER:-0}" = 1 ] && [ "$nodes" -gt 1 ]; then
+        SERVER_CMD="$SERVER_CMD --node-id nodeX --relay-listen 127.0.0.1:960X --peer 127.0.0.1:960Y (each other node) --cluster-secret …"
+    fi
 }
 
 # stop_servers: SIGTERM, then SIGKILL after 5 s, each server by its PID.

@@ -79,6 +79,11 @@ pub struct Args {
     /// port range of connections fits).
     #[arg(long)]
     pub no_source_spread: bool,
+    /// Spread each room's members over the --url nodes (client c connects to
+    /// node c % U) instead of keeping a room on one node; for nodes joined by
+    /// the relay.
+    #[arg(long)]
+    pub spread_rooms: bool,
     /// No progress lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,

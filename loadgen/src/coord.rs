@@ -30,7 +30,12 @@ const FD_MARGIN: u64 = 200;
 
 /// Runs the whole load and returns the merged statistics and summary.
 pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
-    let plan = Plan { clients: cfg.clients, room_size: cfg.room_size, nodes: cfg.targets.len() as u32 };
+    let plan = Plan {
+        clients: cfg.clients,
+        room_size: cfg.room_size,
+        nodes: cfg.targets.len() as u32,
+        spread: cfg.args.spread_rooms,
+    };
     let limit = sys::raise_nofile();
     let fd_cap = limit.saturating_sub(FD_MARGIN).clamp(1, u32::MAX as u64) as u32;
     let workers = match cfg.args.workers {

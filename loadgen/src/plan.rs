@@ -4,7 +4,9 @@
 //!
 //! Clients are numbered `0..N`. Room `r` holds the contiguous clients
 //! `r*K .. min((r+1)*K, N)`. A room lives on one node (`--url` number
-//! `r % U`), because nodes that are not joined by a relay cannot share a room.
+//! `r % U`), because nodes that are not joined by a relay cannot share a room;
+//! with `--spread-rooms` (nodes joined by the relay) client `c` goes to node
+//! `c % U`, so every room spans the nodes.
 //! Workers get contiguous client ranges made of whole rooms when there are at
 //! least as many rooms as workers, so that most deliveries stay inside one
 //! process; a room bigger than a worker's share is split, which works because
@@ -22,6 +24,9 @@ pub struct Plan {
     pub room_size: u32,
     /// Target nodes.
     pub nodes: u32,
+    /// Spread each room's members over the nodes (client `c` on node
+    /// `c % nodes`), for nodes joined by the relay.
+    pub spread: bool,
 }
 
 impl Plan {
@@ -41,9 +46,10 @@ impl Plan {
         start..(start + self.room_size).min(self.clients)
     }
 
-    /// The node (index into the URLs) that hosts room `r`.
-    pub fn node_of_room(&self, r: u32) -> usize {
-        (r % self.nodes) as usize
+    /// The node (index into the URLs) that client `c` of room `r` connects to:
+    /// its room's node, or with `spread` its own share of the nodes.
+    pub fn node_of(&self, c: u32, r: u32) -> usize {
+        if self.spread { (c % self.nodes) as usize } else { (r % self.nodes) as usize }
     }
 
     /// Members of room `r` among the clients `slice`.
@@ -104,7 +110,7 @@ mod tests {
     use super::*;
 
     fn plan(clients: u32, room_size: u32) -> Plan {
-        Plan { clients, room_size, nodes: 1 }
+        Plan { clients, room_size, nodes: 1, spread: false }
     }
 
     #[test]

@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn routes_spread_over_rooms_and_members() {
-        let p = Plan { clients: 250, room_size: 100, nodes: 1 };
+        let p = Plan { clients: 250, room_size: 100, nodes: 1, spread: false };
         assert_eq!(route(&p, 0), (0, 0));
         assert_eq!(route(&p, 1), (1, 100));
         assert_eq!(route(&p, 2), (2, 200));
@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn expected_deliveries_add_up_over_slices() {
-        let p = Plan { clients: 1000, room_size: 300, nodes: 1 };
+        let p = Plan { clients: 1000, room_size: 300, nodes: 1, spread: false };
         let s = Schedule::new(0, 100.0, 0.5, 1.0);
         let whole = expected_deliveries(&p, &s, &(0..1000));
         let parts: u64 = [0..123, 123..700, 700..1000].iter().map(|r| expected_deliveries(&p, &s, r)).sum();

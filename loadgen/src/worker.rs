@@ -129,7 +129,12 @@ const STDIN_TOKEN: u64 = u64::MAX;
 
 /// Runs worker `index` of `count` to the end and returns what it measured.
 pub fn run(cfg: &Config, index: u32, count: u32, link: &mut dyn Link) -> anyhow::Result<Stats> {
-    let plan = Plan { clients: cfg.clients, room_size: cfg.room_size, nodes: cfg.targets.len() as u32 };
+    let plan = Plan {
+        clients: cfg.clients,
+        room_size: cfg.room_size,
+        nodes: cfg.targets.len() as u32,
+        spread: cfg.args.spread_rooms,
+    };
     let slice = plan.worker_slices(count)[index as usize].clone();
     let limit = sys::raise_nofile();
     if slice.len() as u64 + 64 > limit {
@@ -344,8 +349,7 @@ impl<'a> Worker<'a> {
         let c = &mut self.conns[idx as usize];
         c.attempts += 1;
         c.started_ns = now;
-        let room = c.room;
-        let target = &self.cfg.targets[self.plan.node_of_room(room)];
+        let target = &self.cfg.targets[self.plan.node_of(c.client, c.room)];
         let from = self.cfg.source_spread.then(|| SocketAddrV4::new(plan::source_addr(c.client), 0));
         match conn::start_connect(target.addr, from, self.cfg.args.rcvbuf) {
             Ok(sock) => {
@@ -364,7 +368,7 @@ impl<'a> Worker<'a> {
         let c = &mut self.conns[idx as usize];
         c.reset(State::Idle);
         self.in_flight -= 1;
-        let target = &self.cfg.targets[self.plan.node_of_room(c.room)];
+        let target = &self.cfg.targets[self.plan.node_of(c.client, c.room)];
         if fatal || c.attempts >= MAX_ATTEMPTS {
             bail!(
                 "client {} could not join room r{} on {} after {} attempt(s): {why}",
@@ -450,8 +454,8 @@ impl<'a> Worker<'a> {
                 }
                 self.conns[idx as usize].state = State::Upgrading;
                 self.epoll.modify(fd, sys::IN, idx as u64).context("epoll mod")?;
-                let room = self.conns[idx as usize].room;
-                let req = self.requests[self.plan.node_of_room(room)].clone();
+                let c = &self.conns[idx as usize];
+                let req = self.requests[self.plan.node_of(c.client, c.room)].clone();
                 self.write(idx, &req);
                 Ok(())
             }
