@@ -174,6 +174,11 @@ bench_runs() {
         wait_quiet
         start_servers "$nodes" "$shards" "${server_args[@]}"
         run_loadgen "$WORK/run$r" "$@" || rc=$?
+        local rss=() pid
+        for pid in "${SERVER_PIDS[@]}"; do
+            rss+=("$(awk '/^VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/$pid/status" 2> /dev/null)")
+        done
+        NOTE="${NOTE:+$NOTE; }run $r: server resident memory at the end: $(IFS=,; echo "${rss[*]}" | sed 's/,/, /g')"
         stop_servers
         if [ ! -f "$WORK/run$r.json" ]; then
             echo "bench: run $r produced no summary (loadgen exit $rc)" >&2
