@@ -208,7 +208,7 @@ impl Config {
         }
         let max_message_bytes = pick!(max_message_bytes).unwrap_or(d.max_message_bytes);
         let max_frame_bytes = pick!(max_frame_bytes).unwrap_or(d.max_frame_bytes);
-        if max_frame_bytes < 125 || max_frame_bytes > 1 << 30 {
+        if !(125..=1 << 30).contains(&max_frame_bytes) {
             return Err(ConfigError::Invalid("max-frame-bytes must be between 125 and 2^30".into()));
         }
         let listen = pick!(listen).unwrap_or(d.listen);

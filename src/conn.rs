@@ -161,16 +161,18 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
         match wake {
             Wake::Read(n) => {
                 shard.touch(key);
-                let mut rb = shard.read_buf.borrow_mut();
-                let r = if pending.is_empty() {
-                    process(shard, key, &mut dec, &mut rb[..n], n, &mut pending)
-                } else {
-                    pending.extend_from_slice(&rb[..n]);
-                    let mut data = std::mem::take(&mut pending);
-                    let len = data.len();
-                    process(shard, key, &mut dec, &mut data, len, &mut pending)
+                let r = {
+                    // Borrowed only until the frames are handled, never across an await.
+                    let mut rb = shard.read_buf.borrow_mut();
+                    if pending.is_empty() {
+                        process(shard, key, &mut dec, &mut rb[..n], n, &mut pending)
+                    } else {
+                        pending.extend_from_slice(&rb[..n]);
+                        let mut data = std::mem::take(&mut pending);
+                        let len = data.len();
+                        process(shard, key, &mut dec, &mut data, len, &mut pending)
+                    }
                 };
-                drop(rb);
                 if let Err(e) = r {
                     violation(shard, key, e);
                 }

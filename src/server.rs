@@ -208,7 +208,7 @@ async fn shard_main(
                     shard.node.stats.shards[shard.id].queue_depth.fetch_sub(1, Relaxed);
                     shard.handle(msg);
                     n = n.wrapping_add(1);
-                    if n % 16 == 0 && batch_start.elapsed() >= DISPATCH_BUDGET {
+                    if n.is_multiple_of(16) && batch_start.elapsed() >= DISPATCH_BUDGET {
                         futures_lite::future::yield_now().await;
                         batch_start = Instant::now();
                     }

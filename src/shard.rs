@@ -440,10 +440,10 @@ impl Shard {
     }
 
     fn wake_flusher(&self) {
-        if !self.dirty.borrow().is_empty() {
-            if let Some(w) = self.flush_waker.borrow_mut().take() {
-                w.wake();
-            }
+        if !self.dirty.borrow().is_empty()
+            && let Some(w) = self.flush_waker.borrow_mut().take()
+        {
+            w.wake();
         }
     }
 
@@ -712,7 +712,7 @@ impl Shard {
             .await;
             self.pump_busy[dst].set(true);
             let r = senders.send_to(dst, msg).await;
-            self.pump_busy[dst].set(self.outbox.borrow()[dst].len() > 0);
+            self.pump_busy[dst].set(!self.outbox.borrow()[dst].is_empty());
             if r.is_err() {
                 // The peer shard is gone (shutdown): nothing left to deliver to.
                 self.outbox.borrow_mut()[dst].clear();
@@ -1113,7 +1113,7 @@ impl Shard {
             self.begin_close(key, ws::close_code::GOING_AWAY, "idle timeout");
         }
         self.wake_flusher();
-        if t % 10 == 0 {
+        if t.is_multiple_of(10) {
             let mut local = self.latency.borrow_mut();
             if let Ok(mut shared) = self.stats().latency.try_lock() {
                 let _ = shared.add(&*local);

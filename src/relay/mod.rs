@@ -301,10 +301,10 @@ async fn dial_loop(shard: Rc<Shard>, relay: Rc<Relay>, addr: SocketAddr) {
             Timer::new(Duration::from_millis(200)).await;
             continue;
         }
-        if let Ok(stream) = TcpStream::connect_timeout(addr, Duration::from_secs(2)).await {
-            if run_link(shard.clone(), relay.clone(), stream, Some(addr)).await {
-                backoff = Duration::from_millis(100);
-            }
+        if let Ok(stream) = TcpStream::connect_timeout(addr, Duration::from_secs(2)).await
+            && run_link(shard.clone(), relay.clone(), stream, Some(addr)).await
+        {
+            backoff = Duration::from_millis(100);
         }
         Timer::new(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
