@@ -69,6 +69,10 @@ pub struct Args {
     /// Another node's relay address; repeat for each.
     #[arg(long = "peer")]
     pub peers: Vec<SocketAddr>,
+    /// Byte cap of each relay link's outbound queue; past it the link is closed (the
+    /// peer is treated as failed and reconnects). Default 67108864.
+    #[arg(long)]
+    pub relay_queue_bytes: Option<usize>,
     /// Shared secret relay peers prove they know (also CCHAT_CLUSTER_SECRET).
     #[arg(long, env = "CCHAT_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -93,6 +97,7 @@ struct FileConfig {
     busy_poll_us: Option<u64>,
     node_id: Option<String>,
     relay_listen: Option<SocketAddr>,
+    relay_queue_bytes: Option<usize>,
     #[serde(default)]
     peers: Vec<SocketAddr>,
     cluster_secret: Option<String>,
@@ -147,6 +152,8 @@ pub struct Config {
     pub relay_listen: Option<SocketAddr>,
     /// Peer relay addresses.
     pub peers: Vec<SocketAddr>,
+    /// Relay link queue cap.
+    pub relay_queue_bytes: usize,
     /// Cluster secret.
     pub cluster_secret: Option<String>,
 }
@@ -170,6 +177,7 @@ impl Default for Config {
             node_id: String::new(),
             relay_listen: None,
             peers: Vec::new(),
+            relay_queue_bytes: 64 << 20,
             cluster_secret: None,
         }
     }
@@ -241,6 +249,7 @@ impl Config {
             node_id,
             relay_listen,
             peers,
+            relay_queue_bytes: pick!(relay_queue_bytes).unwrap_or(d.relay_queue_bytes).max(4096),
             cluster_secret,
         };
         if cfg.idle_timeout <= cfg.ping_interval {

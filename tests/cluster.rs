@@ -84,6 +84,11 @@ impl Cluster {
     }
 }
 
+/// The first room of `a_node_dies_and_comes_back`.
+fn rooms_first() -> String {
+    "room0".into()
+}
+
 fn login(c: &mut Client, name: &str, rid: &str, uid: &str) {
     c.send(json!({"cmd":"login","name":name,"rid":rid,"uid":uid,"echo":true}));
     c.expect("login");
@@ -215,9 +220,22 @@ fn a_node_dies_and_comes_back() {
     for r in &rooms {
         survivors[0].say(r, "before");
     }
+    // Traffic keeps flowing while node 2 dies: a member on node 1 posts
+    // every 5 ms throughout.
+    let mut noisy = cl.node(1).client();
+    login(&mut noisy, "noisy", &rooms[0], "noisy");
+    let traffic = std::thread::spawn(move || {
+        for i in 0..300 {
+            noisy.say(&rooms_first(), &format!("noise {i}"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        noisy
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let mut dead = cl.nodes[2].take().unwrap();
     dead.child.kill().unwrap();
     dead.child.wait().unwrap();
+    let _noisy = traffic.join().unwrap();
     drop(clients);
     // Survivors keep serving: after re-homing, every room works between them
     // again, and nothing is delivered twice.
@@ -323,4 +341,117 @@ fn strangers_and_wrong_secrets_are_refused() {
     // The node still serves its own clients.
     let mut c = s.client();
     c.login("x", "r", None);
+}
+
+/// A peer that completes the relay handshake, joins a member into a room
+/// this node owns, then never reads: the node's queue for it passes its cap,
+/// the link is closed and counted, and the node keeps serving its clients.
+#[test]
+fn a_slow_peer_link_is_closed_at_its_queue_cap() {
+    use cchat::ids::{Id, Name};
+    use cchat::relay::{codec, handshake};
+    use cchat::room::ConnRef;
+    use cchat::shard::ShardMsg;
+    use std::io::{Read, Write};
+
+    let ports = free_ports(2);
+    let relay = format!("127.0.0.1:{}", ports[1]);
+    let s = Server::try_start_on(
+        &format!("127.0.0.1:{}", ports[0]),
+        &[
+            "--node-id",
+            "real",
+            "--relay-listen",
+            &relay,
+            "--cluster-secret",
+            SECRET,
+            "--relay-queue-bytes",
+            "65536",
+            "--rate-limit",
+            "0",
+        ],
+    )
+    .unwrap();
+    // A room that the real node owns when "fake" is live too.
+    let rid = (0..)
+        .map(|i| format!("slow{i}"))
+        .find(|r| cchat::placement::node_for(r, ["real", "fake"]) == Some("real"))
+        .unwrap();
+
+    // The fake peer: small receive buffer, handshake by the book.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&relay.parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    let mut peer: std::net::TcpStream = sock.into();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let own = handshake::Hello::new("fake");
+    peer.write_all(&own.encode()).unwrap();
+    let mut buf = Vec::new();
+    let theirs = loop {
+        let mut b = [0u8; 256];
+        let n = peer.read(&mut b).unwrap();
+        assert!(n > 0, "relay closed during the handshake");
+        buf.extend_from_slice(&b[..n]);
+        if let Some((h, used)) = handshake::Hello::decode(&buf).unwrap() {
+            buf.drain(..used);
+            break h;
+        }
+    };
+    peer.write_all(&handshake::proof(SECRET, &own, &theirs)).unwrap();
+    while buf.len() < handshake::PROOF_LEN {
+        let mut b = [0u8; 64];
+        let n = peer.read(&mut b).unwrap();
+        buf.extend_from_slice(&b[..n]);
+    }
+    handshake::verify(SECRET, &own, &theirs, &buf[..handshake::PROOF_LEN]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("cchat_relay_link_up") < 1.0 {
+        assert!(Instant::now() < deadline, "fake link never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // A member on the fake node, so every message in the room goes its way.
+    let join = ShardMsg::Join {
+        rid: Id::parse_str(&rid).unwrap(),
+        conn: ConnRef { node: 0, shard: 0, key: 1, generation: 1 },
+        uid: Id::parse_str("remote").unwrap(),
+        name: Name::parse("Remote").unwrap(),
+        echo: false,
+        rejoin: false,
+    };
+    peer.write_all(&codec::encode(&join).unwrap()).unwrap();
+
+    let mut a = s.client();
+    a.login("ann", &rid, Some("a"));
+    let mut b = s.client();
+    b.login("bob", &rid, Some("b"));
+    let body = "x".repeat(1000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.metric("cchat_relay_overflows_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the link never overflowed");
+        for _ in 0..50 {
+            a.say(&rid, &body);
+        }
+        // The local member keeps up and gets every message.
+        let mut got = 0;
+        while got < 50 {
+            let v = b.recv();
+            if v["cmd"] == "message" {
+                got += 1;
+            }
+        }
+    }
+    // The node treats the peer as failed, and its own clients carry on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("cchat_relay_link_up") > 0.0 {
+        assert!(Instant::now() < deadline, "overflowed link still up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.say(&rid, "still here");
+    loop {
+        let v = b.recv();
+        if v["cmd"] == "message" && v["msg"] == "still here" {
+            break;
+        }
+    }
 }

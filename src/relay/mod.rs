@@ -16,7 +16,7 @@
 //!   retry with backoff (100 ms doubling to 2 s), so a restarted node rejoins
 //!   by itself.
 //! - **Back-pressure policy.** Each link's outbound queue is capped at
-//!   [`LINK_QUEUE_CAP`] bytes. Past it the link is closed and counted
+//!   `--relay-queue-bytes` (64 MiB by default). Past it the link is closed and counted
 //!   (`cchat_relay_overflows_total`): the peer is treated as failed and
 //!   reconnects, rather than this node's memory growing without bound.
 //! - **Batching.** Frames queued while a write is in flight go out together
@@ -51,8 +51,6 @@ use crate::shard::{Shard, ShardMsg};
 use codec::Frame;
 use handshake::Hello;
 
-/// Byte cap of one link's outbound queue (see the module docs for the policy).
-pub const LINK_QUEUE_CAP: usize = 64 << 20;
 /// Heartbeat period on an idle link.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// Silence after which a peer is declared dead.
@@ -160,6 +158,7 @@ struct Link {
     dialer: String,
     queue: RefCell<VecDeque<Bytes>>,
     queued: Cell<usize>,
+    cap: usize,
     waker: RefCell<Option<Waker>>,
     closed: Cell<bool>,
     stats: Arc<LinkStats>,
@@ -170,7 +169,7 @@ impl Link {
         if self.closed.get() {
             return;
         }
-        if self.queued.get() + frame.len() > LINK_QUEUE_CAP {
+        if self.queued.get() + frame.len() > self.cap {
             warn!(peer = %self.stats.peer, "relay queue over its cap: closing the link");
             self.stats.overflows.fetch_add(1, Relaxed);
             self.close();
@@ -342,6 +341,7 @@ async fn run_link(shard: Rc<Shard>, relay: Rc<Relay>, mut stream: TcpStream, dia
         dialer: if dialed.is_some() { me.clone() } else { peer_name.clone() },
         queue: RefCell::new(VecDeque::new()),
         queued: Cell::new(0),
+        cap: node.cfg.relay_queue_bytes,
         waker: RefCell::new(None),
         closed: Cell::new(false),
         stats: node.relay.link(&peer_name),
