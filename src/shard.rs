@@ -237,6 +237,10 @@ pub struct Shard {
     uid_counter: Cell<u64>,
     /// Sweeper ticks since start.
     pub(crate) tick: Cell<u32>,
+    /// Time spent in flush passes since the last tick, and the share of the
+    /// last tick it took (the flusher's load).
+    flush_busy_ns: Cell<u64>,
+    flush_util: Cell<f64>,
     latency: RefCell<Histogram<u64>>,
     /// Set when the node shuts down.
     pub(crate) shutting_down: Cell<bool>,
@@ -275,6 +279,8 @@ impl Shard {
             pump_wakers: RefCell::new(vec![None; n]),
             uid_counter: Cell::new(0),
             tick: Cell::new(0),
+            flush_busy_ns: Cell::new(0),
+            flush_util: Cell::new(0.0),
             latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
             shutting_down: Cell::new(false),
             started: Instant::now(),
@@ -464,11 +470,25 @@ impl Shard {
                 }
             })
             .await;
+            let delay = self.coalesce_delay();
+            if !delay.is_zero() {
+                glommio::timer::Timer::new(delay).await;
+            }
+            let t0 = Instant::now();
             std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
             for key in batch.drain(..) {
                 self.flush_now(key);
             }
+            self.flush_busy_ns.set(self.flush_busy_ns.get() + t0.elapsed().as_nanos() as u64);
         }
+    }
+
+    /// How long the flusher lets frames pile up before a pass: nothing while
+    /// writing takes little of the shard's time; under load, a few
+    /// milliseconds, so that each write carries more frames.
+    fn coalesce_delay(&self) -> Duration {
+        let d = self.node.cfg.coalesce;
+        if !d.is_zero() && self.flush_util.get() >= self.node.cfg.coalesce_above { d } else { Duration::ZERO }
     }
 
     /// Writes what a connection has queued with non-blocking sends. If the
@@ -1087,6 +1107,7 @@ impl Shard {
     pub(crate) fn sweep(&self) {
         let t = self.tick.get().wrapping_add(1);
         self.tick.set(t);
+        self.flush_util.set(self.flush_busy_ns.replace(0) as f64 / TICK.as_nanos() as f64);
         let ticks = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
         let ping_after = ticks(self.node.cfg.ping_interval);
         let idle_after = ticks(self.node.cfg.idle_timeout);
