@@ -241,6 +241,7 @@ pub struct Shard {
     /// last tick it took (the flusher's load).
     flush_busy_ns: Cell<u64>,
     flush_util: Cell<f64>,
+    last_pass: Cell<Duration>,
     latency: RefCell<Histogram<u64>>,
     /// Set when the node shuts down.
     pub(crate) shutting_down: Cell<bool>,
@@ -281,6 +282,7 @@ impl Shard {
             tick: Cell::new(0),
             flush_busy_ns: Cell::new(0),
             flush_util: Cell::new(0.0),
+            last_pass: Cell::new(Duration::ZERO),
             latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
             shutting_down: Cell::new(false),
             started: Instant::now(),
@@ -479,16 +481,23 @@ impl Shard {
             for key in batch.drain(..) {
                 self.flush_now(key);
             }
-            self.flush_busy_ns.set(self.flush_busy_ns.get() + t0.elapsed().as_nanos() as u64);
+            let pass = t0.elapsed();
+            self.last_pass.set(pass);
+            self.flush_busy_ns.set(self.flush_busy_ns.get() + pass.as_nanos() as u64);
         }
     }
 
     /// How long the flusher lets frames pile up before a pass: nothing while
-    /// writing takes little of the shard's time; under load, a few
-    /// milliseconds, so that each write carries more frames.
+    /// writing takes little of the shard's time; under load, enough that a
+    /// pass starts at most every `--coalesce-ms`, so each write carries more
+    /// frames. Passes that already take that long get no delay: frames pile
+    /// up during them anyway, and waiting would only idle the core.
     fn coalesce_delay(&self) -> Duration {
         let d = self.node.cfg.coalesce;
-        if !d.is_zero() && self.flush_util.get() >= self.node.cfg.coalesce_above { d } else { Duration::ZERO }
+        if d.is_zero() || self.flush_util.get() < self.node.cfg.coalesce_above {
+            return Duration::ZERO;
+        }
+        d.saturating_sub(self.last_pass.get())
     }
 
     /// Writes what a connection has queued with non-blocking sends. If the
