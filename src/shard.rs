@@ -386,18 +386,8 @@ impl Shard {
         let Some(e) = conns.get_mut(key as usize) else {
             return;
         };
-        if e.closing.is_some() {
-            return;
-        }
-        e.closing = Some(Closing { code });
-        let keep = if e.front_off > 0 { 1 } else { 0 };
-        e.queue.truncate(keep);
-        e.queued = e.queue.iter().map(Bytes::len).sum();
-        let f = ws::close_frame(code, reason);
-        e.queued += f.len();
-        e.queue.push_back(f);
-        if let Some(w) = e.waker.take() {
-            w.wake();
+        if e.closing.is_none() {
+            e.start_close(code, reason);
         }
     }
 
@@ -414,15 +404,7 @@ impl Shard {
         if e.queued + frame.len() > self.node.cfg.max_outbound_bytes {
             // Slow consumer: close with 1008 rather than grow without bound.
             self.stats().slow_consumer_closes.fetch_add(1, Relaxed);
-            e.closing = Some(Closing { code: ws::close_code::POLICY });
-            let keep = if e.front_off > 0 { 1 } else { 0 };
-            e.queue.truncate(keep);
-            let f = ws::close_frame(ws::close_code::POLICY, "outbound queue full");
-            e.queue.push_back(f);
-            e.queued = e.queue.iter().map(Bytes::len).sum();
-            if let Some(w) = e.waker.take() {
-                w.wake();
-            }
+            e.start_close(ws::close_code::POLICY, "outbound queue full");
             return false;
         }
         e.queue.push_back(frame.clone());
@@ -818,13 +800,9 @@ impl Shard {
                 }
             }
             ShardMsg::Deliver { rid, frame, audience: Audience::Only(mut targets), t0 } => {
-                targets.retain(|c| (c.shard as usize) < self.nshards);
-                targets.sort_by_key(|c| c.shard);
-                for group in targets.chunk_by(|a, b| a.shard == b.shard) {
-                    let audience = Audience::Only(group.to_vec());
-                    let msg = ShardMsg::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
-                    self.send(group[0].shard as usize, msg);
-                }
+                // The owner named our connections; they are local here.
+                targets.retain(|c| c.node == 0 && (c.shard as usize) < self.nshards);
+                self.deliver_to(&rid, &frame, targets, t0);
             }
             ShardMsg::ToNode { .. } | ShardMsg::Cluster { .. } => {}
         }
@@ -1080,14 +1058,20 @@ impl Shard {
                     ts,
                 });
                 drop(owned);
-                // One item per local shard and per other node.
-                targets.sort_by_key(|c| (c.node, if c.node == 0 { c.shard } else { 0 }));
-                for group in targets.chunk_by(|a, b| a.node == b.node && (a.node != 0 || a.shard == b.shard)) {
-                    let audience = Audience::Only(group.to_vec());
-                    let msg = ShardMsg::Deliver { rid: p.rid.clone(), frame: frame.clone(), audience, t0 };
-                    self.send_to_conn(group[0], msg);
-                }
+                self.deliver_to(&p.rid, &frame, targets, t0);
             }
+        }
+    }
+
+    /// Sends a frame to exactly these connections: one Deliver per local
+    /// shard and per other node among them.
+    fn deliver_to(&self, rid: &Id, frame: &Bytes, mut targets: Vec<ConnRef>, t0: Instant) {
+        let dest = |c: &ConnRef| (c.node, if c.node == 0 { c.shard } else { 0 });
+        targets.sort_by_key(dest);
+        for group in targets.chunk_by(|a, b| dest(a) == dest(b)) {
+            let audience = Audience::Only(group.to_vec());
+            let msg = ShardMsg::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
+            self.send_to_conn(group[0], msg);
         }
     }
 
@@ -1164,6 +1148,21 @@ impl Shard {
     /// Open connections on this shard.
     pub(crate) fn conn_count(&self) -> usize {
         self.conns.borrow().len()
+    }
+}
+
+impl ConnEntry {
+    /// Replaces what is queued by a close frame and wakes the connection
+    /// task to flush it and hang up. Frames not yet begun are dropped; a
+    /// half-written one is kept, or the stream would be corrupt.
+    fn start_close(&mut self, code: u16, reason: &str) {
+        self.closing = Some(Closing { code });
+        self.queue.truncate(if self.front_off > 0 { 1 } else { 0 });
+        self.queue.push_back(ws::close_frame(code, reason));
+        self.queued = self.queue.iter().map(Bytes::len).sum();
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
     }
 }
 
