@@ -26,5 +26,5 @@ for rate in $RATES; do
         break
     fi
 done
-LOADGEN_CMD="loadgen --url URL --clients 2000 --room-size 100 --rate RATE --payload 64 --duration 5 --warmup 1 --drain 2"
+LOADGEN_CMD="${LOADGEN_PIN[*]}${LOADGEN_PIN[*]:+ }loadgen --url URL --clients 2000 --room-size 100 --rate RATE --payload 64 --duration 5 --warmup 1 --drain 2"
 bench_report steps "${steps[@]}"

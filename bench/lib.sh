@@ -10,6 +10,11 @@
 #
 # Environment: RUNS overrides the number of runs; NO_BUILD=1 skips `cargo build`;
 # CCHAT and LOADGEN point at other binaries; NOTE adds a line to the result.
+# SPLIT=1 gives server and loadgen a core each: the server runs one shard
+#   under `taskset -c $SERVER_CPUS` (default 1), loadgen under
+#   `taskset -c $LOADGEN_CPUS` (default 0); results get a `-split` suffix.
+# SERVER=tokio-hub measures the comparison hub (bench/hubs/tokio-hub, built
+#   here) instead of cchat, one node; results get a `-tokio-hub` suffix.
 # Everything started here is stopped by PID on exit, whatever happens.
 
 set -euo pipefail
@@ -24,6 +29,16 @@ NOTE="${NOTE:-}"
 SERVER_PIDS=()
 SERVER_URLS=()
 SERVER_CMD=""
+SERVER="${SERVER:-cchat}"
+TOKIO_HUB="${TOKIO_HUB:-$ROOT/bench/hubs/tokio-hub/target/release/tokio-hub}"
+SERVER_CPUS="${SERVER_CPUS:-1}"
+LOADGEN_CPUS="${LOADGEN_CPUS:-0}"
+SERVER_PIN=()
+LOADGEN_PIN=()
+if [ "${SPLIT:-0}" = 1 ]; then
+    SERVER_PIN=(taskset -c "$SERVER_CPUS")
+    LOADGEN_PIN=(taskset -c "$LOADGEN_CPUS")
+fi
 WORK="$(mktemp -d -t cchat-bench.XXXXXX)"
 
 bench_cleanup() {
@@ -37,11 +52,27 @@ trap 'exit 130' INT TERM
 bench_init() {
     NAME="$1"
     TITLE="$2"
+    if [ "$SERVER" != cchat ]; then
+        NAME="$NAME-$SERVER"
+        TITLE="$TITLE, $SERVER (comparison server)"
+    fi
+    if [ "${SPLIT:-0}" = 1 ]; then
+        NAME="$NAME-split"
+        TITLE="$TITLE, split cores (server on CPU $SERVER_CPUS, loadgen on CPU $LOADGEN_CPUS)"
+    fi
     BASE="$RESULTS/$DATE-$NAME"
     mkdir -p "$RESULTS"
     if [ -z "${NO_BUILD:-}" ]; then
         (cd "$ROOT" && cargo build --release -p cchat -p loadgen)
+        if [ "$SERVER" = tokio-hub ]; then
+            cargo build --release --manifest-path "$ROOT/bench/hubs/tokio-hub/Cargo.toml"
+        fi
     fi
+    case "$SERVER" in
+        cchat) ;;
+        tokio-hub) [ -x "$TOKIO_HUB" ] || { echo "bench: no tokio-hub binary at $TOKIO_HUB" >&2; exit 1; } ;;
+        *) echo "bench: unknown SERVER=$SERVER (cchat or tokio-hub)" >&2; exit 1 ;;
+    esac
     [ -x "$CCHAT" ] || { echo "bench: no server binary at $CCHAT" >&2; exit 1; }
     [ -x "$LOADGEN" ] || { echo "bench: no loadgen binary at $LOADGEN" >&2; exit 1; }
 }
@@ -81,7 +112,15 @@ wait_quiet() {
 start_servers() {
     local nodes="$1" shards="$2"
     shift 2
-    local n listen log pid addr i relay m
+    local n listen log pid addr i relay m cmd
+    if [ "${SPLIT:-0}" = 1 ]; then
+        # One shard per CPU the server may use.
+        shards=$(taskset -c "$SERVER_CPUS" nproc)
+    fi
+    if [ "$SERVER" = tokio-hub ] && [ "$nodes" -ne 1 ]; then
+        echo "bench: tokio-hub runs as one node only" >&2
+        exit 1
+    fi
     for n in $(seq "$nodes"); do
         if [ "$nodes" -eq 1 ]; then listen=127.0.0.1:0; else listen="127.0.0.1:$((9500 + n))"; fi
         relay=()
@@ -93,7 +132,12 @@ start_servers() {
         fi
         log="$WORK/server-$n.out"
         : > "$log"
-        RUST_LOG=warn "$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "${relay[@]}" "$@" > "$log" 2> "$log.err" &
+        if [ "$SERVER" = tokio-hub ]; then
+            cmd=("$TOKIO_HUB" "$listen")
+        else
+            cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "${relay[@]}" "$@")
+        fi
+        RUST_LOG=warn "${SERVER_PIN[@]}" "${cmd[@]}" > "$log" 2> "$log.err" &
         pid=$!
         SERVER_PIDS+=("$pid")
         for i in $(seq 100); do
@@ -127,6 +171,12 @@ start_servers() {
     if [ "${CLUSTER:-0}" = 1 ] && [ "$nodes" -gt 1 ]; then
         SERVER_CMD="$SERVER_CMD --node-id nodeX --relay-listen 127.0.0.1:960X --peer 127.0.0.1:960Y (each other node) --cluster-secret …"
     fi
+    if [ "$SERVER" = tokio-hub ]; then
+        SERVER_CMD="tokio-hub 127.0.0.1:0 (bench/hubs/tokio-hub: tokio multi-thread runtime, a worker thread per core)"
+    fi
+    if [ "${SPLIT:-0}" = 1 ]; then
+        SERVER_CMD="taskset -c $SERVER_CPUS $SERVER_CMD"
+    fi
 }
 
 # stop_servers: SIGTERM, then SIGKILL after 5 s, each server by its PID.
@@ -155,10 +205,10 @@ run_loadgen() {
     local args=() u p
     for u in "${SERVER_URLS[@]}"; do args+=(--url "$u"); done
     for p in "${SERVER_PIDS[@]}"; do args+=(--server-pid "$p"); done
-    LOADGEN_CMD="loadgen $(printf -- '--url %s ' "${SERVER_URLS[@]}")$*"
+    LOADGEN_CMD="${LOADGEN_PIN[*]}${LOADGEN_PIN[*]:+ }loadgen $(printf -- '--url %s ' "${SERVER_URLS[@]}")$*"
     echo "bench: $LOADGEN_CMD" >&2
     local rc=0
-    "$LOADGEN" "${args[@]}" "$@" --json "$out.json" --svg "$out.svg" --hgrm "$out.hgrm" || rc=$?
+    "${LOADGEN_PIN[@]}" "$LOADGEN" "${args[@]}" "$@" --json "$out.json" --svg "$out.svg" --hgrm "$out.hgrm" || rc=$?
     return $rc
 }
 

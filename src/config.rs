@@ -60,6 +60,13 @@ pub struct Args {
     /// wake-up latency between shards. Default 0 (measured: polling only cost CPU here).
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
+    /// Let the OS place the shard threads instead of pinning shard i to core i.
+    /// Pinning (the default) keeps a shard's rooms and sockets on one core's
+    /// caches; on a host whose cores are busy with other processes (a load
+    /// generator beside the server, say) an unpinned shard can move away from
+    /// a busy core instead of waiting for it (see bench/README.md).
+    #[arg(long)]
+    pub no_pin: bool,
     /// Milliseconds a shard lets outgoing frames pile up before writing, applied only
     /// while writing takes over 60% of its time, so that each write carries more
     /// frames under load; 0 turns it off. Default 10.
@@ -100,6 +107,7 @@ struct FileConfig {
     history: Option<usize>,
     shutdown_grace: Option<f64>,
     busy_poll_us: Option<u64>,
+    no_pin: Option<bool>,
     coalesce_ms: Option<f64>,
     node_id: Option<String>,
     relay_listen: Option<SocketAddr>,
@@ -152,6 +160,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Polling before a shard sleeps.
     pub busy_poll: Duration,
+    /// Pin shard i to the i-th allowed CPU.
+    pub pin: bool,
     /// Flush coalescing delay under load.
     pub coalesce: Duration,
     /// Flusher load (share of a 100 ms tick spent writing) above which the delay applies.
@@ -184,6 +194,7 @@ impl Default for Config {
             history: 100,
             shutdown_grace: Duration::from_secs(3),
             busy_poll: Duration::ZERO,
+            pin: true,
             coalesce: Duration::from_millis(10),
             coalesce_above: 0.6,
             node_id: String::new(),
@@ -258,6 +269,7 @@ impl Config {
             history: pick!(history).unwrap_or(d.history),
             shutdown_grace: secs("shutdown-grace", pick!(shutdown_grace).unwrap_or(3.0))?,
             busy_poll: Duration::from_micros(pick!(busy_poll_us).unwrap_or(0).min(1_000_000)),
+            pin: !(args.no_pin || file.no_pin.unwrap_or(false)),
             coalesce: Duration::from_micros((pick!(coalesce_ms).unwrap_or(10.0).clamp(0.0, 1000.0) * 1000.0) as u64),
             coalesce_above: d.coalesce_above,
             node_id,
@@ -292,6 +304,22 @@ mod tests {
         assert_eq!(c.rate_limit, 10.0);
         assert_eq!(c.max_message_bytes, 1024);
         assert!(c.shards >= 1);
+        assert!(c.pin, "shards are pinned unless asked otherwise");
+    }
+
+    #[test]
+    fn pinning_can_be_turned_off_by_flag_or_file() {
+        let c = Config::from_args(Args::parse_from(["cchat", "--no-pin"])).unwrap();
+        assert!(!c.pin);
+        let dir = std::env::temp_dir().join(format!("cchat-cfg-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "no-pin = true\n").unwrap();
+        let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap()])).unwrap();
+        assert!(!c.pin);
+        std::fs::write(&path, "no-pin = false\n").unwrap();
+        let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap()])).unwrap();
+        assert!(c.pin);
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let node = node.clone();
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
-        let h = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
+        let place = if node.cfg.pin { Placement::Fixed(cpus[i % cpus.len()]) } else { Placement::Unbound };
+        let h = LocalExecutorBuilder::new(place)
             .name(&format!("shard-{i}"))
             .io_memory(1 << 20)
             .spin_before_park(node.cfg.busy_poll)

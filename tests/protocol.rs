@@ -379,8 +379,15 @@ fn rate_limit_token_bucket() {
 #[test]
 fn one_order_per_room_across_shards() {
     // Members on different shards, several concurrent senders: every member
-    // sees the same sequence, gapless, and each sender's messages in order.
-    let s = Server::start(&["--shards", "3", "--rate-limit", "0"]);
+    // sees the same sequence, gapless, and each sender's messages in order;
+    // with shards pinned to cores (the default) and left to the OS scheduler.
+    for pin in [&[][..], &["--no-pin"][..]] {
+        let s = Server::start(&[&["--shards", "3", "--rate-limit", "0"][..], pin].concat());
+        one_order_per_room(&s);
+    }
+}
+
+fn one_order_per_room(s: &Server) {
     let members = 12;
     let per_sender = 200;
     let senders = 4;
