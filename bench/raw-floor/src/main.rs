@@ -1,0 +1,300 @@
+//! raw-floor: the fastest this machine moves broadcast fan-out over loopback
+//! TCP, measured the way loadgen measures a chat server, without one.
+//!
+//! `--clients` socket pairs on 127.0.0.1. Writer threads own the server ends
+//! (socket i belongs to writer i % W) and, on loadgen's open-loop schedule
+//! (message m is due at t0 + m / rate and goes to room m % rooms), put a
+//! fixed-size frame stamped with the due time on every member's socket. A
+//! reader thread owns the client ends (one epoll set, edge-triggered, like
+//! loadgen) and records each frame's latency from its due time in an
+//! HdrHistogram. Two ways to write:
+//! - `each`: one `send` per delivery, as soon as it is due;
+//! - `batch`: frames queue per socket and one `send` carries all of a
+//!   socket's queued frames; a writer writes its dirty sockets in turn,
+//!   queueing newly due messages between writes.
+//!
+//! It prints deliveries/s, writes, frames per write, latency percentiles and
+//! CPU time per delivery of the writers and of the reader.
+
+use std::collections::VecDeque;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Each,
+    Batch,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Loopback TCP broadcast fan-out without a chat server: the machine's floor")]
+struct Args {
+    /// Socket pairs (clients).
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    /// Members per room.
+    #[arg(long, default_value_t = 100)]
+    room_size: usize,
+    /// Messages per second in total (each goes to one room's other members).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds of measured traffic (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Bytes per frame (cchat's frame for a 64-byte msg is about 150).
+    #[arg(long, default_value_t = 150)]
+    frame_bytes: usize,
+    /// One send per delivery, or all of a socket's queued frames in one send.
+    #[arg(long, value_enum, default_value_t = Mode::Batch)]
+    mode: Mode,
+    /// Writer threads.
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+}
+
+fn now_ns(origin: Instant) -> u64 {
+    origin.elapsed().as_nanos() as u64
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn raise_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: r is a valid rlimit; raising the soft limit to the hard one.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+}
+
+fn send_all(fd: RawFd, buf: &[u8]) -> usize {
+    // SAFETY: buf is valid for reads of buf.len() bytes.
+    let r = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if r < 0 { 0 } else { r as usize }
+}
+
+struct Shared {
+    origin: Instant,
+    t0: u64,
+    end: u64,
+    measure_from: u64,
+    stop: AtomicBool,
+    writes: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+/// One writer: the open-loop schedule, its own sockets, its own queues.
+fn writer(args: &Args, sh: &Shared, w: usize, fds: Vec<(usize, RawFd)>) -> u64 {
+    let rooms = args.clients.div_ceil(args.room_size);
+    let per_msg = 1e9 / args.rate;
+    let mut frame = vec![b'.'; args.frame_bytes];
+    // Per owned socket: its pending bytes and whether it is queued for a write.
+    let mut pending: Vec<Vec<u8>> = vec![Vec::new(); fds.len()];
+    let mut dirty_flag = vec![false; fds.len()];
+    let mut dirty: VecDeque<usize> = VecDeque::new();
+    // Owned sockets of each room, as indexes into `fds`.
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); rooms];
+    for (k, &(client, _)) in fds.iter().enumerate() {
+        members[client / args.room_size].push(k);
+    }
+    let (mut writes, mut sent) = (0u64, 0u64);
+    let mut m = 0u64;
+    let cpu0 = thread_cpu_ns();
+    loop {
+        let due = sh.t0 + (m as f64 * per_msg) as u64;
+        let now = now_ns(sh.origin);
+        if due >= sh.end {
+            if dirty.is_empty() {
+                break;
+            }
+        } else if due <= now {
+            // The message's sender is its room's first member; the others receive.
+            let room = (m as usize) % rooms;
+            frame[..8].copy_from_slice(&due.to_le_bytes());
+            for &k in &members[room] {
+                if fds[k].0 == room * args.room_size {
+                    continue;
+                }
+                match args.mode {
+                    Mode::Each => {
+                        send_all(fds[k].1, &frame);
+                        writes += 1;
+                    }
+                    Mode::Batch => {
+                        pending[k].extend_from_slice(&frame);
+                        if !dirty_flag[k] {
+                            dirty_flag[k] = true;
+                            dirty.push_back(k);
+                        }
+                    }
+                }
+                sent += 1;
+            }
+            m += 1;
+            continue;
+        }
+        // Nothing due: write one dirty socket, or wait for the next message.
+        if let Some(k) = dirty.pop_front() {
+            let n = send_all(fds[k].1, &pending[k]);
+            writes += 1;
+            pending[k].drain(..n);
+            if pending[k].is_empty() {
+                dirty_flag[k] = false;
+            } else {
+                dirty.push_back(k);
+            }
+        } else if due < sh.end && due > now + 50_000 {
+            std::thread::sleep(Duration::from_nanos(due - now - 50_000));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    let _ = w;
+    sh.writes.fetch_add(writes, Relaxed);
+    sh.sent.fetch_add(sent, Relaxed);
+    thread_cpu_ns() - cpu0
+}
+
+/// The reader: every client socket in one edge-triggered epoll set.
+fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u64) {
+    // SAFETY: plain epoll calls on fds this thread owns for the run.
+    let ep = unsafe { libc::epoll_create1(0) };
+    for (i, &fd) in fds.iter().enumerate() {
+        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: i as u64 };
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+    let fb = args.frame_bytes;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut tails: Vec<Vec<u8>> = vec![Vec::new(); fds.len()];
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut received = 0u64;
+    let cpu0 = thread_cpu_ns();
+    while !sh.stop.load(Relaxed) {
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 20) };
+        for e in events.iter().take(n.max(0) as usize) {
+            let i = e.u64 as usize;
+            loop {
+                let start = tails[i].len();
+                buf[..start].copy_from_slice(&tails[i]);
+                let r = unsafe { libc::recv(fds[i], buf[start..].as_mut_ptr().cast(), buf.len() - start, libc::MSG_DONTWAIT) };
+                if r <= 0 {
+                    break;
+                }
+                let now = now_ns(sh.origin);
+                let filled = start + r as usize;
+                let mut off = 0;
+                while off + fb <= filled {
+                    let due = u64::from_le_bytes(buf[off..off + 8].try_into().expect("8 bytes"));
+                    if due >= sh.measure_from {
+                        hist.saturating_record(now.saturating_sub(due) / 1000);
+                    }
+                    received += 1;
+                    off += fb;
+                }
+                sh.received.store(received, Relaxed);
+                tails[i].clear();
+                tails[i].extend_from_slice(&buf[off..filled]);
+                if filled < buf.len() {
+                    break;
+                }
+            }
+        }
+    }
+    (hist, received, thread_cpu_ns() - cpu0)
+}
+
+fn main() {
+    let args = Arc::new(Args::parse());
+    assert!(args.frame_bytes >= 8, "frames carry an 8-byte due time");
+    raise_nofile();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut clients = Vec::with_capacity(args.clients);
+    let mut servers = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        let c = TcpStream::connect(addr).expect("connect");
+        let (s, _) = listener.accept().expect("accept");
+        c.set_nodelay(true).expect("nodelay");
+        s.set_nodelay(true).expect("nodelay");
+        clients.push(c);
+        servers.push(s);
+    }
+    let origin = Instant::now();
+    let t0 = now_ns(origin) + 200_000_000;
+    let warm = 1_000_000_000;
+    let sh = Arc::new(Shared {
+        origin,
+        t0,
+        measure_from: t0 + warm,
+        end: t0 + warm + (args.duration * 1e9) as u64,
+        stop: AtomicBool::new(false),
+        writes: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+    });
+    let rfds: Vec<RawFd> = clients.iter().map(|c| c.as_raw_fd()).collect();
+    let reader_h = {
+        let (args, sh) = (args.clone(), sh.clone());
+        std::thread::spawn(move || reader(&args, &sh, rfds))
+    };
+    let writer_hs: Vec<_> = (0..args.writers)
+        .map(|w| {
+            let fds: Vec<(usize, RawFd)> =
+                servers.iter().enumerate().filter(|(i, _)| i % args.writers == w).map(|(i, s)| (i, s.as_raw_fd())).collect();
+            let (args, sh) = (args.clone(), sh.clone());
+            std::thread::spawn(move || writer(&args, &sh, w, fds))
+        })
+        .collect();
+    let writer_cpu: u64 = writer_hs.into_iter().map(|h| h.join().expect("writer")).sum();
+    let sent = sh.sent.load(Relaxed);
+    // Drain: up to 5 s for the reader to get everything written.
+    let drain_until = Instant::now() + Duration::from_secs(5);
+    while sh.received.load(Relaxed) < sent && Instant::now() < drain_until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sh.stop.store(true, Relaxed);
+    let (hist, received, reader_cpu) = reader_h.join().expect("reader");
+    let secs = (sh.end - sh.t0) as f64 / 1e9;
+    let writes = sh.writes.load(Relaxed);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "raw-floor mode={:?} writers={} clients={} room_size={} rate={} msg/s frame={} B",
+        args.mode, args.writers, args.clients, args.room_size, args.rate, args.frame_bytes
+    );
+    println!(
+        "deliveries {received} of {sent} ({:.0}/s), lost {}, writes {writes} ({:.2} frames/write)",
+        received as f64 / secs,
+        sent.saturating_sub(received),
+        sent as f64 / writes.max(1) as f64
+    );
+    println!(
+        "latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        hist.max() as f64 / 1000.0
+    );
+    println!(
+        "cpu ns/delivery writers {:.0} reader {:.0}",
+        writer_cpu as f64 / received.max(1) as f64,
+        reader_cpu as f64 / received.max(1) as f64
+    );
+    if sent != received {
+        std::process::exit(1);
+    }
+}
