@@ -1113,6 +1113,7 @@ impl Shard {
             if e.closing.is_some() {
                 continue;
             }
+            release_idle_queue(e);
             let quiet = t.wrapping_sub(e.last_rx);
             if quiet >= idle_after {
                 to_close.push(key);
@@ -1212,8 +1213,19 @@ fn consume(e: &mut ConnEntry, mut n: usize) {
             n = 0;
         }
     }
-    if e.queue.is_empty() && e.queue.capacity() > 64 {
-        // A burst grew the queue; give the memory back once it drained.
+    // A drained queue keeps its capacity until the next sweep
+    // (`release_idle_queue`): under steady load every flush pass drains it,
+    // and freeing it each time made the next pass regrow it step by step.
+}
+
+/// Queue slots a connection keeps between sweeps whatever happens; past it, a
+/// queue found empty by the sweep gives its memory back (idle connections
+/// stay small).
+const QUEUE_KEEP: usize = 16;
+
+/// Frees the memory of a drained queue that a burst grew.
+fn release_idle_queue(e: &mut ConnEntry) {
+    if e.queue.is_empty() && e.queue.capacity() > QUEUE_KEEP {
         e.queue = VecDeque::new();
     }
 }
