@@ -7,13 +7,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 
 /// A `cchat` process (release build of the bench profile); killed on drop.
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub addr: SocketAddr,
 }
 
 impl Server {
-    pub fn start(args: &[&str]) -> Server {
+    pub(crate) fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cchat"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -28,7 +28,7 @@ impl Server {
     }
 
     /// User + system CPU time of the server so far, in seconds.
-    pub fn cpu_seconds(&self) -> f64 {
+    pub(crate) fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let f: Vec<&str> = after.split(' ').collect();
@@ -37,7 +37,7 @@ impl Server {
     }
 
     /// Resident set size in bytes.
-    pub fn rss_bytes(&self) -> u64 {
+    pub(crate) fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
@@ -60,7 +60,7 @@ fn clk_tck() -> f64 {
 }
 
 /// Opens a WebSocket (raw socket, handshake by hand) and logs in.
-pub fn connect_and_login(addr: SocketAddr, uid: &str, rid: &str) -> TcpStream {
+pub(crate) fn connect_and_login(addr: SocketAddr, uid: &str, rid: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();
     write!(
@@ -95,14 +95,14 @@ pub fn connect_and_login(addr: SocketAddr, uid: &str, rid: &str) -> TcpStream {
     }
 }
 
-pub fn send_text(s: &mut TcpStream, text: &str) {
+pub(crate) fn send_text(s: &mut TcpStream, text: &str) {
     let mut f = Vec::new();
     cchat::ws::client_frame(&mut f, 1, text.as_bytes(), [1, 2, 3, 4]);
     s.write_all(&f).unwrap();
 }
 
 /// `bench/results/DATE-NAME.md`, with the machine described.
-pub fn write_result(name: &str, command: &str, body: &str) {
+pub(crate) fn write_result(name: &str, command: &str, body: &str) {
     let date = Command::new("date").arg("+%Y-%m-%d").output().unwrap();
     let date = String::from_utf8_lossy(&date.stdout).trim().to_owned();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -111,10 +111,9 @@ impl Driver {
                 if let Ok(v) = agent.get(format!("{base}/status")).call().map(|mut r| {
                     serde_json::from_str::<Value>(&r.body_mut().read_to_string().unwrap_or_default())
                         .unwrap_or(Value::Null)
-                }) {
-                    if v["value"]["ready"] == true {
-                        return Driver { child, base, agent, dir: dir.to_owned() };
-                    }
+                }) && v["value"]["ready"] == true
+                {
+                    return Driver { child, base, agent, dir: dir.to_owned() };
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

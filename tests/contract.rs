@@ -959,7 +959,7 @@ fn fragmented_text_with_interleaved_control_frames_is_accepted() {
     r.write(&mk_frame(FIN | 0x9, b"mid-ping", true)); // ping in between
     r.write(&mk_frame(0x00, p2, true)); // continuation, not final
     r.write(&mk_frame(FIN | 0xA, b"unsolicited", true)); // pong: ignored
-    r.write(&mk_frame(FIN | 0x00, p3, true)); // final continuation
+    r.write(&mk_frame(FIN, p3, true)); // final continuation (opcode 0)
     let mut pong = None;
     let mut ack = None;
     while pong.is_none() || ack.is_none() {
