@@ -90,10 +90,10 @@ async fn serve(stream: TcpStream, id: u64, rooms: Rooms) {
             _ => {}
         }
     }
-    if let Some((_, _, rid)) = session {
-        if let Some(room) = rooms.lock().unwrap().get_mut(&rid) {
-            room.members.remove(&id);
-        }
+    if let Some((_, _, rid)) = session
+        && let Some(room) = rooms.lock().unwrap().get_mut(&rid)
+    {
+        room.members.remove(&id);
     }
     writer.abort();
 }
