@@ -190,7 +190,9 @@ fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u6
             loop {
                 let start = tails[i].len();
                 buf[..start].copy_from_slice(&tails[i]);
-                let r = unsafe { libc::recv(fds[i], buf[start..].as_mut_ptr().cast(), buf.len() - start, libc::MSG_DONTWAIT) };
+                let r = unsafe {
+                    libc::recv(fds[i], buf[start..].as_mut_ptr().cast(), buf.len() - start, libc::MSG_DONTWAIT)
+                };
                 if r <= 0 {
                     break;
                 }
@@ -253,8 +255,12 @@ fn main() {
     };
     let writer_hs: Vec<_> = (0..args.writers)
         .map(|w| {
-            let fds: Vec<(usize, RawFd)> =
-                servers.iter().enumerate().filter(|(i, _)| i % args.writers == w).map(|(i, s)| (i, s.as_raw_fd())).collect();
+            let fds: Vec<(usize, RawFd)> = servers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % args.writers == w)
+                .map(|(i, s)| (i, s.as_raw_fd()))
+                .collect();
             let (args, sh) = (args.clone(), sh.clone());
             std::thread::spawn(move || writer(&args, &sh, w, fds))
         })
