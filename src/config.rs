@@ -65,8 +65,9 @@ pub struct Args {
     /// caches; on a host whose cores are busy with other processes (a load
     /// generator beside the server, say) an unpinned shard can move away from
     /// a busy core instead of waiting for it (see bench/README.md).
-    #[arg(long)]
-    pub no_pin: bool,
+    /// `--no-pin=false` pins again over a config file's `no-pin = true`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub no_pin: Option<bool>,
     /// Milliseconds a shard lets outgoing frames pile up before writing, applied only
     /// while writing takes over 60% of its time, so that each write carries more
     /// frames under load; 0 turns it off. Default 10.
@@ -269,7 +270,7 @@ impl Config {
             history: pick!(history).unwrap_or(d.history),
             shutdown_grace: secs("shutdown-grace", pick!(shutdown_grace).unwrap_or(3.0))?,
             busy_poll: Duration::from_micros(pick!(busy_poll_us).unwrap_or(0).min(1_000_000)),
-            pin: !(args.no_pin || file.no_pin.unwrap_or(false)),
+            pin: !pick!(no_pin).unwrap_or(false),
             coalesce: Duration::from_micros((pick!(coalesce_ms).unwrap_or(10.0).clamp(0.0, 1000.0) * 1000.0) as u64),
             coalesce_above: d.coalesce_above,
             node_id,
@@ -317,9 +318,15 @@ mod tests {
         std::fs::write(&path, "no-pin = true\n").unwrap();
         let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap()])).unwrap();
         assert!(!c.pin);
+        // The flag beats the file, both ways.
+        let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap(), "--no-pin=false"]))
+            .unwrap();
+        assert!(c.pin);
         std::fs::write(&path, "no-pin = false\n").unwrap();
         let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap()])).unwrap();
         assert!(c.pin);
+        let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap(), "--no-pin"])).unwrap();
+        assert!(!c.pin);
     }
 
     #[test]

@@ -1223,10 +1223,18 @@ fn consume(e: &mut ConnEntry, mut n: usize) {
 /// stay small).
 const QUEUE_KEEP: usize = 16;
 
-/// Frees the memory of a drained queue that a burst grew.
+/// Gives back the memory a burst grew a queue to: all of it once the queue
+/// is drained, and down to twice what it holds while it stays mostly empty,
+/// so that peak capacity is not kept for good under sustained load.
 fn release_idle_queue(e: &mut ConnEntry) {
-    if e.queue.is_empty() && e.queue.capacity() > QUEUE_KEEP {
+    let (len, cap) = (e.queue.len(), e.queue.capacity());
+    if cap <= QUEUE_KEEP {
+        return;
+    }
+    if len == 0 {
         e.queue = VecDeque::new();
+    } else if len * 4 < cap {
+        e.queue.shrink_to((len * 2).max(QUEUE_KEEP));
     }
 }
 
