@@ -14,14 +14,16 @@ export DATE
 (cd "$DIR/.." && cargo build --release -p cchat -p loadgen)
 cargo build --release --manifest-path "$DIR/hubs/tokio-hub/Cargo.toml"
 status=0
+STARTED=$(date +%s)
+export STARTED
 for load in a b; do
     NO_BUILD=1 "$DIR/load-$load.sh" || status=1
     NO_BUILD=1 SPLIT=1 "$DIR/load-$load.sh" || status=1
-    NO_BUILD=1 SERVER=tokio-hub "$DIR/load-$load.sh" || status=1
+    NO_BUILD=1 BENCH_SERVER=tokio-hub "$DIR/load-$load.sh" || status=1
 done
-python3 - "$DIR/results" "$DATE" > "$DIR/results/$DATE-compare.md" <<'PY'
+python3 - "$DIR/results" "$DATE" "$STARTED" > "$DIR/results/$DATE-compare.md" <<'PY'
 import json, os, sys
-results, date = sys.argv[1], sys.argv[2]
+results, date, started = sys.argv[1], sys.argv[2], int(sys.argv[3])
 configs = [
     ("", "cchat, 2 pinned shards, loadgen beside it"),
     ("-split", "cchat, 1 shard on CPU 1, loadgen on CPU 0"),
@@ -39,8 +41,10 @@ for load in ("a", "b"):
     for suffix, label in configs:
         name = f"{date}-load-{load}{suffix}"
         path = os.path.join(results, name + ".json")
-        if not os.path.exists(path):
-            print(f"| {load.upper()} | {label} | missing | | | | | | | | | | |")
+        # A file left by an earlier run (this configuration failed before
+        # its report) must not pass for this session's.
+        if not os.path.exists(path) or os.path.getmtime(path) < started:
+            print(f"| {load.upper()} | {label} | not measured in this run | | | | | | | | | | |")
             continue
         m = json.load(open(path))["median"]
         f = lambda k: f"{m[k]:,.1f}" if m[k] < 100 else f"{m[k]:,.0f}"

@@ -13,7 +13,7 @@
 # SPLIT=1 gives server and loadgen a core each: the server runs one shard
 #   under `taskset -c $SERVER_CPUS` (default 1), loadgen under
 #   `taskset -c $LOADGEN_CPUS` (default 0); results get a `-split` suffix.
-# SERVER=tokio-hub measures the comparison hub (bench/hubs/tokio-hub, built
+# BENCH_SERVER=tokio-hub measures the comparison hub (bench/hubs/tokio-hub, built
 #   here) instead of cchat, one node; results get a `-tokio-hub` suffix.
 # Everything started here is stopped by PID on exit, whatever happens.
 
@@ -29,7 +29,7 @@ NOTE="${NOTE:-}"
 SERVER_PIDS=()
 SERVER_URLS=()
 SERVER_CMD=""
-SERVER="${SERVER:-cchat}"
+BENCH_SERVER="${BENCH_SERVER:-cchat}"
 TOKIO_HUB="${TOKIO_HUB:-$ROOT/bench/hubs/tokio-hub/target/release/tokio-hub}"
 SERVER_CPUS="${SERVER_CPUS:-1}"
 LOADGEN_CPUS="${LOADGEN_CPUS:-0}"
@@ -52,9 +52,9 @@ trap 'exit 130' INT TERM
 bench_init() {
     NAME="$1"
     TITLE="$2"
-    if [ "$SERVER" != cchat ]; then
-        NAME="$NAME-$SERVER"
-        TITLE="$TITLE, $SERVER (comparison server)"
+    if [ "$BENCH_SERVER" != cchat ]; then
+        NAME="$NAME-$BENCH_SERVER"
+        TITLE="$TITLE, $BENCH_SERVER (comparison server)"
     fi
     if [ "${SPLIT:-0}" = 1 ]; then
         NAME="$NAME-split"
@@ -64,14 +64,14 @@ bench_init() {
     mkdir -p "$RESULTS"
     if [ -z "${NO_BUILD:-}" ]; then
         (cd "$ROOT" && cargo build --release -p cchat -p loadgen)
-        if [ "$SERVER" = tokio-hub ]; then
+        if [ "$BENCH_SERVER" = tokio-hub ]; then
             cargo build --release --manifest-path "$ROOT/bench/hubs/tokio-hub/Cargo.toml"
         fi
     fi
-    case "$SERVER" in
+    case "$BENCH_SERVER" in
         cchat) ;;
         tokio-hub) [ -x "$TOKIO_HUB" ] || { echo "bench: no tokio-hub binary at $TOKIO_HUB" >&2; exit 1; } ;;
-        *) echo "bench: unknown SERVER=$SERVER (cchat or tokio-hub)" >&2; exit 1 ;;
+        *) echo "bench: unknown BENCH_SERVER=$BENCH_SERVER (cchat or tokio-hub)" >&2; exit 1 ;;
     esac
     [ -x "$CCHAT" ] || { echo "bench: no server binary at $CCHAT" >&2; exit 1; }
     [ -x "$LOADGEN" ] || { echo "bench: no loadgen binary at $LOADGEN" >&2; exit 1; }
@@ -117,7 +117,7 @@ start_servers() {
         # One shard per CPU the server may use.
         shards=$(taskset -c "$SERVER_CPUS" nproc)
     fi
-    if [ "$SERVER" = tokio-hub ] && [ "$nodes" -ne 1 ]; then
+    if [ "$BENCH_SERVER" = tokio-hub ] && [ "$nodes" -ne 1 ]; then
         echo "bench: tokio-hub runs as one node only" >&2
         exit 1
     fi
@@ -132,7 +132,7 @@ start_servers() {
         fi
         log="$WORK/server-$n.out"
         : > "$log"
-        if [ "$SERVER" = tokio-hub ]; then
+        if [ "$BENCH_SERVER" = tokio-hub ]; then
             cmd=("$TOKIO_HUB" "$listen")
         else
             cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "${relay[@]}" "$@")
@@ -171,7 +171,7 @@ start_servers() {
     if [ "${CLUSTER:-0}" = 1 ] && [ "$nodes" -gt 1 ]; then
         SERVER_CMD="$SERVER_CMD --node-id nodeX --relay-listen 127.0.0.1:960X --peer 127.0.0.1:960Y (each other node) --cluster-secret …"
     fi
-    if [ "$SERVER" = tokio-hub ]; then
+    if [ "$BENCH_SERVER" = tokio-hub ]; then
         SERVER_CMD="tokio-hub 127.0.0.1:0 (bench/hubs/tokio-hub: tokio multi-thread runtime, a worker thread per core)"
     fi
     if [ "${SPLIT:-0}" = 1 ]; then

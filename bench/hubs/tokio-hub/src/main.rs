@@ -27,13 +27,22 @@ type Rooms = Arc<Mutex<HashMap<String, Room>>>;
 #[tokio::main]
 async fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9600".into());
+    raise_nofile();
     let listener = TcpListener::bind(&addr).await.expect("bind");
     // The same start-up line as cchat's, which bench/lib.sh waits for.
     println!("listening on {}", listener.local_addr().expect("bound address"));
     let rooms: Rooms = Arc::default();
     let mut next_id = 0u64;
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file handles, say: back off rather than spin.
+                eprintln!("tokio-hub: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         next_id += 1;
         tokio::spawn(serve(stream, next_id, rooms.clone()));
     }
@@ -96,4 +105,17 @@ async fn serve(stream: TcpStream, id: u64, rooms: Rooms) {
         room.members.remove(&id);
     }
     writer.abort();
+}
+
+/// Raises the soft open-file limit to the hard one, as cchat does, so that
+/// load B's 10,000 connections fit whatever the shell's default.
+fn raise_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: r is a valid rlimit for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
