@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Side by side, in one session: loads A and B against cchat (default: two
-# pinned shards, loadgen beside it), against cchat with a core each for it
-# and loadgen (SPLIT=1: one shard on CPU 1, loadgen on CPU 0), and against
-# the comparison hub bench/hubs/tokio-hub (tokio + tokio-tungstenite, "the
-# usual way"), all driven by the same loadgen. Each configuration writes its
-# own results/DATE-load-{a,b}[-tokio-hub][-split].* files (three runs each);
-# this script then writes results/DATE-compare.md, a table of their medians.
-# RUNS=N changes the runs per configuration. Takes about 10 minutes.
+# Side by side, in one session: loads A and B against cchat as it starts by
+# default (two pinned shards, loadgen beside it), with --no-pin (NO_PIN=1),
+# with a core each for it and loadgen (SPLIT=1: one shard on CPU 1, loadgen
+# on CPU 0), and against the comparison hub bench/hubs/tokio-hub (tokio +
+# tokio-tungstenite, "the usual way"), all driven by the same loadgen. Each
+# configuration writes its own results/DATE-load-{a,b}[-nopin|-split|
+# -tokio-hub].* files (three runs each); this script then writes
+# results/DATE-compare.md, a table of their medians.
+# RUNS=N changes the runs per configuration. Takes about 15 minutes.
 set -euo pipefail
 DIR="$(cd "$(dirname "$0")" && pwd)"
 DATE="${DATE:-$(date -u +%Y-%m-%d)}"
@@ -18,6 +19,7 @@ STARTED=$(date +%s)
 export STARTED
 for load in a b; do
     NO_BUILD=1 "$DIR/load-$load.sh" || status=1
+    NO_BUILD=1 NO_PIN=1 "$DIR/load-$load.sh" || status=1
     NO_BUILD=1 SPLIT=1 "$DIR/load-$load.sh" || status=1
     NO_BUILD=1 BENCH_SERVER=tokio-hub "$DIR/load-$load.sh" || status=1
 done
@@ -26,6 +28,7 @@ import json, os, sys
 results, date, started = sys.argv[1], sys.argv[2], int(sys.argv[3])
 configs = [
     ("", "cchat, 2 pinned shards, loadgen beside it"),
+    ("-nopin", "cchat, 2 shards not pinned (--no-pin), loadgen beside it"),
     ("-split", "cchat, 1 shard on CPU 1, loadgen on CPU 0"),
     ("-tokio-hub", "tokio-hub (tokio + tokio-tungstenite), loadgen beside it"),
 ]

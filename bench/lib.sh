@@ -13,6 +13,8 @@
 # SPLIT=1 gives server and loadgen a core each: the server runs one shard
 #   under `taskset -c $SERVER_CPUS` (default 1), loadgen under
 #   `taskset -c $LOADGEN_CPUS` (default 0); results get a `-split` suffix.
+# NO_PIN=1 starts cchat with --no-pin (shards not pinned to cores); results
+#   get a `-nopin` suffix.
 # BENCH_SERVER=tokio-hub measures the comparison hub (bench/hubs/tokio-hub, built
 #   here) instead of cchat, one node; results get a `-tokio-hub` suffix.
 # Everything started here is stopped by PID on exit, whatever happens.
@@ -55,6 +57,10 @@ bench_init() {
     if [ "$BENCH_SERVER" != cchat ]; then
         NAME="$NAME-$BENCH_SERVER"
         TITLE="$TITLE, $BENCH_SERVER (comparison server)"
+    fi
+    if [ "${NO_PIN:-0}" = 1 ]; then
+        NAME="$NAME-nopin"
+        TITLE="$TITLE, shards not pinned (--no-pin)"
     fi
     if [ "${SPLIT:-0}" = 1 ]; then
         NAME="$NAME-split"
@@ -136,6 +142,7 @@ start_servers() {
             cmd=("$TOKIO_HUB" "$listen")
         else
             cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "${relay[@]}" "$@")
+            if [ "${NO_PIN:-0}" = 1 ]; then cmd+=(--no-pin); fi
         fi
         RUST_LOG=warn "${SERVER_PIN[@]}" "${cmd[@]}" > "$log" 2> "$log.err" &
         pid=$!
@@ -170,6 +177,9 @@ start_servers() {
     SERVER_CMD="cchat --listen $( [ "$nodes" -eq 1 ] && echo 127.0.0.1:0 || echo "127.0.0.1:950X (X = 1..$nodes, $nodes processes)") --shards $shards --rate-limit 0${*:+ $*}"
     if [ "${CLUSTER:-0}" = 1 ] && [ "$nodes" -gt 1 ]; then
         SERVER_CMD="$SERVER_CMD --node-id nodeX --relay-listen 127.0.0.1:960X --peer 127.0.0.1:960Y (each other node) --cluster-secret …"
+    fi
+    if [ "${NO_PIN:-0}" = 1 ]; then
+        SERVER_CMD="$SERVER_CMD --no-pin"
     fi
     if [ "$BENCH_SERVER" = tokio-hub ]; then
         SERVER_CMD="tokio-hub 127.0.0.1:0 (bench/hubs/tokio-hub: tokio multi-thread runtime, a worker thread per core)"
