@@ -39,16 +39,32 @@ pub fn read_msg_head(msg: &[u8]) -> Option<(u64, u32)> {
 
 fn hex(digits: &[u8]) -> Option<u64> {
     let mut v = 0u64;
+    let mut bad = 0u8;
     for &d in digits {
-        let n = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        v = v << 4 | n as u64;
+        // Branch-free per digit (this runs for every delivery): a table
+        // lookup, with 0xff marking anything but 0-9 and a-f.
+        let n = HEX_VALUE[d as usize];
+        bad |= n;
+        v = v << 4 | (n & 0x0f) as u64;
     }
-    Some(v)
+    (bad & 0xf0 == 0).then_some(v)
 }
+
+/// Value of each byte as a lowercase hex digit, 0xff if it is none.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Parses a run of ASCII digits at the front of `b`: (value, digits used).
 fn decimal(b: &[u8]) -> Option<(u64, usize)> {
@@ -150,8 +166,9 @@ impl Scanner {
         let msg = &p[at..];
         let (due_ns, id) = read_msg_head(msg)?;
         let end = at + MSG_HEAD + memchr::memchr(b'"', &msg[MSG_HEAD..])?;
-        // Usually `","seq":` follows at once; a `tid` may sit in between.
-        let s = end + 1 + self.seq.find(&p[end + 1..])? + 6;
+        // Usually `,"seq":` follows at once; a `tid` may sit in between.
+        let after = &p[end + 1..];
+        let s = if after.starts_with(br#","seq":"#) { end + 8 } else { end + 1 + self.seq.find(after)? + 6 };
         let (seq, used) = decimal(&p[s..])?;
         let rest = &p[s + used..];
         let epoch = match rest.strip_prefix(br#","epoch":"#) {
@@ -281,6 +298,15 @@ mod tests {
     }
 
     #[test]
+    fn hex_takes_lowercase_digits_only() {
+        assert_eq!(hex(b"0123456789abcdef"), Some(0x0123_4567_89ab_cdef));
+        assert_eq!(hex(b"00000000"), Some(0));
+        for bad in [&b"0000000A"[..], b"0000000g", b"000000 0", b"0000000:", b"000000\xff0"] {
+            assert_eq!(hex(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn classifies_other_frames() {
         let s = Scanner::default();
         assert_eq!(s.classify(br#"{"cmd":"error","errCode":50,"errMsg":"x"}"#), Kind::Error);
@@ -355,6 +381,12 @@ mod tests {
             let s = Scanner::default();
             let j = server_json(&uid, &name, &rid, &msg(due, id, len), tid.as_deref(), seq, epoch);
             prop_assert_eq!(s.classify(j.as_bytes()), Kind::Message(Delivery { due_ns: due, id, seq, epoch }));
+        }
+
+        /// The hex decoder reads back any 64-bit value.
+        #[test]
+        fn hex_reads_back_any_value(v in any::<u64>()) {
+            prop_assert_eq!(hex(format!("{v:016x}").as_bytes()), Some(v));
         }
 
         /// The scanner never panics, whatever the bytes.
