@@ -9,7 +9,7 @@
 //!
 //! A node runs one glommio executor per core ([`server`]), each a [`shard`]
 //! pinned to its core and accepting on the shared port (SO_REUSEPORT). A
-//! connection lives on the shard that accepted it ([`conn`]). Each room has an
+//! connection lives on the shard that accepted it (`conn`). Each room has an
 //! owner shard ([`placement`]) that holds its roster and history and assigns
 //! `seq` ([`room`]); the owner encodes every outgoing frame once
 //! ([`protocol`], [`json`], [`ws`]) and sends one item per shard with
@@ -35,7 +35,7 @@
 //! | [`relay::codec`], [`relay::handshake`] | relay wire format and handshake | no |
 //! | [`relay`] | links between nodes | yes |
 //! | [`shard`] | a shard: connections, rooms, cross-shard messages, flushing | yes |
-//! | [`conn`] | one connection's task | yes |
+//! | `conn` (private) | one connection's task | yes |
 //! | [`server`] | start shards, signals, shutdown | yes |
 
 pub mod cluster;
