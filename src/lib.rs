@@ -8,7 +8,7 @@
 //! ```
 //!
 //! A node runs one glommio executor per core ([`server`]), each a [`shard`]
-//! pinned to its core and accepting on the shared port (SO_REUSEPORT). A
+//! pinned to its core (unless `--no-pin`) and accepting on the shared port (SO_REUSEPORT). A
 //! connection lives on the shard that accepted it (`conn`). Each room has an
 //! owner shard ([`placement`]) that holds its roster and history and assigns
 //! `seq` ([`room`]); the owner encodes every outgoing frame once
