@@ -38,6 +38,9 @@ pub struct ShardStats {
     pub rejected_connections: AtomicU64,
     /// Items sent to this shard's inbound queues and not yet handled.
     pub queue_depth: AtomicI64,
+    /// Live nodes (this one included) in the cluster view this shard routes
+    /// rooms by; shards apply a new view when their queue reaches it.
+    pub view_nodes: AtomicI64,
     /// Fan-out latency (owner sequenced → recipient shard wrote), microseconds.
     pub latency: Mutex<Histogram<u64>>,
 }
@@ -57,6 +60,7 @@ impl Default for ShardStats {
             timeout_closes: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
+            view_nodes: AtomicI64::new(1),
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
         }
     }
@@ -165,6 +169,13 @@ impl NodeStats {
         );
         for (i, s) in self.shards.iter().enumerate() {
             let _ = writeln!(out, "cchat_shard_queue_depth{{shard=\"{i}\"}} {}", s.queue_depth.load(Relaxed).max(0));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cchat_shard_cluster_nodes Live nodes in the cluster view a shard routes rooms by (itself included).\n# TYPE cchat_shard_cluster_nodes gauge"
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(out, "cchat_shard_cluster_nodes{{shard=\"{i}\"}} {}", s.view_nodes.load(Relaxed));
         }
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
         for s in &self.shards {

@@ -953,6 +953,8 @@ impl Shard {
         for msg in rejoins {
             self.send_to_owner(msg);
         }
+        // Last: a reader of the gauge knows this shard routes by the new view.
+        self.stats().view_nodes.store(new_view.live.len() as i64, Relaxed);
     }
 
     // ---- owner side ----------------------------------------------------------

@@ -79,8 +79,16 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        // Let every shard apply the new view.
+        // Let link set-up settle, then make sure every shard of every node
+        // routes by the full view. Without the pause these tests fail about
+        // half the time (a member misses a newUser, or the owner does not
+        // know a member yet): a start-up race in cluster formation that is
+        // not understood yet (see the issue notes of 2026-11-26); the pause
+        // hides it, it does not explain it.
         std::thread::sleep(Duration::from_millis(200));
+        for s in self.nodes.iter().flatten() {
+            s.wait_view(links + 1);
+        }
     }
 }
 
@@ -410,6 +418,7 @@ fn a_slow_peer_link_is_closed_at_its_queue_cap() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
+    s.wait_view(2);
     // A member on the fake node, so every message in the room goes its way.
     let join = ShardMsg::Join {
         rid: Id::parse_str(&rid).unwrap(),

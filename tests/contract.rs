@@ -727,8 +727,11 @@ fn messages_to_a_room_after_all_other_members_left() {
     a.send(json!({"cmd":"logout","rid":"r"}));
     a.expect("logout");
     c.expect("userLeave");
+    // Leave by logout and wait for its acknowledgement (sent once the room
+    // dropped c), so that d cannot see c's departure after joining.
+    c.send(json!({"cmd":"logout","rid":"r"}));
+    c.expect("logout");
     drop(c);
-    std::thread::sleep(Duration::from_millis(100));
     let mut d = s.client();
     login_echo(&mut d, "dan", "r", "d");
     d.say("r", "four");

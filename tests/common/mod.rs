@@ -31,7 +31,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cchat"))
             .args(["--listen", listen])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("CCHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -77,6 +77,32 @@ impl Server {
             .filter(|l| l.split([' ', '{']).next() == Some(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Every value of a metric, one per label set (e.g. one per shard).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn metric_values(&self, name: &str) -> Vec<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect()
+    }
+
+    /// Waits until every shard of the server routes by a cluster view of
+    /// `nodes` live nodes.
+    #[allow(dead_code)]
+    pub fn wait_view(&self, nodes: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self.metric_values("cchat_shard_cluster_nodes");
+            if !v.is_empty() && v.iter().all(|&n| n as usize == nodes) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "shards did not apply a view of {nodes} nodes: {v:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends a signal to the server.
