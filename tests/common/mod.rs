@@ -71,16 +71,10 @@ impl Server {
 
     /// A metric's value from /metrics (sum over labels).
     pub fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split([' ', '{']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        self.metric_values(name).iter().sum()
     }
 
     /// Every value of a metric, one per label set (e.g. one per shard).
-    #[allow(dead_code)] // not every test binary uses it
     pub fn metric_values(&self, name: &str) -> Vec<f64> {
         let (_, body) = self.get("/metrics");
         body.lines()
