@@ -79,13 +79,10 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        // Let link set-up settle, then make sure every shard of every node
-        // routes by the full view. Without the pause these tests fail about
-        // half the time (a member misses a newUser, or the owner does not
-        // know a member yet): a start-up race in cluster formation that is
-        // not understood yet (see the issue notes of 2026-11-26); the pause
-        // hides it, it does not explain it.
-        std::thread::sleep(Duration::from_millis(200));
+        // Then every shard of every node must route by the full view. No
+        // settling pause: these tests failed about half the time without one
+        // while a node's late dial could replace a link already carrying
+        // traffic (the relay no longer makes such dials).
         for s in self.nodes.iter().flatten() {
             s.wait_view(links + 1);
         }

@@ -8,7 +8,10 @@
 //!
 //! - **One link per pair.** Each node dials the `--peer` addresses it was
 //!   given and accepts on `--relay-listen`. When two nodes dial each other at
-//!   once, both keep the link dialed by the node with the smaller name.
+//!   once, both keep the link dialed by the node with the smaller name. A
+//!   node stops retrying dials to addresses it has not reached yet once it
+//!   has a live link per peer (they all dialed it): a late dial would replace
+//!   a link already carrying traffic, and what was queued on it would be lost.
 //! - **Liveness.** A heartbeat goes out every 250 ms on an idle link; a link
 //!   that hears nothing for 2 s is dead. A closed or dead link marks its node
 //!   down: the survivors forget that node's members (announcing `userLeave`)
@@ -222,6 +225,11 @@ impl Relay {
         self.links.borrow().get(&idx).is_some_and(|l| !l.closed.get())
     }
 
+    /// Links currently up.
+    fn live_links(&self) -> usize {
+        self.links.borrow().values().filter(|l| !l.closed.get()).count()
+    }
+
     /// Makes `link` the link to its peer. Returns false when an existing link
     /// wins (both nodes dialed each other: the smaller name's dial is kept).
     fn register(&self, link: &Rc<Link>, self_name: &str, peer_name: &str) -> (bool, bool) {
@@ -232,6 +240,7 @@ impl Relay {
                 if old.dialer == keep && link.dialer != keep {
                     return (false, false);
                 }
+                info!(peer = %link.stats.peer, dialer = %link.dialer, "relay link replaced by the other direction's");
                 old.close();
                 false
             }
@@ -296,7 +305,13 @@ async fn dial_loop(shard: Rc<Shard>, relay: Rc<Relay>, addr: SocketAddr) {
             return;
         }
         let known = relay.dialed.borrow().get(&addr).copied();
-        if known.is_some_and(|idx| relay.up(idx)) {
+        // Which node listens at `addr` is learnt only from a dial of ours
+        // that got through. Until then, once this node has as many live
+        // links as it has peers, every peer has reached it by its own dial:
+        // a late dial of ours would only replace a link that may already carry
+        // traffic (and drop what is queued on it), so it is not made.
+        let all_linked = known.is_none() && relay.live_links() >= shard.node.cfg.peers.len();
+        if known.is_some_and(|idx| relay.up(idx)) || all_linked {
             Timer::new(Duration::from_millis(200)).await;
             continue;
         }
