@@ -213,8 +213,6 @@ pub struct Conn {
     pub seq: SeqCheck,
     /// Connect attempts so far.
     pub attempts: u32,
-    /// When the current attempt started (ns).
-    pub started_ns: u64,
 }
 
 impl Conn {
@@ -230,7 +228,6 @@ impl Conn {
             out: Vec::new(),
             seq: SeqCheck::default(),
             attempts: 0,
-            started_ns: 0,
         }
     }
 

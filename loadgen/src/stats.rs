@@ -163,9 +163,7 @@ impl Stats {
             *a = (*a).max(*b);
         }
         for p in &o.problems {
-            if self.problems.len() < MAX_PROBLEMS {
-                self.problems.push(p.clone());
-            }
+            self.problem(|| p.clone());
         }
         for (c, n) in &o.close_codes {
             *self.close_codes.entry(*c).or_default() += n;

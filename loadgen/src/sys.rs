@@ -64,13 +64,6 @@ pub fn proc_cpu_ns(pid: u32) -> Option<u64> {
     Some((utime + stime) * 1_000_000_000 / hz)
 }
 
-/// `recv` without blocking. Ok(0) is end of stream.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of buf.len() bytes.
-    let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
-}
-
 /// `SO_TIMESTAMPNS` (and its control message type) on Linux.
 const SO_TIMESTAMPNS: libc::c_int = 35;
 
@@ -80,6 +73,12 @@ pub fn realtime_ns() -> u64 {
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_REALTIME minus CLOCK_MONOTONIC (ns): turns the kernel's receive
+/// timestamps into loadgen's monotonic time.
+pub fn rt_offset_ns() -> u64 {
+    realtime_ns().saturating_sub(now_ns())
 }
 
 /// Asks the kernel to stamp received data with its arrival time, so that
@@ -200,12 +199,6 @@ impl Epoll {
     /// Changes the events watched on `fd`.
     pub fn modify(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
-    }
-
-    /// Stops watching `fd` (closing it does the same, but explicitly is clearer
-    /// when the fd lives on).
-    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
     /// Waits up to `timeout_ns` (0: poll) and returns (token, events) pairs.

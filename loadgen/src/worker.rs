@@ -221,7 +221,7 @@ impl<'a> Worker<'a> {
             stdin: Vec::new(),
             go: None,
             last_progress_ns: now,
-            rt_offset: sys::realtime_ns().saturating_sub(sys::now_ns()),
+            rt_offset: sys::rt_offset_ns(),
             slice,
         })
     }
@@ -310,7 +310,7 @@ impl<'a> Worker<'a> {
             return;
         }
         self.last_progress_ns = now;
-        self.rt_offset = sys::realtime_ns().saturating_sub(sys::now_ns());
+        self.rt_offset = sys::rt_offset_ns();
         let c = &self.stats.counters;
         link.progress(&Progress {
             phase: self.phase,
@@ -340,15 +340,14 @@ impl<'a> Worker<'a> {
                 _ => break,
             };
             self.in_flight += 1;
-            self.start_one(idx, now)?;
+            self.start_one(idx)?;
         }
         Ok(())
     }
 
-    fn start_one(&mut self, idx: u32, now: u64) -> anyhow::Result<()> {
+    fn start_one(&mut self, idx: u32) -> anyhow::Result<()> {
         let c = &mut self.conns[idx as usize];
         c.attempts += 1;
-        c.started_ns = now;
         let target = &self.cfg.targets[self.plan.node_of(c.client, c.room)];
         let from = self.cfg.source_spread.then(|| SocketAddrV4::new(plan::source_addr(c.client), 0));
         match conn::start_connect(target.addr, from, self.cfg.args.rcvbuf) {
@@ -413,8 +412,12 @@ impl<'a> Worker<'a> {
         let Some(sched) = self.sched else {
             return now;
         };
-        while self.next_msg < sched.end && sched.due(self.next_msg) <= now {
-            self.send_message(&sched, self.next_msg, now);
+        while self.next_msg < sched.end {
+            let due = sched.due(self.next_msg);
+            if due > now {
+                break;
+            }
+            self.send_message(&sched, self.next_msg, due, now);
             self.next_msg += 1;
         }
         now
@@ -642,7 +645,7 @@ impl<'a> Worker<'a> {
         self.frame = f;
     }
 
-    fn send_message(&mut self, sched: &Schedule, m: u32, now: u64) {
+    fn send_message(&mut self, sched: &Schedule, m: u32, due: u64, now: u64) {
         let (room, sender) = schedule::route(&self.plan, m);
         if !self.slice.contains(&sender) {
             return;
@@ -653,7 +656,6 @@ impl<'a> Worker<'a> {
             self.stats.problem(|| format!("message {m}: sender {sender} (room r{room}) is not connected"));
             return;
         }
-        let due = sched.due(m);
         let mut j = std::mem::take(&mut self.json);
         j.clear();
         scan::message_json(&mut j, room, due, m, self.cfg.payload);
