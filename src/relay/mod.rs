@@ -431,6 +431,9 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Str
 /// Moves frames both ways until the link fails. Returns why it ended.
 async fn pump(shard: &Shard, link: &Link, stream: &mut TcpStream, rbuf: &mut BytesMut) -> String {
     let mut wbuf: Vec<u8> = Vec::new();
+    // Reads land here and only the bytes read are appended to `rbuf`: growing
+    // `rbuf` to its capacity for each read zeroed tens of KiB per wake-up.
+    let mut scratch = vec![0u8; 64 * 1024];
     let mut last_rx = Instant::now();
     let mut last_tx = Instant::now();
     let mut tick = Box::pin(Timer::new(HEARTBEAT));
@@ -481,27 +484,14 @@ async fn pump(shard: &Shard, link: &Link, stream: &mut TcpStream, rbuf: &mut Byt
             if tick.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ev::Tick);
             }
-            let len = rbuf.len();
-            if rbuf.capacity() - len < 16 * 1024 {
-                rbuf.reserve(64 * 1024);
-            }
-            let cap = rbuf.capacity();
-            rbuf.resize(cap, 0);
-            match Pin::new(&mut *stream).poll_read(cx, &mut rbuf[len..]) {
-                Poll::Ready(Ok(0)) => {
-                    rbuf.truncate(len);
-                    Poll::Ready(Ev::Err("peer closed the link".into()))
-                }
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Ev::Err("peer closed the link".into())),
                 Poll::Ready(Ok(n)) => {
-                    rbuf.truncate(len + n);
+                    rbuf.extend_from_slice(&scratch[..n]);
                     Poll::Ready(Ev::Read(n))
                 }
-                Poll::Ready(Err(e)) => {
-                    rbuf.truncate(len);
-                    Poll::Ready(Ev::Err(e.to_string()))
-                }
+                Poll::Ready(Err(e)) => Poll::Ready(Ev::Err(e.to_string())),
                 Poll::Pending => {
-                    rbuf.truncate(len);
                     *link.waker.borrow_mut() = Some(cx.waker().clone());
                     Poll::Pending
                 }
