@@ -274,10 +274,7 @@ pub fn encode_message(m: &MessageOut<'_>) -> (Bytes, usize) {
         o = o.str("tid", t);
     }
     o.num("seq", m.seq).num("epoch", m.epoch).num("ts", m.ts).end();
-    let body_len = f.body().len() - 10;
-    let frame = f.finish();
-    let off = frame.len() - body_len;
-    (frame, off)
+    f.finish_with_body_offset()
 }
 
 /// `{"cmd":"getOnline","rid","users":[{"uid","name"}…]}`.

@@ -254,17 +254,23 @@ impl FrameBuf {
 
     /// Finishes a text frame (FIN set, unmasked, as servers send).
     pub fn finish(self) -> Bytes {
+        self.finish_op(OpCode::Data(Data::Text)).0
+    }
+
+    /// Finishes a text frame and says where its body starts in it (the
+    /// header's length), so a caller can keep the body without copying it.
+    pub fn finish_with_body_offset(self) -> (Bytes, usize) {
         self.finish_op(OpCode::Data(Data::Text))
     }
 
-    fn finish_op(mut self, opcode: OpCode) -> Bytes {
+    fn finish_op(mut self, opcode: OpCode) -> (Bytes, usize) {
         let body_len = (self.buf.len() - HEADROOM) as u64;
         let hdr = FrameHeader { opcode, ..FrameHeader::default() };
         let hlen = hdr.len(body_len);
         let start = HEADROOM - hlen;
         let mut head = &mut self.buf[start..HEADROOM];
         hdr.format(body_len, &mut head).expect("header fits its headroom");
-        self.buf.freeze().slice(start..)
+        (self.buf.freeze().slice(start..), hlen)
     }
 }
 
@@ -272,7 +278,7 @@ impl FrameBuf {
 pub fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut fb = FrameBuf::with_capacity(payload.len());
     fb.body().put_slice(payload);
-    fb.finish_op(opcode)
+    fb.finish_op(opcode).0
 }
 
 /// A close frame with a code and a short reason.
