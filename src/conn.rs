@@ -124,8 +124,7 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
     let mut pending = leftover;
     if !pending.is_empty() {
         let mut data = std::mem::take(&mut pending);
-        let n = data.len();
-        if let Err(e) = process(shard, key, &mut dec, &mut data, n, &mut pending) {
+        if let Err(e) = process(shard, key, &mut dec, &mut data, &mut pending) {
             violation(shard, key, e);
         }
     }
@@ -165,12 +164,11 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
                     // Borrowed only until the frames are handled, never across an await.
                     let mut rb = shard.read_buf.borrow_mut();
                     if pending.is_empty() {
-                        process(shard, key, &mut dec, &mut rb[..n], n, &mut pending)
+                        process(shard, key, &mut dec, &mut rb[..n], &mut pending)
                     } else {
                         pending.extend_from_slice(&rb[..n]);
                         let mut data = std::mem::take(&mut pending);
-                        let len = data.len();
-                        process(shard, key, &mut dec, &mut data, len, &mut pending)
+                        process(shard, key, &mut dec, &mut data, &mut pending)
                     }
                 };
                 if let Err(e) = r {
@@ -192,17 +190,11 @@ fn violation(shard: &Shard, key: u32, e: WsError) {
     shard.begin_close(key, e.close_code(), e.reason());
 }
 
-/// Decodes every whole frame in `data[..len]`; the tail of an incomplete
+/// Decodes every whole frame in `data`; the tail of an incomplete
 /// frame is copied into `pending` (sized to it, and freed once used).
-fn process(
-    shard: &Shard,
-    key: u32,
-    dec: &mut Decoder,
-    data: &mut [u8],
-    len: usize,
-    pending: &mut Vec<u8>,
-) -> Result<(), WsError> {
+fn process(shard: &Shard, key: u32, dec: &mut Decoder, data: &mut [u8], pending: &mut Vec<u8>) -> Result<(), WsError> {
     let max = shard.node.cfg.max_frame_bytes;
+    let len = data.len();
     let mut off = 0;
     while off < len {
         if shard.conn_flags(key).0.is_some() {
