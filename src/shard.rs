@@ -395,9 +395,22 @@ impl Shard {
     /// Returns false if the connection is closing or was just closed for
     /// exceeding its outbound cap.
     fn enqueue(&self, conns: &mut Slab<ConnEntry>, key: u32, frame: &Bytes) -> bool {
-        let Some(e) = conns.get_mut(key as usize) else {
-            return false;
-        };
+        match conns.get_mut(key as usize) {
+            Some(e) => self.push_frame(e, key, frame),
+            None => false,
+        }
+    }
+
+    /// [`Shard::enqueue`] to the connection `c` names, if it is still that
+    /// connection (its slot may have been reused since `c` was taken).
+    fn enqueue_to(&self, conns: &mut Slab<ConnEntry>, c: ConnRef, frame: &Bytes) -> bool {
+        match conns.get_mut(c.key as usize).filter(|e| e.generation == c.generation) {
+            Some(e) => self.push_frame(e, c.key, frame),
+            None => false,
+        }
+    }
+
+    fn push_frame(&self, e: &mut ConnEntry, key: u32, frame: &Bytes) -> bool {
         if e.closing.is_some() {
             return false;
         }
@@ -495,19 +508,10 @@ impl Shard {
         }
         let mut wb = self.write_buf.borrow_mut();
         while !e.queue.is_empty() {
-            let r = if e.queue.len() == 1 {
-                let f = &e.queue[0][e.front_off..];
-                raw_send(e.fd, f)
-            } else {
-                gather(e, &mut wb);
-                raw_send(e.fd, &wb)
-            };
+            let r = raw_send(e.fd, next_chunk(e, &mut wb));
             self.stats().writes.fetch_add(1, Relaxed);
             match r {
-                Ok(n) => {
-                    self.stats().bytes_out.fetch_add(n as u64, Relaxed);
-                    consume(e, n);
-                }
+                Ok(n) => self.wrote(e, n),
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                     e.write_blocked = true;
                     if let Some(w) = e.waker.take() {
@@ -542,12 +546,10 @@ impl Shard {
         let e = &mut conns[key as usize];
         let mut wb = self.write_buf.borrow_mut();
         while !e.queue.is_empty() {
-            gather(e, &mut wb);
-            match write(cx, &wb) {
+            match write(cx, next_chunk(e, &mut wb)) {
                 Poll::Ready(Ok(n)) => {
                     self.stats().writes.fetch_add(1, Relaxed);
-                    self.stats().bytes_out.fetch_add(n as u64, Relaxed);
-                    consume(e, n);
+                    self.wrote(e, n);
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => return Poll::Pending,
@@ -555,6 +557,12 @@ impl Shard {
         }
         e.write_blocked = false;
         Poll::Ready(Ok(true))
+    }
+
+    /// Accounts for `n` bytes a write took from the front of `e`'s queue.
+    fn wrote(&self, e: &mut ConnEntry, n: usize) {
+        self.stats().bytes_out.fetch_add(n as u64, Relaxed);
+        consume(e, n);
     }
 
     /// Bytes still queued for a connection.
@@ -844,7 +852,7 @@ impl Shard {
                 if e.rooms.contains(&rid) {
                     self.local_rooms.borrow_mut().entry(rid).or_default().insert(conn.key);
                 }
-                self.enqueue(&mut conns, conn.key, &ack);
+                self.push_frame(e, conn.key, &ack);
                 drop(conns);
                 self.wake_flusher();
             }
@@ -865,9 +873,7 @@ impl Shard {
                     }
                     Audience::Only(targets) => {
                         for c in targets {
-                            if conns.get(c.key as usize).is_some_and(|e| e.generation == c.generation)
-                                && self.enqueue(&mut conns, c.key, &frame)
-                            {
+                            if self.enqueue_to(&mut conns, c, &frame) {
                                 n += 1;
                             }
                         }
@@ -881,9 +887,7 @@ impl Shard {
             }
             ShardMsg::Direct { conn, frame } => {
                 let mut conns = self.conns.borrow_mut();
-                if conns.get(conn.key as usize).is_some_and(|e| e.generation == conn.generation) {
-                    self.enqueue(&mut conns, conn.key, &frame);
-                }
+                self.enqueue_to(&mut conns, conn, &frame);
                 drop(conns);
                 self.wake_flusher();
             }
@@ -1185,9 +1189,13 @@ fn frame_burst(rate: f64) -> f64 {
     (rate * 20.0).max(100.0)
 }
 
-/// Copies queued frames (from the unsent part of the first) into `wb`, up
-/// to [`WRITE_CHUNK`] bytes.
-fn gather(e: &ConnEntry, wb: &mut Vec<u8>) {
+/// The bytes for the next write of `e`'s queue: the unsent part of its only
+/// frame as it is, or several frames copied into `wb` (up to
+/// [`WRITE_CHUNK`] bytes) so that one write takes them all.
+fn next_chunk<'a>(e: &'a ConnEntry, wb: &'a mut Vec<u8>) -> &'a [u8] {
+    if e.queue.len() == 1 {
+        return &e.queue[0][e.front_off..];
+    }
     wb.clear();
     let mut off = e.front_off;
     for f in &e.queue {
@@ -1199,6 +1207,7 @@ fn gather(e: &ConnEntry, wb: &mut Vec<u8>) {
         wb.extend_from_slice(&part[..part.len().min(room)]);
         off = 0;
     }
+    wb
 }
 
 /// Drops `n` written bytes from the front of the queue.
