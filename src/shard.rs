@@ -1008,37 +1008,19 @@ impl Shard {
     fn owner_publish(&self, p: Publish) {
         let mut owned = self.owned.borrow_mut();
         let err = |msg| ShardMsg::Direct { conn: p.from, frame: ProtoError::new(protocol::ERR_INVALID, msg).encode() };
-        let Some(room) = owned.get_mut(&p.rid) else {
+        let sender = owned.get_mut(&p.rid).and_then(|room| {
+            let echo = room.member(&p.from)?.echo;
+            Some((room, echo))
+        });
+        let Some((room, sender_echo)) = sender else {
             drop(owned);
             self.stats().error(protocol::ERR_INVALID);
             return self.send_to_conn(p.from, err("not a member of rid"));
         };
-        let Some(sender_echo) = room.member(&p.from).map(|m| m.echo) else {
-            drop(owned);
-            self.stats().error(protocol::ERR_INVALID);
-            return self.send_to_conn(p.from, err("not a member of rid"));
-        };
-        let ts = unix_ms();
-        let t0 = Instant::now();
-        match &p.tid {
-            None => {
-                let seq = room.next_seq();
-                let (frame, off) = protocol::encode_message(&MessageOut {
-                    uid: &p.uid,
-                    name: &p.name,
-                    mtype: p.mtype,
-                    rid: &p.rid,
-                    msg: &p.msg,
-                    tid: None,
-                    seq,
-                    epoch: room.epoch(),
-                    ts,
-                });
-                room.remember(seq, frame.slice(off..));
-                drop(owned);
-                let except = if sender_echo { None } else { Some(p.from) };
-                self.broadcast(&p.rid, frame, except);
-            }
+        // With a `tid`, exactly the target's connections (and the sender's,
+        // with echo) get it; without, the whole room.
+        let targets = match &p.tid {
+            None => None,
             Some(tid) => {
                 let Some(target) = room.user(tid) else {
                     drop(owned);
@@ -1049,20 +1031,33 @@ impl Shard {
                 if sender_echo && !targets.contains(&p.from) {
                     targets.push(p.from);
                 }
-                // A private message is not one of the room's messages: it
-                // carries the room's current seq and does not advance it, so
-                // other members see no gap.
-                let (frame, _) = protocol::encode_message(&MessageOut {
-                    uid: &p.uid,
-                    name: &p.name,
-                    mtype: p.mtype,
-                    rid: &p.rid,
-                    msg: &p.msg,
-                    tid: Some(tid),
-                    seq: room.seq(),
-                    epoch: room.epoch(),
-                    ts,
-                });
+                Some(targets)
+            }
+        };
+        // A private message is not one of the room's messages: it carries the
+        // room's current seq and does not advance it, so other members see no
+        // gap.
+        let seq = if targets.is_none() { room.next_seq() } else { room.seq() };
+        let t0 = Instant::now();
+        let (frame, off) = protocol::encode_message(&MessageOut {
+            uid: &p.uid,
+            name: &p.name,
+            mtype: p.mtype,
+            rid: &p.rid,
+            msg: &p.msg,
+            tid: p.tid.as_deref(),
+            seq,
+            epoch: room.epoch(),
+            ts: unix_ms(),
+        });
+        match targets {
+            None => {
+                room.remember(seq, frame.slice(off..));
+                drop(owned);
+                let except = if sender_echo { None } else { Some(p.from) };
+                self.broadcast(&p.rid, frame, except);
+            }
+            Some(targets) => {
                 drop(owned);
                 self.deliver_to(&p.rid, &frame, targets, t0);
             }
