@@ -123,6 +123,13 @@ impl Driver {
         panic!("chromedriver did not become ready");
     }
 
+    /// A 1200×900 session with the chat page of `server` loaded.
+    fn page(&self, server: SocketAddr) -> Browser {
+        let b = self.session(1200, 900);
+        b.open(server);
+        b
+    }
+
     /// A new browser session with its own empty profile directory.
     fn session(&self, width: u32, height: u32) -> Browser {
         static N: AtomicUsize = AtomicUsize::new(0);
@@ -361,6 +368,15 @@ fn test_dir(test: &str) -> PathBuf {
     d
 }
 
+/// A test's folder, a server started with `args`, and chromedriver logging
+/// into the folder.
+fn setup(test: &str, args: &[&str]) -> (PathBuf, Server, Driver) {
+    let dir = test_dir(test);
+    let server = Server::start(args);
+    let driver = Driver::start(&dir);
+    (dir, server, driver)
+}
+
 fn shot(b: &Browser, dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(format!("{name}.png"));
     b.screenshot(&p);
@@ -390,13 +406,9 @@ fn next_message(c: &mut Client) -> Value {
 /// (a) Two pages in one room chat both ways and see each other online.
 #[test]
 fn two_pages_chat_both_ways() {
-    let dir = test_dir("two_pages_chat_both_ways");
-    let server = Server::start(&["--shards", "2"]);
-    let driver = Driver::start(&dir);
-    let a = driver.session(1200, 900);
-    let b = driver.session(1200, 900);
-    a.open(server.addr);
-    b.open(server.addr);
+    let (dir, server, driver) = setup("two_pages_chat_both_ways", &["--shards", "2"]);
+    let a = driver.page(server.addr);
+    let b = driver.page(server.addr);
     a.login("Alice", "lobby", None);
     b.login("Bob", "lobby", None);
     let (ua, ub) = (a.my_uid(), b.my_uid());
@@ -436,13 +448,9 @@ fn two_pages_chat_both_ways() {
 /// (b) A private message from A to B reaches B only, not a third member.
 #[test]
 fn private_message_reaches_only_target() {
-    let dir = test_dir("private_message_reaches_only_target");
-    let server = Server::start(&["--shards", "2"]);
-    let driver = Driver::start(&dir);
-    let a = driver.session(1200, 900);
-    let b = driver.session(1200, 900);
-    a.open(server.addr);
-    b.open(server.addr);
+    let (dir, server, driver) = setup("private_message_reaches_only_target", &["--shards", "2"]);
+    let a = driver.page(server.addr);
+    let b = driver.page(server.addr);
     a.login("Alice", "room1", None);
     b.login("Bob", "room1", Some("bob-uid"));
     let mut carol = server.client();
@@ -489,13 +497,9 @@ fn private_message_reaches_only_target() {
 /// (c) Markup in a message (and in a name, and a non-http picture) is text.
 #[test]
 fn markup_is_shown_as_text() {
-    let dir = test_dir("markup_is_shown_as_text");
-    let server = Server::start(&["--shards", "2"]);
-    let driver = Driver::start(&dir);
-    let a = driver.session(1200, 900);
-    let b = driver.session(1200, 900);
-    a.open(server.addr);
-    b.open(server.addr);
+    let (dir, server, driver) = setup("markup_is_shown_as_text", &["--shards", "2"]);
+    let a = driver.page(server.addr);
+    let b = driver.page(server.addr);
     a.login("Alice", "xss", None);
     b.login("Bob", "xss", None);
     let evil = "<img src=x onerror=alert(1)>";
@@ -532,11 +536,8 @@ fn markup_is_shown_as_text() {
 /// pic/audio messages with an http(s) URL become <img>/<audio>.
 #[test]
 fn media_messages_for_http_urls() {
-    let dir = test_dir("media_messages_for_http_urls");
-    let server = Server::start(&["--shards", "2"]);
-    let driver = Driver::start(&dir);
-    let a = driver.session(1200, 900);
-    a.open(server.addr);
+    let (dir, server, driver) = setup("media_messages_for_http_urls", &["--shards", "2"]);
+    let a = driver.page(server.addr);
     a.login("Alice", "media", None);
     let mut c = server.client();
     c.login("Carl", "media", Some("carl"));
@@ -571,12 +572,9 @@ fn media_messages_for_http_urls() {
 /// fetches what it missed and shows new messages, without duplicates.
 #[test]
 fn reconnects_after_server_restart() {
-    let dir = test_dir("reconnects_after_server_restart");
-    let mut server = Server::start(&["--shards", "2"]);
+    let (dir, mut server, driver) = setup("reconnects_after_server_restart", &["--shards", "2"]);
     let addr = server.addr;
-    let driver = Driver::start(&dir);
-    let a = driver.session(1200, 900);
-    a.open(addr);
+    let a = driver.page(addr);
     a.login("Alice", "durable", None);
     let uid = a.my_uid();
     let mut bob = server.client();
@@ -650,9 +648,7 @@ fn reconnects_after_server_restart() {
 /// with the keyboard alone.
 #[test]
 fn phone_width_keyboard_only() {
-    let dir = test_dir("phone_width_keyboard_only");
-    let server = Server::start(&["--shards", "2"]);
-    let driver = Driver::start(&dir);
+    let (dir, server, driver) = setup("phone_width_keyboard_only", &["--shards", "2"]);
     let a = driver.session(375, 800);
     a.cmd("POST", "/window/rect", Some(json!({"width": 375, "height": 800})));
     a.open(server.addr);
@@ -706,11 +702,8 @@ fn phone_width_keyboard_only() {
 /// (f) Server errors are shown: a too-long message, then sending too fast.
 #[test]
 fn server_errors_are_shown() {
-    let dir = test_dir("server_errors_are_shown");
-    let server = Server::start(&["--shards", "2", "--rate-limit", "1"]);
-    let driver = Driver::start(&dir);
-    let a = driver.session(1200, 900);
-    a.open(server.addr);
+    let (dir, server, driver) = setup("server_errors_are_shown", &["--shards", "2", "--rate-limit", "1"]);
+    let a = driver.page(server.addr);
     a.login("Alice", "errs", None);
     let banner_hidden = "return document.querySelector('[data-testid=error-banner]').hidden";
     assert_eq!(a.exec(banner_hidden, json!([])), true);
@@ -750,11 +743,8 @@ fn server_errors_are_shown() {
 /// Joining a second room, switching between rooms, unread counts.
 #[test]
 fn join_and_switch_rooms() {
-    let dir = test_dir("join_and_switch_rooms");
-    let server = Server::start(&["--shards", "2"]);
-    let driver = Driver::start(&dir);
-    let a = driver.session(1200, 900);
-    a.open(server.addr);
+    let (dir, server, driver) = setup("join_and_switch_rooms", &["--shards", "2"]);
+    let a = driver.page(server.addr);
     let mut c = server.client();
     c.login("Cy", "second", Some("cy"));
     c.say("second", "history in second");
