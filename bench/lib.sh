@@ -233,6 +233,7 @@ bench_runs() {
     for r in $(seq "$runs"); do
         wait_quiet
         start_servers "$nodes" "$shards" "${server_args[@]}"
+        rc=0
         run_loadgen "$WORK/run$r" "$@" || rc=$?
         local rss=() pid
         for pid in "${SERVER_PIDS[@]}"; do
