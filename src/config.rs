@@ -62,12 +62,17 @@ pub struct Args {
     pub busy_poll_us: Option<u64>,
     /// Let the OS place the shard threads instead of pinning shard i to core i.
     /// Pinning (the default) keeps a shard's rooms and sockets on one core's
-    /// caches; on a host whose cores are busy with other processes (a load
-    /// generator beside the server, say) an unpinned shard can move away from
-    /// a busy core instead of waiting for it (see bench/README.md).
-    /// `--no-pin=false` pins again over a config file's `no-pin = true`.
+    /// caches; a pinned shard whose core other processes keep busy is released
+    /// anyway (see --unpin-above). `--no-pin=false` pins again over a config
+    /// file's `no-pin = true`.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub no_pin: Option<bool>,
+    /// Percent of a second a pinned shard may wait for its core (other processes
+    /// busy on it) before it is released to run on any core; it tries the pin
+    /// again after 30 s, backing off to 16 min while the core stays busy.
+    /// 0 keeps shards pinned whatever happens. Default 10.
+    #[arg(long, value_name = "PERCENT")]
+    pub unpin_above: Option<f64>,
     /// Milliseconds a shard lets outgoing frames pile up before writing, applied only
     /// while writing takes over 60% of its time, so that each write carries more
     /// frames under load; 0 turns it off. Default 10.
@@ -109,6 +114,7 @@ struct FileConfig {
     shutdown_grace: Option<f64>,
     busy_poll_us: Option<u64>,
     no_pin: Option<bool>,
+    unpin_above: Option<f64>,
     coalesce_ms: Option<f64>,
     node_id: Option<String>,
     relay_listen: Option<SocketAddr>,
@@ -163,6 +169,9 @@ pub struct Config {
     pub busy_poll: Duration,
     /// Pin shard i to the i-th allowed CPU.
     pub pin: bool,
+    /// Share (0..1) of a second a pinned shard may wait for its core before it
+    /// is released (see [`crate::pinning`]); 0 never releases.
+    pub unpin_above: f64,
     /// Flush coalescing delay under load.
     pub coalesce: Duration,
     /// Flusher load (share of a 100 ms tick spent writing) above which the delay applies.
@@ -196,6 +205,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(3),
             busy_poll: Duration::ZERO,
             pin: true,
+            unpin_above: 0.10,
             coalesce: Duration::from_millis(10),
             coalesce_above: 0.6,
             node_id: String::new(),
@@ -271,6 +281,8 @@ impl Config {
             shutdown_grace: secs("shutdown-grace", pick!(shutdown_grace).unwrap_or(3.0))?,
             busy_poll: Duration::from_micros(pick!(busy_poll_us).unwrap_or(0).min(1_000_000)),
             pin: !pick!(no_pin).unwrap_or(false),
+            unpin_above: pick!(unpin_above)
+                .map_or(d.unpin_above, |p| if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) / 100.0 }),
             coalesce: Duration::from_micros((pick!(coalesce_ms).unwrap_or(10.0).clamp(0.0, 1000.0) * 1000.0) as u64),
             coalesce_above: d.coalesce_above,
             node_id,
@@ -306,6 +318,17 @@ mod tests {
         assert_eq!(c.max_message_bytes, 1024);
         assert!(c.shards >= 1);
         assert!(c.pin, "shards are pinned unless asked otherwise");
+        assert_eq!(c.unpin_above, 0.10);
+    }
+
+    #[test]
+    fn unpin_threshold_is_a_percentage() {
+        let c = Config::from_args(Args::parse_from(["cchat", "--unpin-above", "25"])).unwrap();
+        assert_eq!(c.unpin_above, 0.25);
+        let c = Config::from_args(Args::parse_from(["cchat", "--unpin-above", "0"])).unwrap();
+        assert_eq!(c.unpin_above, 0.0, "0 keeps shards pinned");
+        let c = Config::from_args(Args::parse_from(["cchat", "--unpin-above", "250"])).unwrap();
+        assert_eq!(c.unpin_above, 1.0);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! A node runs one glommio executor per core ([`server`]), each a [`shard`]
-//! pinned to its core (unless `--no-pin`) and accepting on the shared port (SO_REUSEPORT). A
+//! pinned to its core (unless `--no-pin`; released while other processes keep
+//! that core busy, [`pinning`]) and accepting on the shared port (SO_REUSEPORT). A
 //! connection lives on the shard that accepted it (`conn`). Each room has an
 //! owner shard ([`placement`]) that holds its roster and history and assigns
 //! `seq` ([`room`]); the owner encodes every outgoing frame once
@@ -31,6 +32,7 @@
 //! | [`config`] | flags, TOML file, defaults | file |
 //! | [`metrics`] | per-shard counters, Prometheus text | no |
 //! | [`node`] | state shared by a node's shards | no |
+//! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |
 //! | [`cluster`] | live nodes, room → owner node | no |
 //! | [`relay::codec`], [`relay::handshake`] | relay wire format and handshake | no |
 //! | [`relay`] | links between nodes | yes |
@@ -46,6 +48,7 @@ pub mod ids;
 pub mod json;
 pub mod metrics;
 pub mod node;
+pub mod pinning;
 pub mod placement;
 pub mod protocol;
 pub mod ratelimit;

@@ -41,6 +41,11 @@ pub struct ShardStats {
     /// Live nodes (this one included) in the cluster view this shard routes
     /// rooms by; shards apply a new view when their queue reaches it.
     pub view_nodes: AtomicI64,
+    /// 1 while the shard is pinned to its core, 0 while it floats (released
+    /// from a busy core, or started with --no-pin).
+    pub pinned: AtomicI64,
+    /// Times the shard was released from its core because it waited for it.
+    pub core_releases: AtomicU64,
     /// Fan-out latency (owner sequenced → recipient shard wrote), microseconds.
     pub latency: Mutex<Histogram<u64>>,
 }
@@ -61,6 +66,8 @@ impl Default for ShardStats {
             rejected_connections: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             view_nodes: AtomicI64::new(1),
+            pinned: AtomicI64::new(0),
+            core_releases: AtomicU64::new(0),
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
         }
     }
@@ -176,6 +183,20 @@ impl NodeStats {
         );
         for (i, s) in self.shards.iter().enumerate() {
             let _ = writeln!(out, "cchat_shard_cluster_nodes{{shard=\"{i}\"}} {}", s.view_nodes.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cchat_shard_pinned 1 while a shard is pinned to its core, 0 while it may run on any core.\n# TYPE cchat_shard_pinned gauge"
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(out, "cchat_shard_pinned{{shard=\"{i}\"}} {}", s.pinned.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cchat_shard_core_releases_total Times a pinned shard was released because other processes kept its core busy.\n# TYPE cchat_shard_core_releases_total counter"
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(out, "cchat_shard_core_releases_total{{shard=\"{i}\"}} {}", s.core_releases.load(Relaxed));
         }
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
         for s in &self.shards {

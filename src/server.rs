@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::node::Node;
+use crate::pinning::CorePin;
 use crate::shard::{Shard, ShardMsg, TICK};
 
 /// How long a shard handles cross-shard items before the flusher gets a turn.
@@ -70,12 +71,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let node = node.clone();
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
-        let place = if node.cfg.pin { Placement::Fixed(cpus[i % cpus.len()]) } else { Placement::Unbound };
+        let core = node.cfg.pin.then(|| cpus[i % cpus.len()]);
+        let place = core.map_or(Placement::Unbound, Placement::Fixed);
+        let cpus = cpus.clone();
         let h = LocalExecutorBuilder::new(place)
             .name(&format!("shard-{i}"))
             .io_memory(1 << 20)
             .spin_before_park(node.cfg.busy_poll)
-            .spawn(move || async move { shard_main(i, node, mesh, addr, ready).await })
+            .spawn(move || async move {
+                // Runs on the shard's thread: the pin it manages is its own.
+                let pin = core.and_then(|c| CorePin::new(c, cpus, node.cfg.unpin_above));
+                node.stats.shards[i].pinned.store(core.is_some() as i64, Relaxed);
+                shard_main(i, node, mesh, addr, ready, pin).await
+            })
             .map_err(|e| anyhow::anyhow!("cannot start shard {i}: {e}"))?;
         handles.push(h);
     }
@@ -173,6 +181,7 @@ async fn shard_main(
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     addr: SocketAddr,
     ready: crossbeam_channel::Sender<anyhow::Result<()>>,
+    pin: Option<CorePin>,
 ) {
     let (senders, receivers) = if node.cfg.shards > 1 {
         match mesh.join().await {
@@ -193,6 +202,7 @@ async fn shard_main(
         }
     };
     let shard = Rc::new(Shard::new(id, node.clone(), senders));
+    *shard.pin.borrow_mut() = pin;
 
     let mut tasks = Vec::new();
     if let Some(mut receivers) = receivers {

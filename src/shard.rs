@@ -29,10 +29,12 @@ use glommio::{GlommioError, ResourceType};
 use hdrhistogram::Histogram;
 use indexmap::IndexSet;
 use slab::Slab;
+use tracing::info;
 
 use crate::cluster::View;
 use crate::ids::{Id, Name};
 use crate::node::Node;
+use crate::pinning::{Action, CorePin};
 use crate::placement::shard_for;
 use crate::protocol::{self, Command, MessageOut, MsgType, ParseLimits, ProtoError};
 use crate::ratelimit::TokenBucket;
@@ -250,6 +252,8 @@ pub struct Shard {
     view: RefCell<Rc<View>>,
     /// The relay (links to other nodes); only on shard 0 of a clustered node.
     pub(crate) relay: RefCell<Option<Rc<Relay>>>,
+    /// This shard's pin to its core, when pinned (see [`crate::pinning`]).
+    pub(crate) pin: RefCell<Option<CorePin>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -288,6 +292,7 @@ impl Shard {
             started: Instant::now(),
             view: RefCell::new(Rc::new(View::solo(&node.cfg.node_id))),
             relay: RefCell::new(None),
+            pin: RefCell::new(None),
             node,
         }
     }
@@ -1130,12 +1135,31 @@ impl Shard {
         }
         self.wake_flusher();
         if t.is_multiple_of(10) {
+            self.review_pin();
             let mut local = self.latency.borrow_mut();
             if let Ok(mut shared) = self.stats().latency.try_lock() {
                 let _ = shared.add(&*local);
                 local.reset();
             }
         }
+    }
+
+    /// Once a second: releases the shard from its core while other processes
+    /// keep the core busy, and pins it again later (see [`crate::pinning`]).
+    fn review_pin(&self) {
+        let mut pin = self.pin.borrow_mut();
+        let Some(p) = pin.as_mut() else { return };
+        let (action, share) = p.tick();
+        let waited = format!("{:.0}%", share * 100.0);
+        match action {
+            Action::Stay => return,
+            Action::Release => {
+                self.stats().core_releases.fetch_add(1, Relaxed);
+                info!(shard = self.id, core = p.core(), waited, "core busy with other work: shard may run on any core");
+            }
+            Action::Repin => info!(shard = self.id, core = p.core(), "shard pinned to its core again"),
+        }
+        self.stats().pinned.store(p.pinned() as i64, Relaxed);
     }
 
     /// Begins shutdown: every connection gets a 1001 close frame.
