@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Side by side, in one session: loads A and B against cchat as it starts by
-# default (two pinned shards, loadgen beside it), with --no-pin (NO_PIN=1),
+# default (two shards pinned, released from a core loadgen keeps busy), with
+# strict pinning (STRICT_PIN=1: --unpin-above 0), with --no-pin (NO_PIN=1),
 # with a core each for it and loadgen (SPLIT=1: one shard on CPU 1, loadgen
 # on CPU 0), and against the comparison hub bench/hubs/tokio-hub (tokio +
 # tokio-tungstenite, "the usual way"), all driven by the same loadgen. Each
-# configuration writes its own results/DATE-load-{a,b}[-nopin|-split|
+# configuration writes its own results/DATE-load-{a,b}[-strictpin|-nopin|-split|
 # -tokio-hub].* files (three runs each); this script then writes
 # results/DATE-compare.md, a table of their medians.
-# RUNS=N changes the runs per configuration. Takes about 15 minutes.
+# RUNS=N changes the runs per configuration. Takes about 20 minutes.
 set -euo pipefail
 DIR="$(cd "$(dirname "$0")" && pwd)"
 DATE="${DATE:-$(date -u +%Y-%m-%d)}"
@@ -19,6 +20,7 @@ STARTED=$(date +%s)
 export STARTED
 for load in a b; do
     NO_BUILD=1 "$DIR/load-$load.sh" || status=1
+    NO_BUILD=1 STRICT_PIN=1 "$DIR/load-$load.sh" || status=1
     NO_BUILD=1 NO_PIN=1 "$DIR/load-$load.sh" || status=1
     NO_BUILD=1 SPLIT=1 "$DIR/load-$load.sh" || status=1
     NO_BUILD=1 BENCH_SERVER=tokio-hub "$DIR/load-$load.sh" || status=1
@@ -27,7 +29,8 @@ python3 - "$DIR/results" "$DATE" "$STARTED" > "$DIR/results/$DATE-compare.md" <<
 import json, os, sys
 results, date, started = sys.argv[1], sys.argv[2], int(sys.argv[3])
 configs = [
-    ("", "cchat, 2 pinned shards, loadgen beside it"),
+    ("", "cchat as started by default (2 shards pinned, released from a busy core), loadgen beside it"),
+    ("-strictpin", "cchat, 2 shards pinned whatever happens (--unpin-above 0), loadgen beside it"),
     ("-nopin", "cchat, 2 shards not pinned (--no-pin), loadgen beside it"),
     ("-split", "cchat, 1 shard on CPU 1, loadgen on CPU 0"),
     ("-tokio-hub", "tokio-hub (tokio + tokio-tungstenite), loadgen beside it"),

@@ -15,6 +15,8 @@
 #   `taskset -c $LOADGEN_CPUS` (default 0); results get a `-split` suffix.
 # NO_PIN=1 starts cchat with --no-pin (shards not pinned to cores); results
 #   get a `-nopin` suffix.
+# STRICT_PIN=1 starts cchat with --unpin-above 0 (shards stay pinned even when
+#   their core is busy with loadgen); results get a `-strictpin` suffix.
 # BENCH_SERVER=tokio-hub measures the comparison hub (bench/hubs/tokio-hub, built
 #   here) instead of cchat, one node; results get a `-tokio-hub` suffix.
 # Everything started here is stopped by PID on exit, whatever happens.
@@ -61,6 +63,10 @@ bench_init() {
     if [ "${NO_PIN:-0}" = 1 ]; then
         NAME="$NAME-nopin"
         TITLE="$TITLE, shards not pinned (--no-pin)"
+    fi
+    if [ "${STRICT_PIN:-0}" = 1 ]; then
+        NAME="$NAME-strictpin"
+        TITLE="$TITLE, shards pinned whatever happens (--unpin-above 0)"
     fi
     if [ "${SPLIT:-0}" = 1 ]; then
         NAME="$NAME-split"
@@ -143,6 +149,7 @@ start_servers() {
         else
             cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "${relay[@]}" "$@")
             if [ "${NO_PIN:-0}" = 1 ]; then cmd+=(--no-pin); fi
+            if [ "${STRICT_PIN:-0}" = 1 ]; then cmd+=(--unpin-above 0); fi
         fi
         RUST_LOG=warn "${SERVER_PIN[@]}" "${cmd[@]}" > "$log" 2> "$log.err" &
         pid=$!
@@ -180,6 +187,9 @@ start_servers() {
     fi
     if [ "${NO_PIN:-0}" = 1 ]; then
         SERVER_CMD="$SERVER_CMD --no-pin"
+    fi
+    if [ "${STRICT_PIN:-0}" = 1 ]; then
+        SERVER_CMD="$SERVER_CMD --unpin-above 0"
     fi
     if [ "$BENCH_SERVER" = tokio-hub ]; then
         SERVER_CMD="tokio-hub 127.0.0.1:0 (bench/hubs/tokio-hub: tokio multi-thread runtime, a worker thread per core)"
