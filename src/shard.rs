@@ -945,7 +945,10 @@ impl Shard {
             for (key, e) in conns.iter() {
                 let (Some(uid), Some(name)) = (&e.uid, &e.name) else { continue };
                 for rid in &e.rooms {
-                    if old_view.owner(rid) != new_view.owner(rid) {
+                    // Rooms that moved, and rooms of a node that went down and
+                    // is live again by now (it forgot this node's members).
+                    let owner = new_view.owner(rid);
+                    if old_view.owner(rid) != owner || down == Some(owner) {
                         let indexed = lr.get(rid).is_some_and(|m| m.contains(&(key as u32)));
                         rejoins.push(ShardMsg::Join {
                             rid: rid.clone(),

@@ -354,10 +354,10 @@ fn strangers_and_wrong_secrets_are_refused() {
 #[test]
 fn a_slow_peer_link_is_closed_at_its_queue_cap() {
     use cchat::ids::{Id, Name};
-    use cchat::relay::{codec, handshake};
+    use cchat::relay::codec;
     use cchat::room::ConnRef;
     use cchat::shard::ShardMsg;
-    use std::io::{Read, Write};
+    use std::io::Write;
 
     let ports = free_ports(2);
     let relay = format!("127.0.0.1:{}", ports[1]);
@@ -383,38 +383,15 @@ fn a_slow_peer_link_is_closed_at_its_queue_cap() {
         .find(|r| cchat::placement::node_for(r, ["real", "fake"]) == Some("real"))
         .unwrap();
 
-    // The fake peer: small receive buffer, handshake by the book.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&relay.parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
-    let mut peer: std::net::TcpStream = sock.into();
-    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let own = handshake::Hello::new("fake");
-    peer.write_all(&own.encode()).unwrap();
-    let mut buf = Vec::new();
-    let theirs = loop {
-        let mut b = [0u8; 256];
-        let n = peer.read(&mut b).unwrap();
-        assert!(n > 0, "relay closed during the handshake");
-        buf.extend_from_slice(&b[..n]);
-        if let Some((h, used)) = handshake::Hello::decode(&buf).unwrap() {
-            buf.drain(..used);
-            break h;
-        }
-    };
-    peer.write_all(&handshake::proof(SECRET, &own, &theirs)).unwrap();
-    while buf.len() < handshake::PROOF_LEN {
-        let mut b = [0u8; 64];
-        let n = peer.read(&mut b).unwrap();
-        buf.extend_from_slice(&b[..n]);
-    }
-    handshake::verify(SECRET, &own, &theirs, &buf[..handshake::PROOF_LEN]).unwrap();
+    // The fake peer: small receive buffer, handshake by the book. It has
+    // the smaller name, so it picks the link: ACTIVATE.
+    let (mut peer, _) = FakePeer::connect(&relay, "fake", Some(4096));
+    peer.write_all(&codec::activate()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.metric("cchat_relay_link_up") < 1.0 {
         assert!(Instant::now() < deadline, "fake link never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(200));
     s.wait_view(2);
     // A member on the fake node, so every message in the room goes its way.
     let join = ShardMsg::Join {
@@ -460,4 +437,152 @@ fn a_slow_peer_link_is_closed_at_its_queue_cap() {
             break;
         }
     }
+}
+
+/// A test-side relay peer: a plain TCP socket that does the handshake by the
+/// book and then reads and writes raw relay frames.
+struct FakePeer;
+
+impl FakePeer {
+    /// Connects to `relay` as node `name`; returns the stream and any bytes
+    /// read past the handshake.
+    fn connect(relay: &str, name: &str, rcvbuf: Option<usize>) -> (std::net::TcpStream, Vec<u8>) {
+        use cchat::relay::handshake;
+        use std::io::{Read, Write};
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(n) = rcvbuf {
+            sock.set_recv_buffer_size(n).unwrap();
+        }
+        sock.connect(&relay.parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        let mut peer: std::net::TcpStream = sock.into();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let own = handshake::Hello::new(name);
+        peer.write_all(&own.encode()).unwrap();
+        let mut buf = Vec::new();
+        let theirs = loop {
+            let mut b = [0u8; 256];
+            let n = peer.read(&mut b).unwrap();
+            assert!(n > 0, "relay closed during the handshake");
+            buf.extend_from_slice(&b[..n]);
+            if let Some((h, used)) = handshake::Hello::decode(&buf).unwrap() {
+                buf.drain(..used);
+                break h;
+            }
+        };
+        peer.write_all(&handshake::proof(SECRET, &own, &theirs)).unwrap();
+        while buf.len() < handshake::PROOF_LEN {
+            let mut b = [0u8; 64];
+            let n = peer.read(&mut b).unwrap();
+            assert!(n > 0, "relay closed during the handshake");
+            buf.extend_from_slice(&b[..n]);
+        }
+        handshake::verify(SECRET, &own, &theirs, &buf[..handshake::PROOF_LEN]).unwrap();
+        buf.drain(..handshake::PROOF_LEN);
+        (peer, buf)
+    }
+
+    /// Reads frame types off `peer` (with `pending` bytes first) until EOF
+    /// or `until` passes; returns them and whether EOF was reached.
+    fn frame_types(peer: &mut std::net::TcpStream, mut pending: Vec<u8>, until: Instant) -> (Vec<u8>, bool) {
+        use std::io::Read;
+        let mut types = Vec::new();
+        loop {
+            while pending.len() >= 5 {
+                let len = u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
+                if pending.len() < 4 + len {
+                    break;
+                }
+                types.push(pending[4]);
+                pending.drain(..4 + len);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (types, false);
+            }
+            peer.set_read_timeout(Some(left)).unwrap();
+            let mut b = [0u8; 4096];
+            match peer.read(&mut b) {
+                Ok(0) => return (types, true),
+                Ok(n) => pending.extend_from_slice(&b[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return (types, false);
+                }
+                Err(_) => return (types, true),
+            }
+        }
+    }
+}
+
+const T_HEARTBEAT: u8 = 1;
+const T_ACTIVATE: u8 = 2;
+
+fn relay_node(name: &str) -> (Server, String) {
+    let ports = free_ports(2);
+    let relay = format!("127.0.0.1:{}", ports[1]);
+    let s = Server::try_start_on(
+        &format!("127.0.0.1:{}", ports[0]),
+        &["--node-id", name, "--relay-listen", &relay, "--cluster-secret", SECRET],
+    )
+    .unwrap();
+    (s, relay)
+}
+
+/// Of a pair, the node with the smaller name picks the link that carries
+/// traffic; the other sends nothing but heartbeats on a link until told.
+#[test]
+fn the_smaller_name_picks_the_link() {
+    use cchat::relay::codec;
+    use std::io::Write;
+
+    // The real node ("m") decides for a peer named "z": its first frame on
+    // the link is ACTIVATE, and the peer is up.
+    let (s, relay) = relay_node("m");
+    let (mut z1, rest) = FakePeer::connect(&relay, "z", None);
+    let (types, eof) = FakePeer::frame_types(&mut z1, rest, Instant::now() + Duration::from_millis(600));
+    assert!(!eof);
+    assert_eq!(types.first(), Some(&T_ACTIVATE), "ACTIVATE comes first: {types:?}");
+    assert!(types[1..].iter().all(|&t| t == T_HEARTBEAT), "{types:?}");
+    s.wait_view(2);
+    assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
+    // A second link from "z" while the first works: closed unused, with not
+    // a single frame on it, and the first link stays up.
+    let (mut z2, rest) = FakePeer::connect(&relay, "z", None);
+    let (types, eof) = FakePeer::frame_types(&mut z2, rest, Instant::now() + Duration::from_secs(5));
+    assert!(eof, "the unused link is closed");
+    assert!(types.is_empty(), "nothing is sent on an unused link: {types:?}");
+    z1.write_all(&codec::heartbeat()).unwrap();
+    let (types, eof) = FakePeer::frame_types(&mut z1, Vec::new(), Instant::now() + Duration::from_millis(600));
+    assert!(!eof && !types.is_empty(), "the first link still carries heartbeats");
+    assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
+    s.wait_view(2);
+    drop((s, z1, z2));
+
+    // A peer named "a" decides for the real node ("m"): until "a" sends
+    // ACTIVATE, the link is not up and carries only heartbeats.
+    let (s, relay) = relay_node("m");
+    let (mut a, rest) = FakePeer::connect(&relay, "a", None);
+    let (types, eof) = FakePeer::frame_types(&mut a, rest, Instant::now() + Duration::from_millis(800));
+    assert!(!eof);
+    assert!(types.iter().all(|&t| t == T_HEARTBEAT), "only heartbeats before ACTIVATE: {types:?}");
+    assert_eq!(s.metric("cchat_relay_link_up"), 0.0);
+    assert_eq!(s.metric_values("cchat_shard_cluster_nodes").iter().fold(0.0f64, |m, &v| m.max(v)), 1.0);
+    a.write_all(&codec::activate()).unwrap();
+    s.wait_view(2);
+    assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
+    drop((s, a));
+
+    // Traffic on a link that was never activated is a protocol violation:
+    // that link is closed, and nothing else.
+    let (s, relay) = relay_node("m");
+    let (mut a, rest) = FakePeer::connect(&relay, "a", None);
+    let leave = cchat::shard::ShardMsg::GetOnline {
+        rid: cchat::ids::Id::parse_str("r").unwrap(),
+        conn: cchat::room::ConnRef { node: 0, shard: 0, key: 1, generation: 1 },
+    };
+    a.write_all(&codec::encode(&leave).unwrap()).unwrap();
+    let (_, eof) = FakePeer::frame_types(&mut a, rest, Instant::now() + Duration::from_secs(5));
+    assert!(eof, "a link carrying traffic before ACTIVATE is closed");
+    assert_eq!(s.metric("cchat_relay_link_up"), 0.0);
+    let mut c = s.client();
+    c.login("x", "r", None);
 }

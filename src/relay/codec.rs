@@ -14,6 +14,7 @@
 //! opt<T>  := 0 | 1 T
 //!
 //! type 1  HEARTBEAT   (empty)
+//! type 2  ACTIVATE    (empty; see below)
 //! type 10 JOIN        rid:str conn uid:str name:str flags:u8 (bit0 echo, bit1 rejoin)
 //! type 11 LEAVE       rid:str conn ack:u8
 //! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str>
@@ -25,6 +26,11 @@
 //!                               | 1 n:u32 conn[n]      (exactly these connections)
 //! type 22 DIRECT      conn frame:blob
 //! ```
+//!
+//! ACTIVATE picks the one link of a pair that carries traffic: the node with
+//! the smaller name decides, and sends it as the first frame on the link it
+//! chose; the other node sends nothing but heartbeats on a link until
+//! ACTIVATE arrives on it (see [`super`]).
 //!
 //! Requests (10–14) name a connection of the *sending* node; owner messages
 //! (20–22) name connections of the *receiving* node. The node of a
@@ -46,6 +52,7 @@ pub const MAX_FRAME: usize = 16 << 20;
 
 /// Frame type of a heartbeat.
 pub const T_HEARTBEAT: u8 = 1;
+const T_ACTIVATE: u8 = 2;
 const T_JOIN: u8 = 10;
 const T_LEAVE: u8 = 11;
 const T_PUBLISH: u8 = 12;
@@ -74,6 +81,8 @@ pub enum CodecError {
 pub enum Frame {
     /// Liveness only.
     Heartbeat,
+    /// The deciding node chose this link for the pair's traffic.
+    Activate,
     /// A shard message, with connection nodes set to the link's node where
     /// they refer to the peer.
     Msg(ShardMsg),
@@ -82,6 +91,11 @@ pub enum Frame {
 /// Encodes a heartbeat frame.
 pub fn heartbeat() -> Bytes {
     Bytes::from_static(&[0, 0, 0, 1, T_HEARTBEAT])
+}
+
+/// Encodes an activation frame.
+pub fn activate() -> Bytes {
+    Bytes::from_static(&[0, 0, 0, 1, T_ACTIVATE])
 }
 
 /// Encodes a shard message for a link. Returns None for messages that never
@@ -200,6 +214,7 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
     let peer = |c: ConnRef| ConnRef { node, ..c };
     let f = match t {
         T_HEARTBEAT => Frame::Heartbeat,
+        T_ACTIVATE => Frame::Activate,
         T_JOIN => {
             let rid = get_id(&mut body)?;
             let conn = peer(get_conn(&mut body)?);
@@ -379,7 +394,7 @@ mod tests {
                 assert!(buf.is_empty());
                 m
             }
-            Frame::Heartbeat => panic!(),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -438,6 +453,9 @@ mod tests {
         assert!(decode(&mut bad_type, 1).is_err());
         let mut hb = BytesMut::from(&heartbeat()[..]);
         assert!(matches!(decode(&mut hb, 1), Ok(Some(Frame::Heartbeat))));
+        let mut act = BytesMut::from(&activate()[..]);
+        assert!(matches!(decode(&mut act, 1), Ok(Some(Frame::Activate))));
+        assert!(act.is_empty());
     }
 
     proptest! {

@@ -18,8 +18,9 @@ use thiserror::Error;
 
 /// Protocol magic.
 pub const MAGIC: &[u8; 4] = b"CCRL";
-/// Wire version spoken by this build.
-pub const VERSION: u8 = 1;
+/// Wire version spoken by this build (2: links carry traffic only once
+/// activated, see [`super::codec`]).
+pub const VERSION: u8 = 2;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;
 
@@ -140,9 +141,12 @@ mod tests {
             assert_eq!(Hello::decode(&enc[..cut]).unwrap(), None);
         }
         assert_eq!(Hello::decode(b"GET / HTTP/1.1"), Err(HandshakeError::Magic));
-        let mut v2 = enc.clone();
-        v2[4] = 2;
-        assert_eq!(Hello::decode(&v2), Err(HandshakeError::Version(2)));
+        // Another version, older (1: links not activated) or newer, is refused.
+        for other in [1, VERSION + 1] {
+            let mut v = enc.clone();
+            v[4] = other;
+            assert_eq!(Hello::decode(&v), Err(HandshakeError::Version(other)));
+        }
     }
 
     proptest! {

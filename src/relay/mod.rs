@@ -6,12 +6,21 @@
 //! handshake of [`handshake`] (node names, proof of the cluster secret) and
 //! then carries the frames of [`codec`].
 //!
-//! - **One link per pair.** Each node dials the `--peer` addresses it was
-//!   given and accepts on `--relay-listen`. When two nodes dial each other at
-//!   once, both keep the link dialed by the node with the smaller name. A
-//!   node stops retrying dials to addresses it has not reached yet once it
-//!   has a live link per peer (they all dialed it): a late dial would replace
-//!   a link already carrying traffic, and what was queued on it would be lost.
+//! - **One link per pair, chosen by one side.** Each node dials the `--peer`
+//!   addresses it was given and accepts on `--relay-listen`, so a pair may
+//!   end up with two links (both dialed at once, or a late retry). Of each
+//!   pair, the node with the smaller name decides which link carries
+//!   traffic: the first whose handshake completes while it has no working
+//!   link to the peer. It sends ACTIVATE as that link's first frame and
+//!   closes any other link to the peer unused. The other node sends nothing
+//!   but heartbeats on a link until ACTIVATE arrives on it. So no frame is
+//!   ever queued on a link that is then dropped in favour of another (an
+//!   earlier rule, "keep the smaller name's dial", lost what was queued on
+//!   the link it replaced). If ACTIVATE arrives on a new link while an old
+//!   one still looks alive, the deciding node has given up on the old one
+//!   (and forgotten this node's members), so the old link is handled as the
+//!   peer going down and coming back. A node also stops retrying dials to
+//!   addresses it has not reached yet once it has a live link per peer.
 //! - **Liveness.** A heartbeat goes out every 250 ms on an idle link; a link
 //!   that hears nothing for 2 s is dead. A closed or dead link marks its node
 //!   down: the survivors forget that node's members (announcing `userLeave`)
@@ -78,8 +87,10 @@ pub struct LinkStats {
     pub bytes_out: AtomicU64,
     /// Bytes queued for the peer.
     pub queue_bytes: AtomicI64,
-    /// Links established after the first.
+    /// Links activated after the first.
     pub reconnects: AtomicU64,
+    /// A link to the peer has been activated before.
+    ever_up: AtomicBool,
     /// Links closed because the queue passed its cap.
     pub overflows: AtomicU64,
 }
@@ -99,7 +110,6 @@ impl RelayStats {
     fn link(&self, peer: &str) -> Arc<LinkStats> {
         let mut links = self.links.lock().expect("relay stats");
         if let Some(l) = links.iter().find(|l| l.peer == peer) {
-            l.reconnects.fetch_add(1, Relaxed);
             return l.clone();
         }
         let l = Arc::new(LinkStats { peer: peer.to_owned(), ..Default::default() });
@@ -157,8 +167,10 @@ impl RelayStats {
 #[derive(Debug)]
 struct Link {
     peer: u16,
-    /// Name of the node that dialed this link.
-    dialer: String,
+    /// This node has the smaller name: it chooses the pair's link.
+    decides: bool,
+    /// This link carries the pair's traffic.
+    active: Cell<bool>,
     queue: RefCell<VecDeque<Bytes>>,
     queued: Cell<usize>,
     cap: usize,
@@ -230,24 +242,27 @@ impl Relay {
         self.links.borrow().values().filter(|l| !l.closed.get()).count()
     }
 
-    /// Makes `link` the link to its peer. Returns false when an existing link
-    /// wins (both nodes dialed each other: the smaller name's dial is kept).
-    fn register(&self, link: &Rc<Link>, self_name: &str, peer_name: &str) -> (bool, bool) {
-        let mut links = self.links.borrow_mut();
-        let newly_up = match links.get(&link.peer) {
-            Some(old) if !old.closed.get() => {
-                let keep = std::cmp::min(self_name, peer_name);
-                if old.dialer == keep && link.dialer != keep {
-                    return (false, false);
-                }
-                info!(peer = %link.stats.peer, dialer = %link.dialer, "relay link replaced by the other direction's");
-                old.close();
-                false
-            }
-            _ => true,
-        };
-        links.insert(link.peer, link.clone());
-        (true, newly_up)
+    /// Makes `link` the one that carries traffic to its peer and marks the
+    /// peer up. A still-open older link is closed and handled as the peer
+    /// going down first: only the deciding peer activates a second link, and
+    /// it does so only after giving up on the first.
+    fn activate(&self, shard: &Shard, link: &Rc<Link>) {
+        link.active.set(true);
+        let old = self.links.borrow_mut().insert(link.peer, link.clone());
+        let node = &shard.node;
+        if let Some(old) = old.filter(|o| !Rc::ptr_eq(o, link) && !o.closed.get()) {
+            warn!(peer = %link.stats.peer, "relay link replaced: the peer gave up on the old one");
+            old.close();
+            node.cluster.lock().expect("cluster table").up[link.peer as usize] = false;
+            announce(shard, Some(link.peer));
+        }
+        if link.stats.ever_up.swap(true, Relaxed) {
+            link.stats.reconnects.fetch_add(1, Relaxed);
+        }
+        link.stats.up.store(true, Relaxed);
+        info!(peer = %link.stats.peer, "relay link up");
+        node.cluster.lock().expect("cluster table").up[link.peer as usize] = true;
+        announce(shard, None);
     }
 
     /// Removes `link` if it is still the current one; true if the node went down.
@@ -353,7 +368,8 @@ async fn run_link(shard: Rc<Shard>, relay: Rc<Relay>, mut stream: TcpStream, dia
     }
     let link = Rc::new(Link {
         peer: idx,
-        dialer: if dialed.is_some() { me.clone() } else { peer_name.clone() },
+        decides: me < peer_name,
+        active: Cell::new(false),
         queue: RefCell::new(VecDeque::new()),
         queued: Cell::new(0),
         cap: node.cfg.relay_queue_bytes,
@@ -361,20 +377,20 @@ async fn run_link(shard: Rc<Shard>, relay: Rc<Relay>, mut stream: TcpStream, dia
         closed: Cell::new(false),
         stats: node.relay.link(&peer_name),
     });
-    let (accepted, newly_up) = relay.register(&link, &me, &peer_name);
-    if !accepted {
-        return true; // the other direction's link serves this pair
+    if link.decides {
+        if relay.up(idx) {
+            // The pair has a working link; the peer sends nothing on this one.
+            info!(peer = %peer_name, addr = %peer_addr, "second relay link to the peer closed unused");
+            return true;
+        }
+        // First in the queue, so the peer reads it before any traffic.
+        link.push(codec::activate());
+        relay.activate(&shard, &link);
     }
-    link.stats.up.store(true, Relaxed);
-    if newly_up {
-        info!(peer = %peer_name, addr = %peer_addr, "relay link up");
-        node.cluster.lock().expect("cluster table").up[idx as usize] = true;
-        announce(&shard, None);
-    }
-    let result = pump(&shard, &link, &mut stream, &mut rbuf).await;
+    let result = pump(&shard, &relay, &link, &mut stream, &mut rbuf).await;
     link.closed.set(true);
     link.stats.queue_bytes.fetch_sub(link.queued.get() as i64, Relaxed);
-    // A link replaced by the other direction's is not a node going down.
+    // Only the active link's end is the peer going down.
     if relay.unregister(&link) {
         link.stats.up.store(false, Relaxed);
         warn!(peer = %peer_name, reason = %result, "relay link down");
@@ -429,7 +445,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Str
 }
 
 /// Moves frames both ways until the link fails. Returns why it ended.
-async fn pump(shard: &Shard, link: &Link, stream: &mut TcpStream, rbuf: &mut BytesMut) -> String {
+async fn pump(shard: &Shard, relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mut BytesMut) -> String {
     let mut wbuf: Vec<u8> = Vec::new();
     // Reads land here and only the bytes read are appended to `rbuf`: growing
     // `rbuf` to its capacity for each read zeroed tens of KiB per wake-up.
@@ -438,7 +454,7 @@ async fn pump(shard: &Shard, link: &Link, stream: &mut TcpStream, rbuf: &mut Byt
     let mut last_tx = Instant::now();
     let mut tick = Box::pin(Timer::new(HEARTBEAT));
     // Bytes that arrived with the handshake.
-    if let Err(e) = drain_frames(shard, link, rbuf) {
+    if let Err(e) = drain_frames(shard, relay, link, rbuf) {
         return e;
     }
     loop {
@@ -502,7 +518,7 @@ async fn pump(shard: &Shard, link: &Link, stream: &mut TcpStream, rbuf: &mut Byt
             Ev::Read(n) => {
                 last_rx = Instant::now();
                 link.stats.bytes_in.fetch_add(n as u64, Relaxed);
-                if let Err(e) = drain_frames(shard, link, rbuf) {
+                if let Err(e) = drain_frames(shard, relay, link, rbuf) {
                     return e;
                 }
                 glommio::yield_if_needed().await;
@@ -522,15 +538,27 @@ async fn pump(shard: &Shard, link: &Link, stream: &mut TcpStream, rbuf: &mut Byt
     }
 }
 
-fn drain_frames(shard: &Shard, link: &Link, rbuf: &mut BytesMut) -> Result<(), String> {
+fn drain_frames(shard: &Shard, relay: &Relay, link: &Rc<Link>, rbuf: &mut BytesMut) -> Result<(), String> {
     loop {
         match codec::decode(rbuf, link.peer) {
             Ok(None) => return Ok(()),
             Ok(Some(Frame::Heartbeat)) => {
                 link.stats.frames_in.fetch_add(1, Relaxed);
             }
+            Ok(Some(Frame::Activate)) => {
+                link.stats.frames_in.fetch_add(1, Relaxed);
+                if link.decides || link.active.get() {
+                    warn!(peer = %link.stats.peer, "unexpected ACTIVATE: closing the link");
+                    return Err("ACTIVATE from a peer that does not decide, or twice".into());
+                }
+                relay.activate(shard, link);
+            }
             Ok(Some(Frame::Msg(msg))) => {
                 link.stats.frames_in.fetch_add(1, Relaxed);
+                if !link.active.get() {
+                    warn!(peer = %link.stats.peer, "traffic on a link not activated: closing it");
+                    return Err("traffic before ACTIVATE".into());
+                }
                 shard.dispatch_remote(msg);
             }
             Err(e) => {
