@@ -323,8 +323,8 @@ async fn dial_loop(shard: Rc<Shard>, relay: Rc<Relay>, addr: SocketAddr) {
         // Which node listens at `addr` is learnt only from a dial of ours
         // that got through. Until then, once this node has as many live
         // links as it has peers, every peer has reached it by its own dial:
-        // a late dial of ours would only replace a link that may already carry
-        // traffic (and drop what is queued on it), so it is not made.
+        // a late dial of ours would only make a second link that the pair's
+        // deciding node closes unused, so it is not made.
         let all_linked = known.is_none() && relay.live_links() >= shard.node.cfg.peers.len();
         if known.is_some_and(|idx| relay.up(idx)) || all_linked {
             Timer::new(Duration::from_millis(200)).await;
