@@ -36,8 +36,12 @@ pub struct ShardStats {
     pub timeout_closes: AtomicU64,
     /// Upgrades refused with 503 because the node was full.
     pub rejected_connections: AtomicU64,
-    /// Items sent to this shard's inbound queues and not yet handled.
-    pub queue_depth: AtomicI64,
+    /// Items this shard sent (or put in its outbox) for each shard. Written
+    /// only by this shard: a shard's queue depth is what the others sent it
+    /// minus what it took, summed when /metrics is read.
+    pub sent_to: Box<[AtomicU64]>,
+    /// Items this shard took from its inbound queues.
+    pub received: AtomicU64,
     /// Live nodes (this one included) in the cluster view this shard routes
     /// rooms by; shards apply a new view when their queue reaches it.
     pub view_nodes: AtomicI64,
@@ -50,8 +54,9 @@ pub struct ShardStats {
     pub latency: Mutex<Histogram<u64>>,
 }
 
-impl Default for ShardStats {
-    fn default() -> Self {
+impl ShardStats {
+    /// Counters of one shard of `nshards`.
+    pub fn new(nshards: usize) -> Self {
         ShardStats {
             connections: AtomicI64::new(0),
             rooms: AtomicI64::new(0),
@@ -64,16 +69,15 @@ impl Default for ShardStats {
             protocol_closes: AtomicU64::new(0),
             timeout_closes: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
-            queue_depth: AtomicI64::new(0),
+            sent_to: (0..nshards).map(|_| AtomicU64::new(0)).collect(),
+            received: AtomicU64::new(0),
             view_nodes: AtomicI64::new(1),
             pinned: AtomicI64::new(0),
             core_releases: AtomicU64::new(0),
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
         }
     }
-}
 
-impl ShardStats {
     /// Counts an error reply.
     pub fn error(&self, code: u16) {
         let i = match code {
@@ -95,7 +99,7 @@ pub struct NodeStats {
 impl NodeStats {
     /// Counters for `n` shards.
     pub fn new(n: usize) -> Self {
-        NodeStats { shards: (0..n).map(|_| ShardStats::default()).collect() }
+        NodeStats { shards: (0..n).map(|_| ShardStats::new(n)).collect() }
     }
 
     /// Total open connections.
@@ -175,7 +179,9 @@ impl NodeStats {
             "# HELP cchat_shard_queue_depth Items waiting in a shard's inbound cross-shard queues.\n# TYPE cchat_shard_queue_depth gauge"
         );
         for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(out, "cchat_shard_queue_depth{{shard=\"{i}\"}} {}", s.queue_depth.load(Relaxed).max(0));
+            let sent: u64 = self.shards.iter().map(|from| from.sent_to.get(i).map_or(0, |c| c.load(Relaxed))).sum();
+            let depth = sent.saturating_sub(s.received.load(Relaxed));
+            let _ = writeln!(out, "cchat_shard_queue_depth{{shard=\"{i}\"}} {depth}");
         }
         let _ = writeln!(
             out,
@@ -217,5 +223,26 @@ impl NodeStats {
         }
         let _ = writeln!(out, "cchat_fanout_latency_seconds_count {}", h.len());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauge(text: &str, name: &str) -> i64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name}"))
+    }
+
+    #[test]
+    fn queue_depth_is_sent_minus_taken() {
+        let stats = NodeStats::new(2);
+        stats.shards[0].sent_to[1].fetch_add(5, Relaxed);
+        stats.shards[1].sent_to[0].fetch_add(2, Relaxed);
+        stats.shards[1].received.fetch_add(3, Relaxed);
+        stats.shards[0].received.fetch_add(2, Relaxed);
+        let text = stats.render(10);
+        assert_eq!(gauge(&text, "cchat_shard_queue_depth{shard=\"0\"}"), 0);
+        assert_eq!(gauge(&text, "cchat_shard_queue_depth{shard=\"1\"}"), 2);
     }
 }

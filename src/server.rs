@@ -216,7 +216,7 @@ async fn shard_main(
                 let mut n = 0u32;
                 let mut batch_start = Instant::now();
                 while let Some(msg) = rx.recv().await {
-                    shard.node.stats.shards[shard.id].queue_depth.fetch_sub(1, Relaxed);
+                    shard.node.stats.shards[shard.id].received.fetch_add(1, Relaxed);
                     shard.handle(msg);
                     n = n.wrapping_add(1);
                     if n.is_multiple_of(16) && batch_start.elapsed() >= DISPATCH_BUDGET {

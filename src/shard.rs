@@ -705,11 +705,14 @@ impl Shard {
             return;
         }
         let Some(senders) = &self.senders else { return };
-        self.node.stats.shards[dst].queue_depth.fetch_add(1, Relaxed);
+        let sent = &self.stats().sent_to[dst];
         let mut outbox = self.outbox.borrow_mut();
         if outbox[dst].is_empty() && !self.pump_busy[dst].get() {
             match senders.try_send_to(dst, msg) {
-                Ok(()) => return,
+                Ok(()) => {
+                    sent.fetch_add(1, Relaxed);
+                    return;
+                }
                 Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => outbox[dst].push_back(msg),
                 // The destination shard is gone (shutdown): nothing to deliver to.
                 Err(_) => return,
@@ -717,6 +720,8 @@ impl Shard {
         } else {
             outbox[dst].push_back(msg);
         }
+        // Counted while in the outbox too: the gauge shows back-pressure.
+        sent.fetch_add(1, Relaxed);
         if let Some(w) = self.pump_wakers.borrow_mut()[dst].take() {
             w.wake();
         }
@@ -738,7 +743,10 @@ impl Shard {
             let r = senders.send_to(dst, msg).await;
             self.pump_busy[dst].set(!self.outbox.borrow()[dst].is_empty());
             if r.is_err() {
-                // The peer shard is gone (shutdown): nothing left to deliver to.
+                // The peer shard is gone (shutdown): nothing left to deliver
+                // to, and nothing of it waits any more.
+                let lost = 1 + self.outbox.borrow()[dst].len();
+                self.stats().sent_to[dst].fetch_sub(lost as u64, Relaxed);
                 self.outbox.borrow_mut()[dst].clear();
                 return;
             }
