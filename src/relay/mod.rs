@@ -144,7 +144,7 @@ impl RelayStats {
         family("cchat_relay_queue_bytes", "gauge", "Bytes queued for the peer.", &|l| {
             l.queue_bytes.load(Relaxed).max(0)
         });
-        family("cchat_relay_reconnects_total", "counter", "Links to the peer established after the first.", &|l| {
+        family("cchat_relay_reconnects_total", "counter", "Links to the peer activated after the first.", &|l| {
             l.reconnects.load(Relaxed) as i64
         });
         family("cchat_relay_overflows_total", "counter", "Links closed because their queue passed the cap.", &|l| {
@@ -243,23 +243,27 @@ impl Relay {
     }
 
     /// Makes `link` the one that carries traffic to its peer and marks the
-    /// peer up. A still-open older link is closed and handled as the peer
-    /// going down first: only the deciding peer activates a second link, and
-    /// it does so only after giving up on the first.
+    /// peer up. A link still registered for the peer (open or already
+    /// closed by this node but not yet unregistered) is a down that nobody
+    /// announced: only the deciding peer activates a second link, and only
+    /// after giving up on the first and forgetting this node's members. So
+    /// this node forgets the peer's members and re-joins its own, without the
+    /// peer ever leaving the live view (which would move rooms away and
+    /// back).
     fn activate(&self, shard: &Shard, link: &Rc<Link>) {
         link.active.set(true);
         let old = self.links.borrow_mut().insert(link.peer, link.clone());
         let node = &shard.node;
-        if let Some(old) = old.filter(|o| !Rc::ptr_eq(o, link) && !o.closed.get()) {
-            warn!(peer = %link.stats.peer, "relay link replaced: the peer gave up on the old one");
-            old.close();
-            node.cluster.lock().expect("cluster table").up[link.peer as usize] = false;
-            announce(shard, Some(link.peer));
-        }
         if link.stats.ever_up.swap(true, Relaxed) {
             link.stats.reconnects.fetch_add(1, Relaxed);
         }
         link.stats.up.store(true, Relaxed);
+        if let Some(old) = old.filter(|o| !Rc::ptr_eq(o, link)) {
+            warn!(peer = %link.stats.peer, "relay link replaced: the peer gave up on the old one");
+            old.close();
+            announce(shard, Some(link.peer));
+            return;
+        }
         info!(peer = %link.stats.peer, "relay link up");
         node.cluster.lock().expect("cluster table").up[link.peer as usize] = true;
         announce(shard, None);
