@@ -176,7 +176,7 @@ impl NodeStats {
         }
         let _ = writeln!(
             out,
-            "# HELP cchat_shard_queue_depth Items waiting in a shard's inbound cross-shard queues.\n# TYPE cchat_shard_queue_depth gauge"
+            "# HELP cchat_shard_queue_depth Items sent to a shard and not yet taken: in its inbound cross-shard queues or waiting in senders' outboxes.\n# TYPE cchat_shard_queue_depth gauge"
         );
         for (i, s) in self.shards.iter().enumerate() {
             let sent: u64 = self.shards.iter().map(|from| from.sent_to.get(i).map_or(0, |c| c.load(Relaxed))).sum();

@@ -13,7 +13,12 @@
 //! for a CPU (the kernel's run-queue wait, second field of
 //! `/proc/thread-self/schedstat`). [`PinPolicy`] (pure, tested below) turns
 //! that into a decision; [`CorePin`] does the system calls for the calling
-//! thread. A released shard may run on any core the process may use; it
+//! thread. A second in which the process's cgroup was throttled (its CPU
+//! quota spent: `throttled_usec`, or v1's `throttled_time`, in `cpu.stat`) is not held
+//! against the core: the wait was the quota's, and no other core would help.
+//! Releasing can cascade: a released shard that settles on another shard's
+//! core may make that one wait and be released in turn; both then float,
+//! which is what measured best beside a busy neighbour. A released shard may run on any core the process may use; it
 //! tries its pin again after [`FIRST_RETRY`], and each time the pin has to
 //! be released again the wait before the next try doubles, up to
 //! [`MAX_RETRY`], so a host that stays busy costs at most one contended
@@ -101,7 +106,24 @@ pub struct CorePin {
     core: usize,
     all: Vec<usize>,
     policy: PinPolicy,
-    last: Option<(Instant, u64)>,
+    /// When the last window began, the thread's wait then, and the
+    /// cgroup's throttled time then.
+    last: Option<(Instant, u64, u64)>,
+    /// cgroup v2 `cpu.stat` of this process, when there is one.
+    cpu_stat: Option<std::path::PathBuf>,
+    /// The kernel refused an affinity change before (warned once).
+    refused: bool,
+}
+
+/// What [`CorePin::tick`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tick {
+    /// The change that took effect (`Stay` when the kernel refused one).
+    pub action: Action,
+    /// Share (0..1) of the window the thread waited for a CPU.
+    pub waited: f64,
+    /// The kernel refused the change the policy asked for.
+    pub refused: bool,
 }
 
 impl CorePin {
@@ -112,7 +134,20 @@ impl CorePin {
         if threshold <= 0.0 || all.len() < 2 || thread_wait().is_none() {
             return None;
         }
-        Some(CorePin { core, all, policy: PinPolicy::new(threshold), last: None })
+        Some(CorePin {
+            core,
+            all,
+            policy: PinPolicy::new(threshold),
+            last: None,
+            cpu_stat: cgroup_cpu_stat(),
+            refused: false,
+        })
+    }
+
+    /// Whether this kernel reports run-queue waits (without them pins are
+    /// never released).
+    pub fn supported() -> bool {
+        thread_wait().is_some()
     }
 
     /// The core this thread is pinned to.
@@ -125,31 +160,77 @@ impl CorePin {
         self.policy.pinned()
     }
 
-    /// Call about once a second from the pinned thread itself. Returns the
-    /// action taken, with the waiting share (0..1) of the window it judged.
-    pub fn tick(&mut self) -> (Action, f64) {
+    /// Call about once a second from the pinned thread itself.
+    pub fn tick(&mut self) -> Tick {
+        let stay = |waited| Tick { action: Action::Stay, waited, refused: false };
         let (Some(wait), now) = (thread_wait(), Instant::now()) else {
-            return (Action::Stay, 0.0);
+            return stay(0.0);
         };
-        let Some((t0, w0)) = self.last.replace((now, wait)) else {
-            return (Action::Stay, 0.0);
+        let throttled = self.cpu_stat.as_deref().and_then(throttled_us).unwrap_or(0);
+        let Some((t0, w0, th0)) = self.last.replace((now, wait, throttled)) else {
+            return stay(0.0);
         };
         let window = now - t0;
-        let waited = Duration::from_nanos(wait.saturating_sub(w0));
+        let mut waited = Duration::from_nanos(wait.saturating_sub(w0));
         let share = waited.as_secs_f64() / window.as_secs_f64().max(1e-9);
+        if throttled > th0 {
+            // The cgroup's quota ran out: another core would not help.
+            waited = Duration::ZERO;
+        }
         let action = self.policy.observe(waited, window);
         let ok = match action {
             Action::Stay => true,
             Action::Release => set_affinity(&self.all),
             Action::Repin => set_affinity(&[self.core]),
         };
-        if !ok {
-            // The kernel refused (a cpuset changed under us): keep the policy
-            // in step with what the thread really is, and try later.
-            self.policy.pinned = !self.policy.pinned;
+        if ok {
+            return Tick { action, waited: share, refused: false };
         }
-        (action, share)
+        // The kernel refused (a cpuset changed under us): keep the policy in
+        // step with what the thread really is; it asks again next time.
+        self.policy.pinned = !self.policy.pinned;
+        let first = !std::mem::replace(&mut self.refused, true);
+        Tick { action: Action::Stay, waited: share, refused: first }
     }
+}
+
+/// This process's cgroup `cpu.stat` (v2 unified, or v1's cpu controller),
+/// if there is one.
+fn cgroup_cpu_stat() -> Option<std::path::PathBuf> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let candidates = cgroup.lines().filter_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, controllers, rel) = (f.next()?, f.next()?, f.next()?);
+        let rel = rel.trim_start_matches('/');
+        if controllers.is_empty() {
+            Some(root.join(rel).join("cpu.stat"))
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            Some(root.join(controllers).join(rel).join("cpu.stat"))
+        } else {
+            None
+        }
+    });
+    candidates.into_iter().find(|p| p.exists())
+}
+
+/// Microseconds the cgroup has been throttled.
+fn throttled_us(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_throttled(&text)
+}
+
+/// `throttled_usec` (cgroup v2) or `throttled_time` (v1, nanoseconds) in µs.
+fn parse_throttled(cpu_stat: &str) -> Option<u64> {
+    cpu_stat.lines().find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        let v: u64 = value.trim().parse().ok()?;
+        match key {
+            "throttled_usec" => Some(v),
+            "throttled_time" => Some(v / 1000),
+            _ => None,
+        }
+    })
 }
 
 /// Nanoseconds the calling thread has spent runnable but waiting for a CPU.
@@ -178,6 +259,25 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn reads_throttled_time_from_cpu_stat() {
+        let stat = "usage_usec 5\nuser_usec 3\nsystem_usec 2\nnr_periods 4\nnr_throttled 1\nthrottled_usec 1234\n";
+        assert_eq!(parse_throttled(stat), Some(1234));
+        assert_eq!(parse_throttled("nr_periods 0\nnr_throttled 2\nthrottled_time 5000000\n"), Some(5000), "v1: ns");
+        assert_eq!(parse_throttled("usage_usec 5\n"), None);
+    }
+
+    #[test]
+    fn finds_this_process_cpu_stat() {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu/cpu.stat").exists();
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cpu.stat").exists();
+        let found = cgroup_cpu_stat();
+        if v1 || v2 {
+            // (Its throttled time exists only where the cpu controller is on.)
+            assert!(found.is_some(), "no cpu.stat found for this process");
+        }
     }
 
     #[test]

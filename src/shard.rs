@@ -29,7 +29,7 @@ use glommio::{GlommioError, ResourceType};
 use hdrhistogram::Histogram;
 use indexmap::IndexSet;
 use slab::Slab;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cluster::View;
 use crate::ids::{Id, Name};
@@ -748,6 +748,9 @@ impl Shard {
                 let lost = 1 + self.outbox.borrow()[dst].len();
                 self.stats().sent_to[dst].fetch_sub(lost as u64, Relaxed);
                 self.outbox.borrow_mut()[dst].clear();
+                // Later sends try the queue again, see the shard gone and
+                // drop the message, instead of filling an outbox no one drains.
+                self.pump_busy[dst].set(false);
                 return;
             }
         }
@@ -1160,9 +1163,12 @@ impl Shard {
     fn review_pin(&self) {
         let mut pin = self.pin.borrow_mut();
         let Some(p) = pin.as_mut() else { return };
-        let (action, share) = p.tick();
-        let waited = format!("{:.0}%", share * 100.0);
-        match action {
+        let t = p.tick();
+        let waited = format!("{:.0}%", t.waited * 100.0);
+        if t.refused {
+            warn!(shard = self.id, core = p.core(), "the kernel refused to change the shard's CPU affinity");
+        }
+        match t.action {
             Action::Stay => return,
             Action::Release => {
                 self.stats().core_releases.fetch_add(1, Relaxed);
