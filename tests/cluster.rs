@@ -586,3 +586,57 @@ fn the_smaller_name_picks_the_link() {
     let mut c = s.client();
     c.login("x", "r", None);
 }
+
+/// When the deciding peer activates a new link while the old one is still
+/// open, it has given up on the old one and forgotten this node's members:
+/// the node closes the old link, forgets the peer's members (its local
+/// clients see them leave) and keeps the peer in its view, on the new link.
+#[test]
+fn a_new_activation_replaces_the_old_link_as_a_down_and_up() {
+    use cchat::ids::{Id, Name};
+    use cchat::relay::codec;
+    use cchat::room::ConnRef;
+    use cchat::shard::ShardMsg;
+    use std::io::Write;
+
+    let (s, relay) = relay_node("m");
+    // A room the real node owns while "a" is live too.
+    let rid =
+        (0..).map(|i| format!("swap{i}")).find(|r| cchat::placement::node_for(r, ["m", "a"]) == Some("m")).unwrap();
+    let (mut l1, _) = FakePeer::connect(&relay, "a", None);
+    l1.write_all(&codec::activate()).unwrap();
+    s.wait_view(2);
+    let mut local = s.client();
+    local.login("loc", &rid, Some("loc"));
+    // A member on "a", announced to the local client.
+    let join = ShardMsg::Join {
+        rid: Id::parse_str(&rid).unwrap(),
+        conn: ConnRef { node: 0, shard: 0, key: 7, generation: 1 },
+        uid: Id::parse_str("remote").unwrap(),
+        name: Name::parse("Remote").unwrap(),
+        echo: false,
+        rejoin: false,
+    };
+    l1.write_all(&codec::encode(&join).unwrap()).unwrap();
+    let v = local.expect("newUser");
+    assert_eq!(v["uid"], "remote");
+
+    // "a" activates a second link with the first still open.
+    let (mut l2, rest) = FakePeer::connect(&relay, "a", None);
+    l2.write_all(&codec::activate()).unwrap();
+    // The old link is closed by the node...
+    let (_, eof) = FakePeer::frame_types(&mut l1, Vec::new(), Instant::now() + Duration::from_secs(5));
+    assert!(eof, "the replaced link is closed");
+    // ...the peer's members are forgotten, as for a peer that went down...
+    let v = local.expect("userLeave");
+    assert_eq!(v["uid"], "remote");
+    // ...and the peer stays in the view, on the new link, which carries traffic.
+    s.wait_view(2);
+    assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
+    assert_eq!(s.metric("cchat_relay_reconnects_total"), 1.0);
+    l2.write_all(&codec::encode(&join).unwrap()).unwrap();
+    let v = local.expect("newUser");
+    assert_eq!(v["uid"], "remote");
+    let (types, eof) = FakePeer::frame_types(&mut l2, rest, Instant::now() + Duration::from_millis(300));
+    assert!(!eof, "the new link stays open: {types:?}");
+}
