@@ -640,3 +640,28 @@ fn a_new_activation_replaces_the_old_link_as_a_down_and_up() {
     let (types, eof) = FakePeer::frame_types(&mut l2, rest, Instant::now() + Duration::from_millis(300));
     assert!(!eof, "the new link stays open: {types:?}");
 }
+
+/// A clustered node tries each `--peer` once before it says it is
+/// listening, so a cluster started node after node is meshed as soon as its
+/// last node is up: no waiting on metrics before using it.
+#[test]
+fn a_cluster_is_meshed_when_its_last_node_is_listening() {
+    let ports = free_ports(6);
+    let mut c = Cluster { nodes: Vec::new(), client_ports: ports[..3].to_vec(), relay_ports: ports[3..].to_vec() };
+    for i in 0..3 {
+        let s = c.spawn(i);
+        c.nodes.push(Some(s));
+    }
+    assert_eq!(c.node(2).metric("cchat_relay_link_up"), 2.0, "the last node is linked to both others");
+    // Members on the first and the last node meet and talk at once.
+    let rid = "meshed";
+    let mut ann = c.node(0).client();
+    login(&mut ann, "ann", rid, "ann");
+    let mut cat = c.node(2).client();
+    login(&mut cat, "cat", rid, "cat");
+    let v = ann.expect("newUser");
+    assert_eq!(v["uid"], "cat");
+    cat.send(json!({"cmd":"message","type":"text","rid":rid,"msg":"hi"}));
+    let v = next_message(&mut ann);
+    assert_eq!((v["uid"].as_str(), v["msg"].as_str()), (Some("cat"), Some("hi")));
+}

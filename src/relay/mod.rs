@@ -213,12 +213,20 @@ pub struct Relay {
     links: RefCell<HashMap<u16, Rc<Link>>>,
     /// Node index learned at each dialed address.
     dialed: RefCell<HashMap<SocketAddr, u16>>,
+    /// `--peer` addresses whose first dial failed (refused, timed out, or
+    /// the handshake or link ended): nothing more to wait for at start.
+    first_failed: RefCell<std::collections::HashSet<SocketAddr>>,
 }
 
 impl Relay {
     /// A relay with no links yet.
     pub fn new(node: Arc<Node>) -> Self {
-        Relay { node, links: RefCell::new(HashMap::new()), dialed: RefCell::new(HashMap::new()) }
+        Relay {
+            node,
+            links: RefCell::new(HashMap::new()),
+            dialed: RefCell::new(HashMap::new()),
+            first_failed: RefCell::new(Default::default()),
+        }
     }
 
     /// Queues a message for a node; counted and dropped when it has no link.
@@ -235,6 +243,24 @@ impl Relay {
 
     fn up(&self, idx: u16) -> bool {
         self.links.borrow().get(&idx).is_some_and(|l| !l.closed.get())
+    }
+
+    /// Waits (at most `limit`) until this node has tried each `--peer` once:
+    /// the dial failed, or its link carries traffic. A node started after
+    /// its peers is then part of the mesh before it says it is listening,
+    /// so whoever starts a cluster can use it once its last node is up.
+    pub async fn first_round(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let peers = &self.node.cfg.peers;
+        while Instant::now() < deadline {
+            let settled = |addr: &SocketAddr| {
+                self.first_failed.borrow().contains(addr) || self.dialed.borrow().get(addr).is_some_and(|&i| self.up(i))
+            };
+            if self.live_links() >= peers.len() || peers.iter().all(settled) {
+                return;
+            }
+            Timer::new(Duration::from_millis(5)).await;
+        }
     }
 
     /// Links currently up.
@@ -334,9 +360,13 @@ async fn dial_loop(shard: Rc<Shard>, relay: Rc<Relay>, addr: SocketAddr) {
             Timer::new(Duration::from_millis(200)).await;
             continue;
         }
-        if let Ok(stream) = TcpStream::connect_timeout(addr, Duration::from_secs(2)).await
-            && run_link(shard.clone(), relay.clone(), stream, Some(addr)).await
-        {
+        let linked = match TcpStream::connect_timeout(addr, Duration::from_secs(2)).await {
+            Ok(stream) => run_link(shard.clone(), relay.clone(), stream, Some(addr)).await,
+            Err(_) => false,
+        };
+        // Whatever happened, this address has had its first try.
+        relay.first_failed.borrow_mut().insert(addr);
+        if linked {
             backoff = Duration::from_millis(100);
         }
         Timer::new(backoff).await;
