@@ -21,9 +21,6 @@ use crate::shard::{Shard, ShardMsg, TICK};
 /// How long a shard handles cross-shard items before the flusher gets a turn.
 const DISPATCH_BUDGET: Duration = Duration::from_millis(1);
 
-/// Longest a clustered node waits at start for its first dial to each peer.
-const FIRST_ROUND_LIMIT: Duration = Duration::from_secs(1);
-
 /// Capacity of each cross-shard queue, in messages.
 const QUEUE_CAPACITY: usize = 4096;
 
@@ -257,11 +254,10 @@ async fn shard_main(
         Vec::new()
     };
     if id == 0 && clustered {
-        // Join the mesh before saying "listening": peers already up are
-        // linked by then (a second at most; refused dials return at once).
+        // Join the mesh before saying "listening" (a second at most).
         let relay = shard.relay.borrow().clone();
         if let Some(relay) = relay {
-            relay.first_round(FIRST_ROUND_LIMIT).await;
+            relay.first_round().await;
         }
     }
     let _ = ready.send(Ok(()));

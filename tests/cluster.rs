@@ -641,9 +641,9 @@ fn a_new_activation_replaces_the_old_link_as_a_down_and_up() {
     assert!(!eof, "the new link stays open: {types:?}");
 }
 
-/// A clustered node tries each `--peer` once before it says it is
-/// listening, so a cluster started node after node is meshed as soon as its
-/// last node is up: no waiting on metrics before using it.
+/// A clustered node waits (up to a second) for its `--peer`s to link before
+/// it says it is listening, so a cluster started node after node is meshed
+/// as soon as its last node is up: no waiting on metrics before using it.
 #[test]
 fn a_cluster_is_meshed_when_its_last_node_is_listening() {
     let ports = free_ports(6);
@@ -664,4 +664,28 @@ fn a_cluster_is_meshed_when_its_last_node_is_listening() {
     cat.send(json!({"cmd":"message","type":"text","rid":rid,"msg":"hi"}));
     let v = next_message(&mut ann);
     assert_eq!((v["uid"].as_str(), v["msg"].as_str()), (Some("cat"), Some("hi")));
+}
+
+/// The same for nodes started all at once: when every node says it is
+/// listening, every link is up on both ends.
+#[test]
+fn a_cluster_started_at_once_is_meshed_when_its_nodes_are_listening() {
+    let ports = free_ports(6);
+    let mut c = Cluster { nodes: Vec::new(), client_ports: ports[..3].to_vec(), relay_ports: ports[3..].to_vec() };
+    let cluster = &c;
+    let started: Vec<Server> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..3).map(|i| sc.spawn(move || cluster.spawn(i))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    c.nodes = started.into_iter().map(Some).collect();
+    for i in 0..3 {
+        assert_eq!(c.node(i).metric("cchat_relay_link_up"), 2.0, "node {i} is linked to both others");
+    }
+    let rid = "together";
+    let mut bob = c.node(1).client();
+    login(&mut bob, "bob", rid, "bob");
+    let mut cat = c.node(2).client();
+    login(&mut cat, "cat", rid, "cat");
+    let v = bob.expect("newUser");
+    assert_eq!(v["uid"], "cat");
 }

@@ -25,8 +25,9 @@
 //!   that hears nothing for 2 s is dead. A closed or dead link marks its node
 //!   down: the survivors forget that node's members (announcing `userLeave`)
 //!   and re-home its rooms, whose sequence restarts in a new epoch. Dialers
-//!   retry with backoff (100 ms doubling to 2 s), so a restarted node rejoins
-//!   by itself.
+//!   retry with backoff (100 ms doubling to 2 s; every 20 ms during the
+//!   first second), so a restarted node rejoins by itself. At start a node
+//!   waits up to a second for its `--peer`s to link before it reports ready.
 //! - **Back-pressure policy.** Each link's outbound queue is capped at
 //!   `--relay-queue-bytes` (64 MiB by default). Past it the link is closed and counted
 //!   (`cchat_relay_overflows_total`): the peer is treated as failed and
@@ -68,6 +69,10 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// Silence after which a peer is declared dead.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after start a node waits for its peers before it says it is
+/// listening, and retries failed dials quickly.
+pub const FIRST_ROUND: Duration = Duration::from_secs(1);
+const FIRST_ROUND_RETRY: Duration = Duration::from_millis(20);
 const WRITE_CHUNK: usize = 256 * 1024;
 
 /// Counters of one peer link, kept across reconnects (shown in /metrics).
@@ -213,9 +218,8 @@ pub struct Relay {
     links: RefCell<HashMap<u16, Rc<Link>>>,
     /// Node index learned at each dialed address.
     dialed: RefCell<HashMap<SocketAddr, u16>>,
-    /// `--peer` addresses whose first dial failed (refused, timed out, or
-    /// the handshake or link ended): nothing more to wait for at start.
-    first_failed: RefCell<std::collections::HashSet<SocketAddr>>,
+    /// When the relay started (dials retry fast during [`FIRST_ROUND`]).
+    started: Instant,
 }
 
 impl Relay {
@@ -225,7 +229,7 @@ impl Relay {
             node,
             links: RefCell::new(HashMap::new()),
             dialed: RefCell::new(HashMap::new()),
-            first_failed: RefCell::new(Default::default()),
+            started: Instant::now(),
         }
     }
 
@@ -245,18 +249,16 @@ impl Relay {
         self.links.borrow().get(&idx).is_some_and(|l| !l.closed.get())
     }
 
-    /// Waits (at most `limit`) until this node has tried each `--peer` once:
-    /// the dial failed, or its link carries traffic. A node started after
-    /// its peers is then part of the mesh before it says it is listening,
-    /// so whoever starts a cluster can use it once its last node is up.
-    pub async fn first_round(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
+    /// Waits, at most [`FIRST_ROUND`] from the relay's start, until every
+    /// `--peer` is linked (its link carries traffic). Nodes of a cluster
+    /// started together, or one after another, are then meshed before they
+    /// say they are listening, so whoever starts a cluster can use it once
+    /// its nodes are up. A peer that stays unreachable costs this wait once.
+    pub async fn first_round(&self) {
         let peers = &self.node.cfg.peers;
-        while Instant::now() < deadline {
-            let settled = |addr: &SocketAddr| {
-                self.first_failed.borrow().contains(addr) || self.dialed.borrow().get(addr).is_some_and(|&i| self.up(i))
-            };
-            if self.live_links() >= peers.len() || peers.iter().all(settled) {
+        while self.started.elapsed() < FIRST_ROUND {
+            let linked = |addr: &SocketAddr| self.dialed.borrow().get(addr).is_some_and(|&i| self.up(i));
+            if self.live_links() >= peers.len() || peers.iter().all(linked) {
                 return;
             }
             Timer::new(Duration::from_millis(5)).await;
@@ -360,14 +362,16 @@ async fn dial_loop(shard: Rc<Shard>, relay: Rc<Relay>, addr: SocketAddr) {
             Timer::new(Duration::from_millis(200)).await;
             continue;
         }
-        let linked = match TcpStream::connect_timeout(addr, Duration::from_secs(2)).await {
-            Ok(stream) => run_link(shard.clone(), relay.clone(), stream, Some(addr)).await,
-            Err(_) => false,
-        };
-        // Whatever happened, this address has had its first try.
-        relay.first_failed.borrow_mut().insert(addr);
-        if linked {
+        if let Ok(stream) = TcpStream::connect_timeout(addr, Duration::from_secs(2)).await
+            && run_link(shard.clone(), relay.clone(), stream, Some(addr)).await
+        {
             backoff = Duration::from_millis(100);
+        }
+        if relay.started.elapsed() < FIRST_ROUND {
+            // Peers started at about the same time are still binding their
+            // relay port: try again soon, so the mesh forms in milliseconds.
+            Timer::new(FIRST_ROUND_RETRY).await;
+            continue;
         }
         Timer::new(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
