@@ -68,8 +68,9 @@ pub struct Args {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub no_pin: Option<bool>,
     /// Percent of a second a pinned shard may wait for its core (other processes
-    /// busy on it) before it is released to run on any core; it tries the pin
-    /// again after 30 s, backing off to 16 min while the core stays busy.
+    /// busy on it) before it is released to run on any core; it pins itself
+    /// again once other processes have used under a tenth of a core for 30 s
+    /// in a row (asking twice as long after each new release, up to 16 min).
     /// 0 keeps shards pinned whatever happens. Default 10.
     #[arg(long, value_name = "PERCENT")]
     pub unpin_above: Option<f64>,

@@ -11,25 +11,32 @@
 //!
 //! How: once a second each shard reads how long its thread waited runnable
 //! for a CPU (the kernel's run-queue wait, second field of
-//! `/proc/thread-self/schedstat`). [`PinPolicy`] (pure, tested below) turns
-//! that into a decision; [`CorePin`] does the system calls for the calling
-//! thread. A second in which the process's cgroup was throttled (its CPU
-//! quota spent: `throttled_usec`, or v1's `throttled_time`, in `cpu.stat`) is not held
-//! against the core: the wait was the quota's, and no other core would help.
-//! Releasing can cascade: a released shard that settles on another shard's
-//! core may make that one wait and be released in turn; both then float,
-//! which is what measured best beside a busy neighbour. A released shard may run on any core the process may use; it
-//! tries its pin again after [`FIRST_RETRY`], and each time the pin has to
-//! be released again the wait before the next try doubles, up to
-//! [`MAX_RETRY`], so a host that stays busy costs at most one contended
-//! second per try.
+//! `/proc/thread-self/schedstat`) and how much CPU other processes used
+//! (`/proc/stat` minus this process's `/proc/self/stat`). [`PinPolicy`]
+//! (pure, tested below) turns that into a decision; [`CorePin`] does the
+//! system calls for the calling thread. A released shard may run on any core
+//! the process may use. It pins itself again once other processes have been
+//! quiet (under a tenth of a core) for [`FIRST_RETRY`] in a row, not while
+//! they are busy: a re-pin beside a still-busy neighbour would cost a
+//! contended second in the middle of the load. If the pin has to be
+//! released again, the quiet time asked for doubles, up to [`MAX_RETRY`].
+//! A second in which the process's cgroup was throttled (its CPU quota
+//! spent: `throttled_usec`, or v1's `throttled_time`, in `cpu.stat`) is not
+//! held against the core: the wait was the quota's, and no other core would
+//! help. Releasing can cascade: a released shard that settles on another
+//! shard's core may make that one wait and be released in turn; both then
+//! float, which is what measured best beside a busy neighbour.
 
 use std::time::{Duration, Instant};
 
-/// Wait before a released shard first tries its pin again.
+/// Quiet time (other processes under [`QUIET_OTHERS`]) after which a
+/// released shard first pins itself again.
 pub const FIRST_RETRY: Duration = Duration::from_secs(30);
-/// Longest wait between tries.
+/// Longest quiet time asked for before a re-pin.
 pub const MAX_RETRY: Duration = Duration::from_secs(16 * 60);
+/// CPU, in cores, that other processes may use in a window still counted
+/// as quiet.
+pub const QUIET_OTHERS: f64 = 0.1;
 /// Shortest window the policy judges (shorter ones are too noisy).
 pub const MIN_WINDOW: Duration = Duration::from_millis(500);
 
@@ -44,6 +51,17 @@ pub enum Action {
     Repin,
 }
 
+/// One judged stretch of time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// Its length.
+    pub length: Duration,
+    /// How long the shard's thread waited runnable for a CPU in it.
+    pub waited: Duration,
+    /// CPU other processes used in it, in cores (1.0 = one core all along).
+    pub others: f64,
+}
+
 /// The release/re-pin decision, free of I/O.
 #[derive(Debug, Clone)]
 pub struct PinPolicy {
@@ -51,10 +69,10 @@ pub struct PinPolicy {
     /// pinned shard is released; 0 never releases.
     threshold: f64,
     pinned: bool,
-    /// How long to float before the next try at the pin.
+    /// Quiet time asked for before the next re-pin.
     retry: Duration,
-    /// Time floating since the last release.
-    floating: Duration,
+    /// Quiet time in a row since the last release (or busy window).
+    quiet: Duration,
     /// Time pinned without a release since the last re-pin.
     calm: Duration,
 }
@@ -63,7 +81,7 @@ impl PinPolicy {
     /// A pinned shard's policy; `threshold` is the waiting share (0..1) that
     /// releases it, 0 for never.
     pub fn new(threshold: f64) -> Self {
-        PinPolicy { threshold, pinned: true, retry: FIRST_RETRY, floating: Duration::ZERO, calm: Duration::ZERO }
+        PinPolicy { threshold, pinned: true, retry: FIRST_RETRY, quiet: Duration::ZERO, calm: Duration::ZERO }
     }
 
     /// Whether the shard is pinned now.
@@ -71,26 +89,32 @@ impl PinPolicy {
         self.pinned
     }
 
-    /// Feeds one window: the thread waited runnable for `waited` out of `window`.
-    pub fn observe(&mut self, waited: Duration, window: Duration) -> Action {
-        if self.threshold <= 0.0 || window < MIN_WINDOW {
+    /// Feeds one window.
+    pub fn observe(&mut self, w: Window) -> Action {
+        if self.threshold <= 0.0 || w.length < MIN_WINDOW {
             return Action::Stay;
         }
         if self.pinned {
-            if waited.as_secs_f64() > self.threshold * window.as_secs_f64() {
+            if w.waited.as_secs_f64() > self.threshold * w.length.as_secs_f64() {
                 self.pinned = false;
-                self.floating = Duration::ZERO;
+                self.quiet = Duration::ZERO;
                 // A pin that held for a long while earns the short retry again.
                 if self.calm >= MAX_RETRY {
                     self.retry = FIRST_RETRY;
                 }
                 return Action::Release;
             }
-            self.calm += window;
+            self.calm += w.length;
             return Action::Stay;
         }
-        self.floating += window;
-        if self.floating < self.retry {
+        // Floating, the shard seldom waits, so its wait says nothing about
+        // its core; the neighbours' CPU does.
+        if w.others < QUIET_OTHERS {
+            self.quiet += w.length;
+        } else {
+            self.quiet = Duration::ZERO;
+        }
+        if self.quiet < self.retry {
             return Action::Stay;
         }
         self.pinned = true;
@@ -106,9 +130,8 @@ pub struct CorePin {
     core: usize,
     all: Vec<usize>,
     policy: PinPolicy,
-    /// When the last window began, the thread's wait then, and the
-    /// cgroup's throttled time then.
-    last: Option<(Instant, u64, u64)>,
+    /// The counters at the start of the current window.
+    last: Option<Counters>,
     /// cgroup v2 `cpu.stat` of this process, when there is one.
     cpu_stat: Option<std::path::PathBuf>,
     /// The kernel refused an affinity change before (warned once).
@@ -163,21 +186,26 @@ impl CorePin {
     /// Call about once a second from the pinned thread itself.
     pub fn tick(&mut self) -> Tick {
         let stay = |waited| Tick { action: Action::Stay, waited, refused: false };
-        let (Some(wait), now) = (thread_wait(), Instant::now()) else {
+        let Some(now) = Counters::read(self.cpu_stat.as_deref()) else {
             return stay(0.0);
         };
-        let throttled = self.cpu_stat.as_deref().and_then(throttled_us).unwrap_or(0);
-        let Some((t0, w0, th0)) = self.last.replace((now, wait, throttled)) else {
+        let Some(then) = self.last.replace(now) else {
             return stay(0.0);
         };
-        let window = now - t0;
-        let mut waited = Duration::from_nanos(wait.saturating_sub(w0));
-        let share = waited.as_secs_f64() / window.as_secs_f64().max(1e-9);
-        if throttled > th0 {
+        let length = now.at - then.at;
+        let secs = length.as_secs_f64().max(1e-9);
+        let mut waited = Duration::from_nanos(now.wait_ns.saturating_sub(then.wait_ns));
+        let share = waited.as_secs_f64() / secs;
+        if now.throttled_us > then.throttled_us {
             // The cgroup's quota ran out: another core would not help.
             waited = Duration::ZERO;
         }
-        let action = self.policy.observe(waited, window);
+        let others = match (now.others_ticks, then.others_ticks) {
+            (Some(a), Some(b)) => a.saturating_sub(b) as f64 / clock_ticks_per_sec() / secs,
+            // Unknown: never taken for quiet.
+            _ => f64::INFINITY,
+        };
+        let action = self.policy.observe(Window { length, waited, others });
         let ok = match action {
             Action::Stay => true,
             Action::Release => set_affinity(&self.all),
@@ -192,6 +220,60 @@ impl CorePin {
         let first = !std::mem::replace(&mut self.refused, true);
         Tick { action: Action::Stay, waited: share, refused: first }
     }
+}
+
+/// The kernel counters a window is judged by.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    at: Instant,
+    /// Run-queue wait of the calling thread.
+    wait_ns: u64,
+    /// Throttled time of the process's cgroup (0 when unknown).
+    throttled_us: u64,
+    /// CPU time of every other process, in clock ticks (None when unknown).
+    others_ticks: Option<u64>,
+}
+
+impl Counters {
+    fn read(cpu_stat: Option<&std::path::Path>) -> Option<Counters> {
+        Some(Counters {
+            at: Instant::now(),
+            wait_ns: thread_wait()?,
+            throttled_us: cpu_stat.and_then(throttled_us).unwrap_or(0),
+            others_ticks: others_ticks(),
+        })
+    }
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU time used by every process but this one, in clock ticks.
+fn others_ticks() -> Option<u64> {
+    let all = std::fs::read_to_string("/proc/stat").ok()?;
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    Some(parse_machine_busy(&all)?.saturating_sub(parse_own_cpu(&own)?))
+}
+
+/// Busy ticks of all CPUs from /proc/stat's first line (user, nice, system,
+/// irq, softirq, steal; guest time is inside user).
+fn parse_machine_busy(proc_stat: &str) -> Option<u64> {
+    let line = proc_stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+}
+
+/// utime + stime of a process from its /proc/PID/stat (the name may hold
+/// spaces and parentheses, so fields are counted after the last `)`).
+fn parse_own_cpu(pid_stat: &str) -> Option<u64> {
+    let rest = &pid_stat[pid_stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
 }
 
 /// This process's cgroup `cpu.stat` (v2 unified, or v1's cpu controller),
@@ -280,11 +362,24 @@ mod tests {
         }
     }
 
+    fn w(waited_ms: u64, others: f64) -> Window {
+        Window { length: SEC, waited: ms(waited_ms), others }
+    }
+
+    #[test]
+    fn parses_proc_stat_and_pid_stat() {
+        let all = "cpu  100 5 50 9000 7 3 2 1 0 0\ncpu0 50 2 25 4500 3 1 1 0 0 0\n";
+        assert_eq!(parse_machine_busy(all), Some(100 + 5 + 50 + 3 + 2 + 1));
+        let own = "4242 (shard (x) 1) S 1 2 3 4 5 6 7 8 9 10 700 300 0 0 20 0 3 0";
+        assert_eq!(parse_own_cpu(own), Some(1000));
+        assert!(others_ticks().is_some(), "this machine has /proc/stat and /proc/self/stat");
+    }
+
     #[test]
     fn stays_pinned_while_the_core_is_free() {
         let mut p = PinPolicy::new(0.10);
         for _ in 0..1000 {
-            assert_eq!(p.observe(ms(20), SEC), Action::Stay);
+            assert_eq!(p.observe(w(20, 0.9)), Action::Stay);
         }
         assert!(p.pinned());
     }
@@ -292,42 +387,59 @@ mod tests {
     #[test]
     fn releases_when_waiting_passes_the_threshold() {
         let mut p = PinPolicy::new(0.10);
-        assert_eq!(p.observe(ms(100), SEC), Action::Stay, "exactly at the threshold is not above it");
-        assert_eq!(p.observe(ms(101), SEC), Action::Release);
+        assert_eq!(p.observe(w(100, 0.9)), Action::Stay, "exactly at the threshold is not above it");
+        assert_eq!(p.observe(w(101, 0.9)), Action::Release);
         assert!(!p.pinned());
     }
 
     #[test]
     fn zero_threshold_never_releases() {
         let mut p = PinPolicy::new(0.0);
-        assert_eq!(p.observe(SEC, SEC), Action::Stay);
+        assert_eq!(p.observe(w(1000, 1.0)), Action::Stay);
         assert!(p.pinned());
     }
 
     #[test]
     fn short_windows_are_not_judged() {
         let mut p = PinPolicy::new(0.10);
-        assert_eq!(p.observe(ms(400), ms(400)), Action::Stay);
+        assert_eq!(p.observe(Window { length: ms(400), waited: ms(400), others: 1.0 }), Action::Stay);
         assert!(p.pinned());
     }
 
     #[test]
-    fn retries_the_pin_with_doubling_backoff() {
+    fn floats_while_the_neighbours_stay_busy() {
+        let mut p = PinPolicy::new(0.10);
+        assert_eq!(p.observe(w(500, 0.8)), Action::Release);
+        // An hour of a busy neighbour: no re-pin, so no contended second.
+        for _ in 0..3600 {
+            assert_eq!(p.observe(w(0, 0.8)), Action::Stay);
+        }
+        // Quiet stretches shorter than the retry, broken by busy seconds, do not add up.
+        for _ in 0..10 {
+            for _ in 0..FIRST_RETRY.as_secs() - 1 {
+                assert_eq!(p.observe(w(0, 0.05)), Action::Stay);
+            }
+            assert_eq!(p.observe(w(0, 0.5)), Action::Stay);
+        }
+        assert!(!p.pinned());
+    }
+
+    #[test]
+    fn re_pins_after_quiet_with_doubling_backoff() {
         let mut p = PinPolicy::new(0.10);
         let mut retry = FIRST_RETRY;
         for _ in 0..8 {
-            assert_eq!(p.observe(ms(500), SEC), Action::Release);
-            let mut floated = Duration::ZERO;
+            assert_eq!(p.observe(w(500, 0.9)), Action::Release);
+            let mut quiet = Duration::ZERO;
             loop {
-                floated += SEC;
-                // Floating, the shard rarely waits; that says nothing about its core.
-                match p.observe(Duration::ZERO, SEC) {
-                    Action::Stay => assert!(floated < retry),
+                quiet += SEC;
+                match p.observe(w(0, 0.0)) {
+                    Action::Stay => assert!(quiet < retry),
                     Action::Repin => break,
                     Action::Release => panic!("released while floating"),
                 }
             }
-            assert_eq!(floated, retry, "re-pinned after the retry interval");
+            assert_eq!(quiet, retry, "re-pinned after the retry interval of quiet");
             assert!(p.pinned());
             retry = (retry * 2).min(MAX_RETRY);
         }
@@ -338,20 +450,19 @@ mod tests {
     fn a_long_calm_pin_resets_the_backoff() {
         let mut p = PinPolicy::new(0.10);
         for _ in 0..3 {
-            assert_eq!(p.observe(ms(500), SEC), Action::Release);
-            while p.observe(Duration::ZERO, SEC) != Action::Repin {}
+            assert_eq!(p.observe(w(500, 0.9)), Action::Release);
+            while p.observe(w(0, 0.0)) != Action::Repin {}
         }
         // Pinned and calm for the longest retry interval: the next release
-        // retries after the first interval again.
-        let calm = MAX_RETRY.as_secs();
-        for _ in 0..calm {
-            assert_eq!(p.observe(Duration::ZERO, SEC), Action::Stay);
+        // asks for the first interval of quiet again.
+        for _ in 0..MAX_RETRY.as_secs() {
+            assert_eq!(p.observe(w(0, 0.0)), Action::Stay);
         }
-        assert_eq!(p.observe(ms(500), SEC), Action::Release);
-        let mut floated = Duration::ZERO;
-        while p.observe(Duration::ZERO, SEC) != Action::Repin {
-            floated += SEC;
+        assert_eq!(p.observe(w(500, 0.9)), Action::Release);
+        let mut quiet = SEC;
+        while p.observe(w(0, 0.0)) != Action::Repin {
+            quiet += SEC;
         }
-        assert_eq!(floated + SEC, FIRST_RETRY);
+        assert_eq!(quiet, FIRST_RETRY);
     }
 }
