@@ -254,6 +254,8 @@ pub struct Shard {
     pub(crate) relay: RefCell<Option<Rc<Relay>>>,
     /// This shard's pin to its core, when pinned (see [`crate::pinning`]).
     pub(crate) pin: RefCell<Option<CorePin>>,
+    /// Reused destination lists of [`Shard::broadcast`] (shards, nodes).
+    fanout_scratch: Cell<(Vec<usize>, Vec<u16>)>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -293,6 +295,7 @@ impl Shard {
             view: RefCell::new(Rc::new(View::solo(&node.cfg.node_id))),
             relay: RefCell::new(None),
             pin: RefCell::new(None),
+            fanout_scratch: Cell::new((Vec::new(), Vec::new())),
             node,
         }
     }
@@ -1097,20 +1100,26 @@ impl Shard {
 
     /// One Deliver per local shard and per other node holding members.
     fn broadcast(&self, rid: &Id, frame: Bytes, except: Option<ConnRef>) {
-        let owned = self.owned.borrow();
-        let Some(room) = owned.get(rid) else { return };
-        let shards: Vec<usize> = room.member_shards().collect();
-        let nodes: Vec<u16> = room.member_nodes().collect();
-        drop(owned);
+        // The destinations are copied out (into reused lists: no allocation
+        // per message) because delivering to this shard inline borrows the
+        // shard's tables again.
+        let (mut shards, mut nodes) = self.fanout_scratch.take();
+        if let Some(room) = self.owned.borrow().get(rid) {
+            shards.extend(room.member_shards());
+            nodes.extend(room.member_nodes());
+        }
         let t0 = Instant::now();
-        for s in shards {
+        for &s in &shards {
             let audience = Audience::AllExcept(except.filter(|c| c.node == 0));
             self.send(s, ShardMsg::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 });
         }
-        for n in nodes {
+        for &n in &nodes {
             let audience = Audience::AllExcept(except.filter(|c| c.node == n));
             self.send_remote(n, ShardMsg::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 });
         }
+        shards.clear();
+        nodes.clear();
+        self.fanout_scratch.set((shards, nodes));
     }
 
     // ---- housekeeping ----------------------------------------------------------
