@@ -29,11 +29,7 @@ impl Server {
 
     /// User + system CPU time of the server so far, in seconds.
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = after.split(' ').collect();
-        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-        ticks / clk_tck()
+        cchat::procfs::process_cpu_ns(self.child.id()).expect("server's /proc/PID/stat") as f64 / 1e9
     }
 
     /// Resident set size in bytes.
@@ -49,14 +45,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn clk_tck() -> f64 {
-    unsafe extern "C" {
-        fn sysconf(name: i32) -> i64;
-    }
-    // _SC_CLK_TCK is 2 on Linux.
-    unsafe { sysconf(2) as f64 }
 }
 
 /// Opens a WebSocket (raw socket, handshake by hand) and logs in.

@@ -33,6 +33,7 @@
 //! | [`metrics`] | per-shard counters, Prometheus text | no |
 //! | [`node`] | state shared by a node's shards | no |
 //! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |
+//! | [`procfs`] | CPU times of a process and of the machine | /proc |
 //! | [`cluster`] | live nodes, room → owner node | no |
 //! | [`relay::codec`], [`relay::handshake`] | relay wire format and handshake | no |
 //! | [`relay`] | links between nodes | yes |
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod node;
 pub mod pinning;
 pub mod placement;
+pub mod procfs;
 pub mod protocol;
 pub mod ratelimit;
 pub mod relay;

@@ -29,6 +29,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::procfs;
+
 /// Quiet time (other processes under [`QUIET_OTHERS`]) after which a
 /// released shard first pins itself again.
 pub const FIRST_RETRY: Duration = Duration::from_secs(30);
@@ -200,8 +202,8 @@ impl CorePin {
             // The cgroup's quota ran out: another core would not help.
             waited = Duration::ZERO;
         }
-        let others = match (now.others_ticks, then.others_ticks) {
-            (Some(a), Some(b)) => a.saturating_sub(b) as f64 / clock_ticks_per_sec() / secs,
+        let others = match (now.others_ns, then.others_ns) {
+            (Some(a), Some(b)) => a.saturating_sub(b) as f64 / 1e9 / secs,
             // Unknown: never taken for quiet.
             _ => f64::INFINITY,
         };
@@ -230,8 +232,8 @@ struct Counters {
     wait_ns: u64,
     /// Throttled time of the process's cgroup (0 when unknown).
     throttled_us: u64,
-    /// CPU time of every other process, in clock ticks (None when unknown).
-    others_ticks: Option<u64>,
+    /// CPU time of every other process (None when unknown).
+    others_ns: Option<u64>,
 }
 
 impl Counters {
@@ -240,40 +242,14 @@ impl Counters {
             at: Instant::now(),
             wait_ns: thread_wait()?,
             throttled_us: cpu_stat.and_then(throttled_us).unwrap_or(0),
-            others_ticks: others_ticks(),
+            others_ns: others_ns(),
         })
     }
 }
 
-/// Clock ticks per second of /proc's CPU times.
-fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// CPU time used by every process but this one, in clock ticks.
-fn others_ticks() -> Option<u64> {
-    let all = std::fs::read_to_string("/proc/stat").ok()?;
-    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-    Some(parse_machine_busy(&all)?.saturating_sub(parse_own_cpu(&own)?))
-}
-
-/// Busy ticks of all CPUs from /proc/stat's first line (user, nice, system,
-/// irq, softirq, steal; guest time is inside user).
-fn parse_machine_busy(proc_stat: &str) -> Option<u64> {
-    let line = proc_stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = line.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
-    let at = |i: usize| v.get(i).copied().unwrap_or(0);
-    Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
-}
-
-/// utime + stime of a process from its /proc/PID/stat (the name may hold
-/// spaces and parentheses, so fields are counted after the last `)`).
-fn parse_own_cpu(pid_stat: &str) -> Option<u64> {
-    let rest = &pid_stat[pid_stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace().skip(11);
-    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+/// CPU time used by every process but this one.
+fn others_ns() -> Option<u64> {
+    Some(procfs::machine_busy_ns()?.saturating_sub(procfs::own_cpu_ns()?))
 }
 
 /// This process's cgroup `cpu.stat` (v2 unified, or v1's cpu controller),
@@ -367,12 +343,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_proc_stat_and_pid_stat() {
-        let all = "cpu  100 5 50 9000 7 3 2 1 0 0\ncpu0 50 2 25 4500 3 1 1 0 0 0\n";
-        assert_eq!(parse_machine_busy(all), Some(100 + 5 + 50 + 3 + 2 + 1));
-        let own = "4242 (shard (x) 1) S 1 2 3 4 5 6 7 8 9 10 700 300 0 0 20 0 3 0";
-        assert_eq!(parse_own_cpu(own), Some(1000));
-        assert!(others_ticks().is_some(), "this machine has /proc/stat and /proc/self/stat");
+    fn others_cpu_is_readable_here() {
+        assert!(others_ns().is_some(), "this machine has /proc/stat and /proc/self/stat");
     }
 
     #[test]

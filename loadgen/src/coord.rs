@@ -82,7 +82,7 @@ impl Link for InlineLink<'_> {
         self.printer.print(p);
     }
     fn ready(&mut self) -> Option<u64> {
-        self.server_cpu0 = Some(self.server_pids.iter().map(|p| sys::proc_cpu_ns(*p)).collect());
+        self.server_cpu0 = Some(self.server_pids.iter().map(|p| cchat::procfs::process_cpu_ns(*p)).collect());
         Some(sys::now_ns() + GO_LEAD_NS / 10)
     }
 }
@@ -95,7 +95,7 @@ fn server_cpu_delta(pids: &[u32], before: Option<&[Option<u64>]>) -> Option<u64>
     let before = before?;
     let mut sum = 0;
     for (pid, b) in pids.iter().zip(before) {
-        sum += sys::proc_cpu_ns(*pid)?.checked_sub((*b)?)?;
+        sum += cchat::procfs::process_cpu_ns(*pid)?.checked_sub((*b)?)?;
     }
     Some(sum)
 }
@@ -164,7 +164,7 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
                     ready[i] = true;
                     progress[i].connected = progress[i].clients.max(progress[i].connected);
                     if ready.iter().all(|r| *r) {
-                        server_cpu0 = Some(a.server_pid.iter().map(|p| sys::proc_cpu_ns(*p)).collect());
+                        server_cpu0 = Some(a.server_pid.iter().map(|p| cchat::procfs::process_cpu_ns(*p)).collect());
                         let t0 = sys::now_ns() + GO_LEAD_NS;
                         for (j, c) in children.0.iter_mut().enumerate() {
                             let stdin = c.stdin.as_mut().expect("piped stdin");
