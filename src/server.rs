@@ -64,7 +64,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let node = Arc::new(Node::new(cfg, max_connections));
     let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, QUEUE_CAPACITY);
     let cpus = allowed_cpus();
-    if cfg_pins_and_releases(&node) && !CorePin::supported() {
+    if node.cfg.pin && node.cfg.unpin_above > 0.0 && !CorePin::supported() {
         warn!(
             "this kernel does not report run-queue waits (/proc/thread-self/schedstat): shards stay pinned even when their cores are busy"
         );
@@ -123,11 +123,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// The CPUs this process may run on (containers often allow a subset).
-/// Whether shards start pinned and may be released from a busy core.
-fn cfg_pins_and_releases(node: &Node) -> bool {
-    node.cfg.pin && node.cfg.unpin_above > 0.0
-}
-
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
     let set = unsafe {

@@ -1173,7 +1173,6 @@ impl Shard {
         let mut pin = self.pin.borrow_mut();
         let Some(p) = pin.as_mut() else { return };
         let t = p.tick();
-        let waited = format!("{:.0}%", t.waited * 100.0);
         if t.refused {
             warn!(shard = self.id, core = p.core(), "the kernel refused to change the shard's CPU affinity");
         }
@@ -1181,6 +1180,7 @@ impl Shard {
             Action::Stay => return,
             Action::Release => {
                 self.stats().core_releases.fetch_add(1, Relaxed);
+                let waited = format!("{:.0}%", t.waited * 100.0);
                 info!(shard = self.id, core = p.core(), waited, "core busy with other work: shard may run on any core");
             }
             Action::Repin => info!(shard = self.id, core = p.core(), "shard pinned to its core again"),

@@ -13,10 +13,10 @@
 //!   traffic: the first whose handshake completes while it has no working
 //!   link to the peer. It sends ACTIVATE as that link's first frame and
 //!   closes any other link to the peer unused. The other node sends nothing
-//!   but heartbeats on a link until ACTIVATE arrives on it. So no frame is
-//!   ever queued on a link that is then dropped in favour of another (an
-//!   earlier rule, "keep the smaller name's dial", lost what was queued on
-//!   the link it replaced). If ACTIVATE arrives on a new link while an old
+//!   but heartbeats on a link until ACTIVATE arrives on it. So a link both
+//!   nodes still use is never swapped for another (an earlier rule, "keep
+//!   the smaller name's dial", lost what was queued on the link it
+//!   replaced). If ACTIVATE arrives on a new link while an old
 //!   one still looks alive, the deciding node has given up on the old one
 //!   (and forgotten this node's members), so the old link is handled as the
 //!   peer going down and coming back. A node also stops retrying dials to
@@ -578,30 +578,30 @@ async fn pump(shard: &Shard, relay: &Relay, link: &Rc<Link>, stream: &mut TcpStr
 
 fn drain_frames(shard: &Shard, relay: &Relay, link: &Rc<Link>, rbuf: &mut BytesMut) -> Result<(), String> {
     loop {
-        match codec::decode(rbuf, link.peer) {
+        let frame = match codec::decode(rbuf, link.peer) {
             Ok(None) => return Ok(()),
-            Ok(Some(Frame::Heartbeat)) => {
-                link.stats.frames_in.fetch_add(1, Relaxed);
+            Ok(Some(frame)) => frame,
+            Err(e) => {
+                warn!(peer = %link.stats.peer, error = %e, "bad relay frame: closing the link");
+                return Err(format!("bad frame: {e}"));
             }
-            Ok(Some(Frame::Activate)) => {
-                link.stats.frames_in.fetch_add(1, Relaxed);
+        };
+        link.stats.frames_in.fetch_add(1, Relaxed);
+        match frame {
+            Frame::Heartbeat => {}
+            Frame::Activate => {
                 if link.decides || link.active.get() {
                     warn!(peer = %link.stats.peer, "unexpected ACTIVATE: closing the link");
                     return Err("ACTIVATE from a peer that does not decide, or twice".into());
                 }
                 relay.activate(shard, link);
             }
-            Ok(Some(Frame::Msg(msg))) => {
-                link.stats.frames_in.fetch_add(1, Relaxed);
+            Frame::Msg(msg) => {
                 if !link.active.get() {
                     warn!(peer = %link.stats.peer, "traffic on a link not activated: closing it");
                     return Err("traffic before ACTIVATE".into());
                 }
                 shard.dispatch_remote(msg);
-            }
-            Err(e) => {
-                warn!(peer = %link.stats.peer, error = %e, "bad relay frame: closing the link");
-                return Err(format!("bad frame: {e}"));
             }
         }
     }
