@@ -314,13 +314,7 @@ fn a_node_dies_and_comes_back() {
 
 #[test]
 fn strangers_and_wrong_secrets_are_refused() {
-    let ports = free_ports(2);
-    let relay = format!("127.0.0.1:{}", ports[1]);
-    let s = Server::try_start_on(
-        &format!("127.0.0.1:{}", ports[0]),
-        &["--node-id", "a", "--relay-listen", &relay, "--cluster-secret", SECRET],
-    )
-    .unwrap();
+    let (s, relay) = relay_node("a", &[]);
     // Garbage on the relay port.
     {
         use std::io::{Read, Write};
@@ -353,35 +347,12 @@ fn strangers_and_wrong_secrets_are_refused() {
 /// the link is closed and counted, and the node keeps serving its clients.
 #[test]
 fn a_slow_peer_link_is_closed_at_its_queue_cap() {
-    use cchat::ids::{Id, Name};
     use cchat::relay::codec;
-    use cchat::room::ConnRef;
-    use cchat::shard::ShardMsg;
     use std::io::Write;
 
-    let ports = free_ports(2);
-    let relay = format!("127.0.0.1:{}", ports[1]);
-    let s = Server::try_start_on(
-        &format!("127.0.0.1:{}", ports[0]),
-        &[
-            "--node-id",
-            "real",
-            "--relay-listen",
-            &relay,
-            "--cluster-secret",
-            SECRET,
-            "--relay-queue-bytes",
-            "65536",
-            "--rate-limit",
-            "0",
-        ],
-    )
-    .unwrap();
+    let (s, relay) = relay_node("real", &["--relay-queue-bytes", "65536", "--rate-limit", "0"]);
     // A room that the real node owns when "fake" is live too.
-    let rid = (0..)
-        .map(|i| format!("slow{i}"))
-        .find(|r| cchat::placement::node_for(r, ["real", "fake"]) == Some("real"))
-        .unwrap();
+    let rid = room_owned_by("slow", "real", "fake");
 
     // The fake peer: small receive buffer, handshake by the book. It has
     // the smaller name, so it picks the link: ACTIVATE.
@@ -394,15 +365,7 @@ fn a_slow_peer_link_is_closed_at_its_queue_cap() {
     }
     s.wait_view(2);
     // A member on the fake node, so every message in the room goes its way.
-    let join = ShardMsg::Join {
-        rid: Id::parse_str(&rid).unwrap(),
-        conn: ConnRef { node: 0, shard: 0, key: 1, generation: 1 },
-        uid: Id::parse_str("remote").unwrap(),
-        name: Name::parse("Remote").unwrap(),
-        echo: false,
-        rejoin: false,
-    };
-    peer.write_all(&codec::encode(&join).unwrap()).unwrap();
+    peer.write_all(&remote_join(&rid, 1)).unwrap();
 
     let mut a = s.client();
     a.login("ann", &rid, Some("a"));
@@ -516,15 +479,39 @@ impl FakePeer {
 const T_HEARTBEAT: u8 = 1;
 const T_ACTIVATE: u8 = 2;
 
-fn relay_node(name: &str) -> (Server, String) {
+/// One node named `name` with a relay listener (and `extra` flags); returns
+/// it and its relay address.
+fn relay_node(name: &str, extra: &[&str]) -> (Server, String) {
     let ports = free_ports(2);
     let relay = format!("127.0.0.1:{}", ports[1]);
-    let s = Server::try_start_on(
-        &format!("127.0.0.1:{}", ports[0]),
-        &["--node-id", name, "--relay-listen", &relay, "--cluster-secret", SECRET],
-    )
-    .unwrap();
+    let mut args = vec!["--node-id", name, "--relay-listen", &relay, "--cluster-secret", SECRET];
+    args.extend_from_slice(extra);
+    let s = Server::try_start_on(&format!("127.0.0.1:{}", ports[0]), &args).unwrap();
     (s, relay)
+}
+
+/// A room id starting with `prefix` that node `owner` owns while `other` is
+/// live too.
+fn room_owned_by(prefix: &str, owner: &str, other: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|r| cchat::placement::node_for(r, [owner, other]) == Some(owner))
+        .unwrap()
+}
+
+/// The relay frame of a fake peer's member (uid "remote", connection `key`)
+/// joining `rid`.
+fn remote_join(rid: &str, key: u32) -> bytes::Bytes {
+    use cchat::ids::{Id, Name};
+    let join = cchat::shard::ShardMsg::Join {
+        rid: Id::parse_str(rid).unwrap(),
+        conn: cchat::room::ConnRef { node: 0, shard: 0, key, generation: 1 },
+        uid: Id::parse_str("remote").unwrap(),
+        name: Name::parse("Remote").unwrap(),
+        echo: false,
+        rejoin: false,
+    };
+    cchat::relay::codec::encode(&join).unwrap()
 }
 
 /// Of a pair, the node with the smaller name picks the link that carries
@@ -536,7 +523,7 @@ fn the_smaller_name_picks_the_link() {
 
     // The real node ("m") decides for a peer named "z": its first frame on
     // the link is ACTIVATE, and the peer is up.
-    let (s, relay) = relay_node("m");
+    let (s, relay) = relay_node("m", &[]);
     let (mut z1, rest) = FakePeer::connect(&relay, "z", None);
     let (types, eof) = FakePeer::frame_types(&mut z1, rest, Instant::now() + Duration::from_millis(600));
     assert!(!eof);
@@ -559,7 +546,7 @@ fn the_smaller_name_picks_the_link() {
 
     // A peer named "a" decides for the real node ("m"): until "a" sends
     // ACTIVATE, the link is not up and carries only heartbeats.
-    let (s, relay) = relay_node("m");
+    let (s, relay) = relay_node("m", &[]);
     let (mut a, rest) = FakePeer::connect(&relay, "a", None);
     let (types, eof) = FakePeer::frame_types(&mut a, rest, Instant::now() + Duration::from_millis(800));
     assert!(!eof);
@@ -573,13 +560,9 @@ fn the_smaller_name_picks_the_link() {
 
     // Traffic on a link that was never activated is a protocol violation:
     // that link is closed, and nothing else.
-    let (s, relay) = relay_node("m");
+    let (s, relay) = relay_node("m", &[]);
     let (mut a, rest) = FakePeer::connect(&relay, "a", None);
-    let leave = cchat::shard::ShardMsg::GetOnline {
-        rid: cchat::ids::Id::parse_str("r").unwrap(),
-        conn: cchat::room::ConnRef { node: 0, shard: 0, key: 1, generation: 1 },
-    };
-    a.write_all(&codec::encode(&leave).unwrap()).unwrap();
+    a.write_all(&remote_join("r", 1)).unwrap();
     let (_, eof) = FakePeer::frame_types(&mut a, rest, Instant::now() + Duration::from_secs(5));
     assert!(eof, "a link carrying traffic before ACTIVATE is closed");
     assert_eq!(s.metric("cchat_relay_link_up"), 0.0);
@@ -593,31 +576,19 @@ fn the_smaller_name_picks_the_link() {
 /// clients see them leave) and keeps the peer in its view, on the new link.
 #[test]
 fn a_new_activation_replaces_the_old_link_as_a_down_and_up() {
-    use cchat::ids::{Id, Name};
     use cchat::relay::codec;
-    use cchat::room::ConnRef;
-    use cchat::shard::ShardMsg;
     use std::io::Write;
 
-    let (s, relay) = relay_node("m");
+    let (s, relay) = relay_node("m", &[]);
     // A room the real node owns while "a" is live too.
-    let rid =
-        (0..).map(|i| format!("swap{i}")).find(|r| cchat::placement::node_for(r, ["m", "a"]) == Some("m")).unwrap();
+    let rid = room_owned_by("swap", "m", "a");
     let (mut l1, _) = FakePeer::connect(&relay, "a", None);
     l1.write_all(&codec::activate()).unwrap();
     s.wait_view(2);
     let mut local = s.client();
     local.login("loc", &rid, Some("loc"));
     // A member on "a", announced to the local client.
-    let join = ShardMsg::Join {
-        rid: Id::parse_str(&rid).unwrap(),
-        conn: ConnRef { node: 0, shard: 0, key: 7, generation: 1 },
-        uid: Id::parse_str("remote").unwrap(),
-        name: Name::parse("Remote").unwrap(),
-        echo: false,
-        rejoin: false,
-    };
-    l1.write_all(&codec::encode(&join).unwrap()).unwrap();
+    l1.write_all(&remote_join(&rid, 7)).unwrap();
     let v = local.expect("newUser");
     assert_eq!(v["uid"], "remote");
 
@@ -634,7 +605,7 @@ fn a_new_activation_replaces_the_old_link_as_a_down_and_up() {
     s.wait_view(2);
     assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
     assert_eq!(s.metric("cchat_relay_reconnects_total"), 1.0);
-    l2.write_all(&codec::encode(&join).unwrap()).unwrap();
+    l2.write_all(&remote_join(&rid, 7)).unwrap();
     let v = local.expect("newUser");
     assert_eq!(v["uid"], "remote");
     let (types, eof) = FakePeer::frame_types(&mut l2, rest, Instant::now() + Duration::from_millis(300));
