@@ -27,7 +27,8 @@ run() {
     echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $(uname -r) (shared, noisy)"
     echo "- what: writer thread(s) put 150-byte frames stamped with their due time on loopback TCP sockets on loadgen's"
     echo "  open-loop schedule; one reader thread (epoll, like loadgen) records latency from the due time."
-    echo "  \`each\`: one send per delivery; \`batch\`: all of a socket's queued frames in one send."
+    echo "  \`each\`: one send per delivery; \`batch\`: all of a socket's queued frames in one send;"
+    echo "  \`--inject\`: messages sent over TCP by the client side and read by the writer before fan-out."
     echo
     echo "## Load A's shape (2,000 clients, rooms of 100, 2,000 msg/s)"
     echo
@@ -40,5 +41,12 @@ run() {
     echo "## Shape A stepped up (batch, 1 writer, 5 s per step)"
     echo
     for rate in 10000 20000 30000 50000 70000; do run --mode batch --duration 5 --rate "$rate"; done
+    echo "## Shape A with the messages sent over TCP by the clients (--inject, 1 writer)"
+    echo
+    echo "What a chat server and its load generator both pay: the writer reads each message before it fans it"
+    echo "out, the client side sends it. The fair floor for cchat's ceiling."
+    echo
+    run --inject --duration 10
+    for rate in 10000 30000 40000 50000; do run --inject --duration 5 --rate "$rate"; done
 } > "$OUT"
 echo "bench: wrote $OUT" >&2

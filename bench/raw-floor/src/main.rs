@@ -13,6 +13,11 @@
 //!   socket's queued frames; a writer writes its dirty sockets in turn,
 //!   queueing newly due messages between writes.
 //!
+//! - `--inject`: the reader thread also keeps the schedule and sends each
+//!   message over TCP from its room's first member, and the writer that
+//!   reads it fans it out (batch writes) — what a chat server has to do, and
+//!   the clients' sending cost a load generator pays on the same cores.
+//!
 //! It prints deliveries/s (over the time they took), writes, frames per
 //! write, how late the writers finished, latency percentiles and CPU time per
 //! delivery of the writers and of the reader. Writers sleep until the next
@@ -62,6 +67,16 @@ struct Args {
     /// Writer threads.
     #[arg(long, default_value_t = 1)]
     writers: usize,
+    /// Send each message over TCP from its sender's client socket (the reader
+    /// thread keeps the schedule) and fan it out when a writer reads it, as a
+    /// chat server must; without it writers make messages up themselves.
+    /// Rooms then belong to writers whole (room r to writer r % writers).
+    #[arg(long)]
+    inject: bool,
+    /// Bytes per injected message (cchat's publish frame for a 64-byte msg is
+    /// about 120).
+    #[arg(long, default_value_t = 120)]
+    msg_bytes: usize,
 }
 
 fn now_ns(origin: Instant) -> u64 {
@@ -94,6 +109,9 @@ struct Shared {
     writes: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
+    /// Deliveries the messages sent so far are owed (`--inject`: kept by the
+    /// reader, which sends them).
+    expected: AtomicU64,
     /// When the reader last read a frame.
     last_rx: AtomicU64,
 }
@@ -206,8 +224,148 @@ fn writer(args: &Args, sh: &Shared, fds: Vec<(usize, RawFd)>) -> WriterReport {
     WriterReport { cpu_ns: thread_cpu_ns() - cpu0, done_ns, send_errors: errors }
 }
 
+/// A `--inject` writer: reads the messages that arrive on the sender sockets
+/// it owns (one edge-triggered epoll set) and fans each out to its room,
+/// all of a socket's queued frames in one send, like `batch`. It looks for
+/// new messages after every 64 writes, and runs until told to stop.
+fn inject_writer(args: &Args, sh: &Shared, fds: Vec<(usize, RawFd)>) -> WriterReport {
+    let rs = args.room_size;
+    let mb = args.msg_bytes;
+    let mut frame = vec![b'.'; args.frame_bytes];
+    let mut out: Vec<Out> =
+        fds.iter().map(|&(_, fd)| Out { fd, pending: Vec::new(), queued: false, broken: false }).collect();
+    let mut dirty: VecDeque<usize> = VecDeque::new();
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); args.clients.div_ceil(rs)];
+    // SAFETY: plain epoll calls on fds this thread owns for the run.
+    let ep = unsafe { libc::epoll_create1(0) };
+    for (k, &(client, fd)) in fds.iter().enumerate() {
+        members[client / rs].push(k);
+        if client % rs == 0 {
+            let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: k as u64 };
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        }
+    }
+    let mut tails: Vec<Vec<u8>> = vec![Vec::new(); fds.len()];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let (mut writes, mut sent, mut errors) = (0u64, 0u64, 0u64);
+    let mut done_ns = 0;
+    let cpu0 = thread_cpu_ns();
+    while !sh.stop.load(Relaxed) {
+        let timeout = if dirty.is_empty() { 20 } else { 0 };
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout) };
+        for e in events.iter().take(n.max(0) as usize) {
+            let k = e.u64 as usize;
+            loop {
+                let start = tails[k].len();
+                buf[..start].copy_from_slice(&tails[k]);
+                let r = unsafe {
+                    libc::recv(out[k].fd, buf[start..].as_mut_ptr().cast(), buf.len() - start, libc::MSG_DONTWAIT)
+                };
+                if r <= 0 {
+                    break;
+                }
+                let filled = start + r as usize;
+                let mut off = 0;
+                while off + mb <= filled {
+                    frame[..8].copy_from_slice(&buf[off..off + 8]);
+                    for &j in &members[fds[k].0 / rs] {
+                        let o = &mut out[j];
+                        if j == k || o.broken {
+                            continue;
+                        }
+                        o.pending.extend_from_slice(&frame);
+                        sent += 1;
+                        if !o.queued {
+                            o.queued = true;
+                            dirty.push_back(j);
+                        }
+                    }
+                    off += mb;
+                }
+                tails[k].clear();
+                tails[k].extend_from_slice(&buf[off..filled]);
+                if filled < buf.len() {
+                    break;
+                }
+            }
+        }
+        for _ in 0..64 {
+            let Some(j) = dirty.pop_front() else { break };
+            let o = &mut out[j];
+            if flush(o, &mut writes, &mut errors) {
+                dirty.push_back(j);
+            } else {
+                o.queued = false;
+            }
+            done_ns = now_ns(sh.origin);
+        }
+    }
+    sh.writes.fetch_add(writes, Relaxed);
+    sh.sent.fetch_add(sent, Relaxed);
+    WriterReport { cpu_ns: thread_cpu_ns() - cpu0, done_ns, send_errors: errors }
+}
+
+/// Sends every message of the schedule that is due by now from its room's
+/// first member (`--inject`); returns how long until the next one is due.
+struct Injector {
+    senders: Vec<RawFd>,
+    msg: Vec<u8>,
+    per_msg: f64,
+    m: u64,
+    /// Receivers of each room.
+    fanout: Vec<u64>,
+    send_errors: u64,
+}
+
+impl Injector {
+    fn new(args: &Args, fds: &[RawFd]) -> Self {
+        let rs = args.room_size;
+        let rooms = args.clients.div_ceil(rs);
+        Injector {
+            senders: (0..rooms).map(|r| fds[r * rs]).collect(),
+            msg: vec![b'.'; args.msg_bytes],
+            per_msg: 1e9 / args.rate,
+            m: 0,
+            fanout: (0..rooms).map(|r| (args.clients.min((r + 1) * rs) - r * rs - 1) as u64).collect(),
+            send_errors: 0,
+        }
+    }
+
+    fn send_due(&mut self, sh: &Shared) -> u64 {
+        loop {
+            let due = sh.t0 + (self.m as f64 * self.per_msg) as u64;
+            let now = now_ns(sh.origin);
+            if due >= sh.end {
+                return 20_000_000;
+            }
+            if due > now {
+                return due - now;
+            }
+            let room = self.m as usize % self.senders.len();
+            self.msg[..8].copy_from_slice(&due.to_le_bytes());
+            // SAFETY: msg is valid for reads of its length.
+            let r = unsafe {
+                libc::send(
+                    self.senders[room],
+                    self.msg.as_ptr().cast(),
+                    self.msg.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if r == self.msg.len() as isize {
+                sh.expected.fetch_add(self.fanout[room], Relaxed);
+            } else {
+                self.send_errors += 1;
+            }
+            self.m += 1;
+        }
+    }
+}
+
 /// The reader: every client socket in one edge-triggered epoll set.
-fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u64) {
+fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u64, u64) {
+    let mut inject = args.inject.then(|| Injector::new(args, &fds));
     // SAFETY: plain epoll calls on fds this thread owns for the run.
     let ep = unsafe { libc::epoll_create1(0) };
     for (i, &fd) in fds.iter().enumerate() {
@@ -222,7 +380,9 @@ fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u6
     let mut received = 0u64;
     let cpu0 = thread_cpu_ns();
     while !sh.stop.load(Relaxed) {
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 20) };
+        let wait_ns = inject.as_mut().map_or(20_000_000, |i| i.send_due(sh));
+        let ts = libc::timespec { tv_sec: (wait_ns / 1_000_000_000) as _, tv_nsec: (wait_ns % 1_000_000_000) as _ };
+        let n = unsafe { libc::epoll_pwait2(ep, events.as_mut_ptr(), events.len() as i32, &ts, std::ptr::null()) };
         for e in events.iter().take(n.max(0) as usize) {
             let i = e.u64 as usize;
             loop {
@@ -255,7 +415,7 @@ fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u6
             }
         }
     }
-    (hist, received, thread_cpu_ns() - cpu0)
+    (hist, received, thread_cpu_ns() - cpu0, inject.map_or(0, |i| i.send_errors))
 }
 
 fn main() {
@@ -290,6 +450,7 @@ fn main() {
         writes: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
+        expected: AtomicU64::new(0),
         last_rx: AtomicU64::new(0),
     });
     let rfds: Vec<RawFd> = clients.iter().map(|c| c.as_raw_fd()).collect();
@@ -297,38 +458,52 @@ fn main() {
         let (args, sh) = (args.clone(), sh.clone());
         std::thread::spawn(move || reader(&args, &sh, rfds))
     };
+    // Whole rooms per writer when messages are injected: the writer that
+    // reads a message writes all of its room.
+    let owner = |i: usize| if args.inject { i / args.room_size } else { i } % args.writers;
     let writer_hs: Vec<_> = (0..args.writers)
         .map(|w| {
-            let fds: Vec<(usize, RawFd)> = servers
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % args.writers == w)
-                .map(|(i, s)| (i, s.as_raw_fd()))
-                .collect();
+            let fds: Vec<(usize, RawFd)> =
+                servers.iter().enumerate().filter(|(i, _)| owner(*i) == w).map(|(i, s)| (i, s.as_raw_fd())).collect();
             let (args, sh) = (args.clone(), sh.clone());
-            std::thread::spawn(move || writer(&args, &sh, fds))
+            std::thread::spawn(move || if args.inject { inject_writer(&args, &sh, fds) } else { writer(&args, &sh, fds) })
         })
         .collect();
-    let reports: Vec<WriterReport> = writer_hs.into_iter().map(|h| h.join().expect("writer")).collect();
-    let writer_cpu: u64 = reports.iter().map(|r| r.cpu_ns).sum();
-    let send_errors: u64 = reports.iter().map(|r| r.send_errors).sum();
-    let late_ms = reports.iter().map(|r| r.done_ns).max().unwrap_or(0).saturating_sub(sh.end) as f64 / 1e6;
-    let sent = sh.sent.load(Relaxed);
+    let expected = |sh: &Shared| if args.inject { sh.expected.load(Relaxed) } else { sh.sent.load(Relaxed) };
+    let mut writer_hs = writer_hs;
+    let mut reports: Vec<WriterReport> = Vec::new();
+    if args.inject {
+        // Injecting writers run until stopped: wait out the schedule.
+        std::thread::sleep(Duration::from_nanos(sh.end.saturating_sub(now_ns(origin))));
+    } else {
+        reports = writer_hs.drain(..).map(|h| h.join().expect("writer")).collect();
+    }
     // Drain: up to 5 s for the reader to get everything written.
     let drain_until = Instant::now() + Duration::from_secs(5);
-    while sh.received.load(Relaxed) < sent && Instant::now() < drain_until {
+    while sh.received.load(Relaxed) < expected(&sh) && Instant::now() < drain_until {
         std::thread::sleep(Duration::from_millis(20));
     }
     sh.stop.store(true, Relaxed);
-    let (hist, received, reader_cpu) = reader_h.join().expect("reader");
+    reports.extend(writer_hs.drain(..).map(|h| h.join().expect("writer")));
+    let writer_cpu: u64 = reports.iter().map(|r| r.cpu_ns).sum();
+    let late_ms = reports.iter().map(|r| r.done_ns).max().unwrap_or(0).saturating_sub(sh.end) as f64 / 1e6;
+    let (hist, received, reader_cpu, inject_errors) = reader_h.join().expect("reader");
+    let send_errors: u64 = reports.iter().map(|r| r.send_errors).sum::<u64>() + inject_errors;
+    let sent = expected(&sh);
     // Deliveries per second over the time they actually took: from the first
     // due time to the last frame read (a writer that falls behind shows here).
     let secs = (sh.last_rx.load(Relaxed).max(sh.end) - sh.t0) as f64 / 1e9;
     let writes = sh.writes.load(Relaxed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "raw-floor mode={:?} writers={} clients={} room_size={} rate={} msg/s frame={} B",
-        args.mode, args.writers, args.clients, args.room_size, args.rate, args.frame_bytes
+        "raw-floor mode={:?}{} writers={} clients={} room_size={} rate={} msg/s frame={} B",
+        args.mode,
+        if args.inject { " inject" } else { "" },
+        args.writers,
+        args.clients,
+        args.room_size,
+        args.rate,
+        args.frame_bytes
     );
     println!(
         "deliveries {received} of {sent} ({:.0}/s), lost {}, send errors {send_errors}, writes {writes} ({:.2} frames/write)",
@@ -346,9 +521,10 @@ fn main() {
         hist.max() as f64 / 1000.0
     );
     println!(
-        "cpu ns/delivery writers {:.0} reader {:.0}",
+        "cpu ns/delivery writers {:.0} reader {:.0}{}",
         writer_cpu as f64 / received.max(1) as f64,
-        reader_cpu as f64 / received.max(1) as f64
+        reader_cpu as f64 / received.max(1) as f64,
+        if args.inject { " (with its sends)" } else { "" }
     );
     if sent != received || send_errors > 0 {
         std::process::exit(1);
