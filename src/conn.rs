@@ -211,7 +211,7 @@ fn process(shard: &Shard, key: u32, dec: &mut Decoder, data: &mut [u8], pending:
                 shard.on_text(key, &mut m);
             }
             Event::Binary => shard.on_binary(key),
-            Event::Ping(r) => shard.send_frame(key, &ws::pong_frame(&buf[r])),
+            Event::Ping(r) => shard.send_frame(key, ws::pong_frame(&buf[r])),
             Event::Pong | Event::Fragment => {}
             Event::Close(code) => {
                 shard.begin_close(key, code.unwrap_or(ws::close_code::NORMAL), "");

@@ -194,7 +194,7 @@ pub(crate) struct ConnEntry {
     msg_bucket: TokenBucket,
     frame_bucket: TokenBucket,
     // Output.
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Frame>,
     queued: usize,
     front_off: usize,
     dirty: bool,
@@ -205,6 +205,12 @@ pub(crate) struct ConnEntry {
     last_rx: u32,
     pinged: bool,
 }
+
+/// A frame in the per-connection queues. Every local recipient of a
+/// broadcast holds the same one: one allocation per broadcast and shard, and
+/// a plain (non-atomic) count per recipient instead of the `Bytes` atomic
+/// one, which also lets the same bytes go to other shards.
+type Frame = Rc<Bytes>;
 
 /// Tick length of the sweeper (idle checks, pings, shutdown polling).
 pub(crate) const TICK: Duration = Duration::from_millis(100);
@@ -402,7 +408,7 @@ impl Shard {
     /// Queues a frame on a connection and marks it for the next flush.
     /// Returns false if the connection is closing or was just closed for
     /// exceeding its outbound cap.
-    fn enqueue(&self, conns: &mut Slab<ConnEntry>, key: u32, frame: &Bytes) -> bool {
+    fn enqueue(&self, conns: &mut Slab<ConnEntry>, key: u32, frame: &Frame) -> bool {
         match conns.get_mut(key as usize) {
             Some(e) => self.push_frame(e, key, frame),
             None => false,
@@ -411,14 +417,14 @@ impl Shard {
 
     /// [`Shard::enqueue`] to the connection `c` names, if it is still that
     /// connection (its slot may have been reused since `c` was taken).
-    fn enqueue_to(&self, conns: &mut Slab<ConnEntry>, c: ConnRef, frame: &Bytes) -> bool {
+    fn enqueue_to(&self, conns: &mut Slab<ConnEntry>, c: ConnRef, frame: &Frame) -> bool {
         match conns.get_mut(c.key as usize).filter(|e| e.generation == c.generation) {
             Some(e) => self.push_frame(e, c.key, frame),
             None => false,
         }
     }
 
-    fn push_frame(&self, e: &mut ConnEntry, key: u32, frame: &Bytes) -> bool {
+    fn push_frame(&self, e: &mut ConnEntry, key: u32, frame: &Frame) -> bool {
         if e.closing.is_some() {
             return false;
         }
@@ -428,7 +434,7 @@ impl Shard {
             e.start_close(ws::close_code::POLICY, "outbound queue full");
             return false;
         }
-        e.queue.push_back(frame.clone());
+        e.queue.push_back(Rc::clone(frame));
         e.queued += frame.len();
         if !e.dirty && !e.write_blocked {
             e.dirty = true;
@@ -438,16 +444,16 @@ impl Shard {
     }
 
     /// Queues a frame to one local connection and schedules the flush.
-    pub(crate) fn send_frame(&self, key: u32, frame: &Bytes) {
+    pub(crate) fn send_frame(&self, key: u32, frame: Bytes) {
         let mut conns = self.conns.borrow_mut();
-        self.enqueue(&mut conns, key, frame);
+        self.enqueue(&mut conns, key, &Rc::new(frame));
         drop(conns);
         self.wake_flusher();
     }
 
     fn send_error(&self, key: u32, err: &ProtoError) {
         self.stats().error(err.code);
-        self.send_frame(key, &err.encode());
+        self.send_frame(key, err.encode());
     }
 
     fn wake_flusher(&self) {
@@ -883,11 +889,12 @@ impl Shard {
                 if e.rooms.contains(&rid) {
                     self.local_rooms.borrow_mut().entry(rid).or_default().insert(conn.key);
                 }
-                self.push_frame(e, conn.key, &ack);
+                self.push_frame(e, conn.key, &Rc::new(ack));
                 drop(conns);
                 self.wake_flusher();
             }
             ShardMsg::Deliver { rid, frame, audience, t0 } => {
+                let frame = Rc::new(frame);
                 let mut conns = self.conns.borrow_mut();
                 let mut n = 0u64;
                 match audience {
@@ -918,7 +925,7 @@ impl Shard {
             }
             ShardMsg::Direct { conn, frame } => {
                 let mut conns = self.conns.borrow_mut();
-                self.enqueue_to(&mut conns, conn, &frame);
+                self.enqueue_to(&mut conns, conn, &Rc::new(frame));
                 drop(conns);
                 self.wake_flusher();
             }
@@ -1147,7 +1154,7 @@ impl Shard {
         let idle_after = ticks(self.node.cfg.idle_timeout);
         let mut to_close = Vec::new();
         let mut conns = self.conns.borrow_mut();
-        let ping = ws::ping_frame();
+        let ping = Rc::new(ws::ping_frame());
         let keys: Vec<u32> = conns.iter().map(|(k, _)| k as u32).collect();
         for key in keys {
             let e = &mut conns[key as usize];
@@ -1222,8 +1229,8 @@ impl ConnEntry {
     fn start_close(&mut self, code: u16, reason: &str) {
         self.closing = Some(Closing { code });
         self.queue.truncate(if self.front_off > 0 { 1 } else { 0 });
-        self.queue.push_back(ws::close_frame(code, reason));
-        self.queued = self.queue.iter().map(Bytes::len).sum();
+        self.queue.push_back(Rc::new(ws::close_frame(code, reason)));
+        self.queued = self.queue.iter().map(|f| f.len()).sum();
         if let Some(w) = self.waker.take() {
             w.wake();
         }
