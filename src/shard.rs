@@ -491,11 +491,16 @@ impl Shard {
             for (i, &key) in batch.iter().enumerate() {
                 self.flush_now(key);
                 if (i + 1) % FLUSH_YIELD_EVERY == 0 && i + 1 < batch.len() {
-                    // Let the connections read in between: a long pass
-                    // would otherwise hold every new message back until it
-                    // ends, and then its frames wait for the whole next one.
-                    // Frames read now join sockets not yet written in this
-                    // pass, or the next pass.
+                    // Let the tasks that are already runnable go first:
+                    // connections woken by the same I/O poll as this pass,
+                    // cross-shard dispatch. Without it their messages waited
+                    // for the whole pass and then their frames for the next
+                    // one; now their frames join sockets not yet written in
+                    // this pass, or the next pass. (glommio looks for new I/O
+                    // only once the queue runs dry or its preempt timer
+                    // fires, so sockets that become readable during the pass
+                    // still wait for its end; a 500 us preempt timer to
+                    // catch those measured no better, see bench/results.)
                     pass += t0.elapsed();
                     glommio::executor().yield_task_queue_now().await;
                     t0 = Instant::now();
@@ -1247,9 +1252,8 @@ fn member_check(e: &ConnEntry, rid: &Id) -> Result<(), ProtoError> {
     Ok(())
 }
 
-/// Writes a flush pass makes before it lets the shard's other tasks run
-/// (reads above all): ~64 writes of a few microseconds each keep a message
-/// waiting at most about half a millisecond behind a pass.
+/// Writes a flush pass makes before it lets the shard's other runnable tasks
+/// go (64 writes take a few hundred microseconds).
 const FLUSH_YIELD_EVERY: usize = 64;
 
 /// Burst of the per-connection frame bucket (all commands), which stops a
