@@ -13,16 +13,20 @@
 //!   socket's queued frames; a writer writes its dirty sockets in turn,
 //!   queueing newly due messages between writes.
 //!
-//! - `--inject`: the reader thread also keeps the schedule and sends each
-//!   message over TCP from its room's first member, and the writer that
-//!   reads it fans it out (batch writes) — what a chat server has to do, and
-//!   the clients' sending cost a load generator pays on the same cores.
+//! With `--inject` the messages travel as a chat server's do: the reader
+//! thread also keeps the schedule and sends each message over TCP from its
+//! room's first member, and the writer that owns the room (rooms belong to
+//! writers whole, room r to writer r % W) reads it from an epoll set and fans
+//! it out with `batch` writes, looking for new messages every 64 writes.
+//! The reader's CPU time then includes the clients' sends, which a load
+//! generator pays on the same cores.
 //!
 //! It prints deliveries/s (over the time they took), writes, frames per
 //! write, how late the writers finished, latency percentiles and CPU time per
 //! delivery of the writers and of the reader. Writers sleep until the next
 //! message is due (timer slack 1 ns), so their CPU time is work, not spinning,
-//! except when messages are under 5 us apart.
+//! except when messages are under 5 us apart, or (`--inject`) while a
+//! socket they have frames for is full.
 //!
 //! A reference point, not a proven lower bound: it is one lean design (a
 //! writer per thread, one epoll reader) on the same shared cores.
@@ -112,6 +116,8 @@ struct Shared {
     /// Deliveries the messages sent so far are owed (`--inject`: kept by the
     /// reader, which sends them).
     expected: AtomicU64,
+    /// `--inject`: every message of the schedule has been sent.
+    schedule_done: AtomicBool,
     /// When the reader last read a frame.
     last_rx: AtomicU64,
 }
@@ -306,10 +312,13 @@ fn inject_writer(args: &Args, sh: &Shared, fds: Vec<(usize, RawFd)>) -> WriterRe
     WriterReport { cpu_ns: thread_cpu_ns() - cpu0, done_ns, send_errors: errors }
 }
 
-/// Sends every message of the schedule that is due by now from its room's
-/// first member (`--inject`); returns how long until the next one is due.
+/// The schedule of `--inject`, kept by the reader thread: each due message
+/// goes out from its room's first member. A send the socket takes only in
+/// part keeps its rest for the next try, so the writer's framing holds.
 struct Injector {
     senders: Vec<RawFd>,
+    /// Bytes each sender still has to send.
+    unsent: Vec<Vec<u8>>,
     msg: Vec<u8>,
     per_msg: f64,
     m: u64,
@@ -324,6 +333,7 @@ impl Injector {
         let rooms = args.clients.div_ceil(rs);
         Injector {
             senders: (0..rooms).map(|r| fds[r * rs]).collect(),
+            unsent: vec![Vec::new(); rooms],
             msg: vec![b'.'; args.msg_bytes],
             per_msg: 1e9 / args.rate,
             m: 0,
@@ -332,11 +342,44 @@ impl Injector {
         }
     }
 
+    /// Sends what room `r`'s sender has pending; a broken socket drops it
+    /// (counted), its deliveries then show as lost.
+    fn push(&mut self, r: usize) {
+        let out = &mut self.unsent[r];
+        if out.is_empty() {
+            return;
+        }
+        // SAFETY: out is valid for reads of its length.
+        let n = unsafe {
+            libc::send(self.senders[r], out.as_ptr().cast(), out.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if n >= 0 {
+            out.drain(..n as usize);
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted {
+                self.send_errors += 1;
+                out.clear();
+            }
+        }
+    }
+
+    /// Sends every message due by now; returns how long until the next one
+    /// (20 ms once the schedule is done, then `sh.schedule_done` is set).
     fn send_due(&mut self, sh: &Shared) -> u64 {
         loop {
             let due = sh.t0 + (self.m as f64 * self.per_msg) as u64;
             let now = now_ns(sh.origin);
             if due >= sh.end {
+                let mut left = false;
+                for r in 0..self.senders.len() {
+                    self.push(r);
+                    left |= !self.unsent[r].is_empty();
+                }
+                if left {
+                    return 100_000;
+                }
+                sh.schedule_done.store(true, Relaxed);
                 return 20_000_000;
             }
             if due > now {
@@ -344,20 +387,9 @@ impl Injector {
             }
             let room = self.m as usize % self.senders.len();
             self.msg[..8].copy_from_slice(&due.to_le_bytes());
-            // SAFETY: msg is valid for reads of its length.
-            let r = unsafe {
-                libc::send(
-                    self.senders[room],
-                    self.msg.as_ptr().cast(),
-                    self.msg.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if r == self.msg.len() as isize {
-                sh.expected.fetch_add(self.fanout[room], Relaxed);
-            } else {
-                self.send_errors += 1;
-            }
+            self.unsent[room].extend_from_slice(&self.msg);
+            sh.expected.fetch_add(self.fanout[room], Relaxed);
+            self.push(room);
             self.m += 1;
         }
     }
@@ -380,9 +412,15 @@ fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u6
     let mut received = 0u64;
     let cpu0 = thread_cpu_ns();
     while !sh.stop.load(Relaxed) {
-        let wait_ns = inject.as_mut().map_or(20_000_000, |i| i.send_due(sh));
-        let ts = libc::timespec { tv_sec: (wait_ns / 1_000_000_000) as _, tv_nsec: (wait_ns % 1_000_000_000) as _ };
-        let n = unsafe { libc::epoll_pwait2(ep, events.as_mut_ptr(), events.len() as i32, &ts, std::ptr::null()) };
+        let n = match inject.as_mut() {
+            // Sub-millisecond wake-ups for the schedule (Linux 5.11+).
+            Some(i) => {
+                let ns = i.send_due(sh);
+                let ts = libc::timespec { tv_sec: (ns / 1_000_000_000) as _, tv_nsec: (ns % 1_000_000_000) as _ };
+                unsafe { libc::epoll_pwait2(ep, events.as_mut_ptr(), events.len() as i32, &ts, std::ptr::null()) }
+            }
+            None => unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 20) },
+        };
         for e in events.iter().take(n.max(0) as usize) {
             let i = e.u64 as usize;
             loop {
@@ -421,6 +459,7 @@ fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u6
 fn main() {
     let args = Arc::new(Args::parse());
     assert!(args.frame_bytes >= 8, "frames carry an 8-byte due time");
+    assert!(args.msg_bytes >= 8, "injected messages carry an 8-byte due time");
     raise_nofile();
     // Sleeps of a few microseconds must not be stretched by the default
     // 50 us timer slack (threads inherit it), or writers would spin instead.
@@ -451,6 +490,7 @@ fn main() {
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
         expected: AtomicU64::new(0),
+        schedule_done: AtomicBool::new(false),
         last_rx: AtomicU64::new(0),
     });
     let rfds: Vec<RawFd> = clients.iter().map(|c| c.as_raw_fd()).collect();
@@ -473,8 +513,13 @@ fn main() {
     let mut writer_hs = writer_hs;
     let mut reports: Vec<WriterReport> = Vec::new();
     if args.inject {
-        // Injecting writers run until stopped: wait out the schedule.
+        // Injecting writers run until stopped: wait out the schedule and
+        // until the reader has sent all of it (up to 5 s more).
         std::thread::sleep(Duration::from_nanos(sh.end.saturating_sub(now_ns(origin))));
+        let until = Instant::now() + Duration::from_secs(5);
+        while !sh.schedule_done.load(Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     } else {
         reports = writer_hs.drain(..).map(|h| h.join().expect("writer")).collect();
     }
@@ -496,9 +541,8 @@ fn main() {
     let writes = sh.writes.load(Relaxed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "raw-floor mode={:?}{} writers={} clients={} room_size={} rate={} msg/s frame={} B",
-        args.mode,
-        if args.inject { " inject" } else { "" },
+        "raw-floor mode={} writers={} clients={} room_size={} rate={} msg/s frame={} B",
+        if args.inject { "inject (batch)".to_string() } else { format!("{:?}", args.mode) },
         args.writers,
         args.clients,
         args.room_size,
