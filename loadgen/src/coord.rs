@@ -59,7 +59,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
     }
     let server_pids = &cfg.args.server_pid;
     let (stats, server_cpu) = if workers == 1 {
-        let mut link = InlineLink { printer: ProgressPrinter::new(cfg.args.quiet), server_pids, server_cpu0: None };
+        let printer = ProgressPrinter::new(cfg.args.quiet, messages_to_send(cfg));
+        let mut link = InlineLink { printer, server_pids, server_cpu0: None };
         let stats = worker::run(cfg, 0, 1, &mut link)?;
         let cpu = server_cpu_delta(server_pids, link.server_cpu0.as_deref());
         (stats, cpu)
@@ -88,6 +89,12 @@ impl Link for InlineLink<'_> {
 }
 
 /// Server CPU used since `before` (None if any server could not be read).
+/// Messages the run sends in all, warm-up included (the workers' schedules
+/// together), for the progress bar.
+fn messages_to_send(cfg: &Config) -> u64 {
+    crate::schedule::Schedule::new(0, cfg.rate, cfg.args.warmup, cfg.args.duration).end as u64
+}
+
 fn server_cpu_delta(pids: &[u32], before: Option<&[Option<u64>]>) -> Option<u64> {
     if pids.is_empty() {
         return None;
@@ -150,7 +157,7 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
     let mut progress = vec![Progress::default(); n];
     let mut ready = vec![false; n];
     let mut reports: Vec<Option<Stats>> = (0..n).map(|_| None).collect();
-    let mut printer = ProgressPrinter::new(cfg.args.quiet);
+    let mut printer = ProgressPrinter::new(cfg.args.quiet, messages_to_send(cfg));
     let mut server_cpu0: Option<Vec<Option<u64>>> = None;
     let a = &cfg.args;
     let started = sys::now_ns();

@@ -353,14 +353,23 @@ impl Summary {
 #[derive(Debug)]
 pub struct ProgressPrinter {
     quiet: bool,
+    /// Messages the whole run sends (warm-up and measured), for the run's bar.
+    to_send: u64,
     start_ns: u64,
     last: Option<(u64, Progress)>,
 }
 
+/// A `[####....]` bar of `done` out of `total` (full when `total` is 0).
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: usize = 30;
+    let filled = (done * WIDTH as u64).checked_div(total).map_or(WIDTH, |d| (d as usize).min(WIDTH));
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(WIDTH - filled))
+}
+
 impl ProgressPrinter {
-    /// A printer (silent when `quiet`).
-    pub fn new(quiet: bool) -> ProgressPrinter {
-        ProgressPrinter { quiet, start_ns: crate::sys::now_ns(), last: None }
+    /// A printer (silent when `quiet`) for a run that sends `to_send` messages.
+    pub fn new(quiet: bool, to_send: u64) -> ProgressPrinter {
+        ProgressPrinter { quiet, to_send, start_ns: crate::sys::now_ns(), last: None }
     }
 
     /// Prints the line for the totals `p`.
@@ -379,13 +388,9 @@ impl ProgressPrinter {
         let t = (now - self.start_ns) as f64 / 1e9;
         let line = match p.phase {
             Phase::Connect | Phase::Ready => {
-                let width = 30;
-                let done =
-                    (p.connected * width as u64).checked_div(p.clients).map_or(width, |d| (d as usize).min(width));
                 format!(
-                    "[{t:6.1}s] connect [{}{}] {}/{} logged in, {:.0}/s, retries {}, problems {}",
-                    "#".repeat(done),
-                    ".".repeat(width - done),
+                    "[{t:6.1}s] connect {} {}/{} logged in, {:.0}/s, retries {}, problems {}",
+                    bar(p.connected, p.clients),
                     p.connected,
                     p.clients,
                     rate(p.connected, prev.connected),
@@ -394,8 +399,9 @@ impl ProgressPrinter {
                 )
             }
             Phase::Run | Phase::Drain => format!(
-                "[{t:6.1}s] {} sent {} ({:.0}/s), received {} ({:.0}/s), problems {}",
+                "[{t:6.1}s] {} {} sent {} ({:.0}/s), received {} ({:.0}/s), problems {}",
                 if p.phase == Phase::Run { "run  " } else { "drain" },
+                bar(p.sent, self.to_send),
                 p.sent,
                 rate(p.sent, prev.sent),
                 p.received,
@@ -556,6 +562,16 @@ fn xml_escape(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::stats::new_hist;
+
+    #[test]
+    fn bars_fill_in_proportion_and_never_overflow() {
+        assert_eq!(bar(0, 10), format!("[{}]", ".".repeat(30)));
+        assert_eq!(bar(5, 10), format!("[{}{}]", "#".repeat(15), ".".repeat(15)));
+        assert_eq!(bar(10, 10), format!("[{}]", "#".repeat(30)));
+        // More sent than planned (rounding), or nothing planned: a full bar.
+        assert_eq!(bar(11, 10), bar(10, 10));
+        assert_eq!(bar(0, 0), bar(10, 10));
+    }
 
     #[test]
     fn outputs_are_well_formed() {
