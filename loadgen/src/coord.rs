@@ -59,7 +59,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
     }
     let server_pids = &cfg.args.server_pid;
     let (stats, server_cpu) = if workers == 1 {
-        let printer = ProgressPrinter::new(cfg.args.quiet, messages_to_send(cfg));
+        let printer = ProgressPrinter::new(cfg.args.quiet, cfg.args.clients as u64, messages_to_send(cfg));
         let mut link = InlineLink { printer, server_pids, server_cpu0: None };
         let stats = worker::run(cfg, 0, 1, &mut link)?;
         let cpu = server_cpu_delta(server_pids, link.server_cpu0.as_deref());
@@ -157,7 +157,7 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
     let mut progress = vec![Progress::default(); n];
     let mut ready = vec![false; n];
     let mut reports: Vec<Option<Stats>> = (0..n).map(|_| None).collect();
-    let mut printer = ProgressPrinter::new(cfg.args.quiet, messages_to_send(cfg));
+    let mut printer = ProgressPrinter::new(cfg.args.quiet, cfg.args.clients as u64, messages_to_send(cfg));
     let mut server_cpu0: Option<Vec<Option<u64>>> = None;
     let a = &cfg.args;
     let started = sys::now_ns();

@@ -353,6 +353,9 @@ impl Summary {
 #[derive(Debug)]
 pub struct ProgressPrinter {
     quiet: bool,
+    /// Clients of the whole run, for the connect bar (workers that have not
+    /// reported yet count as none logged in).
+    clients: u64,
     /// Messages the whole run sends (warm-up and measured), for the run's bar.
     to_send: u64,
     start_ns: u64,
@@ -367,9 +370,10 @@ fn bar(done: u64, total: u64) -> String {
 }
 
 impl ProgressPrinter {
-    /// A printer (silent when `quiet`) for a run that sends `to_send` messages.
-    pub fn new(quiet: bool, to_send: u64) -> ProgressPrinter {
-        ProgressPrinter { quiet, to_send, start_ns: crate::sys::now_ns(), last: None }
+    /// A printer (silent when `quiet`) for a run of `clients` clients that
+    /// sends `to_send` messages.
+    pub fn new(quiet: bool, clients: u64, to_send: u64) -> ProgressPrinter {
+        ProgressPrinter { quiet, clients, to_send, start_ns: crate::sys::now_ns(), last: None }
     }
 
     /// Prints the line for the totals `p`.
@@ -390,9 +394,9 @@ impl ProgressPrinter {
             Phase::Connect | Phase::Ready => {
                 format!(
                     "[{t:6.1}s] connect {} {}/{} logged in, {:.0}/s, retries {}, problems {}",
-                    bar(p.connected, p.clients),
+                    bar(p.connected, self.clients.max(p.clients)),
                     p.connected,
-                    p.clients,
+                    self.clients.max(p.clients),
                     rate(p.connected, prev.connected),
                     p.retries,
                     p.problems
