@@ -163,71 +163,136 @@ fn flush(o: &mut Out, writes: &mut u64, errors: &mut u64) -> bool {
     !o.pending.is_empty()
 }
 
+/// A writer's sockets and their output queues.
+struct Outputs {
+    out: Vec<Out>,
+    /// Sockets with queued bytes, in the order they are written.
+    dirty: VecDeque<usize>,
+    /// Receiving sockets of each room (indexes into `out`); a room's first
+    /// member sends its messages and receives none.
+    members: Vec<Vec<usize>>,
+    writes: u64,
+    sent: u64,
+    errors: u64,
+}
+
+impl Outputs {
+    /// For the server ends `fds` (client index, fd) a writer owns.
+    fn new(args: &Args, fds: &[(usize, RawFd)]) -> Self {
+        let mut members = vec![Vec::new(); args.clients.div_ceil(args.room_size)];
+        for (k, &(client, _)) in fds.iter().enumerate() {
+            if client % args.room_size != 0 {
+                members[client / args.room_size].push(k);
+            }
+        }
+        let out = fds.iter().map(|&(_, fd)| Out { fd, pending: Vec::new(), queued: false, broken: false }).collect();
+        Outputs { out, dirty: VecDeque::new(), members, writes: 0, sent: 0, errors: 0 }
+    }
+
+    /// Queues `frame` for every receiver of `room` and marks their sockets
+    /// for writing; with `write_now` (`each`) a socket that is not backed up
+    /// is written at once instead.
+    fn fan_out(&mut self, room: usize, frame: &[u8], write_now: bool) {
+        for i in 0..self.members[room].len() {
+            let k = self.members[room][i];
+            let o = &mut self.out[k];
+            if o.broken {
+                continue;
+            }
+            o.pending.extend_from_slice(frame);
+            self.sent += 1;
+            if o.queued || (write_now && !flush(o, &mut self.writes, &mut self.errors)) {
+                continue;
+            }
+            o.queued = true;
+            self.dirty.push_back(k);
+        }
+    }
+
+    /// Writes the next marked socket once; false when none is marked.
+    fn write_next(&mut self) -> bool {
+        let Some(k) = self.dirty.pop_front() else { return false };
+        let o = &mut self.out[k];
+        if flush(o, &mut self.writes, &mut self.errors) {
+            self.dirty.push_back(k);
+        } else {
+            o.queued = false;
+        }
+        true
+    }
+
+    fn report(self, sh: &Shared, cpu0: u64, done_ns: u64) -> WriterReport {
+        sh.writes.fetch_add(self.writes, Relaxed);
+        sh.sent.fetch_add(self.sent, Relaxed);
+        WriterReport { cpu_ns: thread_cpu_ns() - cpu0, done_ns, send_errors: self.errors }
+    }
+}
+
+/// An edge-triggered epoll set over `fds`, each event carrying its token.
+fn epoll_of(fds: impl Iterator<Item = (RawFd, u64)>) -> RawFd {
+    // SAFETY: plain epoll calls on fds the calling thread owns for the run.
+    let ep = unsafe { libc::epoll_create1(0) };
+    for (fd, token) in fds {
+        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: token };
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    }
+    ep
+}
+
+/// Reads `fd` until it is drained (a short read), handing `records` every
+/// whole run of `rec`-byte records read, with the bytes of a record cut by
+/// a read carried in `tail` to the next.
+fn read_records(fd: RawFd, tail: &mut Vec<u8>, buf: &mut [u8], rec: usize, mut records: impl FnMut(&[u8])) {
+    loop {
+        let start = tail.len();
+        buf[..start].copy_from_slice(tail);
+        // SAFETY: buf[start..] is valid for writes of its length.
+        let r = unsafe { libc::recv(fd, buf[start..].as_mut_ptr().cast(), buf.len() - start, libc::MSG_DONTWAIT) };
+        if r <= 0 {
+            return;
+        }
+        let filled = start + r as usize;
+        let whole = filled - filled % rec;
+        records(&buf[..whole]);
+        tail.clear();
+        tail.extend_from_slice(&buf[whole..filled]);
+        if filled < buf.len() {
+            return;
+        }
+    }
+}
+
 /// One writer: the open-loop schedule, its own sockets, its own queues.
 fn writer(args: &Args, sh: &Shared, fds: Vec<(usize, RawFd)>) -> WriterReport {
     let rooms = args.clients.div_ceil(args.room_size);
     let per_msg = 1e9 / args.rate;
     let mut frame = vec![b'.'; args.frame_bytes];
-    let mut out: Vec<Out> =
-        fds.iter().map(|&(_, fd)| Out { fd, pending: Vec::new(), queued: false, broken: false }).collect();
-    let mut dirty: VecDeque<usize> = VecDeque::new();
-    // Owned sockets of each room, as indexes into `out`.
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); rooms];
-    for (k, &(client, _)) in fds.iter().enumerate() {
-        members[client / args.room_size].push(k);
-    }
-    let (mut writes, mut sent, mut errors) = (0u64, 0u64, 0u64);
+    let mut outs = Outputs::new(args, &fds);
     let mut m = 0u64;
     let cpu0 = thread_cpu_ns();
     loop {
         let due = sh.t0 + (m as f64 * per_msg) as u64;
         let now = now_ns(sh.origin);
         if due >= sh.end {
-            if dirty.is_empty() {
+            if outs.dirty.is_empty() {
                 break;
             }
         } else if due <= now {
-            // The message's sender is its room's first member; the others receive.
-            let room = (m as usize) % rooms;
             frame[..8].copy_from_slice(&due.to_le_bytes());
-            for &k in &members[room] {
-                if fds[k].0 == room * args.room_size {
-                    continue;
-                }
-                let o = &mut out[k];
-                if o.broken {
-                    continue;
-                }
-                o.pending.extend_from_slice(&frame);
-                sent += 1;
-                // `each` writes at once unless the socket is backed up.
-                let left = args.mode == Mode::Each && !o.queued && flush(o, &mut writes, &mut errors);
-                if (args.mode == Mode::Batch || left) && !o.queued {
-                    o.queued = true;
-                    dirty.push_back(k);
-                }
-            }
+            outs.fan_out((m as usize) % rooms, &frame, args.mode == Mode::Each);
             m += 1;
             continue;
         }
         // Nothing due: write one queued socket, or sleep until the next message.
-        if let Some(k) = dirty.pop_front() {
-            let o = &mut out[k];
-            if flush(o, &mut writes, &mut errors) {
-                dirty.push_back(k);
+        if !outs.write_next() {
+            if due < sh.end && due > now + 5_000 {
+                std::thread::sleep(Duration::from_nanos(due - now));
             } else {
-                o.queued = false;
+                std::hint::spin_loop();
             }
-        } else if due < sh.end && due > now + 5_000 {
-            std::thread::sleep(Duration::from_nanos(due - now));
-        } else {
-            std::hint::spin_loop();
         }
     }
-    let done_ns = now_ns(sh.origin);
-    sh.writes.fetch_add(writes, Relaxed);
-    sh.sent.fetch_add(sent, Relaxed);
-    WriterReport { cpu_ns: thread_cpu_ns() - cpu0, done_ns, send_errors: errors }
+    outs.report(sh, cpu0, now_ns(sh.origin))
 }
 
 /// A `--inject` writer: reads the messages that arrive on the sender sockets
@@ -236,80 +301,37 @@ fn writer(args: &Args, sh: &Shared, fds: Vec<(usize, RawFd)>) -> WriterReport {
 /// new messages after every 64 writes, and runs until told to stop.
 fn inject_writer(args: &Args, sh: &Shared, fds: Vec<(usize, RawFd)>) -> WriterReport {
     let rs = args.room_size;
-    let mb = args.msg_bytes;
     let mut frame = vec![b'.'; args.frame_bytes];
-    let mut out: Vec<Out> =
-        fds.iter().map(|&(_, fd)| Out { fd, pending: Vec::new(), queued: false, broken: false }).collect();
-    let mut dirty: VecDeque<usize> = VecDeque::new();
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); args.clients.div_ceil(rs)];
-    // SAFETY: plain epoll calls on fds this thread owns for the run.
-    let ep = unsafe { libc::epoll_create1(0) };
-    for (k, &(client, fd)) in fds.iter().enumerate() {
-        members[client / rs].push(k);
-        if client % rs == 0 {
-            let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: k as u64 };
-            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        }
-    }
+    let mut outs = Outputs::new(args, &fds);
+    let senders = fds.iter().enumerate().filter(|(_, (client, _))| client % rs == 0);
+    let ep = epoll_of(senders.map(|(k, &(_, fd))| (fd, k as u64)));
     let mut tails: Vec<Vec<u8>> = vec![Vec::new(); fds.len()];
     let mut buf = vec![0u8; 64 * 1024];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    let (mut writes, mut sent, mut errors) = (0u64, 0u64, 0u64);
     let mut done_ns = 0;
     let cpu0 = thread_cpu_ns();
     while !sh.stop.load(Relaxed) {
-        let timeout = if dirty.is_empty() { 20 } else { 0 };
+        let timeout = if outs.dirty.is_empty() { 20 } else { 0 };
+        // SAFETY: events has room for events.len() entries.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout) };
         for e in events.iter().take(n.max(0) as usize) {
             let k = e.u64 as usize;
-            loop {
-                let start = tails[k].len();
-                buf[..start].copy_from_slice(&tails[k]);
-                let r = unsafe {
-                    libc::recv(out[k].fd, buf[start..].as_mut_ptr().cast(), buf.len() - start, libc::MSG_DONTWAIT)
-                };
-                if r <= 0 {
-                    break;
+            let room = fds[k].0 / rs;
+            read_records(fds[k].1, &mut tails[k], &mut buf, args.msg_bytes, |msgs| {
+                for msg in msgs.chunks_exact(args.msg_bytes) {
+                    frame[..8].copy_from_slice(&msg[..8]);
+                    outs.fan_out(room, &frame, false);
                 }
-                let filled = start + r as usize;
-                let mut off = 0;
-                while off + mb <= filled {
-                    frame[..8].copy_from_slice(&buf[off..off + 8]);
-                    for &j in &members[fds[k].0 / rs] {
-                        let o = &mut out[j];
-                        if j == k || o.broken {
-                            continue;
-                        }
-                        o.pending.extend_from_slice(&frame);
-                        sent += 1;
-                        if !o.queued {
-                            o.queued = true;
-                            dirty.push_back(j);
-                        }
-                    }
-                    off += mb;
-                }
-                tails[k].clear();
-                tails[k].extend_from_slice(&buf[off..filled]);
-                if filled < buf.len() {
-                    break;
-                }
-            }
+            });
         }
         for _ in 0..64 {
-            let Some(j) = dirty.pop_front() else { break };
-            let o = &mut out[j];
-            if flush(o, &mut writes, &mut errors) {
-                dirty.push_back(j);
-            } else {
-                o.queued = false;
+            if !outs.write_next() {
+                break;
             }
             done_ns = now_ns(sh.origin);
         }
     }
-    sh.writes.fetch_add(writes, Relaxed);
-    sh.sent.fetch_add(sent, Relaxed);
-    WriterReport { cpu_ns: thread_cpu_ns() - cpu0, done_ns, send_errors: errors }
+    outs.report(sh, cpu0, done_ns)
 }
 
 /// The schedule of `--inject`, kept by the reader thread: each due message
@@ -398,12 +420,7 @@ impl Injector {
 /// The reader: every client socket in one edge-triggered epoll set.
 fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u64, u64) {
     let mut inject = args.inject.then(|| Injector::new(args, &fds));
-    // SAFETY: plain epoll calls on fds this thread owns for the run.
-    let ep = unsafe { libc::epoll_create1(0) };
-    for (i, &fd) in fds.iter().enumerate() {
-        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: i as u64 };
-        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-    }
+    let ep = epoll_of(fds.iter().enumerate().map(|(i, &fd)| (fd, i as u64)));
     let fb = args.frame_bytes;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut tails: Vec<Vec<u8>> = vec![Vec::new(); fds.len()];
@@ -423,34 +440,18 @@ fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u6
         };
         for e in events.iter().take(n.max(0) as usize) {
             let i = e.u64 as usize;
-            loop {
-                let start = tails[i].len();
-                buf[..start].copy_from_slice(&tails[i]);
-                let r = unsafe {
-                    libc::recv(fds[i], buf[start..].as_mut_ptr().cast(), buf.len() - start, libc::MSG_DONTWAIT)
-                };
-                if r <= 0 {
-                    break;
-                }
+            read_records(fds[i], &mut tails[i], &mut buf, fb, |frames| {
                 let now = now_ns(sh.origin);
-                let filled = start + r as usize;
-                let mut off = 0;
-                while off + fb <= filled {
-                    let due = u64::from_le_bytes(buf[off..off + 8].try_into().expect("8 bytes"));
+                for f in frames.chunks_exact(fb) {
+                    let due = u64::from_le_bytes(f[..8].try_into().expect("8 bytes"));
                     if due >= sh.measure_from {
                         hist.saturating_record(now.saturating_sub(due) / 1000);
                     }
                     received += 1;
-                    off += fb;
                 }
                 sh.received.store(received, Relaxed);
                 sh.last_rx.store(now, Relaxed);
-                tails[i].clear();
-                tails[i].extend_from_slice(&buf[off..filled]);
-                if filled < buf.len() {
-                    break;
-                }
-            }
+            });
         }
     }
     (hist, received, thread_cpu_ns() - cpu0, inject.map_or(0, |i| i.send_errors))
