@@ -9,7 +9,7 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
 
 /// CPU time (utime + stime) of this process, all threads.
 pub fn own_cpu_ns() -> Option<u64> {
-    parse_process_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)
+    process_cpu_ns(std::process::id())
 }
 
 /// Busy time of all CPUs together since boot.

@@ -59,8 +59,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
     }
     let server_pids = &cfg.args.server_pid;
     let (stats, server_cpu) = if workers == 1 {
-        let printer = ProgressPrinter::new(cfg.args.quiet, cfg.args.clients as u64, messages_to_send(cfg));
-        let mut link = InlineLink { printer, server_pids, server_cpu0: None };
+        let mut link = InlineLink { printer: printer(cfg), server_pids, server_cpu0: None };
         let stats = worker::run(cfg, 0, 1, &mut link)?;
         let cpu = server_cpu_delta(server_pids, link.server_cpu0.as_deref());
         (stats, cpu)
@@ -88,13 +87,18 @@ impl Link for InlineLink<'_> {
     }
 }
 
-/// Server CPU used since `before` (None if any server could not be read).
+/// The progress printer for the whole run.
+fn printer(cfg: &Config) -> ProgressPrinter {
+    ProgressPrinter::new(cfg.args.quiet, cfg.args.clients as u64, messages_to_send(cfg))
+}
+
 /// Messages the run sends in all, warm-up included (the workers' schedules
 /// together), for the progress bar.
 fn messages_to_send(cfg: &Config) -> u64 {
     crate::schedule::Schedule::new(0, cfg.rate, cfg.args.warmup, cfg.args.duration).end as u64
 }
 
+/// Server CPU used since `before` (None if any server could not be read).
 fn server_cpu_delta(pids: &[u32], before: Option<&[Option<u64>]>) -> Option<u64> {
     if pids.is_empty() {
         return None;
@@ -157,7 +161,7 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
     let mut progress = vec![Progress::default(); n];
     let mut ready = vec![false; n];
     let mut reports: Vec<Option<Stats>> = (0..n).map(|_| None).collect();
-    let mut printer = ProgressPrinter::new(cfg.args.quiet, cfg.args.clients as u64, messages_to_send(cfg));
+    let mut printer = printer(cfg);
     let mut server_cpu0: Option<Vec<Option<u64>>> = None;
     let a = &cfg.args;
     let started = sys::now_ns();

@@ -392,11 +392,11 @@ impl ProgressPrinter {
         let t = (now - self.start_ns) as f64 / 1e9;
         let line = match p.phase {
             Phase::Connect | Phase::Ready => {
+                let clients = self.clients.max(p.clients);
                 format!(
-                    "[{t:6.1}s] connect {} {}/{} logged in, {:.0}/s, retries {}, problems {}",
-                    bar(p.connected, self.clients.max(p.clients)),
+                    "[{t:6.1}s] connect {} {}/{clients} logged in, {:.0}/s, retries {}, problems {}",
+                    bar(p.connected, clients),
                     p.connected,
-                    self.clients.max(p.clients),
                     rate(p.connected, prev.connected),
                     p.retries,
                     p.problems
