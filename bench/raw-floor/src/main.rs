@@ -507,7 +507,9 @@ fn main() {
             let fds: Vec<(usize, RawFd)> =
                 servers.iter().enumerate().filter(|(i, _)| owner(*i) == w).map(|(i, s)| (i, s.as_raw_fd())).collect();
             let (args, sh) = (args.clone(), sh.clone());
-            std::thread::spawn(move || if args.inject { inject_writer(&args, &sh, fds) } else { writer(&args, &sh, fds) })
+            std::thread::spawn(
+                move || if args.inject { inject_writer(&args, &sh, fds) } else { writer(&args, &sh, fds) },
+            )
         })
         .collect();
     let expected = |sh: &Shared| if args.inject { sh.expected.load(Relaxed) } else { sh.sent.load(Relaxed) };
