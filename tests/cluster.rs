@@ -23,9 +23,14 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(n: usize) -> Cluster {
+    /// Ports for `n` nodes, none started.
+    fn unstarted(n: usize) -> Cluster {
         let ports = free_ports(2 * n);
-        let mut c = Cluster { nodes: Vec::new(), client_ports: ports[..n].to_vec(), relay_ports: ports[n..].to_vec() };
+        Cluster { nodes: Vec::new(), client_ports: ports[..n].to_vec(), relay_ports: ports[n..].to_vec() }
+    }
+
+    fn start(n: usize) -> Cluster {
+        let mut c = Cluster::unstarted(n);
         for i in 0..n {
             let s = c.spawn(i);
             c.nodes.push(Some(s));
@@ -97,6 +102,18 @@ fn rooms_first() -> String {
 fn login(c: &mut Client, name: &str, rid: &str, uid: &str) {
     c.send(json!({"cmd":"login","name":name,"rid":rid,"uid":uid,"echo":true}));
     c.expect("login");
+}
+
+/// Logs `a` in on node `na` and `b` on node `nb`, both into `rid`, and
+/// checks that `a` hears of `b` at once.
+fn meet(c: &Cluster, (na, a): (usize, &str), (nb, b): (usize, &str), rid: &str) -> (Client, Client) {
+    let mut ca = c.node(na).client();
+    login(&mut ca, a, rid, a);
+    let mut cb = c.node(nb).client();
+    login(&mut cb, b, rid, b);
+    let v = ca.expect("newUser");
+    assert_eq!(v["uid"], b);
+    (ca, cb)
 }
 
 /// Reads until a message frame arrives, skipping presence frames.
@@ -617,8 +634,7 @@ fn a_new_activation_replaces_the_old_link_as_a_down_and_up() {
 /// as soon as its last node is up: no waiting on metrics before using it.
 #[test]
 fn a_cluster_is_meshed_when_its_last_node_is_listening() {
-    let ports = free_ports(6);
-    let mut c = Cluster { nodes: Vec::new(), client_ports: ports[..3].to_vec(), relay_ports: ports[3..].to_vec() };
+    let mut c = Cluster::unstarted(3);
     for i in 0..3 {
         let s = c.spawn(i);
         c.nodes.push(Some(s));
@@ -626,12 +642,7 @@ fn a_cluster_is_meshed_when_its_last_node_is_listening() {
     assert_eq!(c.node(2).metric("cchat_relay_link_up"), 2.0, "the last node is linked to both others");
     // Members on the first and the last node meet and talk at once.
     let rid = "meshed";
-    let mut ann = c.node(0).client();
-    login(&mut ann, "ann", rid, "ann");
-    let mut cat = c.node(2).client();
-    login(&mut cat, "cat", rid, "cat");
-    let v = ann.expect("newUser");
-    assert_eq!(v["uid"], "cat");
+    let (mut ann, mut cat) = meet(&c, (0, "ann"), (2, "cat"), rid);
     cat.send(json!({"cmd":"message","type":"text","rid":rid,"msg":"hi"}));
     let v = next_message(&mut ann);
     assert_eq!((v["uid"].as_str(), v["msg"].as_str()), (Some("cat"), Some("hi")));
@@ -641,8 +652,7 @@ fn a_cluster_is_meshed_when_its_last_node_is_listening() {
 /// listening, every link is up on both ends.
 #[test]
 fn a_cluster_started_at_once_is_meshed_when_its_nodes_are_listening() {
-    let ports = free_ports(6);
-    let mut c = Cluster { nodes: Vec::new(), client_ports: ports[..3].to_vec(), relay_ports: ports[3..].to_vec() };
+    let mut c = Cluster::unstarted(3);
     let cluster = &c;
     let started: Vec<Server> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..3).map(|i| sc.spawn(move || cluster.spawn(i))).collect();
@@ -652,11 +662,5 @@ fn a_cluster_started_at_once_is_meshed_when_its_nodes_are_listening() {
     for i in 0..3 {
         assert_eq!(c.node(i).metric("cchat_relay_link_up"), 2.0, "node {i} is linked to both others");
     }
-    let rid = "together";
-    let mut bob = c.node(1).client();
-    login(&mut bob, "bob", rid, "bob");
-    let mut cat = c.node(2).client();
-    login(&mut cat, "cat", rid, "cat");
-    let v = bob.expect("newUser");
-    assert_eq!(v["uid"], "cat");
+    meet(&c, (1, "bob"), (2, "cat"), "together");
 }
