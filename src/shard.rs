@@ -899,13 +899,16 @@ impl Shard {
                 self.wake_flusher();
             }
             ShardMsg::Deliver { rid, frame, audience, t0 } => {
-                let frame = Rc::new(frame);
                 let mut conns = self.conns.borrow_mut();
                 let mut n = 0u64;
+                // The frame is wrapped once for all local recipients, and
+                // not at all on a shard without any (a broadcast from
+                // another node reaches every shard).
                 match audience {
                     Audience::AllExcept(except) => {
                         let lr = self.local_rooms.borrow();
                         if let Some(members) = lr.get(&rid) {
+                            let frame = Rc::new(frame);
                             let skip = except.filter(|c| c.node == 0 && c.shard as usize == self.id).map(|c| c.key);
                             for &key in members {
                                 if Some(key) != skip && self.enqueue(&mut conns, key, &frame) {
@@ -915,6 +918,7 @@ impl Shard {
                         }
                     }
                     Audience::Only(targets) => {
+                        let frame = Rc::new(frame);
                         for c in targets {
                             if self.enqueue_to(&mut conns, c, &frame) {
                                 n += 1;
