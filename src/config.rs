@@ -50,6 +50,13 @@ pub struct Args {
     /// Byte cap of each connection's outbound queue; past it the connection is closed with 1008. Default 1048576.
     #[arg(long)]
     pub max_outbound_bytes: Option<usize>,
+    /// Seconds an upgraded connection has to log in before it is closed (1008). Default 10.
+    #[arg(long)]
+    pub login_timeout: Option<f64>,
+    /// Capacity of each queue between two shards, in messages; a shard whose waiting
+    /// messages pass it stops reading new commands until they drain. Default 4096.
+    #[arg(long)]
+    pub shard_queue: Option<usize>,
     /// Messages kept per room for getHistory. Default 100.
     #[arg(long)]
     pub history: Option<usize>,
@@ -111,6 +118,8 @@ struct FileConfig {
     ping_interval: Option<f64>,
     idle_timeout: Option<f64>,
     max_outbound_bytes: Option<usize>,
+    login_timeout: Option<f64>,
+    shard_queue: Option<usize>,
     history: Option<usize>,
     shutdown_grace: Option<f64>,
     busy_poll_us: Option<u64>,
@@ -162,6 +171,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Outbound queue cap per connection.
     pub max_outbound_bytes: usize,
+    /// Time an upgraded connection has to log in.
+    pub login_timeout: Duration,
+    /// Capacity of each cross-shard queue (messages).
+    pub shard_queue: usize,
     /// Messages of history per room.
     pub history: usize,
     /// Shutdown grace period.
@@ -202,6 +215,8 @@ impl Default for Config {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             max_outbound_bytes: 1 << 20,
+            login_timeout: Duration::from_secs(10),
+            shard_queue: 4096,
             history: 100,
             shutdown_grace: Duration::from_secs(3),
             busy_poll: Duration::ZERO,
@@ -278,6 +293,8 @@ impl Config {
             ping_interval: secs("ping-interval", pick!(ping_interval).unwrap_or(20.0))?,
             idle_timeout: secs("idle-timeout", pick!(idle_timeout).unwrap_or(60.0))?,
             max_outbound_bytes: pick!(max_outbound_bytes).unwrap_or(d.max_outbound_bytes).max(1024),
+            login_timeout: secs("login-timeout", pick!(login_timeout).unwrap_or(10.0))?,
+            shard_queue: pick!(shard_queue).unwrap_or(d.shard_queue).clamp(4, 1 << 20),
             history: pick!(history).unwrap_or(d.history),
             shutdown_grace: secs("shutdown-grace", pick!(shutdown_grace).unwrap_or(3.0))?,
             busy_poll: Duration::from_micros(pick!(busy_poll_us).unwrap_or(0).min(1_000_000)),

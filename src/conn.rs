@@ -141,9 +141,9 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
                 }
             }
             // Back-pressure: while this shard's cross-shard outboxes are
-            // backed up, stop reading new commands.
-            if shard.outbox_len() > 4096 {
-                shard.set_waker(key, cx.waker());
+            // backed up, stop reading new commands; the shard wakes every
+            // parked reader when they drain.
+            if shard.park_if_backed_up(key, cx.waker()) {
                 return Poll::Pending;
             }
             let mut rb = shard.read_buf.borrow_mut();

@@ -21,9 +21,6 @@ use crate::shard::{Shard, ShardMsg, TICK};
 /// How long a shard handles cross-shard items before the flusher gets a turn.
 const DISPATCH_BUDGET: Duration = Duration::from_millis(1);
 
-/// Capacity of each cross-shard queue, in messages.
-const QUEUE_CAPACITY: usize = 4096;
-
 /// File descriptors kept back from the connection cap (listeners, io_uring,
 /// relay links, log files, sockets still in their HTTP phase).
 const FD_RESERVE: u64 = 128;
@@ -62,7 +59,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = reserve.local_addr()?.as_socket().context("listen address")?;
     let nshards = cfg.shards;
     let node = Arc::new(Node::new(cfg, max_connections));
-    let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, QUEUE_CAPACITY);
+    let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, node.cfg.shard_queue);
     let cpus = allowed_cpus();
     if node.cfg.pin && node.cfg.unpin_above > 0.0 && !CorePin::supported() {
         warn!(

@@ -42,6 +42,9 @@ use crate::relay::Relay;
 use crate::room::{ConnRef, Joined, Room};
 use crate::ws;
 
+mod roomset;
+use roomset::RoomSet;
+
 /// The one message type that crosses shards (glommio's channel mesh).
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -190,7 +193,7 @@ pub(crate) struct ConnEntry {
     name: Option<Name>,
     echo: bool,
     /// Rooms joined or being joined (the owner's roster follows in FIFO order).
-    rooms: Vec<Id>,
+    rooms: RoomSet,
     msg_bucket: TokenBucket,
     frame_bucket: TokenBucket,
     // Output.
@@ -201,6 +204,9 @@ pub(crate) struct ConnEntry {
     pub(crate) write_blocked: bool,
     pub(crate) closing: Option<Closing>,
     waker: Option<Waker>,
+    /// Its task stopped reading because the outboxes were backed up, and is
+    /// listed in [`Shard::parked`] to be woken when they drain.
+    parked: bool,
     // Liveness, in sweeper ticks.
     last_rx: u32,
     pinged: bool,
@@ -240,6 +246,14 @@ pub struct Shard {
     senders: Option<Senders<ShardMsg>>,
     /// Per destination shard: messages waiting because its queue was full.
     outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
+    /// Messages in all outboxes together.
+    outbox_len: Cell<usize>,
+    /// Connections whose tasks stopped reading while the outboxes held more
+    /// than one queue's capacity (`--shard-queue`); every one is woken once
+    /// they drain to a quarter of it (a gap, so that readers do not stop and
+    /// start around one level), or when their destination is gone. A reader
+    /// that parks is always on this list, so pressure that ends always wakes it.
+    parked: RefCell<Vec<(u32, u32)>>,
     pump_busy: Vec<Cell<bool>>,
     pump_wakers: RefCell<Vec<Option<Waker>>>,
     uid_counter: Cell<u64>,
@@ -288,6 +302,8 @@ impl Shard {
             json_buffers: RefCell::new(simd_json::Buffers::new(1024)),
             senders,
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            outbox_len: Cell::new(0),
+            parked: RefCell::new(Vec::new()),
             pump_busy: (0..n).map(|_| Cell::new(false)).collect(),
             pump_wakers: RefCell::new(vec![None; n]),
             uid_counter: Cell::new(0),
@@ -324,7 +340,7 @@ impl Shard {
             uid: None,
             name: None,
             echo: false,
-            rooms: Vec::new(),
+            rooms: RoomSet::default(),
             msg_bucket: TokenBucket::new(burst, now),
             frame_bucket: TokenBucket::new(frame_burst(self.node.cfg.rate_limit), now),
             queue: VecDeque::new(),
@@ -334,6 +350,7 @@ impl Shard {
             write_blocked: false,
             closing: None,
             waker: None,
+            parked: false,
             last_rx: self.tick.get(),
             pinged: false,
         });
@@ -347,11 +364,11 @@ impl Shard {
 
     /// Forgets a connection: leaves its rooms (telling their owners).
     pub(crate) fn unregister(&self, key: u32) {
-        let e = self.conns.borrow_mut().remove(key as usize);
+        let mut e = self.conns.borrow_mut().remove(key as usize);
         self.stats().connections.fetch_sub(1, Relaxed);
         self.node.open.fetch_sub(1, Relaxed);
         let me = self.conn_ref(key, e.generation);
-        for rid in e.rooms {
+        for rid in e.rooms.take_all() {
             self.unindex(&rid, key);
             self.send_to_owner(ShardMsg::Leave { rid, conn: me, ack: false });
         }
@@ -649,11 +666,7 @@ impl Shard {
                         (uid, name)
                     }
                 };
-                if !e.rooms.contains(&rid) {
-                    // Most connections join one room: no spare capacity.
-                    e.rooms.reserve_exact(1);
-                    e.rooms.push(rid.clone());
-                }
+                e.rooms.insert(rid.clone());
                 let echo = e.echo;
                 drop(conns);
                 self.send_to_owner(ShardMsg::Join { rid, conn: me, uid, name, echo, rejoin: false });
@@ -679,15 +692,15 @@ impl Shard {
                 }
                 let leaving: Vec<Id> = match rid {
                     Some(rid) => {
-                        let Some(pos) = e.rooms.iter().position(|r| *r == rid) else {
+                        if !e.rooms.remove(&rid) {
                             return Err(ProtoError::new(protocol::ERR_INVALID, "not a member of rid"));
-                        };
-                        vec![e.rooms.swap_remove(pos)]
+                        }
+                        vec![rid]
                     }
                     None if e.rooms.is_empty() => {
                         return Err(ProtoError::new(protocol::ERR_INVALID, "not in any room"));
                     }
-                    None => std::mem::take(&mut e.rooms),
+                    None => e.rooms.take_all(),
                 };
                 drop(conns);
                 for rid in leaving {
@@ -739,12 +752,16 @@ impl Shard {
                     sent.fetch_add(1, Relaxed);
                     return;
                 }
-                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => outbox[dst].push_back(msg),
+                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                    outbox[dst].push_back(msg);
+                    self.outbox_len.set(self.outbox_len.get() + 1);
+                }
                 // The destination shard is gone (shutdown): nothing to deliver to.
                 Err(_) => return,
             }
         } else {
             outbox[dst].push_back(msg);
+            self.outbox_len.set(self.outbox_len.get() + 1);
         }
         // Counted while in the outbox too: the gauge shows back-pressure.
         sent.fetch_add(1, Relaxed);
@@ -767,24 +784,61 @@ impl Shard {
             .await;
             self.pump_busy[dst].set(true);
             let r = senders.send_to(dst, msg).await;
+            self.outbox_len.set(self.outbox_len.get() - 1);
             self.pump_busy[dst].set(!self.outbox.borrow()[dst].is_empty());
             if r.is_err() {
                 // The peer shard is gone (shutdown): nothing left to deliver
                 // to, and nothing of it waits any more.
-                let lost = 1 + self.outbox.borrow()[dst].len();
-                self.stats().sent_to[dst].fetch_sub(lost as u64, Relaxed);
-                self.outbox.borrow_mut()[dst].clear();
+                let lost = self.outbox.borrow_mut()[dst].drain(..).count();
+                self.outbox_len.set(self.outbox_len.get() - lost);
+                self.stats().sent_to[dst].fetch_sub(lost as u64 + 1, Relaxed);
                 // Later sends try the queue again, see the shard gone and
                 // drop the message, instead of filling an outbox no one drains.
                 self.pump_busy[dst].set(false);
+                self.resume_parked();
                 return;
+            }
+            if self.outbox_len.get() <= self.node.cfg.shard_queue / 4 {
+                self.resume_parked();
             }
         }
     }
 
-    /// Messages waiting in local outboxes (back-pressure signal for readers).
-    pub(crate) fn outbox_len(&self) -> usize {
-        self.outbox.borrow().iter().map(VecDeque::len).sum()
+    /// Back-pressure for readers: while this shard's outboxes hold more than
+    /// one queue's capacity, a connection task stops reading new
+    /// commands. Returns true when it must wait; it is then parked, and
+    /// [`Shard::resume_parked`] wakes it once the outboxes have drained.
+    pub(crate) fn park_if_backed_up(&self, key: u32, waker: &Waker) -> bool {
+        if self.outbox_len.get() <= self.node.cfg.shard_queue {
+            return false;
+        }
+        let mut conns = self.conns.borrow_mut();
+        let e = &mut conns[key as usize];
+        match &e.waker {
+            Some(old) if old.will_wake(waker) => {}
+            _ => e.waker = Some(waker.clone()),
+        }
+        if !e.parked {
+            e.parked = true;
+            self.parked.borrow_mut().push((key, e.generation));
+        }
+        true
+    }
+
+    /// Wakes every parked reader (the outboxes have drained).
+    fn resume_parked(&self) {
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
+        if parked.is_empty() {
+            return;
+        }
+        let mut conns = self.conns.borrow_mut();
+        for (key, generation) in parked {
+            let Some(e) = conns.get_mut(key as usize).filter(|e| e.generation == generation) else { continue };
+            e.parked = false;
+            if let Some(w) = e.waker.take() {
+                w.wake();
+            }
+        }
     }
 
     // ---- routing -------------------------------------------------------------
@@ -986,7 +1040,7 @@ impl Shard {
             let lr = self.local_rooms.borrow();
             for (key, e) in conns.iter() {
                 let (Some(uid), Some(name)) = (&e.uid, &e.name) else { continue };
-                for rid in &e.rooms {
+                for rid in e.rooms.iter() {
                     // Rooms that moved, and rooms of a node that went down and
                     // is live again by now (it forgot this node's members).
                     let owner = new_view.owner(rid);
@@ -1171,6 +1225,11 @@ impl Shard {
                 continue;
             }
             release_idle_queue(e);
+            if e.parked {
+                // Not reading by our choice: its silence is not idleness.
+                e.last_rx = t;
+                continue;
+            }
             let quiet = t.wrapping_sub(e.last_rx);
             if quiet >= idle_after {
                 to_close.push(key);
