@@ -4,8 +4,12 @@
 
 use tungstenite::handshake::derive_accept_key;
 
-/// Longest request head accepted.
-pub const MAX_HEAD: usize = 8 * 1024;
+/// Longest request head accepted: room for the large cookies clients behind
+/// proxies and single sign-on carry.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Most headers accepted in one request.
+const MAX_HEADERS: usize = 64;
 
 /// What a request asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,13 +28,14 @@ pub enum Request {
 /// Parses a request head at the front of `buf`. Ok(None) while incomplete;
 /// otherwise the request and the length of the head.
 pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() >= MAX_HEAD { Err("request head too large") } else { Ok(None) };
         }
+        Err(httparse::Error::TooManyHeaders) => return Err("too many headers"),
         Err(_) => return Err("malformed request"),
     };
     if req.method != Some("GET") {
@@ -53,10 +58,21 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
     if header("sec-websocket-version") != Some("13") {
         return Ok(Some((Request::Reject(426, "websocket version 13 required"), len)));
     }
-    let Some(key) = header("sec-websocket-key").filter(|k| !k.trim().is_empty()) else {
-        return Ok(Some((Request::Reject(400, "missing Sec-WebSocket-Key"), len)));
+    let Some(key) = header("sec-websocket-key").map(str::trim).filter(|k| is_websocket_key(k)) else {
+        return Ok(Some((Request::Reject(400, "Sec-WebSocket-Key must be 16 bytes in base64"), len)));
     };
     Ok(Some((Request::Upgrade { accept: derive_accept_key(key.trim().as_bytes()) }, len)))
+}
+
+/// RFC 6455 4.1: the key is a random 16-byte value in base64, which is 22
+/// characters of the alphabet and `==`.
+fn is_websocket_key(k: &str) -> bool {
+    let b = k.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        // The last character carries 2 bits of data and 4 of padding, zero.
+        && b"AQgw".contains(&b[21])
 }
 
 /// The 101 response.
@@ -115,6 +131,43 @@ mod tests {
         assert!(matches!(parse(bad_version.as_bytes()).unwrap().unwrap().0, Request::Reject(426, _)));
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost").unwrap(), None);
         assert!(parse(b"\x00\x01garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn the_key_must_be_sixteen_bytes_of_base64() {
+        for bad in [
+            "",
+            "abc",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhl*HNhbXBsZSBub25jZQ==",
+        ] {
+            let req = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", bad);
+            assert_eq!(
+                parse(req.as_bytes()).unwrap().unwrap().0,
+                Request::Reject(400, "Sec-WebSocket-Key must be 16 bytes in base64"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn large_heads_from_proxies_are_accepted() {
+        let mut req = String::from("GET /chat HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..50 {
+            req.push_str(&format!("X-Forwarded-{i}: {}\r\n", "v".repeat(100)));
+        }
+        req.push_str(&format!("Cookie: {}\r\n", "c".repeat(9000)));
+        req.push_str(&UPGRADE["GET /chat HTTP/1.1\r\nHost: x\r\n".len()..]);
+        assert!(req.len() < MAX_HEAD);
+        assert!(matches!(parse(req.as_bytes()).unwrap().unwrap().0, Request::Upgrade { .. }));
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..MAX_HEADERS + 1 {
+            many.push_str(&format!("H{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(parse(many.as_bytes()), Err("too many headers"));
     }
 
     proptest! {

@@ -36,6 +36,11 @@ pub struct ShardStats {
     pub timeout_closes: AtomicU64,
     /// Upgrades refused with 503 because the node was full.
     pub rejected_connections: AtomicU64,
+    /// Failed accepts (out of file descriptors, mostly).
+    pub accept_errors: AtomicU64,
+    /// Connections that had not logged in, closed to free a descriptor
+    /// while accept was failing for want of one.
+    pub shed_connections: AtomicU64,
     /// Items this shard sent (or put in its outbox) for each shard. Written
     /// only by this shard: a shard's queue depth is what the others sent it
     /// minus what it took, summed when /metrics is read.
@@ -69,6 +74,8 @@ impl ShardStats {
             protocol_closes: AtomicU64::new(0),
             timeout_closes: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            shed_connections: AtomicU64::new(0),
             sent_to: (0..nshards).map(|_| AtomicU64::new(0)).collect(),
             received: AtomicU64::new(0),
             view_nodes: AtomicI64::new(1),
@@ -157,7 +164,7 @@ impl NodeStats {
         metric(
             "cchat_timeout_closes_total",
             "counter",
-            "Connections closed for idleness or a missed handshake deadline.",
+            "Connections closed for idleness, or for missing the handshake or login deadline.",
             sum_u(|s| &s.timeout_closes).to_string(),
         );
         metric(
@@ -165,6 +172,18 @@ impl NodeStats {
             "counter",
             "Upgrades refused with 503 at the connection cap.",
             sum_u(|s| &s.rejected_connections).to_string(),
+        );
+        metric(
+            "cchat_accept_errors_total",
+            "counter",
+            "Failed accepts of new TCP connections (out of file descriptors, mostly).",
+            sum_u(|s| &s.accept_errors).to_string(),
+        );
+        metric(
+            "cchat_shed_connections_total",
+            "counter",
+            "Connections that had not logged in, closed to free a descriptor while accepts failed.",
+            sum_u(|s| &s.shed_connections).to_string(),
         );
         let _ = writeln!(
             out,

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes};
 use simd_json::BorrowedValue as Value;
+use simd_json::ErrorType;
 use simd_json::prelude::*;
 use thiserror::Error;
 
@@ -130,8 +131,29 @@ pub struct ParseLimits {
 
 /// Parses one text frame. `data` is parsed in place (simd-json rewrites it).
 pub fn parse(data: &mut [u8], buffers: &mut simd_json::Buffers, limits: ParseLimits) -> Result<Command, ProtoError> {
-    let v = simd_json::borrowed::to_value_with_buffers(data, buffers)
-        .map_err(|_| ProtoError::new(ERR_NOT_COMMAND, "frame is not valid JSON"))?;
+    let mut bad_number_at = None;
+    let r = parse_command(data, buffers, limits, &mut bad_number_at);
+    match bad_number_at {
+        // Valid JSON, but a number no field of ours can hold (1e500).
+        Some(at) if well_formed_number_at(data, at) => Err(ProtoError::new(ERR_INVALID, "a number is out of range")),
+        _ => r,
+    }
+}
+
+/// [`parse`], except that where simd-json gave up on a number it only notes
+/// where, so that the caller can look at the bytes (the value borrows them).
+fn parse_command(
+    data: &mut [u8],
+    buffers: &mut simd_json::Buffers,
+    limits: ParseLimits,
+    bad_number_at: &mut Option<usize>,
+) -> Result<Command, ProtoError> {
+    let v = simd_json::borrowed::to_value_with_buffers(data, buffers).map_err(|e| {
+        if matches!(e.error(), ErrorType::InvalidNumber | ErrorType::InvalidExponent) {
+            *bad_number_at = Some(e.index());
+        }
+        ProtoError::new(ERR_NOT_COMMAND, "frame is not valid JSON")
+    })?;
     if !v.is_object() {
         return Err(ProtoError::new(ERR_NOT_COMMAND, "frame is not a JSON object"));
     }
@@ -193,6 +215,50 @@ fn id_value(v: &Value<'_>) -> Option<Id> {
     } else {
         None
     }
+}
+
+/// Whether the number token around byte `at` (where simd-json gave up on a
+/// number) follows JSON's number grammar, so the text was valid JSON whose
+/// number is only out of range. simd-json rewrites escaped strings in place,
+/// but never the bytes of a number.
+fn well_formed_number_at(data: &[u8], at: usize) -> bool {
+    let in_number = |b: u8| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+    let at = at.min(data.len());
+    let start = data[..at].iter().rposition(|&b| !in_number(b)).map_or(0, |i| i + 1);
+    let end = data[start..].iter().position(|&b| !in_number(b)).map_or(data.len(), |i| start + i);
+    let t = &data[start..end];
+    // -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+    let mut i = usize::from(t.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let s = *i;
+        while *i < t.len() && t[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - s
+    };
+    match t.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if t.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(t.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(t.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == t.len()
 }
 
 fn opt_id_field(v: &Value<'_>, key: &'static str) -> Result<Option<Id>, ProtoError> {
@@ -334,6 +400,16 @@ mod tests {
 
     fn code(s: &str) -> u16 {
         p(s).unwrap_err().code
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_invalid_fields_not_bad_json() {
+        assert_eq!(code(r#"{"cmd":"getHistory","rid":"r","limit":1e500}"#), ERR_INVALID);
+        assert_eq!(code(r#"{"cmd":"getHistory","rid":"a\u00e9\n","limit":-1e999}"#), ERR_INVALID);
+        assert_eq!(code(r#"{"cmd":"getHistory","rid":"r","limit":123456789012345678901234567890}"#), ERR_INVALID);
+        assert_eq!(code(r#"{"cmd":"getHistory","rid":"r","limit":1e}"#), ERR_NOT_COMMAND);
+        assert_eq!(code(r#"{"cmd":"getHistory","rid":"r","limit":01}"#), ERR_NOT_COMMAND);
+        assert_eq!(code(r#"{"cmd":"getHistory","rid":"r","limit":1.}"#), ERR_NOT_COMMAND);
     }
 
     fn body(frame: &Bytes) -> serde_json::Value {

@@ -257,6 +257,7 @@ async fn shard_main(
     let acceptor = {
         let shard = shard.clone();
         glommio::spawn_local(async move {
+            let mut log = FailureLog::default();
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
@@ -264,8 +265,17 @@ async fn shard_main(
                         glommio::spawn_local(fut).detach();
                     }
                     Err(e) => {
-                        // Out of descriptors or a transient error: back off, keep serving.
-                        warn!(shard = shard.id, error = %e, "accept failed");
+                        // Out of descriptors or a transient error: keep
+                        // serving the connections there are, free a
+                        // descriptor held by a socket that never logged in,
+                        // and back off before the next try.
+                        let e = std::io::Error::from(e);
+                        shard.node.stats.shards[shard.id].accept_errors.fetch_add(1, Relaxed);
+                        let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                        let shed = out_of_fds && shard.shed_one_unauthenticated();
+                        if let Some(suppressed) = log.due() {
+                            warn!(shard = shard.id, error = %e, shed, suppressed, "accept failed");
+                        }
                         Timer::new(Duration::from_millis(50)).await;
                     }
                 }
@@ -285,4 +295,25 @@ async fn shard_main(
         Timer::new(Duration::from_millis(20)).await;
     }
     drop(tasks);
+}
+
+/// Logs a repeated failure at most once a second, with how many were not
+/// logged since (a full descriptor table fails every accept).
+#[derive(Debug, Default)]
+struct FailureLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl FailureLog {
+    /// Some(failures not logged since the last line) when this one should be logged.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }

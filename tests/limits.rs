@@ -286,3 +286,111 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
     let mut c = s.client();
     c.login("x", "r", None);
 }
+
+#[test]
+fn sockets_that_never_log_in_are_closed_at_the_login_timeout() {
+    let s = Server::start(&["--login-timeout", "0.5", "--ping-interval", "0.2", "--idle-timeout", "30"]);
+    let mut lurker = Raw::connect(s.addr);
+    let mut user = s.client();
+    user.login("ann", "r", None);
+    let t0 = Instant::now();
+    // The lurker answers every ping, and is closed all the same.
+    let code = loop {
+        let (op, payload) = lurker.read_frame().expect("a close frame first");
+        match op {
+            9 => lurker.frame(10, &payload),
+            8 => break u16::from_be_bytes([payload[0], payload[1]]),
+            _ => {}
+        }
+    };
+    assert_eq!(code, 1008);
+    assert!(t0.elapsed() >= Duration::from_millis(300), "not before the timeout");
+    // The user who logged in stays (tungstenite answers the pings).
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        user.expect_silence(Duration::from_millis(200));
+        user.ws.flush().unwrap();
+    }
+    user.send(json!({"cmd":"getOnline","rid":"r"}));
+    user.expect("getOnline");
+    assert!(s.metric("cchat_timeout_closes_total") >= 1.0);
+}
+
+/// Opens a WebSocket and waits for the 101; None if the server does not
+/// answer within `wait` (its accept is failing).
+fn try_upgrade(addr: std::net::SocketAddr, wait: Duration) -> Option<Raw> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(wait)).unwrap();
+    write!(s, "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let mut b = [0u8; 512];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+            _ => return None,
+        }
+    }
+    assert!(buf.starts_with(b"HTTP/1.1 101"));
+    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    buf.drain(..end);
+    Some(Raw { s, buf })
+}
+
+#[test]
+fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logged_in() {
+    use std::os::unix::process::CommandExt;
+    // 40 descriptors: the server's own ~17 and room for ~20 sockets.
+    let log = std::env::temp_dir().join(format!("cchat-emfile-{}.log", std::process::id()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cchat"));
+    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--max-connections", "1000", "--login-timeout", "60"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 40, rlim_max: 40 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    let s = Server { child, addr };
+
+    let mut user = s.client();
+    user.login("ann", "r", Some("ann"));
+    let t0 = Instant::now();
+    // Sockets that upgrade and never log in, until the server runs out.
+    let mut lurkers = Vec::new();
+    while try_upgrade(addr, Duration::from_millis(300)).map(|r| lurkers.push(r)).is_some() {
+        assert!(lurkers.len() < 40, "the descriptor limit did not apply");
+    }
+    // The server sheds the oldest lurker for the socket waiting in its backlog...
+    assert_eq!(lurkers[0].expect_close(), 1013);
+    // ... and the user who logged in is served throughout.
+    user.send(json!({"cmd":"getOnline","rid":"r"}));
+    user.expect("getOnline");
+    // Newcomers get in by taking the places of lurkers, oldest first.
+    let mut newcomers = Vec::new();
+    for _ in 0..3 {
+        let mut c = common::Client::connect(addr);
+        c.login("bob", "r", None);
+        user.expect("newUser");
+        newcomers.push(c);
+    }
+    assert_eq!(lurkers[1].expect_close(), 1013);
+    let elapsed = t0.elapsed().as_secs_f64();
+    drop(lurkers);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.metric("cchat_shed_connections_total") >= 4.0);
+    assert!(s.metric("cchat_accept_errors_total") >= 4.0);
+    let warnings = std::fs::read_to_string(&log).unwrap().matches("accept failed").count();
+    assert!((warnings as f64) <= elapsed + 2.0, "{warnings} accept warnings in {elapsed:.1} s: at most one a second");
+    let _ = std::fs::remove_file(&log);
+}

@@ -30,8 +30,9 @@ pub enum State {
 
 /// The fixed `Sec-WebSocket-Key` loadgen sends; the reply must carry its
 /// accept value. (A load generator needs no fresh nonce per connection: the
-/// key only proves the server speaks WebSocket.)
-pub const WS_KEY: &str = "bG9hZGdlbi1jY2hhdC1rZXk=";
+/// key only proves the server speaks WebSocket; it must still be 16 bytes
+/// in base64, which the server checks.)
+pub const WS_KEY: &str = "bG9hZGdlbi1jY2hhdGtleQ==";
 
 /// The HTTP upgrade request.
 pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {

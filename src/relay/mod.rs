@@ -100,6 +100,10 @@ pub struct LinkStats {
     pub overflows: AtomicU64,
 }
 
+/// Peers whose counters are kept once they have no link: past it, the
+/// longest-known such peer's series is dropped for a new one.
+const MAX_PEER_SERIES: usize = 64;
+
 /// Relay counters of a node.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -116,6 +120,14 @@ impl RelayStats {
         let mut links = self.links.lock().expect("relay stats");
         if let Some(l) = links.iter().find(|l| l.peer == peer) {
             return l.clone();
+        }
+        if links.len() >= MAX_PEER_SERIES {
+            // Peers come and go under new names (a node id per container,
+            // say): forget the longest-known peer that no link uses, so the
+            // metric series stay bounded.
+            if let Some(i) = links.iter().position(|l| Arc::strong_count(l) == 1 && !l.up.load(Relaxed)) {
+                links.remove(i);
+            }
         }
         let l = Arc::new(LinkStats { peer: peer.to_owned(), ..Default::default() });
         links.push(l.clone());
@@ -604,5 +616,28 @@ fn drain_frames(shard: &Shard, relay: &Relay, link: &Rc<Link>, rbuf: &mut BytesM
                 shard.dispatch_remote(msg);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_of_peers_without_a_link_are_bounded() {
+        let stats = RelayStats::default();
+        let live: Vec<Arc<LinkStats>> = (0..3).map(|i| stats.link(&format!("live{i}"))).collect();
+        for l in &live {
+            l.up.store(true, Relaxed);
+        }
+        for i in 0..1000 {
+            drop(stats.link(&format!("claimed{i}")));
+        }
+        let links = stats.links.lock().unwrap();
+        assert!(links.len() <= MAX_PEER_SERIES, "{} series", links.len());
+        for i in 0..3 {
+            assert!(links.iter().any(|l| l.peer == format!("live{i}")), "a linked peer keeps its series");
+        }
+        assert!(links.iter().any(|l| l.peer == "claimed999"), "the newest peer has its series");
     }
 }

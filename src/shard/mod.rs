@@ -208,6 +208,8 @@ pub(crate) struct ConnEntry {
     /// listed in [`Shard::parked`] to be woken when they drain.
     parked: bool,
     // Liveness, in sweeper ticks.
+    /// When the connection was registered (the login deadline runs from it).
+    born: u32,
     last_rx: u32,
     pinged: bool,
 }
@@ -351,6 +353,7 @@ impl Shard {
             closing: None,
             waker: None,
             parked: false,
+            born: self.tick.get(),
             last_rx: self.tick.get(),
             pinged: false,
         });
@@ -1215,6 +1218,7 @@ impl Shard {
         let ticks = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
         let ping_after = ticks(self.node.cfg.ping_interval);
         let idle_after = ticks(self.node.cfg.idle_timeout);
+        let login_after = ticks(self.node.cfg.login_timeout);
         let mut to_close = Vec::new();
         let mut conns = self.conns.borrow_mut();
         let ping = Rc::new(ws::ping_frame());
@@ -1231,17 +1235,21 @@ impl Shard {
                 continue;
             }
             let quiet = t.wrapping_sub(e.last_rx);
-            if quiet >= idle_after {
-                to_close.push(key);
+            if e.uid.is_none() && t.wrapping_sub(e.born) >= login_after {
+                // A socket that never becomes a user holds a slot of the
+                // connection cap (and a descriptor) however well it pings.
+                to_close.push((key, ws::close_code::POLICY, "no login within the login timeout"));
+            } else if quiet >= idle_after {
+                to_close.push((key, ws::close_code::GOING_AWAY, "idle timeout"));
             } else if quiet >= ping_after && !e.pinged {
                 e.pinged = true;
                 self.enqueue(&mut conns, key, &ping);
             }
         }
         drop(conns);
-        for key in to_close {
+        for (key, code, why) in to_close {
             self.stats().timeout_closes.fetch_add(1, Relaxed);
-            self.begin_close(key, ws::close_code::GOING_AWAY, "idle timeout");
+            self.begin_close(key, code, why);
         }
         self.wake_flusher();
         if t.is_multiple_of(10) {
@@ -1273,6 +1281,27 @@ impl Shard {
             Action::Repin => info!(shard = self.id, core = p.core(), "shard pinned to its core again"),
         }
         self.stats().pinned.store(p.pinned() as i64, Relaxed);
+    }
+
+    /// Accept failed for want of a descriptor: closes the connection of this
+    /// shard that has waited longest without logging in, if any, so that
+    /// the descriptor goes to someone who may. False when there is none.
+    pub(crate) fn shed_one_unauthenticated(&self) -> bool {
+        let oldest = {
+            let conns = self.conns.borrow();
+            if conns.iter().any(|(_, e)| e.closing.is_some()) {
+                // A descriptor is about to be freed already; accept will
+                // have it on its next try. Shedding more would close one
+                // connection per retry.
+                return false;
+            }
+            // Generations count registrations: the smallest is the oldest.
+            conns.iter().filter(|(_, e)| e.uid.is_none()).min_by_key(|(_, e)| e.generation).map(|(k, _)| k as u32)
+        };
+        let Some(key) = oldest else { return false };
+        self.stats().shed_connections.fetch_add(1, Relaxed);
+        self.begin_close(key, TRY_AGAIN_LATER, "server is out of file descriptors");
+        true
     }
 
     /// Begins shutdown: every connection gets a 1001 close frame.
@@ -1314,6 +1343,9 @@ fn member_check(e: &ConnEntry, rid: &Id) -> Result<(), ProtoError> {
     }
     Ok(())
 }
+
+/// Close code 1013 (RFC 6455 registry: "Try Again Later").
+const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Writes a flush pass makes before it lets the shard's other runnable tasks
 /// go (64 writes take a few hundred microseconds).
