@@ -2,7 +2,7 @@
 //! node-wide table that the relay updates.
 //!
 //! Nodes are known by name (`--node-id`); inside a process each gets a small
-//! index (0 is this node) that [`crate::room::ConnRef`] carries. The relay
+//! index (0 is this node) that [`crate::msg::ConnRef`] carries. The relay
 //! shard changes the live set as links come and go and tells every shard;
 //! each shard then swaps in a new [`View`] and re-homes what moved.
 

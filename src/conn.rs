@@ -19,7 +19,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use crate::http::{self, Request};
-use crate::shard::Shard;
+use crate::shard::{OutState, Shard};
 use crate::ws::{self, Decoder, Event, WsError};
 
 /// Serves one accepted TCP connection to the end.
@@ -96,16 +96,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
                 return Some(buf.split_off(head_len));
             }
         }
-        Request::Get(path) => match path.as_str() {
-            "/" | "/index.html" => http::response(200, "text/html; charset=utf-8", http::INDEX_HTML.as_bytes()),
-            "/healthz" => http::response(200, "text/plain", b"ok\n"),
-            "/metrics" => {
-                let mut body = node.stats.render(node.max_connections);
-                node.relay.render(&mut body);
-                http::response(200, "text/plain; version=0.0.4", body.as_bytes())
-            }
-            _ => http::response(404, "text/plain", b"not found\n"),
-        },
+        Request::Get(path) => http::route(&path, node),
         Request::Reject(status, why) => http::response(status, "text/plain", why.as_bytes()),
     };
     let _ = stream.write_all(&reply).await;
@@ -130,15 +121,15 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
     }
     loop {
         let wake = poll_fn(|cx| {
-            let (closing, blocked) = shard.conn_flags(key);
-            if closing.is_some() {
-                return Poll::Ready(Wake::Closing);
-            }
-            if blocked {
-                let r = shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b));
-                if let Poll::Ready(Err(_)) = r {
-                    return Poll::Ready(Wake::Gone);
+            match shard.out_state(key) {
+                OutState::Closing(_) => return Poll::Ready(Wake::Closing),
+                OutState::Blocked => {
+                    let r = shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b));
+                    if let Poll::Ready(Err(_)) = r {
+                        return Poll::Ready(Wake::Gone);
+                    }
                 }
+                OutState::Idle | OutState::Dirty => {}
             }
             // Back-pressure: while this shard's cross-shard outboxes are
             // backed up, stop reading new commands; the shard wakes every
@@ -197,7 +188,7 @@ fn process(shard: &Shard, key: u32, dec: &mut Decoder, data: &mut [u8], pending:
     let len = data.len();
     let mut off = 0;
     while off < len {
-        if shard.conn_flags(key).0.is_some() {
+        if let OutState::Closing(_) = shard.out_state(key) {
             return Ok(()); // closing: ignore further input
         }
         let buf = &mut data[off..len];

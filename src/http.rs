@@ -1,8 +1,11 @@
 //! The plain-HTTP side of the client port: the upgrade request, `/`,
-//! `/healthz` and `/metrics`. Parsing is pure (httparse); the connection
-//! task does the I/O.
+//! `/healthz` and `/metrics`. Parsing and routing are pure (httparse); the
+//! connection task only moves the bytes.
 
 use tungstenite::handshake::derive_accept_key;
+
+use crate::metrics;
+use crate::node::Node;
 
 /// Longest request head accepted: room for the large cookies clients behind
 /// proxies and single sign-on carry.
@@ -105,6 +108,19 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
 
 /// The browser client served at `GET /`.
 pub const INDEX_HTML: &str = include_str!("../static/index.html");
+
+/// The response to a plain `GET` of `path`.
+pub fn route(path: &str, node: &Node) -> Vec<u8> {
+    match path {
+        "/" | "/index.html" => response(200, "text/html; charset=utf-8", INDEX_HTML.as_bytes()),
+        "/healthz" => response(200, "text/plain", b"ok\n"),
+        "/metrics" => {
+            let body = metrics::render(&node.stats, &node.relay, node.max_connections);
+            response(200, "text/plain; version=0.0.4", body.as_bytes())
+        }
+        _ => response(404, "text/plain", b"not found\n"),
+    }
+}
 
 #[cfg(test)]
 mod tests {

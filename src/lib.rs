@@ -48,6 +48,7 @@ pub mod http;
 pub mod ids;
 pub mod json;
 pub mod metrics;
+pub mod msg;
 pub mod node;
 pub mod pinning;
 pub mod placement;

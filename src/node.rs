@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crate::cluster::Table;
 use crate::config::Config;
-use crate::metrics::NodeStats;
-use crate::relay::RelayStats;
+use crate::metrics::{NodeStats, RelayStats};
 
 /// Node-wide state, one `Arc` shared by all shards.
 #[derive(Debug)]
@@ -35,7 +34,7 @@ pub struct Node {
 impl Node {
     /// Shared state for a node with these settings.
     pub fn new(cfg: Config, max_connections: usize) -> Self {
-        let epoch = crate::shard::unix_ms();
+        let epoch = unix_ms();
         let mut tag = String::new();
         let mut x = epoch ^ (std::process::id() as u64) << 20;
         for _ in 0..6 {
@@ -62,8 +61,13 @@ impl Node {
     /// strictly greater than any this node handed out before, so a room that
     /// is re-homed here (or a restarted node's rooms) never reuses an epoch.
     pub fn next_epoch(&self) -> u64 {
-        let now = crate::shard::unix_ms();
+        let now = unix_ms();
         let prev = self.last_epoch.fetch_max(now, Relaxed);
         if prev >= now { self.last_epoch.fetch_add(1, Relaxed) + 1 } else { now }
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

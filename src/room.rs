@@ -11,22 +11,7 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 
 use crate::ids::{Id, Name};
-
-/// A connection anywhere in the cluster: its node (0 is this node, others
-/// are indices of [`crate::cluster::Table`]), its shard there, its slot, and
-/// the slot's generation (a reused slot gets a new generation, so a stale
-/// reference is recognised and ignored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnRef {
-    /// Node the connection lives on (0 = this node).
-    pub node: u16,
-    /// Shard the connection lives on.
-    pub shard: u16,
-    /// Slot in that shard's connection table.
-    pub key: u32,
-    /// Generation of the slot.
-    pub generation: u32,
-}
+use crate::msg::ConnRef;
 
 /// A member connection as the owner records it.
 #[derive(Debug, Clone)]

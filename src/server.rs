@@ -14,12 +14,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::msg::ShardMsg;
 use crate::node::Node;
 use crate::pinning::CorePin;
-use crate::shard::{Shard, ShardMsg, TICK};
-
-/// How long a shard handles cross-shard items before the flusher gets a turn.
-const DISPATCH_BUDGET: Duration = Duration::from_millis(1);
+use crate::shard::{Shard, TICK};
 
 /// File descriptors kept back from the connection cap (listeners, io_uring,
 /// relay links, log files, sockets still in their HTTP phase).
@@ -209,24 +207,7 @@ async fn shard_main(
     let mut tasks = Vec::new();
     if let Some(mut receivers) = receivers {
         for (_, rx) in receivers.streams() {
-            let shard = shard.clone();
-            tasks.push(glommio::spawn_local(async move {
-                // Handle items as long as they keep coming, up to a time
-                // budget, then let the flusher write what they queued. Under
-                // load, more frames per socket collect in one batch and go
-                // out in one write: the batch size follows the load.
-                let mut n = 0u32;
-                let mut batch_start = Instant::now();
-                while let Some(msg) = rx.recv().await {
-                    shard.node.stats.shards[shard.id].received.fetch_add(1, Relaxed);
-                    shard.handle(msg);
-                    n = n.wrapping_add(1);
-                    if n.is_multiple_of(16) && batch_start.elapsed() >= DISPATCH_BUDGET {
-                        futures_lite::future::yield_now().await;
-                        batch_start = Instant::now();
-                    }
-                }
-            }));
+            tasks.push(glommio::spawn_local(shard.clone().run_receiver(rx)));
         }
         for dst in (0..node.cfg.shards).filter(|d| *d != id) {
             tasks.push(glommio::spawn_local(shard.clone().run_pump(dst)));
@@ -235,23 +216,27 @@ async fn shard_main(
     tasks.push(glommio::spawn_local(shard.clone().run_flusher()));
     let clustered = node.cfg.relay_listen.is_some() || !node.cfg.peers.is_empty();
     let _relay_tasks = if id == 0 && clustered {
-        match crate::relay::start(&shard) {
-            Ok(t) => t,
+        // The relay hands what it receives to this shard, which routes it.
+        let weak = Rc::downgrade(&shard);
+        let sink: crate::relay::Sink = Rc::new(move |ev| {
+            if let Some(shard) = weak.upgrade() {
+                shard.on_relay_event(ev);
+            }
+        });
+        let (relay, tasks) = match crate::relay::start(node.clone(), sink) {
+            Ok(r) => r,
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
             }
-        }
+        };
+        shard.set_relay(relay.clone());
+        // Join the mesh before saying "listening" (a second at most).
+        relay.first_round().await;
+        tasks
     } else {
         Vec::new()
     };
-    if id == 0 && clustered {
-        // Join the mesh before saying "listening" (a second at most).
-        let relay = shard.relay.borrow().clone();
-        if let Some(relay) = relay {
-            relay.first_round().await;
-        }
-    }
     let _ = ready.send(Ok(()));
 
     let acceptor = {

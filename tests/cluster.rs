@@ -520,15 +520,15 @@ fn room_owned_by(prefix: &str, owner: &str, other: &str) -> String {
 /// joining `rid`.
 fn remote_join(rid: &str, key: u32) -> bytes::Bytes {
     use cchat::ids::{Id, Name};
-    let join = cchat::shard::ShardMsg::Join {
+    let join = cchat::msg::NodeMsg::ToOwner(cchat::msg::Request::Join {
         rid: Id::parse_str(rid).unwrap(),
-        conn: cchat::room::ConnRef { node: 0, shard: 0, key, generation: 1 },
+        conn: cchat::msg::ConnRef { node: 0, shard: 0, key, generation: 1 },
         uid: Id::parse_str("remote").unwrap(),
         name: Name::parse("Remote").unwrap(),
         echo: false,
         rejoin: false,
-    };
-    cchat::relay::codec::encode(&join).unwrap()
+    });
+    cchat::relay::codec::encode(&join)
 }
 
 /// Of a pair, the node with the smaller name picks the link that carries

@@ -42,9 +42,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::ids::{Id, Name};
+use crate::msg::{Audience, ConnRef, Delivery, NodeMsg, Publish, Request};
 use crate::protocol::MsgType;
-use crate::room::ConnRef;
-use crate::shard::{Audience, Publish, ShardMsg};
 
 /// Largest frame accepted on a link (a getHistory reply of 100 long
 /// messages is well under it).
@@ -83,9 +82,9 @@ pub enum Frame {
     Heartbeat,
     /// The deciding node chose this link for the pair's traffic.
     Activate,
-    /// A shard message, with connection nodes set to the link's node where
-    /// they refer to the peer.
-    Msg(ShardMsg),
+    /// A message, with connection nodes set to the link's node where they
+    /// refer to the peer.
+    Msg(NodeMsg),
 }
 
 /// Encodes a heartbeat frame.
@@ -98,13 +97,12 @@ pub fn activate() -> Bytes {
     Bytes::from_static(&[0, 0, 0, 1, T_ACTIVATE])
 }
 
-/// Encodes a shard message for a link. Returns None for messages that never
-/// cross nodes.
-pub fn encode(msg: &ShardMsg) -> Option<Bytes> {
+/// Encodes a message for a link.
+pub fn encode(msg: &NodeMsg) -> Bytes {
     let mut b = BytesMut::with_capacity(64);
     b.put_u32(0); // length, patched below
     match msg {
-        ShardMsg::Join { rid, conn, uid, name, echo, rejoin } => {
+        NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin }) => {
             b.put_u8(T_JOIN);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
@@ -112,13 +110,13 @@ pub fn encode(msg: &ShardMsg) -> Option<Bytes> {
             put_str(&mut b, name);
             b.put_u8(*echo as u8 | (*rejoin as u8) << 1);
         }
-        ShardMsg::Leave { rid, conn, ack } => {
+        NodeMsg::ToOwner(Request::Leave { rid, conn, ack }) => {
             b.put_u8(T_LEAVE);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
             b.put_u8(*ack as u8);
         }
-        ShardMsg::Publish(p) => {
+        NodeMsg::ToOwner(Request::Publish(p)) => {
             b.reserve(p.msg.len() + 64);
             b.put_u8(T_PUBLISH);
             put_str(&mut b, &p.rid);
@@ -140,25 +138,25 @@ pub fn encode(msg: &ShardMsg) -> Option<Bytes> {
                 }
             }
         }
-        ShardMsg::GetOnline { rid, conn } => {
+        NodeMsg::ToOwner(Request::GetOnline { rid, conn }) => {
             b.put_u8(T_GETONLINE);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
         }
-        ShardMsg::GetHistory { rid, conn, since, limit } => {
+        NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, limit }) => {
             b.put_u8(T_GETHISTORY);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
             put_opt_u64(&mut b, *since);
             put_opt_u64(&mut b, limit.map(|l| l as u64));
         }
-        ShardMsg::Joined { rid, conn, ack } => {
+        NodeMsg::ToMembers(Delivery::Joined { rid, conn, ack }) => {
             b.put_u8(T_JOINED);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
             put_blob(&mut b, ack);
         }
-        ShardMsg::Deliver { rid, frame, audience, .. } => {
+        NodeMsg::ToMembers(Delivery::Deliver { rid, frame, audience, .. }) => {
             b.reserve(frame.len() + 32);
             b.put_u8(T_DELIVER);
             put_str(&mut b, rid);
@@ -183,16 +181,15 @@ pub fn encode(msg: &ShardMsg) -> Option<Bytes> {
             }
             put_blob(&mut b, frame);
         }
-        ShardMsg::Direct { conn, frame } => {
+        NodeMsg::ToMembers(Delivery::Direct { conn, frame }) => {
             b.put_u8(T_DIRECT);
             put_conn(&mut b, conn);
             put_blob(&mut b, frame);
         }
-        _ => return None,
     }
     let len = (b.len() - 4) as u32;
     b[..4].copy_from_slice(&len.to_be_bytes());
-    Some(b.freeze())
+    b.freeze()
 }
 
 /// Decodes one frame from the front of `buf`, consuming it. Ok(None) while
@@ -221,13 +218,20 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
             let uid = get_id(&mut body)?;
             let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
             let flags = get_u8(&mut body)?;
-            Frame::Msg(ShardMsg::Join { rid, conn, uid, name, echo: flags & 1 != 0, rejoin: flags & 2 != 0 })
+            Frame::Msg(NodeMsg::ToOwner(Request::Join {
+                rid,
+                conn,
+                uid,
+                name,
+                echo: flags & 1 != 0,
+                rejoin: flags & 2 != 0,
+            }))
         }
         T_LEAVE => {
             let rid = get_id(&mut body)?;
             let conn = peer(get_conn(&mut body)?);
             let ack = get_u8(&mut body)? != 0;
-            Frame::Msg(ShardMsg::Leave { rid, conn, ack })
+            Frame::Msg(NodeMsg::ToOwner(Request::Leave { rid, conn, ack }))
         }
         T_PUBLISH => {
             let rid = get_id(&mut body)?;
@@ -247,25 +251,25 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
                 1 => Some(get_id(&mut body)?),
                 _ => return Err(CodecError::Invalid("option")),
             };
-            Frame::Msg(ShardMsg::Publish(Box::new(Publish { rid, from, uid, name, mtype, msg, tid })))
+            Frame::Msg(NodeMsg::ToOwner(Request::Publish(Box::new(Publish { rid, from, uid, name, mtype, msg, tid }))))
         }
         T_GETONLINE => {
             let rid = get_id(&mut body)?;
             let conn = peer(get_conn(&mut body)?);
-            Frame::Msg(ShardMsg::GetOnline { rid, conn })
+            Frame::Msg(NodeMsg::ToOwner(Request::GetOnline { rid, conn }))
         }
         T_GETHISTORY => {
             let rid = get_id(&mut body)?;
             let conn = peer(get_conn(&mut body)?);
             let since = get_opt_u64(&mut body)?;
             let limit = get_opt_u64(&mut body)?.map(|l| l.min(usize::MAX as u64) as usize);
-            Frame::Msg(ShardMsg::GetHistory { rid, conn, since, limit })
+            Frame::Msg(NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, limit }))
         }
         T_JOINED => {
             let rid = get_id(&mut body)?;
             let conn = get_conn(&mut body)?;
             let ack = get_blob(&mut body)?;
-            Frame::Msg(ShardMsg::Joined { rid, conn, ack })
+            Frame::Msg(NodeMsg::ToMembers(Delivery::Joined { rid, conn, ack }))
         }
         T_DELIVER => {
             let rid = get_id(&mut body)?;
@@ -289,12 +293,12 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
                 _ => return Err(CodecError::Invalid("audience")),
             };
             let frame = get_blob(&mut body)?;
-            Frame::Msg(ShardMsg::Deliver { rid, frame, audience, t0: std::time::Instant::now() })
+            Frame::Msg(NodeMsg::ToMembers(Delivery::Deliver { rid, frame, audience, t0: std::time::Instant::now() }))
         }
         T_DIRECT => {
             let conn = get_conn(&mut body)?;
             let frame = get_blob(&mut body)?;
-            Frame::Msg(ShardMsg::Direct { conn, frame })
+            Frame::Msg(NodeMsg::ToMembers(Delivery::Direct { conn, frame }))
         }
         _ => return Err(CodecError::Invalid("frame type")),
     };
@@ -386,8 +390,8 @@ mod tests {
         ConnRef { node: 0, shard: 1, key: k, generation: 7 }
     }
 
-    fn round_trip(m: ShardMsg) -> ShardMsg {
-        let enc = encode(&m).unwrap();
+    fn round_trip(m: NodeMsg) -> NodeMsg {
+        let enc = encode(&m);
         let mut buf = BytesMut::from(&enc[..]);
         match decode(&mut buf, 3).unwrap().unwrap() {
             Frame::Msg(m) => {
@@ -400,18 +404,18 @@ mod tests {
 
     #[test]
     fn requests_take_the_links_node() {
-        let m = round_trip(ShardMsg::Join {
+        let m = round_trip(NodeMsg::ToOwner(Request::Join {
             rid: Id::parse_str("r").unwrap(),
             conn: conn(5),
             uid: Id::parse_str("u").unwrap(),
             name: Name::parse("Zoë").unwrap(),
             echo: true,
             rejoin: false,
-        });
-        let ShardMsg::Join { conn: c, name, echo, rejoin, .. } = m else { panic!() };
+        }));
+        let NodeMsg::ToOwner(Request::Join { conn: c, name, echo, rejoin, .. }) = m else { panic!() };
         assert_eq!((c.node, c.key, c.generation), (3, 5, 7));
         assert_eq!((name.as_str(), echo, rejoin), ("Zoë", true, false));
-        let m = round_trip(ShardMsg::Publish(Box::new(Publish {
+        let m = round_trip(NodeMsg::ToOwner(Request::Publish(Box::new(Publish {
             rid: Id::parse_str("r").unwrap(),
             from: conn(1),
             uid: Id::parse_str("u").unwrap(),
@@ -419,21 +423,21 @@ mod tests {
             mtype: MsgType::Pic,
             msg: "héllo".into(),
             tid: Id::parse_str("t"),
-        })));
-        let ShardMsg::Publish(p) = m else { panic!() };
+        }))));
+        let NodeMsg::ToOwner(Request::Publish(p)) = m else { panic!() };
         assert_eq!((p.msg.as_str(), p.tid.unwrap().as_str(), p.from.node), ("héllo", "t", 3));
     }
 
     #[test]
     fn owner_messages_keep_local_conns_and_bytes() {
         let frame = Bytes::from_static(b"\x81\x02{}");
-        let m = round_trip(ShardMsg::Deliver {
+        let m = round_trip(NodeMsg::ToMembers(Delivery::Deliver {
             rid: Id::parse_str("r").unwrap(),
             frame: frame.clone(),
             audience: Audience::Only(vec![conn(1), conn(2)]),
             t0: std::time::Instant::now(),
-        });
-        let ShardMsg::Deliver { frame: f, audience: Audience::Only(l), .. } = m else { panic!() };
+        }));
+        let NodeMsg::ToMembers(Delivery::Deliver { frame: f, audience: Audience::Only(l), .. }) = m else { panic!() };
         assert_eq!(f, frame);
         assert_eq!(l.len(), 2);
         assert_eq!(l[1].node, 0);
@@ -441,7 +445,7 @@ mod tests {
 
     #[test]
     fn incomplete_and_bad_frames() {
-        let enc = encode(&ShardMsg::GetOnline { rid: Id::parse_str("r").unwrap(), conn: conn(1) }).unwrap();
+        let enc = encode(&NodeMsg::ToOwner(Request::GetOnline { rid: Id::parse_str("r").unwrap(), conn: conn(1) }));
         for cut in 0..enc.len() {
             let mut b = BytesMut::from(&enc[..cut]);
             assert!(decode(&mut b, 1).unwrap().is_none());
@@ -467,7 +471,7 @@ mod tests {
 
         #[test]
         fn truncated_bodies_are_errors(cut in 1usize..40, msg in "\\PC{0,30}") {
-            let enc = encode(&ShardMsg::Publish(Box::new(Publish {
+            let enc = encode(&NodeMsg::ToOwner(Request::Publish(Box::new(Publish {
                 rid: Id::parse_str("room").unwrap(),
                 from: conn(1),
                 uid: Id::parse_str("u").unwrap(),
@@ -475,7 +479,7 @@ mod tests {
                 mtype: MsgType::Text,
                 msg,
                 tid: None,
-            }))).unwrap();
+            }))));
             let body_len = enc.len() - 4;
             let cut = cut.min(body_len - 1);
             // A length prefix that claims fewer bytes than the fields need.

@@ -69,7 +69,7 @@ impl RoomSet {
             },
             RoomSet::Set(s) => s.remove(rid),
         };
-        if self.len() == 0 {
+        if self.is_empty() {
             *self = RoomSet::Empty;
         }
         removed

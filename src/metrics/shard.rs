@@ -5,11 +5,12 @@
 //! up. The fan-out latency histogram is recorded shard-locally and published
 //! into a mutex once per second, so the lock is never on the message path.
 
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use hdrhistogram::Histogram;
+
+use super::Exposition;
 
 /// Counters of one shard.
 #[derive(Debug)]
@@ -114,14 +115,11 @@ impl NodeStats {
         self.shards.iter().map(|s| s.connections.load(Relaxed)).sum()
     }
 
-    /// Renders the Prometheus text exposition format.
-    pub fn render(&self, max_connections: usize) -> String {
-        let mut out = String::with_capacity(4096);
+    /// Writes the node's shard counters.
+    pub(crate) fn render(&self, max_connections: usize, out: &mut Exposition) {
         let sum_u = |f: fn(&ShardStats) -> &AtomicU64| self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<u64>();
         let sum_i = |f: fn(&ShardStats) -> &AtomicI64| self.shards.iter().map(|s| f(s).load(Relaxed)).sum::<i64>();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| out.single(name, kind, help, value);
         metric("cchat_connections", "gauge", "Open WebSocket connections.", sum_i(|s| &s.connections).to_string());
         metric("cchat_max_connections", "gauge", "Connection cap of this node.", max_connections.to_string());
         metric("cchat_rooms", "gauge", "Rooms with members.", sum_i(|s| &s.rooms).to_string());
@@ -185,43 +183,40 @@ impl NodeStats {
             "Connections that had not logged in, closed to free a descriptor while accepts failed.",
             sum_u(|s| &s.shed_connections).to_string(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP cchat_errors_total Error replies sent, by errCode.\n# TYPE cchat_errors_total counter"
-        );
+        out.family("cchat_errors_total", "counter", "Error replies sent, by errCode.");
         for (i, code) in [101, 102, 50].iter().enumerate() {
             let n: u64 = self.shards.iter().map(|s| s.errors[i].load(Relaxed)).sum();
-            let _ = writeln!(out, "cchat_errors_total{{code=\"{code}\"}} {n}");
+            out.value("cchat_errors_total", &format!("code=\"{code}\""), n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP cchat_shard_queue_depth Items sent to a shard and not yet taken: in its inbound cross-shard queues or waiting in senders' outboxes.\n# TYPE cchat_shard_queue_depth gauge"
-        );
+        out.family("cchat_shard_queue_depth", "gauge", "Items sent to a shard and not yet taken: in its inbound cross-shard queues or waiting in senders' outboxes.");
         for (i, s) in self.shards.iter().enumerate() {
             let sent: u64 = self.shards.iter().map(|from| from.sent_to.get(i).map_or(0, |c| c.load(Relaxed))).sum();
             let depth = sent.saturating_sub(s.received.load(Relaxed));
-            let _ = writeln!(out, "cchat_shard_queue_depth{{shard=\"{i}\"}} {depth}");
+            out.value("cchat_shard_queue_depth", &format!("shard=\"{i}\""), depth);
         }
-        let _ = writeln!(
-            out,
-            "# HELP cchat_shard_cluster_nodes Live nodes in the cluster view a shard routes rooms by (itself included).\n# TYPE cchat_shard_cluster_nodes gauge"
+        out.family(
+            "cchat_shard_cluster_nodes",
+            "gauge",
+            "Live nodes in the cluster view a shard routes rooms by (itself included).",
         );
         for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(out, "cchat_shard_cluster_nodes{{shard=\"{i}\"}} {}", s.view_nodes.load(Relaxed));
+            out.value("cchat_shard_cluster_nodes", &format!("shard=\"{i}\""), s.view_nodes.load(Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP cchat_shard_pinned 1 while a shard is pinned to its core, 0 while it may run on any core.\n# TYPE cchat_shard_pinned gauge"
+        out.family(
+            "cchat_shard_pinned",
+            "gauge",
+            "1 while a shard is pinned to its core, 0 while it may run on any core.",
         );
         for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(out, "cchat_shard_pinned{{shard=\"{i}\"}} {}", s.pinned.load(Relaxed));
+            out.value("cchat_shard_pinned", &format!("shard=\"{i}\""), s.pinned.load(Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP cchat_shard_core_releases_total Times a pinned shard was released because other processes kept its core busy.\n# TYPE cchat_shard_core_releases_total counter"
+        out.family(
+            "cchat_shard_core_releases_total",
+            "counter",
+            "Times a pinned shard was released because other processes kept its core busy.",
         );
         for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(out, "cchat_shard_core_releases_total{{shard=\"{i}\"}} {}", s.core_releases.load(Relaxed));
+            out.value("cchat_shard_core_releases_total", &format!("shard=\"{i}\""), s.core_releases.load(Relaxed));
         }
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
         for s in &self.shards {
@@ -229,19 +224,19 @@ impl NodeStats {
                 let _ = h.add(&*l);
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP cchat_fanout_latency_seconds Time from a message being sequenced to its recipients' shard writing it.\n# TYPE cchat_fanout_latency_seconds summary"
+        out.family(
+            "cchat_fanout_latency_seconds",
+            "summary",
+            "Time from a message being sequenced to its recipients' shard writing it.",
         );
         for q in [0.5, 0.9, 0.99, 0.999] {
-            let _ = writeln!(
-                out,
-                "cchat_fanout_latency_seconds{{quantile=\"{q}\"}} {}",
-                h.value_at_quantile(q) as f64 / 1e6
+            out.value(
+                "cchat_fanout_latency_seconds",
+                &format!("quantile=\"{q}\""),
+                h.value_at_quantile(q) as f64 / 1e6,
             );
         }
-        let _ = writeln!(out, "cchat_fanout_latency_seconds_count {}", h.len());
-        out
+        out.value("cchat_fanout_latency_seconds_count", "", h.len());
     }
 }
 
@@ -260,7 +255,9 @@ mod tests {
         stats.shards[1].sent_to[0].fetch_add(2, Relaxed);
         stats.shards[1].received.fetch_add(3, Relaxed);
         stats.shards[0].received.fetch_add(2, Relaxed);
-        let text = stats.render(10);
+        let mut out = Exposition::default();
+        stats.render(10, &mut out);
+        let text = out.finish();
         assert_eq!(gauge(&text, "cchat_shard_queue_depth{shard=\"0\"}"), 0);
         assert_eq!(gauge(&text, "cchat_shard_queue_depth{shard=\"1\"}"), 2);
     }

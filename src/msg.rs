@@ -1,0 +1,184 @@
+//! What crosses shards and nodes. Plain data, no I/O.
+//!
+//! Traffic has two directions: a [`Request`] goes from a connection's shard to
+//! its room's owner; a [`Delivery`] goes from the owner to the shards (or
+//! nodes) of the members it is for. Inside a node both travel as a
+//! [`ShardMsg`] over the shards' queues, with two more kinds that only exist
+//! inside a node: a message for shard 0 to pass to another node's relay
+//! link, and a change of the cluster's live set. Between nodes they travel
+//! as a [`NodeMsg`], which the relay codec writes (`relay::codec`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::cluster::View;
+use crate::ids::{Id, Name};
+use crate::protocol::MsgType;
+
+/// A connection anywhere in the cluster: its node (0 is this node, others
+/// are indices of [`crate::cluster::Table`]), its shard there, its slot, and
+/// the slot's generation (a reused slot gets a new generation, so a stale
+/// reference is recognised and ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    /// Node the connection lives on (0 = this node).
+    pub node: u16,
+    /// Shard the connection lives on.
+    pub shard: u16,
+    /// Slot in that shard's connection table.
+    pub key: u32,
+    /// Generation of the slot.
+    pub generation: u32,
+}
+
+/// To a room's owner.
+#[derive(Debug)]
+pub enum Request {
+    /// Admit a connection to a room.
+    Join {
+        /// Room.
+        rid: Id,
+        /// Connection.
+        conn: ConnRef,
+        /// Its user.
+        uid: Id,
+        /// The user's name.
+        name: Name,
+        /// Echo flag of the connection.
+        echo: bool,
+        /// Re-homing after a cluster change: join quietly (no ack, no newUser).
+        rejoin: bool,
+    },
+    /// A connection left a room (logout when `ack`, else disconnect).
+    Leave {
+        /// Room.
+        rid: Id,
+        /// Connection.
+        conn: ConnRef,
+        /// Send the logout acknowledgement.
+        ack: bool,
+    },
+    /// A chat message to sequence and fan out.
+    Publish(Box<Publish>),
+    /// Roster request.
+    GetOnline {
+        /// Room.
+        rid: Id,
+        /// Requesting connection.
+        conn: ConnRef,
+    },
+    /// History request.
+    GetHistory {
+        /// Room.
+        rid: Id,
+        /// Requesting connection.
+        conn: ConnRef,
+        /// After this seq.
+        since: Option<u64>,
+        /// At most this many.
+        limit: Option<usize>,
+    },
+}
+
+impl Request {
+    /// The room the request is for (its owner is where it goes).
+    pub fn rid(&self) -> &Id {
+        match self {
+            Request::Join { rid, .. }
+            | Request::Leave { rid, .. }
+            | Request::GetOnline { rid, .. }
+            | Request::GetHistory { rid, .. } => rid,
+            Request::Publish(p) => &p.rid,
+        }
+    }
+}
+
+/// A chat message on its way to the owner.
+#[derive(Debug)]
+pub struct Publish {
+    /// Room.
+    pub rid: Id,
+    /// Sending connection.
+    pub from: ConnRef,
+    /// Sender's uid (from the session).
+    pub uid: Id,
+    /// Sender's name (from the session).
+    pub name: Name,
+    /// Kind.
+    pub mtype: MsgType,
+    /// Body.
+    pub msg: String,
+    /// Private recipient.
+    pub tid: Option<Id>,
+}
+
+/// From an owner to the shard (or node) of some of a room's members.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The connection is a member now: index it, then send it the ack.
+    Joined {
+        /// Room.
+        rid: Id,
+        /// Connection.
+        conn: ConnRef,
+        /// Encoded login acknowledgement.
+        ack: Bytes,
+    },
+    /// One encoded frame for a shard's (or node's) members of a room.
+    Deliver {
+        /// Room.
+        rid: Id,
+        /// The frame, shared by every recipient.
+        frame: Bytes,
+        /// Who receives it.
+        audience: Audience,
+        /// When the owner sequenced it (for the fan-out latency metric).
+        t0: Instant,
+    },
+    /// A reply to one connection.
+    Direct {
+        /// Connection.
+        conn: ConnRef,
+        /// The frame.
+        frame: Bytes,
+    },
+}
+
+/// Which of a room's members receive a [`Delivery::Deliver`].
+#[derive(Debug, Clone)]
+pub enum Audience {
+    /// Every member there, except one connection (the sender without echo).
+    AllExcept(Option<ConnRef>),
+    /// Exactly these connections (private messages).
+    Only(Vec<ConnRef>),
+}
+
+/// What crosses a relay link between two nodes.
+#[derive(Debug)]
+pub enum NodeMsg {
+    /// To the owner of a room on the receiving node.
+    ToOwner(Request),
+    /// From an owner on the sending node to members on the receiving node.
+    ToMembers(Delivery),
+}
+
+/// What crosses the queues between the shards of a node.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// To the owner shard of a room.
+    ToOwner(Request),
+    /// From an owner to this shard's members.
+    ToMembers(Delivery),
+    /// For shard 0, which holds the relay links: pass on to another node.
+    ToNode(u16, Box<NodeMsg>),
+    /// The cluster's live set changed: route by `view` from now on; `down`,
+    /// if any, is a node whose members are gone.
+    ClusterChanged {
+        /// The new live set.
+        view: Arc<View>,
+        /// A node that went down.
+        down: Option<u16>,
+    },
+}

@@ -1,0 +1,128 @@
+//! The shard's connection table: a slab of entries, each with a generation
+//! so that a stale [`ConnRef`] (its slot reused since) is recognised.
+
+use std::os::fd::RawFd;
+use std::task::Waker;
+
+use slab::Slab;
+
+use super::outbound::Outbound;
+use super::session::Session;
+use crate::msg::ConnRef;
+
+/// A connection as the shard sees it.
+#[derive(Debug)]
+pub(crate) struct ConnEntry {
+    /// Counts registrations on this shard: tells slot reuses apart, and
+    /// orders connections by age.
+    pub(crate) generation: u32,
+    /// The socket (owned by the connection's task).
+    pub(crate) fd: RawFd,
+    /// Identity, rooms and rate limits.
+    pub(crate) session: Session,
+    /// Frames waiting for the socket.
+    pub(crate) out: Outbound,
+    /// Wakes the connection's task (to write a full socket, or to close).
+    waker: Option<Waker>,
+    /// The task stopped reading because the shard's outboxes were backed
+    /// up, and is on the shard's list of readers to wake when they drain.
+    pub(crate) parked: bool,
+    /// Sweeper tick of registration (the login deadline runs from it).
+    pub(crate) born: u32,
+    /// Sweeper tick of the last frame received.
+    pub(crate) last_rx: u32,
+    /// A ping was sent since then.
+    pub(crate) pinged: bool,
+}
+
+impl ConnEntry {
+    /// Keeps the task's waker (cloned only when it changed).
+    pub(crate) fn set_waker(&mut self, w: &Waker) {
+        match &self.waker {
+            Some(old) if old.will_wake(w) => {}
+            _ => self.waker = Some(w.clone()),
+        }
+    }
+
+    /// Wakes the connection's task, if it waits.
+    pub(crate) fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Starts closing with a close frame and wakes the task to flush it and
+    /// hang up (see [`Outbound::start_close`]). A second call changes nothing.
+    pub(crate) fn start_close(&mut self, code: u16, reason: &str) {
+        if self.out.closing().is_none() {
+            self.out.start_close(code, reason);
+            self.wake();
+        }
+    }
+}
+
+/// The connections of one shard.
+#[derive(Debug)]
+pub(crate) struct Conns {
+    slab: Slab<ConnEntry>,
+    next_gen: u32,
+}
+
+impl Conns {
+    pub(crate) fn new() -> Self {
+        Conns { slab: Slab::new(), next_gen: 1 }
+    }
+
+    /// Registers a connection; returns its slot and generation.
+    pub(crate) fn insert(&mut self, fd: RawFd, session: Session, tick: u32) -> (u32, u32) {
+        let generation = self.next_gen;
+        self.next_gen = generation.wrapping_add(1);
+        let key = self.slab.insert(ConnEntry {
+            generation,
+            fd,
+            session,
+            out: Outbound::default(),
+            waker: None,
+            parked: false,
+            born: tick,
+            last_rx: tick,
+            pinged: false,
+        });
+        (key as u32, generation)
+    }
+
+    /// Removes a connection.
+    pub(crate) fn remove(&mut self, key: u32) -> ConnEntry {
+        self.slab.remove(key as usize)
+    }
+
+    /// The connection in slot `key`.
+    pub(crate) fn get(&self, key: u32) -> Option<&ConnEntry> {
+        self.slab.get(key as usize)
+    }
+
+    /// The connection in slot `key`, to change.
+    pub(crate) fn get_mut(&mut self, key: u32) -> Option<&mut ConnEntry> {
+        self.slab.get_mut(key as usize)
+    }
+
+    /// The connection `c` names, if its slot still holds it.
+    pub(crate) fn by_ref(&mut self, c: ConnRef) -> Option<&mut ConnEntry> {
+        self.slab.get_mut(c.key as usize).filter(|e| e.generation == c.generation)
+    }
+
+    /// Every connection with its slot.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &ConnEntry)> {
+        self.slab.iter().map(|(k, e)| (k as u32, e))
+    }
+
+    /// Every connection with its slot, to change.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut ConnEntry)> {
+        self.slab.iter_mut().map(|(k, e)| (k as u32, e))
+    }
+
+    /// Open connections.
+    pub(crate) fn len(&self) -> usize {
+        self.slab.len()
+    }
+}

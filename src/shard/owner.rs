@@ -1,0 +1,424 @@
+//! The rooms this shard owns. A [`Request`] goes in; the deliveries it makes,
+//! each with its destination shard or node, come out. No I/O: the shard
+//! routes what comes out.
+//!
+//! The owner is a room's single point of order: it admits members, numbers
+//! messages (`seq`), keeps the recent ones for `getHistory`, and encodes
+//! every outgoing frame once. A broadcast becomes one [`Delivery::Deliver`]
+//! per shard and per other node that holds members, all sharing the bytes.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::cluster::View;
+use crate::ids::{Id, Name};
+use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
+use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
+use crate::room::{Joined, Room};
+
+/// Where a delivery goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dest {
+    /// A shard of this node.
+    Shard(usize),
+    /// Another node (through the relay).
+    Node(u16),
+}
+
+impl Dest {
+    /// Where a connection lives.
+    pub(crate) fn of(c: ConnRef) -> Dest {
+        if c.node == 0 { Dest::Shard(c.shard as usize) } else { Dest::Node(c.node) }
+    }
+}
+
+/// One delivery and its destination.
+#[derive(Debug)]
+pub(crate) struct Out {
+    pub(crate) dest: Dest,
+    pub(crate) msg: Delivery,
+}
+
+/// The rooms one shard owns.
+pub(crate) struct Owner {
+    rooms: HashMap<Id, Room>,
+    nshards: usize,
+    history_cap: usize,
+    /// Rooms with members.
+    live: usize,
+    /// The epoch a room that was never used reports (the node's start).
+    node_epoch: u64,
+    /// Epochs for new room sequences (strictly increasing per node).
+    next_epoch: Box<dyn Fn() -> u64>,
+    /// Reused destination lists of a broadcast.
+    shards: Vec<usize>,
+    nodes: Vec<u16>,
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owner").field("rooms", &self.rooms.len()).field("live", &self.live).finish_non_exhaustive()
+    }
+}
+
+fn err(conn: ConnRef, why: &'static str) -> Out {
+    Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame: ProtoError::new(ERR_INVALID, why).encode() } }
+}
+
+impl Owner {
+    /// No rooms yet, on a node of `nshards` shards, keeping `history_cap`
+    /// messages per room.
+    /// `node_epoch` is what a never-used room reports; `next_epoch` starts
+    /// each new room sequence.
+    pub(crate) fn new(nshards: usize, history_cap: usize, node_epoch: u64, next_epoch: Box<dyn Fn() -> u64>) -> Self {
+        Owner {
+            rooms: HashMap::new(),
+            nshards,
+            history_cap,
+            live: 0,
+            node_epoch,
+            next_epoch,
+            shards: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Rooms with members.
+    pub(crate) fn live_rooms(&self) -> usize {
+        self.live
+    }
+
+    /// Handles one request at Unix time `now_ms`. Returns the error code of
+    /// the error reply it made, if it made one.
+    pub(crate) fn handle(&mut self, req: Request, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
+        match req {
+            Request::Join { rid, conn, uid, name, echo, rejoin } => self.join(rid, conn, uid, name, echo, rejoin, out),
+            Request::Leave { rid, conn, ack } => self.leave(rid, conn, ack, out),
+            Request::Publish(p) => return self.publish(*p, now_ms, out),
+            Request::GetOnline { rid, conn } => {
+                let frame = match self.rooms.get(&rid) {
+                    Some(room) => protocol::encode_online(&rid, room.users()),
+                    None => protocol::encode_online(&rid, std::iter::empty()),
+                };
+                out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
+            }
+            Request::GetHistory { rid, conn, since, limit } => {
+                let frame = match self.rooms.get(&rid) {
+                    Some(room) => {
+                        protocol::encode_history(&rid, room.epoch(), room.history(since, limit).map(|b| &b[..]))
+                    }
+                    None => protocol::encode_history(&rid, self.node_epoch, std::iter::empty()),
+                };
+                out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join(&mut self, rid: Id, conn: ConnRef, uid: Id, name: Name, echo: bool, rejoin: bool, out: &mut Vec<Out>) {
+        let (nshards, cap) = (self.nshards, self.history_cap);
+        let next_epoch = &self.next_epoch;
+        let room = self.rooms.entry(rid.clone()).or_insert_with(|| Room::new(nshards, cap, next_epoch()));
+        let was_empty = room.is_empty();
+        let joined = room.join(conn, &uid, &name, echo);
+        if was_empty && !room.is_empty() {
+            self.live += 1;
+        }
+        if rejoin {
+            // The member already has its ack and its place; join quietly.
+            return;
+        }
+        let ack = protocol::encode_presence("login", &uid, &name, &rid);
+        out.push(Out { dest: Dest::of(conn), msg: Delivery::Joined { rid: rid.clone(), conn, ack } });
+        if joined == Joined::NewUser {
+            let frame = protocol::encode_presence("newUser", &uid, &name, &rid);
+            self.broadcast(&rid, frame, Some(conn), Instant::now(), out);
+        }
+    }
+
+    fn leave(&mut self, rid: Id, conn: ConnRef, ack: bool, out: &mut Vec<Out>) {
+        let left = self.rooms.get_mut(&rid).and_then(|room| {
+            let left = room.leave(conn)?;
+            Some((left, room.is_empty()))
+        });
+        if ack {
+            out.push(Out {
+                dest: Dest::of(conn),
+                msg: Delivery::Direct { conn, frame: protocol::encode_logout(&rid) },
+            });
+        }
+        let Some((left, emptied)) = left else { return };
+        if emptied {
+            self.live -= 1;
+        }
+        if left.user_gone {
+            let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
+            self.broadcast(&rid, frame, None, Instant::now(), out);
+        }
+    }
+
+    fn publish(&mut self, p: Publish, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
+        let Some(room) = self.rooms.get_mut(&p.rid) else {
+            out.push(err(p.from, "not a member of rid"));
+            return Some(ERR_INVALID);
+        };
+        let Some(sender_echo) = room.member(&p.from).map(|m| m.echo) else {
+            out.push(err(p.from, "not a member of rid"));
+            return Some(ERR_INVALID);
+        };
+        // With a `tid`, exactly the target's connections (and the sender's,
+        // with echo) get it; without, the whole room.
+        let targets = match &p.tid {
+            None => None,
+            Some(tid) => {
+                let Some(target) = room.user(tid) else {
+                    out.push(err(p.from, "tid is not in the room"));
+                    return Some(ERR_INVALID);
+                };
+                let mut targets = target.conns.clone();
+                if sender_echo && !targets.contains(&p.from) {
+                    targets.push(p.from);
+                }
+                Some(targets)
+            }
+        };
+        // A private message is not one of the room's messages: it carries the
+        // room's current seq and does not advance it, so other members see no
+        // gap.
+        let seq = if targets.is_none() { room.next_seq() } else { room.seq() };
+        let t0 = Instant::now();
+        let (frame, off) = protocol::encode_message(&MessageOut {
+            uid: &p.uid,
+            name: &p.name,
+            mtype: p.mtype,
+            rid: &p.rid,
+            msg: &p.msg,
+            tid: p.tid.as_deref(),
+            seq,
+            epoch: room.epoch(),
+            ts: now_ms,
+        });
+        match targets {
+            None => {
+                room.remember(seq, frame.slice(off..));
+                let except = if sender_echo { None } else { Some(p.from) };
+                self.broadcast(&p.rid, frame, except, t0, out);
+            }
+            Some(targets) => deliver_to(&p.rid, &frame, targets, t0, out),
+        }
+        None
+    }
+
+    /// One Deliver per local shard and per other node holding members.
+    fn broadcast(&mut self, rid: &Id, frame: Bytes, except: Option<ConnRef>, t0: Instant, out: &mut Vec<Out>) {
+        let Some(room) = self.rooms.get(rid) else { return };
+        self.shards.extend(room.member_shards());
+        self.nodes.extend(room.member_nodes());
+        for &s in &self.shards {
+            let audience = Audience::AllExcept(except.filter(|c| c.node == 0));
+            let msg = Delivery::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
+            out.push(Out { dest: Dest::Shard(s), msg });
+        }
+        for &n in &self.nodes {
+            let audience = Audience::AllExcept(except.filter(|c| c.node == n));
+            let msg = Delivery::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
+            out.push(Out { dest: Dest::Node(n), msg });
+        }
+        self.shards.clear();
+        self.nodes.clear();
+    }
+
+    /// A node died: forgets its members, announcing each user gone.
+    pub(crate) fn node_down(&mut self, dead: u16, out: &mut Vec<Out>) {
+        let mut announce = Vec::new();
+        for (rid, room) in self.rooms.iter_mut() {
+            let had_members = !room.is_empty();
+            for left in room.remove_node(dead) {
+                if left.user_gone {
+                    announce.push((rid.clone(), left));
+                }
+            }
+            if had_members && room.is_empty() {
+                self.live -= 1;
+            }
+        }
+        for (rid, left) in announce {
+            let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
+            self.broadcast(&rid, frame, None, Instant::now(), out);
+        }
+    }
+
+    /// Forgets the rooms `view` gives to other nodes (their members re-join there).
+    pub(crate) fn keep_own(&mut self, view: &View) {
+        let live = &mut self.live;
+        self.rooms.retain(|rid, room| {
+            let keep = view.owner(rid) == 0;
+            if !keep && !room.is_empty() {
+                *live -= 1;
+            }
+            keep
+        });
+    }
+}
+
+/// Sends a frame to exactly these connections: one Deliver per shard and per
+/// other node among them.
+pub(crate) fn deliver_to(rid: &Id, frame: &Bytes, mut targets: Vec<ConnRef>, t0: Instant, out: &mut Vec<Out>) {
+    let dest = |c: &ConnRef| (c.node, if c.node == 0 { c.shard } else { 0 });
+    targets.sort_by_key(dest);
+    for group in targets.chunk_by(|a, b| dest(a) == dest(b)) {
+        let audience = Audience::Only(group.to_vec());
+        let msg = Delivery::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
+        out.push(Out { dest: Dest::of(group[0]), msg });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MsgType;
+
+    fn id(s: &str) -> Id {
+        Id::parse_str(s).unwrap()
+    }
+
+    fn conn(node: u16, shard: u16, key: u32) -> ConnRef {
+        ConnRef { node, shard, key, generation: 1 }
+    }
+
+    fn owner() -> Owner {
+        Owner::new(2, 10, 1, Box::new(|| 7))
+    }
+
+    fn join(o: &mut Owner, c: ConnRef, uid: &str) -> Vec<Out> {
+        let mut out = Vec::new();
+        let req = Request::Join {
+            rid: id("r"),
+            conn: c,
+            uid: id(uid),
+            name: Name::parse(uid).unwrap(),
+            echo: false,
+            rejoin: false,
+        };
+        o.handle(req, 0, &mut out);
+        out
+    }
+
+    /// The payload of a WebSocket text frame the server encoded.
+    fn text(frame: &Bytes) -> String {
+        let (op, r, used) = crate::ws::parse_server_frame(frame).unwrap().unwrap();
+        assert_eq!((op, used), (1, frame.len()));
+        String::from_utf8(frame[r].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_join_acks_the_joiner_and_announces_to_every_other_shard_and_node() {
+        let mut o = owner();
+        join(&mut o, conn(0, 0, 1), "a");
+        join(&mut o, conn(3, 5, 9), "b");
+        let out = join(&mut o, conn(0, 1, 2), "c");
+        assert_eq!(o.live_rooms(), 1);
+        let [ack, to_shard0, to_shard1, to_node3] = &out[..] else { panic!("{out:?}") };
+        let Out { dest: Dest::Shard(1), msg: Delivery::Joined { ack, .. } } = ack else { panic!("{ack:?}") };
+        assert_eq!(text(ack), r#"{"cmd":"login","uid":"c","name":"c","rid":"r"}"#);
+        for (o, dest) in [(to_shard0, Dest::Shard(0)), (to_shard1, Dest::Shard(1)), (to_node3, Dest::Node(3))] {
+            assert_eq!(o.dest, dest);
+            let Delivery::Deliver { frame, audience: Audience::AllExcept(except), .. } = &o.msg else { panic!() };
+            assert_eq!(text(frame), r#"{"cmd":"newUser","uid":"c","name":"c","rid":"r"}"#);
+            // The joiner is left out on this node's shards (only its own
+            // has it), never on another node.
+            let want = if dest == Dest::Node(3) { None } else { Some(conn(0, 1, 2)) };
+            assert_eq!(*except, want);
+        }
+    }
+
+    #[test]
+    fn a_message_is_numbered_stored_and_sent_once_per_destination() {
+        let mut o = owner();
+        join(&mut o, conn(0, 0, 1), "a");
+        join(&mut o, conn(0, 0, 2), "b");
+        join(&mut o, conn(2, 0, 3), "c");
+        let mut out = Vec::new();
+        let p = Publish {
+            rid: id("r"),
+            from: conn(0, 0, 1),
+            uid: id("a"),
+            name: Name::parse("a").unwrap(),
+            mtype: MsgType::Text,
+            msg: "hi".into(),
+            tid: None,
+        };
+        assert_eq!(o.handle(Request::Publish(Box::new(p)), 1_700_000_000_000, &mut out), None);
+        let want = r#"{"cmd":"message","uid":"a","name":"a","type":"text","rid":"r","msg":"hi","seq":1,"epoch":7,"ts":1700000000000}"#;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].dest, Dest::Shard(0));
+        assert_eq!(out[1].dest, Dest::Node(2));
+        let (Delivery::Deliver { frame: f0, audience: a0, .. }, Delivery::Deliver { frame: f1, audience: a1, .. }) =
+            (&out[0].msg, &out[1].msg)
+        else {
+            panic!()
+        };
+        assert_eq!(text(f0), want);
+        assert_eq!(f0.as_ptr(), f1.as_ptr(), "one encoding, shared");
+        assert!(matches!(a0, Audience::AllExcept(Some(c)) if *c == conn(0, 0, 1)));
+        assert!(matches!(a1, Audience::AllExcept(None)));
+        // History holds the message as members received it.
+        out.clear();
+        o.handle(Request::GetHistory { rid: id("r"), conn: conn(0, 1, 4), since: None, limit: None }, 0, &mut out);
+        let [Out { dest: Dest::Shard(1), msg: Delivery::Direct { frame, .. } }] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(text(frame), format!(r#"{{"cmd":"getHistory","rid":"r","epoch":7,"msgs":[{want}]}}"#));
+    }
+
+    #[test]
+    fn private_messages_reach_the_target_only_and_errors_go_back() {
+        let mut o = owner();
+        join(&mut o, conn(0, 0, 1), "a");
+        join(&mut o, conn(0, 1, 2), "b");
+        let mut out = Vec::new();
+        let whisper = |tid: &str, from| Publish {
+            rid: id("r"),
+            from,
+            uid: id("a"),
+            name: Name::parse("a").unwrap(),
+            mtype: MsgType::Text,
+            msg: "psst".into(),
+            tid: Some(id(tid)),
+        };
+        o.handle(Request::Publish(Box::new(whisper("b", conn(0, 0, 1)))), 0, &mut out);
+        let [Out { dest: Dest::Shard(1), msg: Delivery::Deliver { audience: Audience::Only(to), frame, .. } }] =
+            &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(to, &vec![conn(0, 1, 2)]);
+        assert!(text(frame).contains(r#""tid":"b","seq":0"#), "carries the current seq: {}", text(frame));
+        out.clear();
+        assert_eq!(
+            o.handle(Request::Publish(Box::new(whisper("nobody", conn(0, 0, 1)))), 0, &mut out),
+            Some(ERR_INVALID)
+        );
+        let [Out { dest: Dest::Shard(0), msg: Delivery::Direct { frame, .. } }] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(text(frame), r#"{"cmd":"error","errCode":50,"errMsg":"tid is not in the room"}"#);
+        out.clear();
+        assert_eq!(o.handle(Request::Publish(Box::new(whisper("b", conn(0, 0, 9)))), 0, &mut out), Some(ERR_INVALID));
+    }
+
+    #[test]
+    fn leaving_and_a_dead_node_announce_users_gone() {
+        let mut o = owner();
+        join(&mut o, conn(0, 0, 1), "a");
+        join(&mut o, conn(4, 0, 2), "b");
+        let mut out = Vec::new();
+        o.node_down(4, &mut out);
+        let [Out { dest: Dest::Shard(0), msg: Delivery::Deliver { frame, .. } }] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(text(frame), r#"{"cmd":"userLeave","uid":"b","name":"b","rid":"r"}"#);
+        out.clear();
+        o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 1), ack: true }, 0, &mut out);
+        let [Out { msg: Delivery::Direct { frame, .. }, .. }] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(text(frame), r#"{"cmd":"logout","rid":"r"}"#);
+        assert_eq!(o.live_rooms(), 0);
+    }
+}
