@@ -1,137 +1,109 @@
 //! Server settings: command-line flags, an optional TOML file, safe defaults.
 //!
-//! Precedence: a flag given on the command line wins over the file, which wins
-//! over the default. The TOML keys are the long flag names
-//! (`rate-limit = 20`, `max-message-bytes = 2048`, …).
+//! Every setting is listed once, in [`Args`], with its default. A config
+//! file's keys are the long flag names (`rate-limit = 20`, `peer = ["…"]`);
+//! [`Config::load`] turns the file into flags placed before the command
+//! line's, so a flag given on the command line wins over the file, which wins
+//! over the default. [`Config`] is the validated form the server uses.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
 use thiserror::Error;
 
-/// Flags of the `cchat` binary. Every setting is optional here so that a
-/// config file can supply it; [`Config::from_args`] applies defaults.
-#[derive(Debug, Parser, Default)]
+/// Flags of the `cchat` binary (and keys of its config file).
+#[derive(Debug, Parser)]
 #[command(name = "cchat", version, about = "Thread-per-core WebSocket chat server (CChat-compatible)")]
+#[command(args_override_self = true)]
 pub struct Args {
-    /// Client address (WebSocket + HTTP). Default 0.0.0.0:9503.
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Executors, one per core. Default: number of online cores.
-    #[arg(long)]
+    /// Client address (WebSocket + HTTP).
+    #[arg(long, default_value = "0.0.0.0:9503", help_heading = "Basics")]
+    pub listen: SocketAddr,
+    /// Executors, one per core. Default: the number of online cores.
+    #[arg(long, help_heading = "Basics")]
     pub shards: Option<usize>,
     /// TOML file with the same settings (keys are the long flag names).
-    #[arg(long)]
+    #[arg(long, help_heading = "Basics")]
     pub config: Option<PathBuf>,
-    /// Messages per second per connection (token bucket, burst 2R); 0 turns it off. Default 10.
-    #[arg(long)]
-    pub rate_limit: Option<f64>,
-    /// Longest `msg` accepted, in bytes. Default 1024.
-    #[arg(long)]
-    pub max_message_bytes: Option<usize>,
-    /// Largest WebSocket frame (and reassembled message) accepted, in bytes; past it: close 1009. Default 65536.
-    #[arg(long)]
-    pub max_frame_bytes: Option<usize>,
+    /// Messages per second per connection (token bucket, burst 2R); 0 turns it off.
+    #[arg(long, default_value_t = 10.0, help_heading = "Limits")]
+    pub rate_limit: f64,
+    /// Longest `msg` accepted, in bytes.
+    #[arg(long, default_value_t = 1024, help_heading = "Limits")]
+    pub max_message_bytes: usize,
+    /// Largest WebSocket frame (and reassembled message) accepted, in bytes; past it: close 1009.
+    #[arg(long, default_value_t = 65536, help_heading = "Limits")]
+    pub max_frame_bytes: usize,
     /// Connections per node; past it the upgrade gets HTTP 503. Default: from the open-file limit.
-    #[arg(long)]
+    #[arg(long, help_heading = "Limits")]
     pub max_connections: Option<usize>,
-    /// Seconds a client has to complete the HTTP upgrade. Default 10.
-    #[arg(long)]
-    pub handshake_timeout: Option<f64>,
-    /// Seconds of silence before the server pings a client. Default 20.
-    #[arg(long)]
-    pub ping_interval: Option<f64>,
-    /// Seconds of silence (no frame, no pong) before the server closes a connection. Default 60.
-    #[arg(long)]
-    pub idle_timeout: Option<f64>,
-    /// Byte cap of each connection's outbound queue; past it the connection is closed with 1008. Default 1048576.
-    #[arg(long)]
-    pub max_outbound_bytes: Option<usize>,
-    /// Seconds an upgraded connection has to log in before it is closed (1008). Default 10.
-    #[arg(long)]
-    pub login_timeout: Option<f64>,
+    /// Seconds a client has to complete the HTTP upgrade.
+    #[arg(long, default_value_t = 10.0, help_heading = "Limits")]
+    pub handshake_timeout: f64,
+    /// Seconds an upgraded connection has to log in before it is closed (1008).
+    #[arg(long, default_value_t = 10.0, help_heading = "Limits")]
+    pub login_timeout: f64,
+    /// Seconds of silence before the server pings a client.
+    #[arg(long, default_value_t = 20.0, help_heading = "Limits")]
+    pub ping_interval: f64,
+    /// Seconds of silence (no frame, no pong) before the server closes a connection.
+    #[arg(long, default_value_t = 60.0, help_heading = "Limits")]
+    pub idle_timeout: f64,
+    /// Byte cap of each connection's outbound queue; past it the connection is closed with 1008.
+    #[arg(long, default_value_t = 1 << 20, help_heading = "Limits")]
+    pub max_outbound_bytes: usize,
+    /// Seconds the server waits for clients to take their close frames at shutdown.
+    #[arg(long, default_value_t = 3.0, help_heading = "Limits")]
+    pub shutdown_grace: f64,
+    /// Messages kept per room for getHistory.
+    #[arg(long, default_value_t = 100, help_heading = "Storage")]
+    pub history: usize,
+    /// This node's name in a cluster. Default: the host name and the client port.
+    #[arg(long, help_heading = "Cluster")]
+    pub node_id: Option<String>,
+    /// Where peers reach this node's relay. Default: none (single node).
+    #[arg(long, help_heading = "Cluster")]
+    pub relay_listen: Option<SocketAddr>,
+    /// Another node's relay address; repeat for each.
+    #[arg(long = "peer", help_heading = "Cluster")]
+    pub peers: Vec<SocketAddr>,
+    /// Byte cap of each relay link's outbound queue; past it the link is closed (the
+    /// peer is treated as failed and reconnects).
+    #[arg(long, default_value_t = 64 << 20, help_heading = "Cluster")]
+    pub relay_queue_bytes: usize,
+    /// Shared secret relay peers prove they know.
+    #[arg(long, env = "CCHAT_CLUSTER_SECRET", hide_env_values = true, help_heading = "Cluster")]
+    pub cluster_secret: Option<String>,
     /// Capacity of each queue between two shards, in messages; a shard whose waiting
-    /// messages pass it stops reading new commands until they drain. Default 4096.
-    #[arg(long)]
-    pub shard_queue: Option<usize>,
-    /// Messages kept per room for getHistory. Default 100.
-    #[arg(long)]
-    pub history: Option<usize>,
-    /// Seconds the server waits for clients to take their close frames at shutdown. Default 3.
-    #[arg(long)]
-    pub shutdown_grace: Option<f64>,
+    /// messages pass it stops reading new commands until they drain.
+    #[arg(long, default_value_t = 4096, help_heading = "Tuning")]
+    pub shard_queue: usize,
     /// Microseconds a shard keeps polling for work before it sleeps: trades idle CPU for
-    /// wake-up latency between shards. Default 0 (measured: polling only cost CPU here).
-    #[arg(long)]
-    pub busy_poll_us: Option<u64>,
+    /// wake-up latency between shards (measured: polling only cost CPU here).
+    #[arg(long, default_value_t = 0, help_heading = "Tuning")]
+    pub busy_poll_us: u64,
     /// Let the OS place the shard threads instead of pinning shard i to core i.
     /// Pinning (the default) keeps a shard's rooms and sockets on one core's
     /// caches; a pinned shard whose core other processes keep busy is released
     /// anyway (see --unpin-above). `--no-pin=false` pins again over a config
     /// file's `no-pin = true`.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub no_pin: Option<bool>,
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", value_name = "BOOL", help_heading = "Tuning")]
+    pub no_pin: bool,
     /// Percent of a second a pinned shard may wait for its core (other processes
     /// busy on it) before it is released to run on any core; it pins itself
     /// again once other processes have used under a tenth of a core for 30 s
     /// in a row (asking twice as long after each new release, up to 16 min).
-    /// 0 keeps shards pinned whatever happens. Default 10.
-    #[arg(long, value_name = "PERCENT")]
-    pub unpin_above: Option<f64>,
+    /// 0 keeps shards pinned whatever happens.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10.0, help_heading = "Tuning")]
+    pub unpin_above: f64,
     /// Milliseconds a shard lets outgoing frames pile up before writing, applied only
     /// while writing takes over 60% of its time, so that each write carries more
-    /// frames under load; 0 turns it off. Default 10.
-    #[arg(long)]
-    pub coalesce_ms: Option<f64>,
-    /// This node's name in a cluster. Default: derived from the host name and port.
-    #[arg(long)]
-    pub node_id: Option<String>,
-    /// Where peers reach this node's relay. Default: none (single node).
-    #[arg(long)]
-    pub relay_listen: Option<SocketAddr>,
-    /// Another node's relay address; repeat for each.
-    #[arg(long = "peer")]
-    pub peers: Vec<SocketAddr>,
-    /// Byte cap of each relay link's outbound queue; past it the link is closed (the
-    /// peer is treated as failed and reconnects). Default 67108864.
-    #[arg(long)]
-    pub relay_queue_bytes: Option<usize>,
-    /// Shared secret relay peers prove they know (also CCHAT_CLUSTER_SECRET).
-    #[arg(long, env = "CCHAT_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
-}
-
-/// The same settings as read from a TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    shards: Option<usize>,
-    rate_limit: Option<f64>,
-    max_message_bytes: Option<usize>,
-    max_frame_bytes: Option<usize>,
-    max_connections: Option<usize>,
-    handshake_timeout: Option<f64>,
-    ping_interval: Option<f64>,
-    idle_timeout: Option<f64>,
-    max_outbound_bytes: Option<usize>,
-    login_timeout: Option<f64>,
-    shard_queue: Option<usize>,
-    history: Option<usize>,
-    shutdown_grace: Option<f64>,
-    busy_poll_us: Option<u64>,
-    no_pin: Option<bool>,
-    unpin_above: Option<f64>,
-    coalesce_ms: Option<f64>,
-    node_id: Option<String>,
-    relay_listen: Option<SocketAddr>,
-    relay_queue_bytes: Option<usize>,
-    #[serde(default)]
-    peers: Vec<SocketAddr>,
-    cluster_secret: Option<String>,
+    /// frames under load; 0 turns it off.
+    #[arg(long, default_value_t = 10.0, help_heading = "Tuning")]
+    pub coalesce_ms: f64,
 }
 
 /// A setting that cannot be used.
@@ -140,9 +112,13 @@ pub enum ConfigError {
     /// The config file could not be read; check the path.
     #[error("cannot read config file {0}: {1}")]
     Read(PathBuf, std::io::Error),
-    /// The config file is not valid TOML or has an unknown key.
+    /// The config file is not valid TOML, or has a key that is no setting or
+    /// a value of the wrong kind.
     #[error("bad config file {0}: {1}")]
-    Parse(PathBuf, toml::de::Error),
+    Parse(PathBuf, String),
+    /// The command line is not valid (clap's message says how).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
     /// A value is out of range; the message names the setting.
     #[error("invalid setting: {0}")]
     Invalid(String),
@@ -203,33 +179,9 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The defaults of [`Args`], validated.
     fn default() -> Self {
-        Config {
-            listen: "0.0.0.0:9503".parse().unwrap(),
-            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            rate_limit: 10.0,
-            max_message_bytes: 1024,
-            max_frame_bytes: 64 * 1024,
-            max_connections: None,
-            handshake_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(60),
-            max_outbound_bytes: 1 << 20,
-            login_timeout: Duration::from_secs(10),
-            shard_queue: 4096,
-            history: 100,
-            shutdown_grace: Duration::from_secs(3),
-            busy_poll: Duration::ZERO,
-            pin: true,
-            unpin_above: 0.10,
-            coalesce: Duration::from_millis(10),
-            coalesce_above: 0.6,
-            node_id: String::new(),
-            relay_listen: None,
-            peers: Vec::new(),
-            relay_queue_bytes: 64 << 20,
-            cluster_secret: None,
-        }
+        Config::from_args(Args::parse_from(["cchat"])).expect("the defaults are valid")
     }
 }
 
@@ -240,74 +192,109 @@ fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(v))
 }
 
-impl Config {
-    /// Builds the settings from flags, the file they name, and defaults.
-    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.clone(), e))?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e))?
-            }
-        };
-        let d = Config::default();
-        macro_rules! pick {
-            ($f:ident) => {
-                args.$f.or(file.$f)
-            };
+/// The flags a config file stands for: `key = value` becomes `--key=value`
+/// (an array, one flag per item). `peers` is accepted for `peer`.
+fn file_flags(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(path.clone(), e.to_string()))?;
+    let bad = |why: String| ConfigError::Parse(path.clone(), why);
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let key = if key == "peers" { "peer".to_owned() } else { key };
+        if key == "config" {
+            return Err(bad("a config file cannot name another".into()));
         }
-        let shards = pick!(shards).unwrap_or(d.shards);
+        let items = match value {
+            toml::Value::Array(a) => a,
+            v => vec![v],
+        };
+        for v in items {
+            let v = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => return Err(bad(format!("{key}: unsupported value {other}"))),
+            };
+            flags.push(OsString::from(format!("--{key}={v}")));
+        }
+    }
+    Ok(flags)
+}
+
+impl Config {
+    /// Reads the command line (`argv`, program name first) and the config
+    /// file it names, and validates the result.
+    pub fn load<I, T>(argv: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+        let args = Args::try_parse_from(&argv)?;
+        let Some(path) = args.config.clone() else { return Config::from_args(args) };
+        let mut flags = file_flags(&path)?;
+        // A list on the command line replaces the file's instead of adding to it.
+        let cli_peers =
+            argv.iter().skip(1).any(|a| a.to_str().is_some_and(|a| a == "--peer" || a.starts_with("--peer=")));
+        if cli_peers {
+            flags.retain(|f| !f.to_str().is_some_and(|f| f.starts_with("--peer=")));
+        }
+        let mut merged = vec![argv[0].clone()];
+        merged.extend(flags);
+        merged.extend(argv[1..].iter().cloned());
+        let args = Args::try_parse_from(&merged)
+            .map_err(|e| ConfigError::Parse(path.clone(), e.kind().to_string() + ": " + &e.to_string()))?;
+        Config::from_args(args)
+    }
+
+    /// Validates parsed flags (the config file, if any, already merged in).
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let shards = args.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if shards == 0 || shards > 1024 {
             return Err(ConfigError::Invalid("shards must be between 1 and 1024".into()));
         }
-        let rate_limit = pick!(rate_limit).unwrap_or(d.rate_limit);
-        if !(rate_limit.is_finite() && rate_limit >= 0.0) {
+        if !(args.rate_limit.is_finite() && args.rate_limit >= 0.0) {
             return Err(ConfigError::Invalid("rate-limit must be >= 0".into()));
         }
-        let max_message_bytes = pick!(max_message_bytes).unwrap_or(d.max_message_bytes);
-        let max_frame_bytes = pick!(max_frame_bytes).unwrap_or(d.max_frame_bytes);
-        if !(125..=1 << 30).contains(&max_frame_bytes) {
+        if !(125..=1 << 30).contains(&args.max_frame_bytes) {
             return Err(ConfigError::Invalid("max-frame-bytes must be between 125 and 2^30".into()));
         }
-        let listen = pick!(listen).unwrap_or(d.listen);
-        let node_id = match pick!(node_id) {
-            Some(n) => n,
-            None => format!("{}:{}", host_name(), listen.port()),
-        };
-        let peers = if args.peers.is_empty() { file.peers } else { args.peers };
-        let relay_listen = pick!(relay_listen);
-        let cluster_secret = pick!(cluster_secret);
-        if (relay_listen.is_some() || !peers.is_empty()) && cluster_secret.as_deref().is_none_or(str::is_empty) {
+        let node_id = args.node_id.unwrap_or_else(|| format!("{}:{}", host_name(), args.listen.port()));
+        if (args.relay_listen.is_some() || !args.peers.is_empty())
+            && args.cluster_secret.as_deref().is_none_or(str::is_empty)
+        {
             return Err(ConfigError::Invalid(
                 "--relay-listen and --peer need --cluster-secret (or CCHAT_CLUSTER_SECRET)".into(),
             ));
         }
+        let unpin = args.unpin_above;
         let cfg = Config {
-            listen,
+            listen: args.listen,
             shards,
-            rate_limit,
-            max_message_bytes,
-            max_frame_bytes,
-            max_connections: pick!(max_connections),
-            handshake_timeout: secs("handshake-timeout", pick!(handshake_timeout).unwrap_or(10.0))?,
-            ping_interval: secs("ping-interval", pick!(ping_interval).unwrap_or(20.0))?,
-            idle_timeout: secs("idle-timeout", pick!(idle_timeout).unwrap_or(60.0))?,
-            max_outbound_bytes: pick!(max_outbound_bytes).unwrap_or(d.max_outbound_bytes).max(1024),
-            login_timeout: secs("login-timeout", pick!(login_timeout).unwrap_or(10.0))?,
-            shard_queue: pick!(shard_queue).unwrap_or(d.shard_queue).clamp(4, 1 << 20),
-            history: pick!(history).unwrap_or(d.history),
-            shutdown_grace: secs("shutdown-grace", pick!(shutdown_grace).unwrap_or(3.0))?,
-            busy_poll: Duration::from_micros(pick!(busy_poll_us).unwrap_or(0).min(1_000_000)),
-            pin: !pick!(no_pin).unwrap_or(false),
-            unpin_above: pick!(unpin_above)
-                .map_or(d.unpin_above, |p| if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) / 100.0 }),
-            coalesce: Duration::from_micros((pick!(coalesce_ms).unwrap_or(10.0).clamp(0.0, 1000.0) * 1000.0) as u64),
-            coalesce_above: d.coalesce_above,
+            rate_limit: args.rate_limit,
+            max_message_bytes: args.max_message_bytes,
+            max_frame_bytes: args.max_frame_bytes,
+            max_connections: args.max_connections,
+            handshake_timeout: secs("handshake-timeout", args.handshake_timeout)?,
+            ping_interval: secs("ping-interval", args.ping_interval)?,
+            idle_timeout: secs("idle-timeout", args.idle_timeout)?,
+            max_outbound_bytes: args.max_outbound_bytes.max(1024),
+            login_timeout: secs("login-timeout", args.login_timeout)?,
+            shard_queue: args.shard_queue.clamp(4, 1 << 20),
+            history: args.history,
+            shutdown_grace: secs("shutdown-grace", args.shutdown_grace)?,
+            busy_poll: Duration::from_micros(args.busy_poll_us.min(1_000_000)),
+            pin: !args.no_pin,
+            unpin_above: if unpin.is_nan() { 0.0 } else { unpin.clamp(0.0, 100.0) / 100.0 },
+            coalesce: Duration::from_micros((args.coalesce_ms.clamp(0.0, 1000.0) * 1000.0) as u64),
+            coalesce_above: 0.6,
             node_id,
-            relay_listen,
-            peers,
-            relay_queue_bytes: pick!(relay_queue_bytes).unwrap_or(d.relay_queue_bytes).max(4096),
-            cluster_secret,
+            relay_listen: args.relay_listen,
+            peers: args.peers,
+            relay_queue_bytes: args.relay_queue_bytes.max(4096),
+            cluster_secret: args.cluster_secret,
         };
         if cfg.idle_timeout <= cfg.ping_interval {
             return Err(ConfigError::Invalid("idle-timeout must be longer than ping-interval".into()));
@@ -330,7 +317,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = Config::from_args(Args::default()).unwrap();
+        let c = Config::default();
         assert_eq!(c.listen.port(), 9503);
         assert_eq!(c.rate_limit, 10.0);
         assert_eq!(c.max_message_bytes, 1024);
@@ -341,32 +328,31 @@ mod tests {
 
     #[test]
     fn unpin_threshold_is_a_percentage() {
-        let c = Config::from_args(Args::parse_from(["cchat", "--unpin-above", "25"])).unwrap();
+        let c = Config::load(["cchat", "--unpin-above", "25"]).unwrap();
         assert_eq!(c.unpin_above, 0.25);
-        let c = Config::from_args(Args::parse_from(["cchat", "--unpin-above", "0"])).unwrap();
+        let c = Config::load(["cchat", "--unpin-above", "0"]).unwrap();
         assert_eq!(c.unpin_above, 0.0, "0 keeps shards pinned");
-        let c = Config::from_args(Args::parse_from(["cchat", "--unpin-above", "250"])).unwrap();
+        let c = Config::load(["cchat", "--unpin-above", "250"]).unwrap();
         assert_eq!(c.unpin_above, 1.0);
     }
 
     #[test]
     fn pinning_can_be_turned_off_by_flag_or_file() {
-        let c = Config::from_args(Args::parse_from(["cchat", "--no-pin"])).unwrap();
+        let c = Config::load(["cchat", "--no-pin"]).unwrap();
         assert!(!c.pin);
         let dir = std::env::temp_dir().join(format!("cchat-cfg-pin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "no-pin = true\n").unwrap();
-        let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap()])).unwrap();
+        let c = Config::load(["cchat", "--config", path.to_str().unwrap()]).unwrap();
         assert!(!c.pin);
         // The flag beats the file, both ways.
-        let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap(), "--no-pin=false"]))
-            .unwrap();
+        let c = Config::load(["cchat", "--config", path.to_str().unwrap(), "--no-pin=false"]).unwrap();
         assert!(c.pin);
         std::fs::write(&path, "no-pin = false\n").unwrap();
-        let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap()])).unwrap();
+        let c = Config::load(["cchat", "--config", path.to_str().unwrap()]).unwrap();
         assert!(c.pin);
-        let c = Config::from_args(Args::parse_from(["cchat", "--config", path.to_str().unwrap(), "--no-pin"])).unwrap();
+        let c = Config::load(["cchat", "--config", path.to_str().unwrap(), "--no-pin"]).unwrap();
         assert!(!c.pin);
     }
 
@@ -376,22 +362,39 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "rate-limit = 3\nmax-message-bytes = 99\nlisten = \"127.0.0.1:1\"\n").unwrap();
-        let args = Args::parse_from(["cchat", "--config", path.to_str().unwrap(), "--rate-limit", "7"]);
-        let c = Config::from_args(args).unwrap();
+        let c = Config::load(["cchat", "--config", path.to_str().unwrap(), "--rate-limit", "7"]).unwrap();
         assert_eq!(c.rate_limit, 7.0);
         assert_eq!(c.max_message_bytes, 99);
         assert_eq!(c.listen.port(), 1);
         std::fs::write(&path, "bogus = 1\n").unwrap();
-        let args = Args::parse_from(["cchat", "--config", path.to_str().unwrap()]);
-        assert!(matches!(Config::from_args(args), Err(ConfigError::Parse(..))));
+        assert!(matches!(Config::load(["cchat", "--config", path.to_str().unwrap()]), Err(ConfigError::Parse(..))));
+    }
+
+    #[test]
+    fn lists_in_the_file_and_the_command_line_replaces_them() {
+        let dir = std::env::temp_dir().join(format!("cchat-cfg-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "cluster-secret = \"s\"\npeers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nno-pin = true\n")
+            .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(["cchat", "--config", p]).unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert!(!c.pin);
+        let c = Config::load(["cchat", "--config", p, "--peer", "127.0.0.1:3"]).unwrap();
+        assert_eq!(c.peers, vec!["127.0.0.1:3".parse().unwrap()]);
+        std::fs::write(&path, "rate-limit = \"fast\"\n").unwrap();
+        let e = Config::load(["cchat", "--config", p]).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(..)), "{e}");
+        std::fs::write(&path, "config = \"other.toml\"\n").unwrap();
+        assert!(matches!(Config::load(["cchat", "--config", p]), Err(ConfigError::Parse(..))));
     }
 
     #[test]
     fn relay_needs_secret() {
-        let args = Args::parse_from(["cchat", "--relay-listen", "127.0.0.1:1"]);
         // The env var may be set by a caller; only check when it is not.
         if std::env::var_os("CCHAT_CLUSTER_SECRET").is_none() {
-            assert!(Config::from_args(args).is_err());
+            assert!(Config::load(["cchat", "--relay-listen", "127.0.0.1:1"]).is_err());
         }
     }
 }

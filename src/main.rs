@@ -1,6 +1,6 @@
 //! `cchat`: parse flags, start logging, run the node.
 
-use clap::Parser;
+use cchat::config::{Config, ConfigError};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -12,6 +12,11 @@ fn main() -> anyhow::Result<()> {
         // Colours only on a terminal: a log file or journal gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cfg = cchat::config::Config::from_args(cchat::config::Args::parse())?;
+    let cfg = match Config::load(std::env::args_os()) {
+        Ok(cfg) => cfg,
+        // --help, --version and mistyped flags: clap prints and exits.
+        Err(ConfigError::Cli(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
     cchat::server::run(cfg)
 }
