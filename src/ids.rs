@@ -1,4 +1,4 @@
-//! Identifiers and display names: the validation rules of DESIGN §1.
+//! Identifiers and display names, and their validation rules.
 //!
 //! `uid`, `rid` and `tid` may arrive as a positive JSON integer, a numeric
 //! string, or a string of 1–64 characters from `[A-Za-z0-9_.:-]`. They are

@@ -4,41 +4,46 @@
 //!
 //! ```text
 //!  clients ──ws──▶ shard 0 ─┐  glommio channel mesh   ┌─ shard 1 ◀──ws── clients
-//!                           └──── (lock-free SPSC) ────┘
+//!                    │      └──── (lock-free SPSC) ────┘
+//!                    └── relay links (TCP mesh) ──▶ other nodes
 //! ```
 //!
 //! A node runs one glommio executor per core ([`server`]), each a [`shard`]
 //! pinned to its core (unless `--no-pin`; released while other processes keep
-//! that core busy, [`pinning`]) and accepting on the shared port (SO_REUSEPORT). A
-//! connection lives on the shard that accepted it (`conn`). Each room has an
-//! owner shard ([`placement`]) that holds its roster and history and assigns
-//! `seq` ([`room`]); the owner encodes every outgoing frame once
-//! ([`protocol`], [`json`], [`ws`]) and sends one item per shard with
-//! members; each shard queues the shared bytes on its sockets and writes each
-//! socket once per batch.
+//! that core busy, [`pinning`]) and accepting on the shared port
+//! (SO_REUSEPORT). A connection lives on the shard that accepted it (`conn`).
+//! Each room has an owner shard ([`placement`]) on an owner node
+//! ([`cluster`]); requests go to it and deliveries come from it ([`msg`]).
+//! The owner holds the room's roster and history and assigns `seq`
+//! ([`room`]), encodes every outgoing frame once ([`protocol`], [`json`],
+//! [`ws`]) and sends one delivery per shard (and node) with members; each
+//! shard queues the shared bytes on its sockets and writes each socket once
+//! per batch. Nodes are joined by the [`relay`].
 //!
 //! # Modules
+//!
+//! Each module depends only on those above it in this table (no cycles).
 //!
 //! | module | concept | I/O? |
 //! |---|---|---|
 //! | [`ids`] | identifier and name rules | no |
 //! | [`json`] | JSON writer for replies | no |
 //! | [`ws`] | WebSocket frame decoder/encoder | no |
-//! | [`http`] | upgrade request, `/`, `/healthz`, `/metrics` | no |
 //! | [`protocol`] | client commands and replies, error codes | no |
-//! | [`room`] | owner-side room: roster, seq, history | no |
-//! | [`placement`] | room → shard, room → node | no |
-//! | [`ratelimit`] | token bucket | no |
-//! | [`config`] | flags, TOML file, defaults | file |
-//! | [`metrics`] | per-shard counters, Prometheus text | no |
-//! | [`node`] | state shared by a node's shards | no |
-//! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |
-//! | [`procfs`] | CPU times of a process and of the machine | /proc |
+//! | [`placement`] | room → shard, hashing | no |
 //! | [`cluster`] | live nodes, room → owner node | no |
-//! | [`relay::codec`], [`relay::handshake`] | relay wire format and handshake | no |
-//! | [`relay`] | links between nodes | yes |
-//! | [`shard`] | a shard: connections, rooms, cross-shard messages, flushing | yes |
-//! | `conn` (private) | one connection's task | yes |
+//! | [`msg`] | what crosses shards and nodes: requests, deliveries | no |
+//! | [`room`] | owner-side room: roster, seq, history | no |
+//! | [`ratelimit`] | token bucket | no |
+//! | [`config`] | flags, TOML file, defaults (listed once) | file |
+//! | [`metrics`] | counters and the Prometheus writer | no |
+//! | [`node`] | state shared by a node's shards | no |
+//! | [`http`] | upgrade request, routes `/`, `/healthz`, `/metrics` | no |
+//! | [`procfs`] | CPU times of a process and of the machine | /proc |
+//! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |
+//! | [`relay`] | links between nodes: `codec`, `handshake` (pure), `link`, `dial` | yes |
+//! | [`shard`] | a shard: sessions, owned rooms, queues, writes, timers (see its map) | yes |
+//! | `conn` (private) | one connection's task: bytes in, frames out | yes |
 //! | [`server`] | start shards, signals, shutdown | yes |
 
 pub mod cluster;

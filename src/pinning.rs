@@ -1,4 +1,4 @@
-//! Core pinning: shard i runs pinned to core i (DESIGN §2), and is released
+//! Core pinning: shard i runs pinned to core i (thread per core), and is released
 //! from its core while other processes keep that core busy.
 //!
 //! Why release at all: a pinned shard whose core is shared with a busy

@@ -1,7 +1,7 @@
 //! The CChat client protocol: commands in, replies out. No I/O here.
 //!
 //! [`parse`] turns one text frame into a [`Command`] or a [`ProtoError`] whose
-//! code is exactly the one DESIGN §1 assigns (101 not a command, 102 unknown
+//! code is exactly the one the protocol assigns (101 not a command, 102 unknown
 //! command, 50 bad field). The `encode_*` functions write each reply straight
 //! into a WebSocket frame ([`crate::ws::FrameBuf`]): a reply is encoded once
 //! and its bytes are shared by every recipient.

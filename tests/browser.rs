@@ -8,8 +8,6 @@
 //! Screenshots go to `$TMPDIR/cchat-browser-<test>/`.
 #![allow(missing_docs, unreachable_pub)]
 
-mod common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use common::{Client, Server};
+use crate::common::{Client, Server};
 
 const WAIT: Duration = Duration::from_secs(10);
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";

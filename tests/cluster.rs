@@ -1,11 +1,9 @@
 //! Three real node processes joined by the relay on loopback.
 
-mod common;
-
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{Client, Server};
+use crate::common::{Client, Server};
 use serde_json::json;
 
 const SECRET: &str = "test-secret";
@@ -235,7 +233,7 @@ fn a_node_dies_and_comes_back() {
                 Err(_) => break,
             }
         }
-        list[0].ws.get_mut().set_read_timeout(Some(common::TIMEOUT)).unwrap();
+        list[0].ws.get_mut().set_read_timeout(Some(crate::common::TIMEOUT)).unwrap();
     }
     // Kill node 2 in the middle of traffic.
     let mut survivors: Vec<Client> = clients.drain(..2).map(|mut l| l.remove(0)).collect();
@@ -288,7 +286,7 @@ fn a_node_dies_and_comes_back() {
                     }
                 }
             }
-            survivors[1].ws.get_mut().set_read_timeout(Some(common::TIMEOUT)).unwrap();
+            survivors[1].ws.get_mut().set_read_timeout(Some(crate::common::TIMEOUT)).unwrap();
             if got.is_some() {
                 break;
             }

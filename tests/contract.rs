@@ -1,15 +1,13 @@
-//! Black-box tests of the client contract (DESIGN §1 and the README's protocol
+//! Black-box tests of the client contract (the protocol and the README's
 //! decisions), written from the contract alone: real server processes, real
 //! WebSocket clients, raw sockets for what a client library would refuse to do.
-
-mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Client, Raw, Server, TIMEOUT};
+use crate::common::{Client, Raw, Server, TIMEOUT};
 use serde_json::{Value, json};
 use tungstenite::Message;
 

@@ -1,12 +1,10 @@
 //! Limits, protocol violations, HTTP endpoints and shutdown, with real sockets.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Raw, Server};
+use crate::common::{Raw, Server};
 use serde_json::json;
 
 #[test]
@@ -331,7 +329,7 @@ fn try_upgrade(addr: std::net::SocketAddr, wait: Duration) -> Option<Raw> {
         }
     }
     assert!(buf.starts_with(b"HTTP/1.1 101"));
-    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    s.set_read_timeout(Some(crate::common::TIMEOUT)).unwrap();
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     buf.drain(..end);
     Some(Raw { s, buf })
@@ -379,7 +377,7 @@ fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logg
     // Newcomers get in by taking the places of lurkers, oldest first.
     let mut newcomers = Vec::new();
     for _ in 0..3 {
-        let mut c = common::Client::connect(addr);
+        let mut c = crate::common::Client::connect(addr);
         c.login("bob", "r", None);
         user.expect("newUser");
         newcomers.push(c);

@@ -2,13 +2,11 @@
 //! is released when another process's thread keeps that core busy (unless
 //! `--unpin-above 0`); `--no-pin` never pins.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Server;
+use crate::common::Server;
 
 /// The CPUs the thread `shard-0…` of process `pid` may run on.
 fn shard0_cpus(pid: u32) -> Vec<usize> {

@@ -1,12 +1,10 @@
-//! The client protocol of DESIGN §1 against a real server process, with real
+//! The client protocol against a real server process, with real
 //! WebSocket clients. Every scenario runs with one shard and with three, so
 //! members of one room sit on different shards.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Client, Server};
+use crate::common::{Client, Server};
 use serde_json::json;
 
 const SHORT: Duration = Duration::from_millis(300);

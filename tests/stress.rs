@@ -6,16 +6,14 @@
 //! member saw a gap or a duplicate in a room's `seq`, and the server counts
 //! exactly the connections that are open.
 //!
-//! `STRESS_SEED=n cargo test --test stress` replays a run.
-
-mod common;
+//! `STRESS_SEED=n cargo test --test integration stress` replays a run.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Server};
+use crate::common::{Client, Server};
 use serde_json::{Value, json};
 
 const ACTORS: usize = 12;

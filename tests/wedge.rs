@@ -2,15 +2,13 @@
 //! up (a burst of joins) must be served again once the pressure ends:
 //! answer commands, pings and close frames, and free their slot on close.
 
-mod common;
-
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, Raw, Server};
+use crate::common::{Client, Raw, Server};
 use serde_json::json;
 use tungstenite::Message;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 
-/// Flags of the `loadgen` binary (DESIGN §5, plus measurement settings).
+/// Flags of the `loadgen` binary: the load's shape and the measurement's settings.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "loadgen",

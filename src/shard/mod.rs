@@ -4,29 +4,29 @@
 //! that [`crate::placement::shard_for`] assigns to it, and an index of which
 //! of its connections sit in which room. Everything here runs on one thread,
 //! so state lives in `RefCell`s, borrowed only between awaits and never
-//! across a handler: every message is handled by [`Shard::accept`], one
+//! across a handler: every message is handled by `Shard::accept`, one
 //! after another.
 //!
 //! Message path:
-//! 1. a connection's task hands a client command to its [`session`], which
+//! 1. a connection's task hands a client command to its `session`, which
 //!    turns it into a [`Request`] for the room's owner;
-//! 2. the owner ([`owner`]) sequences it, encodes the frame once and makes one
+//! 2. the owner (`owner`) sequences it, encodes the frame once and makes one
 //!    [`Delivery`] per shard (and node) that holds members;
-//! 3. each shard puts the shared bytes on its members' [`outbound`] queues;
-//!    the flusher ([`flush`]) then writes every such socket once, with all
+//! 3. each shard puts the shared bytes on its members' `outbound` queues;
+//!    the flusher (`flush`) then writes every such socket once, with all
 //!    its queued frames in one `send`.
 //!
 //! | file | part |
 //! |---|---|
-//! | `mod.rs` | the shard, its one dispatch ([`Shard::handle`]), routing, member deliveries, cluster changes |
-//! | [`session`] | a connection's identity and rooms: command → requests (no I/O) |
-//! | [`owner`] | the rooms this shard owns: request → deliveries (no I/O) |
-//! | [`conns`] | the connection table |
-//! | [`outbound`] | a connection's queue and its writer state (no I/O) |
-//! | [`flush`] | the write path |
-//! | [`mesh`] | queues between shards, back-pressure, parked readers |
-//! | [`sweep`] | timers: pings, deadlines, pinning, shedding, shutdown |
-//! | [`roomset`] | the set of rooms one connection joined |
+//! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries, cluster changes |
+//! | `session` | a connection's identity and rooms: command → requests (no I/O) |
+//! | `owner` | the rooms this shard owns: request → deliveries (no I/O) |
+//! | `conns` | the connection table |
+//! | `outbound` | a connection's queue and its writer state (no I/O) |
+//! | `flush` | the write path |
+//! | `mesh` | queues between shards, back-pressure, parked readers |
+//! | `sweep` | timers: pings, deadlines, pinning, shedding, shutdown |
+//! | `roomset` | the set of rooms one connection joined |
 
 mod conns;
 mod flush;

@@ -1,0 +1,24 @@
+//! End-to-end tests, one binary: real `cchat` processes on 127.0.0.1, real
+//! WebSocket clients, raw sockets for what a client library would refuse to
+//! send, several relay-joined nodes, and a headless Chromium. One module per
+//! concern; `cargo test --test integration MODULE::` runs one of them.
+
+// Test support: server processes, WebSocket and raw clients.
+mod common;
+
+// The browser client served at `/`, in headless Chromium.
+mod browser;
+// Several nodes joined by the relay: meshing, failover, faults.
+mod cluster;
+// The client contract, black-box: commands, replies, errors, closes.
+mod contract;
+// Limits, protocol violations, HTTP endpoints, timeouts, shutdown.
+mod limits;
+// Shards pinned to cores, released from busy ones.
+mod pinning;
+// Protocol scenarios with one shard and with three.
+mod protocol;
+// Seeded random bursts across shards with tiny queues.
+mod stress;
+// Regression: connections wedged by cross-shard back-pressure.
+mod wedge;
