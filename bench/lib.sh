@@ -147,7 +147,7 @@ start_servers() {
         if [ "$BENCH_SERVER" = tokio-hub ]; then
             cmd=("$TOKIO_HUB" "$listen")
         else
-            cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 "${relay[@]}" "$@")
+            cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 --data-dir "$WORK/data-$n" "${relay[@]}" "$@")
             if [ "${NO_PIN:-0}" = 1 ]; then cmd+=(--no-pin); fi
             if [ "${STRICT_PIN:-0}" = 1 ]; then cmd+=(--unpin-above 0); fi
         fi

@@ -10,12 +10,23 @@ use std::process::{Child, Command, Stdio};
 pub(crate) struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    data: std::path::PathBuf,
 }
 
 impl Server {
     pub(crate) fn start(args: &[&str]) -> Server {
+        // Each server logs into a fresh directory (`DURABILITY=memory` and the
+        // other modes pick what the benches measure; `written` by default).
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data = std::env::temp_dir().join(format!("cchat-bench-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let durability = std::env::var("DURABILITY").unwrap_or_else(|_| "written".into());
         let mut child = Command::new(env!("CARGO_BIN_EXE_cchat"))
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--durability", &durability])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -24,7 +35,7 @@ impl Server {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line.trim().strip_prefix("listening on ").expect("listening line").parse().unwrap();
-        Server { child, addr }
+        Server { child, addr, data }
     }
 
     /// User + system CPU time of the server so far, in seconds.
@@ -44,6 +55,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
     }
 }
 

@@ -58,9 +58,28 @@ pub struct Args {
     /// Seconds the server waits for clients to take their close frames at shutdown.
     #[arg(long, default_value_t = 3.0, help_heading = "Limits")]
     pub shutdown_grace: f64,
-    /// Messages kept per room for getHistory.
+    /// Messages kept in memory per room for getHistory (and read back from the log at start).
     #[arg(long, default_value_t = 100, help_heading = "Storage")]
     pub history: usize,
+    /// Where the embedded log of room messages lives; one process per directory.
+    #[arg(long, default_value = "cchat-data", help_heading = "Storage")]
+    pub data_dir: PathBuf,
+    /// When a room message is broadcast: `written` (in the OS: survives a killed process),
+    /// `sync` (fsynced: survives power loss), `memory` (no log).
+    #[arg(long, value_enum, default_value = "written", help_heading = "Storage")]
+    pub durability: crate::store::Durability,
+    /// In `written` mode, milliseconds between fdatasyncs of a shard's log (one at a time).
+    #[arg(long, default_value_t = 100, help_heading = "Storage")]
+    pub fsync_interval_ms: u64,
+    /// Size at which a log segment is sealed and the next one started.
+    #[arg(long, default_value_t = 64 << 20, help_heading = "Storage")]
+    pub segment_bytes: u64,
+    /// Bytes of log kept per shard; past it the oldest sealed segments are deleted.
+    #[arg(long, default_value_t = 1 << 30, help_heading = "Storage")]
+    pub retention_bytes: u64,
+    /// Hours a sealed segment is kept after its newest message; 0 keeps by size only.
+    #[arg(long, default_value_t = 0.0, help_heading = "Storage")]
+    pub retention: f64,
     /// This node's name in a cluster. Default: the host name and the client port.
     #[arg(long, help_heading = "Cluster")]
     pub node_id: Option<String>,
@@ -151,8 +170,20 @@ pub struct Config {
     pub login_timeout: Duration,
     /// Capacity of each cross-shard queue (messages).
     pub shard_queue: usize,
-    /// Messages of history per room.
+    /// Messages of history per room kept in memory.
     pub history: usize,
+    /// Where the log lives.
+    pub data_dir: PathBuf,
+    /// When a room message is broadcast relative to the disk.
+    pub durability: crate::store::Durability,
+    /// Time between fdatasyncs in `written` mode.
+    pub fsync_interval: Duration,
+    /// Segment size.
+    pub segment_bytes: u64,
+    /// Log bytes kept per shard.
+    pub retention_bytes: u64,
+    /// Age past which sealed segments go; zero keeps by size only.
+    pub retention: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Polling before a shard sleeps.
@@ -284,6 +315,16 @@ impl Config {
             login_timeout: secs("login-timeout", args.login_timeout)?,
             shard_queue: args.shard_queue.clamp(4, 1 << 20),
             history: args.history,
+            data_dir: args.data_dir,
+            durability: args.durability,
+            fsync_interval: Duration::from_millis(args.fsync_interval_ms.clamp(1, 60_000)),
+            segment_bytes: args.segment_bytes.clamp(4096, 1 << 40),
+            retention_bytes: args.retention_bytes.max(4096),
+            retention: Duration::from_secs_f64(if args.retention.is_finite() {
+                args.retention.clamp(0.0, 1e6) * 3600.0
+            } else {
+                0.0
+            }),
             shutdown_grace: secs("shutdown-grace", args.shutdown_grace)?,
             busy_poll: Duration::from_micros(args.busy_poll_us.min(1_000_000)),
             pin: !args.no_pin,

@@ -35,6 +35,7 @@
 //! | [`msg`] | what crosses shards and nodes: requests, deliveries | no |
 //! | [`room`] | owner-side room: roster, seq, history | no |
 //! | [`ratelimit`] | token bucket | no |
+//! | [`store`] | durable history: record codec, recovery (pure parts), the log writer | files |
 //! | [`config`] | flags, TOML file, defaults (listed once) | file |
 //! | [`metrics`] | counters and the Prometheus writer | no |
 //! | [`node`] | state shared by a node's shards | no |
@@ -64,4 +65,5 @@ pub mod relay;
 pub mod room;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod ws;

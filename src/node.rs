@@ -57,6 +57,16 @@ impl Node {
 }
 
 impl Node {
+    /// Notes what the log's recovery found: epochs handed out from now on are
+    /// greater than every recovered one, whatever the clock says.
+    pub fn record_recovery(&self, report: &crate::store::recovery::Report, max_epoch: u64, new_epochs: u64) {
+        self.last_epoch.fetch_max(max_epoch, Relaxed);
+        self.stats.recovery_ms.store(report.elapsed.as_millis() as u64, Relaxed);
+        self.stats.recovered_records.store(report.records, Relaxed);
+        self.stats.recovery_dropped_bytes.store(report.dropped_bytes, Relaxed);
+        self.stats.recovery_new_epochs.store(new_epochs, Relaxed);
+    }
+
     /// An epoch for a room sequence starting now: Unix milliseconds, and
     /// strictly greater than any this node handed out before, so a room that
     /// is re-homed here (or a restarted node's rooms) never reuses an epoch.

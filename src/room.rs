@@ -84,6 +84,23 @@ impl Room {
         }
     }
 
+    /// A room as the log left it: its sequence continues at `seq + 1` in
+    /// `epoch`, with these stored messages (seq, JSON), oldest first.
+    pub fn restore(
+        shards: usize,
+        history_cap: usize,
+        epoch: u64,
+        seq: u64,
+        history: impl IntoIterator<Item = (u64, Bytes)>,
+    ) -> Self {
+        let mut room = Room::new(shards, history_cap, epoch);
+        room.seq = seq;
+        for (s, json) in history {
+            room.remember(s, json);
+        }
+        room
+    }
+
     /// The epoch of this room's sequence.
     pub fn epoch(&self) -> u64 {
         self.epoch

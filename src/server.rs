@@ -14,10 +14,15 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::ids::Id;
 use crate::msg::ShardMsg;
 use crate::node::Node;
 use crate::pinning::CorePin;
+use crate::placement::shard_for;
 use crate::shard::{Shard, TICK};
+use crate::store::recovery::{Report, Segment};
+use crate::store::writer::{Log, LogConfig};
+use crate::store::{self, DataDir, Durability, RoomState};
 
 /// File descriptors kept back from the connection cap (listeners, io_uring,
 /// relay links, log files, sockets still in their HTTP phase).
@@ -53,10 +58,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     // Reserve the port (port 0 resolves here) so every shard binds the same one.
+    // The data directory first: a second process on it is refused before it
+    // touches anything else.
+    let (_data_dir, mut logs) = open_store(&cfg)?;
     let reserve = reserve_port(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = reserve.local_addr()?.as_socket().context("listen address")?;
     let nshards = cfg.shards;
     let node = Arc::new(Node::new(cfg, max_connections));
+    if let Some(logs) = &logs {
+        node.record_recovery(&logs.report, logs.max_epoch, logs.new_epochs);
+    }
     let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, node.cfg.shard_queue);
     let cpus = allowed_cpus();
     if node.cfg.pin && node.cfg.unpin_above > 0.0 && !CorePin::supported() {
@@ -74,6 +85,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let core = node.cfg.pin.then(|| cpus[i % cpus.len()]);
         let place = core.map_or(Placement::Unbound, Placement::Fixed);
         let cpus = cpus.clone();
+        let log = logs.as_mut().map(|l| l.take_shard(i));
         let h = LocalExecutorBuilder::new(place)
             .name(&format!("shard-{i}"))
             .io_memory(1 << 20)
@@ -82,7 +94,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 // Runs on the shard's thread: the pin it manages is its own.
                 let pin = core.and_then(|c| CorePin::new(c, cpus, node.cfg.unpin_above));
                 node.stats.shards[i].pinned.store(core.is_some() as i64, Relaxed);
-                shard_main(i, node, mesh, addr, ready, pin).await
+                shard_main(i, node, mesh, addr, ready, pin, log).await
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {i}: {e}"))?;
         handles.push(h);
@@ -158,15 +170,24 @@ fn hex_ip_matches(hex: &str, ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// How long a start waits for listeners on its port to go away (a process
+/// killed a moment ago keeps them while the kernel tears down its io_uring).
+const PORT_WAIT: Duration = Duration::from_secs(3);
+
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     // Shards share the port with SO_REUSEPORT, which would also let a second
     // cchat process (same user) listen on it and silently take half the
-    // connections. Refuse to start if anything already listens there.
-    if addr.port() != 0 && port_has_listener(addr) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!("{addr} is already in use (is another cchat running?)"),
-        ));
+    // connections. Refuse to start if anything still listens there once a
+    // killed predecessor has had time to go.
+    let deadline = Instant::now() + PORT_WAIT;
+    while addr.port() != 0 && port_has_listener(addr) {
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{addr} is already in use (is another cchat running?)"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     s.set_reuse_port(true)?;
@@ -182,6 +203,7 @@ async fn shard_main(
     addr: SocketAddr,
     ready: crossbeam_channel::Sender<anyhow::Result<()>>,
     pin: Option<CorePin>,
+    log: Option<ShardLog>,
 ) {
     let (senders, receivers) = if node.cfg.shards > 1 {
         match mesh.join().await {
@@ -203,6 +225,26 @@ async fn shard_main(
     };
     let shard = Rc::new(Shard::new(id, node.clone(), senders));
     *shard.pin.borrow_mut() = pin;
+    let log = match log {
+        None => None,
+        Some(init) => {
+            shard.restore(init.rooms, init.new_epoch);
+            let cfg = LogConfig {
+                data: node.cfg.data_dir.clone(),
+                shard: id,
+                segment_bytes: node.cfg.segment_bytes,
+                retention_bytes: node.cfg.retention_bytes,
+                retention_ms: node.cfg.retention.as_millis() as u64,
+            };
+            match Log::open(cfg, init.segments).await {
+                Ok(log) => Some(Rc::new(log)),
+                Err(e) => {
+                    let _ = ready.send(Err(anyhow::anyhow!("shard {id}: cannot open its message log: {e}")));
+                    return;
+                }
+            }
+        }
+    };
 
     let mut tasks = Vec::new();
     if let Some(mut receivers) = receivers {
@@ -214,6 +256,12 @@ async fn shard_main(
         }
     }
     tasks.push(glommio::spawn_local(shard.clone().run_flusher()));
+    if let Some(log) = &log {
+        tasks.push(glommio::spawn_local(shard.clone().run_log_writer(log.clone())));
+        if node.cfg.durability == Durability::Written {
+            tasks.push(glommio::spawn_local(shard.clone().run_log_syncer(log.clone())));
+        }
+    }
     let clustered = node.cfg.relay_listen.is_some() || !node.cfg.peers.is_empty();
     let _relay_tasks = if id == 0 && clustered {
         // The relay hands what it receives to this shard, which routes it.
@@ -279,6 +327,9 @@ async fn shard_main(
     while shard.conn_count() > 0 && Instant::now() < deadline {
         Timer::new(Duration::from_millis(20)).await;
     }
+    if let Some(log) = &log {
+        shard.flush_log(log).await;
+    }
     drop(tasks);
 }
 
@@ -301,4 +352,77 @@ impl FailureLog {
         self.last = Some(now);
         Some(std::mem::take(&mut self.suppressed))
     }
+}
+
+/// What one shard takes over from the log at start.
+#[derive(Debug)]
+struct ShardLog {
+    rooms: Vec<(Id, RoomState)>,
+    segments: Vec<Segment>,
+    new_epoch: bool,
+}
+
+/// The recovered log, being handed out to the shards.
+#[derive(Debug)]
+struct Logs {
+    rooms: Vec<Vec<(Id, RoomState)>>,
+    segments: std::collections::HashMap<usize, Vec<Segment>>,
+    new_epoch: bool,
+    report: Report,
+    max_epoch: u64,
+    new_epochs: u64,
+}
+
+impl Logs {
+    fn take_shard(&mut self, i: usize) -> ShardLog {
+        ShardLog {
+            rooms: std::mem::take(&mut self.rooms[i]),
+            segments: self.segments.remove(&i).unwrap_or_default(),
+            new_epoch: self.new_epoch,
+        }
+    }
+}
+
+/// Locks the data directory and reads the log back (nothing with
+/// `--durability memory`). Each room goes to the shard that owns it now.
+fn open_store(cfg: &Config) -> anyhow::Result<(Option<DataDir>, Option<Logs>)> {
+    if cfg.durability == Durability::Memory {
+        info!("--durability memory: history is not kept across restarts");
+        return Ok((None, None));
+    }
+    let (dir, rec) = store::open(&cfg.data_dir, cfg.durability, cfg.history)?;
+    let clustered = cfg.relay_listen.is_some() || !cfg.peers.is_empty();
+    // Where the node cannot prove it has every message it broadcast, rooms
+    // start a new epoch: the OS may have lost a written-mode tail in a
+    // reboot, and a clustered node's rooms may have lived elsewhere meanwhile.
+    let new_epoch = dir.rebooted_unsynced || clustered;
+    let report = rec.report.clone();
+    for (path, at, why) in &report.cuts {
+        warn!(file = %path.display(), at, why, "damaged log tail cut off at the last whole record: its rooms start a new epoch");
+    }
+    if dir.rebooted_unsynced {
+        warn!(
+            "the machine rebooted since the last run, whose log was not fsynced at every message: rooms start a new epoch"
+        );
+    }
+    let mut rooms: Vec<Vec<(Id, RoomState)>> = (0..cfg.shards).map(|_| Vec::new()).collect();
+    let (mut max_epoch, mut new_epochs) = (0, 0);
+    for (rid, st) in rec.rooms {
+        max_epoch = max_epoch.max(st.epoch);
+        if new_epoch || st.damaged {
+            new_epochs += 1;
+        }
+        rooms[shard_for(&rid, cfg.shards)].push((rid, st));
+    }
+    info!(
+        dir = %cfg.data_dir.display(),
+        records = report.records,
+        bytes = report.bytes,
+        dropped_bytes = report.dropped_bytes,
+        rooms = rooms.iter().map(Vec::len).sum::<usize>(),
+        new_epochs,
+        ms = report.elapsed.as_millis() as u64,
+        "message log recovered"
+    );
+    Ok((Some(dir), Some(Logs { rooms, segments: rec.segments, new_epoch, report, max_epoch, new_epochs })))
 }

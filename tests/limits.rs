@@ -342,6 +342,7 @@ fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logg
     let log = std::env::temp_dir().join(format!("cchat-emfile-{}.log", std::process::id()));
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cchat"));
     cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--max-connections", "1000", "--login-timeout", "60"])
+        .args(["--durability", "memory"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
@@ -359,7 +360,7 @@ fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logg
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
     let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
-    let s = Server { child, addr };
+    let s = Server { child, addr, own_data: None };
 
     let mut user = s.client();
     user.login("ann", "r", Some("ann"));

@@ -10,6 +10,8 @@ mod common;
 mod browser;
 // Several nodes joined by the relay: meshing, failover, faults.
 mod cluster;
+// Durable history: kills, restarts, damaged files, the directory lock.
+mod durability;
 // The client contract, black-box: commands, replies, errors, closes.
 mod contract;
 // Limits, protocol violations, HTTP endpoints, timeouts, shutdown.

@@ -50,7 +50,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn start_server(args: &[&str]) -> Server {
     let mut child = Command::new(cchat_binary())
-        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--rate-limit", "0"])
+        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--rate-limit", "0", "--durability", "memory"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -56,6 +56,18 @@ pub struct ShardStats {
     pub pinned: AtomicI64,
     /// Times the shard was released from its core because it waited for it.
     pub core_releases: AtomicU64,
+    /// Room messages written to the log.
+    pub log_appends: AtomicU64,
+    /// Bytes written to the log.
+    pub log_bytes: AtomicU64,
+    /// fdatasyncs of the log, and the microseconds they took in all.
+    pub log_fsyncs: AtomicU64,
+    /// See `log_fsyncs`.
+    pub log_fsync_us: AtomicU64,
+    /// Failed log writes or syncs.
+    pub log_errors: AtomicU64,
+    /// Bytes of log on disk.
+    pub log_size: AtomicI64,
     /// Fan-out latency (owner sequenced → recipient shard wrote), microseconds.
     pub latency: Mutex<Histogram<u64>>,
 }
@@ -82,6 +94,12 @@ impl ShardStats {
             view_nodes: AtomicI64::new(1),
             pinned: AtomicI64::new(0),
             core_releases: AtomicU64::new(0),
+            log_appends: AtomicU64::new(0),
+            log_bytes: AtomicU64::new(0),
+            log_fsyncs: AtomicU64::new(0),
+            log_fsync_us: AtomicU64::new(0),
+            log_errors: AtomicU64::new(0),
+            log_size: AtomicI64::new(0),
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
         }
     }
@@ -102,12 +120,20 @@ impl ShardStats {
 pub struct NodeStats {
     /// One entry per shard.
     pub shards: Vec<ShardStats>,
+    /// Milliseconds the log's recovery took at start.
+    pub recovery_ms: AtomicU64,
+    /// Records read back at start.
+    pub recovered_records: AtomicU64,
+    /// Bytes cut off damaged log tails at start.
+    pub recovery_dropped_bytes: AtomicU64,
+    /// Rooms that started a new epoch at start.
+    pub recovery_new_epochs: AtomicU64,
 }
 
 impl NodeStats {
     /// Counters for `n` shards.
     pub fn new(n: usize) -> Self {
-        NodeStats { shards: (0..n).map(|_| ShardStats::new(n)).collect() }
+        NodeStats { shards: (0..n).map(|_| ShardStats::new(n)).collect(), ..Default::default() }
     }
 
     /// Total open connections.
@@ -182,6 +208,51 @@ impl NodeStats {
             "counter",
             "Connections that had not logged in, closed to free a descriptor while accepts failed.",
             sum_u(|s| &s.shed_connections).to_string(),
+        );
+        metric(
+            "cchat_log_appends_total",
+            "counter",
+            "Room messages written to the log.",
+            sum_u(|s| &s.log_appends).to_string(),
+        );
+        metric("cchat_log_bytes_total", "counter", "Bytes written to the log.", sum_u(|s| &s.log_bytes).to_string());
+        metric("cchat_log_fsyncs_total", "counter", "fdatasyncs of the log.", sum_u(|s| &s.log_fsyncs).to_string());
+        metric(
+            "cchat_log_fsync_seconds_total",
+            "counter",
+            "Time spent in fdatasyncs of the log (divide by cchat_log_fsyncs_total for the mean).",
+            (sum_u(|s| &s.log_fsync_us) as f64 / 1e6).to_string(),
+        );
+        metric(
+            "cchat_log_errors_total",
+            "counter",
+            "Failed log writes or syncs.",
+            sum_u(|s| &s.log_errors).to_string(),
+        );
+        metric("cchat_log_size_bytes", "gauge", "Bytes of log on disk.", sum_i(|s| &s.log_size).to_string());
+        metric(
+            "cchat_log_recovery_seconds",
+            "gauge",
+            "Time the log's recovery took at start.",
+            (self.recovery_ms.load(Relaxed) as f64 / 1e3).to_string(),
+        );
+        metric(
+            "cchat_log_recovered_records",
+            "gauge",
+            "Records read back at start.",
+            self.recovered_records.load(Relaxed).to_string(),
+        );
+        metric(
+            "cchat_log_recovery_dropped_bytes",
+            "gauge",
+            "Bytes cut off damaged log tails at start.",
+            self.recovery_dropped_bytes.load(Relaxed).to_string(),
+        );
+        metric(
+            "cchat_log_recovery_new_epochs",
+            "gauge",
+            "Rooms that started a new epoch at start (damaged log, reboot in written mode, or a clustered node).",
+            self.recovery_new_epochs.load(Relaxed).to_string(),
         );
         out.family("cchat_errors_total", "counter", "Error replies sent, by errCode.");
         for (i, code) in [101, 102, 50].iter().enumerate() {

@@ -24,12 +24,14 @@
 //! | `conns` | the connection table |
 //! | `outbound` | a connection's queue and its writer state (no I/O) |
 //! | `flush` | the write path |
+//! | `log` | holding what the owner sends until the log has its messages; the log writer task |
 //! | `mesh` | queues between shards, back-pressure, parked readers |
 //! | `sweep` | timers: pings, deadlines, pinning, shedding, shutdown |
 //! | `roomset` | the set of rooms one connection joined |
 
 mod conns;
 mod flush;
+mod log;
 mod mesh;
 mod outbound;
 mod owner;
@@ -82,6 +84,12 @@ pub struct Shard {
     owner_out: RefCell<Vec<Out>>,
     /// Reused: the requests one client command makes.
     requests: RefCell<Vec<Request>>,
+    /// What the owner sent, held until the log covers the journal position
+    /// it was sent at (see `log`).
+    held: RefCell<std::collections::VecDeque<(u64, Out)>>,
+    /// Journal position the log writer has written up to.
+    log_written: Cell<u64>,
+    log_waker: RefCell<Option<std::task::Waker>>,
     flush: flush::Flusher,
     mesh: mesh::Mesh,
     /// Shared read buffer: every connection reads into it and copies out only
@@ -122,6 +130,9 @@ impl Shard {
             owner: RefCell::new(Owner::new(n, node.cfg.history, node.epoch, Box::new(move || epochs.next_epoch()))),
             owner_out: RefCell::new(Vec::new()),
             requests: RefCell::new(Vec::new()),
+            held: RefCell::new(std::collections::VecDeque::new()),
+            log_written: Cell::new(0),
+            log_waker: RefCell::new(None),
             flush: flush::Flusher::new(),
             mesh: mesh::Mesh::new(n, senders),
             read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
@@ -140,6 +151,14 @@ impl Shard {
 
     fn stats(&self) -> &crate::metrics::ShardStats {
         &self.node.stats.shards[self.id]
+    }
+
+    /// Takes over the rooms the log held for this shard, and journals room
+    /// messages from now on (see `log`).
+    pub(crate) fn restore(&self, rooms: Vec<(Id, crate::store::RoomState)>, new_epoch: bool) {
+        let mut owner = self.owner.borrow_mut();
+        owner.restore(rooms, new_epoch);
+        owner.enable_journal();
     }
 
     /// Gives shard 0 its relay (links to other nodes).
@@ -402,9 +421,7 @@ impl Shard {
                 self.stats().rooms.store(owner.live_rooms() as i64, Relaxed);
             }
         }
-        for o in out.drain(..) {
-            self.send_out(o);
-        }
+        self.send_or_hold(&mut out);
         *self.owner_out.borrow_mut() = out;
     }
 
@@ -483,9 +500,7 @@ impl Shard {
             owner.keep_own(&view);
             self.stats().rooms.store(owner.live_rooms() as i64, Relaxed);
         }
-        for o in out.drain(..) {
-            self.send_out(o);
-        }
+        self.send_or_hold(&mut out);
         *self.owner_out.borrow_mut() = out;
         let mut rejoins = Vec::new();
         {

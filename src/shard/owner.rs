@@ -17,6 +17,7 @@ use crate::ids::{Id, Name};
 use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
 use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
 use crate::room::{Joined, Room};
+use crate::store::{Journal, RoomState};
 
 /// Where a delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,11 @@ pub(crate) struct Owner {
     /// Reused destination lists of a broadcast.
     shards: Vec<usize>,
     nodes: Vec<u16>,
+    /// Room messages waiting for the log writer (None: `--durability memory`).
+    journal: Option<Journal>,
+    /// While the log cannot be written: messages are refused until this
+    /// Unix time (ms), then tried again.
+    store_down_until: u64,
 }
 
 impl std::fmt::Debug for Owner {
@@ -82,6 +88,39 @@ impl Owner {
             next_epoch,
             shards: Vec::new(),
             nodes: Vec::new(),
+            journal: None,
+            store_down_until: 0,
+        }
+    }
+
+    /// Journals every room message from now on (for the log writer).
+    pub(crate) fn enable_journal(&mut self) {
+        self.journal = Some(Journal::default());
+    }
+
+    /// The journal, when there is one.
+    pub(crate) fn journal(&mut self) -> Option<&mut Journal> {
+        self.journal.as_mut()
+    }
+
+    /// The log could not be written: refuse messages until `until_ms`.
+    pub(crate) fn store_down(&mut self, until_ms: u64) {
+        self.store_down_until = until_ms;
+    }
+
+    /// Takes over rooms the log held. Each continues its sequence, unless
+    /// `new_epoch` says the node cannot prove it has every message it
+    /// broadcast in it (or the room is marked damaged): then it starts a new
+    /// epoch and an empty history.
+    pub(crate) fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool) {
+        for (rid, st) in rooms {
+            let room = if new_epoch || st.damaged {
+                Room::new(self.nshards, self.history_cap, (self.next_epoch)())
+            } else {
+                let history = st.history.into_iter().filter(|(e, _, _)| *e == st.epoch).map(|(_, s, j)| (s, j));
+                Room::restore(self.nshards, self.history_cap, st.epoch, st.seq, history)
+            };
+            self.rooms.insert(rid, room);
         }
     }
 
@@ -161,6 +200,10 @@ impl Owner {
     }
 
     fn publish(&mut self, p: Publish, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
+        if now_ms < self.store_down_until && p.tid.is_none() {
+            out.push(err(p.from, "message store unavailable, try again shortly"));
+            return Some(ERR_INVALID);
+        }
         let Some(room) = self.rooms.get_mut(&p.rid) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
@@ -203,7 +246,11 @@ impl Owner {
         });
         match targets {
             None => {
-                room.remember(seq, frame.slice(off..));
+                let json = frame.slice(off..);
+                if let Some(j) = self.journal.as_mut() {
+                    j.append(room.epoch(), seq, now_ms, &p.rid, &json);
+                }
+                room.remember(seq, json);
                 let except = if sender_echo { None } else { Some(p.from) };
                 self.broadcast(&p.rid, frame, except, t0, out);
             }

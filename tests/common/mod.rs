@@ -14,6 +14,18 @@ use tungstenite::{Message, WebSocket};
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// A data directory made for this server (removed on drop); None when
+    /// the test named its own with `--data-dir`.
+    pub own_data: Option<std::path::PathBuf>,
+}
+
+/// A fresh, empty data directory under the system's temp dir.
+pub fn temp_data_dir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("cchat-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Server {
@@ -27,10 +39,15 @@ impl Server {
     /// Returns `None` when the process exits before printing its
     /// `listening on` line (e.g. the address is still in use), so a caller
     /// can retry a restart on the same port.
+    /// Every server gets a data directory of its own unless `args` names one.
     pub fn try_start_on(listen: &str, args: &[&str]) -> Option<Server> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cchat"))
-            .args(["--listen", listen])
-            .args(args)
+        let own_data = (!args.contains(&"--data-dir")).then(temp_data_dir);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cchat"));
+        cmd.args(["--listen", listen]).args(args);
+        if let Some(d) = &own_data {
+            cmd.arg("--data-dir").arg(d);
+        }
+        let mut child = cmd
             .env("RUST_LOG", std::env::var("CCHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -41,7 +58,7 @@ impl Server {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let addr = line.trim().strip_prefix("listening on ").and_then(|a| a.parse().ok());
         match addr {
-            Some(addr) => Some(Server { child, addr }),
+            Some(addr) => Some(Server { child, addr, own_data }),
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -114,6 +131,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.own_data {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

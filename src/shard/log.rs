@@ -1,0 +1,143 @@
+//! Durability on the owner's path: what the owner sends waits, in order,
+//! until the log writer has written (or, in `sync` mode, fsynced) the room
+//! messages journalled before it; one write takes every record journalled
+//! meanwhile (group commit).
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use glommio::timer::Timer;
+use tracing::{error, info};
+
+use super::Shard;
+use super::owner::Out;
+use crate::node::unix_ms;
+use crate::store::Durability;
+use crate::store::writer::Log;
+
+/// How long messages are refused after the log could not be written.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+impl Shard {
+    /// Routes what the owner sent for one request, or holds it behind the
+    /// journal's unwritten records: nothing the owner sends may overtake a
+    /// room message that is not yet on disk (one sender's order holds).
+    pub(super) fn send_or_hold(&self, out: &mut Vec<Out>) {
+        let end = self.owner.borrow_mut().journal().map(|j| j.end());
+        match end {
+            Some(end) if end > self.log_written.get() || !self.held.borrow().is_empty() => {
+                self.held.borrow_mut().extend(out.drain(..).map(|o| (end, o)));
+                if let Some(w) = self.log_waker.borrow_mut().take() {
+                    w.wake();
+                }
+            }
+            _ => {
+                for o in out.drain(..) {
+                    self.send_out(o);
+                }
+            }
+        }
+    }
+
+    /// Sends what was held behind records now written up to `written`.
+    fn release_held(&self, written: u64) {
+        self.log_written.set(written);
+        loop {
+            let next = {
+                let mut held = self.held.borrow_mut();
+                match held.front() {
+                    Some((end, _)) if *end <= written => held.pop_front().map(|(_, o)| o),
+                    _ => None,
+                }
+            };
+            let Some(o) = next else { break };
+            self.send_out(o);
+        }
+        self.flush.wake();
+    }
+
+    /// The log writer: takes whatever the journal holds, writes it in one
+    /// write (and fsyncs it in `sync` mode), then releases what waited for it.
+    pub(crate) async fn run_log_writer(self: Rc<Self>, log: Rc<Log>) {
+        let sync = self.node.cfg.durability == Durability::Sync;
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.owner.borrow_mut().journal().is_some_and(|j| j.has_pending()) {
+                    Poll::Ready(())
+                } else {
+                    *self.log_waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            let (buf, records, end) = self.owner.borrow_mut().journal().expect("journal").take();
+            let bytes = buf.len() as u64;
+            let mut result = log.append(buf).await;
+            if result.is_ok() && sync {
+                result = self.timed_sync(&log).await;
+            }
+            match result {
+                Ok(()) => {
+                    self.stats().log_appends.fetch_add(records, Relaxed);
+                    self.stats().log_bytes.fetch_add(bytes, Relaxed);
+                }
+                Err(e) => {
+                    // The messages are sequenced and in memory history; they
+                    // are delivered, but new ones are refused for a while
+                    // rather than kept in memory only without anyone knowing.
+                    self.stats().log_errors.fetch_add(1, Relaxed);
+                    error!(shard = self.id, error = %e, "cannot write the message log: refusing messages for a second");
+                    self.owner.borrow_mut().store_down(unix_ms() + STORE_RETRY.as_millis() as u64);
+                }
+            }
+            self.release_held(end);
+            match log.roll_if_full().await {
+                Ok(0) => {}
+                Ok(n) => info!(shard = self.id, deleted = n, "log segments past retention deleted"),
+                Err(e) => error!(shard = self.id, error = %e, "cannot start a new log segment"),
+            }
+            self.stats().log_size.store(log.size() as i64, Relaxed);
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// In `written` mode: an fdatasync at most every `--fsync-interval-ms`
+    /// when something was written, one at a time.
+    pub(crate) async fn run_log_syncer(self: Rc<Self>, log: Rc<Log>) {
+        loop {
+            Timer::new(self.node.cfg.fsync_interval).await;
+            if log.unsynced()
+                && let Err(e) = self.timed_sync(&log).await
+            {
+                self.stats().log_errors.fetch_add(1, Relaxed);
+                error!(shard = self.id, error = %e, "fdatasync of the message log failed");
+            }
+        }
+    }
+
+    async fn timed_sync(&self, log: &Log) -> std::io::Result<()> {
+        let t0 = Instant::now();
+        let r = log.sync().await;
+        self.stats().log_fsyncs.fetch_add(1, Relaxed);
+        self.stats().log_fsync_us.fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+        r
+    }
+
+    /// At shutdown: waits until the journal is written, then fsyncs.
+    pub(crate) async fn flush_log(&self, log: &Log) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let pending =
+                self.owner.borrow_mut().journal().is_some_and(|j| j.has_pending() || j.end() > self.log_written.get());
+            if !pending {
+                break;
+            }
+            Timer::new(Duration::from_millis(5)).await;
+        }
+        if let Err(e) = log.sync().await {
+            error!(shard = self.id, error = %e, "final fdatasync of the message log failed");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Durable history: an embedded append-only log per shard under `--data-dir`.
+//!
+//! ```text
+//! DATA/LOCK              held (flock) by the one process that uses DATA
+//! DATA/state             boot id and durability of the run that last wrote here
+//! DATA/shard-N/*.log     shard N's segments: header, then framed records (record.rs)
+//! ```
+//!
+//! The owner shard of a room appends each room message to its [`Journal`]
+//! (an in-memory buffer) as it sequences it; the shard's log writer
+//! ([`writer`]) writes what the journal holds in one write (group commit),
+//! and only then are the message's frames released to the members:
+//!
+//! - `written` (default): broadcast once the write is done (the message is in
+//!   the operating system: a killed process loses nothing); `fdatasync` at
+//!   most every `--fsync-interval-ms`, one at a time per shard;
+//! - `sync`: broadcast once the `fdatasync` that covers it is done;
+//! - `memory`: no log (history lives and dies with the process).
+//!
+//! At start, [`open`] takes the lock and [`recovery`] reads every segment:
+//! rooms continue their epoch and seq. Where the node cannot prove it has
+//! every message it broadcast, a room starts a new epoch: a damaged tail in
+//! its shard's log, a `written`-mode log whose machine rebooted since (the
+//! unsynced tail may be lost), or a clustered node (the room may have lived
+//! on another node meanwhile). Segments roll at `--segment-bytes`; the oldest
+//! are deleted past `--retention-bytes` per shard or `--retention` hours.
+
+pub mod record;
+pub mod recovery;
+pub mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub use recovery::{Recovered, RoomState};
+
+/// When a room message is broadcast, relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// After the write to the operating system (default).
+    Written,
+    /// After the fdatasync that covers it.
+    Sync,
+    /// No log at all.
+    Memory,
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Another process holds the data directory: stop it or use another
+    /// `--data-dir` (one process per directory).
+    #[error("data directory {0} is in use by another cchat process{1}")]
+    Locked(PathBuf, String),
+    /// A file of the log could not be read or written; the path says which.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// A segment other than the newest is damaged: nothing was deleted; move
+    /// the file away (or restore it) and start again.
+    #[error("{0}: damaged at byte {1} ({2}); not a tail that can be cut, so nothing was changed")]
+    Corrupt(PathBuf, u64, &'static str),
+}
+
+/// The room messages one owner shard has sequenced and not yet handed to
+/// its log writer, already framed. No I/O.
+#[derive(Debug, Default)]
+pub struct Journal {
+    buf: Vec<u8>,
+    /// Bytes ever appended (the position the writer must reach to cover the
+    /// newest record).
+    end: u64,
+    records: u64,
+}
+
+impl Journal {
+    /// Frames one record.
+    pub fn append(&mut self, epoch: u64, seq: u64, ts: u64, rid: &str, msg: &[u8]) {
+        let before = self.buf.len();
+        record::encode(&mut self.buf, epoch, seq, ts, rid, msg);
+        self.end += (self.buf.len() - before) as u64;
+        self.records += 1;
+    }
+
+    /// Position after the newest record.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Whether records wait for the writer.
+    pub fn has_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Takes what waits: the bytes, how many records they are, and the
+    /// position they reach.
+    pub fn take(&mut self) -> (Vec<u8>, u64, u64) {
+        let cap = self.buf.capacity().min(1 << 20);
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
+        (buf, std::mem::take(&mut self.records), self.end)
+    }
+}
+
+/// The data directory, locked for this process.
+#[derive(Debug)]
+pub struct DataDir {
+    /// Its path.
+    pub path: PathBuf,
+    /// Held for the life of the process: the lock goes with it.
+    _lock: File,
+    /// The previous run's durability was `written` and the machine has
+    /// rebooted since: its unsynced tail may be lost.
+    pub rebooted_unsynced: bool,
+}
+
+/// Takes the data directory (creating it) and reads what the previous run left.
+pub fn open(path: &Path, durability: Durability, history: usize) -> Result<(DataDir, Recovered), StoreError> {
+    let io = |p: &Path, e: std::io::Error| StoreError::Io(p.to_owned(), e);
+    std::fs::create_dir_all(path).map_err(|e| io(path, e))?;
+    let lock_path = path.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io(&lock_path, e))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder =
+            std::fs::read_to_string(&lock_path).ok().map(|p| format!(" (pid {})", p.trim())).unwrap_or_default();
+        return Err(StoreError::Locked(path.to_owned(), holder));
+    }
+    std::fs::write(&lock_path, std::process::id().to_string()).map_err(|e| io(&lock_path, e))?;
+    let state_path = path.join("state");
+    let boot = boot_id();
+    let rebooted_unsynced = match std::fs::read_to_string(&state_path) {
+        Ok(prev) => {
+            let field = |k: &str| prev.lines().find_map(|l| l.strip_prefix(k)).map(str::to_owned);
+            field("durability=").as_deref() == Some("written") && field("boot=") != Some(boot.clone())
+        }
+        Err(_) => false,
+    };
+    let recovered = recovery::recover(path, history)?;
+    let mode = match durability {
+        Durability::Written => "written",
+        Durability::Sync => "sync",
+        Durability::Memory => "memory",
+    };
+    let tmp = path.join("state.tmp");
+    std::fs::write(&tmp, format!("boot={boot}\ndurability={mode}\n")).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &state_path).map_err(|e| io(&state_path, e))?;
+    Ok((DataDir { path: path.to_owned(), _lock: lock, rebooted_unsynced }, recovered))
+}
+
+/// This boot of the machine (changes at every reboot).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_process_per_directory() {
+        let dir = std::env::temp_dir().join(format!("cchat-store-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (held, _) = open(&dir, Durability::Written, 10).unwrap();
+        let e = open(&dir, Durability::Written, 10).unwrap_err();
+        assert!(matches!(e, StoreError::Locked(..)), "{e}");
+        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(held);
+        assert!(open(&dir, Durability::Written, 10).is_ok(), "free again once the holder is gone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_journal_frames_records_and_counts_its_position() {
+        let mut j = Journal::default();
+        assert!(!j.has_pending());
+        j.append(1, 1, 5, "r", b"{}");
+        j.append(1, 2, 5, "r", b"{}");
+        let (buf, n, end) = j.take();
+        assert_eq!((n, end, buf.len() as u64), (2, end, end));
+        assert!(!j.has_pending());
+        j.append(1, 3, 5, "r", b"{}");
+        assert_eq!(j.end(), end + end / 2);
+    }
+}

@@ -1,0 +1,174 @@
+//! A shard's log on disk, written through glommio's buffered files
+//! (io_uring): the shard's executor never waits on the disk, it awaits it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{BufferedFile, OpenOptions};
+use tracing::info;
+
+use super::record;
+use super::recovery::{Segment, segment_name, shard_dir};
+use crate::node::unix_ms;
+
+/// Where a shard's log lives and how big it may grow.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The data directory.
+    pub data: PathBuf,
+    /// Which shard.
+    pub shard: usize,
+    /// A segment is sealed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Sealed segments are deleted, oldest first, while the log is larger.
+    pub retention_bytes: u64,
+    /// Sealed segments whose newest record is older are deleted (0: no age limit).
+    pub retention_ms: u64,
+}
+
+/// One shard's log: the segment being written and the sealed ones. Only
+/// the shard's log writer task uses it, one call at a time.
+pub struct Log {
+    cfg: LogConfig,
+    dir: PathBuf,
+    file: RefCell<Rc<BufferedFile>>,
+    index: Cell<u64>,
+    /// Length of the segment being written.
+    pos: Cell<u64>,
+    /// Written and not yet fsynced.
+    unsynced: Cell<bool>,
+    sealed: RefCell<VecDeque<Segment>>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("shard", &self.cfg.shard)
+            .field("segment", &self.index.get())
+            .finish_non_exhaustive()
+    }
+}
+
+fn other(why: String) -> std::io::Error {
+    std::io::Error::other(why)
+}
+
+impl Log {
+    /// Opens the shard's log: appends to its newest segment (as recovery
+    /// left it), or starts the first.
+    pub async fn open(cfg: LogConfig, mut segments: Vec<Segment>) -> std::io::Result<Log> {
+        let dir = shard_dir(&cfg.data, cfg.shard);
+        std::fs::create_dir_all(&dir)?;
+        let (file, index, pos) = match segments.pop() {
+            Some(s) => (OpenOptions::new().write(true).buffered_open(&s.path).await?, s.index, s.len),
+            None => (create_segment(&dir, 1).await?, 1, record::HEADER_LEN as u64),
+        };
+        Ok(Log {
+            cfg,
+            dir,
+            file: RefCell::new(Rc::new(file)),
+            index: Cell::new(index),
+            pos: Cell::new(pos),
+            unsynced: Cell::new(false),
+            sealed: RefCell::new(segments.into()),
+        })
+    }
+
+    /// Appends framed records (all of `buf`) to the segment being written.
+    /// A short write (a full disk) is cut back off, so the segment stays a
+    /// run of whole records, and reported as an error.
+    pub async fn append(&self, buf: Vec<u8>) -> std::io::Result<()> {
+        let len = buf.len();
+        let pos = self.pos.get();
+        let file = self.file.borrow().clone();
+        let n = file.write_at(buf, pos).await?;
+        if n < len {
+            let _ = file.truncate(pos).await;
+            return Err(other(format!("short write to the log ({n} of {len} bytes): is the disk full?")));
+        }
+        self.pos.set(pos + len as u64);
+        self.unsynced.set(true);
+        Ok(())
+    }
+
+    /// Whether anything was written since the last fsync.
+    pub fn unsynced(&self) -> bool {
+        self.unsynced.get()
+    }
+
+    /// fdatasync of the segment being written.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let file = self.file.borrow().clone();
+        self.unsynced.set(false);
+        Ok(file.fdatasync().await?)
+    }
+
+    /// Bytes on disk: sealed segments and the one being written.
+    pub fn size(&self) -> u64 {
+        self.pos.get() + self.sealed.borrow().iter().map(|s| s.len).sum::<u64>()
+    }
+
+    /// Seals the segment being written once it passed `--segment-bytes`
+    /// (synced first, so a sealed segment is whole on disk), starts the
+    /// next, and deletes sealed segments past the retention limits. Returns
+    /// the segments deleted.
+    pub async fn roll_if_full(&self) -> std::io::Result<usize> {
+        if self.pos.get() < self.cfg.segment_bytes {
+            return Ok(0);
+        }
+        self.sync().await?;
+        let next = self.index.get() + 1;
+        let new = Rc::new(create_segment(&self.dir, next).await?);
+        let old = std::mem::replace(&mut *self.file.borrow_mut(), new);
+        let sealed = Segment {
+            path: self.dir.join(segment_name(self.index.get())),
+            index: self.index.get(),
+            len: self.pos.get(),
+            last_ts: unix_ms(),
+        };
+        self.sealed.borrow_mut().push_back(sealed);
+        self.index.set(next);
+        self.pos.set(record::HEADER_LEN as u64);
+        if let Ok(old) = Rc::try_unwrap(old) {
+            let _ = old.close().await;
+        }
+        Ok(self.apply_retention())
+    }
+
+    /// Deletes the oldest sealed segments while the log is over its byte
+    /// limit or they are older than the age limit.
+    fn apply_retention(&self) -> usize {
+        let now = unix_ms();
+        let mut dropped = 0;
+        loop {
+            let over_size = self.size() > self.cfg.retention_bytes;
+            let mut sealed = self.sealed.borrow_mut();
+            let Some(oldest) = sealed.front() else { break };
+            let too_old = self.cfg.retention_ms > 0 && now.saturating_sub(oldest.last_ts) > self.cfg.retention_ms;
+            if !over_size && !too_old {
+                break;
+            }
+            let oldest = sealed.pop_front().expect("checked");
+            drop(sealed);
+            match std::fs::remove_file(&oldest.path) {
+                Ok(()) => {
+                    info!(shard = self.cfg.shard, path = %oldest.path.display(), "log segment past retention deleted");
+                    dropped += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %oldest.path.display(), error = %e, "cannot delete a log segment past retention")
+                }
+            }
+        }
+        dropped
+    }
+}
+
+async fn create_segment(dir: &Path, index: u64) -> std::io::Result<BufferedFile> {
+    let path = dir.join(segment_name(index));
+    let f = OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&path).await?;
+    f.write_at(record::header().to_vec(), 0).await?;
+    Ok(f)
+}
