@@ -198,6 +198,10 @@ impl Shard {
             set.swap_remove(&key);
             if set.is_empty() {
                 members.remove(rid);
+                let len = members.len();
+                if members.capacity() > 1024 && len * 4 < members.capacity() {
+                    members.shrink_to(len * 2);
+                }
             }
         }
     }

@@ -192,11 +192,34 @@ impl Owner {
         let Some((left, emptied)) = left else { return };
         if emptied {
             self.live -= 1;
+            self.forget_if_unused(&rid);
+            return; // nobody is left to tell
         }
         if left.user_gone {
             let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
             self.broadcast(&rid, frame, None, Instant::now(), out);
         }
+    }
+
+    /// An empty room that never had a message holds nothing worth keeping
+    /// (no seq was handed out in its epoch): it is forgotten at once, so
+    /// joining and leaving rooms cannot grow the server's memory. A room
+    /// with messages keeps its sequence and history while the node runs.
+    fn forget_if_unused(&mut self, rid: &Id) {
+        if self.rooms.get(rid).is_some_and(|r| r.is_empty() && r.seq() == 0) {
+            self.rooms.remove(rid);
+            // Give a table that a burst of rooms grew back once it is mostly empty.
+            let len = self.rooms.len();
+            if self.rooms.capacity() > 1024 && len * 4 < self.rooms.capacity() {
+                self.rooms.shrink_to(len * 2);
+            }
+        }
+    }
+
+    /// Rooms held in memory (with or without members).
+    #[cfg(test)]
+    pub(crate) fn rooms_held(&self) -> usize {
+        self.rooms.len()
     }
 
     fn publish(&mut self, p: Publish, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
@@ -296,6 +319,7 @@ impl Owner {
             let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
             self.broadcast(&rid, frame, None, Instant::now(), out);
         }
+        self.rooms.retain(|_, r| !(r.is_empty() && r.seq() == 0));
     }
 
     /// Forgets the rooms `view` gives to other nodes (their members re-join there).
@@ -451,6 +475,45 @@ mod tests {
         assert_eq!(text(frame), r#"{"cmd":"error","errCode":50,"errMsg":"tid is not in the room"}"#);
         out.clear();
         assert_eq!(o.handle(Request::Publish(Box::new(whisper("b", conn(0, 0, 9)))), 0, &mut out), Some(ERR_INVALID));
+    }
+
+    #[test]
+    fn rooms_that_never_had_a_message_are_forgotten_when_they_empty() {
+        let mut o = owner();
+        let mut out = Vec::new();
+        for i in 0..1000 {
+            let rid = id(&format!("r{i}"));
+            let join = Request::Join {
+                rid: rid.clone(),
+                conn: conn(0, 0, 1),
+                uid: id("a"),
+                name: Name::parse("a").unwrap(),
+                echo: false,
+                rejoin: false,
+            };
+            o.handle(join, 0, &mut out);
+            o.handle(Request::Leave { rid, conn: conn(0, 0, 1), ack: false }, 0, &mut out);
+        }
+        assert_eq!(o.rooms_held(), 0);
+        // A room with a message keeps its sequence when it empties.
+        join(&mut o, conn(0, 0, 1), "a");
+        let p = Publish {
+            rid: id("r"),
+            from: conn(0, 0, 1),
+            uid: id("a"),
+            name: Name::parse("a").unwrap(),
+            mtype: MsgType::Text,
+            msg: "m".into(),
+            tid: None,
+        };
+        o.handle(Request::Publish(Box::new(p)), 0, &mut out);
+        o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 1), ack: false }, 0, &mut out);
+        assert_eq!(o.rooms_held(), 1);
+        out.clear();
+        join(&mut o, conn(0, 0, 2), "b");
+        o.handle(Request::GetHistory { rid: id("r"), conn: conn(0, 0, 2), since: None, limit: None }, 0, &mut out);
+        let Some(Out { msg: Delivery::Direct { frame, .. }, .. }) = out.last() else { panic!("{out:?}") };
+        assert!(text(frame).contains(r#""seq":1"#));
     }
 
     #[test]
