@@ -58,6 +58,13 @@ pub struct Args {
     /// Seconds the server waits for clients to take their close frames at shutdown.
     #[arg(long, default_value_t = 3.0, help_heading = "Limits")]
     pub shutdown_grace: f64,
+    /// Rooms with more users than this announce joins and leaves in batched `presence`
+    /// frames instead of one `newUser`/`userLeave` frame per event.
+    #[arg(long, default_value_t = 1000, help_heading = "Limits")]
+    pub presence_limit: usize,
+    /// Milliseconds between two `presence` frames of a big room (at most one per interval).
+    #[arg(long, default_value_t = 1000, help_heading = "Limits")]
+    pub presence_interval_ms: u64,
     /// Messages kept in memory per room for getHistory (and read back from the log at start).
     #[arg(long, default_value_t = 100, help_heading = "Storage")]
     pub history: usize,
@@ -170,6 +177,10 @@ pub struct Config {
     pub login_timeout: Duration,
     /// Capacity of each cross-shard queue (messages).
     pub shard_queue: usize,
+    /// Users above which a room batches presence.
+    pub presence_limit: usize,
+    /// Time between a big room's presence frames.
+    pub presence_interval: Duration,
     /// Messages of history per room kept in memory.
     pub history: usize,
     /// Where the log lives.
@@ -314,6 +325,8 @@ impl Config {
             max_outbound_bytes: args.max_outbound_bytes.max(1024),
             login_timeout: secs("login-timeout", args.login_timeout)?,
             shard_queue: args.shard_queue.clamp(4, 1 << 20),
+            presence_limit: args.presence_limit,
+            presence_interval: Duration::from_millis(args.presence_interval_ms.clamp(10, 3_600_000)),
             history: args.history,
             data_dir: args.data_dir,
             durability: args.durability,

@@ -62,12 +62,16 @@ pub enum Request {
     },
     /// A chat message to sequence and fan out.
     Publish(Box<Publish>),
-    /// Roster request.
+    /// Roster request, a page at a time.
     GetOnline {
         /// Room.
         rid: Id,
         /// Requesting connection.
         conn: ConnRef,
+        /// Start after this member.
+        after: Option<Id>,
+        /// At most this many.
+        limit: Option<usize>,
     },
     /// History request.
     GetHistory {
@@ -77,6 +81,8 @@ pub enum Request {
         conn: ConnRef,
         /// After this seq.
         since: Option<u64>,
+        /// Before this seq.
+        before: Option<u64>,
         /// At most this many.
         limit: Option<usize>,
     },

@@ -106,10 +106,14 @@ pub enum Command {
         /// Room to leave; all rooms when absent.
         rid: Option<Id>,
     },
-    /// List a room's members.
+    /// List a room's members, a page at a time.
     GetOnline {
         /// Room.
         rid: Id,
+        /// Start after this member (the previous page's `next`).
+        after: Option<Id>,
+        /// At most this many (capped at [`MAX_PAGE`]).
+        limit: Option<usize>,
     },
     /// Fetch a room's stored messages.
     GetHistory {
@@ -117,10 +121,16 @@ pub enum Command {
         rid: Id,
         /// Only messages with `seq` greater than this.
         since: Option<u64>,
+        /// Only messages with `seq` less than this (the newest `limit` of them).
+        before: Option<u64>,
         /// At most this many.
         limit: Option<usize>,
     },
 }
+
+/// Most members a `getOnline` page lists, and most messages a
+/// `getHistory` reply carries, whatever `limit` asks for.
+pub const MAX_PAGE: usize = 1000;
 
 /// Limits applied while parsing.
 #[derive(Debug, Clone, Copy)]
@@ -197,11 +207,16 @@ fn parse_command(
             })
         }
         "logout" => Ok(Command::Logout { rid: opt_id_field(&v, "rid")? }),
-        "getOnline" => Ok(Command::GetOnline { rid: id_field(&v, "rid")? }),
+        "getOnline" => Ok(Command::GetOnline {
+            rid: id_field(&v, "rid")?,
+            after: opt_id_field(&v, "after")?,
+            limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
+        }),
         "getHistory" => Ok(Command::GetHistory {
             rid: id_field(&v, "rid")?,
             since: opt_u64(&v, "since")?,
-            limit: opt_u64(&v, "limit")?.map(|l| l.min(usize::MAX as u64) as usize),
+            before: opt_u64(&v, "before")?,
+            limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
         }),
         _ => Err(ProtoError::new(ERR_UNKNOWN_CMD, "unknown cmd")),
     }
@@ -343,27 +358,65 @@ pub fn encode_message(m: &MessageOut<'_>) -> (Bytes, usize) {
     f.finish_with_body_offset()
 }
 
-/// `{"cmd":"getOnline","rid","users":[{"uid","name"}…]}`.
-pub fn encode_online<'a>(rid: &str, users: impl Iterator<Item = (&'a str, &'a str)>) -> Bytes {
+/// `{"cmd":"getOnline","rid","users":[{uid,name}…],"count","next"?}`: one
+/// page of a room's roster; `count` is the whole room, `next` the cursor
+/// (`after`) of the next page when there is one.
+pub fn encode_online<'a>(
+    rid: &str,
+    users: impl Iterator<Item = (&'a str, &'a str)>,
+    count: usize,
+    next: Option<&str>,
+) -> Bytes {
     let mut f = FrameBuf::with_capacity(256);
-    Obj::new(f.body(), "getOnline")
+    let o = Obj::new(f.body(), "getOnline")
         .str("rid", rid)
-        .raw("users", |b| {
-            b.put_u8(b'[');
-            for (i, (uid, name)) in users.enumerate() {
-                if i > 0 {
-                    b.put_u8(b',');
-                }
-                b.put_slice(b"{\"uid\":");
-                json::write_str(b, uid);
-                b.put_slice(b",\"name\":");
-                json::write_str(b, name);
-                b.put_u8(b'}');
-            }
-            b.put_u8(b']');
-        })
+        .raw("users", |b| write_users(b, users))
+        .num("count", count as u64);
+    match next {
+        Some(n) => o.str("next", n).end(),
+        None => o.end(),
+    }
+    f.finish()
+}
+
+/// `{"cmd":"presence","rid","joined":[{uid,name}…],"left":[…],"joinedTotal","leftTotal","count"}`:
+/// a big room's presence changes since the last such frame (the lists hold
+/// at most [`PRESENCE_LIST_MAX`] each; the totals count them all).
+pub fn encode_presence_batch<'a>(
+    rid: &str,
+    joined: impl Iterator<Item = (&'a str, &'a str)>,
+    left: impl Iterator<Item = (&'a str, &'a str)>,
+    totals: (usize, usize),
+    count: usize,
+) -> Bytes {
+    let mut f = FrameBuf::with_capacity(256);
+    Obj::new(f.body(), "presence")
+        .str("rid", rid)
+        .raw("joined", |b| write_users(b, joined))
+        .raw("left", |b| write_users(b, left))
+        .num("joinedTotal", totals.0 as u64)
+        .num("leftTotal", totals.1 as u64)
+        .num("count", count as u64)
         .end();
     f.finish()
+}
+
+/// Members listed per kind in one presence frame.
+pub const PRESENCE_LIST_MAX: usize = 100;
+
+fn write_users<'a>(b: &mut impl BufMut, users: impl Iterator<Item = (&'a str, &'a str)>) {
+    b.put_u8(b'[');
+    for (i, (uid, name)) in users.enumerate() {
+        if i > 0 {
+            b.put_u8(b',');
+        }
+        b.put_slice(b"{\"uid\":");
+        json::write_str(b, uid);
+        b.put_slice(b",\"name\":");
+        json::write_str(b, name);
+        b.put_u8(b'}');
+    }
+    b.put_u8(b']');
 }
 
 /// `{"cmd":"getHistory","rid","epoch","msgs":[…]}` from stored message JSON.
@@ -485,8 +538,18 @@ mod tests {
         assert_eq!(v["tid"], "2");
         assert_eq!(v["seq"], 3);
         assert_eq!(&f[off..off + 1], b"{");
-        let o = body(&encode_online("r", [("1", "a"), ("2", "b")].into_iter()));
+        let o = body(&encode_online("r", [("1", "a"), ("2", "b")].into_iter(), 5, Some("2")));
         assert_eq!(o["users"][1]["name"], "b");
+        assert_eq!((o["count"].as_u64(), o["next"].as_str()), (Some(5), Some("2")));
+        let o = body(&encode_online("r", std::iter::empty(), 0, None));
+        assert!(o.get("next").is_none());
+        let p = body(&encode_presence_batch("r", [("1", "a")].into_iter(), std::iter::empty(), (150, 0), 1200));
+        assert_eq!(p["cmd"], "presence");
+        assert_eq!(
+            (p["joined"][0]["uid"].as_str(), p["joinedTotal"].as_u64(), p["count"].as_u64()),
+            (Some("1"), Some(150), Some(1200))
+        );
+        assert_eq!(p["left"].as_array().map(Vec::len), Some(0));
         let h = body(&encode_history("r", 9, [&f[off..], &f[off..]].into_iter()));
         assert_eq!(h["msgs"][1]["seq"], 3);
         assert_eq!(h["epoch"], 9);

@@ -66,6 +66,29 @@ pub struct Room {
     history: VecDeque<(u64, Bytes)>,
     history_cap: usize,
     epoch: u64,
+    /// Presence changes not yet announced (big rooms batch them): each
+    /// user's net change since the last presence frame.
+    presence: IndexMap<Id, (Name, Change)>,
+}
+
+/// A user's net presence change over an interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Arrived (and is still there).
+    Joined,
+    /// Left (and has not come back).
+    Left,
+}
+
+/// A big room's presence changes since the last announcement.
+#[derive(Debug, Default)]
+pub struct PresenceDiff {
+    /// Users who arrived: (uid, name), at most the first `max`.
+    pub joined: Vec<(Id, Name)>,
+    /// Users who left, likewise.
+    pub left: Vec<(Id, Name)>,
+    /// How many arrived and left in all.
+    pub totals: (usize, usize),
 }
 
 impl Room {
@@ -78,6 +101,7 @@ impl Room {
             users: IndexMap::new(),
             shard_members: vec![0; shards],
             node_members: HashMap::new(),
+            presence: IndexMap::new(),
             history: VecDeque::new(),
             history_cap,
             epoch,
@@ -147,7 +171,8 @@ impl Room {
         let name = u.name.clone();
         let user_gone = u.conns.is_empty();
         if user_gone {
-            self.users.shift_remove(m.uid.as_str());
+            // O(1): the last user takes the place (roster pages follow this order).
+            self.users.swap_remove(m.uid.as_str());
         }
         Some(Left { uid: m.uid, name, user_gone })
     }
@@ -162,9 +187,66 @@ impl Room {
         self.users.get(uid)
     }
 
-    /// Present users in order of arrival: (uid, name).
+    /// Present users: (uid, name), in roster order (arrival order, except
+    /// that a leaver's place goes to the newest user).
     pub fn users(&self) -> impl Iterator<Item = (&str, &str)> {
         self.users.iter().map(|(id, u)| (id.as_str(), u.name.as_str()))
+    }
+
+    /// Number of present users.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// One page of the roster: at most `limit` users after `after` (from the
+    /// start without it), and the cursor of the next page if more remain.
+    /// None when `after` is not in the room.
+    pub fn users_page(&self, after: Option<&str>, limit: usize) -> Option<(Vec<(&str, &str)>, Option<&str>)> {
+        let start = match after {
+            None => 0,
+            Some(a) => self.users.get_index_of(a)? + 1,
+        };
+        let end = (start + limit).min(self.users.len());
+        let page: Vec<(&str, &str)> = (start..end)
+            .filter_map(|i| self.users.get_index(i))
+            .map(|(id, u)| (id.as_str(), u.name.as_str()))
+            .collect();
+        let next = (end < self.users.len() && end > start).then(|| page.last().map(|(uid, _)| *uid)).flatten();
+        Some((page, next))
+    }
+
+    /// Notes a user's arrival or departure for the next presence frame; a
+    /// user who comes and goes within one interval cancels out.
+    pub fn note_presence(&mut self, uid: &Id, name: &Name, change: Change) {
+        match self.presence.get(uid.as_str()) {
+            Some((_, prev)) if *prev != change => {
+                self.presence.swap_remove(uid.as_str());
+            }
+            Some(_) => {}
+            None => {
+                self.presence.insert(uid.clone(), (name.clone(), change));
+            }
+        }
+    }
+
+    /// Takes the presence changes noted since the last call: at most `max`
+    /// of each kind listed, all counted.
+    pub fn take_presence(&mut self, max: usize) -> PresenceDiff {
+        let mut d = PresenceDiff::default();
+        for (uid, (name, change)) in self.presence.drain(..) {
+            let (list, total) = match change {
+                Change::Joined => (&mut d.joined, &mut d.totals.0),
+                Change::Left => (&mut d.left, &mut d.totals.1),
+            };
+            *total += 1;
+            if list.len() < max {
+                list.push((uid, name));
+            }
+        }
+        if self.presence.capacity() > 1024 {
+            self.presence = IndexMap::new();
+        }
+        d
     }
 
     /// Number of member connections.
@@ -216,15 +298,21 @@ impl Room {
     }
 
     /// Stored messages, oldest first. With `since`, the first `limit` messages
-    /// after it (paging forward, as a reconnecting client catches up);
-    /// without, the newest `limit`.
-    pub fn history(&self, since: Option<u64>, limit: Option<usize>) -> impl Iterator<Item = &Bytes> {
+    /// after it (paging forward, as a reconnecting client catches up); with
+    /// `before`, the newest `limit` before it (scrolling back); with
+    /// neither, the newest `limit`.
+    pub fn history(
+        &self,
+        since: Option<u64>,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> impl Iterator<Item = &Bytes> {
         let limit = limit.unwrap_or(usize::MAX);
-        let (skip, take) = match since {
-            Some(s) => (self.history.partition_point(|(seq, _)| *seq <= s), limit),
-            None => (self.history.len().saturating_sub(limit), limit),
-        };
-        self.history.iter().skip(skip).take(take).map(|(_, j)| j)
+        let start = since.map_or(0, |s| self.history.partition_point(|(seq, _)| *seq <= s));
+        let end = before.map_or(self.history.len(), |b| self.history.partition_point(|(seq, _)| *seq < b)).max(start);
+        // Forward from `since`, or back from `end`.
+        let first = if since.is_some() { start } else { end.saturating_sub(limit).max(start) };
+        self.history.range(first..end).take(limit).map(|(_, j)| j)
     }
 }
 
@@ -285,13 +373,76 @@ mod tests {
             let s = r.next_seq();
             r.remember(s, Bytes::from(s.to_string()));
         }
-        let all: Vec<_> = r.history(None, None).cloned().collect();
+        let all: Vec<_> = r.history(None, None, None).cloned().collect();
         assert_eq!(all, vec!["3", "4", "5"]);
-        let newest: Vec<_> = r.history(None, Some(2)).cloned().collect();
+        let newest: Vec<_> = r.history(None, None, Some(2)).cloned().collect();
         assert_eq!(newest, vec!["4", "5"]);
-        let after: Vec<_> = r.history(Some(3), Some(1)).cloned().collect();
+        let after: Vec<_> = r.history(Some(3), None, Some(1)).cloned().collect();
         assert_eq!(after, vec!["4"]);
-        assert_eq!(r.history(Some(5), None).count(), 0);
-        assert_eq!(r.history(Some(0), None).count(), 3);
+        assert_eq!(r.history(Some(5), None, None).count(), 0);
+        assert_eq!(r.history(Some(0), None, None).count(), 3);
+        // Scrolling back: the newest `limit` before a seq, oldest first.
+        let back: Vec<_> = r.history(None, Some(5), Some(1)).cloned().collect();
+        assert_eq!(back, vec!["4"]);
+        let back: Vec<_> = r.history(None, Some(5), None).cloned().collect();
+        assert_eq!(back, vec!["3", "4"]);
+        assert_eq!(r.history(None, Some(3), None).count(), 0);
+        let between: Vec<_> = r.history(Some(3), Some(5), None).cloned().collect();
+        assert_eq!(between, vec!["4"]);
+    }
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+
+    fn id(s: &str) -> Id {
+        Id::parse_str(s).unwrap()
+    }
+
+    #[test]
+    fn roster_pages_list_every_user_once() {
+        let mut r = Room::new(1, 0, 1);
+        for i in 0..2500u32 {
+            r.join(
+                ConnRef { node: 0, shard: 0, key: i, generation: 1 },
+                &id(&format!("u{i}")),
+                &Name::parse("n").unwrap(),
+                false,
+            );
+        }
+        for i in (0..2500u32).step_by(7) {
+            r.leave(ConnRef { node: 0, shard: 0, key: i, generation: 1 });
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, next) = r.users_page(after.as_deref(), 1000).unwrap();
+            assert!(page.len() <= 1000);
+            for (uid, _) in &page {
+                assert!(seen.insert(uid.to_string()), "{uid} twice");
+            }
+            match next {
+                Some(n) => after = Some(n.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), r.user_count());
+        assert!(r.users_page(Some("nobody"), 10).is_none());
+    }
+
+    #[test]
+    fn presence_nets_out_and_caps_its_lists() {
+        let mut r = Room::new(1, 0, 1);
+        let n = Name::parse("n").unwrap();
+        for i in 0..150 {
+            r.note_presence(&id(&format!("u{i}")), &n, Change::Joined);
+        }
+        r.note_presence(&id("u0"), &n, Change::Left); // came and went: nothing
+        r.note_presence(&id("old"), &n, Change::Left);
+        let d = r.take_presence(100);
+        assert_eq!(d.totals, (149, 1));
+        assert_eq!((d.joined.len(), d.left.len()), (100, 1));
+        assert!(r.take_presence(100).totals == (0, 0));
     }
 }

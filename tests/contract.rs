@@ -229,8 +229,10 @@ fn every_reply_has_its_exact_field_set_and_types() {
     // getOnline.
     a.send(json!({"cmd":"getOnline","rid":7}));
     let on = a.expect("getOnline");
-    assert_keys(&on, &["cmd", "rid", "users"]);
+    // `count` is the whole room's (pages of big rooms add `next`).
+    assert_keys(&on, &["cmd", "count", "rid", "users"]);
     assert_eq!(on["rid"], "7");
+    assert_eq!(on["count"], 2);
     let users = on["users"].as_array().unwrap();
     assert_eq!(users.len(), 2);
     for u in users {

@@ -6,6 +6,8 @@
 // Test support: server processes, WebSocket and raw clients.
 mod common;
 
+// Big rooms: batched presence, roster pages.
+mod bigroom;
 // The browser client served at `/`, in headless Chromium.
 mod browser;
 // Several nodes joined by the relay: meshing, failover, faults.

@@ -18,8 +18,8 @@
 //! type 10 JOIN        rid:str conn uid:str name:str flags:u8 (bit0 echo, bit1 rejoin)
 //! type 11 LEAVE       rid:str conn ack:u8
 //! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str>
-//! type 13 GETONLINE   rid:str conn
-//! type 14 GETHISTORY  rid:str conn since:opt<u64> limit:opt<u64>
+//! type 13 GETONLINE   rid:str conn after:opt<str> limit:opt<u64>
+//! type 14 GETHISTORY  rid:str conn since:opt<u64> before:opt<u64> limit:opt<u64>
 //! type 20 JOINED      rid:str conn ack:blob
 //! type 21 DELIVER     rid:str audience frame:blob
 //!                     audience := 0 except:opt<conn>   (every member on the node but one)
@@ -138,16 +138,25 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
                 }
             }
         }
-        NodeMsg::ToOwner(Request::GetOnline { rid, conn }) => {
+        NodeMsg::ToOwner(Request::GetOnline { rid, conn, after, limit }) => {
             b.put_u8(T_GETONLINE);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
+            match after {
+                None => b.put_u8(0),
+                Some(a) => {
+                    b.put_u8(1);
+                    put_str(&mut b, a);
+                }
+            }
+            put_opt_u64(&mut b, limit.map(|l| l as u64));
         }
-        NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, limit }) => {
+        NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, before, limit }) => {
             b.put_u8(T_GETHISTORY);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
             put_opt_u64(&mut b, *since);
+            put_opt_u64(&mut b, *before);
             put_opt_u64(&mut b, limit.map(|l| l as u64));
         }
         NodeMsg::ToMembers(Delivery::Joined { rid, conn, ack }) => {
@@ -256,14 +265,21 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
         T_GETONLINE => {
             let rid = get_id(&mut body)?;
             let conn = peer(get_conn(&mut body)?);
-            Frame::Msg(NodeMsg::ToOwner(Request::GetOnline { rid, conn }))
+            let after = match get_u8(&mut body)? {
+                0 => None,
+                1 => Some(get_id(&mut body)?),
+                _ => return Err(CodecError::Invalid("option")),
+            };
+            let limit = get_opt_u64(&mut body)?.map(|l| l.min(usize::MAX as u64) as usize);
+            Frame::Msg(NodeMsg::ToOwner(Request::GetOnline { rid, conn, after, limit }))
         }
         T_GETHISTORY => {
             let rid = get_id(&mut body)?;
             let conn = peer(get_conn(&mut body)?);
             let since = get_opt_u64(&mut body)?;
+            let before = get_opt_u64(&mut body)?;
             let limit = get_opt_u64(&mut body)?.map(|l| l.min(usize::MAX as u64) as usize);
-            Frame::Msg(NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, limit }))
+            Frame::Msg(NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, before, limit }))
         }
         T_JOINED => {
             let rid = get_id(&mut body)?;
@@ -445,7 +461,12 @@ mod tests {
 
     #[test]
     fn incomplete_and_bad_frames() {
-        let enc = encode(&NodeMsg::ToOwner(Request::GetOnline { rid: Id::parse_str("r").unwrap(), conn: conn(1) }));
+        let enc = encode(&NodeMsg::ToOwner(Request::GetOnline {
+            rid: Id::parse_str("r").unwrap(),
+            conn: conn(1),
+            after: Id::parse_str("u7"),
+            limit: Some(5),
+        }));
         for cut in 0..enc.len() {
             let mut b = BytesMut::from(&enc[..cut]);
             assert!(decode(&mut b, 1).unwrap().is_none());

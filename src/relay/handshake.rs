@@ -19,8 +19,8 @@ use thiserror::Error;
 /// Protocol magic.
 pub const MAGIC: &[u8; 4] = b"CCRL";
 /// Wire version spoken by this build (2: links carry traffic only once
-/// activated, see [`super::codec`]).
-pub const VERSION: u8 = 2;
+/// activated; 3: roster pages and history before a seq, see [`super::codec`]).
+pub const VERSION: u8 = 3;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;
 

@@ -127,7 +127,11 @@ impl Shard {
             nshards: n,
             conns: RefCell::new(Conns::new()),
             members: RefCell::new(HashMap::new()),
-            owner: RefCell::new(Owner::new(n, node.cfg.history, node.epoch, Box::new(move || epochs.next_epoch()))),
+            owner: RefCell::new({
+                let mut o = Owner::new(n, node.cfg.history, node.epoch, Box::new(move || epochs.next_epoch()));
+                o.set_presence(node.cfg.presence_limit, node.cfg.presence_interval.as_millis() as u64);
+                o
+            }),
             owner_out: RefCell::new(Vec::new()),
             requests: RefCell::new(Vec::new()),
             held: RefCell::new(std::collections::VecDeque::new()),
@@ -429,6 +433,14 @@ impl Shard {
         *self.owner_out.borrow_mut() = out;
     }
 
+    /// Big rooms' presence batches that are due (on the sweeper's tick).
+    fn tick_presence(&self) {
+        let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
+        self.owner.borrow_mut().tick_presence(unix_ms(), &mut out);
+        self.send_or_hold(&mut out);
+        *self.owner_out.borrow_mut() = out;
+    }
+
     /// An owner's delivery to this shard's members.
     fn on_delivery(&self, d: Delivery) {
         let mut conns = self.conns.borrow_mut();
@@ -498,7 +510,7 @@ impl Shard {
         {
             let mut owner = self.owner.borrow_mut();
             if let Some(dead) = down {
-                owner.node_down(dead, &mut out);
+                owner.node_down(dead, unix_ms(), &mut out);
             }
             // Rooms that now belong to another node: their members re-join there.
             owner.keep_own(&view);

@@ -8,6 +8,8 @@
 //! per shard and per other node that holds members, all sharing the bytes.
 
 use std::collections::HashMap;
+
+use indexmap::IndexMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,7 +18,7 @@ use crate::cluster::View;
 use crate::ids::{Id, Name};
 use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
 use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
-use crate::room::{Joined, Room};
+use crate::room::{Change, Joined, Room};
 use crate::store::{Journal, RoomState};
 
 /// Where a delivery goes.
@@ -51,6 +53,12 @@ pub(crate) struct Owner {
     live: usize,
     /// The epoch a room that was never used reports (the node's start).
     node_epoch: u64,
+    /// Rooms with more users than this announce presence in batches.
+    presence_limit: usize,
+    /// At most one batch per room per this many milliseconds.
+    presence_interval_ms: u64,
+    /// Big rooms with presence changes to announce, and when (Unix ms).
+    presence_due: IndexMap<Id, u64>,
     /// Epochs for new room sequences (strictly increasing per node).
     next_epoch: Box<dyn Fn() -> u64>,
     /// Reused destination lists of a broadcast.
@@ -85,12 +93,22 @@ impl Owner {
             history_cap,
             live: 0,
             node_epoch,
+            presence_limit: 1000,
+            presence_interval_ms: 1000,
+            presence_due: IndexMap::new(),
             next_epoch,
             shards: Vec::new(),
             nodes: Vec::new(),
             journal: None,
             store_down_until: 0,
         }
+    }
+
+    /// Rooms with more than `limit` users announce joins and leaves in one
+    /// presence frame per `interval_ms` instead of one frame per event.
+    pub(crate) fn set_presence(&mut self, limit: usize, interval_ms: u64) {
+        self.presence_limit = limit;
+        self.presence_interval_ms = interval_ms.max(1);
     }
 
     /// Journals every room message from now on (for the log writer).
@@ -133,20 +151,30 @@ impl Owner {
     /// the error reply it made, if it made one.
     pub(crate) fn handle(&mut self, req: Request, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
         match req {
-            Request::Join { rid, conn, uid, name, echo, rejoin } => self.join(rid, conn, uid, name, echo, rejoin, out),
-            Request::Leave { rid, conn, ack } => self.leave(rid, conn, ack, out),
+            Request::Join { rid, conn, uid, name, echo, rejoin } => {
+                self.join(rid, conn, uid, name, echo, rejoin, now_ms, out)
+            }
+            Request::Leave { rid, conn, ack } => self.leave(rid, conn, ack, now_ms, out),
             Request::Publish(p) => return self.publish(*p, now_ms, out),
-            Request::GetOnline { rid, conn } => {
-                let frame = match self.rooms.get(&rid) {
-                    Some(room) => protocol::encode_online(&rid, room.users()),
-                    None => protocol::encode_online(&rid, std::iter::empty()),
+            Request::GetOnline { rid, conn, after, limit } => {
+                let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
+                let page = match self.rooms.get(&rid) {
+                    Some(room) => room
+                        .users_page(after.as_deref(), limit)
+                        .map(|(users, next)| protocol::encode_online(&rid, users.into_iter(), room.user_count(), next)),
+                    None => Some(protocol::encode_online(&rid, std::iter::empty(), 0, None)),
+                };
+                let Some(frame) = page else {
+                    out.push(err(conn, "after is not in the room (it left): start the roster again"));
+                    return Some(ERR_INVALID);
                 };
                 out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
             }
-            Request::GetHistory { rid, conn, since, limit } => {
+            Request::GetHistory { rid, conn, since, before, limit } => {
+                let limit = Some(limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE));
                 let frame = match self.rooms.get(&rid) {
                     Some(room) => {
-                        protocol::encode_history(&rid, room.epoch(), room.history(since, limit).map(|b| &b[..]))
+                        protocol::encode_history(&rid, room.epoch(), room.history(since, before, limit).map(|b| &b[..]))
                     }
                     None => protocol::encode_history(&rid, self.node_epoch, std::iter::empty()),
                 };
@@ -157,7 +185,17 @@ impl Owner {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn join(&mut self, rid: Id, conn: ConnRef, uid: Id, name: Name, echo: bool, rejoin: bool, out: &mut Vec<Out>) {
+    fn join(
+        &mut self,
+        rid: Id,
+        conn: ConnRef,
+        uid: Id,
+        name: Name,
+        echo: bool,
+        rejoin: bool,
+        now_ms: u64,
+        out: &mut Vec<Out>,
+    ) {
         let (nshards, cap) = (self.nshards, self.history_cap);
         let next_epoch = &self.next_epoch;
         let room = self.rooms.entry(rid.clone()).or_insert_with(|| Room::new(nshards, cap, next_epoch()));
@@ -173,15 +211,65 @@ impl Owner {
         let ack = protocol::encode_presence("login", &uid, &name, &rid);
         out.push(Out { dest: Dest::of(conn), msg: Delivery::Joined { rid: rid.clone(), conn, ack } });
         if joined == Joined::NewUser {
-            let frame = protocol::encode_presence("newUser", &uid, &name, &rid);
-            self.broadcast(&rid, frame, Some(conn), Instant::now(), out);
+            let big = room.user_count() > self.presence_limit;
+            self.announce(&rid, &uid, &name, Change::Joined, big, Some(conn), now_ms, out);
         }
     }
 
-    fn leave(&mut self, rid: Id, conn: ConnRef, ack: bool, out: &mut Vec<Out>) {
+    /// Announces a user's arrival or departure: at once with CChat's frame
+    /// in a room of up to `--presence-limit` users, else in the room's next
+    /// presence batch (see [`Owner::tick_presence`]).
+    #[allow(clippy::too_many_arguments)]
+    fn announce(
+        &mut self,
+        rid: &Id,
+        uid: &Id,
+        name: &Name,
+        change: Change,
+        big: bool,
+        except: Option<ConnRef>,
+        now_ms: u64,
+        out: &mut Vec<Out>,
+    ) {
+        if big {
+            if let Some(room) = self.rooms.get_mut(rid) {
+                room.note_presence(uid, name, change);
+                self.presence_due.entry(rid.clone()).or_insert(now_ms + self.presence_interval_ms);
+            }
+            return;
+        }
+        let cmd = if change == Change::Joined { "newUser" } else { "userLeave" };
+        let frame = protocol::encode_presence(cmd, uid, name, rid);
+        self.broadcast(rid, frame, except, Instant::now(), out);
+    }
+
+    /// Sends each big room whose interval is over one presence frame with
+    /// what changed: at most one per room per `--presence-interval-ms`,
+    /// however fast members come and go.
+    pub(crate) fn tick_presence(&mut self, now_ms: u64, out: &mut Vec<Out>) {
+        if self.presence_due.is_empty() {
+            return;
+        }
+        let due: Vec<Id> =
+            self.presence_due.iter().filter(|(_, at)| **at <= now_ms).map(|(rid, _)| rid.clone()).collect();
+        for rid in due {
+            self.presence_due.swap_remove(&rid);
+            let Some(room) = self.rooms.get_mut(&rid) else { continue };
+            let d = room.take_presence(protocol::PRESENCE_LIST_MAX);
+            if d.totals == (0, 0) {
+                continue;
+            }
+            let joined = d.joined.iter().map(|(u, n)| (u.as_str(), n.as_str()));
+            let left = d.left.iter().map(|(u, n)| (u.as_str(), n.as_str()));
+            let frame = protocol::encode_presence_batch(&rid, joined, left, d.totals, room.user_count());
+            self.broadcast(&rid, frame, None, Instant::now(), out);
+        }
+    }
+
+    fn leave(&mut self, rid: Id, conn: ConnRef, ack: bool, now_ms: u64, out: &mut Vec<Out>) {
         let left = self.rooms.get_mut(&rid).and_then(|room| {
             let left = room.leave(conn)?;
-            Some((left, room.is_empty()))
+            Some((left, room.is_empty(), room.user_count() + 1 > self.presence_limit))
         });
         if ack {
             out.push(Out {
@@ -189,15 +277,15 @@ impl Owner {
                 msg: Delivery::Direct { conn, frame: protocol::encode_logout(&rid) },
             });
         }
-        let Some((left, emptied)) = left else { return };
+        let Some((left, emptied, big)) = left else { return };
         if emptied {
             self.live -= 1;
+            self.presence_due.swap_remove(&rid);
             self.forget_if_unused(&rid);
             return; // nobody is left to tell
         }
         if left.user_gone {
-            let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
-            self.broadcast(&rid, frame, None, Instant::now(), out);
+            self.announce(&rid, &left.uid, &left.name, Change::Left, big, None, now_ms, out);
         }
     }
 
@@ -302,22 +390,22 @@ impl Owner {
     }
 
     /// A node died: forgets its members, announcing each user gone.
-    pub(crate) fn node_down(&mut self, dead: u16, out: &mut Vec<Out>) {
-        let mut announce = Vec::new();
+    pub(crate) fn node_down(&mut self, dead: u16, now_ms: u64, out: &mut Vec<Out>) {
+        let mut gone = Vec::new();
         for (rid, room) in self.rooms.iter_mut() {
             let had_members = !room.is_empty();
+            let users_before = room.user_count();
             for left in room.remove_node(dead) {
                 if left.user_gone {
-                    announce.push((rid.clone(), left));
+                    gone.push((rid.clone(), left, users_before > self.presence_limit));
                 }
             }
             if had_members && room.is_empty() {
                 self.live -= 1;
             }
         }
-        for (rid, left) in announce {
-            let frame = protocol::encode_presence("userLeave", &left.uid, &left.name, &rid);
-            self.broadcast(&rid, frame, None, Instant::now(), out);
+        for (rid, left, big) in gone {
+            self.announce(&rid, &left.uid, &left.name, Change::Left, big, None, now_ms, out);
         }
         self.rooms.retain(|_, r| !(r.is_empty() && r.seq() == 0));
     }
@@ -438,7 +526,11 @@ mod tests {
         assert!(matches!(a1, Audience::AllExcept(None)));
         // History holds the message as members received it.
         out.clear();
-        o.handle(Request::GetHistory { rid: id("r"), conn: conn(0, 1, 4), since: None, limit: None }, 0, &mut out);
+        o.handle(
+            Request::GetHistory { rid: id("r"), conn: conn(0, 1, 4), since: None, before: None, limit: None },
+            0,
+            &mut out,
+        );
         let [Out { dest: Dest::Shard(1), msg: Delivery::Direct { frame, .. } }] = &out[..] else { panic!("{out:?}") };
         assert_eq!(text(frame), format!(r#"{{"cmd":"getHistory","rid":"r","epoch":7,"msgs":[{want}]}}"#));
     }
@@ -511,7 +603,11 @@ mod tests {
         assert_eq!(o.rooms_held(), 1);
         out.clear();
         join(&mut o, conn(0, 0, 2), "b");
-        o.handle(Request::GetHistory { rid: id("r"), conn: conn(0, 0, 2), since: None, limit: None }, 0, &mut out);
+        o.handle(
+            Request::GetHistory { rid: id("r"), conn: conn(0, 0, 2), since: None, before: None, limit: None },
+            0,
+            &mut out,
+        );
         let Some(Out { msg: Delivery::Direct { frame, .. }, .. }) = out.last() else { panic!("{out:?}") };
         assert!(text(frame).contains(r#""seq":1"#));
     }
@@ -522,7 +618,7 @@ mod tests {
         join(&mut o, conn(0, 0, 1), "a");
         join(&mut o, conn(4, 0, 2), "b");
         let mut out = Vec::new();
-        o.node_down(4, &mut out);
+        o.node_down(4, 0, &mut out);
         let [Out { dest: Dest::Shard(0), msg: Delivery::Deliver { frame, .. } }] = &out[..] else { panic!("{out:?}") };
         assert_eq!(text(frame), r#"{"cmd":"userLeave","uid":"b","name":"b","rid":"r"}"#);
         out.clear();

@@ -125,13 +125,13 @@ impl Session {
                     emit(Request::Leave { rid, conn: me, ack: true });
                 }
             }
-            Command::GetOnline { rid } => {
+            Command::GetOnline { rid, after, limit } => {
                 self.member_check(&rid)?;
-                emit(Request::GetOnline { rid, conn: me });
+                emit(Request::GetOnline { rid, conn: me, after, limit });
             }
-            Command::GetHistory { rid, since, limit } => {
+            Command::GetHistory { rid, since, before, limit } => {
                 self.member_check(&rid)?;
-                emit(Request::GetHistory { rid, conn: me, since, limit });
+                emit(Request::GetHistory { rid, conn: me, since, before, limit });
             }
         }
         Ok(())
@@ -210,6 +210,9 @@ mod tests {
         assert!(matches!(&r[..], [Request::Leave { ack: true, .. }]));
         assert_eq!(run(&mut s, Command::Logout { rid: None }).unwrap().len(), 2);
         assert!(s.rooms().is_empty());
-        assert!(run(&mut s, Command::GetOnline { rid: id("b") }).is_err(), "not a member any more");
+        assert!(
+            run(&mut s, Command::GetOnline { rid: id("b"), after: None, limit: None }).is_err(),
+            "not a member any more"
+        );
     }
 }

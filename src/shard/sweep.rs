@@ -55,6 +55,7 @@ impl Shard {
             }
         }
         drop(conns);
+        self.tick_presence();
         self.flush.wake();
         if t.is_multiple_of(10) {
             self.review_pin();

@@ -1,0 +1,108 @@
+//! Big rooms: presence in batches above `--presence-limit`, roster pages.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::{Client, Server};
+
+#[test]
+fn above_the_limit_presence_comes_in_one_batch_per_interval() {
+    let server = Server::start(&["--shards", "2", "--presence-limit", "20", "--presence-interval-ms", "500"]);
+    let mut observer = server.client();
+    observer.login("obs", "big", Some("obs"));
+    let mut joiners: Vec<Client> = Vec::new();
+    for i in 0..100 {
+        let mut c = server.client();
+        c.login(&format!("j{i}"), "big", Some(&format!("j{i}")));
+        joiners.push(c);
+    }
+    // 50 leave again, while the room stays above the limit.
+    for mut c in joiners.drain(..50) {
+        c.send(json!({"cmd": "logout", "rid": "big"}));
+        while c.recv()["cmd"] != "logout" {}
+    }
+    let (mut new_users, mut joined, mut left) = (0, 0, 0);
+    let mut batches: Vec<Instant> = Vec::new();
+    let mut last_count = 0;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        observer.ws.get_mut().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let Ok(tungstenite::Message::Text(t)) = observer.ws.read() else { continue };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        match v["cmd"].as_str() {
+            Some("newUser") => new_users += 1,
+            Some("userLeave") => panic!("a leave in a room above the limit came alone: {v}"),
+            Some("presence") => {
+                batches.push(Instant::now());
+                joined += v["joinedTotal"].as_u64().unwrap();
+                left += v["leftTotal"].as_u64().unwrap();
+                assert!(v["joined"].as_array().unwrap().len() <= 100);
+                last_count = v["count"].as_u64().unwrap();
+                assert_eq!(v["rid"], "big");
+            }
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    // The first 19 joiners fill the room to the limit with CChat's frames;
+    // the rest arrive in batches. A user who came and went within one
+    // batch's interval is in neither list.
+    assert_eq!(new_users, 19);
+    assert_eq!(joined - left.min(joined), 100 - 19 - 50, "net arrivals: joined {joined}, left {left}");
+    assert!(!batches.is_empty());
+    for w in batches.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_millis(400), "two presence frames {:?} apart", w[1] - w[0]);
+    }
+    assert_eq!(last_count, 51, "observer and 50 joiners remain");
+    drop(joiners);
+}
+
+#[test]
+fn roster_pages_list_every_member_exactly_once() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut members: Vec<Client> = Vec::new();
+    for i in 0..250 {
+        let mut c = server.client();
+        c.login("m", "roster", Some(&format!("m{i}")));
+        members.push(c);
+    }
+    let asker = &mut members[0];
+    let mut seen = HashSet::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut req = json!({"cmd": "getOnline", "rid": "roster", "limit": 100});
+        if let Some(a) = &after {
+            req["after"] = json!(a);
+        }
+        asker.send(req);
+        let v = loop {
+            let v = asker.recv();
+            if v["cmd"] == "getOnline" {
+                break v;
+            }
+        };
+        pages += 1;
+        assert_eq!(v["count"], 250);
+        let users = v["users"].as_array().unwrap();
+        assert!(users.len() <= 100);
+        for u in users {
+            assert!(seen.insert(u["uid"].as_str().unwrap().to_owned()), "{u} listed twice");
+        }
+        match v.get("next").and_then(|n| n.as_str()) {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen.len()), (3, 250));
+    // A cursor that is not a member is an error, not a silent restart.
+    asker.send(json!({"cmd": "getOnline", "rid": "roster", "after": "nobody"}));
+    loop {
+        let v = asker.recv();
+        if v["cmd"] == "error" {
+            assert_eq!(v["errCode"], 50);
+            break;
+        }
+    }
+}
