@@ -65,6 +65,10 @@ pub struct Args {
     /// Milliseconds between two `presence` frames of a big room (at most one per interval).
     #[arg(long, default_value_t = 1000, help_heading = "Limits")]
     pub presence_interval_ms: u64,
+    /// Milliseconds a disconnected user's departure waits before it is announced; a user
+    /// back within it is announced neither as leaving nor as joining again. 0: at once.
+    #[arg(long, default_value_t = 2000, help_heading = "Limits")]
+    pub presence_grace_ms: u64,
     /// Messages kept in memory per room for getHistory (and read back from the log at start).
     #[arg(long, default_value_t = 100, help_heading = "Storage")]
     pub history: usize,
@@ -181,6 +185,8 @@ pub struct Config {
     pub presence_limit: usize,
     /// Time between a big room's presence frames.
     pub presence_interval: Duration,
+    /// How long a disconnected user's departure waits to be announced.
+    pub presence_grace: Duration,
     /// Messages of history per room kept in memory.
     pub history: usize,
     /// Where the log lives.
@@ -327,6 +333,7 @@ impl Config {
             shard_queue: args.shard_queue.clamp(4, 1 << 20),
             presence_limit: args.presence_limit,
             presence_interval: Duration::from_millis(args.presence_interval_ms.clamp(10, 3_600_000)),
+            presence_grace: Duration::from_millis(args.presence_grace_ms.min(600_000)),
             history: args.history,
             data_dir: args.data_dir,
             durability: args.durability,

@@ -106,3 +106,33 @@ fn roster_pages_list_every_member_exactly_once() {
         }
     }
 }
+
+#[test]
+fn a_user_back_within_the_grace_period_is_announced_neither_leaving_nor_joining() {
+    let server = Server::start(&["--shards", "2", "--presence-grace-ms", "1500"]);
+    let mut obs = server.client();
+    obs.login("obs", "g", Some("obs"));
+    let mut flaky = server.client();
+    flaky.login("flaky", "g", Some("flaky"));
+    obs.expect("newUser");
+    // The connection drops and comes back (a page reload).
+    drop(flaky);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut flaky = server.client();
+    flaky.login("flaky", "g", Some("flaky"));
+    obs.expect_silence(Duration::from_millis(2000));
+    // Gone for good: announced once the grace period is over, not before.
+    let t0 = Instant::now();
+    drop(flaky);
+    let v = obs.expect("userLeave");
+    assert_eq!(v["uid"], "flaky");
+    assert!(t0.elapsed() >= Duration::from_millis(1000), "announced after {:?}", t0.elapsed());
+    // A logout is announced at once.
+    let mut quick = server.client();
+    quick.login("quick", "g", Some("quick"));
+    obs.expect("newUser");
+    quick.send(json!({"cmd": "logout", "rid": "g"}));
+    let t0 = Instant::now();
+    obs.expect("userLeave");
+    assert!(t0.elapsed() < Duration::from_millis(1000));
+}

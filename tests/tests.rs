@@ -6,7 +6,7 @@
 // Test support: server processes, WebSocket and raw clients.
 mod common;
 
-// Big rooms: batched presence, roster pages.
+// Presence (big rooms, the reconnect grace period) and roster pages.
 mod bigroom;
 // The browser client served at `/`, in headless Chromium.
 mod browser;

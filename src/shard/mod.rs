@@ -129,7 +129,11 @@ impl Shard {
             members: RefCell::new(HashMap::new()),
             owner: RefCell::new({
                 let mut o = Owner::new(n, node.cfg.history, node.epoch, Box::new(move || epochs.next_epoch()));
-                o.set_presence(node.cfg.presence_limit, node.cfg.presence_interval.as_millis() as u64);
+                o.set_presence(
+                    node.cfg.presence_limit,
+                    node.cfg.presence_interval.as_millis() as u64,
+                    node.cfg.presence_grace.as_millis() as u64,
+                );
                 o
             }),
             owner_out: RefCell::new(Vec::new()),

@@ -59,6 +59,11 @@ pub(crate) struct Owner {
     presence_interval_ms: u64,
     /// Big rooms with presence changes to announce, and when (Unix ms).
     presence_due: IndexMap<Id, u64>,
+    /// A disconnected user's departure is announced this long after it,
+    /// unless the user is back by then (then neither is announced).
+    grace_ms: u64,
+    /// Departures waiting out the grace period: (room, user) → (name, due).
+    leaving: IndexMap<(Id, Id), (Name, u64)>,
     /// Epochs for new room sequences (strictly increasing per node).
     next_epoch: Box<dyn Fn() -> u64>,
     /// Reused destination lists of a broadcast.
@@ -96,6 +101,8 @@ impl Owner {
             presence_limit: 1000,
             presence_interval_ms: 1000,
             presence_due: IndexMap::new(),
+            grace_ms: 0,
+            leaving: IndexMap::new(),
             next_epoch,
             shards: Vec::new(),
             nodes: Vec::new(),
@@ -106,9 +113,10 @@ impl Owner {
 
     /// Rooms with more than `limit` users announce joins and leaves in one
     /// presence frame per `interval_ms` instead of one frame per event.
-    pub(crate) fn set_presence(&mut self, limit: usize, interval_ms: u64) {
+    pub(crate) fn set_presence(&mut self, limit: usize, interval_ms: u64, grace_ms: u64) {
         self.presence_limit = limit;
         self.presence_interval_ms = interval_ms.max(1);
+        self.grace_ms = grace_ms;
     }
 
     /// Journals every room message from now on (for the log writer).
@@ -211,6 +219,9 @@ impl Owner {
         let ack = protocol::encode_presence("login", &uid, &name, &rid);
         out.push(Out { dest: Dest::of(conn), msg: Delivery::Joined { rid: rid.clone(), conn, ack } });
         if joined == Joined::NewUser {
+            if self.leaving.swap_remove(&(rid.clone(), uid.clone())).is_some() {
+                return; // back within the grace period: neither leave nor join is announced
+            }
             let big = room.user_count() > self.presence_limit;
             self.announce(&rid, &uid, &name, Change::Joined, big, Some(conn), now_ms, out);
         }
@@ -247,6 +258,19 @@ impl Owner {
     /// what changed: at most one per room per `--presence-interval-ms`,
     /// however fast members come and go.
     pub(crate) fn tick_presence(&mut self, now_ms: u64, out: &mut Vec<Out>) {
+        if !self.leaving.is_empty() {
+            let due: Vec<(Id, Id)> =
+                self.leaving.iter().filter(|(_, (_, at))| *at <= now_ms).map(|(k, _)| k.clone()).collect();
+            for key in due {
+                let Some((name, _)) = self.leaving.swap_remove(&key) else { continue };
+                let (rid, uid) = key;
+                let Some(room) = self.rooms.get(&rid) else { continue };
+                if room.user(&uid).is_none() {
+                    let big = room.user_count() + 1 > self.presence_limit;
+                    self.announce(&rid, &uid, &name, Change::Left, big, None, now_ms, out);
+                }
+            }
+        }
         if self.presence_due.is_empty() {
             return;
         }
@@ -285,6 +309,11 @@ impl Owner {
             return; // nobody is left to tell
         }
         if left.user_gone {
+            if !ack && self.grace_ms > 0 {
+                // A disconnect (not a logout): the user may be back in a moment.
+                self.leaving.insert((rid, left.uid), (left.name, now_ms + self.grace_ms));
+                return;
+            }
             self.announce(&rid, &left.uid, &left.name, Change::Left, big, None, now_ms, out);
         }
     }
