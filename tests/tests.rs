@@ -12,6 +12,8 @@ mod bigroom;
 mod browser;
 // Several nodes joined by the relay: meshing, failover, faults.
 mod cluster;
+// The deployment kit: example config, dashboard, systemd unit.
+mod deploy;
 // Durable history: kills, restarts, damaged files, the directory lock.
 mod durability;
 // The client contract, black-box: commands, replies, errors, closes.

@@ -1,0 +1,81 @@
+//! The deployment kit in deploy/: the example config loads and serves, every
+//! metric the dashboard names is exported, and systemd accepts the unit.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crate::common::Server;
+
+fn deploy(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file)
+}
+
+#[test]
+fn the_example_config_loads_and_the_server_starts_with_it() {
+    let path = deploy("cchat.toml");
+    let cfg =
+        cchat::config::Config::load(["cchat", "--config", path.to_str().unwrap()]).expect("the example config loads");
+    assert_eq!(cfg.listen.port(), 9503);
+    assert_eq!(cfg.rate_limit, 10.0);
+    // Every setting of the server is in the example (set or commented out).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_cchat")).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for flag in help.split_whitespace().filter_map(|w| w.strip_prefix("--")) {
+        let key = flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        if ["help", "version", "config"].contains(&key) || key.is_empty() {
+            continue;
+        }
+        assert!(text.contains(&format!("{key} =")), "deploy/cchat.toml lacks `{key}`");
+    }
+    // As it is (only the address and the directory are the test's own).
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    assert_eq!(server.get("/healthz").0, 200);
+}
+
+#[test]
+fn every_metric_the_dashboard_names_is_exported() {
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana-dashboard.json")).unwrap()).unwrap();
+    let server = Server::start(&[]);
+    let (_, body) = server.get("/metrics");
+    let families: HashSet<&str> = body.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let mut named = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("cchat_") {
+                let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[i + name.len()..];
+                let family =
+                    ["_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).filter(|f| families.contains(f));
+                assert!(
+                    families.contains(name.as_str()) || family.is_some(),
+                    "panel {:?} names {name}, which /metrics does not export",
+                    panel["title"]
+                );
+                named += 1;
+            }
+        }
+    }
+    assert!(named >= 20, "the dashboard names {named} metrics");
+}
+
+#[test]
+fn systemd_accepts_the_unit() {
+    let analyze = PathBuf::from("/usr/bin/systemd-analyze");
+    assert!(analyze.exists(), "systemd-analyze not found: apt-get install systemd (.ci/run does)");
+    // The unit as shipped, with ExecStart pointing at the binary just built
+    // (verify checks that the command exists).
+    let unit = std::fs::read_to_string(deploy("cchat.service")).unwrap();
+    let unit = unit.replace("/usr/local/bin/cchat", env!("CARGO_BIN_EXE_cchat"));
+    let dir = crate::common::temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cchat.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = std::process::Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("cchat.service:"), "systemd-analyze verify: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
