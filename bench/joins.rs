@@ -24,8 +24,16 @@ fn main() {
     for n in sizes {
         // The acknowledgements of a burst outrun a reader by more than the
         // default 1 MiB queue cap; the bench measures joins, not that cap.
-        let server =
-            support::Server::start(&["--shards", "2", "--rate-limit", "0", "--max-outbound-bytes", "67108864"]);
+        let server = support::Server::start(&[
+            "--shards",
+            "2",
+            "--rate-limit",
+            "0",
+            "--max-outbound-bytes",
+            "67108864",
+            "--max-rooms-per-connection",
+            "1000000",
+        ]);
         let mut s = support::connect_and_login(server.addr, "joiner", "home");
         let mut frames = Vec::new();
         for i in 0..n {

@@ -107,6 +107,25 @@ pub struct Args {
     /// Shared secret relay peers prove they know.
     #[arg(long, env = "CCHAT_CLUSTER_SECRET", hide_env_values = true, help_heading = "Cluster")]
     pub cluster_secret: Option<String>,
+    /// Verify login tokens (JWT, HS256) with this shared secret; logins then need a token.
+    #[arg(
+        long,
+        env = "CCHAT_TOKEN_SECRET",
+        hide_env_values = true,
+        help_heading = "Security",
+        conflicts_with = "token_public_key"
+    )]
+    pub token_secret: Option<String>,
+    /// Verify login tokens (JWT, RS256 or ES256) with this PEM public key.
+    #[arg(long, help_heading = "Security")]
+    pub token_public_key: Option<PathBuf>,
+    /// Browser origin allowed to open a WebSocket (`https://chat.example.com`); repeat for
+    /// each; `*` allows all. Default: the request's own host, and clients that send no Origin.
+    #[arg(long = "allowed-origin", help_heading = "Security")]
+    pub allowed_origins: Vec<String>,
+    /// Rooms one connection may be in at once; past it a login gets error 50.
+    #[arg(long, default_value_t = 100, help_heading = "Limits")]
+    pub max_rooms_per_connection: usize,
     /// Capacity of each queue between two shards, in messages; a shard whose waiting
     /// messages pass it stops reading new commands until they drain.
     #[arg(long, default_value_t = 4096, help_heading = "Tuning")]
@@ -181,6 +200,14 @@ pub struct Config {
     pub login_timeout: Duration,
     /// Capacity of each cross-shard queue (messages).
     pub shard_queue: usize,
+    /// HS256 secret for login tokens.
+    pub token_secret: Option<String>,
+    /// PEM public key for login tokens.
+    pub token_public_key: Option<PathBuf>,
+    /// Browser origins allowed to upgrade (empty: same host only; `*`: all).
+    pub allowed_origins: Vec<String>,
+    /// Rooms per connection.
+    pub max_rooms_per_connection: usize,
     /// Users above which a room batches presence.
     pub presence_limit: usize,
     /// Time between a big room's presence frames.
@@ -331,6 +358,10 @@ impl Config {
             max_outbound_bytes: args.max_outbound_bytes.max(1024),
             login_timeout: secs("login-timeout", args.login_timeout)?,
             shard_queue: args.shard_queue.clamp(4, 1 << 20),
+            token_secret: args.token_secret,
+            token_public_key: args.token_public_key,
+            allowed_origins: args.allowed_origins,
+            max_rooms_per_connection: args.max_rooms_per_connection.max(1),
             presence_limit: args.presence_limit,
             presence_interval: Duration::from_millis(args.presence_interval_ms.clamp(10, 3_600_000)),
             presence_grace: Duration::from_millis(args.presence_grace_ms.min(600_000)),

@@ -84,8 +84,10 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
     let _ = stream.set_read_timeout(None);
     let node = &shard.node;
     let reply = match req {
-        Request::Upgrade { accept } => {
-            if shard.shutting_down.get() {
+        Request::Upgrade { accept, origin, host } => {
+            if !http::origin_allowed(origin.as_deref(), host.as_deref(), &node.cfg.allowed_origins) {
+                http::response(403, "text/plain", b"origin not allowed")
+            } else if shard.shutting_down.get() {
                 http::response(503, "text/plain", b"shutting down")
             } else if node.open.fetch_add(1, Relaxed) >= node.max_connections {
                 node.open.fetch_sub(1, Relaxed);

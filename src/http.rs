@@ -21,6 +21,10 @@ pub enum Request {
     Upgrade {
         /// `Sec-WebSocket-Accept` value.
         accept: String,
+        /// The `Origin` header (browsers send it).
+        origin: Option<String>,
+        /// The `Host` header.
+        host: Option<String>,
     },
     /// A plain GET of this path.
     Get(String),
@@ -64,7 +68,23 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
     let Some(key) = header("sec-websocket-key").map(str::trim).filter(|k| is_websocket_key(k)) else {
         return Ok(Some((Request::Reject(400, "Sec-WebSocket-Key must be 16 bytes in base64"), len)));
     };
-    Ok(Some((Request::Upgrade { accept: derive_accept_key(key.trim().as_bytes()) }, len)))
+    let accept = derive_accept_key(key.trim().as_bytes());
+    let (origin, host) = (header("origin").map(str::to_owned), header("host").map(str::to_owned));
+    Ok(Some((Request::Upgrade { accept, origin, host }, len)))
+}
+
+/// Whether a browser upgrade from `origin` may proceed. With no
+/// `--allowed-origin`, only pages of the server's own host (the request's
+/// `Host`) may connect; clients that send no `Origin` (not browsers) always
+/// may. `*` allows every origin.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    if allowed.is_empty() {
+        // scheme://authority: the authority must be the Host the browser used.
+        let authority = origin.split_once("://").map_or(origin, |(_, a)| a).trim_end_matches('/');
+        return host.is_some_and(|h| h.eq_ignore_ascii_case(authority));
+    }
+    allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin.trim_end_matches('/')))
 }
 
 /// RFC 6455 4.1: the key is a random 16-byte value in base64, which is 22
@@ -90,6 +110,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
@@ -134,7 +155,10 @@ mod tests {
         let (r, n) = parse(UPGRADE.as_bytes()).unwrap().unwrap();
         assert_eq!(n, UPGRADE.len());
         // The RFC 6455 example key.
-        assert_eq!(r, Request::Upgrade { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() });
+        assert_eq!(
+            r,
+            Request::Upgrade { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(), origin: None, host: Some("x".into()) }
+        );
     }
 
     #[test]
@@ -147,6 +171,20 @@ mod tests {
         assert!(matches!(parse(bad_version.as_bytes()).unwrap().unwrap().0, Request::Reject(426, _)));
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost").unwrap(), None);
         assert!(parse(b"\x00\x01garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn origins() {
+        let same = |o: &str, h: &str| origin_allowed(Some(o), Some(h), &[]);
+        assert!(origin_allowed(None, Some("x"), &[]), "no Origin: not a browser");
+        assert!(same("http://chat.example.com:9503", "chat.example.com:9503"));
+        assert!(same("https://CHAT.example.com", "chat.example.com"));
+        assert!(!same("https://evil.example", "chat.example.com"));
+        assert!(!same("http://chat.example.com:1", "chat.example.com:9503"));
+        let list = vec!["https://app.example.com".to_owned()];
+        assert!(origin_allowed(Some("https://app.example.com"), Some("api:9503"), &list));
+        assert!(!origin_allowed(Some("https://api:9503"), Some("api:9503"), &list), "the list replaces same-host");
+        assert!(origin_allowed(Some("https://anything"), None, &["*".to_owned()]));
     }
 
     #[test]

@@ -35,6 +35,7 @@
 //! | [`msg`] | what crosses shards and nodes: requests, deliveries | no |
 //! | [`room`] | owner-side room: roster, seq, history | no |
 //! | [`ratelimit`] | token bucket | no |
+//! | [`auth`] | signed logins (JWT) | key file |
 //! | [`store`] | durable history: record codec, recovery (pure parts), the log writer | files |
 //! | [`config`] | flags, TOML file, defaults (listed once) | file |
 //! | [`metrics`] | counters and the Prometheus writer | no |
@@ -47,6 +48,7 @@
 //! | `conn` (private) | one connection's task: bytes in, frames out | yes |
 //! | [`server`] | start shards, signals, shutdown | yes |
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub(crate) mod conn;

@@ -28,6 +28,8 @@ pub struct Node {
     pub cluster: Mutex<Table>,
     /// Relay counters.
     pub relay: RelayStats,
+    /// Verifies login tokens, when logins are signed.
+    pub verifier: Option<crate::auth::Verifier>,
     last_epoch: AtomicU64,
 }
 
@@ -45,6 +47,7 @@ impl Node {
             stats: NodeStats::new(cfg.shards),
             cluster: Mutex::new(Table::new(&cfg.node_id)),
             relay: RelayStats::default(),
+            verifier: None,
             last_epoch: AtomicU64::new(epoch),
             cfg,
             open: AtomicUsize::new(0),

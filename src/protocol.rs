@@ -24,6 +24,8 @@ pub const ERR_NOT_COMMAND: u16 = 101;
 pub const ERR_UNKNOWN_CMD: u16 = 102;
 /// Error code: a field is invalid or missing, or the command is not allowed now.
 pub const ERR_INVALID: u16 = 50;
+/// Login token missing, malformed, badly signed or expired, or the room not allowed by it.
+pub const ERR_AUTH: u16 = 103;
 
 /// A command refused with an error reply; the connection stays open.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -44,6 +46,12 @@ impl ProtoError {
     /// Error 50 with a message naming the field.
     pub fn invalid(msg: impl Into<Cow<'static, str>>) -> Self {
         ProtoError { code: ERR_INVALID, msg: msg.into() }
+    }
+
+    /// The same error with another code.
+    pub fn with_code(mut self, code: u16) -> Self {
+        self.code = code;
+        self
     }
 
     /// The error reply frame.
@@ -89,6 +97,13 @@ pub enum Command {
         uid: Option<Id>,
         /// Receive own room messages and copies of own private messages.
         echo: bool,
+        /// Signed login (JWT), required when the server verifies tokens.
+        token: Option<String>,
+    },
+    /// A newer token for the session's user, before the current one expires.
+    Refresh {
+        /// The token.
+        token: String,
     },
     /// Post to a room, or privately to `tid` within it.
     Message {
@@ -184,6 +199,10 @@ fn parse_command(
                 None => false,
                 Some(e) => e.as_bool().ok_or(ProtoError::new(ERR_INVALID, "echo must be a boolean"))?,
             },
+            token: match v.get("token") {
+                None => None,
+                Some(t) => Some(t.as_str().ok_or(ProtoError::new(ERR_AUTH, "token must be a string"))?.to_owned()),
+            },
         }),
         "message" => {
             let mtype = match v.get("type").and_then(|t| t.as_str()) {
@@ -207,6 +226,13 @@ fn parse_command(
             })
         }
         "logout" => Ok(Command::Logout { rid: opt_id_field(&v, "rid")? }),
+        "refresh" => Ok(Command::Refresh {
+            token: v
+                .get("token")
+                .and_then(|t| t.as_str())
+                .ok_or(ProtoError::new(ERR_AUTH, "refresh needs a string token"))?
+                .to_owned(),
+        }),
         "getOnline" => Ok(Command::GetOnline {
             rid: id_field(&v, "rid")?,
             after: opt_id_field(&v, "after")?,
@@ -419,6 +445,13 @@ fn write_users<'a>(b: &mut impl BufMut, users: impl Iterator<Item = (&'a str, &'
     b.put_u8(b']');
 }
 
+/// `{"cmd":"refresh","exp"}`: the session now lasts until `exp` (Unix seconds).
+pub fn encode_refreshed(exp: u64) -> Bytes {
+    let mut f = FrameBuf::with_capacity(48);
+    Obj::new(f.body(), "refresh").num("exp", exp).end();
+    f.finish()
+}
+
 /// `{"cmd":"getHistory","rid","epoch","msgs":[…]}` from stored message JSON.
 pub fn encode_history<'a>(rid: &str, epoch: u64, msgs: impl Iterator<Item = &'a [u8]>) -> Bytes {
     let mut f = FrameBuf::with_capacity(1024);
@@ -479,7 +512,8 @@ mod tests {
                 name: Name::parse("ann"),
                 rid: Id::from_u64(5).unwrap(),
                 uid: Id::parse_str("u1"),
-                echo: true
+                echo: true,
+                token: None,
             }
         );
         assert!(matches!(

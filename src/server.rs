@@ -64,7 +64,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let reserve = reserve_port(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = reserve.local_addr()?.as_socket().context("listen address")?;
     let nshards = cfg.shards;
-    let node = Arc::new(Node::new(cfg, max_connections));
+    let verifier = match (&cfg.token_secret, &cfg.token_public_key) {
+        (Some(secret), _) => Some(crate::auth::Verifier::from_secret(secret)?),
+        (None, Some(path)) => Some(crate::auth::Verifier::from_public_key(path)?),
+        (None, None) => {
+            warn!(
+                "no --token-secret or --token-public-key: logins are not verified, anyone who reaches the port can log in as any uid"
+            );
+            None
+        }
+    };
+    let mut node = Node::new(cfg, max_connections);
+    node.verifier = verifier;
+    let node = Arc::new(node);
     if let Some(logs) = &logs {
         node.record_recovery(&logs.report, logs.max_epoch, logs.new_epochs);
     }

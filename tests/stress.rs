@@ -268,7 +268,16 @@ fn wait_connections(server: &Server, n: usize) {
 fn cross_shard_paths_under_random_bursts_with_tiny_queues() {
     let seed: u64 = std::env::var("STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261204);
     eprintln!("STRESS_SEED={seed}");
-    let server = Server::start(&["--shards", "2", "--rate-limit", "0", "--shard-queue", "8"]);
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--rate-limit",
+        "0",
+        "--shard-queue",
+        "8",
+        "--max-rooms-per-connection",
+        "1000",
+    ]);
     let addr = server.addr;
     let barrier = Arc::new(Gate::new(ACTORS + 1));
     let actors: Vec<_> = (0..ACTORS)

@@ -86,7 +86,16 @@ fn burst_beside_pairs(extra: &[&str]) {
     // A queue cap that holds all 60,000 acknowledgements: the joiner reads
     // them as fast as it can, but a pipelining client is closed as a slow
     // consumer once more than the cap waits for it (tests/limits.rs).
-    let mut args = vec!["--shards", "2", "--rate-limit", "0", "--max-outbound-bytes", "16777216"];
+    let mut args = vec![
+        "--shards",
+        "2",
+        "--rate-limit",
+        "0",
+        "--max-outbound-bytes",
+        "16777216",
+        "--max-rooms-per-connection",
+        "100000",
+    ];
     args.extend_from_slice(extra);
     let server = Server::start(&args);
     let stop = Arc::new(AtomicBool::new(false));

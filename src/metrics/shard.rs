@@ -27,8 +27,8 @@ pub struct ShardStats {
     pub bytes_out: AtomicU64,
     /// Write system calls to client sockets (deliveries / writes = batching).
     pub writes: AtomicU64,
-    /// Error replies by code: 101, 102, 50.
-    pub errors: [AtomicU64; 3],
+    /// Error replies by code: 101, 102, 50, 103.
+    pub errors: [AtomicU64; 4],
     /// Connections closed because their outbound queue passed its cap.
     pub slow_consumer_closes: AtomicU64,
     /// Connections closed for a WebSocket protocol violation.
@@ -109,6 +109,7 @@ impl ShardStats {
         let i = match code {
             101 => 0,
             102 => 1,
+            103 => 3,
             _ => 2,
         };
         self.errors[i].fetch_add(1, Relaxed);
@@ -255,7 +256,7 @@ impl NodeStats {
             self.recovery_new_epochs.load(Relaxed).to_string(),
         );
         out.family("cchat_errors_total", "counter", "Error replies sent, by errCode.");
-        for (i, code) in [101, 102, 50].iter().enumerate() {
+        for (i, code) in [101, 102, 50, 103].iter().enumerate() {
             let n: u64 = self.shards.iter().map(|s| s.errors[i].load(Relaxed)).sum();
             out.value("cchat_errors_total", &format!("code=\"{code}\""), n);
         }

@@ -298,10 +298,17 @@ impl Shard {
             let mut conns = self.conns.borrow_mut();
             let Some(e) = conns.get_mut(key) else { return };
             let me = self.conn_ref(key, e.generation);
-            e.session.command(cmd, me, rate, now, || self.assign_uid(), &mut |r| requests.push(r))
+            let policy = session::Policy {
+                rate,
+                max_rooms: self.node.cfg.max_rooms_per_connection,
+                verifier: self.node.verifier.as_ref(),
+            };
+            e.session.command(cmd, me, policy, now, || self.assign_uid(), &mut |r| requests.push(r))
         };
-        if let Err(e) = result {
-            self.send_error(key, &e);
+        match result {
+            Err(e) => self.send_error(key, &e),
+            Ok(Some(reply)) => self.send_frame(key, reply),
+            Ok(None) => {}
         }
         for r in requests.drain(..) {
             match &r {

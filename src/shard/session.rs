@@ -2,9 +2,12 @@
 //! Turns a client [`Command`] into [`Request`]s for room owners, or into the
 //! error the client gets. No I/O.
 
+use bytes::Bytes;
+
+use crate::auth::{AuthError, Grant, Verifier};
 use crate::ids::{Id, Name};
 use crate::msg::{ConnRef, Publish, Request};
-use crate::protocol::{Command, ERR_INVALID, ProtoError};
+use crate::protocol::{self, Command, ERR_AUTH, ERR_INVALID, ProtoError};
 use crate::ratelimit::TokenBucket;
 
 use super::roomset::RoomSet;
@@ -19,6 +22,24 @@ pub(crate) struct Session {
     rooms: RoomSet,
     msg_bucket: TokenBucket,
     frame_bucket: TokenBucket,
+    /// With signed logins: when the token expires (Unix seconds) and the
+    /// rooms it allows.
+    grant: Option<Box<Grant>>,
+}
+
+/// What a session is allowed and how: the server's settings it applies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy<'a> {
+    /// Messages per second (0: no limit).
+    pub(crate) rate: f64,
+    /// Rooms one connection may be in.
+    pub(crate) max_rooms: usize,
+    /// Verifies login tokens, when logins are signed.
+    pub(crate) verifier: Option<&'a Verifier>,
+}
+
+fn auth(e: AuthError) -> ProtoError {
+    ProtoError::invalid(e.to_string()).with_code(ERR_AUTH)
 }
 
 /// Burst of the per-connection frame bucket (all commands), which stops a
@@ -41,7 +62,13 @@ impl Session {
             rooms: RoomSet::default(),
             msg_bucket: TokenBucket::new(rate * 2.0, now_ms),
             frame_bucket: TokenBucket::new(frame_burst(rate), now_ms),
+            grant: None,
         }
+    }
+
+    /// When the session's token expires (Unix seconds), with signed logins.
+    pub(crate) fn expires(&self) -> Option<u64> {
+        self.grant.as_ref().map(|g| g.exp)
     }
 
     /// Logged in (the first login fixed uid and name).
@@ -70,33 +97,76 @@ impl Session {
         self.frame_bucket.take(rate * 10.0, frame_burst(rate), now_ms)
     }
 
-    /// Applies a command: the requests it makes go to `emit`, in order; an
-    /// error is what the client gets instead (nothing was emitted then).
-    /// `new_uid` assigns a uid to a first login without one.
+    /// Applies a command: the requests it makes go to `emit`, in order, and
+    /// a direct reply, if it has one, is returned; an error is what the
+    /// client gets instead (nothing was emitted then). `new_uid` assigns a
+    /// uid to a first login without one.
     pub(crate) fn command(
         &mut self,
         cmd: Command,
         me: ConnRef,
-        rate: f64,
+        policy: Policy<'_>,
         now_ms: u32,
         new_uid: impl FnOnce() -> Id,
         emit: &mut impl FnMut(Request),
-    ) -> Result<(), ProtoError> {
+    ) -> Result<Option<Bytes>, ProtoError> {
+        let rate = policy.rate;
         match cmd {
-            Command::Login { name, rid, uid, echo } => {
+            Command::Login { name, rid, uid, echo, token } => {
+                // With signed logins, the token decides who this is and
+                // where they may go; a later login may carry a newer one.
+                let grant = match (policy.verifier, token) {
+                    (None, _) => None,
+                    (Some(v), Some(t)) => Some(v.verify(&t).map_err(auth)?),
+                    (Some(_), None) if self.grant.is_some() => None,
+                    (Some(_), None) => return Err(auth(AuthError::Missing)),
+                };
+                if let (Some(g), Some(u)) = (&grant, &self.uid)
+                    && g.uid != *u
+                {
+                    return Err(auth(AuthError::OtherUser));
+                }
+                let allowed = grant.as_ref().or(self.grant.as_deref()).is_none_or(|g| g.allows(&rid));
+                if !allowed {
+                    return Err(auth(AuthError::Room(rid.to_string())));
+                }
+                if !self.rooms.contains(&rid) && self.rooms.len() >= policy.max_rooms {
+                    return Err(ProtoError::invalid(format!(
+                        "too many rooms on this connection (at most {})",
+                        policy.max_rooms
+                    )));
+                }
                 let (uid, name) = match (&self.uid, &self.name) {
                     (Some(u), Some(n)) => (u.clone(), n.clone()),
                     _ => {
+                        let name = grant.as_ref().and_then(|g| g.name.clone()).or(name);
                         let name = name.ok_or(invalid("name is required"))?;
-                        let uid = uid.unwrap_or_else(new_uid);
+                        let uid = match &grant {
+                            Some(g) => g.uid.clone(),
+                            None => uid.unwrap_or_else(new_uid),
+                        };
                         self.uid = Some(uid.clone());
                         self.name = Some(name.clone());
                         self.echo = echo;
                         (uid, name)
                     }
                 };
+                if let Some(g) = grant {
+                    self.grant = Some(Box::new(g));
+                }
                 self.rooms.insert(rid.clone());
                 emit(Request::Join { rid, conn: me, uid, name, echo: self.echo, rejoin: false });
+            }
+            Command::Refresh { token } => {
+                let v = policy.verifier.ok_or_else(|| auth(AuthError::Unconfigured))?;
+                let Some(uid) = &self.uid else { return Err(invalid("not logged in")) };
+                let g = v.verify(&token).map_err(auth)?;
+                if g.uid != *uid {
+                    return Err(auth(AuthError::OtherUser));
+                }
+                let exp = g.exp;
+                self.grant = Some(Box::new(g));
+                return Ok(Some(protocol::encode_refreshed(exp)));
             }
             Command::Message { mtype, msg, rid, tid } => {
                 let (Some(uid), Some(name)) = (&self.uid, &self.name) else {
@@ -134,7 +204,7 @@ impl Session {
                 emit(Request::GetHistory { rid, conn: me, since, before, limit });
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn member_check(&self, rid: &Id) -> Result<(), ProtoError> {
@@ -159,14 +229,73 @@ mod tests {
         Id::parse_str(s).unwrap()
     }
 
-    fn run(s: &mut Session, cmd: Command) -> Result<Vec<Request>, ProtoError> {
+    const OPEN: Policy<'static> = Policy { rate: 1.0, max_rooms: 100, verifier: None };
+
+    fn run_with(s: &mut Session, cmd: Command, policy: Policy<'_>) -> Result<Vec<Request>, ProtoError> {
         let mut out = Vec::new();
-        s.command(cmd, ME, 1.0, 0, || id("assigned"), &mut |r| out.push(r))?;
+        s.command(cmd, ME, policy, 0, || id("assigned"), &mut |r| out.push(r))?;
         Ok(out)
     }
 
+    fn run(s: &mut Session, cmd: Command) -> Result<Vec<Request>, ProtoError> {
+        run_with(s, cmd, OPEN)
+    }
+
     fn login(rid: &str, name: Option<&str>, uid: Option<&str>) -> Command {
-        Command::Login { name: name.and_then(Name::parse), rid: id(rid), uid: uid.map(id), echo: false }
+        Command::Login { name: name.and_then(Name::parse), rid: id(rid), uid: uid.map(id), echo: false, token: None }
+    }
+
+    #[test]
+    fn rooms_per_connection_are_capped() {
+        let mut s = Session::new(1.0, 0);
+        let policy = Policy { max_rooms: 3, ..OPEN };
+        for r in ["a", "b", "c"] {
+            run_with(&mut s, login(r, Some("Ann"), None), policy).unwrap();
+        }
+        let e = run_with(&mut s, login("d", None, None), policy).unwrap_err();
+        assert_eq!(e.code, ERR_INVALID);
+        assert!(run_with(&mut s, login("a", None, None), policy).is_ok(), "a room already joined is fine");
+    }
+
+    #[test]
+    fn signed_logins_take_identity_and_rooms_from_the_token() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        let v = Verifier::from_secret("k").unwrap();
+        let policy = Policy { verifier: Some(&v), ..OPEN };
+        let exp = crate::node::unix_ms() / 1000 + 60;
+        let token = |sub: &str| {
+            let claims = serde_json::json!({"sub": sub, "exp": exp, "rooms": ["team-*"]});
+            encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k").unwrap()).unwrap()
+        };
+        let mut s = Session::new(1.0, 0);
+        let with = |rid: &str, uid: Option<&str>, t: Option<String>| Command::Login {
+            name: Name::parse("Claimed"),
+            rid: id(rid),
+            uid: uid.map(id),
+            echo: false,
+            token: t,
+        };
+        assert_eq!(run_with(&mut s, with("team-1", None, None), policy).unwrap_err().code, ERR_AUTH, "token required");
+        assert_eq!(
+            run_with(&mut s, with("lobby", None, Some(token("ann"))), policy).unwrap_err().code,
+            ERR_AUTH,
+            "room not allowed"
+        );
+        let r = run_with(&mut s, with("team-1", Some("mallory"), Some(token("ann"))), policy).unwrap();
+        let [Request::Join { uid, .. }] = &r[..] else { panic!("{r:?}") };
+        assert_eq!(uid.as_str(), "ann", "the uid comes from sub, not the login");
+        assert_eq!(s.expires(), Some(exp));
+        assert!(
+            run_with(&mut s, with("team-2", None, None), policy).is_ok(),
+            "later logins ride on the session's token"
+        );
+        assert_eq!(run_with(&mut s, with("team-3", None, Some(token("bob"))), policy).unwrap_err().code, ERR_AUTH);
+        assert_eq!(run_with(&mut s, Command::Refresh { token: token("bob") }, policy).unwrap_err().code, ERR_AUTH);
+        let mut out = Vec::new();
+        let reply = s
+            .command(Command::Refresh { token: token("ann") }, ME, policy, 0, || id("x"), &mut |r| out.push(r))
+            .unwrap();
+        assert!(reply.is_some() && out.is_empty());
     }
 
     fn say(rid: &str) -> Command {

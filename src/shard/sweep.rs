@@ -17,6 +17,10 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// Close code 1013 (RFC 6455 registry: "Try Again Later").
 const TRY_AGAIN_LATER: u16 = 1013;
 
+/// Close code for a login token that expired without a refresh (4000–4999
+/// are the application's).
+const TOKEN_EXPIRED: u16 = 4001;
+
 impl Shard {
     /// One sweeper tick: pings quiet connections, closes idle ones and those
     /// that never logged in, and publishes the latency histogram once a second.
@@ -29,6 +33,7 @@ impl Shard {
         let idle_after = ticks(self.node.cfg.idle_timeout);
         let login_after = ticks(self.node.cfg.login_timeout);
         let ping = Rc::new(ws::ping_frame());
+        let now_ms = crate::node::unix_ms();
         let mut conns = self.conns.borrow_mut();
         for (key, e) in conns.iter_mut() {
             if e.out.closing().is_some() {
@@ -41,7 +46,10 @@ impl Shard {
                 continue;
             }
             let quiet = t.wrapping_sub(e.last_rx);
-            if !e.session.logged_in() && t.wrapping_sub(e.born) >= login_after {
+            if e.session.expires().is_some_and(|exp| exp * 1000 <= now_ms) {
+                // The token ran out without a refresh.
+                e.start_close(TOKEN_EXPIRED, "token expired");
+            } else if !e.session.logged_in() && t.wrapping_sub(e.born) >= login_after {
                 // A socket that never becomes a user holds a slot of the
                 // connection cap (and a descriptor) however well it pings.
                 self.stats().timeout_closes.fetch_add(1, Relaxed);

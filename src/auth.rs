@@ -1,0 +1,205 @@
+//! Signed logins: JWT verification (HS256 with `--token-secret`, RS256 or
+//! ES256 with `--token-public-key`) through the `jsonwebtoken` crate.
+//!
+//! Claims: `sub` is the uid (required, a string that is a valid identifier), `exp` the expiry
+//! in Unix seconds (required), `name` the display name (optional), `rooms`
+//! (optional) the rooms the token may join: exact ids, or a prefix followed
+//! by `*`. The algorithm is fixed by the configured key: a token signed with
+//! another algorithm (`none` included, or HS256 against a public key) is
+//! refused.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, errors::ErrorKind};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::ids::{Id, Name};
+
+/// Why a token was refused (the client gets error 103 with this text).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `token` in a login while logins are signed.
+    #[error("login needs a token")]
+    Missing,
+    /// The token has expired (`exp` is past).
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, wrong algorithm, or not a JWT.
+    #[error("token is not valid: {0}")]
+    Invalid(String),
+    /// The token does not allow this room.
+    #[error("token does not allow room {0}")]
+    Room(String),
+    /// A refresh for another user than the session's.
+    #[error("token is for another user")]
+    OtherUser,
+    /// No token option is configured on this server.
+    #[error("this server does not use tokens")]
+    Unconfigured,
+}
+
+/// A key problem at start: the file or secret cannot be used.
+#[derive(Debug, Error)]
+#[error("token key {0}: {1}")]
+pub struct KeyError(String, String);
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    name: Option<String>,
+    rooms: Option<Vec<String>>,
+}
+
+/// What a valid token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The user (`sub`).
+    pub uid: Id,
+    /// Display name from the token, if it has one.
+    pub name: Option<Name>,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Rooms allowed (None: all).
+    pub rooms: Option<Vec<String>>,
+}
+
+impl Grant {
+    /// Whether the token allows `rid` (exact, or a `prefix*` pattern).
+    pub fn allows(&self, rid: &str) -> bool {
+        match &self.rooms {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => rid.starts_with(prefix),
+                None => p == rid,
+            }),
+        }
+    }
+}
+
+/// Verifies login tokens with the configured key.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("algorithms", &self.validation.algorithms).finish_non_exhaustive()
+    }
+}
+
+fn install_provider() {
+    // Err means a provider is installed already (ours, by an earlier call).
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
+impl Verifier {
+    fn with(key: DecodingKey, alg: Algorithm) -> Verifier {
+        install_provider();
+        let mut validation = Validation::new(alg);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 0;
+        Verifier { key, validation }
+    }
+
+    /// HS256 with a shared secret.
+    pub fn from_secret(secret: &str) -> Result<Verifier, KeyError> {
+        if secret.is_empty() {
+            return Err(KeyError("--token-secret".into(), "empty".into()));
+        }
+        let key = DecodingKey::from_secret(secret.as_bytes())
+            .map_err(|e| KeyError("--token-secret".into(), e.to_string()))?;
+        Ok(Verifier::with(key, Algorithm::HS256))
+    }
+
+    /// RS256 or ES256 (P-256) with a PEM public key.
+    pub fn from_public_key(path: &Path) -> Result<Verifier, KeyError> {
+        let name = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|e| KeyError(name.clone(), e.to_string()))?;
+        if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+            return Ok(Verifier::with(key, Algorithm::RS256));
+        }
+        match DecodingKey::from_ec_pem(&pem) {
+            Ok(key) => Ok(Verifier::with(key, Algorithm::ES256)),
+            Err(e) => Err(KeyError(name, format!("neither an RSA nor an EC public key in PEM: {e}"))),
+        }
+    }
+
+    /// Checks a token; what it grants, or why not.
+    pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidAlgorithm => AuthError::Invalid("wrong algorithm".into()),
+            ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+            ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("no {c} claim")),
+            _ => AuthError::Invalid("malformed".into()),
+        })?;
+        let c = data.claims;
+        let uid = Id::parse_str(&c.sub).ok_or_else(|| AuthError::Invalid("sub is not a valid uid".into()))?;
+        let name = match c.name {
+            None => None,
+            Some(n) => Some(Name::parse(&n).ok_or_else(|| AuthError::Invalid("name is not a valid name".into()))?),
+        };
+        Ok(Grant { uid, name, exp: c.exp, rooms: c.rooms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    fn now() -> u64 {
+        crate::node::unix_ms() / 1000
+    }
+
+    fn sign(alg: Algorithm, secret: &str, claims: serde_json::Value) -> String {
+        install_provider();
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn hs256_tokens_grant_their_claims() {
+        let v = Verifier::from_secret("s3cret").unwrap();
+        let t = sign(
+            Algorithm::HS256,
+            "s3cret",
+            serde_json::json!({"sub": "ann", "exp": now() + 60, "name": "Ann", "rooms": ["lobby", "team-*"]}),
+        );
+        let g = v.verify(&t).unwrap();
+        assert_eq!((g.uid.as_str(), g.name.as_ref().map(|n| n.as_str())), ("ann", Some("Ann")));
+        assert!(g.allows("lobby") && g.allows("team-7") && !g.allows("other") && !g.allows("lobby2"));
+        let t = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": "42", "exp": now() + 60}));
+        assert_eq!(v.verify(&t).unwrap().uid.as_str(), "42");
+        // JWT's sub is a string.
+        let t = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": 42, "exp": now() + 60}));
+        assert!(v.verify(&t).is_err());
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_with_a_reason() {
+        let v = Verifier::from_secret("s3cret").unwrap();
+        let wrong_key = sign(Algorithm::HS256, "other", serde_json::json!({"sub": "a", "exp": now() + 60}));
+        assert_eq!(v.verify(&wrong_key), Err(AuthError::Invalid("bad signature".into())));
+        let expired = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": "a", "exp": now() - 5}));
+        assert_eq!(v.verify(&expired), Err(AuthError::Expired));
+        let no_exp = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": "a"}));
+        assert!(matches!(v.verify(&no_exp), Err(AuthError::Invalid(_))));
+        let hs384 = sign(Algorithm::HS384, "s3cret", serde_json::json!({"sub": "a", "exp": now() + 60}));
+        assert_eq!(v.verify(&hs384), Err(AuthError::Invalid("wrong algorithm".into())));
+        // alg: none, hand-made.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(format!(r#"{{"sub":"a","exp":{}}}"#, now() + 60))
+        );
+        assert!(v.verify(&none).is_err());
+        assert!(v.verify("not a token").is_err());
+        let bad_sub = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": "has space", "exp": now() + 60}));
+        assert!(matches!(v.verify(&bad_sub), Err(AuthError::Invalid(_))));
+    }
+}
