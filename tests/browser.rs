@@ -790,3 +790,27 @@ fn join_and_switch_rooms() {
     a.wait_message("in first");
     shot(&a, &dir, "rooms");
 }
+
+#[test]
+fn a_token_in_the_address_signs_the_login() {
+    let (dir, server, driver) = setup("a_token_in_the_address_signs_the_login", &["--token-secret", "browser-secret"]);
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+    let claims = json!({"sub": "carol-from-sso", "name": "Carol", "exp": exp, "rooms": ["lobby"]});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"browser-secret").unwrap(),
+    )
+    .unwrap();
+    let b = driver.session(1200, 900);
+    b.navigate(&format!("http://{}/#token={token}", server.addr));
+    b.wait_js("the login form", "return !!document.querySelector('[data-testid=login-name]')", json!([]));
+    b.login("Someone Else", "lobby", None);
+    // The server took identity from the token, not from the form.
+    assert_eq!(b.my_uid(), "carol-from-sso");
+    let mut c = Client::connect(server.addr);
+    c.send(json!({"cmd": "login", "name": "x", "rid": "lobby"}));
+    c.expect_error(103);
+    shot(&b, &dir, "signed-login");
+}

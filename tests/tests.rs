@@ -24,6 +24,8 @@ mod limits;
 mod pinning;
 // Protocol scenarios with one shard and with three.
 mod protocol;
+// Signed logins, token expiry and refresh, origin checks.
+mod security;
 // Seeded random bursts across shards with tiny queues.
 mod stress;
 // Regression: connections wedged by cross-shard back-pressure.

@@ -1,0 +1,156 @@
+//! Signed logins with real tokens (signed here with the jsonwebtoken crate,
+//! keys made by openssl), token expiry and refresh, origin checks.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+use crate::common::{Client, Server, temp_data_dir};
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn provider() {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+}
+
+fn hs256(secret: &str, claims: Value) -> String {
+    provider();
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
+}
+
+fn login(c: &mut Client, rid: &str, uid: &str, token: Option<&str>) -> Value {
+    let mut v = json!({"cmd": "login", "name": "Whoever", "rid": rid, "uid": uid});
+    if let Some(t) = token {
+        v["token"] = json!(t);
+    }
+    c.send(v);
+    c.recv()
+}
+
+#[test]
+fn hs256_logins_are_checked_and_the_uid_comes_from_sub() {
+    let server = Server::start(&["--token-secret", "s3cret"]);
+    let mut c = server.client();
+    let refused = |v: Value, why: &str| {
+        assert_eq!((v["cmd"].as_str(), v["errCode"].as_u64()), (Some("error"), Some(103)), "{why}: {v}");
+    };
+    refused(login(&mut c, "team-1", "ann", None), "no token");
+    refused(login(&mut c, "team-1", "ann", Some("garbage")), "malformed");
+    refused(
+        login(&mut c, "team-1", "ann", Some(&hs256("wrong", json!({"sub": "ann", "exp": now() + 60})))),
+        "bad signature",
+    );
+    refused(
+        login(&mut c, "team-1", "ann", Some(&hs256("s3cret", json!({"sub": "ann", "exp": now() - 10})))),
+        "expired",
+    );
+    let t = hs256("s3cret", json!({"sub": "ann", "name": "Ann", "exp": now() + 60, "rooms": ["team-*"]}));
+    refused(login(&mut c, "lobby", "ann", Some(&t)), "room not allowed");
+    // The connection stayed usable: now a good login, claiming to be someone else.
+    let ack = login(&mut c, "team-1", "mallory", Some(&t));
+    assert_eq!(
+        (ack["cmd"].as_str(), ack["uid"].as_str(), ack["name"].as_str()),
+        (Some("login"), Some("ann"), Some("Ann"))
+    );
+    assert!(server.metric_values("cchat_errors_total").iter().sum::<f64>() >= 5.0);
+}
+
+fn openssl(args: &[&str]) {
+    let st = std::process::Command::new("openssl").args(args).status().expect("openssl");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A key pair in `dir`: (private PEM, public PEM path).
+fn keypair(dir: &Path, kind: &str) -> (Vec<u8>, String) {
+    let private = dir.join(format!("{kind}.key"));
+    let public = dir.join(format!("{kind}.pub"));
+    let (p, q) = (private.to_str().unwrap(), public.to_str().unwrap());
+    match kind {
+        "ec" => openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p]),
+        _ => openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", p]),
+    }
+    openssl(&["pkey", "-in", p, "-pubout", "-out", q]);
+    (std::fs::read(&private).unwrap(), q.to_owned())
+}
+
+#[test]
+fn rs256_and_es256_tokens_and_the_wrong_algorithms() {
+    provider();
+    let dir = temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    for (kind, alg) in [("ec", Algorithm::ES256), ("rsa", Algorithm::RS256)] {
+        let (private, public) = keypair(&dir, kind);
+        let server = Server::start(&["--token-public-key", &public]);
+        let key = match kind {
+            "ec" => EncodingKey::from_ec_pem(&private).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&private).unwrap(),
+        };
+        let claims = json!({"sub": "bob", "exp": now() + 60});
+        let good = encode(&Header::new(alg), &claims, &key).unwrap();
+        let mut c = server.client();
+        // HS256 signed with the public key's bytes as the secret: the classic confusion.
+        let confused = hs256(&std::fs::read_to_string(&public).unwrap(), claims.clone());
+        assert_eq!(login(&mut c, "r", "bob", Some(&confused))["errCode"], 103, "{kind}: HS256 against a public key");
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!("{}.{}.", b64.encode(r#"{"alg":"none","typ":"JWT"}"#), b64.encode(claims.to_string()));
+        assert_eq!(login(&mut c, "r", "bob", Some(&none))["errCode"], 103, "{kind}: alg none");
+        let ack = login(&mut c, "r", "x", Some(&good));
+        assert_eq!((ack["cmd"].as_str(), ack["uid"].as_str()), (Some("login"), Some("bob")), "{kind}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_expired_token_closes_4001_unless_refreshed() {
+    let server = Server::start(&["--token-secret", "k"]);
+    // Expires in 2 s: the connection is closed with 4001.
+    let mut short = server.client();
+    let ack = login(&mut short, "r", "a", Some(&hs256("k", json!({"sub": "a", "exp": now() + 2}))));
+    assert_eq!(ack["cmd"], "login");
+    let t0 = Instant::now();
+    assert_eq!(short.expect_close(), 4001);
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    // Refreshed before it expires: still there after the first expiry.
+    let mut kept = server.client();
+    login(&mut kept, "r2", "b", Some(&hs256("k", json!({"sub": "b", "exp": now() + 2}))));
+    kept.send(json!({"cmd": "refresh", "token": hs256("k", json!({"sub": "b", "exp": now() + 60}))}));
+    let r = kept.expect("refresh");
+    assert!(r["exp"].as_u64().unwrap() > now() + 30);
+    // A refresh for another user is refused.
+    kept.send(json!({"cmd": "refresh", "token": hs256("k", json!({"sub": "c", "exp": now() + 60}))}));
+    kept.expect_error(103);
+    kept.expect_silence(Duration::from_secs(3));
+    kept.send(json!({"cmd": "getOnline", "rid": "r2"}));
+    kept.expect("getOnline");
+}
+
+/// The status line of a raw upgrade with this Origin.
+fn upgrade_status(addr: std::net::SocketAddr, origin: Option<&str>) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+    write!(s, "GET / HTTP/1.1\r\nHost: {addr}\r\n{origin}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn browser_origins_are_checked() {
+    let server = Server::start(&[]);
+    let addr = server.addr;
+    assert!(upgrade_status(addr, Some("https://evil.example")).starts_with("HTTP/1.1 403"));
+    assert!(upgrade_status(addr, Some(&format!("http://{addr}"))).starts_with("HTTP/1.1 101"), "same host");
+    assert!(upgrade_status(addr, None).starts_with("HTTP/1.1 101"), "no Origin: not a browser");
+    let listed = Server::start(&["--allowed-origin", "https://app.example.com"]);
+    assert!(upgrade_status(listed.addr, Some("https://app.example.com")).starts_with("HTTP/1.1 101"));
+    assert!(upgrade_status(listed.addr, Some("https://evil.example")).starts_with("HTTP/1.1 403"));
+    let any = Server::start(&["--allowed-origin", "*"]);
+    assert!(upgrade_status(any.addr, Some("https://evil.example")).starts_with("HTTP/1.1 101"));
+}
