@@ -78,7 +78,7 @@ pub struct Args {
     /// When a room message is broadcast: `written` (in the OS: survives a killed process),
     /// `sync` (fsynced: survives power loss), `memory` (no log).
     #[arg(long, value_enum, default_value = "written", help_heading = "Storage")]
-    pub durability: crate::store::Durability,
+    pub durability: Durability,
     /// In `written` mode, milliseconds between fdatasyncs of a shard's log (one at a time).
     #[arg(long, default_value_t = 100, help_heading = "Storage")]
     pub fsync_interval_ms: u64,
@@ -155,6 +155,17 @@ pub struct Args {
     pub coalesce_ms: f64,
 }
 
+/// When a room message is broadcast, relative to the disk (see [`crate::store`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// After the write to the operating system (default).
+    Written,
+    /// After the fdatasync that covers it.
+    Sync,
+    /// No log at all.
+    Memory,
+}
+
 /// A setting that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -219,7 +230,7 @@ pub struct Config {
     /// Where the log lives.
     pub data_dir: PathBuf,
     /// When a room message is broadcast relative to the disk.
-    pub durability: crate::store::Durability,
+    pub durability: Durability,
     /// Time between fdatasyncs in `written` mode.
     pub fsync_interval: Duration,
     /// Segment size.

@@ -36,10 +36,10 @@
 //! | [`room`] | owner-side room: roster, seq, history | no |
 //! | [`ratelimit`] | token bucket | no |
 //! | [`auth`] | signed logins (JWT) | key file |
-//! | [`store`] | durable history: record codec, recovery (pure parts), the log writer | files |
 //! | [`config`] | flags, TOML file, defaults (listed once) | file |
 //! | [`metrics`] | counters and the Prometheus writer | no |
 //! | [`node`] | state shared by a node's shards | no |
+//! | [`store`] | durable history: record codec, recovery (pure parts), the log writer | files |
 //! | [`http`] | upgrade request, routes `/`, `/healthz`, `/metrics` | no |
 //! | [`procfs`] | CPU times of a process and of the machine | /proc |
 //! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |

@@ -7,6 +7,21 @@ use crate::cluster::Table;
 use crate::config::Config;
 use crate::metrics::{NodeStats, RelayStats};
 
+/// What the message log's recovery found at start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recovery {
+    /// Milliseconds it took.
+    pub ms: u64,
+    /// Records read.
+    pub records: u64,
+    /// Bytes cut off damaged tails.
+    pub dropped_bytes: u64,
+    /// The greatest epoch in the log.
+    pub max_epoch: u64,
+    /// Rooms that start a new epoch.
+    pub new_epochs: u64,
+}
+
 /// Node-wide state, one `Arc` shared by all shards.
 #[derive(Debug)]
 pub struct Node {
@@ -62,12 +77,12 @@ impl Node {
 impl Node {
     /// Notes what the log's recovery found: epochs handed out from now on are
     /// greater than every recovered one, whatever the clock says.
-    pub fn record_recovery(&self, report: &crate::store::recovery::Report, max_epoch: u64, new_epochs: u64) {
-        self.last_epoch.fetch_max(max_epoch, Relaxed);
-        self.stats.recovery_ms.store(report.elapsed.as_millis() as u64, Relaxed);
-        self.stats.recovered_records.store(report.records, Relaxed);
-        self.stats.recovery_dropped_bytes.store(report.dropped_bytes, Relaxed);
-        self.stats.recovery_new_epochs.store(new_epochs, Relaxed);
+    pub fn record_recovery(&self, r: Recovery) {
+        self.last_epoch.fetch_max(r.max_epoch, Relaxed);
+        self.stats.recovery_ms.store(r.ms, Relaxed);
+        self.stats.recovered_records.store(r.records, Relaxed);
+        self.stats.recovery_dropped_bytes.store(r.dropped_bytes, Relaxed);
+        self.stats.recovery_new_epochs.store(r.new_epochs, Relaxed);
     }
 
     /// An epoch for a room sequence starting now: Unix milliseconds, and

@@ -78,7 +78,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     node.verifier = verifier;
     let node = Arc::new(node);
     if let Some(logs) = &logs {
-        node.record_recovery(&logs.report, logs.max_epoch, logs.new_epochs);
+        node.record_recovery(crate::node::Recovery {
+            ms: logs.report.elapsed.as_millis() as u64,
+            records: logs.report.records,
+            dropped_bytes: logs.report.dropped_bytes,
+            max_epoch: logs.max_epoch,
+            new_epochs: logs.new_epochs,
+        });
     }
     let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, node.cfg.shard_queue);
     let cpus = allowed_cpus();

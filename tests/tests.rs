@@ -18,6 +18,8 @@ mod deploy;
 mod durability;
 // The client contract, black-box: commands, replies, errors, closes.
 mod contract;
+// The source tree's rules: no import cycle, no file over 600 lines.
+mod layout;
 // Limits, protocol violations, HTTP endpoints, timeouts, shutdown.
 mod limits;
 // Shards pinned to cores, released from busy ones.

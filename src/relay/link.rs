@@ -108,7 +108,7 @@ pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Op
         link.push(codec::activate());
         relay.activate(&link);
     }
-    let result = pump(&relay, &link, &mut stream, &mut rbuf).await;
+    let result = carry(&relay, &link, &mut stream, &mut rbuf).await;
     link.closed.set(true);
     link.stats.queue_bytes.fetch_sub(link.queued.get() as i64, Relaxed);
     // Only the active link's end is the peer going down.
@@ -122,7 +122,7 @@ pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Op
 }
 
 /// Moves frames both ways until the link fails. Returns why it ended.
-async fn pump(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mut BytesMut) -> String {
+async fn carry(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mut BytesMut) -> String {
     let mut wbuf: Vec<u8> = Vec::new();
     // Reads land here and only the bytes read are appended to `rbuf`: growing
     // `rbuf` to its capacity for each read zeroed tens of KiB per wake-up.

@@ -16,9 +16,8 @@
 //!   link to the peer. It sends ACTIVATE as that link's first frame and
 //!   closes any other link to the peer unused. The other node sends nothing
 //!   but heartbeats on a link until ACTIVATE arrives on it. So a link both
-//!   nodes still use is never swapped for another (an earlier rule, "keep
-//!   the smaller name's dial", lost what was queued on the link it
-//!   replaced). If ACTIVATE arrives on a new link while an old
+//!   nodes still use is never swapped for another, which would lose what
+//!   is queued on it. If ACTIVATE arrives on a new link while an old
 //!   one still looks alive, the deciding node has given up on the old one
 //!   (and forgotten this node's members), so the old link is handled as the
 //!   peer going down and coming back. A node also stops retrying dials to

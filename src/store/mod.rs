@@ -36,16 +36,7 @@ use thiserror::Error;
 
 pub use recovery::{Recovered, RoomState};
 
-/// When a room message is broadcast, relative to the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Durability {
-    /// After the write to the operating system (default).
-    Written,
-    /// After the fdatasync that covers it.
-    Sync,
-    /// No log at all.
-    Memory,
-}
+pub use crate::config::Durability;
 
 /// Why the store cannot be used.
 #[derive(Debug, Error)]

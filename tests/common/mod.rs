@@ -48,7 +48,7 @@ impl Server {
             cmd.arg("--data-dir").arg(d);
         }
         let mut child = cmd
-            .env("RUST_LOG", std::env::var("CCHAT_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", std::env::var("CCHAT_TEST_LOG").unwrap_or_else(|_| "error".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,188 @@
+//! Unit tests of the module that includes this file.
+
+use super::*;
+use crate::protocol::MsgType;
+
+fn id(s: &str) -> Id {
+    Id::parse_str(s).unwrap()
+}
+
+fn conn(node: u16, shard: u16, key: u32) -> ConnRef {
+    ConnRef { node, shard, key, generation: 1 }
+}
+
+fn owner() -> Owner {
+    Owner::new(2, 10, 1, Box::new(|| 7))
+}
+
+fn join(o: &mut Owner, c: ConnRef, uid: &str) -> Vec<Out> {
+    let mut out = Vec::new();
+    let req = Request::Join {
+        rid: id("r"),
+        conn: c,
+        uid: id(uid),
+        name: Name::parse(uid).unwrap(),
+        echo: false,
+        rejoin: false,
+    };
+    o.handle(req, 0, &mut out);
+    out
+}
+
+/// The payload of a WebSocket text frame the server encoded.
+fn text(frame: &Bytes) -> String {
+    let (op, r, used) = crate::ws::parse_server_frame(frame).unwrap().unwrap();
+    assert_eq!((op, used), (1, frame.len()));
+    String::from_utf8(frame[r].to_vec()).unwrap()
+}
+
+#[test]
+fn a_join_acks_the_joiner_and_announces_to_every_other_shard_and_node() {
+    let mut o = owner();
+    join(&mut o, conn(0, 0, 1), "a");
+    join(&mut o, conn(3, 5, 9), "b");
+    let out = join(&mut o, conn(0, 1, 2), "c");
+    assert_eq!(o.live_rooms(), 1);
+    let [ack, to_shard0, to_shard1, to_node3] = &out[..] else { panic!("{out:?}") };
+    let Out { dest: Dest::Shard(1), msg: Delivery::Joined { ack, .. } } = ack else { panic!("{ack:?}") };
+    assert_eq!(text(ack), r#"{"cmd":"login","uid":"c","name":"c","rid":"r"}"#);
+    for (o, dest) in [(to_shard0, Dest::Shard(0)), (to_shard1, Dest::Shard(1)), (to_node3, Dest::Node(3))] {
+        assert_eq!(o.dest, dest);
+        let Delivery::Deliver { frame, audience: Audience::AllExcept(except), .. } = &o.msg else { panic!() };
+        assert_eq!(text(frame), r#"{"cmd":"newUser","uid":"c","name":"c","rid":"r"}"#);
+        // The joiner is left out on this node's shards (only its own
+        // has it), never on another node.
+        let want = if dest == Dest::Node(3) { None } else { Some(conn(0, 1, 2)) };
+        assert_eq!(*except, want);
+    }
+}
+
+#[test]
+fn a_message_is_numbered_stored_and_sent_once_per_destination() {
+    let mut o = owner();
+    join(&mut o, conn(0, 0, 1), "a");
+    join(&mut o, conn(0, 0, 2), "b");
+    join(&mut o, conn(2, 0, 3), "c");
+    let mut out = Vec::new();
+    let p = Publish {
+        rid: id("r"),
+        from: conn(0, 0, 1),
+        uid: id("a"),
+        name: Name::parse("a").unwrap(),
+        mtype: MsgType::Text,
+        msg: "hi".into(),
+        tid: None,
+    };
+    assert_eq!(o.handle(Request::Publish(Box::new(p)), 1_700_000_000_000, &mut out), None);
+    let want = r#"{"cmd":"message","uid":"a","name":"a","type":"text","rid":"r","msg":"hi","seq":1,"epoch":7,"ts":1700000000000}"#;
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].dest, Dest::Shard(0));
+    assert_eq!(out[1].dest, Dest::Node(2));
+    let (Delivery::Deliver { frame: f0, audience: a0, .. }, Delivery::Deliver { frame: f1, audience: a1, .. }) =
+        (&out[0].msg, &out[1].msg)
+    else {
+        panic!()
+    };
+    assert_eq!(text(f0), want);
+    assert_eq!(f0.as_ptr(), f1.as_ptr(), "one encoding, shared");
+    assert!(matches!(a0, Audience::AllExcept(Some(c)) if *c == conn(0, 0, 1)));
+    assert!(matches!(a1, Audience::AllExcept(None)));
+    // History holds the message as members received it.
+    out.clear();
+    o.handle(
+        Request::GetHistory { rid: id("r"), conn: conn(0, 1, 4), since: None, before: None, limit: None },
+        0,
+        &mut out,
+    );
+    let [Out { dest: Dest::Shard(1), msg: Delivery::Direct { frame, .. } }] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(text(frame), format!(r#"{{"cmd":"getHistory","rid":"r","epoch":7,"msgs":[{want}]}}"#));
+}
+
+#[test]
+fn private_messages_reach_the_target_only_and_errors_go_back() {
+    let mut o = owner();
+    join(&mut o, conn(0, 0, 1), "a");
+    join(&mut o, conn(0, 1, 2), "b");
+    let mut out = Vec::new();
+    let whisper = |tid: &str, from| Publish {
+        rid: id("r"),
+        from,
+        uid: id("a"),
+        name: Name::parse("a").unwrap(),
+        mtype: MsgType::Text,
+        msg: "psst".into(),
+        tid: Some(id(tid)),
+    };
+    o.handle(Request::Publish(Box::new(whisper("b", conn(0, 0, 1)))), 0, &mut out);
+    let [Out { dest: Dest::Shard(1), msg: Delivery::Deliver { audience: Audience::Only(to), frame, .. } }] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(to, &vec![conn(0, 1, 2)]);
+    assert!(text(frame).contains(r#""tid":"b","seq":0"#), "carries the current seq: {}", text(frame));
+    out.clear();
+    assert_eq!(o.handle(Request::Publish(Box::new(whisper("nobody", conn(0, 0, 1)))), 0, &mut out), Some(ERR_INVALID));
+    let [Out { dest: Dest::Shard(0), msg: Delivery::Direct { frame, .. } }] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(text(frame), r#"{"cmd":"error","errCode":50,"errMsg":"tid is not in the room"}"#);
+    out.clear();
+    assert_eq!(o.handle(Request::Publish(Box::new(whisper("b", conn(0, 0, 9)))), 0, &mut out), Some(ERR_INVALID));
+}
+
+#[test]
+fn rooms_that_never_had_a_message_are_forgotten_when_they_empty() {
+    let mut o = owner();
+    let mut out = Vec::new();
+    for i in 0..1000 {
+        let rid = id(&format!("r{i}"));
+        let join = Request::Join {
+            rid: rid.clone(),
+            conn: conn(0, 0, 1),
+            uid: id("a"),
+            name: Name::parse("a").unwrap(),
+            echo: false,
+            rejoin: false,
+        };
+        o.handle(join, 0, &mut out);
+        o.handle(Request::Leave { rid, conn: conn(0, 0, 1), ack: false }, 0, &mut out);
+    }
+    assert_eq!(o.rooms_held(), 0);
+    // A room with a message keeps its sequence when it empties.
+    join(&mut o, conn(0, 0, 1), "a");
+    let p = Publish {
+        rid: id("r"),
+        from: conn(0, 0, 1),
+        uid: id("a"),
+        name: Name::parse("a").unwrap(),
+        mtype: MsgType::Text,
+        msg: "m".into(),
+        tid: None,
+    };
+    o.handle(Request::Publish(Box::new(p)), 0, &mut out);
+    o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 1), ack: false }, 0, &mut out);
+    assert_eq!(o.rooms_held(), 1);
+    out.clear();
+    join(&mut o, conn(0, 0, 2), "b");
+    o.handle(
+        Request::GetHistory { rid: id("r"), conn: conn(0, 0, 2), since: None, before: None, limit: None },
+        0,
+        &mut out,
+    );
+    let Some(Out { msg: Delivery::Direct { frame, .. }, .. }) = out.last() else { panic!("{out:?}") };
+    assert!(text(frame).contains(r#""seq":1"#));
+}
+
+#[test]
+fn leaving_and_a_dead_node_announce_users_gone() {
+    let mut o = owner();
+    join(&mut o, conn(0, 0, 1), "a");
+    join(&mut o, conn(4, 0, 2), "b");
+    let mut out = Vec::new();
+    o.node_down(4, 0, &mut out);
+    let [Out { dest: Dest::Shard(0), msg: Delivery::Deliver { frame, .. } }] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(text(frame), r#"{"cmd":"userLeave","uid":"b","name":"b","rid":"r"}"#);
+    out.clear();
+    o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 1), ack: true }, 0, &mut out);
+    let [Out { msg: Delivery::Direct { frame, .. }, .. }] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(text(frame), r#"{"cmd":"logout","rid":"r"}"#);
+    assert_eq!(o.live_rooms(), 0);
+}

@@ -1,0 +1,74 @@
+//! The house rules of the source tree: the top-level modules of `src/`
+//! import each other without a cycle, and no file is longer than 600 lines.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+#[test]
+fn no_file_under_src_is_longer_than_600_lines() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    for f in files {
+        let n = std::fs::read_to_string(&f).unwrap().lines().count();
+        assert!(n <= 600, "{} has {n} lines: split it by concern", f.display());
+    }
+}
+
+#[test]
+fn top_level_modules_import_each_other_without_a_cycle() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let rel = f.strip_prefix(src()).unwrap();
+        let top = rel.iter().next().unwrap().to_string_lossy().trim_end_matches(".rs").to_owned();
+        if top == "lib" || top == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        // Code only: no comments, no unit tests.
+        let code: String = text.lines().map(|l| l.split("//").next().unwrap()).collect::<Vec<_>>().join("\n");
+        let code = code.split("#[cfg(test)]").next().unwrap();
+        let entry = deps.entry(top.clone()).or_default();
+        for (i, _) in code.match_indices("crate::") {
+            let name: String = code[i + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if name != top && !name.is_empty() {
+                entry.insert(name);
+            }
+        }
+    }
+    // Depth-first search for a back edge.
+    fn visit(n: &str, deps: &BTreeMap<String, BTreeSet<String>>, path: &mut Vec<String>, done: &mut BTreeSet<String>) {
+        if let Some(i) = path.iter().position(|p| p == n) {
+            panic!("import cycle: {} -> {n}", path[i..].join(" -> "));
+        }
+        if !done.insert(n.to_owned()) {
+            return;
+        }
+        path.push(n.to_owned());
+        for m in deps.get(n).into_iter().flatten() {
+            visit(m, deps, path, done);
+        }
+        path.pop();
+    }
+    let mut done = BTreeSet::new();
+    for n in deps.keys() {
+        visit(n, &deps, &mut Vec::new(), &mut done);
+    }
+    assert!(deps.len() >= 15, "found {} top-level modules", deps.len());
+}
