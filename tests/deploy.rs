@@ -79,3 +79,18 @@ fn systemd_accepts_the_unit() {
     assert!(out.status.success() && !err.contains("cchat.service:"), "systemd-analyze verify: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn cchat_runs_under_the_units_hardening() {
+    // A read-only root but for the state directory, a private /tmp, no new
+    // privileges, no capabilities, an unprivileged user (needs root to set
+    // up, as CI and the development machines are).
+    let out = std::process::Command::new("bash")
+        .arg(deploy("check-hardening.sh"))
+        .arg(env!("CARGO_BIN_EXE_cchat"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("ok:"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
