@@ -53,6 +53,9 @@ pub struct Left {
     pub user_gone: bool,
 }
 
+/// One page of a roster: (uid, name) pairs, and the next page's cursor.
+pub type Page<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>);
+
 /// The owner's state of one room.
 #[derive(Debug)]
 pub struct Room {
@@ -201,7 +204,7 @@ impl Room {
     /// One page of the roster: at most `limit` users after `after` (from the
     /// start without it), and the cursor of the next page if more remain.
     /// None when `after` is not in the room.
-    pub fn users_page(&self, after: Option<&str>, limit: usize) -> Option<(Vec<(&str, &str)>, Option<&str>)> {
+    pub fn users_page(&self, after: Option<&str>, limit: usize) -> Option<Page<'_>> {
         let start = match after {
             None => 0,
             Some(a) => self.users.get_index_of(a)? + 1,

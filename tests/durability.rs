@@ -39,11 +39,7 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 
 /// The newest segment that holds records (its shard owns the room).
 fn newest_with_records(dir: &Path) -> PathBuf {
-    segments(dir)
-        .into_iter()
-        .filter(|p| std::fs::metadata(p).unwrap().len() > 12)
-        .next_back()
-        .expect("a segment with records")
+    segments(dir).into_iter().rfind(|p| std::fs::metadata(p).unwrap().len() > 12).expect("a segment with records")
 }
 
 #[test]
