@@ -11,6 +11,19 @@ fn conn(node: u16, shard: u16, key: u32) -> ConnRef {
     ConnRef { node, shard, key, generation: 1 }
 }
 
+/// A message from `from` (user `uid`) to room "r", private to `tid` if given.
+fn publish(from: ConnRef, uid: &str, msg: &str, tid: Option<&str>) -> Request {
+    Request::Publish(Box::new(Publish {
+        rid: id("r"),
+        from,
+        uid: id(uid),
+        name: Name::parse(uid).unwrap(),
+        mtype: MsgType::Text,
+        msg: msg.into(),
+        tid: tid.map(id),
+    }))
+}
+
 fn owner() -> Owner {
     Owner::new(2, 10, 1, Box::new(|| 7))
 }
@@ -64,16 +77,8 @@ fn a_message_is_numbered_stored_and_sent_once_per_destination() {
     join(&mut o, conn(0, 0, 2), "b");
     join(&mut o, conn(2, 0, 3), "c");
     let mut out = Vec::new();
-    let p = Publish {
-        rid: id("r"),
-        from: conn(0, 0, 1),
-        uid: id("a"),
-        name: Name::parse("a").unwrap(),
-        mtype: MsgType::Text,
-        msg: "hi".into(),
-        tid: None,
-    };
-    assert_eq!(o.handle(Request::Publish(Box::new(p)), 1_700_000_000_000, &mut out), None);
+    let p = publish(conn(0, 0, 1), "a", "hi", None);
+    assert_eq!(o.handle(p, 1_700_000_000_000, &mut out), None);
     let want = r#"{"cmd":"message","uid":"a","name":"a","type":"text","rid":"r","msg":"hi","seq":1,"epoch":7,"ts":1700000000000}"#;
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].dest, Dest::Shard(0));
@@ -104,16 +109,8 @@ fn private_messages_reach_the_target_only_and_errors_go_back() {
     join(&mut o, conn(0, 0, 1), "a");
     join(&mut o, conn(0, 1, 2), "b");
     let mut out = Vec::new();
-    let whisper = |tid: &str, from| Publish {
-        rid: id("r"),
-        from,
-        uid: id("a"),
-        name: Name::parse("a").unwrap(),
-        mtype: MsgType::Text,
-        msg: "psst".into(),
-        tid: Some(id(tid)),
-    };
-    o.handle(Request::Publish(Box::new(whisper("b", conn(0, 0, 1)))), 0, &mut out);
+    let whisper = |tid: &str, from| publish(from, "a", "psst", Some(tid));
+    o.handle(whisper("b", conn(0, 0, 1)), 0, &mut out);
     let [Out { dest: Dest::Shard(1), msg: Delivery::Deliver { audience: Audience::Only(to), frame, .. } }] = &out[..]
     else {
         panic!("{out:?}")
@@ -121,11 +118,11 @@ fn private_messages_reach_the_target_only_and_errors_go_back() {
     assert_eq!(to, &vec![conn(0, 1, 2)]);
     assert!(text(frame).contains(r#""tid":"b","seq":0"#), "carries the current seq: {}", text(frame));
     out.clear();
-    assert_eq!(o.handle(Request::Publish(Box::new(whisper("nobody", conn(0, 0, 1)))), 0, &mut out), Some(ERR_INVALID));
+    assert_eq!(o.handle(whisper("nobody", conn(0, 0, 1)), 0, &mut out), Some(ERR_INVALID));
     let [Out { dest: Dest::Shard(0), msg: Delivery::Direct { frame, .. } }] = &out[..] else { panic!("{out:?}") };
     assert_eq!(text(frame), r#"{"cmd":"error","errCode":50,"errMsg":"tid is not in the room"}"#);
     out.clear();
-    assert_eq!(o.handle(Request::Publish(Box::new(whisper("b", conn(0, 0, 9)))), 0, &mut out), Some(ERR_INVALID));
+    assert_eq!(o.handle(whisper("b", conn(0, 0, 9)), 0, &mut out), Some(ERR_INVALID));
 }
 
 #[test]
@@ -148,16 +145,8 @@ fn rooms_that_never_had_a_message_are_forgotten_when_they_empty() {
     assert_eq!(o.rooms_held(), 0);
     // A room with a message keeps its sequence when it empties.
     join(&mut o, conn(0, 0, 1), "a");
-    let p = Publish {
-        rid: id("r"),
-        from: conn(0, 0, 1),
-        uid: id("a"),
-        name: Name::parse("a").unwrap(),
-        mtype: MsgType::Text,
-        msg: "m".into(),
-        tid: None,
-    };
-    o.handle(Request::Publish(Box::new(p)), 0, &mut out);
+    let p = publish(conn(0, 0, 1), "a", "m", None);
+    o.handle(p, 0, &mut out);
     o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 1), ack: false }, 0, &mut out);
     assert_eq!(o.rooms_held(), 1);
     out.clear();
