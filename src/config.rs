@@ -123,6 +123,13 @@ pub struct Args {
     /// each; `*` allows all. Default: the request's own host, and clients that send no Origin.
     #[arg(long = "allowed-origin", help_heading = "Security")]
     pub allowed_origins: Vec<String>,
+    /// Address of the admin listener: `/metrics`, `/healthz` and the server API. With it,
+    /// `/metrics` leaves the client port. Default: none (`/metrics` on the client port).
+    #[arg(long, help_heading = "Security")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Key of the server API (header `X-API-Key`); without one the API is off.
+    #[arg(long, env = "CCHAT_API_KEY", hide_env_values = true, help_heading = "Security")]
+    pub api_key: Option<String>,
     /// Rooms one connection may be in at once; past it a login gets error 50.
     #[arg(long, default_value_t = 100, help_heading = "Limits")]
     pub max_rooms_per_connection: usize,
@@ -219,6 +226,10 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Rooms per connection.
     pub max_rooms_per_connection: usize,
+    /// Admin listener address.
+    pub admin_listen: Option<SocketAddr>,
+    /// Server API key.
+    pub api_key: Option<String>,
     /// Users above which a room batches presence.
     pub presence_limit: usize,
     /// Time between a big room's presence frames.
@@ -373,6 +384,8 @@ impl Config {
             token_public_key: args.token_public_key,
             allowed_origins: args.allowed_origins,
             max_rooms_per_connection: args.max_rooms_per_connection.max(1),
+            admin_listen: args.admin_listen,
+            api_key: args.api_key.filter(|k| !k.is_empty()),
             presence_limit: args.presence_limit,
             presence_interval: Duration::from_millis(args.presence_interval_ms.clamp(10, 3_600_000)),
             presence_grace: Duration::from_millis(args.presence_grace_ms.min(600_000)),

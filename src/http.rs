@@ -98,6 +98,52 @@ fn is_websocket_key(k: &str) -> bool {
         && b"AQgw".contains(&b[21])
 }
 
+/// A request to the admin listener (any method; the body follows the head).
+#[derive(Debug, PartialEq, Eq)]
+pub struct AdminRequest {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query string (after `?`), maybe empty.
+    pub query: String,
+    /// The `X-API-Key` header.
+    pub api_key: Option<String>,
+    /// The `Content-Length` (0 without one).
+    pub body_len: usize,
+}
+
+/// Largest body the admin API reads.
+pub const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// Parses an admin request head at the front of `buf`, like [`parse`].
+pub fn parse_admin(buf: &[u8]) -> Result<Option<(AdminRequest, usize)>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD { Err("request head too large") } else { Ok(None) };
+        }
+        Err(_) => return Err("malformed request"),
+    };
+    let header = |name: &str| {
+        req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let body_len = match header("content-length") {
+        None => 0,
+        Some(v) => v.trim().parse::<usize>().map_err(|_| "bad Content-Length")?,
+    };
+    if body_len > MAX_ADMIN_BODY {
+        return Err("body too large");
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let api_key = header("x-api-key").map(|k| k.trim().to_owned());
+    let method = req.method.unwrap_or("GET").to_owned();
+    Ok(Some((AdminRequest { method, path: path.to_owned(), query: query.to_owned(), api_key, body_len }, len)))
+}
+
 /// The 101 response.
 pub fn switching_protocols(accept: &str) -> String {
     format!(
@@ -110,6 +156,8 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        202 => "Accepted",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -130,17 +178,22 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
 /// The browser client served at `GET /`.
 pub const INDEX_HTML: &str = include_str!("../static/index.html");
 
-/// The response to a plain `GET` of `path`.
+/// The response to a plain `GET` of `path` on the client port. With an
+/// admin listener, `/metrics` is served there instead.
 pub fn route(path: &str, node: &Node) -> Vec<u8> {
     match path {
         "/" | "/index.html" => response(200, "text/html; charset=utf-8", INDEX_HTML.as_bytes()),
         "/healthz" => response(200, "text/plain", b"ok\n"),
-        "/metrics" => {
-            let body = metrics::render(&node.stats, &node.relay, node.max_connections);
-            response(200, "text/plain; version=0.0.4", body.as_bytes())
-        }
+        "/metrics" if node.cfg.admin_listen.is_some() => response(404, "text/plain", b"not found\n"),
+        "/metrics" => metrics_response(node),
         _ => response(404, "text/plain", b"not found\n"),
     }
+}
+
+/// `/metrics` in the Prometheus text format.
+pub fn metrics_response(node: &Node) -> Vec<u8> {
+    let body = metrics::render(&node.stats, &node.relay, node.max_connections);
+    response(200, "text/plain; version=0.0.4", body.as_bytes())
 }
 
 #[cfg(test)]

@@ -46,8 +46,10 @@
 //! | [`relay`] | links between nodes: `codec`, `handshake` (pure), `link`, `dial` | yes |
 //! | [`shard`] | a shard: sessions, owned rooms, queues, writes, timers (see its map) | yes |
 //! | `conn` (private) | one connection's task: bytes in, frames out | yes |
+//! | `admin` (private) | the admin listener: `/metrics`, `/healthz`, the server API | yes |
 //! | [`server`] | start shards, signals, shutdown | yes |
 
+pub(crate) mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;

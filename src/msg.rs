@@ -33,6 +33,10 @@ pub struct ConnRef {
     pub generation: u32,
 }
 
+/// The sender of messages published through the server API (no connection:
+/// it is no member, needs none, and gets no reply).
+pub const API_CONN: ConnRef = ConnRef { node: 0, shard: u16::MAX, key: 0, generation: 0 };
+
 /// To a room's owner.
 #[derive(Debug)]
 pub enum Request {
@@ -179,6 +183,13 @@ pub enum ShardMsg {
     ToMembers(Delivery),
     /// For shard 0, which holds the relay links: pass on to another node.
     ToNode(u16, Box<NodeMsg>),
+    /// The server API: close every connection of this user on this shard.
+    Disconnect {
+        /// The user.
+        uid: Id,
+        /// Close code sent to the client.
+        code: u16,
+    },
     /// The cluster's live set changed: route by `view` from now on; `down`,
     /// if any, is a node whose members are gone.
     ClusterChanged {

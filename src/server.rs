@@ -74,6 +74,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
+    if cfg.admin_listen.is_none() {
+        info!("no --admin-listen: /metrics is served on the client port, to anyone who reaches it");
+    }
     let mut node = Node::new(cfg, max_connections);
     node.verifier = verifier;
     let node = Arc::new(node);
@@ -302,6 +305,19 @@ async fn shard_main(
         tasks
     } else {
         Vec::new()
+    };
+    let _admin = match node.cfg.admin_listen.filter(|_| id == 0) {
+        None => None,
+        Some(a) => match TcpListener::bind(a) {
+            Ok(l) => {
+                info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener: /metrics, /healthz, the server API");
+                Some(glommio::spawn_local(crate::admin::serve(shard.clone(), l)))
+            }
+            Err(e) => {
+                let _ = ready.send(Err(anyhow::anyhow!("admin listener on {a}: {e}")));
+                return;
+            }
+        },
     };
     let _ = ready.send(Ok(()));
 

@@ -154,3 +154,70 @@ fn browser_origins_are_checked() {
     let any = Server::start(&["--allowed-origin", "*"]);
     assert!(upgrade_status(any.addr, Some("https://evil.example")).starts_with("HTTP/1.1 101"));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One admin request: (status, body).
+fn admin(addr: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let key = key.map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: admin\r\n{key}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+#[test]
+fn the_admin_listener_serves_metrics_and_the_server_api_behind_its_key() {
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(&["--admin-listen", &admin_addr, "--api-key", "k3y"]);
+    // /metrics leaves the public port; /healthz stays on both.
+    assert_eq!(server.get("/metrics").0, 404);
+    assert_eq!(server.get("/healthz").0, 200);
+    let (st, body) = admin(&admin_addr, "GET", "/metrics", None, "");
+    assert_eq!(st, 200);
+    assert!(body.contains("cchat_connections"));
+    assert_eq!(admin(&admin_addr, "GET", "/healthz", None, "").0, 200);
+    // The API needs the key.
+    let publish = r#"{"rid":"news","msg":"from the backend","uid":"bot","name":"Bot"}"#;
+    assert_eq!(admin(&admin_addr, "POST", "/api/publish", None, publish).0, 401);
+    assert_eq!(admin(&admin_addr, "POST", "/api/publish", Some("wrong"), publish).0, 401);
+    // Publish reaches the members with a seq and lands in history.
+    let mut a = server.client();
+    a.login("ann", "news", Some("ann"));
+    let mut b = server.client();
+    b.login("bob", "news", Some("bob"));
+    a.expect("newUser");
+    assert_eq!(admin(&admin_addr, "POST", "/api/publish", Some("k3y"), publish).0, 202);
+    for c in [&mut a, &mut b] {
+        let m = c.expect("message");
+        assert_eq!(
+            (m["msg"].as_str(), m["uid"].as_str(), m["name"].as_str(), m["seq"].as_u64()),
+            (Some("from the backend"), Some("bot"), Some("Bot"), Some(1))
+        );
+    }
+    a.send(json!({"cmd": "getHistory", "rid": "news"}));
+    assert_eq!(a.expect("getHistory")["msgs"][0]["msg"], "from the backend");
+    assert_eq!(admin(&admin_addr, "POST", "/api/publish", Some("k3y"), r#"{"rid":"news"}"#).0, 400);
+    // Disconnect closes every connection of the user.
+    let mut b2 = server.client();
+    b2.login("bob", "news", Some("bob"));
+    assert_eq!(admin(&admin_addr, "POST", "/api/disconnect", Some("k3y"), r#"{"uid":"bob","code":4003}"#).0, 202);
+    assert_eq!(b.expect_close(), 4003);
+    assert_eq!(b2.expect_close(), 4003);
+    a.send(json!({"cmd": "getOnline", "rid": "news"}));
+    let v = a.expect("getOnline");
+    assert!(v["users"].as_array().unwrap().iter().any(|u| u["uid"] == "ann"));
+}
+
+#[test]
+fn without_a_key_the_server_api_is_off() {
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let _server = Server::start(&["--admin-listen", &admin_addr]);
+    assert_eq!(admin(&admin_addr, "POST", "/api/publish", Some("x"), r#"{"rid":"r","msg":"m"}"#).0, 404);
+    assert_eq!(admin(&admin_addr, "GET", "/metrics", None, "").0, 200);
+}

@@ -54,7 +54,7 @@ use indexmap::IndexSet;
 
 use crate::cluster::View;
 use crate::ids::Id;
-use crate::msg::{Audience, ConnRef, Delivery, NodeMsg, Request, ShardMsg};
+use crate::msg::{API_CONN, Audience, ConnRef, Delivery, NodeMsg, Request, ShardMsg};
 use crate::node::{Node, unix_ms};
 use crate::pinning::CorePin;
 use crate::placement::shard_for;
@@ -354,6 +354,8 @@ impl Shard {
     /// Sends what an owner made to its destination.
     fn send_out(&self, o: Out) {
         match o.dest {
+            // Replies to the server API's pseudo-connection go nowhere.
+            Dest::Shard(s) if s >= self.nshards => {}
             Dest::Shard(s) => self.route(s, ShardMsg::ToMembers(o.msg)),
             Dest::Node(n) => self.to_node(n, NodeMsg::ToMembers(o.msg)),
         }
@@ -424,6 +426,34 @@ impl Shard {
             ShardMsg::ToMembers(d) => self.on_delivery(d),
             ShardMsg::ToNode(node, msg) => self.to_node(node, *msg),
             ShardMsg::ClusterChanged { view, down } => self.apply_cluster_change(view, down),
+            ShardMsg::Disconnect { uid, code } => {
+                for (_, e) in self.conns.borrow_mut().iter_mut() {
+                    if e.session.identity().is_some_and(|(u, _, _)| *u == uid) {
+                        e.start_close(code, "disconnected by the server");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server API: a message to a room from no member (see [`API_CONN`]).
+    pub(crate) fn api_publish(&self, rid: Id, uid: Id, name: crate::ids::Name, mtype: protocol::MsgType, msg: String) {
+        self.stats().messages_in.fetch_add(1, Relaxed);
+        self.to_owner(Request::Publish(Box::new(crate::msg::Publish {
+            rid,
+            from: API_CONN,
+            uid,
+            name,
+            mtype,
+            msg,
+            tid: None,
+        })));
+    }
+
+    /// The server API: closes every connection of `uid` on this node.
+    pub(crate) fn api_disconnect(&self, uid: Id, code: u16) {
+        for s in 0..self.nshards {
+            self.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
         }
     }
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::cluster::View;
 use crate::ids::{Id, Name};
-use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
+use crate::msg::{API_CONN, Audience, ConnRef, Delivery, Publish, Request};
 use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
 use crate::room::{Change, Joined, Room};
 use crate::store::{Journal, RoomState};
@@ -344,11 +344,18 @@ impl Owner {
             out.push(err(p.from, "message store unavailable, try again shortly"));
             return Some(ERR_INVALID);
         }
+        if p.from == API_CONN {
+            // The server API publishes to any room, as no member: everyone
+            // gets it, and it is stored like any message.
+            let (nshards, cap, next_epoch) = (self.nshards, self.history_cap, &self.next_epoch);
+            self.rooms.entry(p.rid.clone()).or_insert_with(|| Room::new(nshards, cap, next_epoch()));
+        }
         let Some(room) = self.rooms.get_mut(&p.rid) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
         };
-        let Some(sender_echo) = room.member(&p.from).map(|m| m.echo) else {
+        let from_api = p.from == API_CONN;
+        let Some(sender_echo) = room.member(&p.from).map(|m| m.echo).or(from_api.then_some(true)) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
         };
