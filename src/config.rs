@@ -130,6 +130,14 @@ pub struct Args {
     /// Key of the server API (header `X-API-Key`); without one the API is off.
     #[arg(long, env = "CCHAT_API_KEY", hide_env_values = true, help_heading = "Security")]
     pub api_key: Option<String>,
+    /// WebSocket connections one IP address may hold; past it the upgrade gets HTTP 503.
+    /// 0: no limit (users behind one NAT share an address: size it to them).
+    #[arg(long, default_value_t = 0, help_heading = "Limits")]
+    pub max_connections_per_ip: u32,
+    /// New WebSocket connections per second one IP address may open (burst: twice this);
+    /// past it the upgrade gets HTTP 429. 0: no limit.
+    #[arg(long, default_value_t = 0.0, help_heading = "Limits")]
+    pub new_connections_per_ip: f64,
     /// Rooms one connection may be in at once; past it a login gets error 50.
     #[arg(long, default_value_t = 100, help_heading = "Limits")]
     pub max_rooms_per_connection: usize,
@@ -226,6 +234,10 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Rooms per connection.
     pub max_rooms_per_connection: usize,
+    /// Connections per IP address (0: no limit).
+    pub max_connections_per_ip: u32,
+    /// New connections per second per IP address (0: no limit).
+    pub new_connections_per_ip: f64,
     /// Admin listener address.
     pub admin_listen: Option<SocketAddr>,
     /// Server API key.
@@ -384,6 +396,12 @@ impl Config {
             token_public_key: args.token_public_key,
             allowed_origins: args.allowed_origins,
             max_rooms_per_connection: args.max_rooms_per_connection.max(1),
+            max_connections_per_ip: args.max_connections_per_ip,
+            new_connections_per_ip: if args.new_connections_per_ip.is_finite() {
+                args.new_connections_per_ip.max(0.0)
+            } else {
+                0.0
+            },
             admin_listen: args.admin_listen,
             api_key: args.api_key.filter(|k| !k.is_empty()),
             presence_limit: args.presence_limit,

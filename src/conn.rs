@@ -19,6 +19,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use crate::http::{self, Request};
+use crate::perip::Refused;
 use crate::shard::{OutState, Shard};
 use crate::ws::{self, Decoder, Event, WsError};
 
@@ -27,12 +28,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     // Boxed so that the handshake's state (its buffers) is freed once it is
     // done instead of staying part of this future for the connection's life.
-    let leftover = match Box::pin(handshake(&shard, &mut stream)).await {
+    let ip = stream.peer_addr().map(|a| a.ip()).ok();
+    let leftover = match Box::pin(handshake(&shard, &mut stream, ip)).await {
         Some(l) => l,
         None => return,
     };
     let key = shard.register(stream.as_raw_fd());
-    let guard = Registered { shard: &shard, key };
+    let guard = Registered { shard: &shard, key, ip };
     run(&shard, key, &mut stream, leftover).await;
     drop(guard);
 }
@@ -41,17 +43,22 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
 struct Registered<'a> {
     shard: &'a Shard,
     key: u32,
+    /// Counted against its address's limits while it lives.
+    ip: Option<std::net::IpAddr>,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.shard.unregister(self.key);
+        if let Some(ip) = self.ip {
+            self.shard.node.per_ip.release(ip);
+        }
     }
 }
 
 /// Reads the HTTP head; answers plain requests; returns the bytes after the
 /// head for an accepted upgrade.
-async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
+async fn handshake(shard: &Shard, stream: &mut TcpStream, ip: Option<std::net::IpAddr>) -> Option<Vec<u8>> {
     let deadline = Instant::now() + shard.node.cfg.handshake_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let (req, head_len) = loop {
@@ -89,12 +96,33 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
                 http::response(403, "text/plain", b"origin not allowed")
             } else if shard.shutting_down.get() {
                 http::response(503, "text/plain", b"shutting down")
+            } else if let Some(Err(why)) = ip.map(|ip| node.per_ip.admit(ip, Instant::now())) {
+                let stats = &node.stats.shards[shard.id];
+                match why {
+                    Refused::TooMany => {
+                        stats.per_ip_refused[0].fetch_add(1, Relaxed);
+                        http::response(503, "text/plain", b"too many connections from this address")
+                    }
+                    Refused::TooFast => {
+                        stats.per_ip_refused[1].fetch_add(1, Relaxed);
+                        http::response(429, "text/plain", b"too many new connections from this address")
+                    }
+                }
             } else if node.open.fetch_add(1, Relaxed) >= node.max_connections {
                 node.open.fetch_sub(1, Relaxed);
+                if let Some(ip) = ip {
+                    node.per_ip.release(ip);
+                }
                 node.stats.shards[shard.id].rejected_connections.fetch_add(1, Relaxed);
                 http::response(503, "text/plain", b"connection limit reached")
             } else {
-                stream.write_all(http::switching_protocols(&accept).as_bytes()).await.ok()?;
+                if stream.write_all(http::switching_protocols(&accept).as_bytes()).await.is_err() {
+                    node.open.fetch_sub(1, Relaxed);
+                    if let Some(ip) = ip {
+                        node.per_ip.release(ip);
+                    }
+                    return None;
+                }
                 return Some(buf.split_off(head_len));
             }
         }

@@ -162,6 +162,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         503 => "Service Unavailable",
         _ => "Error",
     };

@@ -35,6 +35,7 @@
 //! | [`msg`] | what crosses shards and nodes: requests, deliveries | no |
 //! | [`room`] | owner-side room: roster, seq, history | no |
 //! | [`ratelimit`] | token bucket | no |
+//! | [`perip`] | per-address connection limits | no |
 //! | [`auth`] | signed logins (JWT) | key file |
 //! | [`config`] | flags, TOML file, defaults (listed once) | file |
 //! | [`metrics`] | counters and the Prometheus writer | no |
@@ -60,6 +61,7 @@ pub mod json;
 pub mod metrics;
 pub mod msg;
 pub mod node;
+pub mod perip;
 pub mod pinning;
 pub mod placement;
 pub mod procfs;

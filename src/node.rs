@@ -45,6 +45,8 @@ pub struct Node {
     pub relay: RelayStats,
     /// Verifies login tokens, when logins are signed.
     pub verifier: Option<crate::auth::Verifier>,
+    /// Connections per IP address.
+    pub per_ip: crate::perip::PerIp,
     last_epoch: AtomicU64,
 }
 
@@ -63,6 +65,7 @@ impl Node {
             cluster: Mutex::new(Table::new(&cfg.node_id)),
             relay: RelayStats::default(),
             verifier: None,
+            per_ip: crate::perip::PerIp::new(cfg.max_connections_per_ip, cfg.new_connections_per_ip),
             last_epoch: AtomicU64::new(epoch),
             cfg,
             open: AtomicUsize::new(0),

@@ -393,3 +393,39 @@ fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logg
     assert!((warnings as f64) <= elapsed + 2.0, "{warnings} accept warnings in {elapsed:.1} s: at most one a second");
     let _ = std::fs::remove_file(&log);
 }
+
+/// The status line of a raw upgrade.
+fn upgrade_status(addr: std::net::SocketAddr) -> (String, TcpStream) {
+    let mut st = TcpStream::connect(addr).unwrap();
+    st.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(st, "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut buf = [0u8; 128];
+    let n = st.read(&mut buf).unwrap_or(0);
+    (String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned(), st)
+}
+
+#[test]
+fn per_ip_limits_answer_503_and_429() {
+    let s = Server::start(&["--max-connections-per-ip", "3"]);
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| upgrade_status(s.addr))
+        .map(|(st, c)| {
+            assert!(st.starts_with("HTTP/1.1 101"), "{st}");
+            c
+        })
+        .collect();
+    assert!(upgrade_status(s.addr).0.starts_with("HTTP/1.1 503"));
+    assert_eq!(s.metric("cchat_per_ip_refused_total"), 1.0);
+    drop(held);
+    // Room again once they close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !upgrade_status(s.addr).0.starts_with("HTTP/1.1 101") {
+        assert!(Instant::now() < deadline, "the address's count did not go down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let r = Server::start(&["--new-connections-per-ip", "2"]);
+    let statuses: Vec<String> = (0..6).map(|_| upgrade_status(r.addr).0).collect();
+    assert!(statuses[..4].iter().all(|st| st.starts_with("HTTP/1.1 101")), "the burst of 4 passes: {statuses:?}");
+    assert!(statuses[4..].iter().all(|st| st.starts_with("HTTP/1.1 429")), "{statuses:?}");
+}

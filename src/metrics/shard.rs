@@ -37,6 +37,8 @@ pub struct ShardStats {
     pub timeout_closes: AtomicU64,
     /// Upgrades refused with 503 because the node was full.
     pub rejected_connections: AtomicU64,
+    /// Upgrades refused by the per-IP limits: too many open (503), too fast (429).
+    pub per_ip_refused: [AtomicU64; 2],
     /// Failed accepts (out of file descriptors, mostly).
     pub accept_errors: AtomicU64,
     /// Connections that had not logged in, closed to free a descriptor
@@ -88,6 +90,7 @@ impl ShardStats {
             timeout_closes: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            per_ip_refused: Default::default(),
             shed_connections: AtomicU64::new(0),
             sent_to: (0..nshards).map(|_| AtomicU64::new(0)).collect(),
             received: AtomicU64::new(0),
@@ -255,6 +258,11 @@ impl NodeStats {
             "Rooms that started a new epoch at start (damaged log, reboot in written mode, or a clustered node).",
             self.recovery_new_epochs.load(Relaxed).to_string(),
         );
+        out.family("cchat_per_ip_refused_total", "counter", "Upgrades refused by the per-IP limits, by reason.");
+        for (i, reason) in ["too_many", "too_fast"].iter().enumerate() {
+            let n: u64 = self.shards.iter().map(|s| s.per_ip_refused[i].load(Relaxed)).sum();
+            out.value("cchat_per_ip_refused_total", &format!("reason=\"{reason}\""), n);
+        }
         out.family("cchat_errors_total", "counter", "Error replies sent, by errCode.");
         for (i, code) in [101, 102, 50, 103].iter().enumerate() {
             let n: u64 = self.shards.iter().map(|s| s.errors[i].load(Relaxed)).sum();
