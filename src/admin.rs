@@ -6,6 +6,11 @@
 //! |---|---|---|
 //! | `POST /api/publish` | `rid`, `msg`, `type`? (`text`), `uid`? (`server`), `name`? (`server`) | members get a normal `message` with `seq`, stored in history; 202 |
 //! | `POST /api/disconnect` | `uid`, `code`? (4000) | every connection of `uid` on this node is closed with `code`; 202 |
+//! | `GET /api/online?rid=` | | `{"rid","users":[{uid,name}…],"count"}` |
+//! | `GET /api/history?rid=&since=&limit=` | | `{"rid","epoch","msgs":[…]}` (oldest first, at most 1,000) |
+//! | `GET /api/rooms` | | `{"rooms":[{"rid","count"}…]}`: this node's rooms with members |
+//!
+//! A room another node owns is 409 (ask that node).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -18,6 +23,7 @@ use tracing::warn;
 
 use crate::http::{self, AdminRequest};
 use crate::ids::{Id, Name};
+use crate::msg::ApiQuery;
 use crate::protocol::MsgType;
 use crate::shard::Shard;
 
@@ -62,7 +68,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
                 if buf.len() < head + req.body_len {
                     continue; // the body is still coming
                 }
-                break respond(&shard, &req, &buf[head..head + req.body_len]);
+                break respond(&shard, &req, &buf[head..head + req.body_len]).await;
             }
         }
     };
@@ -78,8 +84,86 @@ fn bad(why: &str) -> Vec<u8> {
     json(400, serde_json::json!({ "error": why }))
 }
 
+/// Waits (off the message path) for `n` answers from the shards.
+async fn answers<T>(rx: crossbeam_channel::Receiver<T>, n: usize) -> Option<Vec<T>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match rx.try_recv() {
+            Ok(v) => got.push(v),
+            Err(crossbeam_channel::TryRecvError::Empty) if Instant::now() < deadline => {
+                Timer::new(Duration::from_millis(1)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+    Some(got)
+}
+
+/// A query parameter (ids and numbers need no percent-decoding).
+fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// The answers to the API's GET requests.
+async fn query(shard: &Shard, req: &AdminRequest) -> Vec<u8> {
+    let rid = param(&req.query, "rid").and_then(Id::parse_str);
+    let elsewhere = || json(409, serde_json::json!({ "error": "another node owns this room: ask it" }));
+    let timeout = || json(500, serde_json::json!({ "error": "no answer from the owner shard" }));
+    match req.path.as_str() {
+        "/api/online" => {
+            let Some(rid) = rid else { return bad("rid must be an id") };
+            let Some(rx) = shard.api_ask(&rid, |reply| ApiQuery::Online { rid: rid.clone(), reply }) else {
+                return elsewhere();
+            };
+            let Some(mut a) = answers(rx, 1).await else { return timeout() };
+            let users: Vec<Value> = a
+                .pop()
+                .flatten()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(u, n)| serde_json::json!({"uid": u, "name": n}))
+                .collect();
+            json(200, serde_json::json!({"rid": rid.as_str(), "count": users.len(), "users": users}))
+        }
+        "/api/history" => {
+            let Some(rid) = rid else { return bad("rid must be an id") };
+            let num = |k: &str| param(&req.query, k).map(|v| v.parse::<u64>());
+            let (since, limit) = match (num("since").transpose(), num("limit").transpose()) {
+                (Ok(s), Ok(l)) => (s, l.map(|l| l.min(usize::MAX as u64) as usize)),
+                _ => return bad("since and limit must be numbers"),
+            };
+            let Some(rx) = shard.api_ask(&rid, |reply| ApiQuery::History { rid: rid.clone(), since, limit, reply })
+            else {
+                return elsewhere();
+            };
+            let Some((epoch, msgs)) = answers(rx, 1).await.and_then(|mut a| a.pop().flatten()) else {
+                return timeout();
+            };
+            let mut body = format!(r#"{{"rid":{},"epoch":{epoch},"msgs":["#, Value::from(rid.as_str()));
+            for (i, m) in msgs.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(std::str::from_utf8(m).unwrap_or("null"));
+            }
+            body.push_str("]}");
+            http::response(200, "application/json", body.as_bytes())
+        }
+        "/api/rooms" => {
+            let rx = shard.api_ask_all(|reply| ApiQuery::Rooms { reply });
+            let Some(all) = answers(rx, shard.nshards).await else { return timeout() };
+            let mut rooms: Vec<(String, usize)> = all.into_iter().flatten().collect();
+            rooms.sort();
+            let rooms: Vec<Value> = rooms.into_iter().map(|(r, c)| serde_json::json!({"rid": r, "count": c})).collect();
+            json(200, serde_json::json!({ "rooms": rooms }))
+        }
+        _ => http::response(404, "text/plain", b"not found\n"),
+    }
+}
+
 /// The response to one admin request.
-fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
+async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
     let node = &shard.node;
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/healthz") => return http::response(200, "text/plain", b"ok\n"),
@@ -94,6 +178,9 @@ fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
     };
     if req.api_key.as_deref() != Some(key.as_str()) {
         return json(401, serde_json::json!({ "error": "missing or wrong X-API-Key" }));
+    }
+    if req.method == "GET" {
+        return query(shard, req).await;
     }
     let Ok(v) = serde_json::from_slice::<Value>(body) else { return bad("body is not JSON") };
     let id = |k: &str| match v.get(k) {

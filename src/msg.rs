@@ -183,6 +183,8 @@ pub enum ShardMsg {
     ToMembers(Delivery),
     /// For shard 0, which holds the relay links: pass on to another node.
     ToNode(u16, Box<NodeMsg>),
+    /// The server API asks the owner shard about its rooms.
+    Api(ApiQuery),
     /// The server API: close every connection of this user on this shard.
     Disconnect {
         /// The user.
@@ -197,5 +199,34 @@ pub enum ShardMsg {
         view: Arc<View>,
         /// A node that went down.
         down: Option<u16>,
+    },
+}
+
+/// A question of the server API to a shard; the answer goes back on `reply`
+/// (the admin task waits for it: off the message path).
+#[derive(Debug)]
+pub enum ApiQuery {
+    /// A room's members (uid, name), if the shard owns the room.
+    Online {
+        /// Room.
+        rid: Id,
+        /// Answer.
+        reply: crossbeam_channel::Sender<Option<Vec<(String, String)>>>,
+    },
+    /// A room's stored messages (JSON) after `since`, at most `limit`, and its epoch.
+    History {
+        /// Room.
+        rid: Id,
+        /// After this seq.
+        since: Option<u64>,
+        /// At most this many.
+        limit: Option<usize>,
+        /// Answer.
+        reply: crossbeam_channel::Sender<Option<(u64, Vec<Bytes>)>>,
+    },
+    /// The rooms this shard owns that have members, with their member counts.
+    Rooms {
+        /// Answer.
+        reply: crossbeam_channel::Sender<Vec<(String, usize)>>,
     },
 }

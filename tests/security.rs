@@ -212,6 +212,32 @@ fn the_admin_listener_serves_metrics_and_the_server_api_behind_its_key() {
     a.send(json!({"cmd": "getOnline", "rid": "news"}));
     let v = a.expect("getOnline");
     assert!(v["users"].as_array().unwrap().iter().any(|u| u["uid"] == "ann"));
+    // Online, history and rooms for the backend.
+    // (bob's connections leave the room once their close handshakes end)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v = loop {
+        let (st, body) = admin(&admin_addr, "GET", "/api/online?rid=news", Some("k3y"), "");
+        assert_eq!(st, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["count"] == 1 || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((v["count"].as_u64(), v["users"][0]["uid"].as_str()), (Some(1), Some("ann")));
+    let (st, body) = admin(&admin_addr, "GET", "/api/history?rid=news&limit=10", Some("k3y"), "");
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["msgs"][0]["msg"], "from the backend");
+    assert!(v["epoch"].as_u64().unwrap() > 0);
+    let mut other = server.client();
+    other.login("carl", "other-room", Some("carl"));
+    let (st, body) = admin(&admin_addr, "GET", "/api/rooms", Some("k3y"), "");
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["rooms"], json!([{"rid": "news", "count": 1}, {"rid": "other-room", "count": 1}]));
+    assert_eq!(admin(&admin_addr, "GET", "/api/rooms", None, "").0, 401);
+    assert_eq!(admin(&admin_addr, "GET", "/api/online?rid=a%20b", Some("k3y"), "").0, 400);
 }
 
 #[test]

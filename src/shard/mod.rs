@@ -426,6 +426,7 @@ impl Shard {
             ShardMsg::ToMembers(d) => self.on_delivery(d),
             ShardMsg::ToNode(node, msg) => self.to_node(node, *msg),
             ShardMsg::ClusterChanged { view, down } => self.apply_cluster_change(view, down),
+            ShardMsg::Api(q) => self.owner.borrow().answer(q),
             ShardMsg::Disconnect { uid, code } => {
                 for (_, e) in self.conns.borrow_mut().iter_mut() {
                     if e.session.identity().is_some_and(|(u, _, _)| *u == uid) {
@@ -448,6 +449,33 @@ impl Shard {
             msg,
             tid: None,
         })));
+    }
+
+    /// The server API: asks the shard that owns `rid` (None when another
+    /// node owns it); `make` builds the question around the reply channel.
+    pub(crate) fn api_ask<T: Send + 'static>(
+        &self,
+        rid: &Id,
+        make: impl FnOnce(crossbeam_channel::Sender<T>) -> crate::msg::ApiQuery,
+    ) -> Option<crossbeam_channel::Receiver<T>> {
+        if self.view.borrow().owner(rid) != 0 {
+            return None;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.route(shard_for(rid, self.nshards), ShardMsg::Api(make(tx)));
+        Some(rx)
+    }
+
+    /// The server API: asks every shard of this node.
+    pub(crate) fn api_ask_all<T: Send + 'static>(
+        &self,
+        make: impl Fn(crossbeam_channel::Sender<T>) -> crate::msg::ApiQuery,
+    ) -> crossbeam_channel::Receiver<T> {
+        let (tx, rx) = crossbeam_channel::bounded(self.nshards);
+        for s in 0..self.nshards {
+            self.route(s, ShardMsg::Api(make(tx.clone())));
+        }
+        rx
     }
 
     /// The server API: closes every connection of `uid` on this node.

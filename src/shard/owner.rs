@@ -446,6 +446,35 @@ impl Owner {
         self.rooms.retain(|_, r| !(r.is_empty() && r.seq() == 0));
     }
 
+    /// Answers a question of the server API about the rooms owned here.
+    pub(crate) fn answer(&self, q: crate::msg::ApiQuery) {
+        use crate::msg::ApiQuery;
+        match q {
+            ApiQuery::Online { rid, reply } => {
+                let users =
+                    self.rooms.get(&rid).map(|r| r.users().map(|(u, n)| (u.to_owned(), n.to_owned())).collect());
+                let _ = reply.send(users.or(Some(Vec::new())));
+            }
+            ApiQuery::History { rid, since, limit, reply } => {
+                let limit = Some(limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE));
+                let h = match self.rooms.get(&rid) {
+                    Some(r) => (r.epoch(), r.history(since, None, limit).cloned().collect()),
+                    None => (self.node_epoch, Vec::new()),
+                };
+                let _ = reply.send(Some(h));
+            }
+            ApiQuery::Rooms { reply } => {
+                let rooms = self
+                    .rooms
+                    .iter()
+                    .filter(|(_, r)| !r.is_empty())
+                    .map(|(id, r)| (id.to_string(), r.user_count()))
+                    .collect();
+                let _ = reply.send(rooms);
+            }
+        }
+    }
+
     /// Forgets the rooms `view` gives to other nodes (their members re-join there).
     pub(crate) fn keep_own(&mut self, view: &View) {
         let live = &mut self.live;
