@@ -814,3 +814,66 @@ fn a_token_in_the_address_signs_the_login() {
     c.expect_error(103);
     shot(&b, &dir, "signed-login");
 }
+
+#[test]
+fn a_reload_keeps_the_identity_and_rooms_and_announces_nothing() {
+    let (dir, server, driver) = setup("a_reload_keeps_the_identity_and_rooms", &["--shards", "2"]);
+    let a = driver.page(server.addr);
+    a.login("Alice", "lobby", None);
+    // A second room, joined from the page.
+    a.send_keys(&a.by_id("join-room-input"), "second");
+    a.click(&a.by_id("join-room-submit"));
+    a.wait_js(
+        "the second room's tab",
+        "return document.querySelectorAll('[data-testid=room-tab]').length === 2",
+        json!([]),
+    );
+    let uid = a.my_uid();
+    let mut watcher = Client::connect(server.addr);
+    watcher.login("w", "lobby", Some("watcher"));
+    a.exec("location.reload(); return true;", json!([]));
+    a.wait_connected();
+    assert_eq!(a.my_uid(), uid, "the same user after a reload");
+    a.wait_js("both rooms back", "return document.querySelectorAll('[data-testid=room-tab]').length === 2", json!([]));
+    // The others saw neither a departure nor an arrival.
+    watcher.expect_silence(Duration::from_millis(2500));
+    shot(&a, &dir, "after-reload");
+}
+
+#[test]
+fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
+    let (dir, server, driver) = setup("reading_older_messages_keeps_its_place", &["--rate-limit", "0"]);
+    let a = driver.page(server.addr);
+    a.login("Alice", "lobby", None);
+    let mut bob = Client::connect(server.addr);
+    bob.login("Bob", "lobby", Some("bob"));
+    for i in 0..60 {
+        bob.say("lobby", &format!("filler {i}"));
+    }
+    a.wait_message("filler 59");
+    // Scrolled to the top, a new message does not pull the list down.
+    a.exec("var l = document.querySelector('[data-testid=message-list]'); l.scrollTop = 0; return true;", json!([]));
+    bob.say("lobby", "arrives while reading");
+    a.wait_message("arrives while reading");
+    let top = a.exec("return document.querySelector('[data-testid=message-list]').scrollTop", json!([]));
+    assert!(top.as_f64().unwrap() < 50.0, "the list jumped to {top}");
+    // Right-to-left text lays itself out right to left.
+    bob.say("lobby", "שלום עולם");
+    a.wait_message("שלום עולם");
+    let dir_of = a.exec(
+        "var ms = document.querySelectorAll('[data-testid=message] .body'); return getComputedStyle(ms[ms.length - 1]).direction",
+        json!([]),
+    );
+    assert_eq!(dir_of, "rtl");
+    // Addresses are links that open apart; nothing else is.
+    bob.say("lobby", "see https://example.com/page. and javascript:alert(1)");
+    a.wait_message("see https://example.com/page. and javascript:alert(1)");
+    let links = a.exec(
+        "return Array.from(document.querySelectorAll('[data-testid=message-link]')).map(function (l) { return [l.href, l.rel, l.target]; })",
+        json!([]),
+    );
+    assert_eq!(links, json!([["https://example.com/page", "noopener noreferrer", "_blank"]]));
+    let js = a.exec("return document.querySelectorAll('a[href^=\"javascript:\"]').length", json!([]));
+    assert_eq!(js, 0);
+    shot(&a, &dir, "reading");
+}
