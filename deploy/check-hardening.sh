@@ -13,6 +13,8 @@ state=$(mktemp -d /var/tmp/cchat-hardening.XXXXXX)
 chown 65534:65534 "$state"
 out=$(mktemp)
 trap 'rm -rf "$state" "$out"' EXIT
+# The binary goes where the sandbox can see it (/tmp is private in there).
+cp "$bin" "$state/.cchat" && chmod 755 "$state/.cchat" && bin="$state/.cchat"
 timeout 3 unshare -m sh -c '
   set -e
   mount --make-rprivate /

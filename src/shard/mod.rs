@@ -23,12 +23,14 @@
 //! | `owner` | the rooms this shard owns: request → deliveries (no I/O) |
 //! | `conns` | the connection table |
 //! | `outbound` | a connection's queue and its writer state (no I/O) |
+//! | `api` | what the admin listener's server API asks of a shard |
 //! | `flush` | the write path |
 //! | `log` | holding what the owner sends until the log has its messages; the log writer task |
 //! | `mesh` | queues between shards, back-pressure, parked readers |
 //! | `sweep` | timers: pings, deadlines, pinning, shedding, shutdown |
 //! | `roomset` | the set of rooms one connection joined |
 
+mod api;
 mod conns;
 mod flush;
 mod log;
@@ -54,7 +56,7 @@ use indexmap::IndexSet;
 
 use crate::cluster::View;
 use crate::ids::Id;
-use crate::msg::{API_CONN, Audience, ConnRef, Delivery, NodeMsg, Request, ShardMsg};
+use crate::msg::{Audience, ConnRef, Delivery, NodeMsg, Request, ShardMsg};
 use crate::node::{Node, unix_ms};
 use crate::pinning::CorePin;
 use crate::placement::shard_for;
@@ -434,54 +436,6 @@ impl Shard {
                     }
                 }
             }
-        }
-    }
-
-    /// The server API: a message to a room from no member (see [`API_CONN`]).
-    pub(crate) fn api_publish(&self, rid: Id, uid: Id, name: crate::ids::Name, mtype: protocol::MsgType, msg: String) {
-        self.stats().messages_in.fetch_add(1, Relaxed);
-        self.to_owner(Request::Publish(Box::new(crate::msg::Publish {
-            rid,
-            from: API_CONN,
-            uid,
-            name,
-            mtype,
-            msg,
-            tid: None,
-        })));
-    }
-
-    /// The server API: asks the shard that owns `rid` (None when another
-    /// node owns it); `make` builds the question around the reply channel.
-    pub(crate) fn api_ask<T: Send + 'static>(
-        &self,
-        rid: &Id,
-        make: impl FnOnce(crossbeam_channel::Sender<T>) -> crate::msg::ApiQuery,
-    ) -> Option<crossbeam_channel::Receiver<T>> {
-        if self.view.borrow().owner(rid) != 0 {
-            return None;
-        }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.route(shard_for(rid, self.nshards), ShardMsg::Api(make(tx)));
-        Some(rx)
-    }
-
-    /// The server API: asks every shard of this node.
-    pub(crate) fn api_ask_all<T: Send + 'static>(
-        &self,
-        make: impl Fn(crossbeam_channel::Sender<T>) -> crate::msg::ApiQuery,
-    ) -> crossbeam_channel::Receiver<T> {
-        let (tx, rx) = crossbeam_channel::bounded(self.nshards);
-        for s in 0..self.nshards {
-            self.route(s, ShardMsg::Api(make(tx.clone())));
-        }
-        rx
-    }
-
-    /// The server API: closes every connection of `uid` on this node.
-    pub(crate) fn api_disconnect(&self, uid: Id, code: u16) {
-        for s in 0..self.nshards {
-            self.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
         }
     }
 
