@@ -46,7 +46,7 @@ impl Shard {
                 continue;
             }
             let quiet = t.wrapping_sub(e.last_rx);
-            if e.session.expires().is_some_and(|exp| exp * 1000 <= now_ms) {
+            if e.session.expires().is_some_and(|exp| exp.saturating_mul(1000) <= now_ms) {
                 // The token ran out without a refresh.
                 e.start_close(TOKEN_EXPIRED, "token expired");
             } else if !e.session.logged_in() && t.wrapping_sub(e.born) >= login_after {
