@@ -348,9 +348,12 @@ impl Browser {
 
     /// The uid the server assigned (shown in the `me` line as "(uid)").
     fn my_uid(&self) -> String {
-        let me = self.text(&self.by_id("me"));
-        let start = me.rfind('(').expect("uid in me line") + 1;
-        me[start..me.len() - 1].to_owned()
+        let uid = self.exec("return document.querySelector('[data-testid=me]').dataset.uid || ''", json!([]));
+        let uid = uid.as_str().unwrap_or("").to_owned();
+        assert!(!uid.is_empty(), "no data-uid on the me line");
+        // The header shows the name, not the internal uid.
+        assert!(!self.text(&self.by_id("me")).contains(&uid), "the uid is in the header");
+        uid
     }
 
     fn alerts(&self) -> Vec<Value> {
