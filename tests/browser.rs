@@ -594,6 +594,19 @@ fn reconnects_after_server_restart() {
         json!([]),
     );
     shot(&a, &dir, "disconnected");
+    // Sending while disconnected says so...
+    a.say("while away");
+    a.wait_js(
+        "the not-connected banner",
+        "var b = document.querySelector('[data-testid=error-banner]'); return !b.hidden && /not connected/i.test(b.textContent)",
+        json!([]),
+    );
+    // The unsent text stays in the input.
+    let kept = a.exec(
+        "var i = document.querySelector('[data-testid=message-input]'); var v = i.value; i.value = ''; return v",
+        json!([]),
+    );
+    assert_eq!(kept, "while away");
 
     let listen = addr.to_string();
     let deadline = Instant::now() + WAIT;
@@ -612,6 +625,8 @@ fn reconnects_after_server_restart() {
     bob.say("durable", "missed-1");
 
     a.wait_connected();
+    // ... and the banner goes once the connection is back.
+    a.wait_js("the banner cleared", "return document.querySelector('[data-testid=error-banner]').hidden", json!([]));
     shot(&a, &dir, "reconnected");
     // Same identity as before: Bob sees Alice's old uid online.
     bob.send(json!({"cmd": "getOnline", "rid": "durable"}));
@@ -758,6 +773,12 @@ fn join_and_switch_rooms() {
     a.wait_js(
         "second room tab active",
         "var t = document.querySelector('[data-testid=room-tab][data-rid=second]'); return t && t.getAttribute('aria-current') === 'true'",
+        json!([]),
+    );
+    // The new room is ready to write in.
+    a.wait_js(
+        "focus in the message input after joining",
+        "return document.activeElement === document.querySelector('[data-testid=message-input]')",
         json!([]),
     );
     // Joining shows the room's history and who is online.
