@@ -224,6 +224,11 @@ impl Browser {
         self.cmd("POST", "/actions", Some(json!({"actions": [{"type": "key", "id": "kb", "actions": acts}]})));
     }
 
+    /// A Chrome DevTools command (through chromedriver).
+    fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd("POST", "/goog/cdp/execute", Some(json!({"cmd": cmd, "params": params})))
+    }
+
     fn exec(&self, script: &str, args: Value) -> Value {
         self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": args})))
     }
@@ -900,4 +905,27 @@ fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     let js = a.exec("return document.querySelectorAll('a[href^=\"javascript:\"]').length", json!([]));
     assert_eq!(js, 0);
     shot(&a, &dir, "reading");
+}
+
+#[test]
+fn dark_mode_follows_the_system() {
+    let (dir, server, driver) = setup("dark_mode_follows_the_system", &[]);
+    let a = driver.page(server.addr);
+    let background = || a.exec("return getComputedStyle(document.documentElement).backgroundColor", json!([]));
+    let light = background();
+    a.cdp("Emulation.setEmulatedMedia", json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}));
+    a.login("Dana", "lobby", None);
+    let dark = background();
+    assert_ne!(light, dark);
+    // A dark background: each of its channels below a quarter.
+    let rgb: Vec<f64> = dark
+        .as_str()
+        .unwrap()
+        .trim_start_matches("rgb(")
+        .trim_end_matches(')')
+        .split(',')
+        .map(|c| c.trim().parse().unwrap())
+        .collect();
+    assert!(rgb.iter().all(|c| *c < 64.0), "{dark}");
+    shot(&a, &dir, "dark");
 }
