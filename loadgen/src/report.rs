@@ -125,6 +125,8 @@ pub struct ChecksReport {
     pub epoch_changes: u64,
     /// Error frames.
     pub error_frames: u64,
+    /// Of them, messages refused for the server's rate limit.
+    pub refused: u64,
     /// Connections closed by the server after login.
     pub closed: u64,
     /// Their close codes (0: no close frame) and counts.
@@ -198,8 +200,14 @@ impl Summary {
         if c.seq_backwards > 0 {
             failures.push(format!("seq repeated or went back {} times (duplicates or disorder)", c.seq_backwards));
         }
-        if c.error_frames > 0 {
-            failures.push(format!("{} error frames", c.error_frames));
+        if c.refused > 0 {
+            failures.push(format!(
+                "{} messages refused by the server's rate limit (\"sending too fast\"): start the server with --rate-limit 0 for a load test",
+                c.refused
+            ));
+        }
+        if c.error_frames > c.refused {
+            failures.push(format!("{} error frames", c.error_frames - c.refused));
         }
         if c.closed > 0 {
             let codes: Vec<String> = s
@@ -261,6 +269,7 @@ impl Summary {
                 seq_backwards: c.seq_backwards,
                 epoch_changes: c.epoch_changes,
                 error_frames: c.error_frames,
+                refused: c.refused,
                 closed: c.closed,
                 close_codes: s.close_codes.clone(),
                 unexpected: c.unexpected,
@@ -324,8 +333,8 @@ impl Summary {
         let k = &self.checks;
         let _ = writeln!(
             o,
-            "checks       seq gaps {}, seq backwards {}, error frames {}, closed {}, unreadable {}, epoch changes {}",
-            k.seq_gaps, k.seq_backwards, k.error_frames, k.closed, k.unexpected, k.epoch_changes
+            "checks       seq gaps {}, seq backwards {}, error frames {} ({} refused for the rate limit), closed {}, unreadable {}, epoch changes {}",
+            k.seq_gaps, k.seq_backwards, k.error_frames, k.refused, k.closed, k.unexpected, k.epoch_changes
         );
         let u = &self.cpu;
         let _ = write!(

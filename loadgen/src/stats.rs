@@ -62,6 +62,8 @@ pub struct Counters {
     pub epoch_changes: u64,
     /// `{"cmd":"error"}` frames received.
     pub error_frames: u64,
+    /// Of them, messages the server refused for its rate limit ("sending too fast").
+    pub refused: u64,
     /// Connections the server closed or reset after login.
     pub closed: u64,
     /// Frames loadgen could not read (unknown layout, broken framing).
@@ -96,6 +98,7 @@ impl Counters {
         self.seq_backwards += o.seq_backwards;
         self.epoch_changes += o.epoch_changes;
         self.error_frames += o.error_frames;
+        self.refused += o.refused;
         self.closed += o.closed;
         self.unexpected += o.unexpected;
         self.stray += o.stray;

@@ -556,6 +556,9 @@ impl<'a> Worker<'a> {
                 Kind::Other => {}
                 Kind::Error => {
                     stats.counters.error_frames += 1;
+                    if p.windows(8).any(|w| w == b"too fast") {
+                        stats.counters.refused += 1;
+                    }
                     let client = c.client;
                     stats.problem(|| format!("client {client}: error frame {}", String::from_utf8_lossy(p)));
                     ev.error = true;

@@ -160,3 +160,16 @@ fn worker_processes_split_a_room_and_merge_exactly() {
     assert_eq!(s["completion_ms"]["count"], 60);
     assert_eq!(s["messages"]["measured"], 60);
 }
+
+#[test]
+fn a_run_refused_by_the_rate_limit_says_how_to_lift_it() {
+    let _serial = serial();
+    // 1 message/s per connection (burst 2) against 50 messages/s from 10 clients.
+    let server = start_server(&["--rate-limit", "1"]);
+    let args = "--clients 10 --room-size 10 --rate 50 --duration 2 --warmup 0.5 --drain 1";
+    let run = loadgen(&server, "refused", &args.split(' ').collect::<Vec<_>>());
+    assert_ne!(run.code, 0, "a refused run passed:\n{}", run.output);
+    let s = run.summary.unwrap_or_else(|| panic!("no summary:\n{}", run.output));
+    assert!(s["checks"]["refused"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(run.output.contains("--rate-limit 0"), "{}", run.output);
+}
