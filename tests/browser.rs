@@ -951,3 +951,37 @@ fn dark_mode_follows_the_system() {
     assert!(rgb.iter().all(|c| *c < 64.0), "{dark}");
     shot(&a, &dir, "dark");
 }
+
+#[test]
+fn scrolling_up_loads_older_messages_in_place() {
+    let (dir, server, driver) = setup("scrolling_up_loads_older_messages", &["--rate-limit", "0", "--history", "1000"]);
+    let mut bob = Client::connect(server.addr);
+    bob.login("Bob", "long", Some("bob"));
+    for i in 1..=250 {
+        bob.say("long", &format!("old {i}"));
+    }
+    // Wait until the server has them all (the reply follows the messages).
+    bob.send(json!({"cmd": "getHistory", "rid": "long", "limit": 1}));
+    while bob.recv()["cmd"] != "getHistory" {}
+    let a = driver.page(server.addr);
+    a.login("Alice", "long", None);
+    a.wait_message("old 250");
+    // The page shows the newest 100; the first comes by scrolling up.
+    assert_eq!(count_text(&a.messages(), "old 1"), 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count_text(&a.messages(), "old 1") == 0 {
+        assert!(Instant::now() < deadline, "scrolling up never reached the first message");
+        a.exec("document.querySelector('[data-testid=message-list]').scrollTop = 0; return true;", json!([]));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Each message once, in order, and the reader was not thrown to the bottom.
+    let texts: Vec<String> = a.messages().iter().filter_map(|m| m["text"].as_str().map(str::to_owned)).collect();
+    let olds: Vec<&String> = texts.iter().filter(|t| t.starts_with("old ")).collect();
+    assert_eq!(olds.len(), 250, "{olds:?}");
+    assert_eq!(olds.first().map(|s| s.as_str()), Some("old 1"));
+    assert_eq!(olds.last().map(|s| s.as_str()), Some("old 250"));
+    let top = a.exec("return document.querySelector('[data-testid=message-list]').scrollTop", json!([]));
+    let height = a.exec("return document.querySelector('[data-testid=message-list]').scrollHeight", json!([]));
+    assert!(top.as_f64().unwrap() < height.as_f64().unwrap() / 2.0, "kept near the top: {top} of {height}");
+    shot(&a, &dir, "scrolled-back");
+}
