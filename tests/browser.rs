@@ -908,6 +908,17 @@ fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     a.wait_message("arrives while reading");
     let top = a.exec("return document.querySelector('[data-testid=message-list]').scrollTop", json!([]));
     assert!(top.as_f64().unwrap() < 50.0, "the list jumped to {top}");
+    // A button offers the way back, counting what came meanwhile.
+    let jump = a.by_id("jump-latest");
+    assert!(a.displayed(&jump));
+    assert!(a.text(&jump).starts_with("1 new message"), "{}", a.text(&jump));
+    a.click(&jump);
+    a.wait_js(
+        "back at the newest message",
+        "var l = document.querySelector('[data-testid=message-list]'); return l.scrollHeight - l.scrollTop - l.clientHeight < 60",
+        json!([]),
+    );
+    a.wait_js("the button gone", "return document.querySelector('[data-testid=jump-latest]').hidden", json!([]));
     // Right-to-left text lays itself out right to left.
     bob.say("lobby", "שלום עולם");
     a.wait_message("שלום עולם");
