@@ -32,19 +32,25 @@ pub enum Request {
     Reject(u16, &'static str),
 }
 
+/// Parses the head at the front of `buf` into `req`: Ok(Some(length)) once
+/// whole, Ok(None) while incomplete, an error past [`MAX_HEAD`] or
+/// [`MAX_HEADERS`] or when malformed.
+fn parse_head<'b>(req: &mut httparse::Request<'_, 'b>, buf: &'b [u8]) -> Result<Option<usize>, &'static str> {
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err("request head too large"),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err("too many headers"),
+        Err(_) => Err("malformed request"),
+    }
+}
+
 /// Parses a request head at the front of `buf`. Ok(None) while incomplete;
 /// otherwise the request and the length of the head.
 pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= MAX_HEAD { Err("request head too large") } else { Ok(None) };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err("too many headers"),
-        Err(_) => return Err("malformed request"),
-    };
+    let Some(len) = parse_head(&mut req, buf)? else { return Ok(None) };
     if req.method != Some("GET") {
         return Ok(Some((Request::Reject(405, "only GET is served"), len)));
     }
@@ -120,13 +126,7 @@ pub const MAX_ADMIN_BODY: usize = 64 * 1024;
 pub fn parse_admin(buf: &[u8]) -> Result<Option<(AdminRequest, usize)>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= MAX_HEAD { Err("request head too large") } else { Ok(None) };
-        }
-        Err(_) => return Err("malformed request"),
-    };
+    let Some(len) = parse_head(&mut req, buf)? else { return Ok(None) };
     let header = |name: &str| {
         req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
     };
