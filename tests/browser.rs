@@ -996,3 +996,35 @@ fn scrolling_up_loads_older_messages_in_place() {
     assert!(top.as_f64().unwrap() < height.as_f64().unwrap() / 2.0, "kept near the top: {top} of {height}");
     shot(&a, &dir, "scrolled-back");
 }
+
+#[test]
+fn consecutive_messages_of_one_sender_are_grouped() {
+    let (dir, server, driver) = setup("consecutive_messages_are_grouped", &["--rate-limit", "0"]);
+    let a = driver.page(server.addr);
+    a.login("Alice", "g", None);
+    let mut bob = Client::connect(server.addr);
+    bob.login("Bob", "g", Some("bob"));
+    for t in ["b1", "b2", "b3"] {
+        bob.say("g", t);
+    }
+    a.wait_message("b3");
+    a.say("a1");
+    a.wait_message("a1");
+    bob.say("g", "b4");
+    a.wait_message("b4");
+    let grouped = a.exec(
+        "return Array.from(document.querySelectorAll('[data-testid=message-list] [data-testid=message]')).map(function (m) { return [m.querySelector('.body').textContent, m.classList.contains('grouped'), getComputedStyle(m.querySelector('.meta')).display !== 'none']; })",
+        json!([]),
+    );
+    assert_eq!(
+        grouped,
+        json!([
+            ["b1", false, true],
+            ["b2", true, false],
+            ["b3", true, false],
+            ["a1", false, true],
+            ["b4", false, true]
+        ])
+    );
+    shot(&a, &dir, "grouped");
+}
