@@ -1028,3 +1028,37 @@ fn consecutive_messages_of_one_sender_are_grouped() {
     );
     shot(&a, &dir, "grouped");
 }
+
+#[test]
+fn coming_back_to_a_room_marks_the_first_unread_message() {
+    let (dir, server, driver) = setup("first_unread_is_marked", &["--rate-limit", "0"]);
+    let a = driver.page(server.addr);
+    a.login("Alice", "one", None);
+    let mut bob = Client::connect(server.addr);
+    bob.login("Bob", "one", Some("bob"));
+    bob.say("one", "seen before");
+    a.wait_message("seen before");
+    // Alice goes to another room; three messages arrive in the first.
+    a.send_keys(&a.by_id("join-room-input"), "two");
+    a.click(&a.by_id("join-room-submit"));
+    a.wait_js(
+        "room two active",
+        "var t = document.querySelector('[data-testid=room-tab][data-rid=two]'); return t && t.getAttribute('aria-current') === 'true'",
+        json!([]),
+    );
+    for t in ["unread 1", "unread 2", "unread 3"] {
+        bob.say("one", t);
+    }
+    a.wait_js(
+        "three unread in room one",
+        "var t = document.querySelector('[data-testid=room-tab][data-rid=one]'); return t && /3/.test(t.textContent)",
+        json!([]),
+    );
+    a.click(&a.find("[data-testid=room-tab][data-rid=one]"));
+    let marked = a.exec(
+        "return Array.from(document.querySelectorAll('[data-testid=message-list] [data-first-unread=true] .body')).map(function (b) { return b.textContent; })",
+        json!([]),
+    );
+    assert_eq!(marked, json!(["unread 1"]));
+    shot(&a, &dir, "first-unread");
+}
