@@ -1062,3 +1062,27 @@ fn coming_back_to_a_room_marks_the_first_unread_message() {
     assert_eq!(marked, json!(["unread 1"]));
     shot(&a, &dir, "first-unread");
 }
+
+#[test]
+fn a_hidden_page_counts_new_messages_in_its_title() {
+    let (dir, server, driver) = setup("hidden_page_title", &["--rate-limit", "0"]);
+    let a = driver.page(server.addr);
+    a.login("Alice", "t", None);
+    let mut bob = Client::connect(server.addr);
+    bob.login("Bob", "t", Some("bob"));
+    // The page goes to the background (as a hidden tab reports it).
+    a.exec(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: function () { return true; }}); document.dispatchEvent(new Event('visibilitychange')); return true",
+        json!([]),
+    );
+    bob.say("t", "one");
+    bob.say("t", "two");
+    a.wait_message("two");
+    assert_eq!(a.exec("return document.title", json!([])), "(2) cchat");
+    a.exec(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: function () { return false; }}); document.dispatchEvent(new Event('visibilitychange')); return true",
+        json!([]),
+    );
+    assert_eq!(a.exec("return document.title", json!([])), "cchat");
+    shot(&a, &dir, "title");
+}
