@@ -1086,3 +1086,32 @@ fn a_hidden_page_counts_new_messages_in_its_title() {
     assert_eq!(a.exec("return document.title", json!([])), "cchat");
     shot(&a, &dir, "title");
 }
+
+#[test]
+fn on_a_phone_the_messages_get_most_of_the_screen() {
+    let (dir, server, driver) = setup("phone_messages_get_the_screen", &["--rate-limit", "0"]);
+    let a = driver.session(390, 844);
+    a.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
+    a.open(server.addr);
+    a.login("Pat", "lobby", None);
+    let mut bob = Client::connect(server.addr);
+    bob.login("Bob", "lobby", Some("bob"));
+    bob.say("lobby", "hello phone");
+    a.wait_message("hello phone");
+    let share = a.exec(
+        "return document.querySelector('[data-testid=message-list]').getBoundingClientRect().height / window.innerHeight",
+        json!([]),
+    );
+    shot(&a, &dir, "phone");
+    assert!(share.as_f64().unwrap() >= 0.5, "the message list has {share} of the height");
+    // The input's placeholder is not cut off.
+    let fits = a.exec(
+        "var i = document.querySelector('[data-testid=message-input]'); var c = document.createElement('canvas').getContext('2d'); var st = getComputedStyle(i); c.font = st.font; var pad = parseFloat(st.paddingLeft) + parseFloat(st.paddingRight); return c.measureText(i.placeholder).width <= i.clientWidth - pad",
+        json!([]),
+    );
+    let why = a.exec(
+        "var i = document.querySelector('[data-testid=message-input]'); return [i.placeholder, i.clientWidth]",
+        json!([]),
+    );
+    assert_eq!(fits, true, "{why}");
+}
