@@ -69,9 +69,17 @@ pub struct Args {
     /// back within it is announced neither as leaving nor as joining again. 0: at once.
     #[arg(long, default_value_t = 2000, help_heading = "Limits")]
     pub presence_grace_ms: u64,
-    /// Messages kept in memory per room for getHistory (and read back from the log at start).
-    #[arg(long, default_value_t = 100, help_heading = "Storage")]
+    /// Messages per room that getHistory can reach: the newest from memory, older ones
+    /// read from the log (with `--durability memory`: at most `--history-memory`).
+    #[arg(long, default_value_t = 1000, help_heading = "Storage")]
     pub history: usize,
+    /// Newest messages per room kept in memory while the room is in use.
+    #[arg(long, default_value_t = 100, help_heading = "Storage")]
+    pub history_memory: usize,
+    /// Milliseconds after its last member left that a room with messages is evicted from
+    /// memory (its history stays on disk; a join brings it back, same epoch, next seq).
+    #[arg(long, default_value_t = 10_000, help_heading = "Storage")]
+    pub room_evict_ms: u64,
     /// Where the embedded log of room messages lives; one process per directory.
     #[arg(long, default_value = "cchat-data", help_heading = "Storage")]
     pub data_dir: PathBuf,
@@ -248,8 +256,12 @@ pub struct Config {
     pub presence_interval: Duration,
     /// How long a disconnected user's departure waits to be announced.
     pub presence_grace: Duration,
-    /// Messages of history per room kept in memory.
+    /// Messages of history per room getHistory reaches (memory and log).
     pub history: usize,
+    /// Messages of history per room kept in memory.
+    pub history_memory: usize,
+    /// Delay before an empty room is evicted from memory.
+    pub room_evict: Duration,
     /// Where the log lives.
     pub data_dir: PathBuf,
     /// When a room message is broadcast relative to the disk.
@@ -407,11 +419,15 @@ impl Config {
             presence_limit: args.presence_limit,
             presence_interval: Duration::from_millis(args.presence_interval_ms.clamp(10, 3_600_000)),
             presence_grace: Duration::from_millis(args.presence_grace_ms.min(600_000)),
-            history: args.history,
+            history: args.history.min(1 << 20),
+            history_memory: args.history_memory.min(args.history).min(1 << 20),
+            room_evict: Duration::from_millis(args.room_evict_ms.min(86_400_000)),
             data_dir: args.data_dir,
             durability: args.durability,
             fsync_interval: Duration::from_millis(args.fsync_interval_ms.clamp(1, 60_000)),
-            segment_bytes: args.segment_bytes.clamp(4096, 1 << 40),
+            // A record's place names its offset in 30 bits; a segment
+            // overshoots its size by at most one batch of records.
+            segment_bytes: args.segment_bytes.clamp(4096, 512 << 20),
             retention_bytes: args.retention_bytes.max(4096),
             retention: Duration::from_secs_f64(if args.retention.is_finite() {
                 args.retention.clamp(0.0, 1e6) * 3600.0

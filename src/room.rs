@@ -300,6 +300,18 @@ impl Room {
         self.history.push_back((seq, json));
     }
 
+    /// The oldest seq held in memory (one past the top when none is).
+    pub fn memory_low(&self) -> u64 {
+        self.history.front().map_or(self.seq + 1, |(s, _)| *s)
+    }
+
+    /// Messages held in memory with a seq in `range`, oldest first.
+    pub fn history_range(&self, range: std::ops::Range<u64>) -> impl Iterator<Item = &Bytes> {
+        let a = self.history.partition_point(|(s, _)| *s < range.start);
+        let b = self.history.partition_point(|(s, _)| *s < range.end).max(a);
+        self.history.range(a..b).map(|(_, j)| j)
+    }
+
     /// Stored messages, oldest first. With `since`, the first `limit` messages
     /// after it (paging forward, as a reconnecting client catches up); with
     /// `before`, the newest `limit` before it (scrolling back); with

@@ -279,6 +279,7 @@ async fn shard_main(
     tasks.push(glommio::spawn_local(shard.clone().run_flusher()));
     if let Some(log) = &log {
         tasks.push(glommio::spawn_local(shard.clone().run_log_writer(log.clone())));
+        tasks.push(glommio::spawn_local(shard.clone().run_history_reader()));
         if node.cfg.durability == Durability::Written {
             tasks.push(glommio::spawn_local(shard.clone().run_log_syncer(log.clone())));
         }

@@ -70,6 +70,14 @@ pub struct ShardStats {
     pub log_errors: AtomicU64,
     /// Bytes of log on disk.
     pub log_size: AtomicI64,
+    /// Rooms evicted from memory (only their index stays).
+    pub evicted_rooms: AtomicI64,
+    /// History answers read from disk, and the records they read.
+    pub history_disk_reads: AtomicU64,
+    /// See `history_disk_reads`.
+    pub history_disk_records: AtomicU64,
+    /// History reads that failed or found a record missing.
+    pub history_disk_errors: AtomicU64,
     /// Fan-out latency (owner sequenced → recipient shard wrote), microseconds.
     pub latency: Mutex<Histogram<u64>>,
 }
@@ -103,6 +111,10 @@ impl ShardStats {
             log_fsync_us: AtomicU64::new(0),
             log_errors: AtomicU64::new(0),
             log_size: AtomicI64::new(0),
+            evicted_rooms: AtomicI64::new(0),
+            history_disk_reads: AtomicU64::new(0),
+            history_disk_records: AtomicU64::new(0),
+            history_disk_errors: AtomicU64::new(0),
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
         }
     }
@@ -234,6 +246,30 @@ impl NodeStats {
             sum_u(|s| &s.log_errors).to_string(),
         );
         metric("cchat_log_size_bytes", "gauge", "Bytes of log on disk.", sum_i(|s| &s.log_size).to_string());
+        metric(
+            "cchat_rooms_evicted",
+            "gauge",
+            "Rooms with stored messages and no members, held as an index only (history on disk).",
+            sum_i(|s| &s.evicted_rooms).to_string(),
+        );
+        metric(
+            "cchat_history_disk_reads_total",
+            "counter",
+            "getHistory answers that read the log.",
+            sum_u(|s| &s.history_disk_reads).to_string(),
+        );
+        metric(
+            "cchat_history_disk_records_total",
+            "counter",
+            "Messages read back from the log for getHistory.",
+            sum_u(|s| &s.history_disk_records).to_string(),
+        );
+        metric(
+            "cchat_history_disk_errors_total",
+            "counter",
+            "History reads of the log that failed or found a message missing.",
+            sum_u(|s| &s.history_disk_errors).to_string(),
+        );
         metric(
             "cchat_log_recovery_seconds",
             "gauge",

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use glommio::timer::Timer;
-use tracing::{error, info};
+use tracing::error;
 
 use super::Shard;
 use super::owner::Out;
@@ -25,6 +25,7 @@ impl Shard {
     /// journal's unwritten records: nothing the owner sends may overtake a
     /// room message that is not yet on disk (one sender's order holds).
     pub(super) fn send_or_hold(&self, out: &mut Vec<Out>) {
+        self.queue_reads();
         let end = self.owner.borrow_mut().journal().map(|j| j.end());
         match end {
             Some(end) if end > self.log_written.get() || !self.held.borrow().is_empty() => {
@@ -72,16 +73,17 @@ impl Shard {
                 }
             })
             .await;
-            let (buf, records, end) = self.owner.borrow_mut().journal().expect("journal").take();
-            let bytes = buf.len() as u64;
-            let mut result = log.append(buf).await;
-            if result.is_ok() && sync {
-                result = self.timed_sync(&log).await;
+            let batch = self.owner.borrow_mut().journal().expect("journal").take();
+            let (bytes, records, end) = (batch.buf.len() as u64, batch.marks.len() as u64, batch.end);
+            let mut result = log.append(batch.buf).await;
+            if let (Ok(_), true) = (&result, sync) {
+                result = self.timed_sync(&log).await.and(result);
             }
             match result {
-                Ok(()) => {
+                Ok((seg, base)) => {
                     self.stats().log_appends.fetch_add(records, Relaxed);
                     self.stats().log_bytes.fetch_add(bytes, Relaxed);
+                    self.owner.borrow_mut().on_written(&batch.marks, log.dir(), seg, base);
                 }
                 Err(e) => {
                     // The messages are sequenced and in memory history; they
@@ -94,8 +96,8 @@ impl Shard {
             }
             self.release_held(end);
             match log.roll_if_full().await {
-                Ok(0) => {}
-                Ok(n) => info!(shard = self.id, deleted = n, "log segments past retention deleted"),
+                Ok(None) => {}
+                Ok(Some(upto)) => self.owner.borrow_mut().on_segments_deleted(log.dir(), upto),
                 Err(e) => error!(shard = self.id, error = %e, "cannot start a new log segment"),
             }
             self.stats().log_size.store(log.size() as i64, Relaxed);

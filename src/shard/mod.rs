@@ -33,6 +33,7 @@
 mod api;
 mod conns;
 mod flush;
+mod history;
 mod log;
 mod mesh;
 mod outbound;
@@ -92,6 +93,9 @@ pub struct Shard {
     /// Journal position the log writer has written up to.
     log_written: Cell<u64>,
     log_waker: RefCell<Option<std::task::Waker>>,
+    /// History answers waiting for the disk, and the reader's waker (see `history`).
+    reads: RefCell<std::collections::VecDeque<owner::DiskRead>>,
+    read_waker: RefCell<Option<std::task::Waker>>,
     flush: flush::Flusher,
     mesh: mesh::Mesh,
     /// Shared read buffer: every connection reads into it and copies out only
@@ -130,7 +134,8 @@ impl Shard {
             conns: RefCell::new(Conns::new()),
             members: RefCell::new(HashMap::new()),
             owner: RefCell::new({
-                let mut o = Owner::new(n, node.cfg.history, node.epoch, Box::new(move || epochs.next_epoch()));
+                let mut o = Owner::new(n, node.cfg.history_memory, node.epoch, Box::new(move || epochs.next_epoch()));
+                o.set_storage(node.cfg.history, node.cfg.room_evict.as_millis() as u64);
                 o.set_presence(
                     node.cfg.presence_limit,
                     node.cfg.presence_interval.as_millis() as u64,
@@ -143,6 +148,8 @@ impl Shard {
             held: RefCell::new(std::collections::VecDeque::new()),
             log_written: Cell::new(0),
             log_waker: RefCell::new(None),
+            reads: RefCell::new(std::collections::VecDeque::new()),
+            read_waker: RefCell::new(None),
             flush: flush::Flusher::new(),
             mesh: mesh::Mesh::new(n, senders),
             read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
@@ -428,7 +435,10 @@ impl Shard {
             ShardMsg::ToMembers(d) => self.on_delivery(d),
             ShardMsg::ToNode(node, msg) => self.to_node(node, *msg),
             ShardMsg::ClusterChanged { view, down } => self.apply_cluster_change(view, down),
-            ShardMsg::Api(q) => self.owner.borrow().answer(q),
+            ShardMsg::Api(q) => {
+                self.owner.borrow_mut().answer(q);
+                self.queue_reads();
+            }
             ShardMsg::Disconnect { uid, code } => {
                 for (_, e) in self.conns.borrow_mut().iter_mut() {
                     if e.session.identity().is_some_and(|(u, _, _)| *u == uid) {

@@ -7,7 +7,7 @@
 //! every outgoing frame once. A broadcast becomes one [`Delivery::Deliver`]
 //! per shard and per other node that holds members, all sharing the bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use indexmap::IndexMap;
 use std::time::Instant;
@@ -19,7 +19,11 @@ use crate::ids::{Id, Name};
 use crate::msg::{API_CONN, Audience, ConnRef, Delivery, Publish, Request};
 use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
 use crate::room::{Change, Joined, Room};
-use crate::store::{Journal, RoomState};
+use crate::store::{Journal, RoomIndex};
+
+#[path = "owner_disk.rs"]
+mod disk;
+pub(crate) use disk::{DiskRead, ReadReply};
 
 /// Where a delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,17 @@ pub(crate) struct Owner {
     /// While the log cannot be written: messages are refused until this
     /// Unix time (ms), then tried again.
     store_down_until: u64,
+    /// Where each room's stored messages are (rooms in memory and evicted
+    /// ones); see `owner_disk.rs`.
+    disk: HashMap<Id, RoomIndex>,
+    /// Stored messages indexed per room (`--history`).
+    disk_cap: usize,
+    /// An empty room is evicted this long after it emptied.
+    evict_ms: u64,
+    /// Rooms that emptied, and when they may be evicted, oldest first.
+    idle: VecDeque<(Id, u64)>,
+    /// History answers that need the disk, for the shard's reader.
+    reads: Vec<DiskRead>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -108,6 +123,11 @@ impl Owner {
             nodes: Vec::new(),
             journal: None,
             store_down_until: 0,
+            disk: HashMap::new(),
+            disk_cap: history_cap,
+            evict_ms: 10_000,
+            idle: VecDeque::new(),
+            reads: Vec::new(),
         }
     }
 
@@ -132,22 +152,6 @@ impl Owner {
     /// The log could not be written: refuse messages until `until_ms`.
     pub(crate) fn store_down(&mut self, until_ms: u64) {
         self.store_down_until = until_ms;
-    }
-
-    /// Takes over rooms the log held. Each continues its sequence, unless
-    /// `new_epoch` says the node cannot prove it has every message it
-    /// broadcast in it (or the room is marked damaged): then it starts a new
-    /// epoch and an empty history.
-    pub(crate) fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool) {
-        for (rid, st) in rooms {
-            let room = if new_epoch || st.damaged {
-                Room::new(self.nshards, self.history_cap, (self.next_epoch)())
-            } else {
-                let history = st.history.into_iter().filter(|(e, _, _)| *e == st.epoch).map(|(_, s, j)| (s, j));
-                Room::restore(self.nshards, self.history_cap, st.epoch, st.seq, history)
-            };
-            self.rooms.insert(rid, room);
-        }
     }
 
     /// Rooms with members.
@@ -179,14 +183,11 @@ impl Owner {
                 out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
             }
             Request::GetHistory { rid, conn, since, before, limit } => {
-                let limit = Some(limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE));
-                let frame = match self.rooms.get(&rid) {
-                    Some(room) => {
-                        protocol::encode_history(&rid, room.epoch(), room.history(since, before, limit).map(|b| &b[..]))
-                    }
-                    None => protocol::encode_history(&rid, self.node_epoch, std::iter::empty()),
-                };
-                out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
+                let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
+                if let Some((_, epoch, msgs)) = self.plan_history(&rid, since, before, limit, ReadReply::Conn(conn)) {
+                    let frame = protocol::encode_history(&rid, epoch, msgs.iter().map(|b| &b[..]));
+                    out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
+                }
             }
         }
         None
@@ -204,9 +205,8 @@ impl Owner {
         now_ms: u64,
         out: &mut Vec<Out>,
     ) {
-        let (nshards, cap) = (self.nshards, self.history_cap);
-        let next_epoch = &self.next_epoch;
-        let room = self.rooms.entry(rid.clone()).or_insert_with(|| Room::new(nshards, cap, next_epoch()));
+        self.room_or_load(&rid);
+        let room = self.rooms.get_mut(&rid).expect("loaded");
         let was_empty = room.is_empty();
         let joined = room.join(conn, &uid, &name, echo);
         if was_empty && !room.is_empty() {
@@ -305,7 +305,7 @@ impl Owner {
         if emptied {
             self.live -= 1;
             self.presence_due.swap_remove(&rid);
-            self.forget_if_unused(&rid);
+            self.forget_if_unused(&rid, now_ms);
             return; // nobody is left to tell
         }
         if left.user_gone {
@@ -321,8 +321,11 @@ impl Owner {
     /// An empty room that never had a message holds nothing worth keeping
     /// (no seq was handed out in its epoch): it is forgotten at once, so
     /// joining and leaving rooms cannot grow the server's memory. A room
-    /// with messages keeps its sequence and history while the node runs.
-    fn forget_if_unused(&mut self, rid: &Id) {
+    /// with messages is evicted a little later (with a log: its index stays).
+    fn forget_if_unused(&mut self, rid: &Id, now_ms: u64) {
+        if self.rooms.get(rid).is_some_and(|r| r.is_empty() && r.seq() > 0) {
+            self.schedule_evict(rid, now_ms);
+        }
         if self.rooms.get(rid).is_some_and(|r| r.is_empty() && r.seq() == 0) {
             self.rooms.remove(rid);
             // Give a table that a burst of rooms grew back once it is mostly empty.
@@ -344,11 +347,11 @@ impl Owner {
             out.push(err(p.from, "message store unavailable, try again shortly"));
             return Some(ERR_INVALID);
         }
-        if p.from == API_CONN {
+        if p.from == API_CONN && !self.rooms.contains_key(&p.rid) {
             // The server API publishes to any room, as no member: everyone
             // gets it, and it is stored like any message.
-            let (nshards, cap, next_epoch) = (self.nshards, self.history_cap, &self.next_epoch);
-            self.rooms.entry(p.rid.clone()).or_insert_with(|| Room::new(nshards, cap, next_epoch()));
+            self.room_or_load(&p.rid);
+            self.schedule_evict(&p.rid, now_ms);
         }
         let Some(room) = self.rooms.get_mut(&p.rid) else {
             out.push(err(p.from, "not a member of rid"));
@@ -438,6 +441,9 @@ impl Owner {
             }
             if had_members && room.is_empty() {
                 self.live -= 1;
+                if room.seq() > 0 && self.journal.is_some() {
+                    self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
+                }
             }
         }
         for (rid, left, big) in gone {
@@ -447,7 +453,7 @@ impl Owner {
     }
 
     /// Answers a question of the server API about the rooms owned here.
-    pub(crate) fn answer(&self, q: crate::msg::ApiQuery) {
+    pub(crate) fn answer(&mut self, q: crate::msg::ApiQuery) {
         use crate::msg::ApiQuery;
         match q {
             ApiQuery::Online { rid, reply } => {
@@ -456,12 +462,12 @@ impl Owner {
                 let _ = reply.send(users.or(Some(Vec::new())));
             }
             ApiQuery::History { rid, since, limit, reply } => {
-                let limit = Some(limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE));
-                let h = match self.rooms.get(&rid) {
-                    Some(r) => (r.epoch(), r.history(since, None, limit).cloned().collect()),
-                    None => (self.node_epoch, Vec::new()),
-                };
-                let _ = reply.send(Some(h));
+                let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
+                if let Some((ReadReply::Api(reply), epoch, msgs)) =
+                    self.plan_history(&rid, since, None, limit, ReadReply::Api(reply))
+                {
+                    let _ = reply.send(Some((epoch, msgs)));
+                }
             }
             ApiQuery::Rooms { reply } => {
                 let rooms = self
@@ -477,6 +483,7 @@ impl Owner {
 
     /// Forgets the rooms `view` gives to other nodes (their members re-join there).
     pub(crate) fn keep_own(&mut self, view: &View) {
+        self.drop_index(|rid| view.owner(rid) == 0);
         let live = &mut self.live;
         self.rooms.retain(|rid, room| {
             let keep = view.owner(rid) == 0;

@@ -175,3 +175,54 @@ fn leaving_and_a_dead_node_announce_users_gone() {
     assert_eq!(text(frame), r#"{"cmd":"logout","rid":"r"}"#);
     assert_eq!(o.live_rooms(), 0);
 }
+
+/// With a log: an emptied room is evicted after the delay, only its index
+/// stays; a join brings it back with the same epoch and the next seq, and a
+/// history request beyond what memory holds is planned as a disk read of
+/// exactly the missing seqs, followed by memory's.
+#[test]
+fn an_empty_room_is_evicted_and_comes_back_from_its_index() {
+    let mut o = Owner::new(2, 2, 1, Box::new(|| 7)); // 2 messages in memory
+    o.enable_journal();
+    o.set_storage(100, 50);
+    let mut out = Vec::new();
+    join(&mut o, conn(0, 0, 1), "a");
+    for k in 0..5 {
+        o.handle(publish(conn(0, 0, 1), "a", &format!("m{k}"), None), 0, &mut out);
+    }
+    // The log writer wrote them: seq 1..=5 at offsets 100, 200, ...
+    let batch = o.journal().unwrap().take();
+    assert_eq!(batch.marks.len(), 5);
+    o.on_written(&batch.marks, 0, 1, 100);
+    o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 1), ack: false }, 1000, &mut out);
+    assert_eq!((o.rooms_held(), o.evict_idle(1049)), (1, 0), "not before the delay");
+    assert_eq!(o.evict_idle(1050), 1);
+    assert_eq!((o.rooms_held(), o.evicted_rooms()), (0, 1));
+
+    // Evicted: history comes from disk alone.
+    assert!(o.plan_history(&id("r"), None, None, 3, ReadReply::Conn(conn(0, 0, 9))).is_none());
+    let r = o.take_reads().next().unwrap();
+    assert_eq!(r.locs.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert!(r.tail.is_empty());
+    assert_eq!((r.epoch, r.locs[0].1.off()), (7, 100 + batch.marks[2].off));
+
+    // Back: same epoch, next seq; memory holds the new message, the disk the rest.
+    out.clear();
+    join(&mut o, conn(0, 0, 2), "b");
+    o.handle(publish(conn(0, 0, 2), "b", "m5", None), 2000, &mut out);
+    let Some(Out { msg: Delivery::Deliver { frame, .. }, .. }) = out.last() else { panic!("{out:?}") };
+    assert!(text(frame).contains(r#""seq":6,"epoch":7"#), "{}", text(frame));
+    assert!(o.plan_history(&id("r"), Some(2), None, 10, ReadReply::Conn(conn(0, 0, 9))).is_none());
+    let r = o.take_reads().next().unwrap();
+    assert_eq!(r.locs.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(r.tail.len(), 1, "seq 6 from memory");
+    // Within memory: answered at once.
+    assert!(o.plan_history(&id("r"), Some(5), None, 10, ReadReply::Conn(conn(0, 0, 9))).is_some());
+
+    // Retention deletes the segment: an evicted room with nothing left on
+    // disk is forgotten (used again, it starts a new epoch).
+    o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 2), ack: false }, 3000, &mut out);
+    o.evict_idle(4000);
+    o.on_segments_deleted(0, 1);
+    assert_eq!(o.evicted_rooms(), 0);
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::Shard;
+use crate::node::unix_ms;
 use crate::pinning::Action;
 use crate::ws;
 
@@ -64,6 +65,12 @@ impl Shard {
         }
         drop(conns);
         self.tick_presence();
+        if t.is_multiple_of(10) {
+            let mut owner = self.owner.borrow_mut();
+            if owner.evict_idle(unix_ms()) > 0 || t.is_multiple_of(100) {
+                self.stats().evicted_rooms.store(owner.evicted_rooms() as i64, Relaxed);
+            }
+        }
         self.flush.wake();
         if t.is_multiple_of(10) {
             self.review_pin();

@@ -25,6 +25,7 @@
 //! on another node meanwhile). Segments roll at `--segment-bytes`; the oldest
 //! are deleted past `--retention-bytes` per shard or `--retention` hours.
 
+pub mod index;
 pub mod record;
 pub mod recovery;
 pub mod writer;
@@ -34,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+pub use index::{Loc, RoomIndex};
 pub use recovery::{Recovered, RoomState};
 
 pub use crate::config::Durability;
@@ -62,16 +64,43 @@ pub struct Journal {
     /// Bytes ever appended (the position the writer must reach to cover the
     /// newest record).
     end: u64,
-    records: u64,
+    /// Each record in `buf`: room, epoch, seq and its offset in `buf` (for
+    /// the room index, once written).
+    marks: Vec<Mark>,
+}
+
+/// A record waiting in the journal: its room, epoch, seq, and offset in the
+/// batch.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    /// The room.
+    pub rid: crate::ids::Id,
+    /// Epoch of the message.
+    pub epoch: u64,
+    /// Its seq.
+    pub seq: u64,
+    /// Where its record starts in the batch.
+    pub off: u64,
+}
+
+/// What the journal hands its writer at once.
+#[derive(Debug)]
+pub struct Batch {
+    /// The framed records.
+    pub buf: Vec<u8>,
+    /// One mark per record.
+    pub marks: Vec<Mark>,
+    /// The position they reach.
+    pub end: u64,
 }
 
 impl Journal {
     /// Frames one record.
-    pub fn append(&mut self, epoch: u64, seq: u64, ts: u64, rid: &str, msg: &[u8]) {
+    pub fn append(&mut self, epoch: u64, seq: u64, ts: u64, rid: &crate::ids::Id, msg: &[u8]) {
         let before = self.buf.len();
         record::encode(&mut self.buf, epoch, seq, ts, rid, msg);
         self.end += (self.buf.len() - before) as u64;
-        self.records += 1;
+        self.marks.push(Mark { rid: rid.clone(), epoch, seq, off: before as u64 });
     }
 
     /// Position after the newest record.
@@ -84,12 +113,13 @@ impl Journal {
         !self.buf.is_empty()
     }
 
-    /// Takes what waits: the bytes, how many records they are, and the
-    /// position they reach.
-    pub fn take(&mut self) -> (Vec<u8>, u64, u64) {
+    /// Takes what waits.
+    pub fn take(&mut self) -> Batch {
         let cap = self.buf.capacity().min(1 << 20);
         let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
-        (buf, std::mem::take(&mut self.records), self.end)
+        let cap = self.marks.capacity().min(1 << 14);
+        let marks = std::mem::replace(&mut self.marks, Vec::with_capacity(cap));
+        Batch { buf, marks, end: self.end }
     }
 }
 
@@ -170,13 +200,15 @@ mod tests {
     #[test]
     fn the_journal_frames_records_and_counts_its_position() {
         let mut j = Journal::default();
+        let r = crate::ids::Id::parse_str("r").unwrap();
         assert!(!j.has_pending());
-        j.append(1, 1, 5, "r", b"{}");
-        j.append(1, 2, 5, "r", b"{}");
-        let (buf, n, end) = j.take();
-        assert_eq!((n, end, buf.len() as u64), (2, end, end));
+        j.append(1, 1, 5, &r, b"{}");
+        j.append(1, 2, 5, &r, b"{}");
+        let b = j.take();
+        assert_eq!((b.marks.len(), b.buf.len() as u64), (2, b.end));
+        assert_eq!((b.marks[0].off, b.marks[1].off, b.marks[1].seq), (0, b.end / 2, 2));
         assert!(!j.has_pending());
-        j.append(1, 3, 5, "r", b"{}");
-        assert_eq!(j.end(), end + end / 2);
+        j.append(1, 3, 5, &r, b"{}");
+        assert_eq!(j.end(), b.end + b.end / 2);
     }
 }

@@ -1,6 +1,8 @@
 //! Reading the log back at start: every segment of every shard directory,
-//! each room's epoch, last seq and recent history. Runs on the main thread
-//! before any shard starts (plain file reads: no executor waits on them).
+//! each room's epoch, last seq and the places of its newest messages (its
+//! [`RoomIndex`]; the messages themselves stay on disk until asked for).
+//! Runs on the main thread before any shard starts (plain file reads: no
+//! executor waits on them).
 //!
 //! A damaged tail (a record cut short, a bad checksum, garbage) in the last
 //! segment of a shard's directory is cut off at the last whole record, and
@@ -8,13 +10,12 @@
 //! still has every message it broadcast in them. Damage anywhere else is an
 //! error that names the file; nothing is deleted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::StoreError;
+use super::index::{Loc, RoomIndex};
 use super::record::{self, Decoded, HEADER_LEN};
 use crate::ids::Id;
 
@@ -25,8 +26,8 @@ pub struct RoomState {
     pub epoch: u64,
     /// Seq of its last stored message.
     pub seq: u64,
-    /// The newest stored messages (epoch, seq, JSON), oldest first.
-    pub history: VecDeque<(u64, u64, Bytes)>,
+    /// Where its newest stored messages of that epoch are.
+    pub index: RoomIndex,
     /// The log of the shard directory this state came from was damaged:
     /// the room must start a new epoch.
     pub damaged: bool,
@@ -81,7 +82,7 @@ pub fn segment_name(index: u64) -> String {
     format!("{index:020}.log")
 }
 
-/// Reads every shard directory under `data`, keeping `history` messages per room.
+/// Reads every shard directory under `data`, indexing `history` messages per room.
 pub fn recover(data: &Path, history: usize) -> Result<Recovered, StoreError> {
     let t0 = Instant::now();
     let mut out = Recovered::default();
@@ -102,19 +103,14 @@ pub fn recover(data: &Path, history: usize) -> Result<Recovered, StoreError> {
     }
     shards.sort();
     for (i, dir) in shards {
-        let segs = recover_shard(&dir, history, &mut out)?;
+        let segs = recover_shard(i, &dir, history, &mut out)?;
         out.segments.insert(i, segs);
-    }
-    // Rooms whose records sit in several shard directories (the shard count
-    // changed between runs): epochs grow with time, so (epoch, seq) orders them.
-    for room in out.rooms.values_mut() {
-        room.history.make_contiguous().sort_by_key(|(epoch, seq, _)| (*epoch, *seq));
     }
     out.report.elapsed = t0.elapsed();
     Ok(out)
 }
 
-fn recover_shard(dir: &Path, history: usize, out: &mut Recovered) -> Result<Vec<Segment>, StoreError> {
+fn recover_shard(i: usize, dir: &Path, history: usize, out: &mut Recovered) -> Result<Vec<Segment>, StoreError> {
     let io = |path: &Path, e: std::io::Error| StoreError::Io(path.to_owned(), e);
     let mut segs = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
@@ -140,7 +136,7 @@ fn recover_shard(dir: &Path, history: usize, out: &mut Recovered) -> Result<Vec<
                 (0, Some("segment header cut short"))
             }
             Err(why) => return Err(StoreError::Corrupt(seg.path.clone(), 0, why)),
-            Ok(()) => scan(&bytes, history, out, &mut seen, seg),
+            Ok(()) => scan(i, &bytes, history, out, &mut seen, seg),
         };
         match why {
             None => seg.len = bytes.len() as u64,
@@ -174,9 +170,11 @@ fn recover_shard(dir: &Path, history: usize, out: &mut Recovered) -> Result<Vec<
     Ok(segs)
 }
 
-/// Reads the records of one segment into the room states. Returns how far
-/// the records were whole, and why they stopped before the end, if they did.
+/// Reads the records of one segment (of shard directory `dir`) into the
+/// room states. Returns how far the records were whole, and why they stopped
+/// before the end, if they did.
 fn scan(
+    dir: usize,
     bytes: &[u8],
     history: usize,
     out: &mut Recovered,
@@ -187,6 +185,7 @@ fn scan(
     while off < bytes.len() {
         match record::decode(&bytes[off..]) {
             Decoded::Record(r, used) => {
+                let at = Loc::new(dir, seg.index, off as u64);
                 off += used;
                 out.report.records += 1;
                 seg.last_ts = seg.last_ts.max(r.ts);
@@ -198,12 +197,7 @@ fn scan(
                     room.epoch = r.epoch;
                     room.seq = r.seq;
                 }
-                if history > 0 {
-                    if room.history.len() == history {
-                        room.history.pop_front();
-                    }
-                    room.history.push_back((r.epoch, r.seq, r.msg));
-                }
+                room.index.push(r.epoch, r.seq, at, history);
             }
             Decoded::Incomplete => return (off, Some("record cut short")),
             Decoded::Corrupt(why) => return (off, Some(why)),
@@ -241,8 +235,8 @@ mod tests {
         let (data, _, _, _) = log_with(30);
         let r = recover(&data, 10).unwrap();
         let room = &r.rooms[&Id::parse_str("r").unwrap()];
-        assert_eq!((room.epoch, room.seq, room.history.len(), room.damaged), (5, 30, 10, false));
-        assert_eq!(room.history.front().unwrap().1, 21);
+        assert_eq!((room.epoch, room.seq, room.damaged), (5, 30, false));
+        assert_eq!((room.index.first(), room.index.end(), room.index.epoch), (21, 31, 5));
         assert_eq!(r.report.records, 30);
         let _ = std::fs::remove_dir_all(&data);
     }
@@ -288,10 +282,17 @@ mod tests {
                 Err(e) => prop_assert!(false, "{}", e),
                 Ok(r) => {
                     if let Some(room) = r.rooms.get(&Id::parse_str("r").unwrap()) {
-                        for (k, (epoch, seq, json)) in room.history.iter().enumerate() {
-                            prop_assert_eq!((*epoch, *seq), (5, k as u64 + 1));
+                        // Every indexed place holds the record of its seq, as written.
+                        let now = std::fs::read(&path).unwrap();
+                        prop_assert_eq!(room.index.first(), 1);
+                        for seq in room.index.first()..room.index.end() {
+                            let at = room.index.get(seq).unwrap().off() as usize;
+                            let Decoded::Record(r, _) = record::decode(&now[at..]) else {
+                                return Err(TestCaseError::fail(format!("no record at {at}")));
+                            };
+                            prop_assert_eq!((r.epoch, r.seq), (5, seq));
                             let want = format!("{{\"seq\":{seq}}}");
-                            prop_assert_eq!(&json[..], want.as_bytes());
+                            prop_assert_eq!(&r.msg[..], want.as_bytes());
                         }
                         prop_assert!(room.damaged, "a flipped byte is damage");
                     }

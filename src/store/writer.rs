@@ -76,10 +76,11 @@ impl Log {
         })
     }
 
-    /// Appends framed records (all of `buf`) to the segment being written.
-    /// A short write (a full disk) is cut back off, so the segment stays a
-    /// run of whole records, and reported as an error.
-    pub async fn append(&self, buf: Vec<u8>) -> std::io::Result<()> {
+    /// Appends framed records (all of `buf`) to the segment being written;
+    /// returns the segment and the offset they start at. A short write (a
+    /// full disk) is cut back off, so the segment stays a run of whole
+    /// records, and reported as an error.
+    pub async fn append(&self, buf: Vec<u8>) -> std::io::Result<(u64, u64)> {
         let len = buf.len();
         let pos = self.pos.get();
         let file = self.file.borrow().clone();
@@ -90,7 +91,12 @@ impl Log {
         }
         self.pos.set(pos + len as u64);
         self.unsynced.set(true);
-        Ok(())
+        Ok((self.index.get(), pos))
+    }
+
+    /// The shard directory this log writes.
+    pub fn dir(&self) -> usize {
+        self.cfg.shard
     }
 
     /// Whether anything was written since the last fsync.
@@ -113,10 +119,10 @@ impl Log {
     /// Seals the segment being written once it passed `--segment-bytes`
     /// (synced first, so a sealed segment is whole on disk), starts the
     /// next, and deletes sealed segments past the retention limits. Returns
-    /// the segments deleted.
-    pub async fn roll_if_full(&self) -> std::io::Result<usize> {
+    /// the newest segment deleted, if any was.
+    pub async fn roll_if_full(&self) -> std::io::Result<Option<u64>> {
         if self.pos.get() < self.cfg.segment_bytes {
-            return Ok(0);
+            return Ok(None);
         }
         self.sync().await?;
         let next = self.index.get() + 1;
@@ -138,10 +144,11 @@ impl Log {
     }
 
     /// Deletes the oldest sealed segments while the log is over its byte
-    /// limit or they are older than the age limit.
-    fn apply_retention(&self) -> usize {
+    /// limit or they are older than the age limit. Returns the newest
+    /// segment deleted.
+    fn apply_retention(&self) -> Option<u64> {
         let now = unix_ms();
-        let mut dropped = 0;
+        let mut dropped = None;
         loop {
             let over_size = self.size() > self.cfg.retention_bytes;
             let mut sealed = self.sealed.borrow_mut();
@@ -152,10 +159,12 @@ impl Log {
             }
             let oldest = sealed.pop_front().expect("checked");
             drop(sealed);
+            // Readers of history forget the segment whether or not its file
+            // could be removed: retention promised it gone.
+            dropped = Some(oldest.index);
             match std::fs::remove_file(&oldest.path) {
                 Ok(()) => {
                     info!(shard = self.cfg.shard, path = %oldest.path.display(), "log segment past retention deleted");
-                    dropped += 1;
                 }
                 Err(e) => {
                     tracing::warn!(path = %oldest.path.display(), error = %e, "cannot delete a log segment past retention")

@@ -1,0 +1,177 @@
+//! The shard's history reader: answers the history requests the owner
+//! could not answer from memory ([`DiskRead`]) by reading the records from
+//! the log through glommio's buffered files (io_uring), so the executor
+//! never waits on the disk. Records of one request that lie near each other
+//! in a segment are read in one read, and the reads of a request run at once.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+
+use bytes::Bytes;
+use glommio::io::{BufferedFile, OpenOptions};
+use tracing::warn;
+
+use super::Shard;
+use super::owner::{Dest, DiskRead, Out, ReadReply};
+use crate::msg::Delivery;
+use crate::protocol::{self, ERR_INVALID, ProtoError};
+use crate::store::Loc;
+use crate::store::record::{self, Decoded, FRAME_LEN};
+use crate::store::recovery::{segment_name, shard_dir};
+
+/// History answers allowed to wait for the disk per shard; past it a
+/// request is refused (try again) rather than queued without bound.
+const MAX_QUEUED: usize = 1024;
+/// Records closer than this in a segment are read in one read.
+const SPAN: u64 = 64 << 10;
+/// Bytes read past a record's start when its length is not known yet.
+const GUESS: u64 = 4096;
+
+impl Shard {
+    /// Hands the owner's history requests that need the disk to the reader.
+    pub(super) fn queue_reads(&self) {
+        let mut owner = self.owner.borrow_mut();
+        let mut reads = self.reads.borrow_mut();
+        let mut refused = Vec::new();
+        for r in owner.take_reads() {
+            if reads.len() < MAX_QUEUED {
+                reads.push_back(r);
+            } else {
+                refused.push(r.reply);
+            }
+        }
+        drop((owner, reads));
+        for reply in refused {
+            self.stats().history_disk_errors.fetch_add(1, Relaxed);
+            match reply {
+                ReadReply::Conn(conn) => {
+                    let frame = ProtoError::new(ERR_INVALID, "history is busy, try again shortly").encode();
+                    self.send_out(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
+                }
+                ReadReply::Api(tx) => drop(tx.send(None)),
+            }
+        }
+        if !self.reads.borrow().is_empty()
+            && let Some(w) = self.read_waker.borrow_mut().take()
+        {
+            w.wake();
+        }
+    }
+
+    /// The reader task: one request at a time, its reads at once.
+    pub(crate) async fn run_history_reader(self: Rc<Self>) {
+        let data = self.node.cfg.data_dir.clone();
+        loop {
+            let req = std::future::poll_fn(|cx| match self.reads.borrow_mut().pop_front() {
+                Some(r) => Poll::Ready(r),
+                None => {
+                    *self.read_waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            let DiskRead { rid, epoch, locs, tail, reply } = req;
+            let (mut msgs, missing) = read_records(&data, &rid, epoch, &locs).await;
+            self.stats().history_disk_reads.fetch_add(1, Relaxed);
+            self.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
+            if missing > 0 {
+                self.stats().history_disk_errors.fetch_add(1, Relaxed);
+                warn!(shard = self.id, %rid, missing, "history: messages missing from the log (retention or damage)");
+            }
+            msgs.extend(tail);
+            match reply {
+                ReadReply::Conn(conn) => {
+                    let frame = protocol::encode_history(&rid, epoch, msgs.iter().map(|b| &b[..]));
+                    // Behind any room message not yet written, like every reply.
+                    self.send_or_hold(&mut vec![Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } }]);
+                }
+                ReadReply::Api(tx) => drop(tx.send(Some((epoch, msgs)))),
+            }
+        }
+    }
+}
+
+/// Reads the messages at `locs` (oldest first) of room `rid`, `epoch`.
+/// Returns those found, in order, and how many were not (a deleted segment,
+/// damage: a record that is not the one expected is not returned).
+async fn read_records(data: &std::path::Path, rid: &str, epoch: u64, locs: &[(u64, Loc)]) -> (Vec<Bytes>, usize) {
+    // Runs of places in one segment, each within SPAN: one read each.
+    let mut runs: Vec<&[(u64, Loc)]> = Vec::new();
+    let mut start = 0;
+    for i in 1..=locs.len() {
+        let split = i == locs.len() || {
+            let (a, b) = (locs[start].1, locs[i].1);
+            a.dir() != b.dir() || a.seg() != b.seg() || b.off() < locs[i - 1].1.off() || b.off() - a.off() > SPAN
+        };
+        if split {
+            runs.push(&locs[start..i]);
+            start = i;
+        }
+    }
+    let mut files: HashMap<(usize, u64), Option<Rc<BufferedFile>>> = HashMap::new();
+    let mut tasks = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let l = run[0].1;
+        let file = match files.get(&(l.dir(), l.seg())) {
+            Some(f) => f.clone(),
+            None => {
+                let path = shard_dir(data, l.dir()).join(segment_name(l.seg()));
+                let f = OpenOptions::new().read(true).buffered_open(&path).await.ok().map(Rc::new);
+                files.insert((l.dir(), l.seg()), f.clone());
+                f
+            }
+        };
+        let want: Vec<(u64, u64)> = run.iter().map(|(seq, l)| (*seq, l.off())).collect();
+        let rid = rid.to_owned();
+        tasks.push(glommio::spawn_local(async move {
+            match file {
+                Some(f) => read_run(&f, &rid, epoch, &want).await,
+                None => Vec::new(),
+            }
+        }));
+    }
+    let mut out = Vec::with_capacity(locs.len());
+    for t in tasks {
+        out.extend(t.await);
+    }
+    for f in files.into_values().flatten() {
+        if let Ok(f) = Rc::try_unwrap(f) {
+            let _ = f.close().await;
+        }
+    }
+    let missing = locs.len() - out.len();
+    (out, missing)
+}
+
+/// Reads one run of records of a segment (`(seq, offset)`, ascending) with
+/// one read, and any record longer than the read with one more each.
+async fn read_run(f: &BufferedFile, rid: &str, epoch: u64, want: &[(u64, u64)]) -> Vec<Bytes> {
+    let base = want[0].1;
+    let len = want[want.len() - 1].1 - base + GUESS;
+    let Ok(buf) = f.read_at(base, len as usize).await else { return Vec::new() };
+    let mut out = Vec::with_capacity(want.len());
+    for &(seq, off) in want {
+        let at = (off - base) as usize;
+        let found = match buf.get(at..).map(record::decode) {
+            Some(Decoded::Record(r, _)) => Some(r),
+            Some(Decoded::Incomplete) if buf.len() >= at + 4 => {
+                // Longer than what was read: read exactly this record.
+                let body = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+                match f.read_at(off, FRAME_LEN + body.min(record::MAX_BODY)).await {
+                    Ok(one) => match record::decode(&one) {
+                        Decoded::Record(r, _) => Some(r),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(r) = found.filter(|r| r.epoch == epoch && r.seq == seq && &*r.rid == rid) {
+            out.push(r.msg);
+        }
+    }
+    out
+}

@@ -1,0 +1,189 @@
+//! The owner's side of stored history: which of a room's messages are on
+//! disk and where ([`RoomIndex`]), history requests that reach past what
+//! memory holds (planned here, read by the shard's history reader), and
+//! rooms evicted from memory while nobody is in them. No I/O.
+//!
+//! A room in memory keeps its newest `--history-memory` messages; the
+//! index reaches back `--history` messages. An empty room is evicted
+//! `--room-evict-ms` after its last member left: only its index stays (its
+//! epoch, top seq and 8 bytes per stored message), and a join brings it
+//! back with the same epoch and the next seq, its history read from disk.
+//! With `--durability memory` there is no index and nothing is evicted.
+
+use bytes::Bytes;
+
+use super::Owner;
+use crate::ids::Id;
+use crate::msg::ConnRef;
+use crate::room::Room;
+use crate::store::index::window;
+use crate::store::{Loc, Mark, RoomIndex, RoomState};
+
+/// Where the answer to a history request goes.
+pub(crate) enum ReadReply {
+    /// A client's `getHistory`.
+    Conn(ConnRef),
+    /// The server API's `/api/history`.
+    Api(crossbeam_channel::Sender<Option<(u64, Vec<Bytes>)>>),
+}
+
+/// A history answer that needs the disk: read the records at `locs`, then
+/// append `tail` (the newer messages memory still holds).
+pub(crate) struct DiskRead {
+    pub(crate) rid: Id,
+    pub(crate) epoch: u64,
+    /// (seq, place) of the stored messages to read, oldest first.
+    pub(crate) locs: Vec<(u64, Loc)>,
+    /// The messages after them, from memory.
+    pub(crate) tail: Vec<Bytes>,
+    pub(crate) reply: ReadReply,
+}
+
+impl std::fmt::Debug for DiskRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskRead").field("rid", &self.rid).field("locs", &self.locs.len()).finish_non_exhaustive()
+    }
+}
+
+impl Owner {
+    /// Keeps a room index of `history` messages per room and evicts empty
+    /// rooms `evict_ms` after they empty (only with a log).
+    pub(crate) fn set_storage(&mut self, history: usize, evict_ms: u64) {
+        self.disk_cap = history;
+        self.evict_ms = evict_ms;
+    }
+
+    /// Takes over the rooms the log held, as evicted rooms: each continues
+    /// its sequence when used again, unless `new_epoch` says the node cannot
+    /// prove it has every message it broadcast in it (or the room is marked
+    /// damaged): then it is not kept, and starts a new epoch when used.
+    pub(crate) fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool) {
+        if new_epoch {
+            return;
+        }
+        for (rid, st) in rooms.into_iter().filter(|(_, st)| !st.damaged) {
+            let mut ix = st.index;
+            ix.top = ix.top.max(st.seq);
+            self.disk.insert(rid, ix);
+        }
+    }
+
+    /// The room, brought back from its index (same epoch, next seq) or new.
+    pub(super) fn room_or_load(&mut self, rid: &Id) -> &mut Room {
+        if !self.rooms.contains_key(rid) {
+            let room = match self.disk.get(rid) {
+                Some(ix) => Room::restore(self.nshards, self.history_cap, ix.epoch, ix.top, std::iter::empty()),
+                None => Room::new(self.nshards, self.history_cap, (self.next_epoch)()),
+            };
+            self.rooms.insert(rid.clone(), room);
+        }
+        self.rooms.get_mut(rid).expect("inserted above")
+    }
+
+    /// A room emptied: with a log, evict it once `--room-evict-ms` passed.
+    pub(super) fn schedule_evict(&mut self, rid: &Id, now_ms: u64) {
+        if self.journal.is_some() {
+            self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
+        }
+    }
+
+    /// Evicts the rooms that have been empty long enough: only their index
+    /// stays. Returns how many were evicted.
+    pub(crate) fn evict_idle(&mut self, now_ms: u64) -> usize {
+        let mut n = 0;
+        while self.idle.front().is_some_and(|(_, due)| *due <= now_ms) {
+            let (rid, _) = self.idle.pop_front().expect("checked");
+            // A room used again meanwhile stays; a room emptied twice is
+            // evicted at the first due time (the grace is only a courtesy).
+            if !self.rooms.get(&rid).is_some_and(Room::is_empty) {
+                continue;
+            }
+            let room = self.rooms.remove(&rid).expect("checked");
+            let ix = self.disk.entry(rid).or_insert_with(|| RoomIndex::new(room.epoch(), room.seq()));
+            if ix.epoch != room.epoch() {
+                *ix = RoomIndex::new(room.epoch(), room.seq());
+            }
+            ix.top = ix.top.max(room.seq());
+            n += 1;
+        }
+        if n > 0 && self.rooms.capacity() > 1024 && self.rooms.len() * 4 < self.rooms.capacity() {
+            self.rooms.shrink_to(self.rooms.len() * 2);
+        }
+        if self.idle.is_empty() && self.idle.capacity() > 1024 {
+            self.idle.shrink_to(64);
+        }
+        n
+    }
+
+    /// Rooms with an index but nothing in memory.
+    pub(crate) fn evicted_rooms(&self) -> usize {
+        self.disk.keys().filter(|rid| !self.rooms.contains_key(*rid)).count()
+    }
+
+    /// The log writer wrote these records at `base` of segment `seg` in
+    /// directory `dir`: index them. Records of rooms this owner no longer
+    /// holds (given to another node meanwhile) are not indexed.
+    pub(crate) fn on_written(&mut self, marks: &[Mark], dir: usize, seg: u64, base: u64) {
+        for m in marks {
+            let loc = Loc::new(dir, seg, base + m.off);
+            if let Some(ix) = self.disk.get_mut(&m.rid) {
+                ix.push(m.epoch, m.seq, loc, self.disk_cap);
+            } else if self.rooms.contains_key(&m.rid) {
+                let mut ix = RoomIndex::new(m.epoch, 0);
+                ix.push(m.epoch, m.seq, loc, self.disk_cap);
+                self.disk.insert(m.rid.clone(), ix);
+            }
+        }
+    }
+
+    /// Retention deleted segments up to `seg` of directory `dir`: their
+    /// places go, and an evicted room with nothing left on disk is forgotten
+    /// (used again, it starts a new epoch).
+    pub(crate) fn on_segments_deleted(&mut self, dir: usize, seg: u64) {
+        let rooms = &self.rooms;
+        self.disk.retain(|rid, ix| ix.drop_segments(dir, seg) || rooms.contains_key(rid));
+    }
+
+    /// Forgets the index of rooms `keep` rejects (given to another node).
+    pub(super) fn drop_index(&mut self, keep: impl Fn(&Id) -> bool) {
+        self.disk.retain(|rid, _| keep(rid));
+    }
+
+    /// Answers a history request from memory when memory holds the whole
+    /// window; else queues a [`DiskRead`] (see [`Owner::take_reads`]) and
+    /// returns None.
+    pub(super) fn plan_history(
+        &mut self,
+        rid: &Id,
+        since: Option<u64>,
+        before: Option<u64>,
+        limit: usize,
+        reply: ReadReply,
+    ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
+        let room = self.rooms.get(rid);
+        let ix = self.disk.get(rid);
+        let (epoch, top, mem_low) = match (room, ix) {
+            (Some(r), _) => (r.epoch(), r.seq(), r.memory_low()),
+            (None, Some(ix)) => (ix.epoch, ix.top, ix.top + 1),
+            (None, None) => return Some((reply, self.node_epoch, Vec::new())),
+        };
+        // The disk reaches further back when its run of this epoch joins
+        // what memory holds (a run that stops short is a failed write's gap).
+        let ix = ix.filter(|ix| ix.epoch == epoch && !ix.is_empty() && ix.end() >= mem_low);
+        let lowest = ix.map_or(mem_low, |ix| ix.first().min(mem_low));
+        let w = window(since, before, limit, lowest, top);
+        let split = w.end.min(mem_low).max(w.start);
+        let tail = room.map(|r| r.history_range(split..w.end).cloned().collect()).unwrap_or_default();
+        let Some(ix) = ix.filter(|_| split > w.start) else {
+            return Some((reply, epoch, tail));
+        };
+        let locs = (w.start..split).filter_map(|s| ix.get(s).map(|l| (s, l))).collect();
+        self.reads.push(DiskRead { rid: rid.clone(), epoch, locs, tail, reply });
+        None
+    }
+
+    /// History answers waiting for the disk.
+    pub(crate) fn take_reads(&mut self) -> impl Iterator<Item = DiskRead> + '_ {
+        self.reads.drain(..)
+    }
+}
