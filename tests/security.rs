@@ -155,12 +155,12 @@ fn browser_origins_are_checked() {
     assert!(upgrade_status(any.addr, Some("https://evil.example")).starts_with("HTTP/1.1 101"));
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One admin request: (status, body).
-fn admin(addr: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+pub(crate) fn admin(addr: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let key = key.map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default();

@@ -16,6 +16,8 @@ mod cluster;
 mod deploy;
 // Durable history: kills, restarts, damaged files, the directory lock.
 mod durability;
+// History read back from the log; rooms evicted from memory and reloaded.
+mod history;
 // The client contract, black-box: commands, replies, errors, closes.
 mod contract;
 // The source tree's rules: no import cycle, no file over 600 lines.

@@ -89,6 +89,8 @@ pub(crate) struct Owner {
     idle: VecDeque<(Id, u64)>,
     /// History answers that need the disk, for the shard's reader.
     reads: Vec<DiskRead>,
+    /// Rooms in `disk` and not in `rooms`.
+    evicted: usize,
 }
 
 impl std::fmt::Debug for Owner {
@@ -128,6 +130,7 @@ impl Owner {
             evict_ms: 10_000,
             idle: VecDeque::new(),
             reads: Vec::new(),
+            evicted: 0,
         }
     }
 

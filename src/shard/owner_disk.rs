@@ -64,7 +64,9 @@ impl Owner {
         for (rid, st) in rooms.into_iter().filter(|(_, st)| !st.damaged) {
             let mut ix = st.index;
             ix.top = ix.top.max(st.seq);
-            self.disk.insert(rid, ix);
+            if self.disk.insert(rid, ix).is_none() {
+                self.evicted += 1;
+            }
         }
     }
 
@@ -72,7 +74,10 @@ impl Owner {
     pub(super) fn room_or_load(&mut self, rid: &Id) -> &mut Room {
         if !self.rooms.contains_key(rid) {
             let room = match self.disk.get(rid) {
-                Some(ix) => Room::restore(self.nshards, self.history_cap, ix.epoch, ix.top, std::iter::empty()),
+                Some(ix) => {
+                    self.evicted -= 1;
+                    Room::restore(self.nshards, self.history_cap, ix.epoch, ix.top, std::iter::empty())
+                }
                 None => Room::new(self.nshards, self.history_cap, (self.next_epoch)()),
             };
             self.rooms.insert(rid.clone(), room);
@@ -105,6 +110,7 @@ impl Owner {
             }
             ix.top = ix.top.max(room.seq());
             n += 1;
+            self.evicted += 1;
         }
         if n > 0 && self.rooms.capacity() > 1024 && self.rooms.len() * 4 < self.rooms.capacity() {
             self.rooms.shrink_to(self.rooms.len() * 2);
@@ -117,7 +123,7 @@ impl Owner {
 
     /// Rooms with an index but nothing in memory.
     pub(crate) fn evicted_rooms(&self) -> usize {
-        self.disk.keys().filter(|rid| !self.rooms.contains_key(*rid)).count()
+        self.evicted
     }
 
     /// The log writer wrote these records at `base` of segment `seg` in
@@ -140,13 +146,22 @@ impl Owner {
     /// places go, and an evicted room with nothing left on disk is forgotten
     /// (used again, it starts a new epoch).
     pub(crate) fn on_segments_deleted(&mut self, dir: usize, seg: u64) {
-        let rooms = &self.rooms;
-        self.disk.retain(|rid, ix| ix.drop_segments(dir, seg) || rooms.contains_key(rid));
+        let (rooms, evicted) = (&self.rooms, &mut self.evicted);
+        self.disk.retain(|rid, ix| {
+            let keep = ix.drop_segments(dir, seg) || rooms.contains_key(rid);
+            *evicted -= usize::from(!keep);
+            keep
+        });
     }
 
     /// Forgets the index of rooms `keep` rejects (given to another node).
     pub(super) fn drop_index(&mut self, keep: impl Fn(&Id) -> bool) {
-        self.disk.retain(|rid, _| keep(rid));
+        let (rooms, evicted) = (&self.rooms, &mut self.evicted);
+        self.disk.retain(|rid, _| {
+            let kept = keep(rid);
+            *evicted -= usize::from(!kept && !rooms.contains_key(rid));
+            kept
+        });
     }
 
     /// Answers a history request from memory when memory holds the whole

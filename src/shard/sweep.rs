@@ -67,9 +67,8 @@ impl Shard {
         self.tick_presence();
         if t.is_multiple_of(10) {
             let mut owner = self.owner.borrow_mut();
-            if owner.evict_idle(unix_ms()) > 0 || t.is_multiple_of(100) {
-                self.stats().evicted_rooms.store(owner.evicted_rooms() as i64, Relaxed);
-            }
+            owner.evict_idle(unix_ms());
+            self.stats().evicted_rooms.store(owner.evicted_rooms() as i64, Relaxed);
         }
         self.flush.wake();
         if t.is_multiple_of(10) {

@@ -1,0 +1,137 @@
+//! History beyond memory: `getHistory` and the server API read older
+//! messages from the log, page back with `before`, survive a restart; rooms
+//! nobody is in leave memory and come back with their sequence.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{Client, Server, temp_data_dir};
+
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--data-dir", dir.to_str().unwrap(), "--shards", "2", "--rate-limit", "0"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// The (epoch, seq) of every message of a getHistory reply, checking each
+/// message's text is "m<seq>".
+fn seqs(h: &Value) -> Vec<(u64, u64)> {
+    h["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let seq = m["seq"].as_u64().unwrap();
+            assert_eq!(m["msg"], format!("m{seq}"), "the stored text of seq {seq}");
+            (m["epoch"].as_u64().unwrap(), seq)
+        })
+        .collect()
+}
+
+fn ask(c: &mut Client, q: Value) -> Vec<(u64, u64)> {
+    c.send(q);
+    seqs(&c.expect("getHistory"))
+}
+
+/// A metric from the admin listener's /metrics.
+fn metric(admin: &str, name: &str) -> f64 {
+    let (_, body) = crate::security::admin(admin, "GET", "/metrics", None, "");
+    body.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits (up to 10 s) until a metric is `want`.
+fn wait_metric(admin: &str, name: &str, want: f64) {
+    let t0 = Instant::now();
+    while metric(admin, name) != want {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{name} stayed at {}, want {want}", metric(admin, name));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn history_beyond_memory_is_read_from_the_log_paged_and_kept_across_a_restart() {
+    let dir = temp_data_dir();
+    let flags = ["--history-memory", "5", "--history", "500"];
+    let server = start(&dir, &flags);
+    let mut reader = server.client();
+    reader.login("reader", "deep", Some("reader"));
+    let mut writer = server.client();
+    writer.login("writer", "deep", Some("writer"));
+    reader.expect("newUser");
+    for k in 1..=120 {
+        writer.say("deep", &format!("m{k}"));
+    }
+    let mut epoch = 0;
+    for k in 1..=120 {
+        let m = reader.expect("message");
+        assert_eq!(m["seq"], k);
+        epoch = m["epoch"].as_u64().unwrap();
+    }
+    let range = |a: u64, b: u64| (a..=b).map(|s| (epoch, s)).collect::<Vec<_>>();
+    // The newest 100: 95 from the log, 5 from memory, in order.
+    assert_eq!(ask(&mut reader, json!({"cmd":"getHistory","rid":"deep","limit":100})), range(21, 120));
+    // Scrolling back before the oldest shown, and paging forward from the start.
+    assert_eq!(ask(&mut reader, json!({"cmd":"getHistory","rid":"deep","before":21,"limit":100})), range(1, 20));
+    assert_eq!(ask(&mut reader, json!({"cmd":"getHistory","rid":"deep","since":0,"limit":50})), range(1, 50));
+    assert_eq!(ask(&mut reader, json!({"cmd":"getHistory","rid":"deep","since":117})), range(118, 120));
+    assert!(server.metric("cchat_history_disk_reads_total") >= 3.0);
+    assert_eq!(server.metric("cchat_history_disk_errors_total"), 0.0);
+    drop((reader, writer));
+    drop(server);
+
+    // A restart holds no message in memory: everything comes from the log.
+    let server = start(&dir, &flags);
+    let mut c = server.client();
+    c.send(json!({"cmd":"login","name":"back","uid":"back","rid":"deep","echo":true}));
+    c.expect("login");
+    assert_eq!(ask(&mut c, json!({"cmd":"getHistory","rid":"deep","limit":1000})), range(1, 120));
+    c.say("deep", "m121");
+    let m = c.expect("message");
+    assert_eq!((m["epoch"].as_u64(), m["seq"].as_u64()), (Some(epoch), Some(121)), "same epoch, next seq");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rooms_nobody_is_in_leave_memory_and_come_back_with_their_sequence() {
+    let dir = temp_data_dir();
+    let admin = format!("127.0.0.1:{}", crate::security::free_port());
+    let server = start(&dir, &["--room-evict-ms", "100", "--admin-listen", &admin, "--api-key", "k"]);
+    let mut c = server.client();
+    // One connection fills 60 rooms with a message each, then leaves them all.
+    let mut epochs = Vec::new();
+    for i in 0..60 {
+        let rid = format!("e{i}");
+        c.send(json!({"cmd":"login","name":"a","uid":"a","rid":rid,"echo":true}));
+        c.expect("login");
+        c.say(&rid, "m1");
+        let m = c.expect("message");
+        epochs.push(m["epoch"].as_u64().unwrap());
+        c.send(json!({"cmd":"logout","rid":rid}));
+        c.expect("logout");
+    }
+    wait_metric(&admin, "cchat_rooms_evicted", 60.0);
+    assert_eq!(metric(&admin, "cchat_rooms"), 0.0);
+    // The server API reads an evicted room's history from the log.
+    let (st, body) = crate::security::admin(&admin, "GET", "/api/history?rid=e3", Some("k"), "");
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["epoch"].as_u64(), v["msgs"][0]["msg"].as_str()), (Some(epochs[3]), Some("m1")));
+    // Back: the same epoch, the next seq, and the history before it.
+    let mut b = server.client();
+    b.send(json!({"cmd":"login","name":"b","uid":"b","rid":"e7","echo":true}));
+    b.expect("login");
+    b.say("e7", "m2");
+    let m = b.expect("message");
+    assert_eq!((m["epoch"].as_u64(), m["seq"].as_u64()), (Some(epochs[7]), Some(2)));
+    assert_eq!(ask(&mut b, json!({"cmd":"getHistory","rid":"e7"})), vec![(epochs[7], 1), (epochs[7], 2)]);
+    assert_eq!(metric(&admin, "cchat_rooms"), 1.0);
+    wait_metric(&admin, "cchat_rooms_evicted", 59.0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
