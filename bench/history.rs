@@ -84,7 +84,54 @@ fn main() {
         print!("{line}");
         rows.push_str(&line);
     }
+    rows.push_str(&evicted_rooms_memory());
     support::write_result("history", "cargo bench --bench history", &rows);
+}
+
+/// One connection fills ROOMS_FILLED rooms with a message each and leaves
+/// each at once (as in the issue: a client growing the server with rooms);
+/// the server's RSS before, once they are all left, and once they are
+/// evicted (`--room-evict-ms 500`); then again with 20,000 other rooms: what
+/// the second round adds is what an evicted room costs (the first round's
+/// growth includes memory the allocator keeps for reuse).
+fn evicted_rooms_memory() -> String {
+    let n: usize = std::env::var("ROOMS_FILLED").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let server = support::Server::start(&["--shards", "1", "--rate-limit", "0", "--room-evict-ms", "500"]);
+    let mut s = support::connect_and_login(server.addr, "w", "home");
+    let mut inbox = Vec::new();
+    std::thread::sleep(Duration::from_millis(300));
+    let rss0 = server.rss_bytes();
+    let mut rss = Vec::new();
+    for round in 0..2 {
+        let mut frames = Vec::new();
+        for i in 0..n {
+            for cmd in [
+                format!(r#"{{"cmd":"login","rid":"f{round}-{i}"}}"#),
+                format!(r#"{{"cmd":"message","type":"text","rid":"f{round}-{i}","msg":"hello"}}"#),
+                format!(r#"{{"cmd":"logout","rid":"f{round}-{i}"}}"#),
+            ] {
+                cchat::ws::client_frame(&mut frames, 1, cmd.as_bytes(), [1; 4]);
+            }
+        }
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || w.write_all(&frames).unwrap());
+        let last = format!(r#""rid":"f{round}-{}""#, n - 1);
+        while !String::from_utf8_lossy(&drain_until(&mut s, &mut inbox, br#"{"cmd":"logout""#)).contains(&last) {}
+        writer.join().unwrap();
+        rss.push(server.rss_bytes());
+        std::thread::sleep(Duration::from_millis(2500));
+        rss.push(server.rss_bytes());
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    format!(
+        "\n| rooms filled and left by one connection, per round | RSS before | round 1: once left | once evicted | round 2 (other rooms): once left | once evicted | growth per evicted room, round 2 |\n|---|---|---|---|---|---|---|\n| {n} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} bytes |\n",
+        mib(rss0),
+        mib(rss[0]),
+        mib(rss[1]),
+        mib(rss[2]),
+        mib(rss[3]),
+        rss[3].saturating_sub(rss[1]) as f64 / n as f64
+    )
 }
 
 /// Reads frames (`buf` keeps what was read past the last one returned)

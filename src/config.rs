@@ -80,6 +80,10 @@ pub struct Args {
     /// memory (its history stays on disk; a join brings it back, same epoch, next seq).
     #[arg(long, default_value_t = 10_000, help_heading = "Storage")]
     pub room_evict_ms: u64,
+    /// Evicted rooms remembered per node (each ~0.6 KiB); past it the rooms evicted longest
+    /// ago are forgotten: used again, they start a new epoch with an empty history.
+    #[arg(long, default_value_t = 250_000, help_heading = "Storage")]
+    pub max_evicted_rooms: usize,
     /// Where the embedded log of room messages lives; one process per directory.
     #[arg(long, default_value = "cchat-data", help_heading = "Storage")]
     pub data_dir: PathBuf,
@@ -262,6 +266,8 @@ pub struct Config {
     pub history_memory: usize,
     /// Delay before an empty room is evicted from memory.
     pub room_evict: Duration,
+    /// Evicted rooms remembered per node.
+    pub max_evicted_rooms: usize,
     /// Where the log lives.
     pub data_dir: PathBuf,
     /// When a room message is broadcast relative to the disk.
@@ -422,6 +428,7 @@ impl Config {
             history: args.history.min(1 << 20),
             history_memory: args.history_memory.min(args.history).min(1 << 20),
             room_evict: Duration::from_millis(args.room_evict_ms.min(86_400_000)),
+            max_evicted_rooms: args.max_evicted_rooms,
             data_dir: args.data_dir,
             durability: args.durability,
             fsync_interval: Duration::from_millis(args.fsync_interval_ms.clamp(1, 60_000)),

@@ -135,7 +135,11 @@ impl Shard {
             members: RefCell::new(HashMap::new()),
             owner: RefCell::new({
                 let mut o = Owner::new(n, node.cfg.history_memory, node.epoch, Box::new(move || epochs.next_epoch()));
-                o.set_storage(node.cfg.history, node.cfg.room_evict.as_millis() as u64);
+                o.set_storage(
+                    node.cfg.history,
+                    node.cfg.room_evict.as_millis() as u64,
+                    node.cfg.max_evicted_rooms.div_ceil(n),
+                );
                 o.set_presence(
                     node.cfg.presence_limit,
                     node.cfg.presence_interval.as_millis() as u64,

@@ -91,6 +91,11 @@ pub(crate) struct Owner {
     reads: Vec<DiskRead>,
     /// Rooms in `disk` and not in `rooms`.
     evicted: usize,
+    /// Evicted rooms, oldest eviction first (may name rooms used again
+    /// since: those are skipped, and the list is compacted when mostly such).
+    evicted_order: VecDeque<Id>,
+    /// Past this many evicted rooms the oldest are forgotten.
+    max_evicted: usize,
 }
 
 impl std::fmt::Debug for Owner {
@@ -131,6 +136,8 @@ impl Owner {
             idle: VecDeque::new(),
             reads: Vec::new(),
             evicted: 0,
+            evicted_order: VecDeque::new(),
+            max_evicted: usize::MAX,
         }
     }
 

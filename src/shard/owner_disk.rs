@@ -8,7 +8,13 @@
 //! `--room-evict-ms` after its last member left: only its index stays (its
 //! epoch, top seq and 8 bytes per stored message), and a join brings it
 //! back with the same epoch and the next seq, its history read from disk.
-//! With `--durability memory` there is no index and nothing is evicted.
+//! Past `--max-evicted-rooms` the rooms evicted longest ago are forgotten
+//! (used again, they start a new epoch; their messages stay on disk until
+//! retention deletes them, unreachable), so memory stays bounded whatever
+//! clients do. With `--durability memory` there is no index and nothing is
+//! evicted.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 
@@ -46,11 +52,13 @@ impl std::fmt::Debug for DiskRead {
 }
 
 impl Owner {
-    /// Keeps a room index of `history` messages per room and evicts empty
-    /// rooms `evict_ms` after they empty (only with a log).
-    pub(crate) fn set_storage(&mut self, history: usize, evict_ms: u64) {
+    /// Keeps a room index of `history` messages per room, evicts empty
+    /// rooms `evict_ms` after they empty (only with a log), and keeps at
+    /// most `max_evicted` evicted rooms.
+    pub(crate) fn set_storage(&mut self, history: usize, evict_ms: u64, max_evicted: usize) {
         self.disk_cap = history;
         self.evict_ms = evict_ms;
+        self.max_evicted = max_evicted;
     }
 
     /// Takes over the rooms the log held, as evicted rooms: each continues
@@ -61,12 +69,42 @@ impl Owner {
         if new_epoch {
             return;
         }
-        for (rid, st) in rooms.into_iter().filter(|(_, st)| !st.damaged) {
+        let mut rooms: Vec<_> = rooms.into_iter().filter(|(_, st)| !st.damaged).collect();
+        // Oldest first (by the place of the newest message), so that a cap
+        // forgets the rooms used longest ago.
+        rooms.sort_by_key(|(_, st)| st.index.last().map(|l| (l.seg(), l.off())));
+        for (rid, st) in rooms {
             let mut ix = st.index;
             ix.top = ix.top.max(st.seq);
-            if self.disk.insert(rid, ix).is_none() {
+            if self.disk.insert(rid.clone(), ix).is_none() {
                 self.evicted += 1;
+                self.evicted_order.push_back(rid);
             }
+        }
+        self.trim_evicted();
+    }
+
+    /// Forgets the rooms evicted longest ago while more than
+    /// `--max-evicted-rooms` (per shard) are; compacts the eviction order
+    /// when it is mostly rooms used again since.
+    fn trim_evicted(&mut self) {
+        while self.evicted > self.max_evicted {
+            let Some(rid) = self.evicted_order.pop_front() else { break };
+            if !self.rooms.contains_key(&rid) && self.disk.remove(&rid).is_some() {
+                self.evicted -= 1;
+            }
+        }
+        if self.evicted_order.len() > 2 * self.evicted + 1024 {
+            let (rooms, disk) = (&self.rooms, &self.disk);
+            let mut seen = std::collections::HashSet::new();
+            let mut kept: VecDeque<Id> = self
+                .evicted_order
+                .drain(..)
+                .rev()
+                .filter(|rid| !rooms.contains_key(rid) && disk.contains_key(rid) && seen.insert(rid.clone()))
+                .collect();
+            kept.make_contiguous().reverse();
+            self.evicted_order = kept;
         }
     }
 
@@ -104,13 +142,17 @@ impl Owner {
                 continue;
             }
             let room = self.rooms.remove(&rid).expect("checked");
-            let ix = self.disk.entry(rid).or_insert_with(|| RoomIndex::new(room.epoch(), room.seq()));
+            let ix = self.disk.entry(rid.clone()).or_insert_with(|| RoomIndex::new(room.epoch(), room.seq()));
             if ix.epoch != room.epoch() {
                 *ix = RoomIndex::new(room.epoch(), room.seq());
             }
             ix.top = ix.top.max(room.seq());
             n += 1;
             self.evicted += 1;
+            self.evicted_order.push_back(rid);
+        }
+        if n > 0 {
+            self.trim_evicted();
         }
         if n > 0 && self.rooms.capacity() > 1024 && self.rooms.len() * 4 < self.rooms.capacity() {
             self.rooms.shrink_to(self.rooms.len() * 2);

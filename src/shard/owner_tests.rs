@@ -184,7 +184,7 @@ fn leaving_and_a_dead_node_announce_users_gone() {
 fn an_empty_room_is_evicted_and_comes_back_from_its_index() {
     let mut o = Owner::new(2, 2, 1, Box::new(|| 7)); // 2 messages in memory
     o.enable_journal();
-    o.set_storage(100, 50);
+    o.set_storage(100, 50, 1000);
     let mut out = Vec::new();
     join(&mut o, conn(0, 0, 1), "a");
     for k in 0..5 {
@@ -225,4 +225,72 @@ fn an_empty_room_is_evicted_and_comes_back_from_its_index() {
     o.evict_idle(4000);
     o.on_segments_deleted(0, 1);
     assert_eq!(o.evicted_rooms(), 0);
+}
+
+/// Past `--max-evicted-rooms` the rooms evicted longest ago are forgotten
+/// (a join then starts a new epoch), and the eviction order stays bounded
+/// however often rooms are evicted and used again.
+#[test]
+fn evicted_rooms_are_capped_oldest_first() {
+    let epochs = std::cell::Cell::new(100);
+    let mut o = Owner::new(
+        2,
+        2,
+        1,
+        Box::new(move || {
+            epochs.set(epochs.get() + 1);
+            epochs.get()
+        }),
+    );
+    o.enable_journal();
+    o.set_storage(100, 0, 3);
+    let mut out = Vec::new();
+    let room = |i: usize| id(&format!("r{i}"));
+    let visit = |o: &mut Owner, i: usize, now: u64, out: &mut Vec<Out>| {
+        let c = conn(0, 0, 1);
+        let join = Request::Join {
+            rid: room(i),
+            conn: c,
+            uid: id("a"),
+            name: Name::parse("a").unwrap(),
+            echo: true,
+            rejoin: false,
+        };
+        o.handle(join, now, out);
+        let p = Publish {
+            rid: room(i),
+            from: c,
+            uid: id("a"),
+            name: Name::parse("a").unwrap(),
+            mtype: MsgType::Text,
+            msg: "m".into(),
+            tid: None,
+        };
+        o.handle(Request::Publish(Box::new(p)), now, out);
+        o.handle(Request::Leave { rid: room(i), conn: c, ack: false }, now, out);
+        o.evict_idle(now);
+    };
+    for i in 0..5 {
+        visit(&mut o, i, i as u64, &mut out);
+    }
+    assert_eq!(o.evicted_rooms(), 3, "capped");
+    // r0 and r1 were forgotten: a new epoch and seq 1; r4 continues at seq 2.
+    out.clear();
+    visit(&mut o, 0, 10, &mut out);
+    visit(&mut o, 4, 11, &mut out);
+    let seqs: Vec<String> = out
+        .iter()
+        .filter_map(|o| match &o.msg {
+            Delivery::Deliver { frame, .. } => Some(text(frame)),
+            _ => None,
+        })
+        .filter(|t| t.contains(r#""cmd":"message""#))
+        .collect();
+    assert!(seqs[0].contains(r#""seq":1"#) && seqs[1].contains(r#""seq":2"#), "{seqs:?}");
+    // Rooms evicted and used again many times: the order list stays small.
+    for k in 0..5000 {
+        visit(&mut o, k % 3, 100 + k as u64, &mut out);
+        out.clear();
+    }
+    assert!(o.evicted_order.len() <= 2 * o.evicted_rooms() + 1024);
 }

@@ -126,6 +126,11 @@ impl RoomIndex {
         !self.locs.is_empty()
     }
 
+    /// The place of the newest indexed message.
+    pub fn last(&self) -> Option<Loc> {
+        self.locs.back().copied()
+    }
+
     /// Whether nothing is indexed.
     pub fn is_empty(&self) -> bool {
         self.locs.is_empty()

@@ -18,7 +18,9 @@
 //! - `memory`: no log (history lives and dies with the process).
 //!
 //! At start, [`open`] takes the lock and [`recovery`] reads every segment:
-//! rooms continue their epoch and seq. Where the node cannot prove it has
+//! rooms continue their epoch and seq, and each gets an [`index`] of where
+//! its newest messages are (the owner fills it as the writer writes, and
+//! the shard's history reader reads `getHistory` answers back through it). Where the node cannot prove it has
 //! every message it broadcast, a room starts a new epoch: a damaged tail in
 //! its shard's log, a `written`-mode log whose machine rebooted since (the
 //! unsynced tail may be lost), or a clustered node (the room may have lived
