@@ -452,6 +452,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Option<DataDir>, Option<Logs>)> {
     info!(
         dir = %cfg.data_dir.display(),
         records = report.records,
+        indexed_segments = report.indexed_segments,
         bytes = report.bytes,
         dropped_bytes = report.dropped_bytes,
         rooms = rooms.iter().map(Vec::len).sum::<usize>(),

@@ -29,7 +29,12 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for shard in std::fs::read_dir(dir).unwrap().flatten() {
         if shard.file_name().to_string_lossy().starts_with("shard-") {
-            let mut segs: Vec<PathBuf> = std::fs::read_dir(shard.path()).unwrap().flatten().map(|e| e.path()).collect();
+            let mut segs: Vec<PathBuf> = std::fs::read_dir(shard.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
             segs.sort();
             out.extend(segs);
         }
@@ -173,7 +178,7 @@ fn damaged_tails_are_cut_and_their_rooms_start_a_new_epoch() {
 }
 
 #[test]
-fn a_damaged_sealed_segment_stops_the_start_naming_the_file_and_nothing_is_deleted() {
+fn a_damaged_sealed_segment_is_caught_when_read_or_stops_a_start_without_its_index() {
     let dir = temp_data_dir();
     let mut server = start(&dir, "127.0.0.1:0", &["--shards", "1", "--segment-bytes", "4096"]);
     let mut a = server.client();
@@ -192,9 +197,25 @@ fn a_damaged_sealed_segment_stops_the_start_naming_the_file_and_nothing_is_delet
     let segs = segments(&dir);
     assert!(segs.len() >= 2, "a sealed segment and the newest: {segs:?}");
     let first = &segs[0];
+    let idx = first.with_extension("idx");
+    assert!(idx.exists(), "a sealed segment has an index file");
     let mut bytes = std::fs::read(first).unwrap();
     bytes[100] ^= 0xff;
     std::fs::write(first, &bytes).unwrap();
+    // With its index the segment is not read at start: the damaged message
+    // is caught by its checksum when history reads it, and left out.
+    {
+        let server = start(&dir, "127.0.0.1:0", &["--shards", "1", "--segment-bytes", "4096"]);
+        let mut b = server.client();
+        b.login("b", "seal", Some("b"));
+        b.send(json!({"cmd":"getHistory","rid":"seal","limit":1000}));
+        let msgs = b.expect("getHistory")["msgs"].as_array().unwrap().len();
+        assert_eq!(msgs, 99, "every message but the damaged one");
+        assert_eq!(server.metric("cchat_history_disk_errors_total"), 1.0);
+    }
+    // Without it, the start reads the segment and stops at the damage.
+    std::fs::remove_file(&idx).unwrap();
+    let segs = segments(&dir);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cchat"))
         .args(["--listen", "127.0.0.1:0", "--shards", "1", "--data-dir", dir.to_str().unwrap()])
         .output()

@@ -84,6 +84,7 @@ impl Shard {
                     self.stats().log_appends.fetch_add(records, Relaxed);
                     self.stats().log_bytes.fetch_add(bytes, Relaxed);
                     self.owner.borrow_mut().on_written(&batch.marks, log.dir(), seg, base);
+                    log.note_written(&batch.marks, base, bytes);
                 }
                 Err(e) => {
                     // The messages are sequenced and in memory history; they

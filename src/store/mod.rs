@@ -30,6 +30,7 @@
 pub mod index;
 pub mod record;
 pub mod recovery;
+pub mod segindex;
 pub mod writer;
 
 use std::fs::File;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::StoreError;
 use super::index::{Loc, RoomIndex};
 use super::record::{self, Decoded, HEADER_LEN};
+use super::segindex::{self, SegIndex};
 use crate::ids::Id;
 
 /// A room as the log left it.
@@ -51,8 +52,10 @@ pub struct Segment {
 pub struct Report {
     /// Whole records read.
     pub records: u64,
-    /// Bytes of segments read.
+    /// Bytes of segments recovered (read, or rebuilt from their index).
     pub bytes: u64,
+    /// Sealed segments rebuilt from their index file instead of read.
+    pub indexed_segments: u64,
     /// Bytes cut off damaged tails.
     pub dropped_bytes: u64,
     /// Each cut: the file, the offset it was cut at, and why.
@@ -80,6 +83,11 @@ pub fn shard_dir(data: &Path, i: usize) -> PathBuf {
 /// A segment's file name.
 pub fn segment_name(index: u64) -> String {
     format!("{index:020}.log")
+}
+
+/// The name of a sealed segment's index file ([`super::segindex`]).
+pub fn index_name(index: u64) -> String {
+    format!("{index:020}.idx")
 }
 
 /// Reads every shard directory under `data`, indexing `history` messages per room.
@@ -126,6 +134,15 @@ fn recover_shard(i: usize, dir: &Path, history: usize, out: &mut Recovered) -> R
     let mut damaged = false;
     let mut seen: Vec<Id> = Vec::new();
     for (n, seg) in segs.iter_mut().enumerate() {
+        // A sealed segment with a sound index file: its records' places
+        // without reading them (their checksums are checked when read).
+        if n != last
+            && let Some(ix) = read_index(dir, seg)
+        {
+            out.report.indexed_segments += 1;
+            replay(i, ix, history, out, &mut seen, seg);
+            continue;
+        }
         let bytes = std::fs::read(&seg.path).map_err(|e| io(&seg.path, e))?;
         out.report.bytes += bytes.len() as u64;
         let (good, why) = match record::check_header(&bytes) {
@@ -168,6 +185,45 @@ fn recover_shard(i: usize, dir: &Path, history: usize, out: &mut Recovered) -> R
         }
     }
     Ok(segs)
+}
+
+/// The index file of a sealed segment, if it is there, checks, and
+/// describes the segment as it is on disk.
+fn read_index(dir: &Path, seg: &Segment) -> Option<SegIndex> {
+    let path = dir.join(index_name(seg.index));
+    let bytes = std::fs::read(&path).ok()?;
+    let len = std::fs::metadata(&seg.path).ok()?.len();
+    match segindex::decode(&bytes) {
+        Ok(ix) if ix.seg_len == len => Some(ix),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "segment index of another length: reading the segment instead");
+            None
+        }
+        Err(why) => {
+            tracing::warn!(path = %path.display(), why, "segment index unusable: reading the segment instead");
+            None
+        }
+    }
+}
+
+/// What [`scan`] does for a segment, from its index file.
+fn replay(dir: usize, ix: SegIndex, history: usize, out: &mut Recovered, seen: &mut Vec<Id>, seg: &mut Segment) {
+    out.report.records += ix.entries.len() as u64;
+    out.report.bytes += ix.seg_len;
+    seg.len = ix.seg_len;
+    seg.last_ts = ix.last_ts;
+    for e in ix.entries {
+        let rid = &ix.rooms[e.room as usize];
+        let room = out.rooms.entry(rid.clone()).or_insert_with(|| {
+            seen.push(rid.clone());
+            RoomState::default()
+        });
+        if (e.epoch, e.seq) > (room.epoch, room.seq) {
+            room.epoch = e.epoch;
+            room.seq = e.seq;
+        }
+        room.index.push(e.epoch, e.seq, Loc::new(dir, seg.index, e.off as u64), history);
+    }
 }
 
 /// Reads the records of one segment (of shard directory `dir`) into the
@@ -238,6 +294,48 @@ mod tests {
         assert_eq!((room.epoch, room.seq, room.damaged), (5, 30, false));
         assert_eq!((room.index.first(), room.index.end(), room.index.epoch), (21, 31, 5));
         assert_eq!(r.report.records, 30);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    /// A sealed segment with an index file recovers exactly as it does by
+    /// reading it; a damaged or mismatched index is ignored.
+    #[test]
+    fn a_sealed_segment_recovers_the_same_from_its_index() {
+        let (data, path, bytes, ends) = log_with(30);
+        // Seal it: its index, then a second (newest) segment.
+        let mut b = super::segindex::Builder::new(true);
+        b.batch(HEADER_LEN as u64, bytes.len() as u64 - HEADER_LEN as u64);
+        let mut off = HEADER_LEN as u64;
+        for (k, end) in ends.iter().enumerate() {
+            b.add(&Id::parse_str("r").unwrap(), 5, k as u64 + 1, off);
+            off = *end as u64;
+        }
+        let idx = path.with_file_name(index_name(1));
+        std::fs::write(&idx, b.finish(bytes.len() as u64, 77).unwrap()).unwrap();
+        let mut next = record::header().to_vec();
+        record::encode(&mut next, 5, 31, 1, "r", b"{}");
+        std::fs::write(path.with_file_name(segment_name(2)), &next).unwrap();
+        let state = |r: &Recovered| {
+            let room = &r.rooms[&Id::parse_str("r").unwrap()];
+            (room.epoch, room.seq, room.index.clone(), r.report.records)
+        };
+        let with = recover(&data, 10).unwrap();
+        assert_eq!((with.report.indexed_segments, with.segments[&0][0].last_ts), (1, 77));
+        std::fs::rename(&idx, idx.with_extension("moved")).unwrap();
+        let without = recover(&data, 10).unwrap();
+        assert_eq!(without.report.indexed_segments, 0);
+        assert_eq!(state(&with), state(&without));
+        // A damaged index, or one for another length, is not used.
+        let mut bad = std::fs::read(idx.with_extension("moved")).unwrap();
+        bad[20] ^= 1;
+        std::fs::write(&idx, &bad).unwrap();
+        assert_eq!(recover(&data, 10).unwrap().report.indexed_segments, 0);
+        let mut b = super::segindex::Builder::new(true);
+        b.batch(12, 1);
+        b.add(&Id::parse_str("r").unwrap(), 5, 1, 12);
+        std::fs::write(&idx, b.finish(13, 0).unwrap()).unwrap();
+        let r = recover(&data, 10).unwrap();
+        assert_eq!((r.report.indexed_segments, state(&r)), (0, state(&without)));
         let _ = std::fs::remove_dir_all(&data);
     }
 

@@ -9,8 +9,10 @@ use std::rc::Rc;
 use glommio::io::{BufferedFile, OpenOptions};
 use tracing::info;
 
+use super::Mark;
 use super::record;
-use super::recovery::{Segment, segment_name, shard_dir};
+use super::recovery::{Segment, index_name, segment_name, shard_dir};
+use super::segindex::Builder;
 use crate::node::unix_ms;
 
 /// Where a shard's log lives and how big it may grow.
@@ -40,6 +42,8 @@ pub struct Log {
     /// Written and not yet fsynced.
     unsynced: Cell<bool>,
     sealed: RefCell<VecDeque<Segment>>,
+    /// The index file of the segment being written, as it grows.
+    building: RefCell<Builder>,
 }
 
 impl std::fmt::Debug for Log {
@@ -61,9 +65,11 @@ impl Log {
     pub async fn open(cfg: LogConfig, mut segments: Vec<Segment>) -> std::io::Result<Log> {
         let dir = shard_dir(&cfg.data, cfg.shard);
         std::fs::create_dir_all(&dir)?;
-        let (file, index, pos) = match segments.pop() {
-            Some(s) => (OpenOptions::new().write(true).buffered_open(&s.path).await?, s.index, s.len),
-            None => (create_segment(&dir, 1).await?, 1, record::HEADER_LEN as u64),
+        // A segment resumed after a restart gets no index file (the builder
+        // did not see its first records): recovery reads it instead.
+        let (file, index, pos, complete) = match segments.pop() {
+            Some(s) => (OpenOptions::new().write(true).buffered_open(&s.path).await?, s.index, s.len, false),
+            None => (create_segment(&dir, 1).await?, 1, record::HEADER_LEN as u64, true),
         };
         Ok(Log {
             cfg,
@@ -73,6 +79,7 @@ impl Log {
             pos: Cell::new(pos),
             unsynced: Cell::new(false),
             sealed: RefCell::new(segments.into()),
+            building: RefCell::new(Builder::new(complete)),
         })
     }
 
@@ -92,6 +99,16 @@ impl Log {
         self.pos.set(pos + len as u64);
         self.unsynced.set(true);
         Ok((self.index.get(), pos))
+    }
+
+    /// Lists the records of a batch of `len` bytes written at `base` in the
+    /// segment's index.
+    pub fn note_written(&self, marks: &[Mark], base: u64, len: u64) {
+        let mut b = self.building.borrow_mut();
+        b.batch(base, len);
+        for m in marks {
+            b.add(&m.rid, m.epoch, m.seq, base + m.off);
+        }
     }
 
     /// The shard directory this log writes.
@@ -125,6 +142,15 @@ impl Log {
             return Ok(None);
         }
         self.sync().await?;
+        let sealed_at = unix_ms();
+        let idx = self.building.replace(Builder::new(true)).finish(self.pos.get(), sealed_at);
+        if let Some(idx) = idx {
+            let path = self.dir.join(index_name(self.index.get()));
+            if let Err(e) = write_index(&path, idx).await {
+                // Only a shortcut: recovery reads the segment instead.
+                tracing::warn!(path = %path.display(), error = %e, "cannot write a segment's index file");
+            }
+        }
         let next = self.index.get() + 1;
         let new = Rc::new(create_segment(&self.dir, next).await?);
         let old = std::mem::replace(&mut *self.file.borrow_mut(), new);
@@ -132,7 +158,7 @@ impl Log {
             path: self.dir.join(segment_name(self.index.get())),
             index: self.index.get(),
             len: self.pos.get(),
-            last_ts: unix_ms(),
+            last_ts: sealed_at,
         };
         self.sealed.borrow_mut().push_back(sealed);
         self.index.set(next);
@@ -162,6 +188,7 @@ impl Log {
             // Readers of history forget the segment whether or not its file
             // could be removed: retention promised it gone.
             dropped = Some(oldest.index);
+            let _ = std::fs::remove_file(self.dir.join(index_name(oldest.index)));
             match std::fs::remove_file(&oldest.path) {
                 Ok(()) => {
                     info!(shard = self.cfg.shard, path = %oldest.path.display(), "log segment past retention deleted");
@@ -173,6 +200,19 @@ impl Log {
         }
         dropped
     }
+}
+
+/// Writes a sealed segment's index file, synced.
+async fn write_index(path: &Path, idx: Vec<u8>) -> std::io::Result<()> {
+    let f = OpenOptions::new().write(true).create(true).truncate(true).buffered_open(path).await?;
+    let len = idx.len();
+    let n = f.write_at(idx, 0).await?;
+    if n < len {
+        return Err(other(format!("short write ({n} of {len} bytes)")));
+    }
+    f.fdatasync().await?;
+    f.close().await?;
+    Ok(())
 }
 
 async fn create_segment(dir: &Path, index: u64) -> std::io::Result<BufferedFile> {
