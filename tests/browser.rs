@@ -1115,3 +1115,174 @@ fn on_a_phone_the_messages_get_most_of_the_screen() {
     );
     assert_eq!(fits, true, "{why}");
 }
+
+/// Presses Shift+Enter through W3C actions.
+fn shift_enter(b: &Browser) {
+    let acts = json!([
+        {"type": "keyDown", "value": "\u{E008}"},
+        {"type": "keyDown", "value": KEY_ENTER},
+        {"type": "keyUp", "value": KEY_ENTER},
+        {"type": "keyUp", "value": "\u{E008}"}
+    ]);
+    b.cmd("POST", "/actions", Some(json!({"actions": [{"type": "key", "id": "kb", "actions": acts}]})));
+}
+
+#[test]
+fn shift_enter_and_pasted_newlines_make_multi_line_messages() {
+    let (dir, server, driver) = setup("multi_line_messages", &[]);
+    let a = driver.page(server.addr);
+    a.login("Ann", "lobby", None);
+    let mut bob = Client::connect(server.addr);
+    bob.login("Bob", "lobby", Some("bob"));
+    let input = a.by_id("message-input");
+    a.click(&input);
+    a.keys("line one");
+    shift_enter(&a);
+    a.keys("line two");
+    a.keys(KEY_ENTER);
+    assert_eq!(next_message(&mut bob)["msg"], "line one\nline two", "Shift+Enter is a new line, Enter sends");
+    let m = a.wait_message("line one\nline two");
+    assert_eq!(m["private"], false);
+    let lines = a.exec(
+        "var ms = document.querySelectorAll('[data-testid=message] .body'); var b = ms[ms.length - 1]; return b.getBoundingClientRect().height / (parseFloat(getComputedStyle(b).fontSize) * 1.2)",
+        json!([]),
+    );
+    assert!(lines.as_f64().unwrap() >= 1.9, "shown on two lines: {lines}");
+    // Pasted text keeps its newlines.
+    a.exec(
+        "var i = document.querySelector('[data-testid=message-input]'); i.value = 'a\\nb\\nc'; i.dispatchEvent(new Event('input')); return true",
+        json!([]),
+    );
+    a.click(&a.by_id("message-send"));
+    assert_eq!(next_message(&mut bob)["msg"], "a\nb\nc");
+    assert_eq!(a.exec("return document.querySelector('[data-testid=message-input]').value", json!([])), "");
+    shot(&a, &dir, "multi-line");
+}
+
+#[test]
+fn a_change_of_name_keeps_the_user_and_log_out_ends_the_session() {
+    let (dir, server, driver) = setup("change_name_and_log_out", &[]);
+    let a = driver.page(server.addr);
+    a.login("Ann", "lobby", Some("ann"));
+    let mut w = Client::connect(server.addr);
+    w.login("w", "lobby", Some("watcher"));
+    a.click(&a.by_id("change-name"));
+    let name = a.by_id("name-input");
+    a.clear(&name);
+    a.send_keys(&name, "Annie");
+    a.click(&a.by_id("name-save"));
+    a.wait_js(
+        "the header shows the new name",
+        "var me = document.querySelector('[data-testid=me]'); return me.textContent.indexOf('Annie') >= 0 && me.dataset.uid === 'ann' && document.querySelector('[data-testid=connection-status]').dataset.state === 'connected'",
+        json!([]),
+    );
+    // The room learns the new name for the same uid; nobody saw a departure.
+    let v = w.expect("newUser");
+    assert_eq!((v["uid"].as_str(), v["name"].as_str()), (Some("ann"), Some("Annie")));
+    w.expect_silence(Duration::from_millis(2500));
+    w.send(json!({"cmd":"getOnline","rid":"lobby"}));
+    let online = w.expect("getOnline");
+    assert!(online["users"].as_array().unwrap().iter().any(|u| u["uid"] == "ann" && u["name"] == "Annie"), "{online}");
+    shot(&a, &dir, "renamed");
+    // Log out: announced at once, back to the login form, and a reload does
+    // not log back in.
+    a.click(&a.by_id("logout"));
+    assert_eq!(w.expect("userLeave")["uid"], "ann");
+    assert!(a.displayed(&a.by_id("login-submit")));
+    a.exec("location.reload(); return true;", json!([]));
+    a.wait_js(
+        "the login form after a reload",
+        "return !!document.querySelector('[data-testid=login-name]') && !document.querySelector('#login-view').hidden",
+        json!([]),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.status(), "idle", "a logged-out page does not reconnect");
+}
+
+#[test]
+fn on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown() {
+    let (dir, server, driver) = setup("phone_unread_pill", &["--rate-limit", "0"]);
+    let a = driver.session(390, 844);
+    a.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
+    a.open(server.addr);
+    a.login("Pat", "lobby", Some("pat"));
+    let rooms = ["second-room-with-a-long-name", "third-room-with-a-long-name", "fourth-room-with-a-long-name"];
+    for (k, r) in rooms.iter().enumerate() {
+        let join = a.by_id("join-room-input");
+        a.send_keys(&join, r);
+        a.send_keys(&join, KEY_ENTER);
+        a.wait_js(
+            "the tab",
+            "return document.querySelectorAll('[data-testid=room-tab]').length === arguments[0]",
+            json!([k + 2]),
+        );
+    }
+    // Back to the first room, at the start of the strip.
+    a.exec(
+        "document.querySelector('[data-testid=room-tab][data-rid=lobby]').click(); document.querySelector('[data-testid=room-tabs]').scrollLeft = 0; return true",
+        json!([]),
+    );
+    let mut bob = Client::connect(server.addr);
+    bob.login("Bob", rooms[2], Some("bob"));
+    bob.say(rooms[2], "over here");
+    let pill = a.wait_js(
+        "the unread pill",
+        "var p = document.querySelector('[data-testid=tabs-unread]'); if (p.hidden) return null; var r = p.getBoundingClientRect(); return {text: p.textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom}",
+        json!([]),
+    );
+    shot(&a, &dir, "pill");
+    assert_eq!(pill["text"], "1 unread");
+    let (l, r) = (pill["left"].as_f64().unwrap(), pill["right"].as_f64().unwrap());
+    assert!(l >= 0.0 && r <= 390.0 && r > l, "on screen: {pill}");
+    a.click(&a.by_id("tabs-unread"));
+    a.wait_js(
+        "the tab with the unread message in view",
+        "var s = document.querySelector('[data-testid=room-tabs]').getBoundingClientRect(); var t = document.querySelector('[data-testid=room-tab][data-rid=fourth-room-with-a-long-name]').getBoundingClientRect(); return t.left >= s.left - 1 && t.right <= s.right + 1 && document.querySelector('[data-testid=tabs-unread]').hidden",
+        json!([]),
+    );
+}
+
+#[test]
+fn messages_of_other_days_get_date_separators() {
+    use cchat::store::record;
+    use cchat::store::recovery::{segment_name, shard_dir};
+    // A log left by an earlier run, written as the server writes it: three
+    // messages three days ago and yesterday.
+    let data = crate::common::temp_data_dir();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let day = 86_400_000;
+    let epoch = now - 4 * day;
+    let mut seg = record::header().to_vec();
+    for (seq, ts, text) in [
+        (1, now - 3 * day, "three days ago"),
+        (2, now - 3 * day + 60_000, "a minute later"),
+        (3, now - day, "yesterday"),
+    ] {
+        let m = json!({"cmd":"message","uid":"olga","name":"Olga","type":"text","rid":"days","msg":text,"seq":seq,"epoch":epoch,"ts":ts});
+        record::encode(&mut seg, epoch, seq, ts, "days", m.to_string().as_bytes());
+    }
+    let shard = shard_dir(&data, 0);
+    std::fs::create_dir_all(&shard).unwrap();
+    std::fs::write(shard.join(segment_name(1)), &seg).unwrap();
+    let data_arg = data.to_str().unwrap().to_owned();
+    let (dir, server, driver) = setup("date_separators", &["--shards", "1", "--data-dir", &data_arg]);
+    let a = driver.page(server.addr);
+    a.login("Ann", "days", None);
+    a.wait_message("yesterday");
+    a.say("today");
+    a.wait_message("today");
+    let seps = a.exec(
+        "return Array.from(document.querySelectorAll('[data-testid=message]')).map(function (m) { var s = m.querySelector('[data-testid=day-separator]'); return [m.querySelector('.body').textContent, s ? s.textContent : null, m.classList.contains('grouped')]; })",
+        json!([]),
+    );
+    shot(&a, &dir, "days");
+    let seps = seps.as_array().unwrap();
+    assert_eq!(seps.len(), 4, "{seps:?}");
+    let label = seps[0][1].as_str().expect("a separator above the first message");
+    assert!(!label.is_empty() && label != "Today" && label != "Yesterday", "a date: {label}");
+    assert_eq!(seps[1], json!(["a minute later", null, true]), "same day, same sender: grouped, no separator");
+    assert_eq!(seps[2][1], "Yesterday");
+    assert_eq!(seps[3][1], "Today");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+}

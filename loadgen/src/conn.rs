@@ -214,6 +214,9 @@ pub struct Conn {
     pub seq: SeqCheck,
     /// Connect attempts so far.
     pub attempts: u32,
+    /// The schedule's number of the last message this client sent (a
+    /// refusal answers it).
+    pub last_sent: Option<u32>,
 }
 
 impl Conn {
@@ -229,6 +232,7 @@ impl Conn {
             out: Vec::new(),
             seq: SeqCheck::default(),
             attempts: 0,
+            last_sent: None,
         }
     }
 

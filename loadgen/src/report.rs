@@ -108,6 +108,8 @@ pub struct DeliveriesReport {
     pub received: u64,
     /// Expected but not received by the end of the drain.
     pub lost: u64,
+    /// Deliveries of messages the server refused (rate limit): not expected.
+    pub refused: u64,
     /// Received per second of measured time.
     pub per_second: f64,
 }
@@ -189,10 +191,13 @@ impl Summary {
     pub fn new(cfg: &Config, workers: u32, s: &Stats, server_cpu_ns: Option<u64>) -> Summary {
         let c = &s.counters;
         let a = &cfg.args;
-        let lost = c.expected_measured.saturating_sub(c.recv_measured);
+        // A message the server refused is not delivered: its deliveries are
+        // not expected, and the refusal is reported as such, not as loss.
+        let expected = c.expected_measured.saturating_sub(c.refused_deliveries);
+        let lost = expected.saturating_sub(c.recv_measured);
         let mut failures = Vec::new();
         if lost > 0 {
-            failures.push(format!("{lost} of {} expected deliveries lost", c.expected_measured));
+            failures.push(format!("{lost} of {expected} expected deliveries lost"));
         }
         if c.seq_gaps > 0 {
             failures.push(format!("seq jumped forward {} times ({} messages skipped)", c.seq_gaps, c.seq_skipped));
@@ -223,8 +228,8 @@ impl Summary {
         if c.send_failures > 0 {
             failures.push(format!("{} messages could not be sent", c.send_failures));
         }
-        if c.recv_measured > c.expected_measured {
-            failures.push(format!("{} more deliveries than expected", c.recv_measured - c.expected_measured));
+        if c.recv_measured > expected {
+            failures.push(format!("{} more deliveries than expected", c.recv_measured - expected));
         }
         let connect_s = c.connect_ns as f64 / 1e9;
         let per_delivery = |ns: u64| {
@@ -254,7 +259,8 @@ impl Summary {
             },
             messages: MessagesReport { sent: c.sent, measured: c.sent_measured, send_failures: c.send_failures },
             deliveries: DeliveriesReport {
-                expected: c.expected_measured,
+                expected,
+                refused: c.refused_deliveries,
                 received: c.recv_measured,
                 lost,
                 per_second: c.recv_measured as f64 / a.duration,
@@ -313,6 +319,13 @@ impl Summary {
             "deliveries   {} of {} expected, {} lost, {:.0}/s (messages sent: {}, measured {})",
             d.received, d.expected, d.lost, d.per_second, self.messages.sent, self.messages.measured
         );
+        if d.refused > 0 {
+            let _ = writeln!(
+                o,
+                "             {} deliveries not expected: their messages were refused by the server's rate limit",
+                d.refused
+            );
+        }
         let _ = writeln!(
             o,
             "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  (ms)",
@@ -330,6 +343,10 @@ impl Summary {
                 p.p50, p.p90, p.p99, p.p999, p.max, p.mean
             );
         }
+        let _ = writeln!(
+            o,
+            "             latency: from when a message was due to its reading by each recipient; at socket: the same up\n             to the kernel's receive timestamp (before loadgen read it); completion: per message, until its\n             last recipient read it; send lag: how late loadgen sent messages after they were due"
+        );
         let k = &self.checks;
         let _ = writeln!(
             o,
@@ -369,6 +386,12 @@ pub struct ProgressPrinter {
     to_send: u64,
     start_ns: u64,
     last: Option<(u64, Progress)>,
+    /// On a terminal the line is redrawn in place (one line per phase);
+    /// otherwise (a log, a pipe) a new line about once a second.
+    in_place: bool,
+    /// A line drawn in place and not yet ended: whether it is the traffic
+    /// phase's (run, drain) or the connect phase's.
+    open_line: Option<bool>,
 }
 
 /// A `[####....]` bar of `done` out of `total` (full when `total` is 0).
@@ -382,7 +405,16 @@ impl ProgressPrinter {
     /// A printer (silent when `quiet`) for a run of `clients` clients that
     /// sends `to_send` messages.
     pub fn new(quiet: bool, clients: u64, to_send: u64) -> ProgressPrinter {
-        ProgressPrinter { quiet, clients, to_send, start_ns: crate::sys::now_ns(), last: None }
+        use std::io::IsTerminal as _;
+        ProgressPrinter {
+            quiet,
+            clients,
+            to_send,
+            start_ns: crate::sys::now_ns(),
+            last: None,
+            in_place: std::io::stderr().is_terminal(),
+            open_line: None,
+        }
     }
 
     /// Prints the line for the totals `p`.
@@ -422,7 +454,28 @@ impl ProgressPrinter {
                 p.problems
             ),
         };
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        let mut err = std::io::stderr().lock();
+        if self.in_place {
+            // A new phase keeps the last line of the one before.
+            let traffic = matches!(p.phase, Phase::Run | Phase::Drain);
+            if self.open_line.is_some_and(|t| t != traffic) {
+                let _ = writeln!(err);
+            }
+            let _ = write!(err, "\r{line}\x1b[K");
+            let _ = err.flush();
+            self.open_line = Some(traffic);
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
+impl Drop for ProgressPrinter {
+    /// Ends a line drawn in place, so that what follows starts on its own.
+    fn drop(&mut self) {
+        if self.open_line.is_some() {
+            let _ = writeln!(std::io::stderr().lock());
+        }
     }
 }
 

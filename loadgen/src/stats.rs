@@ -64,6 +64,9 @@ pub struct Counters {
     pub error_frames: u64,
     /// Of them, messages the server refused for its rate limit ("sending too fast").
     pub refused: u64,
+    /// Deliveries the refused measured messages would have made (all their
+    /// room's members but the sender, wherever they are).
+    pub refused_deliveries: u64,
     /// Connections the server closed or reset after login.
     pub closed: u64,
     /// Frames loadgen could not read (unknown layout, broken framing).
@@ -99,6 +102,7 @@ impl Counters {
         self.epoch_changes += o.epoch_changes;
         self.error_frames += o.error_frames;
         self.refused += o.refused;
+        self.refused_deliveries += o.refused_deliveries;
         self.closed += o.closed;
         self.unexpected += o.unexpected;
         self.stray += o.stray;

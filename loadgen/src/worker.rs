@@ -540,7 +540,7 @@ impl<'a> Worker<'a> {
     fn scan_frames(&mut self, idx: u32, filled: usize, stamp: u64) -> anyhow::Result<()> {
         let now = sys::now_ns();
         let arrival = if stamp > 0 { stamp.saturating_sub(self.rt_offset).min(now) } else { now };
-        let Worker { conns, buf, scanner, stats, sched, .. } = self;
+        let Worker { conns, buf, scanner, stats, sched, plan, .. } = self;
         let c = &mut conns[idx as usize];
         let mut ev = FrameEvents::default();
         let r = c.inbox.take(buf, filled, |op, p| match op {
@@ -558,6 +558,13 @@ impl<'a> Worker<'a> {
                     stats.counters.error_frames += 1;
                     if p.windows(8).any(|w| w == b"too fast") {
                         stats.counters.refused += 1;
+                        // Its deliveries, to every other member of the room
+                        // (in any worker), will not come: not expected.
+                        if let (Some(s), Some(m)) = (sched.as_ref(), c.last_sent)
+                            && s.is_measured(m)
+                        {
+                            stats.counters.refused_deliveries += plan.members(c.room).len() as u64 - 1;
+                        }
                     }
                     let client = c.client;
                     stats.problem(|| format!("client {client}: error frame {}", String::from_utf8_lossy(p)));
@@ -665,6 +672,7 @@ impl<'a> Worker<'a> {
         self.send_text(idx, &j);
         self.json = j;
         self.conns[idx as usize].seq.sent_own();
+        self.conns[idx as usize].last_sent = Some(m);
         let c = &mut self.stats.counters;
         c.sent += 1;
         if sched.is_measured(m) {

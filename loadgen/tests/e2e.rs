@@ -172,4 +172,34 @@ fn a_run_refused_by_the_rate_limit_says_how_to_lift_it() {
     let s = run.summary.unwrap_or_else(|| panic!("no summary:\n{}", run.output));
     assert!(s["checks"]["refused"].as_u64().unwrap() > 0, "{s:#}");
     assert!(run.output.contains("--rate-limit 0"), "{}", run.output);
+    // Refused messages are not deliveries that were lost: their deliveries
+    // are taken out of the expected ones.
+    let d = &s["deliveries"];
+    assert!(d["refused"].as_u64().unwrap() > 0, "{s:#}");
+    assert_eq!(d["lost"], 0, "refusals counted as loss: {s:#}");
+    assert!(!run.output.contains("expected deliveries lost"), "{}", run.output);
+    assert!(run.output.contains("completion: per message"), "the summary says what its rows mean:\n{}", run.output);
+}
+
+#[test]
+fn on_a_terminal_the_progress_line_is_redrawn_in_place() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    // `script` gives loadgen a terminal (a pseudo-terminal) for stderr.
+    let cmd = format!(
+        "{} --url {} --clients 20 --room-size 10 --rate 100 --duration 3 --warmup 0.5 --drain 1",
+        env!("CARGO_BIN_EXE_loadgen"),
+        server.url
+    );
+    let out = Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .output()
+        .expect("run loadgen under script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let run_lines = text.split(['\n', '\r']).filter(|l| l.contains("] run ")).count();
+    let own_lines = text.lines().filter(|l| l.trim_start().starts_with('[') && l.contains("] run ")).count();
+    assert!(run_lines >= 3, "a progress line per second: {text}");
+    assert!(text.contains("\r["), "redrawn with a carriage return: {text:?}");
+    assert!(own_lines <= 1, "the run's progress takes one terminal line, not one per second: {text:?}");
 }

@@ -229,8 +229,13 @@ impl Owner {
         let ack = protocol::encode_presence("login", &uid, &name, &rid);
         out.push(Out { dest: Dest::of(conn), msg: Delivery::Joined { rid: rid.clone(), conn, ack } });
         if joined == Joined::NewUser {
-            if self.leaving.swap_remove(&(rid.clone(), uid.clone())).is_some() {
-                return; // back within the grace period: neither leave nor join is announced
+            if let Some((was, _)) = self.leaving.swap_remove(&(rid.clone(), uid.clone())) {
+                // Back within the grace period: neither leave nor join is
+                // announced, unless the user came back under another name
+                // (a change of name): then the room learns the new one.
+                if was == name {
+                    return;
+                }
             }
             let big = room.user_count() > self.presence_limit;
             self.announce(&rid, &uid, &name, Change::Joined, big, Some(conn), now_ms, out);
