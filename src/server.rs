@@ -125,11 +125,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         ready_rx.recv().context("a shard died while starting")??;
     }
     drop(reserve);
-    println!("listening on {addr}");
-    info!(%addr, "listening");
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-
+    // Signals are caught before anyone learns the address: a SIGTERM sent
+    // as soon as "listening on" is read must close clients with 1001, not
+    // kill the process by the default action.
     let sig_node = node.clone();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
@@ -142,9 +140,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             sig_node.shutdown.store(true, Relaxed);
         }
     })?;
+    println!("listening on {addr}");
+    info!(%addr, "listening");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
 
-    for h in handles {
-        h.join().map_err(|e| anyhow::anyhow!("shard failed: {e}"))?;
+    // Every shard is waited for, even after one failed: the others may
+    // still be closing their clients.
+    let mut failed = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        if let Err(e) = h.join() {
+            tracing::error!(shard = i, error = %e, "shard failed");
+            failed.get_or_insert_with(|| anyhow::anyhow!("shard {i} failed: {e}"));
+            node.shutdown.store(true, Relaxed);
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     info!("stopped");
     Ok(())

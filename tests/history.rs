@@ -135,3 +135,44 @@ fn rooms_nobody_is_in_leave_memory_and_come_back_with_their_sequence() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A history reply never overflows the client's outbound queue (which
+/// would close it with 1008): it carries what fits in half of
+/// `--max-outbound-bytes`, the newest when scrolling back, and the client
+/// pages for the rest.
+#[test]
+fn a_long_history_is_cut_to_fit_and_paged() {
+    let dir = temp_data_dir();
+    let server = start(&dir, &["--max-outbound-bytes", "65536", "--history-memory", "10"]);
+    let mut w = server.client();
+    w.send(json!({"cmd":"login","name":"w","uid":"w","rid":"big","echo":true}));
+    w.expect("login");
+    let body = "x".repeat(1000);
+    for k in 1..=100 {
+        w.say("big", &format!("{k} {body}"));
+        w.expect("message");
+    }
+    let mut c = server.client();
+    c.login("c", "big", Some("c"));
+    let mut seen = Vec::new();
+    let mut before: Option<u64> = None;
+    while seen.len() < 100 {
+        let mut q = json!({"cmd":"getHistory","rid":"big","limit":1000});
+        if let Some(b) = before {
+            q["before"] = json!(b);
+        }
+        c.send(q);
+        let h = c.expect("getHistory");
+        let seqs: Vec<u64> = h["msgs"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert!(!seqs.is_empty() && seqs.len() < 40, "a page of what fits: {}", seqs.len());
+        assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1), "contiguous, oldest first");
+        if before.is_none() {
+            assert_eq!(*seqs.last().unwrap(), 100, "the newest first");
+        }
+        before = Some(seqs[0]);
+        seen.splice(0..0, seqs);
+    }
+    assert_eq!(seen, (1..=100).collect::<Vec<_>>());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -72,7 +72,7 @@ impl Shard {
                 }
             })
             .await;
-            let DiskRead { rid, epoch, locs, tail, reply } = req;
+            let DiskRead { rid, epoch, locs, tail, reply, forward, budget } = req;
             let (mut msgs, missing) = read_records(&data, &rid, epoch, &locs).await;
             self.stats().history_disk_reads.fetch_add(1, Relaxed);
             self.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
@@ -81,6 +81,7 @@ impl Shard {
                 warn!(shard = self.id, %rid, missing, "history: messages missing from the log (retention or damage)");
             }
             msgs.extend(tail);
+            super::owner::fit(&mut msgs, forward, budget);
             match reply {
                 ReadReply::Conn(conn) => {
                     let frame = protocol::encode_history(&rid, epoch, msgs.iter().map(|b| &b[..]));

@@ -140,6 +140,8 @@ impl Shard {
                     node.cfg.room_evict.as_millis() as u64,
                     node.cfg.max_evicted_rooms.div_ceil(n),
                 );
+                // A history reply must fit the client's outbound queue.
+                o.reply_budget = node.cfg.max_outbound_bytes / 2;
                 o.set_presence(
                     node.cfg.presence_limit,
                     node.cfg.presence_interval.as_millis() as u64,

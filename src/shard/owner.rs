@@ -23,7 +23,7 @@ use crate::store::{Journal, RoomIndex};
 
 #[path = "owner_disk.rs"]
 mod disk;
-pub(crate) use disk::{DiskRead, ReadReply};
+pub(crate) use disk::{DiskRead, ReadReply, fit};
 
 /// Where a delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,8 @@ pub(crate) struct Owner {
     evicted_order: VecDeque<Id>,
     /// Past this many evicted rooms the oldest are forgotten.
     max_evicted: usize,
+    /// Bytes of messages one history answer may carry.
+    pub(crate) reply_budget: usize,
 }
 
 impl std::fmt::Debug for Owner {
@@ -138,6 +140,7 @@ impl Owner {
             evicted: 0,
             evicted_order: VecDeque::new(),
             max_evicted: usize::MAX,
+            reply_budget: usize::MAX,
         }
     }
 

@@ -43,6 +43,30 @@ pub(crate) struct DiskRead {
     /// The messages after them, from memory.
     pub(crate) tail: Vec<Bytes>,
     pub(crate) reply: ReadReply,
+    /// Paging forward (`since`): a reply over `budget` bytes keeps its
+    /// oldest messages; else its newest (see [`fit`]).
+    pub(crate) forward: bool,
+    pub(crate) budget: usize,
+}
+
+/// Trims a history answer to `budget` bytes of messages, so that a reply
+/// always fits the client's outbound queue: paging forward keeps the oldest
+/// (the client asks again from the last seq it got), else the newest (it
+/// scrolls back with `before`). At least one message is kept.
+pub(crate) fn fit(msgs: &mut Vec<Bytes>, forward: bool, budget: usize) {
+    let mut total = 0;
+    let mut fits = |m: &Bytes| {
+        total += m.len() + 1;
+        total <= budget
+    };
+    if forward {
+        let n = msgs.iter().take_while(|m| fits(m)).count().max(1);
+        msgs.truncate(n);
+    } else {
+        let n = msgs.iter().rev().take_while(|m| fits(m)).count().max(1);
+        let drop = msgs.len().saturating_sub(n);
+        msgs.drain(..drop);
+    }
 }
 
 impl std::fmt::Debug for DiskRead {
@@ -230,12 +254,15 @@ impl Owner {
         let lowest = ix.map_or(mem_low, |ix| ix.first().min(mem_low));
         let w = window(since, before, limit, lowest, top);
         let split = w.end.min(mem_low).max(w.start);
-        let tail = room.map(|r| r.history_range(split..w.end).cloned().collect()).unwrap_or_default();
+        let mut tail: Vec<Bytes> = room.map(|r| r.history_range(split..w.end).cloned().collect()).unwrap_or_default();
+        let forward = since.is_some();
         let Some(ix) = ix.filter(|_| split > w.start) else {
+            fit(&mut tail, forward, self.reply_budget);
             return Some((reply, epoch, tail));
         };
         let locs = (w.start..split).filter_map(|s| ix.get(s).map(|l| (s, l))).collect();
-        self.reads.push(DiskRead { rid: rid.clone(), epoch, locs, tail, reply });
+        let budget = self.reply_budget;
+        self.reads.push(DiskRead { rid: rid.clone(), epoch, locs, tail, reply, forward, budget });
         None
     }
 

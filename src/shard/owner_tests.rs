@@ -294,3 +294,29 @@ fn evicted_rooms_are_capped_oldest_first() {
     }
     assert!(o.evicted_order.len() <= 2 * o.evicted_rooms() + 1024);
 }
+
+/// A history answer larger than the reply budget keeps the newest messages
+/// (scrolling back) or the oldest (paging forward), never fewer than one.
+#[test]
+fn history_answers_fit_the_reply_budget() {
+    let ten: Vec<Bytes> = (0..10).map(|k| Bytes::from(format!("{k:09}"))).collect(); // 10 bytes each with the comma
+    let mut back = ten.clone();
+    fit(&mut back, false, 35);
+    assert_eq!(back, ten[7..].to_vec());
+    let mut fwd = ten.clone();
+    fit(&mut fwd, true, 35);
+    assert_eq!(fwd, ten[..3].to_vec());
+    let mut one = ten.clone();
+    fit(&mut one, true, 1);
+    assert_eq!(one.len(), 1);
+    let mut o = owner();
+    o.reply_budget = 25;
+    let mut out = Vec::new();
+    join(&mut o, conn(0, 0, 1), "a");
+    for k in 0..5 {
+        o.handle(publish(conn(0, 0, 1), "a", &format!("m{k}"), None), 0, &mut out);
+    }
+    let (_, _, msgs) = o.plan_history(&id("r"), None, None, 100, ReadReply::Conn(conn(0, 0, 1))).unwrap();
+    assert_eq!(msgs.len(), 1, "each stored message is longer than 12 bytes");
+    assert!(std::str::from_utf8(&msgs[0]).unwrap().contains("m4"), "the newest");
+}
