@@ -207,14 +207,17 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
             let Some(name) = Name::parse(name) else {
                 return bad("name must be 1-64 bytes without control characters");
             };
-            shard.api_publish(rid, uid, name, mtype, msg.to_owned());
+            if !shard.api_publish(rid, uid, name, mtype, msg.to_owned()) {
+                return json(409, serde_json::json!({ "error": "another node owns this room: publish there" }));
+            }
             json(202, serde_json::json!({ "ok": true }))
         }
         ("POST", "/api/disconnect") => {
             let Some(uid) = id("uid") else { return bad("uid must be an id") };
             let code = v.get("code").and_then(Value::as_u64).unwrap_or(DEFAULT_DISCONNECT_CODE as u64);
-            if !(1000..5000).contains(&code) {
-                return bad("code must be a close code (1000-4999)");
+            // Codes a close frame may carry (RFC 6455 7.4): not 1004-1006 or 1015.
+            if !(1000..5000).contains(&code) || matches!(code, 1004..=1006 | 1015) || (1016..3000).contains(&code) {
+                return bad("code must be a close code a frame may carry (1000-1003, 1007-1014, 3000-4999)");
             }
             shard.api_disconnect(uid, code as u16);
             json(202, serde_json::json!({ "ok": true }))

@@ -176,3 +176,64 @@ fn a_long_history_is_cut_to_fit_and_paged() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Retention keeps the log within its bytes (segments and their index files
+/// deleted together); history then starts at the oldest message kept, and an
+/// evicted room whose messages are all gone starts a new epoch when used.
+#[test]
+fn retention_bounds_the_log_and_forgets_rooms_it_emptied() {
+    let dir = temp_data_dir();
+    let flags = ["--shards", "1", "--segment-bytes", "4096", "--retention-bytes", "16384", "--room-evict-ms", "100"];
+    let server = start(&dir, &flags);
+    let mut a = server.client();
+    a.send(json!({"cmd":"login","name":"a","uid":"a","rid":"old","echo":true}));
+    a.expect("login");
+    a.say("old", "m1");
+    let old_epoch = a.expect("message")["epoch"].as_u64().unwrap();
+    a.send(json!({"cmd":"logout","rid":"old"}));
+    a.expect("logout");
+    std::thread::sleep(Duration::from_millis(1500)); // evicted
+    a.send(json!({"cmd":"login","name":"a","uid":"a","rid":"busy","echo":true}));
+    a.expect("login");
+    let body = "y".repeat(200);
+    for k in 1..=300 {
+        a.say("busy", &format!("m{k} {body}"));
+        a.expect("message");
+    }
+    // The log on disk: within retention (plus the segment being written and
+    // one that may still be sealing), every index beside its segment.
+    let shard = dir.join("shard-0");
+    let t0 = Instant::now();
+    loop {
+        let files: Vec<_> = std::fs::read_dir(&shard).unwrap().flatten().map(|e| e.path()).collect();
+        let logs: u64 = files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
+        let orphans = files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "idx") && !p.with_extension("log").exists())
+            .count();
+        if logs <= 16384 + 2 * 4096 + 2048 && orphans == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "log {logs} bytes, {orphans} orphan index files");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // History starts at the oldest kept message, contiguous to the newest.
+    a.send(json!({"cmd":"getHistory","rid":"busy","limit":1000}));
+    let h = a.expect("getHistory");
+    let seqs: Vec<u64> = h["msgs"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.len() > 20 && seqs.len() < 300, "kept {}", seqs.len());
+    assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1) && *seqs.last().unwrap() == 300, "{seqs:?}");
+    // The evicted room lost its last message to retention: a new epoch.
+    a.send(json!({"cmd":"login","name":"a","uid":"a","rid":"old","echo":true}));
+    a.expect("login");
+    a.say("old", "again");
+    let m = a.expect("message");
+    assert_ne!(m["epoch"].as_u64().unwrap(), old_epoch, "a new epoch, not a reused (epoch, seq)");
+    assert_eq!(m["seq"], 1);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,10 +10,16 @@ use crate::placement::shard_for;
 use crate::protocol::MsgType;
 
 impl Shard {
-    /// The server API: a message to a room from no member (see [`API_CONN`]).
-    pub(crate) fn api_publish(&self, rid: Id, uid: Id, name: Name, mtype: MsgType, msg: String) {
+    /// The server API: a message to a room from no member (see
+    /// [`API_CONN`]). False when another node owns the room: the API
+    /// answers 409 (publish there) rather than accept what it cannot deliver.
+    pub(crate) fn api_publish(&self, rid: Id, uid: Id, name: Name, mtype: MsgType, msg: String) -> bool {
+        if self.view.borrow().owner(&rid) != 0 {
+            return false;
+        }
         self.stats().messages_in.fetch_add(1, Relaxed);
         self.to_owner(Request::Publish(Box::new(Publish { rid, from: API_CONN, uid, name, mtype, msg, tid: None })));
+        true
     }
 
     /// The server API: asks the shard that owns `rid` (None when another

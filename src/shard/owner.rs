@@ -106,6 +106,9 @@ impl std::fmt::Debug for Owner {
     }
 }
 
+/// Bytes of room messages the journal may hold while a write is in progress.
+const JOURNAL_MAX: usize = 16 << 20;
+
 fn err(conn: ConnRef, why: &'static str) -> Out {
     Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame: ProtoError::new(ERR_INVALID, why).encode() } }
 }
@@ -365,6 +368,13 @@ impl Owner {
             out.push(err(p.from, "message store unavailable, try again shortly"));
             return Some(ERR_INVALID);
         }
+        // A disk that stalls must not let the journal (and what waits behind
+        // it) grow without bound: past this, messages are refused until the
+        // writer catches up.
+        if p.tid.is_none() && self.journal.as_ref().is_some_and(|j| j.pending_bytes() > JOURNAL_MAX) {
+            out.push(err(p.from, "message store is behind, try again shortly"));
+            return Some(ERR_INVALID);
+        }
         if p.from == API_CONN && !self.rooms.contains_key(&p.rid) {
             // The server API publishes to any room, as no member: everyone
             // gets it, and it is stored like any message.
@@ -459,7 +469,7 @@ impl Owner {
             }
             if had_members && room.is_empty() {
                 self.live -= 1;
-                if room.seq() > 0 && self.journal.is_some() {
+                if room.seq() > 0 {
                     self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
                 }
             }

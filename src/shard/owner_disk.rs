@@ -11,8 +11,8 @@
 //! Past `--max-evicted-rooms` the rooms evicted longest ago are forgotten
 //! (used again, they start a new epoch; their messages stay on disk until
 //! retention deletes them, unreachable), so memory stays bounded whatever
-//! clients do. With `--durability memory` there is no index and nothing is
-//! evicted.
+//! clients do. With `--durability memory` there is no index: an evicted
+//! room is forgotten with its history.
 
 use std::collections::VecDeque;
 
@@ -147,11 +147,9 @@ impl Owner {
         self.rooms.get_mut(rid).expect("inserted above")
     }
 
-    /// A room emptied: with a log, evict it once `--room-evict-ms` passed.
+    /// A room emptied: evict it once `--room-evict-ms` passed.
     pub(super) fn schedule_evict(&mut self, rid: &Id, now_ms: u64) {
-        if self.journal.is_some() {
-            self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
-        }
+        self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
     }
 
     /// Evicts the rooms that have been empty long enough: only their index
@@ -166,6 +164,10 @@ impl Owner {
                 continue;
             }
             let room = self.rooms.remove(&rid).expect("checked");
+            if self.journal.is_none() {
+                // No log to bring it back from: forgotten (a new epoch when used).
+                continue;
+            }
             let ix = self.disk.entry(rid.clone()).or_insert_with(|| RoomIndex::new(room.epoch(), room.seq()));
             if ix.epoch != room.epoch() {
                 *ix = RoomIndex::new(room.epoch(), room.seq());

@@ -320,3 +320,54 @@ fn history_answers_fit_the_reply_budget() {
     assert_eq!(msgs.len(), 1, "each stored message is longer than 12 bytes");
     assert!(std::str::from_utf8(&msgs[0]).unwrap().contains("m4"), "the newest");
 }
+
+/// Without a log (`--durability memory`) an evicted room is forgotten with
+/// its history: memory stays bounded, and the room starts a new epoch.
+#[test]
+fn without_a_log_evicted_rooms_are_forgotten() {
+    let epochs = std::cell::Cell::new(10);
+    let mut o = Owner::new(
+        2,
+        10,
+        1,
+        Box::new(move || {
+            epochs.set(epochs.get() + 1);
+            epochs.get()
+        }),
+    );
+    o.set_storage(100, 0, 1000);
+    let mut out = Vec::new();
+    join(&mut o, conn(0, 0, 1), "a");
+    o.handle(publish(conn(0, 0, 1), "a", "m", None), 0, &mut out);
+    o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 1), ack: false }, 0, &mut out);
+    assert_eq!((o.evict_idle(0), o.rooms_held(), o.evicted_rooms()), (0, 0, 0));
+    out.clear();
+    join(&mut o, conn(0, 0, 1), "a");
+    o.handle(publish(conn(0, 0, 1), "a", "m", None), 0, &mut out);
+    let Some(Out { msg: Delivery::Deliver { frame, .. }, .. }) = out.last() else { panic!("{out:?}") };
+    assert!(text(frame).contains(r#""seq":1,"epoch":12"#), "{}", text(frame));
+}
+
+/// While the log writer is stuck, the journal stops growing: past its cap
+/// messages are refused (error 50), not queued without bound.
+#[test]
+fn a_stuck_log_writer_bounds_the_journal() {
+    let mut o = owner();
+    o.enable_journal();
+    let mut out = Vec::new();
+    join(&mut o, conn(0, 0, 1), "a");
+    let big = "x".repeat(64 << 10);
+    let mut refused = None;
+    for k in 0..1000 {
+        out.clear();
+        if o.handle(publish(conn(0, 0, 1), "a", &big, None), 0, &mut out).is_some() {
+            refused = Some(k);
+            break;
+        }
+    }
+    let k = refused.expect("refused once the journal is full");
+    assert!(k >= 200 && o.journal().unwrap().pending_bytes() <= JOURNAL_MAX + (70 << 10), "refused after {k}");
+    o.journal().unwrap().take();
+    out.clear();
+    assert_eq!(o.handle(publish(conn(0, 0, 1), "a", "small", None), 0, &mut out), None, "accepted once written");
+}

@@ -116,6 +116,11 @@ impl Journal {
         !self.buf.is_empty()
     }
 
+    /// Bytes waiting for the writer (not counting a write in progress).
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Takes what waits.
     pub fn take(&mut self) -> Batch {
         let cap = self.buf.capacity().min(1 << 20);

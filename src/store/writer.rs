@@ -124,8 +124,14 @@ impl Log {
     /// fdatasync of the segment being written.
     pub async fn sync(&self) -> std::io::Result<()> {
         let file = self.file.borrow().clone();
+        // Cleared before the sync (a write meanwhile sets it again), and set
+        // back if the sync failed, so that the next interval tries again.
         self.unsynced.set(false);
-        Ok(file.fdatasync().await?)
+        let r = file.fdatasync().await;
+        if r.is_err() {
+            self.unsynced.set(true);
+        }
+        Ok(r?)
     }
 
     /// Bytes on disk: sealed segments and the one being written.
@@ -188,14 +194,20 @@ impl Log {
             // Readers of history forget the segment whether or not its file
             // could be removed: retention promised it gone.
             dropped = Some(oldest.index);
-            let _ = std::fs::remove_file(self.dir.join(index_name(oldest.index)));
-            match std::fs::remove_file(&oldest.path) {
-                Ok(()) => {
-                    info!(shard = self.cfg.shard, path = %oldest.path.display(), "log segment past retention deleted");
+            // Unlinking a large file can take milliseconds: not on the
+            // shard's thread.
+            let (idx, seg, shard) = (self.dir.join(index_name(oldest.index)), oldest.path, self.cfg.shard);
+            let unlink = move || {
+                let _ = std::fs::remove_file(&idx);
+                match std::fs::remove_file(&seg) {
+                    Ok(()) => info!(shard, path = %seg.display(), "log segment past retention deleted"),
+                    Err(e) => {
+                        tracing::warn!(path = %seg.display(), error = %e, "cannot delete a log segment past retention")
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(path = %oldest.path.display(), error = %e, "cannot delete a log segment past retention")
-                }
+            };
+            if let Err(e) = std::thread::Builder::new().name("log-retention".into()).spawn(unlink) {
+                tracing::warn!(error = %e, "cannot start a thread to delete a log segment");
             }
         }
         dropped
