@@ -5,7 +5,7 @@
 //! knows which shards hold members so that each broadcast is sent once per
 //! shard. Other shards only keep a local list of their own member sockets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use indexmap::IndexMap;
@@ -62,6 +62,9 @@ pub struct Room {
     seq: u64,
     conns: HashMap<ConnRef, Member>,
     users: IndexMap<Id, User>,
+    /// The present users' ids in order: roster pages follow it, so that a
+    /// page's cursor stays valid however users come and go meanwhile.
+    roster: BTreeSet<Id>,
     /// Members per shard of this node.
     shard_members: Vec<u32>,
     /// Members per other node.
@@ -102,6 +105,7 @@ impl Room {
             seq: 0,
             conns: HashMap::new(),
             users: IndexMap::new(),
+            roster: BTreeSet::new(),
             shard_members: vec![0; shards],
             node_members: HashMap::new(),
             presence: IndexMap::new(),
@@ -160,6 +164,7 @@ impl Room {
             }
             None => {
                 self.users.insert(uid.clone(), User { name: name.clone(), conns: vec![conn] });
+                self.roster.insert(uid.clone());
                 Joined::NewUser
             }
         }
@@ -174,8 +179,10 @@ impl Room {
         let name = u.name.clone();
         let user_gone = u.conns.is_empty();
         if user_gone {
-            // O(1): the last user takes the place (roster pages follow this order).
+            // O(1): the last user takes the place (roster pages follow
+            // `roster`, not this order).
             self.users.swap_remove(m.uid.as_str());
+            self.roster.remove(m.uid.as_str());
         }
         Some(Left { uid: m.uid, name, user_gone })
     }
@@ -201,21 +208,22 @@ impl Room {
         self.users.len()
     }
 
-    /// One page of the roster: at most `limit` users after `after` (from the
-    /// start without it), and the cursor of the next page if more remain.
-    /// None when `after` is not in the room.
-    pub fn users_page(&self, after: Option<&str>, limit: usize) -> Option<Page<'_>> {
-        let start = match after {
-            None => 0,
-            Some(a) => self.users.get_index_of(a)? + 1,
-        };
-        let end = (start + limit).min(self.users.len());
-        let page: Vec<(&str, &str)> = (start..end)
-            .filter_map(|i| self.users.get_index(i))
-            .map(|(id, u)| (id.as_str(), u.name.as_str()))
+    /// One page of the roster, in uid order: at most `limit` users whose
+    /// uid sorts after `after` (from the start without it), and the cursor
+    /// of the next page if more remain. A user present from the first page
+    /// to the last is listed exactly once, whoever joins or leaves meanwhile
+    /// (`after` itself may have left).
+    pub fn users_page(&self, after: Option<&str>, limit: usize) -> Page<'_> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        let mut it = self.roster.range::<str, _>((from, Unbounded));
+        let page: Vec<(&str, &str)> = it
+            .by_ref()
+            .take(limit)
+            .map(|id| (id.as_str(), self.users.get(id.as_str()).map_or("", |u| u.name.as_str())))
             .collect();
-        let next = (end < self.users.len() && end > start).then(|| page.last().map(|(uid, _)| *uid)).flatten();
-        Some((page, next))
+        let next = (it.next().is_some() && !page.is_empty()).then(|| page.last().map(|(uid, _)| *uid)).flatten();
+        (page, next)
     }
 
     /// Notes a user's arrival or departure for the next presence frame; a
@@ -432,7 +440,7 @@ mod presence_tests {
         let mut seen = std::collections::HashSet::new();
         let mut after: Option<String> = None;
         loop {
-            let (page, next) = r.users_page(after.as_deref(), 1000).unwrap();
+            let (page, next) = r.users_page(after.as_deref(), 1000);
             assert!(page.len() <= 1000);
             for (uid, _) in &page {
                 assert!(seen.insert(uid.to_string()), "{uid} twice");
@@ -443,7 +451,28 @@ mod presence_tests {
             }
         }
         assert_eq!(seen.len(), r.user_count());
-        assert!(r.users_page(Some("nobody"), 10).is_none());
+        assert_eq!(r.users_page(Some("zzz"), 10).0.len(), 0);
+    }
+
+    /// The reported case: a page, then the first user leaves (in arrival
+    /// order the newest would take its place, before the cursor): every user
+    /// present throughout is still listed once.
+    #[test]
+    fn users_who_stay_are_listed_whoever_leaves_between_pages() {
+        let mut r = Room::new(1, 0, 1);
+        let c = |k: u32| ConnRef { node: 0, shard: 0, key: k, generation: 1 };
+        for (k, u) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            r.join(c(k as u32), &id(u), &Name::parse("n").unwrap(), false);
+        }
+        let (p1, next) = r.users_page(None, 2);
+        assert_eq!(p1.iter().map(|(u, _)| *u).collect::<Vec<_>>(), ["a", "b"]);
+        let next = next.map(str::to_owned);
+        r.leave(c(0));
+        r.leave(c(1)); // the cursor's own user leaves too
+        let (p2, next2) = r.users_page(next.as_deref(), 2);
+        assert_eq!(p2.iter().map(|(u, _)| *u).collect::<Vec<_>>(), ["c", "d"]);
+        let (p3, next3) = r.users_page(next2, 2);
+        assert_eq!((p3.iter().map(|(u, _)| *u).collect::<Vec<_>>(), next3), (vec!["e"], None));
     }
 
     #[test]

@@ -186,15 +186,12 @@ impl Owner {
             Request::Publish(p) => return self.publish(*p, now_ms, out),
             Request::GetOnline { rid, conn, after, limit } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
-                let page = match self.rooms.get(&rid) {
-                    Some(room) => room
-                        .users_page(after.as_deref(), limit)
-                        .map(|(users, next)| protocol::encode_online(&rid, users.into_iter(), room.user_count(), next)),
-                    None => Some(protocol::encode_online(&rid, std::iter::empty(), 0, None)),
-                };
-                let Some(frame) = page else {
-                    out.push(err(conn, "after is not in the room (it left): start the roster again"));
-                    return Some(ERR_INVALID);
+                let frame = match self.rooms.get(&rid) {
+                    Some(room) => {
+                        let (users, next) = room.users_page(after.as_deref(), limit);
+                        protocol::encode_online(&rid, users.into_iter(), room.user_count(), next)
+                    }
+                    None => protocol::encode_online(&rid, std::iter::empty(), 0, None),
                 };
                 out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
             }
