@@ -141,8 +141,20 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     })?;
     println!("listening on {addr}");
-    info!(%addr, "listening");
+    // Where a person opens the chat page (an unspecified address is
+    // reachable on this machine as loopback).
+    let browse = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    // Whoever started the server may have stopped reading its output after
+    // the first line: a closed pipe is not a reason to stop serving.
     use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "open http://{browse}/ in a browser to chat");
+    info!(%addr, "listening");
     let _ = std::io::stdout().flush();
 
     // Every shard is waited for, even after one failed: the others may

@@ -94,3 +94,23 @@ fn cchat_runs_under_the_units_hardening() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("ok:"), "{text}{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn at_start_the_server_says_where_to_open_the_chat_page() {
+    use std::io::BufRead as _;
+    let data = crate::common::temp_data_dir();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cchat"))
+        .args(["--listen", "0.0.0.0:0", "--data-dir", data.to_str().unwrap()])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    let port = listening.rsplit(':').next().unwrap().to_owned();
+    let open = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(open, format!("open http://127.0.0.1:{port}/ in a browser to chat"));
+    let _ = std::fs::remove_dir_all(&data);
+}
