@@ -5,15 +5,19 @@
 # beside it, the highest deliveries/s with zero loss at any latency. The
 # search goes on past the latency limit (p99 hovers near it over a range of
 # rates on this noisy machine) and stops at the first step with a loss or an
-# error, or with p99 over 1 s.
+# error, or with p99 over 1 s. DURABILITY=memory|written|sync picks the
+# log's mode (default: the server's, written), for the modes side by side:
+#   for d in memory written; do DURABILITY=$d bench/ceiling.sh; done
 source "$(dirname "$0")/lib.sh"
-bench_init ceiling "ceiling: shape A (rooms of 100, 64 B) stepped up until p99 > 50 ms or a loss"
+MODE_ARGS=()
+if [ -n "${DURABILITY:-}" ]; then MODE_ARGS=(--durability "$DURABILITY"); fi
+bench_init "ceiling${DURABILITY:+-$DURABILITY}" "ceiling: shape A (rooms of 100, 64 B) stepped up until p99 > 50 ms or a loss${DURABILITY:+, --durability $DURABILITY}"
 RATES="${RATES:-1000 2000 3000 5000 7500 10000 15000 20000 30000 40000 50000 60000 80000 100000}"
 export P99_LIMIT_MS="${P99_LIMIT_MS:-50}"
 steps=()
 for rate in $RATES; do
     wait_quiet
-    start_servers 1 2
+    start_servers 1 2 "${MODE_ARGS[@]}"
     rc=0
     run_loadgen "$WORK/step-$rate" --clients 2000 --room-size 100 --rate "$rate" --payload 64 \
         --duration 5 --warmup 1 --drain 2 || rc=$?
