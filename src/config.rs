@@ -131,6 +131,13 @@ pub struct Args {
     /// Verify login tokens (JWT, RS256 or ES256) with this PEM public key.
     #[arg(long, help_heading = "Security")]
     pub token_public_key: Option<PathBuf>,
+    /// Serve TLS (wss://, https://) on the client port with this PEM certificate chain;
+    /// with --tls-key. Reloaded on SIGHUP (new connections use the renewed one).
+    #[arg(long, help_heading = "Security", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, help_heading = "Security", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Browser origin allowed to open a WebSocket (`https://chat.example.com`); repeat for
     /// each; `*` allows all. Default: the request's own host, and clients that send no Origin.
     #[arg(long = "allowed-origin", help_heading = "Security")]
@@ -242,6 +249,8 @@ pub struct Config {
     pub token_secret: Option<String>,
     /// PEM public key for login tokens.
     pub token_public_key: Option<PathBuf>,
+    /// TLS certificate chain and key files (PEM), when TLS is on.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Browser origins allowed to upgrade (empty: same host only; `*`: all).
     pub allowed_origins: Vec<String>,
     /// Rooms per connection.
@@ -412,6 +421,7 @@ impl Config {
             shard_queue: args.shard_queue.clamp(4, 1 << 20),
             token_secret: args.token_secret,
             token_public_key: args.token_public_key,
+            tls: args.tls_cert.zip(args.tls_key),
             allowed_origins: args.allowed_origins,
             max_rooms_per_connection: args.max_rooms_per_connection.max(1),
             max_connections_per_ip: args.max_connections_per_ip,

@@ -29,11 +29,21 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     // Boxed so that the handshake's state (its buffers) is freed once it is
     // done instead of staying part of this future for the connection's life.
     let ip = stream.peer_addr().map(|a| a.ip()).ok();
-    let leftover = match Box::pin(handshake(&shard, &mut stream, ip)).await {
+    let mut tls = match &shard.node.tls {
+        Some(t) => match t.accept() {
+            Ok(c) => Some(Box::new(c)),
+            Err(_) => return,
+        },
+        None => None,
+    };
+    let leftover = match Box::pin(handshake(&shard, &mut stream, ip, tls.as_deref_mut())).await {
         Some(l) => l,
         None => return,
     };
     let key = shard.register(stream.as_raw_fd());
+    if let Some(t) = tls {
+        shard.set_tls(key, t);
+    }
     let guard = Registered { shard: &shard, key, ip };
     run(&shard, key, &mut stream, leftover).await;
     drop(guard);
@@ -58,9 +68,15 @@ impl Drop for Registered<'_> {
 
 /// Reads the HTTP head; answers plain requests; returns the bytes after the
 /// head for an accepted upgrade.
-async fn handshake(shard: &Shard, stream: &mut TcpStream, ip: Option<std::net::IpAddr>) -> Option<Vec<u8>> {
+async fn handshake(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    ip: Option<std::net::IpAddr>,
+    mut tls: Option<&mut rustls::ServerConnection>,
+) -> Option<Vec<u8>> {
     let deadline = Instant::now() + shard.node.cfg.handshake_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut first = true;
     let (req, head_len) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -68,22 +84,25 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream, ip: Option<std::net::I
             return None;
         }
         let _ = stream.set_read_timeout(Some(left));
-        let len = buf.len();
-        buf.resize(len + 1024, 0);
-        let n = match stream.read(&mut buf[len..]).await {
+        match read_more(stream, tls.as_deref_mut(), &mut buf, &mut first).await {
             Ok(0) => return None,
-            Ok(n) => n,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData && tls.is_some() => {
+                // Plain HTTP (or garbage) on the TLS port: say so in plain text.
+                let why = b"this port speaks TLS: use https:// or wss://";
+                let _ = stream.write_all(&http::response(400, "text/plain", why)).await;
+                return None;
+            }
             Err(_) => {
                 shard.node.stats.shards[shard.id].timeout_closes.fetch_add(1, Relaxed);
                 return None;
             }
-        };
-        buf.truncate(len + n);
+        }
         match http::parse(&buf) {
             Ok(Some(r)) => break r,
             Ok(None) => continue,
             Err(why) => {
-                let _ = stream.write_all(&http::response(400, "text/plain", why.as_bytes())).await;
+                let _ = send_all(stream, tls.as_deref_mut(), &http::response(400, "text/plain", why.as_bytes())).await;
                 return None;
             }
         }
@@ -116,7 +135,7 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream, ip: Option<std::net::I
                 node.stats.shards[shard.id].rejected_connections.fetch_add(1, Relaxed);
                 http::response(503, "text/plain", b"connection limit reached")
             } else {
-                if stream.write_all(http::switching_protocols(&accept).as_bytes()).await.is_err() {
+                if send_all(stream, tls.as_deref_mut(), http::switching_protocols(&accept).as_bytes()).await.is_err() {
                     node.open.fetch_sub(1, Relaxed);
                     if let Some(ip) = ip {
                         node.per_ip.release(ip);
@@ -129,9 +148,79 @@ async fn handshake(shard: &Shard, stream: &mut TcpStream, ip: Option<std::net::I
         Request::Get(path) => http::route(&path, node),
         Request::Reject(status, why) => http::response(status, "text/plain", why.as_bytes()),
     };
-    let _ = stream.write_all(&reply).await;
+    let _ = send_all(stream, tls.as_deref_mut(), &reply).await;
+    if let Some(t) = tls {
+        t.send_close_notify();
+        let _ = flush_tls(stream, t).await;
+    }
     let _ = stream.close().await;
     None
+}
+
+/// Reads more of the HTTP head into `buf` (decrypted on TLS, answering the
+/// TLS handshake as it goes); the bytes added, 0 at the end. On TLS, a
+/// connection whose `first` bytes are not a handshake record is `InvalidData`.
+async fn read_more(
+    stream: &mut TcpStream,
+    tls: Option<&mut rustls::ServerConnection>,
+    buf: &mut Vec<u8>,
+    first: &mut bool,
+) -> std::io::Result<usize> {
+    let Some(tls) = tls else {
+        let len = buf.len();
+        buf.resize(len + 1024, 0);
+        let r = stream.read(&mut buf[len..]).await;
+        buf.truncate(len + *r.as_ref().unwrap_or(&0));
+        return r;
+    };
+    let mut raw = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut raw).await?;
+        if n == 0 {
+            return Ok(0);
+        }
+        if std::mem::take(first) && !crate::tls::looks_like_tls(&raw[..n]) {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        let before = buf.len();
+        let open = crate::tls::decrypt(tls, &raw[..n], buf);
+        // Handshake replies, or the alert that explains a failure.
+        flush_tls(stream, tls).await?;
+        if !open? {
+            return Ok(0);
+        }
+        if buf.len() > before {
+            return Ok(buf.len() - before);
+        }
+    }
+}
+
+/// Writes all of `bytes` (sealed into records on TLS).
+async fn send_all(
+    stream: &mut TcpStream,
+    tls: Option<&mut rustls::ServerConnection>,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let Some(tls) = tls else { return stream.write_all(bytes).await };
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = std::io::Write::write(&mut tls.writer(), rest)?;
+        rest = &rest[n..];
+        flush_tls(stream, tls).await?;
+    }
+    Ok(())
+}
+
+/// Sends the records a TLS state holds.
+async fn flush_tls(stream: &mut TcpStream, tls: &mut rustls::ServerConnection) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut out)?;
+    }
+    if !out.is_empty() {
+        stream.write_all(&out).await?;
+    }
+    Ok(())
 }
 
 enum Wake {
@@ -181,6 +270,37 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
         match wake {
             Wake::Read(n) => {
                 shard.touch(key);
+                // TLS: the frames are in what the records decrypt to.
+                let decrypted = {
+                    let rb = shard.read_buf.borrow();
+                    let mut plain = shard.plain_buf.borrow_mut();
+                    plain.clear();
+                    shard.tls_decrypt(key, &rb[..n], &mut plain)
+                };
+                if let Some(d) = decrypted {
+                    let open = match d {
+                        Ok(open) => open,
+                        Err(_) => return, // a TLS protocol error: its alert is queued; drop the connection
+                    };
+                    let r = {
+                        let mut plain = shard.plain_buf.borrow_mut();
+                        if pending.is_empty() {
+                            process(shard, key, &mut dec, &mut plain, &mut pending)
+                        } else {
+                            pending.extend_from_slice(&plain);
+                            let mut data = std::mem::take(&mut pending);
+                            process(shard, key, &mut dec, &mut data, &mut pending)
+                        }
+                    };
+                    if let Err(e) = r {
+                        violation(shard, key, e);
+                    }
+                    if !open {
+                        return;
+                    }
+                    glommio::yield_if_needed().await;
+                    continue;
+                }
                 let r = {
                     // Borrowed only until the frames are handled, never across an await.
                     let mut rb = shard.read_buf.borrow_mut();
@@ -271,6 +391,18 @@ async fn linger(shard: &Shard, key: u32, stream: &mut TcpStream) {
     if !flushed || shard.queued(key) > 0 {
         return;
     }
+    // TLS: close_notify after the close frame.
+    shard.tls_close_notify(key);
+    let _ = futures_lite::future::or(
+        async {
+            poll_fn(|cx| shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b))).await
+        },
+        async {
+            Timer::new(Duration::from_millis(500)).await;
+            Ok(())
+        },
+    )
+    .await;
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut sink = [0u8; 256];

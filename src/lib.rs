@@ -36,6 +36,7 @@
 //! | [`room`] | owner-side room: roster, seq, history | no |
 //! | [`ratelimit`] | token bucket | no |
 //! | [`perip`] | per-address connection limits | no |
+//! | [`tls`] | TLS on the client port: config, SIGHUP reload, record glue | cert files |
 //! | [`auth`] | signed logins (JWT) | key file |
 //! | [`config`] | flags, TOML file, defaults (listed once) | file |
 //! | [`metrics`] | counters and the Prometheus writer | no |
@@ -72,4 +73,5 @@ pub mod room;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod tls;
 pub mod ws;

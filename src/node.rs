@@ -47,6 +47,8 @@ pub struct Node {
     pub verifier: Option<crate::auth::Verifier>,
     /// Connections per IP address.
     pub per_ip: crate::perip::PerIp,
+    /// TLS on the client port (`--tls-cert`).
+    pub tls: Option<crate::tls::Tls>,
     last_epoch: AtomicU64,
 }
 
@@ -65,6 +67,7 @@ impl Node {
             cluster: Mutex::new(Table::new(&cfg.node_id)),
             relay: RelayStats::default(),
             verifier: None,
+            tls: None,
             per_ip: crate::perip::PerIp::new(cfg.max_connections_per_ip, cfg.new_connections_per_ip),
             last_epoch: AtomicU64::new(epoch),
             cfg,

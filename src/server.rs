@@ -11,7 +11,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::ids::Id;
@@ -77,8 +77,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.admin_listen.is_none() {
         info!("no --admin-listen: /metrics is served on the client port, to anyone who reaches it");
     }
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(crate::tls::Tls::load(cert, key)?),
+        None => None,
+    };
     let mut node = Node::new(cfg, max_connections);
     node.verifier = verifier;
+    node.tls = tls;
     let node = Arc::new(node);
     if let Some(logs) = &logs {
         node.record_recovery(crate::node::Recovery {
@@ -129,10 +134,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // as soon as "listening on" is read must close clients with 1001, not
     // kill the process by the default action.
     let sig_node = node.clone();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
-        for (n, sig) in signals.forever().enumerate() {
-            if n > 0 {
+        let mut stops = 0;
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                // A renewed certificate, without a restart (new connections use it).
+                match sig_node.tls.as_ref().map(crate::tls::Tls::reload) {
+                    Some(Ok(())) => info!("SIGHUP: TLS certificate and key reloaded"),
+                    Some(Err(e)) => error!(error = %format!("{e:#}"), "SIGHUP: cannot reload the TLS certificate; the old one stays"),
+                    None => info!("SIGHUP: nothing to reload (no --tls-cert)"),
+                }
+                continue;
+            }
+            stops += 1;
+            if stops > 1 {
                 warn!(sig, "second signal: exiting now");
                 std::process::exit(130);
             }

@@ -30,6 +30,8 @@ mod pinning;
 mod protocol;
 // Signed logins, token expiry and refresh, origin checks.
 mod security;
+// TLS on the client port: wss, https, plain clients refused, SIGHUP reload.
+mod tls;
 // Seeded random bursts across shards with tiny queues.
 mod stress;
 // Regression: connections wedged by cross-shard back-pressure.

@@ -33,6 +33,9 @@ pub(crate) struct ConnEntry {
     pub(crate) last_rx: u32,
     /// A ping was sent since then.
     pub(crate) pinged: bool,
+    /// The connection's TLS state, on a TLS port: frames are sealed into
+    /// records when written, and input decrypted when read.
+    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl ConnEntry {
@@ -87,6 +90,7 @@ impl Conns {
             born: tick,
             last_rx: tick,
             pinged: false,
+            tls: None,
         });
         (key as u32, generation)
     }

@@ -24,6 +24,8 @@ pub(super) struct Flusher {
     dirty: RefCell<Vec<u32>>,
     waker: RefCell<Option<Waker>>,
     write_buf: RefCell<Vec<u8>>,
+    /// Gathers a TLS connection's sealed records for one send.
+    tls_scratch: RefCell<Vec<u8>>,
     /// Time spent in flush passes since the last tick, and the share of the
     /// last tick it took (the flusher's load).
     busy_ns: Cell<u64>,
@@ -37,6 +39,7 @@ impl Flusher {
             dirty: RefCell::new(Vec::new()),
             waker: RefCell::new(None),
             write_buf: RefCell::new(Vec::with_capacity(WRITE_CHUNK)),
+            tls_scratch: RefCell::new(Vec::new()),
             busy_ns: Cell::new(0),
             util: Cell::new(0.0),
             last_pass: Cell::new(Duration::ZERO),
@@ -131,7 +134,7 @@ impl Shard {
             return; // blocked or closing: the connection's task writes
         }
         let fd = e.fd;
-        match self.write_queue(&mut e.out, |buf| raw_send(fd, buf)) {
+        match self.write_queue(&mut e.out, e.tls.as_deref_mut(), |buf| raw_send(fd, buf)) {
             Poll::Ready(Ok(())) => {}
             Poll::Pending => {
                 e.out.block();
@@ -156,7 +159,7 @@ impl Shard {
     ) -> Poll<std::io::Result<()>> {
         let mut conns = self.conns.borrow_mut();
         let Some(e) = conns.get_mut(key) else { return Poll::Ready(Ok(())) };
-        let r = self.write_queue(&mut e.out, |buf| write(cx, buf));
+        let r = self.write_queue(&mut e.out, e.tls.as_deref_mut(), |buf| write(cx, buf));
         if let Poll::Ready(Ok(())) = r {
             e.out.drained();
         }
@@ -164,13 +167,38 @@ impl Shard {
     }
 
     /// The one write loop: writes `out`'s frames, as many per write as fit
-    /// [`WRITE_CHUNK`], until the queue is empty or the socket is full.
+    /// [`WRITE_CHUNK`], until the queue is empty or the socket is full. On
+    /// TLS the same chunks are sealed into records first, and the records
+    /// go out in one send.
     fn write_queue(
         &self,
         out: &mut Outbound,
+        tls: Option<&mut rustls::ServerConnection>,
         mut write: impl FnMut(&[u8]) -> Poll<std::io::Result<usize>>,
     ) -> Poll<std::io::Result<()>> {
         let mut wb = self.flush.write_buf.borrow_mut();
+        if let Some(tls) = tls {
+            let mut scratch = self.flush.tls_scratch.borrow_mut();
+            loop {
+                while tls.wants_write() {
+                    let mut w = crate::tls::PollWriter::new(&mut write, &mut scratch);
+                    match tls.write_tls(&mut w) {
+                        Ok(n) => {
+                            self.stats().writes.fetch_add(1, Relaxed);
+                            self.stats().bytes_out.fetch_add(n as u64, Relaxed);
+                        }
+                        Err(_) if w.blocked => return Poll::Pending,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                if out.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                // Sealed into records now; the loop sends them.
+                let n = std::io::Write::write(&mut tls.writer(), out.next_chunk(&mut wb))?;
+                out.consume(n);
+            }
+        }
         while !out.is_empty() {
             match write(out.next_chunk(&mut wb)) {
                 Poll::Ready(Ok(n)) => {

@@ -41,6 +41,7 @@ mod owner;
 mod roomset;
 mod session;
 mod sweep;
+mod tlsconn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -101,6 +102,8 @@ pub struct Shard {
     /// Shared read buffer: every connection reads into it and copies out only
     /// the tail of an incomplete frame, so an idle socket holds no buffer.
     pub(crate) read_buf: RefCell<Box<[u8]>>,
+    /// Shared too: what a TLS connection's read decrypts to.
+    pub(crate) plain_buf: RefCell<Vec<u8>>,
     json_buffers: RefCell<simd_json::Buffers>,
     uid_counter: Cell<u64>,
     /// Sweeper ticks since start.
@@ -159,6 +162,7 @@ impl Shard {
             flush: flush::Flusher::new(),
             mesh: mesh::Mesh::new(n, senders),
             read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
+            plain_buf: RefCell::new(Vec::new()),
             json_buffers: RefCell::new(simd_json::Buffers::new(1024)),
             uid_counter: Cell::new(0),
             tick: Cell::new(0),

@@ -108,6 +108,17 @@ impl Outbound {
         Pushed::Queued { newly_dirty }
     }
 
+    /// Asks for a write with nothing queued (TLS records of the handshake
+    /// or an alert wait); true when the connection must go on the
+    /// flusher's list.
+    pub(crate) fn mark_dirty(&mut self) -> bool {
+        let newly = self.state == OutState::Idle;
+        if newly {
+            self.state = OutState::Dirty;
+        }
+        newly
+    }
+
     /// The flusher took the connection off its list: it writes now.
     pub(crate) fn take_dirty(&mut self) -> bool {
         if self.state == OutState::Dirty {

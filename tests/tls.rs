@@ -1,0 +1,210 @@
+//! TLS on the client port: wss:// and https:// with a certificate made by
+//! openssl, a plain ws:// client refused cleanly, a certificate renewed on
+//! SIGHUP without a restart.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tungstenite::{Message, WebSocket};
+
+use crate::common::Server;
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A fresh directory with a self-signed certificate for localhost and
+/// 127.0.0.1 (`cert.pem`, `key.pem`), made by openssl.
+pub(crate) fn make_cert(dir: &Path, cn: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={cn}"), "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // A server certificate (not a CA), as webpki wants an end entity.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (Debian package openssl)");
+    assert!(st.success());
+}
+
+fn cert_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cchat-tls-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn start(dir: &Path) -> Server {
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    Server::start(&[
+        "--shards",
+        "2",
+        "--rate-limit",
+        "0",
+        "--tls-cert",
+        c.to_str().unwrap(),
+        "--tls-key",
+        k.to_str().unwrap(),
+    ])
+}
+
+/// A TLS connection to the server trusting only `cert`.
+fn tls_connect(server: &Server, cert: &Path) -> Tls {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(cert).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+    let sock = TcpStream::connect(server.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+fn wss(server: &Server, cert: &Path) -> WebSocket<Tls> {
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let (ws, resp) = tungstenite::client(url, tls_connect(server, cert)).expect("wss upgrade");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+fn recv(ws: &mut WebSocket<Tls>) -> Value {
+    loop {
+        match ws.read().expect("read over TLS") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn expect(ws: &mut WebSocket<Tls>, cmd: &str) -> Value {
+    loop {
+        let v = recv(ws);
+        if v["cmd"] == cmd {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn wss_clients_chat_and_the_page_is_served_over_https() {
+    let dir = cert_dir("chat");
+    make_cert(&dir, "first");
+    let server = start(&dir);
+    let cert = dir.join("cert.pem");
+    let mut a = wss(&server, &cert);
+    let mut b = wss(&server, &cert);
+    a.send(Message::text(json!({"cmd":"login","name":"Ann","uid":"ann","rid":"secure"}).to_string())).unwrap();
+    expect(&mut a, "login");
+    b.send(Message::text(json!({"cmd":"login","name":"Bob","uid":"bob","rid":"secure"}).to_string())).unwrap();
+    expect(&mut b, "login");
+    assert_eq!(expect(&mut a, "newUser")["uid"], "bob");
+    // Many frames at once: they are sealed into records and arrive whole, in order.
+    for k in 0..200 {
+        b.send(Message::text(json!({"cmd":"message","type":"text","rid":"secure","msg":format!("m{k}")}).to_string()))
+            .unwrap();
+    }
+    for k in 0..200 {
+        let m = expect(&mut a, "message");
+        assert_eq!((m["msg"].as_str(), m["uid"].as_str()), (Some(format!("m{k}").as_str()), Some("bob")));
+    }
+    // A close gets its close frame over TLS.
+    a.close(None).unwrap();
+    loop {
+        match a.read() {
+            Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => break,
+            Ok(_) => continue,
+            Err(e) => panic!("close over TLS: {e}"),
+        }
+    }
+    // The page, over https.
+    let mut s = tls_connect(&server, &cert);
+    write!(s, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut page = Vec::new();
+    let _ = s.read_to_end(&mut page);
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.starts_with("HTTP/1.1 200"), "{}", &page[..page.len().min(200)]);
+    assert!(page.contains("data-testid=\"message-list\""), "the chat page");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_plain_client_on_the_tls_port_is_refused_cleanly() {
+    let dir = cert_dir("plain");
+    make_cert(&dir, "first");
+    let server = start(&dir);
+    // ws:// (plain HTTP upgrade): a plain-text 400 that says why.
+    match tungstenite::connect(format!("ws://{}/", server.addr)) {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 400);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+            assert!(body.contains("TLS"), "{body}");
+        }
+        other => panic!("a plain ws:// client must fail with 400, got {:?}", other.map(|_| ())),
+    }
+    // A TLS client that does not trust the certificate: the handshake fails
+    // (an alert), and the server goes on serving.
+    let other = cert_dir("plain-other");
+    make_cert(&other, "someone else");
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    assert!(tungstenite::client(url, tls_connect(&server, &other.join("cert.pem"))).is_err());
+    let mut ok = wss(&server, &dir.join("cert.pem"));
+    ok.send(Message::text(json!({"cmd":"login","name":"x","rid":"r"}).to_string())).unwrap();
+    expect(&mut ok, "login");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
+}
+
+#[test]
+fn sighup_reloads_a_renewed_certificate_without_a_restart() {
+    let dir = cert_dir("reload");
+    make_cert(&dir, "first");
+    let server = start(&dir);
+    let first = dir.join("first.pem");
+    std::fs::copy(dir.join("cert.pem"), &first).unwrap();
+    let mut before = wss(&server, &first);
+    before.send(Message::text(json!({"cmd":"login","name":"a","uid":"a","rid":"r"}).to_string())).unwrap();
+    expect(&mut before, "login");
+    // Renewed on disk, then SIGHUP.
+    make_cert(&dir, "second");
+    server.signal(libc::SIGHUP);
+    let second = dir.join("second.pem");
+    std::fs::copy(dir.join("cert.pem"), &second).unwrap();
+    let served = |cert: &Path| {
+        let mut s = tls_connect(&server, cert);
+        write!(s, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_ok() && {
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).is_ok() && out.starts_with(b"HTTP/1.1 200")
+        }
+    };
+    let t0 = std::time::Instant::now();
+    while !served(&second) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the renewed certificate is not served after SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!served(&first), "new connections get the renewed certificate");
+    // The connection made before goes on.
+    before.send(Message::text(json!({"cmd":"getOnline","rid":"r"}).to_string())).unwrap();
+    expect(&mut before, "getOnline");
+    // A broken file on SIGHUP: the certificate in use stays.
+    std::fs::write(dir.join("cert.pem"), "not a certificate").unwrap();
+    server.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(served(&second), "still served after a failed reload");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
