@@ -177,10 +177,11 @@ mod tests {
             Poll::Ready(Ok(b.len()))
         };
         let mut scratch = Vec::new();
-        let mut w = PollWriter::new(&mut send, &mut scratch);
-        let n = w.write_vectored(&[io::IoSlice::new(&[1; 100]), io::IoSlice::new(&[2; 50])]).unwrap();
-        assert_eq!(n, 150);
-        drop(w);
+        {
+            let mut w = PollWriter::new(&mut send, &mut scratch);
+            let n = w.write_vectored(&[io::IoSlice::new(&[1; 100]), io::IoSlice::new(&[2; 50])]).unwrap();
+            assert_eq!(n, 150);
+        }
         assert_eq!(sends, vec![150]);
         let mut full = |_: &[u8]| Poll::Pending;
         let mut w = PollWriter::new(&mut full, &mut scratch);

@@ -136,6 +136,8 @@ impl Driver {
         std::fs::create_dir_all(&profile).unwrap();
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // The TLS test's certificate is self-signed.
+            "acceptInsecureCerts": true,
             "goog:chromeOptions": {
                 "binary": chromium_bin(),
                 "args": [
@@ -1285,4 +1287,39 @@ fn messages_of_other_days_get_date_separators() {
     assert_eq!(seps[3][1], "Today");
     drop(server);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn over_https_with_a_token_the_page_chats_on_wss() {
+    let certs = test_dir("https_with_a_token-certs");
+    crate::tls::make_cert(&certs, "localhost");
+    let (c, k) = (certs.join("cert.pem"), certs.join("key.pem"));
+    let args = ["--tls-cert", c.to_str().unwrap(), "--tls-key", k.to_str().unwrap(), "--token-secret", "https-secret"];
+    let (dir, server, driver) = setup("https_with_a_token", &args);
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+    let token = |sub: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": sub, "name": sub.to_uppercase(), "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(b"https-secret").unwrap(),
+        )
+        .unwrap()
+    };
+    let port = server.addr.port();
+    let a = driver.session(1200, 900);
+    a.navigate(&format!("https://localhost:{port}/#token={}", token("ann")));
+    a.wait_js("the login form over https", "return !!document.querySelector('[data-testid=login-name]')", json!([]));
+    a.login("Ann", "lobby", None);
+    assert_eq!(a.my_uid(), "ann");
+    let b = driver.session(1200, 900);
+    b.navigate(&format!("https://localhost:{port}/#token={}", token("bob")));
+    b.wait_js("the login form over https", "return !!document.querySelector('[data-testid=login-name]')", json!([]));
+    b.login("Bob", "lobby", None);
+    a.say("hello over wss");
+    assert_eq!(b.wait_message("hello over wss")["uid"], "ann");
+    b.say("and back");
+    a.wait_message("and back");
+    assert_eq!(a.exec("return location.protocol", json!([])), "https:");
+    shot(&a, &dir, "https");
 }
