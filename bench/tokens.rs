@@ -13,7 +13,9 @@ use cchat::auth::Verifier;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 
 fn main() {
-    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    // The server's own crypto provider (ring for ES256/RS256 signatures) is
+    // installed by the first Verifier, before anything is signed here.
+    let _ = Verifier::from_secret("install the server's provider").unwrap();
     let dir = std::env::temp_dir().join(format!("cchat-bench-tokens-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exp = cchat::node::unix_ms() / 1000 + 3600;
