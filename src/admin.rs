@@ -5,12 +5,13 @@
 //! | request | body (JSON) | effect |
 //! |---|---|---|
 //! | `POST /api/publish` | `rid`, `msg`, `type`? (`text`), `uid`? (`server`), `name`? (`server`) | members get a normal `message` with `seq`, stored in history; 202 |
-//! | `POST /api/disconnect` | `uid`, `code`? (4000) | every connection of `uid` on this node is closed with `code`; 202 |
+//! | `POST /api/disconnect` | `uid`, `code`? (4000) | every connection of `uid` on every node is closed with `code`; 202 |
 //! | `GET /api/online?rid=` | | `{"rid","users":[{uid,name}…],"count"}` |
 //! | `GET /api/history?rid=&since=&limit=` | | `{"rid","epoch","msgs":[…]}` (oldest first, at most 1,000) |
 //! | `GET /api/rooms` | | `{"rooms":[{"rid","count"}…]}`: this node's rooms with members |
 //!
-//! A room another node owns is 409 (ask that node).
+//! A publish goes to the room's owner on whichever node; a question about a
+//! room another node owns is 409 (ask that node).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -207,9 +208,7 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
             let Some(name) = Name::parse(name) else {
                 return bad("name must be 1-64 bytes without control characters");
             };
-            if !shard.api_publish(rid, uid, name, mtype, msg.to_owned()) {
-                return json(409, serde_json::json!({ "error": "another node owns this room: publish there" }));
-            }
+            shard.api_publish(rid, uid, name, mtype, msg.to_owned());
             json(202, serde_json::json!({ "ok": true }))
         }
         ("POST", "/api/disconnect") => {

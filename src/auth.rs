@@ -129,7 +129,9 @@ struct RingVerifier {
 impl jsonwebtoken::signature::Verifier<Vec<u8>> for RingVerifier {
     fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), jsonwebtoken::signature::Error> {
         use jsonwebtoken::DecodingKeyKind;
-        use ring::signature::{ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents, UnparsedPublicKey};
+        use ring::signature::{
+            ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents, UnparsedPublicKey,
+        };
         let ok = match (self.alg, self.key.kind()) {
             (Algorithm::ES256, DecodingKeyKind::SecretOrDer(k)) => {
                 UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, k).verify(msg, sig).is_ok()

@@ -37,6 +37,14 @@ pub struct ConnRef {
 /// it is no member, needs none, and gets no reply).
 pub const API_CONN: ConnRef = ConnRef { node: 0, shard: u16::MAX, key: 0, generation: 0 };
 
+impl ConnRef {
+    /// Whether this is [`API_CONN`] of any node (the relay sets `node` to
+    /// the node a message came from).
+    pub fn is_api(&self) -> bool {
+        self.shard == API_CONN.shard && self.key == API_CONN.key && self.generation == API_CONN.generation
+    }
+}
+
 /// To a room's owner.
 #[derive(Debug)]
 pub enum Request {
@@ -172,6 +180,13 @@ pub enum NodeMsg {
     ToOwner(Request),
     /// From an owner on the sending node to members on the receiving node.
     ToMembers(Delivery),
+    /// The server API: close every connection of `uid` on the receiving node.
+    Disconnect {
+        /// The user.
+        uid: Id,
+        /// Close code sent to the client.
+        code: u16,
+    },
 }
 
 /// What crosses the queues between the shards of a node.

@@ -18,13 +18,20 @@ struct Cluster {
     nodes: Vec<Option<Server>>,
     client_ports: Vec<u16>,
     relay_ports: Vec<u16>,
+    /// Flags for node 0 only (an admin listener).
+    first_extra: Vec<String>,
 }
 
 impl Cluster {
     /// Ports for `n` nodes, none started.
     fn unstarted(n: usize) -> Cluster {
         let ports = free_ports(2 * n);
-        Cluster { nodes: Vec::new(), client_ports: ports[..n].to_vec(), relay_ports: ports[n..].to_vec() }
+        Cluster {
+            nodes: Vec::new(),
+            client_ports: ports[..n].to_vec(),
+            relay_ports: ports[n..].to_vec(),
+            first_extra: Vec::new(),
+        }
     }
 
     fn start(n: usize) -> Cluster {
@@ -57,6 +64,9 @@ impl Cluster {
         for j in (0..n).filter(|j| *j != i) {
             args.push("--peer".into());
             args.push(format!("127.0.0.1:{}", self.relay_ports[j]));
+        }
+        if i == 0 {
+            args.extend(self.first_extra.iter().cloned());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -661,4 +671,44 @@ fn a_cluster_started_at_once_is_meshed_when_its_nodes_are_listening() {
         assert_eq!(c.node(i).metric("cchat_relay_link_up"), 2.0, "node {i} is linked to both others");
     }
     meet(&c, (1, "bob"), (2, "cat"), "together");
+}
+
+/// The server API of one node reaches the whole cluster: a publish to a room
+/// another node owns arrives with its seq, and a disconnect closes the
+/// user's connections on every node.
+#[test]
+fn the_server_api_reaches_rooms_and_users_on_other_nodes() {
+    let admin = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let mut c = Cluster::unstarted(2);
+    c.first_extra = vec!["--admin-listen".into(), admin.clone(), "--api-key".into(), "k".into()];
+    for i in 0..2 {
+        let s = c.spawn(i);
+        c.nodes.push(Some(s));
+    }
+    // Node 0's metrics are on its admin listener: wait through it.
+    let t0 = Instant::now();
+    loop {
+        let (_, body) = crate::security::admin(&admin, "GET", "/metrics", None, "");
+        let views: Vec<&str> = body.lines().filter(|l| l.starts_with("cchat_shard_cluster_nodes")).collect();
+        if !views.is_empty() && views.iter().all(|l| l.ends_with(" 2")) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "node 0 did not see node 1: {views:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.node(1).wait_view(2);
+    let rid = room_owned_by("api", "node1", "node0");
+    let mut m = c.node(1).client();
+    login(&mut m, "m", &rid, "m");
+    let mut dave = c.node(1).client();
+    login(&mut dave, "d", "elsewhere", "dave");
+    let publish = json!({"rid": rid, "msg": "from the api", "uid": "bot", "name": "Bot"}).to_string();
+    let (st, body) = crate::security::admin(&admin, "POST", "/api/publish", Some("k"), &publish);
+    assert_eq!(st, 202, "{body}");
+    let v = next_message(&mut m);
+    assert_eq!((v["msg"].as_str(), v["uid"].as_str(), v["seq"].as_u64()), (Some("from the api"), Some("bot"), Some(1)));
+    let (st, body) =
+        crate::security::admin(&admin, "POST", "/api/disconnect", Some("k"), r#"{"uid":"dave","code":4005}"#);
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(dave.expect_close(), 4005, "closed on the other node too");
 }

@@ -60,6 +60,7 @@ const T_GETHISTORY: u8 = 14;
 const T_JOINED: u8 = 20;
 const T_DELIVER: u8 = 21;
 const T_DIRECT: u8 = 22;
+const T_DISCONNECT: u8 = 30;
 
 /// A frame that cannot be decoded: the link is closed (and nothing else).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -195,6 +196,11 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
             put_conn(&mut b, conn);
             put_blob(&mut b, frame);
         }
+        NodeMsg::Disconnect { uid, code } => {
+            b.put_u8(T_DISCONNECT);
+            put_str(&mut b, uid);
+            b.put_u16(*code);
+        }
     }
     let len = (b.len() - 4) as u32;
     b[..4].copy_from_slice(&len.to_be_bytes());
@@ -316,6 +322,14 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
             let frame = get_blob(&mut body)?;
             Frame::Msg(NodeMsg::ToMembers(Delivery::Direct { conn, frame }))
         }
+        T_DISCONNECT => {
+            let uid = get_id(&mut body)?;
+            if body.remaining() < 2 {
+                return Err(CodecError::Invalid("close code"));
+            }
+            let code = body.get_u16();
+            Frame::Msg(NodeMsg::Disconnect { uid, code })
+        }
         _ => return Err(CodecError::Invalid("frame type")),
     };
     if body.has_remaining() {
@@ -404,6 +418,21 @@ mod tests {
 
     fn conn(k: u32) -> ConnRef {
         ConnRef { node: 0, shard: 1, key: k, generation: 7 }
+    }
+
+    #[test]
+    fn a_disconnect_crosses_the_link() {
+        let uid = Id::parse_str("dave").unwrap();
+        let NodeMsg::Disconnect { uid: u, code } = round_trip(NodeMsg::Disconnect { uid: uid.clone(), code: 4000 })
+        else {
+            panic!()
+        };
+        assert_eq!((u, code), (uid, 4000));
+        // Cut short: an error, not a panic.
+        let enc = encode(&NodeMsg::Disconnect { uid: Id::parse_str("d").unwrap(), code: 4000 });
+        let mut short = BytesMut::from(&enc[..enc.len() - 1]);
+        short[3] -= 1; // the length says one byte less
+        assert!(decode(&mut short, 1).is_err());
     }
 
     fn round_trip(m: NodeMsg) -> NodeMsg {

@@ -20,7 +20,7 @@ use thiserror::Error;
 pub const MAGIC: &[u8; 4] = b"CCRL";
 /// Wire version spoken by this build (2: links carry traffic only once
 /// activated; 3: roster pages and history before a seq, see [`super::codec`]).
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;
 

@@ -11,15 +11,10 @@ use crate::protocol::MsgType;
 
 impl Shard {
     /// The server API: a message to a room from no member (see
-    /// [`API_CONN`]). False when another node owns the room: the API
-    /// answers 409 (publish there) rather than accept what it cannot deliver.
-    pub(crate) fn api_publish(&self, rid: Id, uid: Id, name: Name, mtype: MsgType, msg: String) -> bool {
-        if self.view.borrow().owner(&rid) != 0 {
-            return false;
-        }
+    /// [`API_CONN`]), sent to the room's owner on whichever node.
+    pub(crate) fn api_publish(&self, rid: Id, uid: Id, name: Name, mtype: MsgType, msg: String) {
         self.stats().messages_in.fetch_add(1, Relaxed);
         self.to_owner(Request::Publish(Box::new(Publish { rid, from: API_CONN, uid, name, mtype, msg, tid: None })));
-        true
     }
 
     /// The server API: asks the shard that owns `rid` (None when another
@@ -49,10 +44,15 @@ impl Shard {
         rx
     }
 
-    /// The server API: closes every connection of `uid` on this node.
+    /// The server API: closes every connection of `uid` in the cluster:
+    /// this node's shards, and every other live node through the relay.
     pub(crate) fn api_disconnect(&self, uid: Id, code: u16) {
         for s in 0..self.nshards {
             self.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
+        }
+        let others: Vec<u16> = self.view.borrow().live.iter().map(|(_, n)| *n).filter(|n| *n != 0).collect();
+        for n in others {
+            self.to_node(n, crate::msg::NodeMsg::Disconnect { uid: uid.clone(), code });
         }
     }
 }

@@ -428,6 +428,11 @@ impl Shard {
                     self.route(conn.shard as usize, ShardMsg::ToMembers(d));
                 }
             }
+            RelayEvent::Msg(NodeMsg::Disconnect { uid, code }) => {
+                for s in 0..self.nshards {
+                    self.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
+                }
+            }
             RelayEvent::LiveSetChanged { down } => {
                 let view = Arc::new(self.node.cluster.lock().expect("cluster table").view());
                 for s in 0..self.nshards {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::cluster::View;
 use crate::ids::{Id, Name};
-use crate::msg::{API_CONN, Audience, ConnRef, Delivery, Publish, Request};
+use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
 use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
 use crate::room::{Change, Joined, Room};
 use crate::store::{Journal, RoomIndex};
@@ -372,7 +372,7 @@ impl Owner {
             out.push(err(p.from, "message store is behind, try again shortly"));
             return Some(ERR_INVALID);
         }
-        if p.from == API_CONN && !self.rooms.contains_key(&p.rid) {
+        if p.from.is_api() && !self.rooms.contains_key(&p.rid) {
             // The server API publishes to any room, as no member: everyone
             // gets it, and it is stored like any message.
             self.room_or_load(&p.rid);
@@ -382,7 +382,7 @@ impl Owner {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
         };
-        let from_api = p.from == API_CONN;
+        let from_api = p.from.is_api();
         let Some(sender_echo) = room.member(&p.from).map(|m| m.echo).or(from_api.then_some(true)) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
