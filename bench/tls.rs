@@ -92,7 +92,7 @@ fn main() {
     assert!(ok.success());
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let mut rows = String::from(
-        "| mode | clients | deliveries/s | missing (approx., window edges) | p50 | p99 | max | server CPU per delivery |\n|---|---|---|---|---|---|---|---|\n",
+        "| mode | clients | deliveries/s | missing (approx., window edges) | p50 | p99 | max | server CPU per delivery | server RSS per idle connection |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut per_delivery = Vec::new();
     for tls in [false, true] {
@@ -107,6 +107,8 @@ fn main() {
         let received = Arc::new(AtomicU64::new(0));
         let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
         let stop = Arc::new(AtomicBool::new(false));
+        std::thread::sleep(Duration::from_millis(300));
+        let rss0 = server.rss_bytes();
         let mut readers = Vec::new();
         for c in 0..clients {
             let mut ws = connect(server.addr, cfg.as_ref());
@@ -141,7 +143,9 @@ fn main() {
                 ws
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(1));
+        // Logged in and idle (no message yet): what each connection holds.
+        let idle_per_conn = server.rss_bytes().saturating_sub(rss0) as f64 / (clients + rooms) as f64;
         // Open loop: message m is due at m / rate; one second of warm-up.
         let total = rate * (secs + 1);
         let mut cpu0 = 0.0;
@@ -179,14 +183,15 @@ fn main() {
         let ns = cpu * 1e9 / got.max(1) as f64;
         per_delivery.push(ns);
         let line = format!(
-            "| {} | {clients} | {:.0} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} ns |\n",
+            "| {} | {clients} | {:.0} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} ns | {:.1} KiB |\n",
             if tls { "TLS (wss)" } else { "plain (ws)" },
             got as f64 / secs as f64,
             sent_measured.saturating_sub(got),
             ms(h.value_at_quantile(0.5)),
             ms(h.value_at_quantile(0.99)),
             ms(h.max()),
-            ns
+            ns,
+            idle_per_conn / 1024.0
         );
         print!("{line}");
         rows.push_str(&line);
