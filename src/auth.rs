@@ -82,7 +82,16 @@ impl Grant {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// Tokens whose signature was checked: a page logs into each of its
+    /// rooms, refreshes and reconnects with the same token, and an ES256
+    /// signature costs ~50 us here (OpenSSL's P-256 verify too). At most
+    /// [`CACHE_MAX`] entries (emptied when full); expiry is checked on
+    /// every use.
+    cache: std::sync::Mutex<std::collections::HashMap<Box<str>, Grant>>,
 }
+
+/// Verified tokens remembered (see [`Verifier`]).
+const CACHE_MAX: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,7 +169,7 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
-        Verifier { key, validation }
+        Verifier { key, validation, cache: Default::default() }
     }
 
     /// HS256 with a shared secret.
@@ -188,6 +197,22 @@ impl Verifier {
 
     /// Checks a token; what it grants, or why not.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        let cached = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
+        if let Some(g) = cached {
+            // The same bytes verified before: only the time has changed.
+            return if g.exp < crate::node::unix_ms() / 1000 { Err(AuthError::Expired) } else { Ok(g) };
+        }
+        let g = self.verify_signed(token)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(token.into(), g.clone());
+        Ok(g)
+    }
+
+    /// [`Verifier::verify`] without the cache.
+    fn verify_signed(&self, token: &str) -> Result<Grant, AuthError> {
         let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
             ErrorKind::InvalidAlgorithm => AuthError::Invalid("wrong algorithm".into()),
@@ -217,6 +242,25 @@ mod tests {
     fn sign(alg: Algorithm, secret: &str, claims: serde_json::Value) -> String {
         install_provider();
         encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
+    }
+
+    /// A token checked before is not checked again, but its expiry is.
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let v = Verifier::from_secret("s3cret").unwrap();
+        let exp = now() + 1;
+        let t = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": "ann", "exp": exp}));
+        assert!(v.verify(&t).is_ok());
+        assert_eq!(v.cache.lock().unwrap().len(), 1);
+        assert!(v.verify(&t).is_ok(), "from the cache");
+        while now() <= exp {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(v.verify(&t), Err(AuthError::Expired), "the cache checks the expiry");
+        // A token that fails is not remembered.
+        let bad = sign(Algorithm::HS256, "other", serde_json::json!({"sub": "ann", "exp": now() + 60}));
+        assert!(v.verify(&bad).is_err() && v.verify(&bad).is_err());
+        assert_eq!(v.cache.lock().unwrap().len(), 1);
     }
 
     #[test]
