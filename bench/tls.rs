@@ -13,6 +13,8 @@
 //! CPU per delivery with TLS <= 1.5x plain (the batched path seals all of a
 //! socket's queued frames into records and sends them at once).
 
+#[path = "../tests/common/cert.rs"]
+mod cert;
 #[path = "support.rs"]
 mod support;
 
@@ -77,19 +79,7 @@ fn main() {
     let (clients, rate, secs) = (env("CLIENTS", 1000) as usize, env("RATE", 1000), env("SECS", 10));
     let rooms = clients.div_ceil(100);
     let dir = std::env::temp_dir().join(format!("cchat-bench-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ok = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(ok.success());
+    cert::make_cert(&dir, "localhost");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let mut rows = String::from(
         "| mode | clients | deliveries/s | missing (approx., window edges) | p50 | p99 | max | server CPU per delivery | server RSS per idle connection |\n|---|---|---|---|---|---|---|---|---|\n",

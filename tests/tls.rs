@@ -17,24 +17,7 @@ use crate::common::Server;
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-/// A fresh directory with a self-signed certificate for localhost and
-/// 127.0.0.1 (`cert.pem`, `key.pem`), made by openssl.
-pub(crate) fn make_cert(dir: &Path, cn: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let st = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", &format!("/CN={cn}"), "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        // A server certificate (not a CA), as webpki wants an end entity.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl (Debian package openssl)");
-    assert!(st.success());
-}
+pub(crate) use crate::common::cert::make_cert;
 
 fn cert_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("cchat-tls-{name}-{}", std::process::id()));

@@ -1,6 +1,8 @@
 //! Test support: real server processes and real WebSocket clients on 127.0.0.1.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cert;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
