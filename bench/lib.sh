@@ -19,6 +19,8 @@
 #   their core is busy with loadgen); results get a `-strictpin` suffix.
 # BENCH_SERVER=tokio-hub measures the comparison hub (bench/hubs/tokio-hub, built
 #   here) instead of cchat, one node; results get a `-tokio-hub` suffix.
+# TLS=1 serves the client port over TLS (a certificate made by openssl) and
+#   loadgen connects with wss://; results get a `-tls` suffix.
 # Everything started here is stopped by PID on exit, whatever happens.
 
 set -euo pipefail
@@ -67,6 +69,10 @@ bench_init() {
     if [ "${STRICT_PIN:-0}" = 1 ]; then
         NAME="$NAME-strictpin"
         TITLE="$TITLE, shards pinned whatever happens (--unpin-above 0)"
+    fi
+    if [ "${TLS:-0}" = 1 ]; then
+        NAME="$NAME-tls"
+        TITLE="$TITLE, over TLS (wss://)"
     fi
     if [ "${SPLIT:-0}" = 1 ]; then
         NAME="$NAME-split"
@@ -148,6 +154,10 @@ start_servers() {
             cmd=("$TOKIO_HUB" "$listen")
         else
             cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 --data-dir "$WORK/data-$n" "${relay[@]}" "$@")
+            if [ "${TLS:-0}" = 1 ]; then
+                make_tls_cert
+                cmd+=(--tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
+            fi
             if [ "${NO_PIN:-0}" = 1 ]; then cmd+=(--no-pin); fi
             if [ "${STRICT_PIN:-0}" = 1 ]; then cmd+=(--unpin-above 0); fi
         fi
@@ -165,12 +175,12 @@ start_servers() {
         done
         addr=$(sed -n 's/^listening on //p' "$log" | head -1)
         [ -n "$addr" ] || { echo "bench: server $n printed no address" >&2; exit 1; }
-        SERVER_URLS+=("ws://$addr/")
+        if [ "${TLS:-0}" = 1 ]; then SERVER_URLS+=("wss://$addr/"); else SERVER_URLS+=("ws://$addr/"); fi
     done
     if [ "${CLUSTER:-0}" = 1 ] && [ "$nodes" -gt 1 ]; then
         local url up
         for url in "${SERVER_URLS[@]}"; do
-            addr=${url#ws://}
+            addr=${url#*://}
             addr=${addr%/}
             for i in $(seq 200); do
                 up=$(curl -s "http://$addr/metrics" | awk '/^cchat_relay_link_up/ {s += $2} END {print s + 0}')
@@ -217,6 +227,15 @@ stop_servers() {
     SERVER_URLS=()
 }
 
+# make_tls_cert: a self-signed certificate for 127.0.0.1 in $WORK/tls (once).
+make_tls_cert() {
+    [ -f "$WORK/tls/cert.pem" ] && return
+    mkdir -p "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+        -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2> /dev/null
+}
+
 # run_loadgen OUT ARGS...: runs loadgen against the running servers, writing
 # OUT.json, OUT.svg and OUT.hgrm; returns loadgen's exit code.
 run_loadgen() {
@@ -224,6 +243,7 @@ run_loadgen() {
     shift
     local args=() u p
     for u in "${SERVER_URLS[@]}"; do args+=(--url "$u"); done
+    if [ "${TLS:-0}" = 1 ]; then args+=(--tls-ca "$WORK/tls/cert.pem"); fi
     for p in "${SERVER_PIDS[@]}"; do args+=(--server-pid "$p"); done
     LOADGEN_CMD="${LOADGEN_PIN[*]}${LOADGEN_PIN[*]:+ }loadgen $(printf -- '--url %s ' "${SERVER_URLS[@]}")$*"
     echo "bench: $LOADGEN_CMD" >&2

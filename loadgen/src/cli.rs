@@ -18,10 +18,14 @@ use clap::Parser;
                   message was lost, arrived out of order, or an error came back."
 )]
 pub struct Args {
-    /// A node to connect to (ws://host:port/path); repeat to spread clients
+    /// A node to connect to (ws://host:port/path, or wss:// with --tls-ca); repeat to spread clients
     /// (whole rooms) round-robin over several nodes.
     #[arg(long = "url", required = true)]
     pub urls: Vec<String>,
+    /// PEM certificate (or CA) to trust for wss:// URLs; the server's name
+    /// is the URL's host.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Connections to open and log in.
     #[arg(long, default_value_t = 1000)]
     pub clients: u32,
@@ -104,13 +108,18 @@ pub struct Target {
     pub host: String,
     /// Request path.
     pub path: String,
+    /// wss:// (TLS).
+    pub tls: bool,
 }
 
 impl Target {
-    /// Parses `ws://host:port/path` (port defaults to 80, path to `/`).
+    /// Parses `ws://host:port/path` or `wss://…` (port defaults to 80 or
+    /// 443, path to `/`).
     pub fn parse(url: &str) -> anyhow::Result<Target> {
-        let Some(rest) = url.strip_prefix("ws://") else {
-            bail!("--url {url:?}: only ws:// URLs are supported");
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => bail!("--url {url:?}: only ws:// and wss:// URLs are supported"),
         };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -122,14 +131,14 @@ impl Target {
         let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             host.to_string()
         } else {
-            format!("{host}:80")
+            format!("{host}:{}", if tls { 443 } else { 80 })
         };
         let addr = with_port
             .to_socket_addrs()
             .with_context(|| format!("--url {url:?}: cannot resolve {with_port}"))?
             .next()
             .with_context(|| format!("--url {url:?}: no address"))?;
-        Ok(Target { addr, host: host.to_string(), path: path.to_string() })
+        Ok(Target { addr, host: host.to_string(), path: path.to_string(), tls })
     }
 }
 
@@ -150,6 +159,24 @@ pub struct Config {
     pub payload: usize,
     /// Bind sockets to spread 127.x source addresses.
     pub source_spread: bool,
+    /// TLS client settings, when a target is wss://.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS client trusting the certificates in `ca` (PEM).
+fn tls_config(ca: &std::path::Path) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("--tls-ca {}", ca.display()))? {
+        roots.add(c.with_context(|| format!("--tls-ca {}: not PEM certificates", ca.display()))?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(cfg))
 }
 
 /// The shortest `msg` loadgen can send: 16 hex digits of send time, 8 of id.
@@ -195,7 +222,14 @@ impl Config {
         }
         let targets = args.urls.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<Vec<_>>>()?;
         let loopback = targets.iter().all(|t| matches!(t.addr, SocketAddr::V4(a) if a.ip().is_loopback()));
+        let tls = if targets.iter().any(|t| t.tls) {
+            let Some(ca) = &args.tls_ca else { bail!("wss:// URLs need --tls-ca FILE (the certificate to trust)") };
+            Some(tls_config(ca)?)
+        } else {
+            None
+        };
         Ok(Config {
+            tls,
             clients: args.clients,
             room_size: args.room_size,
             rate: args.rate,

@@ -217,6 +217,8 @@ pub struct Conn {
     /// The schedule's number of the last message this client sent (a
     /// refusal answers it).
     pub last_sent: Option<u32>,
+    /// TLS state on a wss:// target.
+    pub tls: Option<Box<rustls::ClientConnection>>,
 }
 
 impl Conn {
@@ -233,6 +235,7 @@ impl Conn {
             seq: SeqCheck::default(),
             attempts: 0,
             last_sent: None,
+            tls: None,
         }
     }
 
@@ -249,6 +252,7 @@ impl Conn {
         self.inbox = Inbox::default();
         self.head = Vec::new();
         self.out = Vec::new();
+        self.tls = None;
     }
 }
 

@@ -187,6 +187,9 @@ struct Worker<'a> {
     last_progress_ns: u64,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC, to read receive timestamps.
     rt_offset: u64,
+    /// wss://: what a read got before decryption, and sealed records to send.
+    tls_in: Vec<u8>,
+    tls_out: Vec<u8>,
 }
 
 impl<'a> Worker<'a> {
@@ -222,6 +225,8 @@ impl<'a> Worker<'a> {
             go: None,
             last_progress_ns: now,
             rt_offset: sys::rt_offset_ns(),
+            tls_in: Vec::new(),
+            tls_out: Vec::new(),
             slice,
         })
     }
@@ -458,7 +463,17 @@ impl<'a> Worker<'a> {
                 self.conns[idx as usize].state = State::Upgrading;
                 self.epoll.modify(fd, sys::IN, idx as u64).context("epoll mod")?;
                 let c = &self.conns[idx as usize];
-                let req = self.requests[self.plan.node_of(c.client, c.room)].clone();
+                let node = self.plan.node_of(c.client, c.room);
+                let req = self.requests[node].clone();
+                if let (true, Some(cfg)) = (self.cfg.targets[node].tls, &self.cfg.tls) {
+                    // The upgrade request waits in rustls until the handshake is done.
+                    let host =
+                        self.cfg.targets[node].host.rsplit_once(':').map_or(&*self.cfg.targets[node].host, |(h, _)| h);
+                    let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                        .context("wss:// host name")?;
+                    let tls = rustls::ClientConnection::new(cfg.clone(), name).context("TLS client")?;
+                    self.conns[idx as usize].tls = Some(Box::new(tls));
+                }
                 self.write(idx, &req);
                 Ok(())
             }
@@ -491,13 +506,22 @@ impl<'a> Worker<'a> {
                     Err(e) => return self.gone(idx, None, e.to_string()),
                 }
             };
-            let (n, stamp) = match sys::recv_stamped(c.fd(), &mut self.buf[start..]) {
+            let (mut n, stamp) = match sys::recv_stamped(c.fd(), &mut self.buf[start..]) {
                 Ok((0, _)) => return self.gone(idx, None, "connection closed without a close frame".into()),
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.gone(idx, None, format!("read: {e}")),
             };
+            // A full read means more may wait (see below), whatever it decrypts to.
+            let raw_full = start + n == self.buf.len();
+            if c.tls.is_some() {
+                match self.decrypt(idx, start, n) {
+                    Ok(p) => n = p,
+                    Err(e) => return self.gone(idx, None, format!("TLS: {e}")),
+                }
+            }
+            let c = &mut self.conns[idx as usize];
             if self.phase >= Phase::Run {
                 self.stats.counters.recv_bytes += n as u64;
             }
@@ -526,7 +550,7 @@ impl<'a> Worker<'a> {
                 }
             }
             self.scan_frames(idx, filled, stamp)?;
-            if filled < self.buf.len() {
+            if !raw_full {
                 // Short read: TCP gave all it had, so the socket is drained;
                 // new data raises a new edge.
                 return Ok(());
@@ -681,8 +705,63 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Sends now what the socket takes; queues the rest for writability.
+    /// wss://: decrypts the `n` bytes read at `buf[start..]` in place, sends
+    /// what the TLS state answers (the handshake), and returns how many
+    /// plaintext bytes now follow `start`.
+    fn decrypt(&mut self, idx: u32, start: usize, n: usize) -> io::Result<usize> {
+        use std::io::Read as _;
+        self.tls_in.clear();
+        self.tls_in.extend_from_slice(&self.buf[start..start + n]);
+        let tls = self.conns[idx as usize].tls.as_deref_mut().expect("a TLS connection");
+        let mut rd = &self.tls_in[..];
+        let mut got = 0;
+        while !rd.is_empty() {
+            if tls.read_tls(&mut rd)? == 0 {
+                break;
+            }
+            tls.process_new_packets().map_err(io::Error::other)?;
+            loop {
+                match tls.reader().read(&mut self.buf[start + got..]) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.send_sealed(idx);
+        Ok(got)
+    }
+
+    /// wss://: sends the records the connection's TLS state holds.
+    fn send_sealed(&mut self, idx: u32) {
+        let Some(tls) = self.conns[idx as usize].tls.as_deref_mut() else { return };
+        let mut out = std::mem::take(&mut self.tls_out);
+        out.clear();
+        while tls.wants_write() {
+            if tls.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            self.write_raw(idx, &out);
+        }
+        self.tls_out = out;
+    }
+
+    /// Sends now what the socket takes (sealed into TLS records first on
+    /// wss://); queues the rest for writability.
     fn write(&mut self, idx: u32, bytes: &[u8]) {
+        if let Some(tls) = self.conns[idx as usize].tls.as_deref_mut() {
+            if std::io::Write::write_all(&mut tls.writer(), bytes).is_ok() {
+                self.send_sealed(idx);
+            }
+            return;
+        }
+        self.write_raw(idx, bytes);
+    }
+
+    fn write_raw(&mut self, idx: u32, bytes: &[u8]) {
         let c = &mut self.conns[idx as usize];
         if c.sock.is_none() {
             return;

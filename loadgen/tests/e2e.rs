@@ -203,3 +203,51 @@ fn on_a_terminal_the_progress_line_is_redrawn_in_place() {
     assert!(text.contains("\r["), "redrawn with a carriage return: {text:?}");
     assert!(own_lines <= 1, "the run's progress takes one terminal line, not one per second: {text:?}");
 }
+
+#[test]
+fn wss_runs_measure_a_tls_server() {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("loadgen-e2e-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let mut server = start_server(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    server.url = server.url.replacen("ws://", "wss://", 1);
+    let ca = cert.to_str().unwrap().to_owned();
+    let args = [
+        "--tls-ca",
+        &ca,
+        "--clients",
+        "200",
+        "--room-size",
+        "100",
+        "--rate",
+        "100",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+    ];
+    let run = loadgen(&server, "wss", &args);
+    assert_eq!(run.code, 0, "{}", run.output);
+    let s = run.summary.unwrap();
+    assert_eq!((s["deliveries"]["lost"].as_u64(), s["checks"]["seq_gaps"].as_u64()), (Some(0), Some(0)), "{s:#}");
+    assert!(s["deliveries"]["received"].as_u64().unwrap() >= 19_000, "{s:#}");
+    // Without the certificate to trust, a wss:// run is refused up front.
+    let bare =
+        Command::new(env!("CARGO_BIN_EXE_loadgen")).args(["--url", &server.url, "--clients", "1"]).output().unwrap();
+    assert!(!bare.status.success());
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("--tls-ca"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
