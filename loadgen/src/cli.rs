@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(t.path, "/chat?x=1");
         let t = Target::parse("ws://127.0.0.1").unwrap();
         assert_eq!(t.addr.port(), 80);
-        assert!(Target::parse("wss://127.0.0.1:1/").is_err());
+        let t = Target::parse("wss://127.0.0.1/").unwrap();
+        assert_eq!((t.addr.port(), t.tls), (443, true));
+        assert!(!Target::parse("ws://127.0.0.1:1/").unwrap().tls);
+        assert!(Target::parse("http://127.0.0.1:1/").is_err());
         assert!(Target::parse("ws:///").is_err());
     }
 
