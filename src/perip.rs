@@ -3,6 +3,10 @@
 //! new ones (`--new-connections-per-ip`, a token bucket with a burst of
 //! twice the rate, past it HTTP 429). Checked once per upgrade, under one
 //! node-wide mutex: never on the message path.
+//!
+//! An IPv6 client is counted by its /64 (one subscriber's prefix: a host
+//! that rotates addresses within it is still one client); an IPv4-mapped
+//! address counts as its IPv4 address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,7 +34,26 @@ struct Entry {
 pub struct PerIp {
     max_open: u32,
     rate: f64,
-    table: Mutex<HashMap<IpAddr, Entry>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<IpAddr, Entry>,
+    /// Pruning (a pass over every entry) runs at most once a second, so
+    /// that a table kept large cannot make every upgrade pay for a pass.
+    next_prune: Option<Instant>,
+}
+
+/// What an address is counted as: IPv6 by its /64, IPv4-mapped as IPv4.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
 }
 
 /// Entries kept before idle ones (no connection, a full bucket) are pruned.
@@ -40,7 +63,7 @@ impl PerIp {
     /// Limits: at most `max_open` connections per address (0: no limit),
     /// `rate` new ones per second (0: no limit).
     pub fn new(max_open: u32, rate: f64) -> Self {
-        PerIp { max_open, rate, table: Mutex::new(HashMap::new()) }
+        PerIp { max_open, rate, table: Mutex::new(Table::default()) }
     }
 
     /// Whether any limit is set.
@@ -55,14 +78,16 @@ impl PerIp {
             return Ok(());
         }
         let burst = self.rate * 2.0;
-        let mut t = self.table.lock().expect("per-ip table");
-        if t.len() > PRUNE_ABOVE {
+        let mut guard = self.table.lock().expect("per-ip table");
+        let t = &mut *guard;
+        if t.entries.len() > PRUNE_ABOVE && t.next_prune.is_none_or(|at| now >= at) {
             let rate = self.rate;
-            t.retain(|_, e| {
+            t.entries.retain(|_, e| {
                 e.open > 0 || (rate > 0.0 && e.tokens + now.duration_since(e.last).as_secs_f64() * rate < burst)
             });
+            t.next_prune = Some(now + std::time::Duration::from_secs(1));
         }
-        let e = t.entry(ip).or_insert(Entry { open: 0, tokens: burst, last: now });
+        let e = t.entries.entry(key(ip)).or_insert(Entry { open: 0, tokens: burst, last: now });
         if self.max_open > 0 && e.open >= self.max_open {
             return Err(Refused::TooMany);
         }
@@ -84,10 +109,11 @@ impl PerIp {
             return;
         }
         let mut t = self.table.lock().expect("per-ip table");
-        if let Some(e) = t.get_mut(&ip) {
+        let ip = key(ip);
+        if let Some(e) = t.entries.get_mut(&ip) {
             e.open = e.open.saturating_sub(1);
             if e.open == 0 && self.rate == 0.0 {
-                t.remove(&ip);
+                t.entries.remove(&ip);
             }
         }
     }
@@ -117,5 +143,38 @@ mod tests {
         assert_eq!(r.admit(a, t), Err(Refused::TooFast), "closing does not refill the bucket");
         assert!(r.admit(a, t + Duration::from_millis(1100)).is_ok());
         assert!(!PerIp::new(0, 0.0).enabled());
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let l = PerIp::new(1, 0.0);
+        let t = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same64: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
+        let other64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l.admit(a, t).is_ok());
+        assert_eq!(l.admit(same64, t), Err(Refused::TooMany), "one /64 is one client");
+        assert!(l.admit(other64, t).is_ok());
+        l.release(same64);
+        assert!(l.admit(a, t).is_ok(), "released through another address of the /64");
+        let v4: IpAddr = "10.1.1.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.1.1.1".parse().unwrap();
+        assert!(l.admit(v4, t).is_ok());
+        assert_eq!(l.admit(mapped, t), Err(Refused::TooMany));
+    }
+
+    #[test]
+    fn idle_entries_are_pruned_at_most_once_a_second() {
+        let l = PerIp::new(0, 100.0);
+        let t = Instant::now();
+        for i in 0..(PRUNE_ABOVE as u32 + 10) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(l.admit(ip, t).is_ok());
+            l.release(ip);
+        }
+        // A second later every bucket is full again: the next upgrade prunes them.
+        let later = t + std::time::Duration::from_secs(1);
+        assert!(l.admit("192.0.2.1".parse().unwrap(), later).is_ok());
+        assert_eq!(l.table.lock().unwrap().entries.len(), 1);
     }
 }
