@@ -101,16 +101,12 @@ impl Outbound {
         }
         self.queue.push_back(Rc::clone(frame));
         self.queued += frame.len();
-        let newly_dirty = self.state == OutState::Idle;
-        if newly_dirty {
-            self.state = OutState::Dirty;
-        }
-        Pushed::Queued { newly_dirty }
+        Pushed::Queued { newly_dirty: self.mark_dirty() }
     }
 
-    /// Asks for a write with nothing queued (TLS records of the handshake
-    /// or an alert wait); true when the connection must go on the
-    /// flusher's list.
+    /// Asks for a write (of queued frames, or of TLS records of the
+    /// handshake or an alert with nothing queued); true when the connection
+    /// must go on the flusher's list.
     pub(crate) fn mark_dirty(&mut self) -> bool {
         let newly = self.state == OutState::Idle;
         if newly {

@@ -321,9 +321,7 @@ impl Owner {
         }
         let Some((left, emptied, big)) = left else { return };
         if emptied {
-            self.live -= 1;
-            self.presence_due.swap_remove(&rid);
-            self.forget_if_unused(&rid, now_ms);
+            self.emptied(&rid, now_ms);
             return; // nobody is left to tell
         }
         if left.user_gone {
@@ -336,21 +334,29 @@ impl Owner {
         }
     }
 
-    /// An empty room that never had a message holds nothing worth keeping
+    /// A room's last member left (or its node died). An empty room that
+    /// never had a message holds nothing worth keeping
     /// (no seq was handed out in its epoch): it is forgotten at once, so
     /// joining and leaving rooms cannot grow the server's memory. A room
     /// with messages is evicted a little later (with a log: its index stays).
-    fn forget_if_unused(&mut self, rid: &Id, now_ms: u64) {
-        if self.rooms.get(rid).is_some_and(|r| r.is_empty() && r.seq() > 0) {
-            self.schedule_evict(rid, now_ms);
-        }
-        if self.rooms.get(rid).is_some_and(|r| r.is_empty() && r.seq() == 0) {
-            self.rooms.remove(rid);
-            // Give a table that a burst of rooms grew back once it is mostly empty.
-            let len = self.rooms.len();
-            if self.rooms.capacity() > 1024 && len * 4 < self.rooms.capacity() {
-                self.rooms.shrink_to(len * 2);
+    fn emptied(&mut self, rid: &Id, now_ms: u64) {
+        self.live -= 1;
+        self.presence_due.swap_remove(rid);
+        match self.rooms.get(rid).map(Room::seq) {
+            Some(0) => {
+                self.rooms.remove(rid);
+                self.shrink_rooms();
             }
+            Some(_) => self.schedule_evict(rid, now_ms),
+            None => {}
+        }
+    }
+
+    /// Gives back a room table that a burst of rooms grew, once it is mostly empty.
+    fn shrink_rooms(&mut self) {
+        let len = self.rooms.len();
+        if self.rooms.capacity() > 1024 && len * 4 < self.rooms.capacity() {
+            self.rooms.shrink_to(len * 2);
         }
     }
 
@@ -455,7 +461,7 @@ impl Owner {
 
     /// A node died: forgets its members, announcing each user gone.
     pub(crate) fn node_down(&mut self, dead: u16, now_ms: u64, out: &mut Vec<Out>) {
-        let mut gone = Vec::new();
+        let (mut gone, mut emptied) = (Vec::new(), Vec::new());
         for (rid, room) in self.rooms.iter_mut() {
             let had_members = !room.is_empty();
             let users_before = room.user_count();
@@ -465,16 +471,16 @@ impl Owner {
                 }
             }
             if had_members && room.is_empty() {
-                self.live -= 1;
-                if room.seq() > 0 {
-                    self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
-                }
+                emptied.push(rid.clone());
             }
         }
         for (rid, left, big) in gone {
             self.announce(&rid, &left.uid, &left.name, Change::Left, big, None, now_ms, out);
         }
-        self.rooms.retain(|_, r| !(r.is_empty() && r.seq() == 0));
+        // The same as when a room's last member leaves.
+        for rid in emptied {
+            self.emptied(&rid, now_ms);
+        }
     }
 
     /// Answers a question of the server API about the rooms owned here.

@@ -179,9 +179,7 @@ impl Owner {
         }
         if n > 0 {
             self.trim_evicted();
-        }
-        if n > 0 && self.rooms.capacity() > 1024 && self.rooms.len() * 4 < self.rooms.capacity() {
-            self.rooms.shrink_to(self.rooms.len() * 2);
+            self.shrink_rooms();
         }
         if self.idle.is_empty() && self.idle.capacity() > 1024 {
             self.idle.shrink_to(64);
