@@ -319,29 +319,32 @@ impl Room {
         let b = self.history.partition_point(|(s, _)| *s < range.end).max(a);
         self.history.range(a..b).map(|(_, j)| j)
     }
+}
 
-    /// Stored messages, oldest first. With `since`, the first `limit` messages
-    /// after it (paging forward, as a reconnecting client catches up); with
-    /// `before`, the newest `limit` before it (scrolling back); with
-    /// neither, the newest `limit`.
-    pub fn history(
-        &self,
-        since: Option<u64>,
-        before: Option<u64>,
-        limit: Option<usize>,
-    ) -> impl Iterator<Item = &Bytes> {
-        let limit = limit.unwrap_or(usize::MAX);
-        let start = since.map_or(0, |s| self.history.partition_point(|(seq, _)| *seq <= s));
-        let end = before.map_or(self.history.len(), |b| self.history.partition_point(|(seq, _)| *seq < b)).max(start);
-        // Forward from `since`, or back from `end`.
-        let first = if since.is_some() { start } else { end.saturating_sub(limit).max(start) };
-        self.history.range(first..end).take(limit).map(|(_, j)| j)
+/// The seqs a history request asks for, `[lo, hi)`, out of the reachable
+/// ones `lowest..=top`: with `since`, the first `limit` after it (paging
+/// forward); with `before`, the newest `limit` before it (scrolling back);
+/// with neither, the newest `limit`.
+pub fn history_window(
+    since: Option<u64>,
+    before: Option<u64>,
+    limit: usize,
+    lowest: u64,
+    top: u64,
+) -> std::ops::Range<u64> {
+    let start = since.map_or(lowest, |s| s.saturating_add(1).max(lowest));
+    let end = before.map_or(top + 1, |b| b.min(top + 1)).max(start);
+    if since.is_some() {
+        start..end.min(start.saturating_add(limit as u64))
+    } else {
+        end.saturating_sub(limit as u64).max(start)..end
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn c(shard: u16, key: u32) -> ConnRef {
         ConnRef { node: 0, shard, key, generation: 0 }
@@ -389,6 +392,12 @@ mod tests {
         assert_eq!(r.member_nodes().collect::<Vec<_>>(), vec![3]);
     }
 
+    /// What memory answers for a history request (as the owner asks it).
+    fn history(r: &Room, since: Option<u64>, before: Option<u64>, limit: Option<usize>) -> Vec<Bytes> {
+        let w = history_window(since, before, limit.unwrap_or(usize::MAX), r.memory_low(), r.seq());
+        r.history_range(w).cloned().collect()
+    }
+
     #[test]
     fn history_windows() {
         let mut r = Room::new(1, 3, 1);
@@ -396,22 +405,39 @@ mod tests {
             let s = r.next_seq();
             r.remember(s, Bytes::from(s.to_string()));
         }
-        let all: Vec<_> = r.history(None, None, None).cloned().collect();
-        assert_eq!(all, vec!["3", "4", "5"]);
-        let newest: Vec<_> = r.history(None, None, Some(2)).cloned().collect();
-        assert_eq!(newest, vec!["4", "5"]);
-        let after: Vec<_> = r.history(Some(3), None, Some(1)).cloned().collect();
-        assert_eq!(after, vec!["4"]);
-        assert_eq!(r.history(Some(5), None, None).count(), 0);
-        assert_eq!(r.history(Some(0), None, None).count(), 3);
+        assert_eq!(history(&r, None, None, None), vec!["3", "4", "5"]);
+        assert_eq!(history(&r, None, None, Some(2)), vec!["4", "5"]);
+        assert_eq!(history(&r, Some(3), None, Some(1)), vec!["4"]);
+        assert_eq!(history(&r, Some(5), None, None).len(), 0);
+        assert_eq!(history(&r, Some(0), None, None).len(), 3);
         // Scrolling back: the newest `limit` before a seq, oldest first.
-        let back: Vec<_> = r.history(None, Some(5), Some(1)).cloned().collect();
-        assert_eq!(back, vec!["4"]);
-        let back: Vec<_> = r.history(None, Some(5), None).cloned().collect();
-        assert_eq!(back, vec!["3", "4"]);
-        assert_eq!(r.history(None, Some(3), None).count(), 0);
-        let between: Vec<_> = r.history(Some(3), Some(5), None).cloned().collect();
-        assert_eq!(between, vec!["4"]);
+        assert_eq!(history(&r, None, Some(5), Some(1)), vec!["4"]);
+        assert_eq!(history(&r, None, Some(5), None), vec!["3", "4"]);
+        assert_eq!(history(&r, None, Some(3), None).len(), 0);
+        assert_eq!(history(&r, Some(3), Some(5), None), vec!["4"]);
+    }
+
+    proptest! {
+        /// The window is exactly what filtering the reachable seqs gives.
+        #[test]
+        fn window_matches_a_model(
+            lowest in 1u64..40, len in 0u64..40,
+            since in proptest::option::of(0u64..90),
+            before in proptest::option::of(0u64..90),
+            limit in 0usize..50,
+        ) {
+            let top = lowest + len - 1;
+            let all: Vec<u64> = (lowest..=top)
+                .filter(|s| since.is_none_or(|x| *s > x) && before.is_none_or(|b| *s < b))
+                .collect();
+            let want: Vec<u64> = if since.is_some() {
+                all.iter().copied().take(limit).collect()
+            } else {
+                all[all.len().saturating_sub(limit)..].to_vec()
+            };
+            let got: Vec<u64> = history_window(since, before, limit, lowest, top).collect();
+            prop_assert_eq!(got, want);
+        }
     }
 }
 

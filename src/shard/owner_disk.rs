@@ -21,8 +21,7 @@ use bytes::Bytes;
 use super::Owner;
 use crate::ids::Id;
 use crate::msg::ConnRef;
-use crate::room::Room;
-use crate::store::index::window;
+use crate::room::{Room, history_window};
 use crate::store::{Loc, Mark, RoomIndex, RoomState};
 
 /// Where the answer to a history request goes.
@@ -252,7 +251,7 @@ impl Owner {
         // what memory holds (a run that stops short is a failed write's gap).
         let ix = ix.filter(|ix| ix.epoch == epoch && !ix.is_empty() && ix.end() >= mem_low);
         let lowest = ix.map_or(mem_low, |ix| ix.first().min(mem_low));
-        let w = window(since, before, limit, lowest, top);
+        let w = history_window(since, before, limit, lowest, top);
         let split = w.end.min(mem_low).max(w.start);
         let mut tail: Vec<Bytes> = room.map(|r| r.history_range(split..w.end).cloned().collect()).unwrap_or_default();
         let forward = since.is_some();

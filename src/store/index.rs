@@ -9,7 +9,6 @@
 //! holds its messages (the room then starts a new epoch if used again).
 
 use std::collections::VecDeque;
-use std::ops::Range;
 
 const DIR_BITS: u32 = 12;
 const SEG_BITS: u32 = 22;
@@ -137,24 +136,9 @@ impl RoomIndex {
     }
 }
 
-/// The seqs a history request asks for, `[lo, hi)`, out of the reachable
-/// ones `lowest..=top`: with `since`, the first `limit` after it (paging
-/// forward); with `before`, the newest `limit` before it (scrolling back);
-/// with neither, the newest `limit`.
-pub fn window(since: Option<u64>, before: Option<u64>, limit: usize, lowest: u64, top: u64) -> Range<u64> {
-    let start = since.map_or(lowest, |s| s.saturating_add(1).max(lowest));
-    let end = before.map_or(top + 1, |b| b.min(top + 1)).max(start);
-    if since.is_some() {
-        start..end.min(start.saturating_add(limit as u64))
-    } else {
-        end.saturating_sub(limit as u64).max(start)..end
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn places_pack_and_unpack() {
@@ -206,28 +190,5 @@ mod tests {
         assert!(ix.drop_segments(1, 9), "another directory's segments are not these");
         assert!(!ix.drop_segments(0, 3));
         assert_eq!((ix.first(), ix.end(), ix.top), (7, 7, 6));
-    }
-
-    proptest! {
-        /// The window is exactly what filtering the reachable seqs gives.
-        #[test]
-        fn window_matches_a_model(
-            lowest in 1u64..40, len in 0u64..40,
-            since in proptest::option::of(0u64..90),
-            before in proptest::option::of(0u64..90),
-            limit in 0usize..50,
-        ) {
-            let top = lowest + len - 1;
-            let all: Vec<u64> = (lowest..=top)
-                .filter(|s| since.is_none_or(|x| *s > x) && before.is_none_or(|b| *s < b))
-                .collect();
-            let want: Vec<u64> = if since.is_some() {
-                all.iter().copied().take(limit).collect()
-            } else {
-                all[all.len().saturating_sub(limit)..].to_vec()
-            };
-            let got: Vec<u64> = window(since, before, limit, lowest, top).collect();
-            prop_assert_eq!(got, want);
-        }
     }
 }
