@@ -128,18 +128,12 @@ async fn handshake(
                     }
                 }
             } else if node.open.fetch_add(1, Relaxed) >= node.max_connections {
-                node.open.fetch_sub(1, Relaxed);
-                if let Some(ip) = ip {
-                    node.per_ip.release(ip);
-                }
+                give_back(node, ip);
                 node.stats.shards[shard.id].rejected_connections.fetch_add(1, Relaxed);
                 http::response(503, "text/plain", b"connection limit reached")
             } else {
                 if send_all(stream, tls.as_deref_mut(), http::switching_protocols(&accept).as_bytes()).await.is_err() {
-                    node.open.fetch_sub(1, Relaxed);
-                    if let Some(ip) = ip {
-                        node.per_ip.release(ip);
-                    }
+                    give_back(node, ip);
                     return None;
                 }
                 return Some(buf.split_off(head_len));
@@ -155,6 +149,15 @@ async fn handshake(
     }
     let _ = stream.close().await;
     None
+}
+
+/// Undoes an admission (the node's connection count and the address's)
+/// for an upgrade that did not become a registered connection.
+fn give_back(node: &crate::node::Node, ip: Option<std::net::IpAddr>) {
+    node.open.fetch_sub(1, Relaxed);
+    if let Some(ip) = ip {
+        node.per_ip.release(ip);
+    }
 }
 
 /// Reads more of the HTTP head into `buf` (decrypted on TLS, answering the
@@ -231,12 +234,10 @@ enum Wake {
 
 async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>) {
     let mut dec = Decoder::default();
-    let mut pending = leftover;
-    if !pending.is_empty() {
-        let mut data = std::mem::take(&mut pending);
-        if let Err(e) = process(shard, key, &mut dec, &mut data, &mut pending) {
-            violation(shard, key, e);
-        }
+    let mut pending = Vec::new();
+    if !leftover.is_empty() {
+        let mut data = leftover;
+        feed(shard, key, &mut dec, &mut data, &mut pending);
     }
     loop {
         let wake = poll_fn(|cx| {
@@ -270,50 +271,27 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
         match wake {
             Wake::Read(n) => {
                 shard.touch(key);
-                // TLS: the frames are in what the records decrypt to.
-                let decrypted = {
-                    let rb = shard.read_buf.borrow();
-                    let mut plain = shard.plain_buf.borrow_mut();
-                    plain.clear();
-                    shard.tls_decrypt(key, &rb[..n], &mut plain)
-                };
-                if let Some(d) = decrypted {
-                    let open = match d {
-                        Ok(open) => open,
-                        Err(_) => return, // a TLS protocol error: its alert is queued; drop the connection
-                    };
-                    let r = {
-                        let mut plain = shard.plain_buf.borrow_mut();
-                        if pending.is_empty() {
-                            process(shard, key, &mut dec, &mut plain, &mut pending)
-                        } else {
-                            pending.extend_from_slice(&plain);
-                            let mut data = std::mem::take(&mut pending);
-                            process(shard, key, &mut dec, &mut data, &mut pending)
-                        }
-                    };
-                    if let Err(e) = r {
-                        violation(shard, key, e);
-                    }
-                    if !open {
-                        return;
-                    }
-                    glommio::yield_if_needed().await;
-                    continue;
-                }
-                let r = {
+                let open = {
                     // Borrowed only until the frames are handled, never across an await.
                     let mut rb = shard.read_buf.borrow_mut();
-                    if pending.is_empty() {
-                        process(shard, key, &mut dec, &mut rb[..n], &mut pending)
-                    } else {
-                        pending.extend_from_slice(&rb[..n]);
-                        let mut data = std::mem::take(&mut pending);
-                        process(shard, key, &mut dec, &mut data, &mut pending)
+                    let mut plain = shard.plain_buf.borrow_mut();
+                    plain.clear();
+                    // TLS: the frames are in what the records decrypt to.
+                    match shard.tls_decrypt(key, &rb[..n], &mut plain) {
+                        None => {
+                            feed(shard, key, &mut dec, &mut rb[..n], &mut pending);
+                            true
+                        }
+                        Some(Ok(open)) => {
+                            feed(shard, key, &mut dec, &mut plain, &mut pending);
+                            open
+                        }
+                        // A TLS protocol error: its alert is queued; drop the connection.
+                        Some(Err(_)) => false,
                     }
                 };
-                if let Err(e) = r {
-                    violation(shard, key, e);
+                if !open {
+                    return;
                 }
                 glommio::yield_if_needed().await;
             }
@@ -323,6 +301,21 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
             }
             Wake::Gone => return,
         }
+    }
+}
+
+/// Decodes `data` after the tail of a frame that `pending` holds from the
+/// read before (a protocol violation starts the close).
+fn feed(shard: &Shard, key: u32, dec: &mut Decoder, data: &mut [u8], pending: &mut Vec<u8>) {
+    let r = if pending.is_empty() {
+        process(shard, key, dec, data, pending)
+    } else {
+        pending.extend_from_slice(data);
+        let mut all = std::mem::take(pending);
+        process(shard, key, dec, &mut all, pending)
+    };
+    if let Err(e) = r {
+        violation(shard, key, e);
     }
 }
 
@@ -392,17 +385,18 @@ async fn linger(shard: &Shard, key: u32, stream: &mut TcpStream) {
         return;
     }
     // TLS: close_notify after the close frame.
-    shard.tls_close_notify(key);
-    let _ = futures_lite::future::or(
-        async {
-            poll_fn(|cx| shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b))).await
-        },
-        async {
-            Timer::new(Duration::from_millis(500)).await;
-            Ok(())
-        },
-    )
-    .await;
+    if shard.tls_close_notify(key) {
+        let _ = futures_lite::future::or(
+            async {
+                poll_fn(|cx| shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b))).await
+            },
+            async {
+                Timer::new(Duration::from_millis(500)).await;
+                Ok(())
+            },
+        )
+        .await;
+    }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut sink = [0u8; 256];

@@ -32,10 +32,12 @@ impl Shard {
         Some(r)
     }
 
-    /// On a TLS connection: queues close_notify (after the close frame).
-    pub(crate) fn tls_close_notify(&self, key: u32) {
-        if let Some(tls) = self.conns.borrow_mut().get_mut(key).and_then(|e| e.tls.as_deref_mut()) {
-            tls.send_close_notify();
-        }
+    /// On a TLS connection: queues close_notify (after the close frame)
+    /// and says so; false on a plain connection.
+    pub(crate) fn tls_close_notify(&self, key: u32) -> bool {
+        let mut conns = self.conns.borrow_mut();
+        let Some(tls) = conns.get_mut(key).and_then(|e| e.tls.as_deref_mut()) else { return false };
+        tls.send_close_notify();
+        true
     }
 }
