@@ -108,8 +108,7 @@ fn rooms_first() -> String {
 }
 
 fn login(c: &mut Client, name: &str, rid: &str, uid: &str) {
-    c.send(json!({"cmd":"login","name":name,"rid":rid,"uid":uid,"echo":true}));
-    c.expect("login");
+    c.login_echo(name, rid, uid);
 }
 
 /// Logs `a` in on node `na` and `b` on node `nb`, both into `rid`, and

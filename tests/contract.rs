@@ -55,10 +55,7 @@ fn assert_message_shape(m: &Value, private: bool) {
 }
 
 fn login_echo(c: &mut Client, name: &str, rid: &str, uid: &str) -> Value {
-    c.send(json!({"cmd":"login","name":name,"rid":rid,"uid":uid,"echo":true}));
-    let ack = c.expect("login");
-    assert_eq!(ack["rid"], rid);
-    ack
+    c.login_echo(name, rid, uid)
 }
 
 /// Reads two frames, in either order: an error with `code` and a reply with

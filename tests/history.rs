@@ -87,8 +87,7 @@ fn history_beyond_memory_is_read_from_the_log_paged_and_kept_across_a_restart() 
     // A restart holds no message in memory: everything comes from the log.
     let server = start(&dir, &flags);
     let mut c = server.client();
-    c.send(json!({"cmd":"login","name":"back","uid":"back","rid":"deep","echo":true}));
-    c.expect("login");
+    c.login_echo("back", "deep", "back");
     assert_eq!(ask(&mut c, json!({"cmd":"getHistory","rid":"deep","limit":1000})), range(1, 120));
     c.say("deep", "m121");
     let m = c.expect("message");
@@ -107,8 +106,7 @@ fn rooms_nobody_is_in_leave_memory_and_come_back_with_their_sequence() {
     let mut epochs = Vec::new();
     for i in 0..60 {
         let rid = format!("e{i}");
-        c.send(json!({"cmd":"login","name":"a","uid":"a","rid":rid,"echo":true}));
-        c.expect("login");
+        c.login_echo("a", &rid, "a");
         c.say(&rid, "m1");
         let m = c.expect("message");
         epochs.push(m["epoch"].as_u64().unwrap());
@@ -124,8 +122,7 @@ fn rooms_nobody_is_in_leave_memory_and_come_back_with_their_sequence() {
     assert_eq!((v["epoch"].as_u64(), v["msgs"][0]["msg"].as_str()), (Some(epochs[3]), Some("m1")));
     // Back: the same epoch, the next seq, and the history before it.
     let mut b = server.client();
-    b.send(json!({"cmd":"login","name":"b","uid":"b","rid":"e7","echo":true}));
-    b.expect("login");
+    b.login_echo("b", "e7", "b");
     b.say("e7", "m2");
     let m = b.expect("message");
     assert_eq!((m["epoch"].as_u64(), m["seq"].as_u64()), (Some(epochs[7]), Some(2)));
@@ -145,8 +142,7 @@ fn a_long_history_is_cut_to_fit_and_paged() {
     let dir = temp_data_dir();
     let server = start(&dir, &["--max-outbound-bytes", "65536", "--history-memory", "10"]);
     let mut w = server.client();
-    w.send(json!({"cmd":"login","name":"w","uid":"w","rid":"big","echo":true}));
-    w.expect("login");
+    w.login_echo("w", "big", "w");
     let body = "x".repeat(1000);
     for k in 1..=100 {
         w.say("big", &format!("{k} {body}"));
@@ -186,15 +182,13 @@ fn retention_bounds_the_log_and_forgets_rooms_it_emptied() {
     let flags = ["--shards", "1", "--segment-bytes", "4096", "--retention-bytes", "16384", "--room-evict-ms", "100"];
     let server = start(&dir, &flags);
     let mut a = server.client();
-    a.send(json!({"cmd":"login","name":"a","uid":"a","rid":"old","echo":true}));
-    a.expect("login");
+    a.login_echo("a", "old", "a");
     a.say("old", "m1");
     let old_epoch = a.expect("message")["epoch"].as_u64().unwrap();
     a.send(json!({"cmd":"logout","rid":"old"}));
     a.expect("logout");
     std::thread::sleep(Duration::from_millis(1500)); // evicted
-    a.send(json!({"cmd":"login","name":"a","uid":"a","rid":"busy","echo":true}));
-    a.expect("login");
+    a.login_echo("a", "busy", "a");
     let body = "y".repeat(200);
     for k in 1..=300 {
         a.say("busy", &format!("m{k} {body}"));
@@ -228,8 +222,7 @@ fn retention_bounds_the_log_and_forgets_rooms_it_emptied() {
     assert!(seqs.len() > 20 && seqs.len() < 300, "kept {}", seqs.len());
     assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1) && *seqs.last().unwrap() == 300, "{seqs:?}");
     // The evicted room lost its last message to retention: a new epoch.
-    a.send(json!({"cmd":"login","name":"a","uid":"a","rid":"old","echo":true}));
-    a.expect("login");
+    a.login_echo("a", "old", "a");
     a.say("old", "again");
     let m = a.expect("message");
     assert_ne!(m["epoch"].as_u64().unwrap(), old_epoch, "a new epoch, not a reused (epoch, seq)");

@@ -239,6 +239,15 @@ impl Client {
         ack
     }
 
+    /// Logs in with `echo` (the connection gets its own messages) and
+    /// returns the ack.
+    pub fn login_echo(&mut self, name: &str, rid: &str, uid: &str) -> Value {
+        self.send(json!({"cmd":"login","name":name,"rid":rid,"uid":uid,"echo":true}));
+        let ack = self.expect("login");
+        assert_eq!(ack["rid"], rid);
+        ack
+    }
+
     pub fn say(&mut self, rid: &str, msg: &str) {
         self.send(json!({"cmd": "message", "type": "text", "msg": msg, "rid": rid}));
     }
