@@ -72,6 +72,12 @@ fn recv(ws: &mut WebSocket<Tls>) -> Value {
     }
 }
 
+/// Logs in over wss and waits for the ack.
+fn login(ws: &mut WebSocket<Tls>, name: &str, uid: &str, rid: &str) {
+    ws.send(Message::text(json!({"cmd":"login","name":name,"uid":uid,"rid":rid}).to_string())).unwrap();
+    expect(ws, "login");
+}
+
 fn expect(ws: &mut WebSocket<Tls>, cmd: &str) -> Value {
     loop {
         let v = recv(ws);
@@ -89,10 +95,8 @@ fn wss_clients_chat_and_the_page_is_served_over_https() {
     let cert = dir.join("cert.pem");
     let mut a = wss(&server, &cert);
     let mut b = wss(&server, &cert);
-    a.send(Message::text(json!({"cmd":"login","name":"Ann","uid":"ann","rid":"secure"}).to_string())).unwrap();
-    expect(&mut a, "login");
-    b.send(Message::text(json!({"cmd":"login","name":"Bob","uid":"bob","rid":"secure"}).to_string())).unwrap();
-    expect(&mut b, "login");
+    login(&mut a, "Ann", "ann", "secure");
+    login(&mut b, "Bob", "bob", "secure");
     assert_eq!(expect(&mut a, "newUser")["uid"], "bob");
     // Many frames at once: they are sealed into records and arrive whole, in order.
     for k in 0..200 {
@@ -145,8 +149,7 @@ fn a_plain_client_on_the_tls_port_is_refused_cleanly() {
     let url = format!("wss://localhost:{}/", server.addr.port());
     assert!(tungstenite::client(url, tls_connect(&server, &other.join("cert.pem"))).is_err());
     let mut ok = wss(&server, &dir.join("cert.pem"));
-    ok.send(Message::text(json!({"cmd":"login","name":"x","rid":"r"}).to_string())).unwrap();
-    expect(&mut ok, "login");
+    login(&mut ok, "x", "x", "r");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
@@ -160,8 +163,7 @@ fn sighup_reloads_a_renewed_certificate_without_a_restart() {
     let first = dir.join("first.pem");
     std::fs::copy(dir.join("cert.pem"), &first).unwrap();
     let mut before = wss(&server, &first);
-    before.send(Message::text(json!({"cmd":"login","name":"a","uid":"a","rid":"r"}).to_string())).unwrap();
-    expect(&mut before, "login");
+    login(&mut before, "a", "a", "r");
     // Renewed on disk, then SIGHUP.
     make_cert(&dir, "second");
     server.signal(libc::SIGHUP);

@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+#[path = "../../tests/common/cert.rs"]
+mod cert;
+
 /// A cchat process, killed on drop.
 struct Server {
     child: Child,
@@ -208,19 +211,7 @@ fn on_a_terminal_the_progress_line_is_redrawn_in_place() {
 fn wss_runs_measure_a_tls_server() {
     let _serial = serial();
     let dir = std::env::temp_dir().join(format!("loadgen-e2e-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(ok.success());
+    cert::make_cert(&dir, "localhost");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let mut server = start_server(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
     server.url = server.url.replacen("ws://", "wss://", 1);
