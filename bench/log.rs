@@ -26,7 +26,7 @@ fn main() {
         .spawn(move || async move {
             let log = Log::open(cfg, Vec::new()).await.expect("open the log");
             let mut journal = Journal::default();
-            let msg = [b'x'; 200];
+            let msg = bytes::Bytes::from(vec![b'x'; 200]);
             let rooms: Vec<cchat::ids::Id> =
                 (0..1000).map(|i| cchat::ids::Id::parse_str(&format!("room-{i}")).unwrap()).collect();
             // What the owner does after each write: index every record's place.
@@ -37,7 +37,7 @@ fn main() {
             let mut syncs = 0;
             let mut bytes = 0u64;
             for i in 0..records {
-                journal.append(1, i / 1000 + 1, 1_700_000_000_000 + i, &rooms[(i % 1000) as usize], &msg);
+                journal.append(1, i / 1000 + 1, 1_700_000_000_000 + i, &rooms[(i % 1000) as usize], &msg, 0);
                 if journal.end() - bytes >= 256 << 10 || i + 1 == records {
                     let batch = journal.take();
                     let len = batch.buf.len() as u64;

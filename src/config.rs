@@ -103,6 +103,14 @@ pub struct Args {
     /// Hours a sealed segment is kept after its newest message; 0 keeps by size only.
     #[arg(long, default_value_t = 0.0, help_heading = "Storage")]
     pub retention: f64,
+    /// A shared store for history and room sequence, instead of the embedded log:
+    /// `redis://[:PASSWORD@]host:port[/db]` or `rediss://…` (TLS). Nodes that share it
+    /// continue each other's rooms (same epoch, next seq). Default: none.
+    #[arg(long, env = "CCHAT_STORE", help_heading = "Storage")]
+    pub store: Option<String>,
+    /// With --store: hours a room's history is kept in the store after its last message.
+    #[arg(long, default_value_t = 168.0, help_heading = "Storage")]
+    pub store_ttl: f64,
     /// This node's name in a cluster. Default: the host name and the client port.
     #[arg(long, help_heading = "Cluster")]
     pub node_id: Option<String>,
@@ -289,6 +297,10 @@ pub struct Config {
     pub retention_bytes: u64,
     /// Age past which sealed segments go; zero keeps by size only.
     pub retention: Duration,
+    /// The shared store's URL (`--store`), if any.
+    pub store: Option<String>,
+    /// How long the shared store keeps a room after its last message.
+    pub store_ttl: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Polling before a shard sleeps.
@@ -451,6 +463,12 @@ impl Config {
             } else {
                 0.0
             }),
+            store: args.store.filter(|s| !s.is_empty()),
+            store_ttl: Duration::from_secs_f64(if args.store_ttl.is_finite() {
+                args.store_ttl.clamp(0.001, 1e5) * 3600.0
+            } else {
+                168.0 * 3600.0
+            }),
             shutdown_grace: secs("shutdown-grace", args.shutdown_grace)?,
             busy_poll: Duration::from_micros(args.busy_poll_us.min(1_000_000)),
             pin: !args.no_pin,
@@ -463,6 +481,11 @@ impl Config {
             relay_queue_bytes: args.relay_queue_bytes.max(4096),
             cluster_secret: args.cluster_secret,
         };
+        if let Some(url) = &cfg.store
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::Invalid(format!("--store must be a redis:// or rediss:// URL, not {url:?}")));
+        }
         if cfg.idle_timeout <= cfg.ping_interval {
             return Err(ConfigError::Invalid("idle-timeout must be longer than ping-interval".into()));
         }

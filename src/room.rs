@@ -72,6 +72,9 @@ pub struct Room {
     history: VecDeque<(u64, Bytes)>,
     history_cap: usize,
     epoch: u64,
+    /// The shared store's claim this owner holds on the room (0: none; see
+    /// `shard/owner_remote.rs`).
+    token: u64,
     /// Presence changes not yet announced (big rooms batch them): each
     /// user's net change since the last presence frame.
     presence: IndexMap<Id, (Name, Change)>,
@@ -112,6 +115,7 @@ impl Room {
             history: VecDeque::new(),
             history_cap,
             epoch,
+            token: 0,
         }
     }
 
@@ -135,6 +139,25 @@ impl Room {
     /// The epoch of this room's sequence.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The shared store's claim on this room that this owner holds (0: none).
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Holds claim `token` (0 gives it up) and forgets the messages in
+    /// memory: what the store holds is the history from now on.
+    pub fn set_claim(&mut self, token: u64) {
+        self.token = token;
+        self.history.clear();
+    }
+
+    /// Continues the sequence the store holds: `epoch`, next seq `top + 1`.
+    pub fn continue_from(&mut self, epoch: u64, top: u64) {
+        self.epoch = epoch;
+        self.seq = top;
+        self.history.clear();
     }
 
     fn count(&mut self, conn: ConnRef, delta: i32) {

@@ -318,6 +318,23 @@ async fn shard_main(
         }
     }
     tasks.push(glommio::spawn_local(shard.clone().run_flusher()));
+    if let Some(url) = &node.cfg.store {
+        let cfg = store::redis::StoreConfig {
+            url: url.clone(),
+            history: node.cfg.history,
+            ttl_ms: node.cfg.store_ttl.as_millis() as u64,
+        };
+        match store::redis::RedisStore::spawn(cfg, id, node.stats.store.clone()) {
+            Ok((link, events)) => {
+                shard.enable_remote(link);
+                tasks.push(glommio::spawn_local(shard.clone().run_store(events)));
+            }
+            Err(e) => {
+                let _ = ready.send(Err(anyhow::anyhow!("shard {id}: {e}")));
+                return;
+            }
+        }
+    }
     if let Some(log) = &log {
         tasks.push(glommio::spawn_local(shard.clone().run_log_writer(log.clone())));
         tasks.push(glommio::spawn_local(shard.clone().run_history_reader()));
@@ -406,6 +423,9 @@ async fn shard_main(
     if let Some(log) = &log {
         shard.flush_log(log).await;
     }
+    if node.cfg.store.is_some() {
+        shard.flush_store().await;
+    }
     drop(tasks);
 }
 
@@ -462,6 +482,15 @@ impl Logs {
 /// Locks the data directory and reads the log back (nothing with
 /// `--durability memory`). Each room goes to the shard that owns it now.
 fn open_store(cfg: &Config) -> anyhow::Result<(Option<DataDir>, Option<Logs>)> {
+    if let Some(url) = &cfg.store {
+        // Shown without a password.
+        let shown = match (url.find("://"), url.rfind('@')) {
+            (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
+            _ => url.clone(),
+        };
+        info!(store = %shown, "history and room sequence live in the shared store (no embedded log)");
+        return Ok((None, None));
+    }
     if cfg.durability == Durability::Memory {
         info!("--durability memory: history is not kept across restarts");
         return Ok((None, None));

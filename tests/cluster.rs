@@ -14,12 +14,14 @@ fn free_ports(n: usize) -> Vec<u16> {
     ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
-struct Cluster {
-    nodes: Vec<Option<Server>>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Option<Server>>,
     client_ports: Vec<u16>,
     relay_ports: Vec<u16>,
     /// Flags for node 0 only (an admin listener).
     first_extra: Vec<String>,
+    /// Flags for every node (a shared store).
+    all_extra: Vec<String>,
 }
 
 impl Cluster {
@@ -31,11 +33,18 @@ impl Cluster {
             client_ports: ports[..n].to_vec(),
             relay_ports: ports[n..].to_vec(),
             first_extra: Vec::new(),
+            all_extra: Vec::new(),
         }
     }
 
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// `n` nodes, each with these extra flags.
+    pub(crate) fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let mut c = Cluster::unstarted(n);
+        c.all_extra = extra.iter().map(|s| s.to_string()).collect();
         for i in 0..n {
             let s = c.spawn(i);
             c.nodes.push(Some(s));
@@ -44,7 +53,7 @@ impl Cluster {
         c
     }
 
-    fn spawn(&self, i: usize) -> Server {
+    pub(crate) fn spawn(&self, i: usize) -> Server {
         let n = self.client_ports.len();
         let listen = format!("127.0.0.1:{}", self.client_ports[i]);
         let relay = format!("127.0.0.1:{}", self.relay_ports[i]);
@@ -68,6 +77,7 @@ impl Cluster {
         if i == 0 {
             args.extend(self.first_extra.iter().cloned());
         }
+        args.extend(self.all_extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -79,12 +89,12 @@ impl Cluster {
         }
     }
 
-    fn node(&self, i: usize) -> &Server {
+    pub(crate) fn node(&self, i: usize) -> &Server {
         self.nodes[i].as_ref().unwrap()
     }
 
     /// Waits until every running node has `links` live relay links.
-    fn wait_links(&self, links: usize) {
+    pub(crate) fn wait_links(&self, links: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
         for s in self.nodes.iter().flatten() {
             while s.metric("cchat_relay_link_up") as usize != links {

@@ -30,6 +30,8 @@ mod pinning;
 mod protocol;
 // Signed logins, token expiry and refresh, origin checks.
 mod security;
+// The shared store (Redis): restarts, failover, flushes, fencing, outages.
+mod store;
 // TLS on the client port: wss, https, plain clients refused, SIGHUP reload.
 mod tls;
 // Seeded random bursts across shards with tiny queues.

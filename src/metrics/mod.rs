@@ -6,11 +6,13 @@
 
 mod relay;
 mod shard;
+mod store;
 
 use std::fmt::{Display, Write as _};
 
 pub use relay::{LinkStats, RelayStats};
 pub use shard::{NodeStats, ShardStats};
+pub use store::StoreStats;
 
 /// Prometheus text exposition, written family by family.
 #[derive(Debug, Default)]
@@ -50,5 +52,6 @@ pub fn render(shards: &NodeStats, relay: &RelayStats, max_connections: usize) ->
     let mut out = Exposition { out: String::with_capacity(8192) };
     shards.render(max_connections, &mut out);
     relay.render(&mut out);
+    shards.store.render(&mut out);
     out.finish()
 }

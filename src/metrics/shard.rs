@@ -144,6 +144,8 @@ pub struct NodeStats {
     pub recovery_dropped_bytes: AtomicU64,
     /// Rooms that started a new epoch at start.
     pub recovery_new_epochs: AtomicU64,
+    /// The shared store's threads (`--store`).
+    pub store: std::sync::Arc<super::StoreStats>,
 }
 
 impl NodeStats {

@@ -32,6 +32,7 @@ const GUESS: u64 = 4096;
 impl Shard {
     /// Hands the owner's history requests that need the disk to the reader.
     pub(super) fn queue_reads(&self) {
+        self.queue_store_jobs();
         let mut owner = self.owner.borrow_mut();
         let mut reads = self.reads.borrow_mut();
         let mut refused = Vec::new();

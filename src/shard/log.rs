@@ -12,7 +12,10 @@ use glommio::timer::Timer;
 use tracing::error;
 
 use super::Shard;
-use super::owner::Out;
+use super::owner::{Dest, Out};
+use crate::msg::Delivery;
+use crate::protocol::{ERR_INVALID, ProtoError};
+use crate::store::redis::{Refusal, Refused};
 use crate::node::unix_ms;
 use crate::store::Durability;
 use crate::store::writer::Log;
@@ -26,10 +29,15 @@ impl Shard {
     /// room message that is not yet on disk (one sender's order holds).
     pub(super) fn send_or_hold(&self, out: &mut Vec<Out>) {
         self.queue_reads();
-        let end = self.owner.borrow_mut().journal().map(|j| j.end());
+        let (end, tag) = {
+            let mut owner = self.owner.borrow_mut();
+            (owner.journal().map(|j| j.end()), owner.take_record_tag())
+        };
         match end {
             Some(end) if end > self.log_written.get() || !self.held.borrow().is_empty() => {
-                self.held.borrow_mut().extend(out.drain(..).map(|o| (end, o)));
+                // A shared store may refuse a message: its deliveries carry
+                // its tag, so that they can be dropped then.
+                self.held.borrow_mut().extend(out.drain(..).map(|o| (end, tag.clone(), o)));
                 if let Some(w) = self.log_waker.borrow_mut().take() {
                     w.wake();
                 }
@@ -42,19 +50,39 @@ impl Shard {
         }
     }
 
-    /// Sends what was held behind records now written up to `written`.
-    fn release_held(&self, written: u64) {
+    /// Sends what was held behind records now written up to `written`,
+    /// except the deliveries of messages a shared store `refused`: those
+    /// are dropped, and each one's sender is told.
+    pub(super) fn release_held(&self, written: u64, refused: &[Refused]) {
         self.log_written.set(written);
+        let mut told: Vec<(u64, u64)> = Vec::new();
         loop {
             let next = {
                 let mut held = self.held.borrow_mut();
                 match held.front() {
-                    Some((end, _)) if *end <= written => held.pop_front().map(|(_, o)| o),
+                    Some((end, _, _)) if *end <= written => held.pop_front().map(|(_, t, o)| (t, o)),
                     _ => None,
                 }
             };
-            let Some(o) = next else { break };
-            self.send_out(o);
+            let Some((tag, o)) = next else { break };
+            let hit = tag.filter(|_| !refused.is_empty()).and_then(|t| {
+                let r = refused.iter().find(|r| t.refused_in(r))?;
+                Some((t, r))
+            });
+            let Some((tag, r)) = hit else {
+                self.send_out(o);
+                continue;
+            };
+            if !told.contains(&(tag.token, tag.seq)) {
+                told.push((tag.token, tag.seq));
+                let why = match r.why {
+                    Refusal::Fenced => "message not stored: this room is served by another node now",
+                    Refusal::Lost | Refusal::Gap => "message not stored: the store lost this room's history, send it again",
+                    Refusal::Unavailable => "message store unavailable, try again shortly",
+                };
+                let frame = ProtoError::new(ERR_INVALID, why).encode();
+                self.send_out(Out { dest: Dest::of(tag.from), msg: Delivery::Direct { conn: tag.from, frame } });
+            }
         }
         self.flush.wake();
     }
@@ -95,7 +123,7 @@ impl Shard {
                     self.owner.borrow_mut().store_down(unix_ms() + STORE_RETRY.as_millis() as u64);
                 }
             }
-            self.release_held(end);
+            self.release_held(end, &[]);
             match log.roll_if_full().await {
                 Ok(None) => {}
                 Ok(Some(upto)) => self.owner.borrow_mut().on_segments_deleted(log.dir(), upto),

@@ -18,19 +18,22 @@
 //!
 //! | file | part |
 //! |---|---|
-//! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries, cluster changes |
+//! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries |
 //! | `session` | a connection's identity and rooms: command → requests (no I/O) |
 //! | `owner` | the rooms this shard owns: request → deliveries (no I/O) |
 //! | `conns` | the connection table |
 //! | `outbound` | a connection's queue and its writer state (no I/O) |
 //! | `api` | what the admin listener's server API asks of a shard |
 //! | `flush` | the write path |
-//! | `log` | holding what the owner sends until the log has its messages; the log writer task |
+//! | `log` | holding what the owner sends until the store has its messages; the log writer task |
+//! | `remote` | the link to a shared store (`--store`): claims, appends, history reads |
+//! | `cluster` | applying a change of the cluster's live nodes |
 //! | `mesh` | queues between shards, back-pressure, parked readers |
 //! | `sweep` | timers: pings, deadlines, pinning, shedding, shutdown |
 //! | `roomset` | the set of rooms one connection joined |
 
 mod api;
+mod cluster;
 mod conns;
 mod flush;
 mod history;
@@ -38,6 +41,7 @@ mod log;
 mod mesh;
 mod outbound;
 mod owner;
+mod remote;
 mod roomset;
 mod session;
 mod sweep;
@@ -90,13 +94,15 @@ pub struct Shard {
     requests: RefCell<Vec<Request>>,
     /// What the owner sent, held until the log covers the journal position
     /// it was sent at (see `log`).
-    held: RefCell<std::collections::VecDeque<(u64, Out)>>,
+    held: RefCell<std::collections::VecDeque<(u64, Option<owner::RecordTag>, Out)>>,
     /// Journal position the log writer has written up to.
     log_written: Cell<u64>,
     log_waker: RefCell<Option<std::task::Waker>>,
     /// History answers waiting for the disk, and the reader's waker (see `history`).
     reads: RefCell<std::collections::VecDeque<owner::DiskRead>>,
     read_waker: RefCell<Option<std::task::Waker>>,
+    /// The link to a shared store, with `--store` (see `remote`).
+    remote: RefCell<Option<remote::StoreLink>>,
     flush: flush::Flusher,
     mesh: mesh::Mesh,
     /// Shared read buffer: every connection reads into it and copies out only
@@ -159,6 +165,7 @@ impl Shard {
             log_waker: RefCell::new(None),
             reads: RefCell::new(std::collections::VecDeque::new()),
             read_waker: RefCell::new(None),
+            remote: RefCell::new(None),
             flush: flush::Flusher::new(),
             mesh: mesh::Mesh::new(n, senders),
             read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
@@ -544,56 +551,5 @@ impl Shard {
         }
         drop(conns);
         self.flush.wake();
-    }
-
-    // ---- cluster changes -------------------------------------------------------
-
-    /// Applies a new set of live nodes: forgets members on a dead node,
-    /// hands over rooms this node no longer owns, and re-joins this shard's
-    /// connections at the new owners of rooms that moved. A re-homed room
-    /// starts a new epoch at its new owner.
-    fn apply_cluster_change(&self, view: Arc<View>, down: Option<u16>) {
-        let old_view = std::mem::replace(&mut *self.view.borrow_mut(), view.clone());
-        let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
-        {
-            let mut owner = self.owner.borrow_mut();
-            if let Some(dead) = down {
-                owner.node_down(dead, unix_ms(), &mut out);
-            }
-            // Rooms that now belong to another node: their members re-join there.
-            owner.keep_own(&view);
-            self.stats().rooms.store(owner.live_rooms() as i64, Relaxed);
-        }
-        self.send_or_hold(&mut out);
-        *self.owner_out.borrow_mut() = out;
-        let mut rejoins = Vec::new();
-        {
-            let conns = self.conns.borrow();
-            let members = self.members.borrow();
-            for (key, e) in conns.iter() {
-                let Some((uid, name, echo)) = e.session.identity() else { continue };
-                for rid in e.session.rooms().iter() {
-                    // Rooms that moved, and rooms of a node that went down and
-                    // is live again by now (it forgot this node's members).
-                    let owner = view.owner(rid);
-                    if old_view.owner(rid) != owner || down == Some(owner) {
-                        let indexed = members.get(rid).is_some_and(|m| m.contains(&key));
-                        rejoins.push(Request::Join {
-                            rid: rid.clone(),
-                            conn: self.conn_ref(key, e.generation),
-                            uid: uid.clone(),
-                            name: name.clone(),
-                            echo,
-                            rejoin: indexed,
-                        });
-                    }
-                }
-            }
-        }
-        for req in rejoins {
-            self.to_owner(req);
-        }
-        // Last: a reader of the gauge knows this shard routes by the new view.
-        self.stats().view_nodes.store(view.live.len() as i64, Relaxed);
     }
 }

@@ -24,6 +24,9 @@ use crate::store::{Journal, RoomIndex};
 #[path = "owner_disk.rs"]
 mod disk;
 pub(crate) use disk::{DiskRead, ReadReply, fit};
+#[path = "owner_remote.rs"]
+mod remote;
+pub(crate) use remote::{RecordTag, RemoteRead};
 
 /// Where a delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,8 @@ pub(crate) struct Owner {
     max_evicted: usize,
     /// Bytes of messages one history answer may carry.
     pub(crate) reply_budget: usize,
+    /// With a shared store (`--store`): claims and reads (`owner_remote.rs`).
+    remote: Option<remote::Remote>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -144,6 +149,7 @@ impl Owner {
             evicted_order: VecDeque::new(),
             max_evicted: usize::MAX,
             reply_budget: usize::MAX,
+            remote: None,
         }
     }
 
@@ -345,6 +351,7 @@ impl Owner {
         match self.rooms.get(rid).map(Room::seq) {
             Some(0) => {
                 self.rooms.remove(rid);
+                self.forget_claim(rid);
                 self.shrink_rooms();
             }
             Some(_) => self.schedule_evict(rid, now_ms),
@@ -384,6 +391,20 @@ impl Owner {
             self.room_or_load(&p.rid);
             self.schedule_evict(&p.rid, now_ms);
         }
+        // With a shared store, a room's messages wait for its claim.
+        let rid = p.rid.clone();
+        let mut req = Some(Request::Publish(Box::new(p)));
+        match self.gate(&rid, &mut req) {
+            remote::Gate::Open => {}
+            remote::Gate::Queued => return None,
+            remote::Gate::Refuse(why) => {
+                let Some(Request::Publish(p)) = req else { unreachable!("not taken when refused") };
+                out.push(err(p.from, why));
+                return Some(ERR_INVALID);
+            }
+        }
+        let Some(Request::Publish(p)) = req else { unreachable!("not taken when open") };
+        let p = *p;
         let Some(room) = self.rooms.get_mut(&p.rid) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
@@ -429,7 +450,10 @@ impl Owner {
             None => {
                 let json = frame.slice(off..);
                 if let Some(j) = self.journal.as_mut() {
-                    j.append(room.epoch(), seq, now_ms, &p.rid, &json);
+                    j.append(room.epoch(), seq, now_ms, &p.rid, &json, room.token());
+                    if let Some(r) = self.remote.as_mut() {
+                        r.last = Some(RecordTag { rid: p.rid.clone(), token: room.token(), seq, from: p.from });
+                    }
                 }
                 room.remember(seq, json);
                 let except = if sender_echo { None } else { Some(p.from) };
@@ -516,13 +540,21 @@ impl Owner {
     pub(crate) fn keep_own(&mut self, view: &View) {
         self.drop_index(|rid| view.owner(rid) == 0);
         let live = &mut self.live;
+        let mut gone = Vec::new();
         self.rooms.retain(|rid, room| {
             let keep = view.owner(rid) == 0;
             if !keep && !room.is_empty() {
                 *live -= 1;
             }
+            if !keep {
+                gone.push(rid.clone());
+            }
             keep
         });
+        for rid in gone {
+            self.forget_claim(&rid);
+        }
+        self.retry_given_up();
     }
 }
 

@@ -142,6 +142,7 @@ impl Owner {
                 None => Room::new(self.nshards, self.history_cap, (self.next_epoch)()),
             };
             self.rooms.insert(rid.clone(), room);
+            self.claim_new(rid);
         }
         self.rooms.get_mut(rid).expect("inserted above")
     }
@@ -163,8 +164,10 @@ impl Owner {
                 continue;
             }
             let room = self.rooms.remove(&rid).expect("checked");
-            if self.journal.is_none() {
-                // No log to bring it back from: forgotten (a new epoch when used).
+            if self.journal.is_none() || self.remote.is_some() {
+                // No log to bring it back from: forgotten (a new epoch when
+                // used); or a shared store's, which a new claim reads again.
+                self.forget_claim(&rid);
                 continue;
             }
             let ix = self.disk.entry(rid.clone()).or_insert_with(|| RoomIndex::new(room.epoch(), room.seq()));
@@ -240,6 +243,9 @@ impl Owner {
         limit: usize,
         reply: ReadReply,
     ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
+        if self.remote.is_some() {
+            return self.plan_remote(rid, since, before, limit, reply);
+        }
         let room = self.rooms.get(rid);
         let ix = self.disk.get(rid);
         let (epoch, top, mem_low) = match (room, ix) {

@@ -30,6 +30,7 @@
 pub mod index;
 pub mod record;
 pub mod recovery;
+pub mod redis;
 pub mod segindex;
 pub mod writer;
 
@@ -60,12 +61,18 @@ pub enum StoreError {
 }
 
 /// The room messages one owner shard has sequenced and not yet handed to
-/// its log writer, already framed. No I/O.
+/// its store: framed for the embedded log, or as they are for a shared
+/// store ([`redis`]). No I/O.
 #[derive(Debug, Default)]
 pub struct Journal {
     buf: Vec<u8>,
-    /// Bytes ever appended (the position the writer must reach to cover the
-    /// newest record).
+    /// For a shared store: records are not framed, and the position counts
+    /// records rather than bytes.
+    unframed: bool,
+    /// Message bytes waiting (not counting a write in progress).
+    pending: usize,
+    /// Bytes (or records) ever appended: the position the writer must reach
+    /// to cover the newest record.
     end: u64,
     /// Each record in `buf`: room, epoch, seq and its offset in `buf` (for
     /// the room index, once written).
@@ -84,6 +91,10 @@ pub struct Mark {
     pub seq: u64,
     /// Where its record starts in the batch.
     pub off: u64,
+    /// The shared store's claim it was sequenced under (0 for the log).
+    pub token: u64,
+    /// The message (for a shared store; empty for the log).
+    pub msg: bytes::Bytes,
 }
 
 /// What the journal hands its writer at once.
@@ -98,12 +109,25 @@ pub struct Batch {
 }
 
 impl Journal {
-    /// Frames one record.
-    pub fn append(&mut self, epoch: u64, seq: u64, ts: u64, rid: &crate::ids::Id, msg: &[u8]) {
+    /// A journal for a shared store: records are kept as they are, not framed.
+    pub fn unframed() -> Self {
+        Journal { unframed: true, ..Journal::default() }
+    }
+
+    /// Journals one record (`token`: the shared store's claim, else 0).
+    pub fn append(&mut self, epoch: u64, seq: u64, ts: u64, rid: &crate::ids::Id, msg: &bytes::Bytes, token: u64) {
+        self.pending += msg.len();
+        if self.unframed {
+            let off = self.marks.len() as u64;
+            self.end += 1;
+            let msg = msg.clone();
+            self.marks.push(Mark { rid: rid.clone(), epoch, seq, off, token, msg });
+            return;
+        }
         let before = self.buf.len();
         record::encode(&mut self.buf, epoch, seq, ts, rid, msg);
         self.end += (self.buf.len() - before) as u64;
-        self.marks.push(Mark { rid: rid.clone(), epoch, seq, off: before as u64 });
+        self.marks.push(Mark { rid: rid.clone(), epoch, seq, off: before as u64, token, msg: bytes::Bytes::new() });
     }
 
     /// Position after the newest record.
@@ -113,16 +137,17 @@ impl Journal {
 
     /// Whether records wait for the writer.
     pub fn has_pending(&self) -> bool {
-        !self.buf.is_empty()
+        !self.marks.is_empty()
     }
 
-    /// Bytes waiting for the writer (not counting a write in progress).
+    /// Message bytes waiting for the writer (not counting a write in progress).
     pub fn pending_bytes(&self) -> usize {
-        self.buf.len()
+        self.pending
     }
 
     /// Takes what waits.
     pub fn take(&mut self) -> Batch {
+        self.pending = 0;
         let cap = self.buf.capacity().min(1 << 20);
         let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
         let cap = self.marks.capacity().min(1 << 14);
@@ -210,13 +235,20 @@ mod tests {
         let mut j = Journal::default();
         let r = crate::ids::Id::parse_str("r").unwrap();
         assert!(!j.has_pending());
-        j.append(1, 1, 5, &r, b"{}");
-        j.append(1, 2, 5, &r, b"{}");
+        let m = bytes::Bytes::from_static(b"{}");
+        j.append(1, 1, 5, &r, &m, 0);
+        j.append(1, 2, 5, &r, &m, 0);
         let b = j.take();
         assert_eq!((b.marks.len(), b.buf.len() as u64), (2, b.end));
         assert_eq!((b.marks[0].off, b.marks[1].off, b.marks[1].seq), (0, b.end / 2, 2));
         assert!(!j.has_pending());
-        j.append(1, 3, 5, &r, b"{}");
+        j.append(1, 3, 5, &r, &m, 0);
         assert_eq!(j.end(), b.end + b.end / 2);
+        assert!(b.marks[0].msg.is_empty(), "the log's records are framed, not kept twice");
+        let mut u = Journal::unframed();
+        u.append(1, 1, 5, &r, &m, 7);
+        u.append(1, 2, 5, &r, &m, 7);
+        let b = u.take();
+        assert_eq!((b.end, b.buf.len(), b.marks[1].token, &b.marks[1].msg[..]), (2, 0, 7, &b"{}"[..]));
     }
 }

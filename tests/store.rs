@@ -1,0 +1,305 @@
+//! The shared store (`--store redis://…`) against a real `redis-server`:
+//! a restarted node and a failed-over room continue their epoch and seq
+//! with every acknowledged message in history; a flushed store gives new
+//! epochs, never a reused (epoch, seq); a stale owner's appends are refused
+//! (two nodes that both think they own a room); Redis killed and restarted
+//! under traffic; the history script's window against the Rust one.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::cluster::Cluster;
+use crate::common::redis::Redis;
+use crate::common::{Client, Server};
+
+fn start(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--store", &url, "--rate-limit", "0"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Sends `msg` and returns its echo's (epoch, seq); Err(errMsg) if refused.
+fn say_acked(c: &mut Client, rid: &str, msg: &str) -> Result<(u64, u64), String> {
+    c.say(rid, msg);
+    loop {
+        let v = c.recv();
+        match v["cmd"].as_str() {
+            Some("message") if v["msg"] == msg => return Ok((v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap())),
+            Some("error") => return Err(v["errMsg"].as_str().unwrap().to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// The room's history as (epoch, seq, msg), oldest first.
+fn history(c: &mut Client, rid: &str) -> Vec<(u64, u64, String)> {
+    c.send(json!({"cmd":"getHistory","rid":rid,"limit":1000}));
+    let h = loop {
+        let v = c.recv();
+        if v["cmd"] == "getHistory" {
+            break v;
+        }
+        assert_ne!(v["cmd"], "error", "{v}");
+    };
+    h["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["epoch"].as_u64().unwrap(), m["seq"].as_u64().unwrap(), m["msg"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_restarted_node_continues_its_rooms_from_the_store() {
+    let redis = Redis::start();
+    let mut s = start(&redis, &["--shards", "2"]);
+    let mut c = s.client();
+    c.login_echo("ann", "lobby", "ann");
+    let acked: Vec<(u64, u64)> = (1..=3).map(|i| say_acked(&mut c, "lobby", &format!("m{i}")).unwrap()).collect();
+    let epoch = acked[0].0;
+    assert_eq!(acked.iter().map(|a| a.1).collect::<Vec<_>>(), vec![1, 2, 3]);
+    s.kill();
+    drop(c);
+    // Another process, another (empty) data directory: only the store remembers.
+    let s = start(&redis, &["--shards", "2"]);
+    let mut c = s.client();
+    c.login_echo("ann", "lobby", "ann");
+    let h = history(&mut c, "lobby");
+    assert_eq!(h, vec![(epoch, 1, "m1".into()), (epoch, 2, "m2".into()), (epoch, 3, "m3".into())]);
+    assert_eq!(say_acked(&mut c, "lobby", "m4").unwrap(), (epoch, 4), "same epoch, next seq");
+    // Paging back through the store (older than what memory holds).
+    c.send(json!({"cmd":"getHistory","rid":"lobby","before":3,"limit":1}));
+    let v = c.expect("getHistory");
+    assert_eq!(v["msgs"][0]["msg"], "m2", "{v}");
+    assert!(s.metric("cchat_store_appends_total") >= 1.0);
+    assert_eq!(s.metric("cchat_store_down"), 0.0);
+}
+
+#[test]
+fn a_failed_over_room_continues_with_the_same_epoch_and_every_acknowledged_message() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let mut cl = Cluster::start_with(3, &["--store", &url]);
+    let names = ["node0", "node1", "node2"];
+    // Rooms owned by node 2, which will die; a sender on node 0 and a
+    // reader on node 1 in each.
+    let rooms: Vec<String> = (0..60)
+        .map(|i| format!("fo{i}"))
+        .filter(|r| cchat::placement::node_for(r, names) == Some("node2"))
+        .take(6)
+        .collect();
+    assert!(rooms.len() >= 3, "{rooms:?}");
+    let mut sender = cl.node(0).client();
+    let mut reader = cl.node(1).client();
+    sender.login_echo("s", &rooms[0], "s");
+    reader.login("r", &rooms[0], Some("r"));
+    for r in &rooms[1..] {
+        for c in [&mut sender, &mut reader] {
+            c.send(json!({"cmd":"login","rid":r}));
+            while c.recv()["cmd"] != "login" {}
+        }
+    }
+    let mut acked: BTreeMap<String, Vec<(u64, u64, String)>> = BTreeMap::new();
+    for r in &rooms {
+        for i in 0..3 {
+            let msg = format!("{r}-before-{i}");
+            let (e, s) = say_acked(&mut sender, r, &msg).unwrap();
+            acked.entry(r.clone()).or_default().push((e, s, msg));
+        }
+    }
+    let mut dead = cl.nodes[2].take().unwrap();
+    dead.kill();
+    cl.wait_links(1);
+    for r in &rooms {
+        let (epoch, last, _) = acked[r].last().cloned().unwrap();
+        // Until the room has re-homed a message may be refused or lost
+        // (sent toward the dead owner): try again until one is acknowledged.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let got = loop {
+            assert!(Instant::now() < deadline, "room {r} never continued");
+            let msg = format!("{r}-after");
+            sender.say(r, &msg);
+            sender.ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let mut got = None;
+            while let Ok(tungstenite::Message::Text(t)) = sender.ws.read() {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["cmd"] == "message" && v["msg"] == msg {
+                    got = Some((v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap()));
+                    break;
+                }
+            }
+            sender.ws.get_mut().set_read_timeout(Some(crate::common::TIMEOUT)).unwrap();
+            if let Some(g) = got {
+                break g;
+            }
+        };
+        assert_eq!(got, (epoch, last + 1), "room {r}: the same epoch and the next seq after the failover");
+        let h = history(&mut reader, r);
+        for a in &acked[r] {
+            assert!(h.contains(a), "room {r}: acknowledged {a:?} missing from history {h:?}");
+        }
+        let seqs: Vec<u64> = h.iter().map(|m| m.1).collect();
+        let unique: HashSet<u64> = seqs.iter().copied().collect();
+        assert_eq!(unique.len(), seqs.len(), "room {r}: a seq used twice: {h:?}");
+    }
+}
+
+#[test]
+fn a_flushed_store_gives_new_epochs_not_reused_pairs() {
+    let redis = Redis::start();
+    let s = start(&redis, &[]);
+    let mut c = s.client();
+    c.login_echo("ann", "r", "ann");
+    let (e1, s1) = say_acked(&mut c, "r", "a").unwrap();
+    let (_, s2) = say_acked(&mut c, "r", "b").unwrap();
+    assert_eq!((s1, s2), (1, 2));
+    redis.cmd(&["FLUSHALL"]);
+    // The store lost the room: the message is refused (the sender is told),
+    // and the room starts a new epoch: (e1, 3) is never used for another message.
+    let e = say_acked(&mut c, "r", "c").unwrap_err();
+    assert!(e.contains("lost"), "{e}");
+    let (e2, s3) = say_acked(&mut c, "r", "d").unwrap();
+    assert_ne!(e2, e1, "a new epoch");
+    assert_eq!(s3, 1);
+    assert_eq!(history(&mut c, "r"), vec![(e2, 1, "d".into())]);
+}
+
+#[test]
+fn a_stale_owner_is_refused_and_gives_the_room_up() {
+    // Two nodes that are not joined (as in a partition) both think they own
+    // the room. The store accepts only the latest claim's appends.
+    let redis = Redis::start();
+    let a = start(&redis, &[]);
+    let b = start(&redis, &[]);
+    let mut x = a.client();
+    x.login_echo("x", "contested", "x");
+    let (epoch, s1) = say_acked(&mut x, "contested", "from a").unwrap();
+    let mut y = b.client();
+    y.login_echo("y", "contested", "y");
+    assert_eq!(say_acked(&mut y, "contested", "from b").unwrap(), (epoch, s1 + 1), "b continues a's sequence");
+    let e = say_acked(&mut x, "contested", "stale").unwrap_err();
+    assert!(e.contains("another node"), "{e}");
+    let e = say_acked(&mut x, "contested", "stale again").unwrap_err();
+    assert!(e.contains("another node"), "given up: {e}");
+    assert_eq!(say_acked(&mut y, "contested", "b again").unwrap(), (epoch, s1 + 2));
+    let h: Vec<String> = history(&mut y, "contested").into_iter().map(|m| m.2).collect();
+    assert_eq!(h, vec!["from a", "from b", "b again"], "nothing of the stale owner's after the fence");
+    assert!(a.metric("cchat_store_refused_total") >= 1.0);
+    // The stale node still serves its connections.
+    x.send(json!({"cmd":"getOnline","rid":"contested"}));
+    x.expect("getOnline");
+}
+
+#[test]
+fn redis_stopped_and_restarted_under_traffic() {
+    let mut redis = Redis::start();
+    let s = start(&redis, &["--shards", "2"]);
+    let mut reader = s.client();
+    reader.login("r", "busy", Some("r"));
+    let mut w = s.client();
+    w.login_echo("w", "busy", "w");
+    let addr = s.addr;
+    let traffic = std::thread::spawn(move || {
+        let (mut acked, mut refused) = (Vec::new(), Vec::new());
+        let t0 = Instant::now();
+        let mut i = 0;
+        // Until well after the restart, and at least 50 acknowledged after it.
+        while t0.elapsed() < Duration::from_secs(3) || acked.len() < 50 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "messages never flowed again");
+            let msg = format!("t{i}");
+            match say_acked(&mut w, "busy", &msg) {
+                Ok((e, s)) => acked.push((e, s, msg)),
+                Err(e) => refused.push(e),
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = addr;
+        (acked, refused)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    redis.kill();
+    // The node keeps serving connections while the store is down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("cchat_store_down") < 1.0 {
+        assert!(Instant::now() < deadline, "the store's outage never showed in /metrics");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut seen = Vec::new();
+    let note = |seen: &mut Vec<(u64, u64, String)>, v: &Value| {
+        if v["cmd"] == "message" {
+            seen.push((v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap(), v["msg"].as_str().unwrap().to_owned()));
+        }
+    };
+    reader.send(json!({"cmd":"getOnline","rid":"busy"}));
+    loop {
+        let v = reader.recv();
+        if v["cmd"] == "getOnline" {
+            break;
+        }
+        note(&mut seen, &v);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    redis.restart();
+    let (acked, refused) = traffic.join().unwrap();
+    assert!(!refused.is_empty(), "messages were refused while the store was down");
+    assert!(refused.iter().all(|e| e.contains("unavailable")), "{refused:?}");
+    // The reader got exactly the acknowledged messages, in order; every
+    // one is in history, in one epoch, without a seq used twice.
+    reader.ws.get_mut().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    while let Ok(tungstenite::Message::Text(t)) = reader.ws.read() {
+        note(&mut seen, &serde_json::from_str(&t).unwrap());
+    }
+    assert_eq!(seen.len(), acked.len(), "members receive exactly the stored messages");
+    assert!(seen == acked, "in order, the same as acknowledged");
+    reader.ws.get_mut().set_read_timeout(Some(crate::common::TIMEOUT)).unwrap();
+    let h = history(&mut reader, "busy");
+    let epochs: HashSet<u64> = acked.iter().map(|a| a.0).collect();
+    assert_eq!(epochs.len(), 1, "the store kept the room (AOF): one epoch");
+    for a in &acked {
+        assert!(h.contains(a), "acknowledged {a:?} missing from history");
+    }
+    assert!(s.metric("cchat_store_errors_total") >= 1.0);
+    assert_eq!(s.metric("cchat_store_down"), 0.0);
+}
+
+mod window {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// The history script's window is `room::history_window`, for any
+        /// stored range and request.
+        #[test]
+        fn the_history_script_pages_like_the_rust_window(
+            lowest in 1u64..30, len in 0u64..30,
+            since in proptest::option::of(0u64..70),
+            before in proptest::option::of(0u64..70),
+            limit in 0usize..40,
+        ) {
+            static REDIS: std::sync::OnceLock<std::sync::Mutex<Redis>> = std::sync::OnceLock::new();
+            let redis = REDIS.get_or_init(|| std::sync::Mutex::new(Redis::start())).lock().unwrap();
+            let client = redis::Client::open(redis.url()).unwrap();
+            let mut con = client.get_connection().unwrap();
+            let (m, h) = cchat::store::redis::keys("w");
+            let top = lowest + len - 1;
+            let _: () = redis::pipe().del(&m).del(&h).query(&mut con).unwrap();
+            let _: () = redis::cmd("HSET").arg(&m).arg("epoch").arg(7).arg("top").arg(top).query(&mut con).unwrap();
+            for s in lowest..=top {
+                let _: () = redis::cmd("RPUSH").arg(&h).arg(s.to_string()).query(&mut con).unwrap();
+            }
+            let script = redis::Script::new(include_str!("../src/store/lua/history.lua"));
+            let opt = |v: Option<u64>| v.map(|s| s.to_string()).unwrap_or_default();
+            let got: Vec<String> =
+                script.key(&m).key(&h).arg(opt(since)).arg(opt(before)).arg(limit).invoke(&mut con).unwrap();
+            let want = cchat::room::history_window(since, before, limit, lowest, top);
+            let want: Vec<String> = want.map(|s| s.to_string()).collect();
+            prop_assert_eq!(&got[..2], &["7".to_string(), top.to_string()][..]);
+            prop_assert_eq!(&got[2..], &want[..]);
+        }
+    }
+}
