@@ -8,6 +8,7 @@
 # error, or with p99 over 1 s. DURABILITY=memory|written|sync picks the
 # log's mode (default: the server's, written), for the modes side by side:
 #   for d in memory written; do DURABILITY=$d bench/ceiling.sh; done
+# STORE=redis measures history in Redis instead (see lib.sh).
 source "$(dirname "$0")/lib.sh"
 MODE_ARGS=()
 if [ -n "${DURABILITY:-}" ]; then MODE_ARGS=(--durability "$DURABILITY"); fi
@@ -17,10 +18,13 @@ export P99_LIMIT_MS="${P99_LIMIT_MS:-50}"
 steps=()
 for rate in $RATES; do
     wait_quiet
+    if [ -n "$REDIS_PORT" ]; then redis-cli -p "$REDIS_PORT" flushall > /dev/null; fi
     start_servers 1 2 "${MODE_ARGS[@]}"
     rc=0
+    t0=$SECONDS
     run_loadgen "$WORK/step-$rate" --clients 2000 --room-size 100 --rate "$rate" --payload 64 \
         --duration 5 --warmup 1 --drain 2 || rc=$?
+    if [ -n "$REDIS_PORT" ]; then NOTE="${NOTE:+$NOTE; }$rate msg/s: $(store_note $((SECONDS - t0)) 2)"; fi
     stop_servers
     [ -f "$WORK/step-$rate.json" ] || { echo "bench: step $rate produced no summary (exit $rc)" >&2; break; }
     steps+=("$rate msg/s=$WORK/step-$rate.json")

@@ -21,6 +21,10 @@
 #   here) instead of cchat, one node; results get a `-tokio-hub` suffix.
 # TLS=1 serves the client port over TLS (a certificate made by openssl) and
 #   loadgen connects with wss://; results get a `-tls` suffix.
+# STORE=redis keeps history and room sequence in a redis-server started here
+#   (appendonly yes, appendfsync everysec; flushed before each run) instead of
+#   the embedded log (`--store`); results get a `-redis` suffix, and each run's
+#   note gives the store's round trips per shard per millisecond.
 # Everything started here is stopped by PID on exit, whatever happens.
 
 set -euo pipefail
@@ -34,6 +38,9 @@ DATE="${DATE:-$(date -u +%Y-%m-%d)}"
 NOTE="${NOTE:-}"
 SERVER_PIDS=()
 SERVER_URLS=()
+REDIS_PID=""
+REDIS_PORT=""
+STORE_ARGS=()
 SERVER_CMD=""
 BENCH_SERVER="${BENCH_SERVER:-cchat}"
 TOKIO_HUB="${TOKIO_HUB:-$ROOT/bench/hubs/tokio-hub/target/release/tokio-hub}"
@@ -49,6 +56,10 @@ WORK="$(mktemp -d -t cchat-bench.XXXXXX)"
 
 bench_cleanup() {
     stop_servers
+    if [ -n "$REDIS_PID" ]; then
+        kill "$REDIS_PID" 2> /dev/null || true
+        wait "$REDIS_PID" 2> /dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap bench_cleanup EXIT
@@ -74,6 +85,11 @@ bench_init() {
         NAME="$NAME-tls"
         TITLE="$TITLE, over TLS (wss://)"
     fi
+    if [ "${STORE:-}" = redis ]; then
+        NAME="$NAME-redis"
+        TITLE="$TITLE, history in Redis (--store)"
+        start_redis
+    fi
     if [ "${SPLIT:-0}" = 1 ]; then
         NAME="$NAME-split"
         TITLE="$TITLE, split cores (server on CPU $SERVER_CPUS, loadgen on CPU $LOADGEN_CPUS)"
@@ -93,6 +109,35 @@ bench_init() {
     esac
     [ -x "$CCHAT" ] || { echo "bench: no server binary at $CCHAT" >&2; exit 1; }
     [ -x "$LOADGEN" ] || { echo "bench: no loadgen binary at $LOADGEN" >&2; exit 1; }
+}
+
+# start_redis: a redis-server for STORE=redis on a free port, its files in $WORK.
+start_redis() {
+    REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$WORK/redis"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync everysec \
+        --dir "$WORK/redis" --daemonize no > "$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    local i
+    for i in $(seq 100); do
+        redis-cli -p "$REDIS_PORT" ping 2> /dev/null | grep -q PONG && break
+        sleep 0.1
+    done
+    STORE_ARGS=(--store "redis://127.0.0.1:$REDIS_PORT")
+}
+
+# store_note: the store's round trips during the last run (STORE=redis).
+store_note() {
+    local secs="$1" shards="$2" url addr trips=0 us=0 t u
+    for url in "${SERVER_URLS[@]}"; do
+        addr=${url#*://}
+        addr=${addr%/}
+        t=$(curl -sk "http://$addr/metrics" | awk '/^cchat_store_round_trips_total/ {print $2}')
+        u=$(curl -sk "http://$addr/metrics" | awk '/^cchat_store_round_trip_seconds_total/ {print $2}')
+        trips=$((trips + ${t:-0}))
+        us=$(python3 -c "print(int($us + ${u:-0} * 1e6))")
+    done
+    python3 -c "t, us, s, n = $trips, $us, $secs, $shards * ${#SERVER_URLS[@]}; print(f'store: {t} round trips, {t / s / n / 1000:.3f} per shard per ms over {s} s, mean {us / max(t, 1):.0f} µs each')"
 }
 
 # cpu_busy: percent of all CPU time used in the last second, machine-wide.
@@ -153,7 +198,7 @@ start_servers() {
         if [ "$BENCH_SERVER" = tokio-hub ]; then
             cmd=("$TOKIO_HUB" "$listen")
         else
-            cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 --data-dir "$WORK/data-$n" "${relay[@]}" "$@")
+            cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 --data-dir "$WORK/data-$n" "${relay[@]}" "${STORE_ARGS[@]}" "$@")
             if [ "${TLS:-0}" = 1 ]; then
                 make_tls_cert
                 cmd+=(--tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
@@ -197,6 +242,9 @@ start_servers() {
     fi
     if [ "${NO_PIN:-0}" = 1 ]; then
         SERVER_CMD="$SERVER_CMD --no-pin"
+    fi
+    if [ ${#STORE_ARGS[@]} -gt 0 ]; then
+        SERVER_CMD="$SERVER_CMD --store redis://127.0.0.1:PORT (redis-server 7, appendonly yes, appendfsync everysec)"
     fi
     if [ "${STRICT_PIN:-0}" = 1 ]; then
         SERVER_CMD="$SERVER_CMD --unpin-above 0"
@@ -262,9 +310,14 @@ bench_runs() {
     local files=() r rc=0 status=0
     for r in $(seq "$runs"); do
         wait_quiet
+        if [ -n "$REDIS_PORT" ]; then redis-cli -p "$REDIS_PORT" flushall > /dev/null; fi
         start_servers "$nodes" "$shards" "${server_args[@]}"
         rc=0
+        local t0=$SECONDS
         run_loadgen "$WORK/run$r" "$@" || rc=$?
+        if [ -n "$REDIS_PORT" ]; then
+            NOTE="${NOTE:+$NOTE; }run $r: $(store_note $((SECONDS - t0)) "$shards")"
+        fi
         local rss=() pid
         for pid in "${SERVER_PIDS[@]}"; do
             rss+=("$(awk '/^VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/$pid/status" 2> /dev/null)")

@@ -178,6 +178,8 @@ impl Owner {
         match state {
             Some((epoch, top)) => {
                 room.continue_from(epoch, top);
+                // The store answers again: no reason left to refuse messages.
+                self.store_down_until = 0;
                 waiting
             }
             None => {
@@ -274,3 +276,7 @@ impl Owner {
         self.remote.as_mut()?.last.take()
     }
 }
+
+#[cfg(test)]
+#[path = "owner_remote_tests.rs"]
+mod tests;

@@ -1,0 +1,144 @@
+//! Unit tests of the owner's claims under a shared store (no store: the
+//! tests answer for it).
+
+use super::super::Dest;
+use super::*;
+use crate::ids::Name;
+use crate::msg::{Delivery, Publish};
+use crate::protocol::MsgType;
+
+fn id(s: &str) -> Id {
+    Id::parse_str(s).unwrap()
+}
+
+fn conn(key: u32) -> ConnRef {
+    ConnRef { node: 0, shard: 0, key, generation: 1 }
+}
+
+fn publish(from: ConnRef, msg: &str) -> Request {
+    let name = Name::parse("a").unwrap();
+    let (rid, uid, mtype, msg, tid) = (id("r"), id("a"), MsgType::Text, msg.into(), None);
+    Request::Publish(Box::new(Publish { rid, from, uid, name, mtype, msg, tid }))
+}
+
+/// An owner under a shared store with member `a` (conn 1) in room "r".
+fn owner() -> Owner {
+    let epochs = std::cell::Cell::new(100);
+    let mut o = Owner::new(1, 10, 1, Box::new(move || {
+        epochs.set(epochs.get() + 1);
+        epochs.get()
+    }));
+    o.enable_remote(1000);
+    let (rid, conn, uid, name) = (id("r"), conn(1), id("a"), Name::parse("a").unwrap());
+    o.handle(Request::Join { rid, conn, uid, name, echo: true, rejoin: false }, 0, &mut Vec::new());
+    o
+}
+
+fn claims(o: &mut Owner) -> Vec<ClaimJob> {
+    o.take_store_jobs().map(|(c, _)| c).unwrap_or_default()
+}
+
+/// (epoch, seq) of the messages the outs broadcast.
+fn sent(out: &[Out]) -> Vec<(u64, u64)> {
+    out.iter()
+        .filter_map(|o| match &o.msg {
+            Delivery::Deliver { frame, .. } => {
+                let (_, r, _) = crate::ws::parse_server_frame(frame).unwrap().unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&frame[r]).unwrap();
+                Some((v["epoch"].as_u64()?, v["seq"].as_u64()?))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Handles `req` and whatever it releases; returns what went out.
+fn run(o: &mut Owner, req: Request, now: u64) -> Vec<Out> {
+    let mut out = Vec::new();
+    o.handle(req, now, &mut out);
+    out
+}
+
+/// Answers the pending claim with (epoch, top) and handles what waited.
+fn answer(o: &mut Owner, job: &ClaimJob, state: Option<(u64, u64)>) -> Vec<Out> {
+    let mut out = Vec::new();
+    for req in o.on_claimed(&job.rid, job.token, state, 0, &mut out) {
+        o.handle(req, 0, &mut out);
+    }
+    out
+}
+
+fn errors(out: &[Out]) -> usize {
+    out.iter().filter(|o| matches!(o.msg, Delivery::Direct { .. }) && o.dest == Dest::Shard(0)).count()
+}
+
+#[test]
+fn messages_wait_for_the_claim_and_continue_the_stores_sequence() {
+    let mut o = owner();
+    assert!(run(&mut o, publish(conn(1), "x"), 0).is_empty(), "nothing before the store answers");
+    assert!(run(&mut o, publish(conn(1), "y"), 0).is_empty());
+    let c = claims(&mut o);
+    assert_eq!(c.len(), 1, "one claim however many messages wait");
+    assert!(!c[0].fresh);
+    let out = answer(&mut o, &c[0], Some((55, 9)));
+    assert_eq!(sent(&out), vec![(55, 10), (55, 11)], "the store's epoch, its next seqs, in order");
+    let marks = o.journal().unwrap().take().marks;
+    assert!(marks.iter().all(|m| m.token == c[0].token && m.epoch == 55));
+    assert_eq!(sent(&run(&mut o, publish(conn(1), "z"), 0)), vec![(55, 12)], "claimed: at once");
+    assert!(claims(&mut o).is_empty());
+}
+
+fn refuse(o: &mut Owner, token: u64, why: Refusal, now: u64) {
+    o.on_refused(&Refused { rid: id("r"), token, first: 1, last: 1, why }, now);
+}
+
+#[test]
+fn a_store_that_lost_the_room_gives_a_fresh_epoch() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    let c = claims(&mut o);
+    answer(&mut o, &c[0], Some((55, 0)));
+    refuse(&mut o, c[0].token, Refusal::Lost, 0);
+    run(&mut o, publish(conn(1), "y"), 0);
+    let c2 = claims(&mut o);
+    assert!(c2[0].fresh && c2[0].token != c[0].token && c2[0].epoch != 55, "{c2:?}");
+    let out = answer(&mut o, &c2[0], Some((c2[0].epoch, 0)));
+    assert_eq!(sent(&out), vec![(c2[0].epoch, 1)]);
+    // A refusal of the older claim's messages changes nothing now.
+    refuse(&mut o, c[0].token, Refusal::Fenced, 0);
+    assert_eq!(sent(&run(&mut o, publish(conn(1), "z"), 0)).len(), 1);
+}
+
+#[test]
+fn a_fenced_owner_gives_the_room_up_until_the_view_changes() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    let c = claims(&mut o);
+    answer(&mut o, &c[0], Some((55, 0)));
+    refuse(&mut o, c[0].token, Refusal::Fenced, 0);
+    let out = run(&mut o, publish(conn(1), "y"), 0);
+    assert_eq!((errors(&out), sent(&out).len()), (1, 0), "refused, not claimed again");
+    assert!(claims(&mut o).is_empty());
+    o.keep_own(&crate::cluster::View::solo("n"));
+    run(&mut o, publish(conn(1), "z"), 0);
+    assert_eq!(claims(&mut o).len(), 1, "claimed again after a change of view");
+}
+
+#[test]
+fn an_unreachable_store_refuses_for_a_second_then_claims_again() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    let c = claims(&mut o);
+    let out = answer(&mut o, &c[0], None);
+    assert_eq!(errors(&out), 1, "the waiting sender is told");
+    assert_eq!(errors(&run(&mut o, publish(conn(1), "y"), 500)), 1, "refused meanwhile");
+    assert!(claims(&mut o).is_empty());
+    run(&mut o, publish(conn(1), "z"), 1500);
+    let c2 = claims(&mut o);
+    assert!(!c2[0].fresh, "the same epoch, from the store's top");
+    let out = answer(&mut o, &c2[0], Some((55, 4)));
+    assert_eq!(sent(&out), vec![(55, 5)]);
+    // Refused as unavailable while claimed: a second of refusals again.
+    refuse(&mut o, c2[0].token, Refusal::Unavailable, 2000);
+    assert_eq!(errors(&run(&mut o, publish(conn(1), "w"), 2100)), 1);
+}
