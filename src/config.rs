@@ -111,6 +111,10 @@ pub struct Args {
     /// With --store: hours a room's history is kept in the store after its last message.
     #[arg(long, default_value_t = 168.0, help_heading = "Storage")]
     pub store_ttl: f64,
+    /// With a rediss:// --store: the CA certificate (PEM) that signed the store's
+    /// certificate. Default: the system's trusted roots.
+    #[arg(long, help_heading = "Storage")]
+    pub store_ca: Option<PathBuf>,
     /// This node's name in a cluster. Default: the host name and the client port.
     #[arg(long, help_heading = "Cluster")]
     pub node_id: Option<String>,
@@ -301,6 +305,8 @@ pub struct Config {
     pub store: Option<String>,
     /// How long the shared store keeps a room after its last message.
     pub store_ttl: Duration,
+    /// The CA that signed a rediss:// store's certificate.
+    pub store_ca: Option<PathBuf>,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Polling before a shard sleeps.
@@ -464,6 +470,7 @@ impl Config {
                 0.0
             }),
             store: args.store.filter(|s| !s.is_empty()),
+            store_ca: args.store_ca,
             store_ttl: Duration::from_secs_f64(if args.store_ttl.is_finite() {
                 args.store_ttl.clamp(0.001, 1e5) * 3600.0
             } else {

@@ -266,6 +266,30 @@ fn redis_stopped_and_restarted_under_traffic() {
     assert_eq!(s.metric("cchat_store_down"), 0.0);
 }
 
+#[test]
+fn tls_and_a_password_in_the_store_url() {
+    let redis = Redis::start_secure();
+    let (url, ca) = (redis.url(), redis.ca());
+    let ca = ca.to_str().unwrap();
+    let mut s = start(&redis, &["--store-ca", ca]);
+    let mut c = s.client();
+    c.login_echo("ann", "sealed", "ann");
+    let (epoch, seq) = say_acked(&mut c, "sealed", "over tls").unwrap();
+    s.kill();
+    let s = start(&redis, &["--store-ca", ca]);
+    let mut c = s.client();
+    c.login_echo("ann", "sealed", "ann");
+    assert_eq!(history(&mut c, "sealed"), vec![(epoch, seq, "over tls".into())]);
+    // A wrong password: the store is unavailable, said clearly, and the node serves on.
+    let wrong = url.replace(crate::common::redis::PASSWORD, "wrong");
+    let s = Server::start(&["--store", &wrong, "--store-ca", ca]);
+    let mut c = s.client();
+    c.login_echo("bob", "sealed", "bob");
+    let e = say_acked(&mut c, "sealed", "refused").unwrap_err();
+    assert!(e.contains("unavailable"), "{e}");
+    assert!(s.metric("cchat_store_down") >= 1.0);
+}
+
 mod window {
     use super::*;
     use proptest::prelude::*;

@@ -161,6 +161,8 @@ pub struct StoreConfig {
     pub history: usize,
     /// A room's keys expire this long after its last append (ms).
     pub ttl_ms: u64,
+    /// For `rediss://`: the CA (PEM) to trust instead of the system's roots.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// A shard's handle on its store thread.
@@ -176,8 +178,17 @@ impl RedisStore {
         shard: usize,
         stats: Arc<StoreStats>,
     ) -> std::io::Result<(RedisStore, UnboundedReceiver<Event>)> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--store: {e}")))?;
+        let invalid = |e: redis::RedisError| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--store: {e}"));
+        let client = match &cfg.ca {
+            Some(ca) => {
+                let root_cert = Some(std::fs::read(ca).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("--store-ca {}: {e}", ca.display()))
+                })?);
+                let certs = redis::TlsCertificates { client_tls: None, root_cert };
+                redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(invalid)?
+            }
+            None => redis::Client::open(cfg.url.as_str()).map_err(invalid)?,
+        };
         let (tx, rx) = crossbeam_channel::unbounded();
         let (etx, erx) = unbounded();
         std::thread::Builder::new()

@@ -9,7 +9,11 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     pub dir: PathBuf,
+    /// With TLS and a password (see [`Redis::start_secure`]).
+    secure: bool,
 }
+
+pub const PASSWORD: &str = "s3cret";
 
 impl Redis {
     /// Starts one with an append-only file fsynced at every write, so that a
@@ -18,16 +22,40 @@ impl Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = super::temp_data_dir();
         std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Redis { child: None, port, dir };
+        let mut r = Redis { child: None, port, dir, secure: false };
         r.restart();
         r
+    }
+
+    /// Starts one that speaks only TLS (a self-signed certificate for
+    /// 127.0.0.1, `ca()`) and wants a password.
+    pub fn start_secure() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = super::temp_data_dir();
+        super::cert::make_cert(&dir, "redis");
+        let mut r = Redis { child: None, port, dir, secure: true };
+        r.restart();
+        r
+    }
+
+    /// The certificate a secure one presents (its own CA).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("cert.pem")
     }
 
     /// (Re)starts the server on its port and directory.
     pub fn restart(&mut self) {
         let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        let mut cmd = Command::new("redis-server");
+        if self.secure {
+            let (cert, key) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
+            cmd.args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no", "--requirepass", PASSWORD]);
+            cmd.arg("--tls-cert-file").arg(cert).arg("--tls-key-file").arg(key);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", "always", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -52,11 +80,20 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.secure {
+            format!("rediss://:{PASSWORD}@127.0.0.1:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
     }
 
     pub fn try_cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
+        let client = if self.secure {
+            let root_cert = Some(std::fs::read(self.ca()).unwrap());
+            redis::Client::build_with_tls(self.url(), redis::TlsCertificates { client_tls: None, root_cert })?
+        } else {
+            redis::Client::open(self.url())?
+        };
         let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
         let mut c = redis::cmd(args[0]);
         for a in &args[1..] {
