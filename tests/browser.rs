@@ -6,6 +6,12 @@
 //! `chromium` and `chromium-driver`; override with `CHROMIUM` and
 //! `CHROMEDRIVER`). The tests fail, not skip, when they are missing.
 //! Screenshots go to `$TMPDIR/cchat-browser-<test>/`.
+//!
+//! Every scenario runs twice: `plain::NAME` over http:// and ws:// with
+//! open logins, and `over_https::NAME` with the server on TLS (a self-signed
+//! certificate) and `--token-secret`: the page is loaded over https, chats on
+//! wss://, and each login carries a token in the page's address
+//! (`#token=…`); the test's own WebSocket clients use wss and signed logins.
 #![allow(missing_docs, unreachable_pub)]
 
 use std::net::{SocketAddr, TcpListener};
@@ -20,6 +26,50 @@ use serde_json::{Value, json};
 use crate::common::{Client, Server};
 
 const WAIT: Duration = Duration::from_secs(10);
+/// The secret of the signed logins in the https runs.
+const SECRET: &str = "browser-secret";
+
+thread_local! {
+    /// The certificate of this thread's https run (None: a plain run).
+    static SECURE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+    static HTTPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this test runs over https with signed logins.
+fn https() -> bool {
+    HTTPS.with(|h| h.get())
+}
+
+/// Runs a scenario over https with signed logins.
+fn over_https(scenario: fn()) {
+    HTTPS.with(|h| h.set(true));
+    scenario();
+}
+
+/// The server's flags for this run: with https, its certificate (made in
+/// `dir` once) and the token secret.
+fn server_args(dir: &Path, args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if https() {
+        let certs = dir.join("certs");
+        if !certs.join("cert.pem").exists() {
+            crate::tls::make_cert(&certs, "localhost");
+        }
+        SECURE.with(|c| *c.borrow_mut() = Some(certs.join("cert.pem")));
+        let (c, k) = (certs.join("cert.pem"), certs.join("key.pem"));
+        v.extend(["--tls-cert".into(), c.display().to_string(), "--tls-key".into(), k.display().to_string()]);
+        v.extend(["--token-secret".into(), SECRET.into()]);
+    }
+    v
+}
+
+/// A test's own WebSocket client: ws://, or wss:// with signed logins.
+fn client(server: &Server) -> Client {
+    match SECURE.with(|c| c.borrow().clone()).filter(|_| https()) {
+        Some(ca) => Client::connect_tls(server.addr, &ca, SECRET),
+        None => server.client(),
+    }
+}
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 const KEY_ENTER: &str = "\u{E007}";
 const KEY_TAB: &str = "\u{E004}";
@@ -268,10 +318,24 @@ impl Browser {
     // ---- page-level helpers ------------------------------------------------
 
     fn open(&self, server: SocketAddr) {
-        self.navigate(&format!("http://{server}/"));
+        if https() {
+            self.navigate(&format!("https://localhost:{}/", server.port()));
+        } else {
+            self.navigate(&format!("http://{server}/"));
+        }
         self.wait_js("the login form", "return !!document.querySelector('[data-testid=login-name]')", json!([]));
         // Record any alert() the page (or injected markup) would show.
         self.exec("window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };", json!([]));
+    }
+
+    /// In an https run: a token for `uid` (or a fresh user) in the page's
+    /// address, as a site that signs its users in would hand it over.
+    fn sign_address(&self, uid: Option<&str>) {
+        if https() {
+            let sub = uid.map(str::to_owned).unwrap_or_else(crate::common::fresh_uid);
+            let token = crate::common::sign_token(SECRET, &sub);
+            self.exec("location.hash = 'token=' + arguments[0]", json!([token]));
+        }
     }
 
     fn login(&self, name: &str, room: &str, uid: Option<&str>) {
@@ -286,6 +350,7 @@ impl Browser {
             self.clear(&u);
             self.send_keys(&u, uid);
         }
+        self.sign_address(uid);
         self.click(&self.by_id("login-submit"));
         self.wait_connected();
     }
@@ -370,7 +435,8 @@ impl Browser {
 
 /// Per-test folder for screenshots, logs and browser profiles.
 fn test_dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cchat-browser-{test}"));
+    let suffix = if https() { "-https" } else { "" };
+    let d = std::env::temp_dir().join(format!("cchat-browser-{test}{suffix}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -380,7 +446,8 @@ fn test_dir(test: &str) -> PathBuf {
 /// into the folder.
 fn setup(test: &str, args: &[&str]) -> (PathBuf, Server, Driver) {
     let dir = test_dir(test);
-    let server = Server::start(args);
+    let args = server_args(&dir, args);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let driver = Driver::start(&dir);
     (dir, server, driver)
 }
@@ -412,7 +479,6 @@ fn next_message(c: &mut Client) -> Value {
 // Tests
 
 /// (a) Two pages in one room chat both ways and see each other online.
-#[test]
 fn two_pages_chat_both_ways() {
     let (dir, server, driver) = setup("two_pages_chat_both_ways", &["--shards", "2"]);
     let a = driver.page(server.addr);
@@ -454,14 +520,13 @@ fn two_pages_chat_both_ways() {
 }
 
 /// (b) A private message from A to B reaches B only, not a third member.
-#[test]
 fn private_message_reaches_only_target() {
     let (dir, server, driver) = setup("private_message_reaches_only_target", &["--shards", "2"]);
     let a = driver.page(server.addr);
     let b = driver.page(server.addr);
     a.login("Alice", "room1", None);
     b.login("Bob", "room1", Some("bob-uid"));
-    let mut carol = server.client();
+    let mut carol = client(&server);
     carol.login("Carol", "room1", Some("carol"));
     a.wait_user("bob-uid");
     a.wait_user("carol");
@@ -503,7 +568,6 @@ fn private_message_reaches_only_target() {
 }
 
 /// (c) Markup in a message (and in a name, and a non-http picture) is text.
-#[test]
 fn markup_is_shown_as_text() {
     let (dir, server, driver) = setup("markup_is_shown_as_text", &["--shards", "2"]);
     let a = driver.page(server.addr);
@@ -513,7 +577,7 @@ fn markup_is_shown_as_text() {
     let evil = "<img src=x onerror=alert(1)>";
     a.say(evil);
     // Another client with a markup name posts a javascript: "picture".
-    let mut m = server.client();
+    let mut m = client(&server);
     m.login("<b>Mallory</b>", "xss", Some("mallory"));
     m.send(json!({"cmd": "message", "type": "pic", "msg": "javascript:alert(2)", "rid": "xss"}));
     m.send(json!({"cmd": "message", "type": "audio", "msg": "<script>alert(3)</script>", "rid": "xss"}));
@@ -542,12 +606,11 @@ fn markup_is_shown_as_text() {
 }
 
 /// pic/audio messages with an http(s) URL become <img>/<audio>.
-#[test]
 fn media_messages_for_http_urls() {
     let (dir, server, driver) = setup("media_messages_for_http_urls", &["--shards", "2"]);
     let a = driver.page(server.addr);
     a.login("Alice", "media", None);
-    let mut c = server.client();
+    let mut c = client(&server);
     c.login("Carl", "media", Some("carl"));
     let pic = format!("http://{}/no-such-picture.png", server.addr);
     let audio = format!("http://{}/no-such-sound.ogg", server.addr);
@@ -578,14 +641,13 @@ fn media_messages_for_http_urls() {
 
 /// (d) The server restarts on the same port: the page shows it, reconnects,
 /// fetches what it missed and shows new messages, without duplicates.
-#[test]
 fn reconnects_after_server_restart() {
     let (dir, mut server, driver) = setup("reconnects_after_server_restart", &["--shards", "2"]);
     let addr = server.addr;
     let a = driver.page(addr);
     a.login("Alice", "durable", None);
     let uid = a.my_uid();
-    let mut bob = server.client();
+    let mut bob = client(&server);
     bob.login("Bob", "durable", Some("bob"));
     a.wait_user("bob");
     bob.say("durable", "before-1");
@@ -618,7 +680,8 @@ fn reconnects_after_server_restart() {
     let listen = addr.to_string();
     let deadline = Instant::now() + WAIT;
     let server2 = loop {
-        if let Some(s) = Server::try_start_on(&listen, &["--shards", "2"]) {
+        let args = server_args(&dir, &["--shards", "2"]);
+        if let Some(s) = Server::try_start_on(&listen, &args.iter().map(String::as_str).collect::<Vec<_>>()) {
             break s;
         }
         assert!(Instant::now() < deadline, "could not restart the server on {listen}");
@@ -627,7 +690,7 @@ fn reconnects_after_server_restart() {
     assert_eq!(server2.addr, addr);
     // Sent right after the restart, most likely before the page is back: the
     // page gets it from getHistory (a new epoch, so seq starts over).
-    let mut bob = server2.client();
+    let mut bob = client(&server2);
     bob.login("Bob", "durable", Some("bob"));
     bob.say("durable", "missed-1");
 
@@ -669,12 +732,12 @@ fn reconnects_after_server_restart() {
 
 /// (e) Phone width: the login form and the composer are visible and usable
 /// with the keyboard alone.
-#[test]
 fn phone_width_keyboard_only() {
     let (dir, server, driver) = setup("phone_width_keyboard_only", &["--shards", "2"]);
     let a = driver.session(375, 800);
     a.cmd("POST", "/window/rect", Some(json!({"width": 375, "height": 800})));
     a.open(server.addr);
+    a.sign_address(None);
     let width = a.exec("return window.innerWidth", json!([])).as_i64().unwrap();
     assert!(width <= 400, "viewport is {width}px wide");
     let fits = "var r = document.querySelector(arguments[0]).getBoundingClientRect();
@@ -706,7 +769,7 @@ fn phone_width_keyboard_only() {
     a.keys(KEY_ENTER);
     let m = a.wait_message("typed on a phone");
     assert_eq!(m["name"], "Pat");
-    let mut c = server.client();
+    let mut c = client(&server);
     c.login("Quinn", "mobile", Some("quinn"));
     c.say(
         "mobile",
@@ -723,7 +786,6 @@ fn phone_width_keyboard_only() {
 }
 
 /// (f) Server errors are shown: a too-long message, then sending too fast.
-#[test]
 fn server_errors_are_shown() {
     let (dir, server, driver) = setup("server_errors_are_shown", &["--shards", "2", "--rate-limit", "1"]);
     let a = driver.page(server.addr);
@@ -786,11 +848,10 @@ fn server_errors_are_shown() {
 }
 
 /// Joining a second room, switching between rooms, unread counts.
-#[test]
 fn join_and_switch_rooms() {
     let (dir, server, driver) = setup("join_and_switch_rooms", &["--shards", "2"]);
     let a = driver.page(server.addr);
-    let mut c = server.client();
+    let mut c = client(&server);
     c.login("Cy", "second", Some("cy"));
     c.say("second", "history in second");
     a.login("Alice", "first", None);
@@ -862,13 +923,12 @@ fn a_token_in_the_address_signs_the_login() {
     b.login("Someone Else", "lobby", None);
     // The server took identity from the token, not from the form.
     assert_eq!(b.my_uid(), "carol-from-sso");
-    let mut c = Client::connect(server.addr);
+    let mut c = client(&server);
     c.send(json!({"cmd": "login", "name": "x", "rid": "lobby"}));
     c.expect_error(103);
     shot(&b, &dir, "signed-login");
 }
 
-#[test]
 fn a_reload_keeps_the_identity_and_rooms_and_announces_nothing() {
     let (dir, server, driver) = setup("a_reload_keeps_the_identity_and_rooms", &["--shards", "2"]);
     let a = driver.page(server.addr);
@@ -882,7 +942,7 @@ fn a_reload_keeps_the_identity_and_rooms_and_announces_nothing() {
         json!([]),
     );
     let uid = a.my_uid();
-    let mut watcher = Client::connect(server.addr);
+    let mut watcher = client(&server);
     watcher.login("w", "lobby", Some("watcher"));
     a.exec("location.reload(); return true;", json!([]));
     a.wait_connected();
@@ -893,12 +953,11 @@ fn a_reload_keeps_the_identity_and_rooms_and_announces_nothing() {
     shot(&a, &dir, "after-reload");
 }
 
-#[test]
 fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     let (dir, server, driver) = setup("reading_older_messages_keeps_its_place", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
     a.login("Alice", "lobby", None);
-    let mut bob = Client::connect(server.addr);
+    let mut bob = client(&server);
     bob.login("Bob", "lobby", Some("bob"));
     for i in 0..60 {
         bob.say("lobby", &format!("filler {i}"));
@@ -942,7 +1001,6 @@ fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     shot(&a, &dir, "reading");
 }
 
-#[test]
 fn dark_mode_follows_the_system() {
     let (dir, server, driver) = setup("dark_mode_follows_the_system", &[]);
     let a = driver.page(server.addr);
@@ -965,10 +1023,9 @@ fn dark_mode_follows_the_system() {
     shot(&a, &dir, "dark");
 }
 
-#[test]
 fn scrolling_up_loads_older_messages_in_place() {
     let (dir, server, driver) = setup("scrolling_up_loads_older_messages", &["--rate-limit", "0", "--history", "1000"]);
-    let mut bob = Client::connect(server.addr);
+    let mut bob = client(&server);
     bob.login("Bob", "long", Some("bob"));
     for i in 1..=250 {
         bob.say("long", &format!("old {i}"));
@@ -999,12 +1056,11 @@ fn scrolling_up_loads_older_messages_in_place() {
     shot(&a, &dir, "scrolled-back");
 }
 
-#[test]
 fn consecutive_messages_of_one_sender_are_grouped() {
     let (dir, server, driver) = setup("consecutive_messages_are_grouped", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
     a.login("Alice", "g", None);
-    let mut bob = Client::connect(server.addr);
+    let mut bob = client(&server);
     bob.login("Bob", "g", Some("bob"));
     for t in ["b1", "b2", "b3"] {
         bob.say("g", t);
@@ -1031,12 +1087,11 @@ fn consecutive_messages_of_one_sender_are_grouped() {
     shot(&a, &dir, "grouped");
 }
 
-#[test]
 fn coming_back_to_a_room_marks_the_first_unread_message() {
     let (dir, server, driver) = setup("first_unread_is_marked", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
     a.login("Alice", "one", None);
-    let mut bob = Client::connect(server.addr);
+    let mut bob = client(&server);
     bob.login("Bob", "one", Some("bob"));
     bob.say("one", "seen before");
     a.wait_message("seen before");
@@ -1065,12 +1120,11 @@ fn coming_back_to_a_room_marks_the_first_unread_message() {
     shot(&a, &dir, "first-unread");
 }
 
-#[test]
 fn a_hidden_page_counts_new_messages_in_its_title() {
     let (dir, server, driver) = setup("hidden_page_title", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
     a.login("Alice", "t", None);
-    let mut bob = Client::connect(server.addr);
+    let mut bob = client(&server);
     bob.login("Bob", "t", Some("bob"));
     // The page goes to the background (as a hidden tab reports it).
     a.exec(
@@ -1089,14 +1143,13 @@ fn a_hidden_page_counts_new_messages_in_its_title() {
     shot(&a, &dir, "title");
 }
 
-#[test]
 fn on_a_phone_the_messages_get_most_of_the_screen() {
     let (dir, server, driver) = setup("phone_messages_get_the_screen", &["--rate-limit", "0"]);
     let a = driver.session(390, 844);
     a.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
     a.open(server.addr);
     a.login("Pat", "lobby", None);
-    let mut bob = Client::connect(server.addr);
+    let mut bob = client(&server);
     bob.login("Bob", "lobby", Some("bob"));
     bob.say("lobby", "hello phone");
     a.wait_message("hello phone");
@@ -1129,12 +1182,11 @@ fn shift_enter(b: &Browser) {
     b.cmd("POST", "/actions", Some(json!({"actions": [{"type": "key", "id": "kb", "actions": acts}]})));
 }
 
-#[test]
 fn shift_enter_and_pasted_newlines_make_multi_line_messages() {
     let (dir, server, driver) = setup("multi_line_messages", &[]);
     let a = driver.page(server.addr);
     a.login("Ann", "lobby", None);
-    let mut bob = Client::connect(server.addr);
+    let mut bob = client(&server);
     bob.login("Bob", "lobby", Some("bob"));
     let input = a.by_id("message-input");
     a.click(&input);
@@ -1161,12 +1213,11 @@ fn shift_enter_and_pasted_newlines_make_multi_line_messages() {
     shot(&a, &dir, "multi-line");
 }
 
-#[test]
 fn a_change_of_name_keeps_the_user_and_log_out_ends_the_session() {
     let (dir, server, driver) = setup("change_name_and_log_out", &[]);
     let a = driver.page(server.addr);
     a.login("Ann", "lobby", Some("ann"));
-    let mut w = Client::connect(server.addr);
+    let mut w = client(&server);
     w.login("w", "lobby", Some("watcher"));
     a.click(&a.by_id("change-name"));
     let name = a.by_id("name-input");
@@ -1201,7 +1252,6 @@ fn a_change_of_name_keeps_the_user_and_log_out_ends_the_session() {
     assert_eq!(a.status(), "idle", "a logged-out page does not reconnect");
 }
 
-#[test]
 fn on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown() {
     let (dir, server, driver) = setup("phone_unread_pill", &["--rate-limit", "0"]);
     let a = driver.session(390, 844);
@@ -1224,7 +1274,7 @@ fn on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown() {
         "document.querySelector('[data-testid=room-tab][data-rid=lobby]').click(); document.querySelector('[data-testid=room-tabs]').scrollLeft = 0; return true",
         json!([]),
     );
-    let mut bob = Client::connect(server.addr);
+    let mut bob = client(&server);
     bob.login("Bob", rooms[2], Some("bob"));
     bob.say(rooms[2], "over here");
     let pill = a.wait_js(
@@ -1244,7 +1294,6 @@ fn on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown() {
     );
 }
 
-#[test]
 fn messages_of_other_days_get_date_separators() {
     use cchat::store::record;
     use cchat::store::recovery::{segment_name, shard_dir};
@@ -1323,3 +1372,44 @@ fn over_https_with_a_token_the_page_chats_on_wss() {
     assert_eq!(a.exec("return location.protocol", json!([])), "https:");
     shot(&a, &dir, "https");
 }
+
+/// Each scenario over http with open logins, and over https with signed ones.
+macro_rules! both_ways {
+    ($($name:ident),* $(,)?) => {
+        mod plain {
+            $(#[test]
+            fn $name() {
+                super::$name()
+            })*
+        }
+        mod over_https {
+            $(#[test]
+            fn $name() {
+                super::over_https(super::$name)
+            })*
+        }
+    };
+}
+
+both_ways!(
+    two_pages_chat_both_ways,
+    private_message_reaches_only_target,
+    markup_is_shown_as_text,
+    media_messages_for_http_urls,
+    reconnects_after_server_restart,
+    phone_width_keyboard_only,
+    server_errors_are_shown,
+    join_and_switch_rooms,
+    a_reload_keeps_the_identity_and_rooms_and_announces_nothing,
+    reading_older_messages_keeps_its_place_and_text_is_shown_as_written,
+    dark_mode_follows_the_system,
+    scrolling_up_loads_older_messages_in_place,
+    consecutive_messages_of_one_sender_are_grouped,
+    coming_back_to_a_room_marks_the_first_unread_message,
+    a_hidden_page_counts_new_messages_in_its_title,
+    on_a_phone_the_messages_get_most_of_the_screen,
+    shift_enter_and_pasted_newlines_make_multi_line_messages,
+    a_change_of_name_keeps_the_user_and_log_out_ends_the_session,
+    on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown,
+    messages_of_other_days_get_date_separators,
+);

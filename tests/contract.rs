@@ -1200,10 +1200,10 @@ fn upgrade_is_accepted_on_any_path() {
     for path in ["/any/path?x=1", "/", "/ws", "/chat?room=5&x=%20y"] {
         let stream = TcpStream::connect(s.addr).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let (ws, resp) = tungstenite::client(format!("ws://{}{path}", s.addr), stream)
+        let (ws, resp) = tungstenite::client(format!("ws://{}{path}", s.addr), crate::common::Stream::Plain(stream))
             .unwrap_or_else(|e| panic!("upgrade on {path}: {e}"));
         assert_eq!(resp.status().as_u16(), 101);
-        clients.push(Client { ws });
+        clients.push(Client { ws, token_secret: None });
     }
     for (i, c) in clients.iter_mut().enumerate() {
         c.login(&format!("n{i}"), "r", Some(&format!("u{i}")));

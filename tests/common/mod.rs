@@ -151,9 +151,77 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A client's socket: plain TCP, or TLS (rustls) to a server with `--tls-cert`.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(d)
+    }
+
+    pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        self.tcp().shutdown(how)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 /// A WebSocket client (tungstenite) with a read timeout.
 pub struct Client {
-    pub ws: WebSocket<TcpStream>,
+    pub ws: WebSocket<Stream>,
+    /// With a server that wants signed logins: the HS256 secret its logins
+    /// are signed with (`sub` is the login's uid, or a fresh one).
+    pub token_secret: Option<String>,
+}
+
+/// An HS256 token for `sub`, valid for five minutes.
+pub fn sign_token(secret: &str, sub: &str) -> String {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A uid for a signed login that named none.
+pub fn fresh_uid() -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("u{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,8 +231,39 @@ impl Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let (ws, _) = tungstenite::client(format!("ws://{addr}/chat"), stream).expect("websocket handshake");
-        Client { ws }
+        let (ws, _) =
+            tungstenite::client(format!("ws://{addr}/chat"), Stream::Plain(stream)).expect("websocket handshake");
+        Client { ws, token_secret: None }
+    }
+
+    /// A wss:// client trusting only `ca`, whose logins are signed with `secret`.
+    pub fn connect_tls(addr: SocketAddr, ca: &std::path::Path, secret: &str) -> Client {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        sock.set_nodelay(true).unwrap();
+        let tls = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock)));
+        let url = format!("wss://localhost:{}/chat", addr.port());
+        let (ws, _) = tungstenite::client(url, tls).expect("wss handshake");
+        Client { ws, token_secret: Some(secret.to_owned()) }
+    }
+
+    /// Adds a signed token for `uid` to a login (when logins are signed).
+    fn sign(&self, login: &mut Value, uid: Option<&str>) {
+        if let Some(secret) = &self.token_secret {
+            let sub = uid.map(str::to_owned).unwrap_or_else(fresh_uid);
+            login["token"] = json!(sign_token(secret, &sub));
+        }
     }
 
     pub fn send(&mut self, v: Value) {
@@ -234,6 +333,7 @@ impl Client {
         if let Some(u) = uid {
             v["uid"] = json!(u);
         }
+        self.sign(&mut v, uid);
         self.send(v);
         let ack = self.expect("login");
         assert_eq!(ack["rid"], rid);
@@ -243,7 +343,9 @@ impl Client {
     /// Logs in with `echo` (the connection gets its own messages) and
     /// returns the ack.
     pub fn login_echo(&mut self, name: &str, rid: &str, uid: &str) -> Value {
-        self.send(json!({"cmd":"login","name":name,"rid":rid,"uid":uid,"echo":true}));
+        let mut v = json!({"cmd":"login","name":name,"rid":rid,"uid":uid,"echo":true});
+        self.sign(&mut v, Some(uid));
+        self.send(v);
         let ack = self.expect("login");
         assert_eq!(ack["rid"], rid);
         ack
