@@ -115,6 +115,9 @@ pub struct Args {
     /// certificate. Default: the system's trusted roots.
     #[arg(long, help_heading = "Storage")]
     pub store_ca: Option<PathBuf>,
+    /// --store names one node of a Redis Cluster (the others are found from it).
+    #[arg(long, help_heading = "Storage")]
+    pub store_cluster: bool,
     /// This node's name in a cluster. Default: the host name and the client port.
     #[arg(long, help_heading = "Cluster")]
     pub node_id: Option<String>,
@@ -307,6 +310,8 @@ pub struct Config {
     pub store_ttl: Duration,
     /// The CA that signed a rediss:// store's certificate.
     pub store_ca: Option<PathBuf>,
+    /// The store is a Redis Cluster.
+    pub store_cluster: bool,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Polling before a shard sleeps.
@@ -471,6 +476,7 @@ impl Config {
             }),
             store: args.store.filter(|s| !s.is_empty()),
             store_ca: args.store_ca,
+            store_cluster: args.store_cluster,
             store_ttl: Duration::from_secs_f64(if args.store_ttl.is_finite() {
                 args.store_ttl.clamp(0.001, 1e5) * 3600.0
             } else {

@@ -324,6 +324,7 @@ async fn shard_main(
             history: node.cfg.history,
             ttl_ms: node.cfg.store_ttl.as_millis() as u64,
             ca: node.cfg.store_ca.clone(),
+            cluster: node.cfg.store_cluster,
         };
         match store::redis::RedisStore::spawn(cfg, id, node.stats.store.clone()) {
             Ok((link, events)) => {

@@ -290,6 +290,43 @@ fn tls_and_a_password_in_the_store_url() {
     assert!(s.metric("cchat_store_down") >= 1.0);
 }
 
+#[test]
+fn a_redis_cluster_holds_the_rooms_across_its_nodes() {
+    let cluster = crate::common::redis::RedisCluster::start();
+    let url = format!("redis://127.0.0.1:{}", cluster.ports[1]);
+    let args = ["--store", url.as_str(), "--store-cluster", "--shards", "2", "--rate-limit", "0"];
+    let mut s = Server::start(&args);
+    let mut c = s.client();
+    let rooms: Vec<String> = (0..12).map(|i| format!("slot{i}")).collect();
+    c.login_echo("ann", &rooms[0], "ann");
+    for r in &rooms[1..] {
+        c.send(json!({"cmd":"login","rid":r}));
+        while c.recv()["cmd"] != "login" {}
+    }
+    let mut acked = Vec::new();
+    for r in &rooms {
+        for i in 0..3 {
+            acked.push((r.clone(), say_acked(&mut c, r, &format!("{r}-{i}")).unwrap()));
+        }
+    }
+    assert!(cluster.keys_per_node().iter().all(|&n| n > 0), "rooms on every node: {:?}", cluster.keys_per_node());
+    s.kill();
+    let s = Server::start(&args);
+    let mut c = s.client();
+    c.login_echo("ann", &rooms[0], "ann");
+    for r in &rooms[1..] {
+        c.send(json!({"cmd":"login","rid":r}));
+        while c.recv()["cmd"] != "login" {}
+    }
+    for r in &rooms {
+        let h = history(&mut c, r);
+        let mine: Vec<(u64, u64)> = acked.iter().filter(|(x, _)| x == r).map(|(_, a)| *a).collect();
+        assert_eq!(h.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(), mine, "room {r}");
+        let (epoch, last) = *mine.last().unwrap();
+        assert_eq!(say_acked(&mut c, r, "again").unwrap(), (epoch, last + 1), "room {r} continues");
+    }
+}
+
 mod window {
     use super::*;
     use proptest::prelude::*;

@@ -8,8 +8,10 @@
 //! cchat:{RID}:h   list: the newest --history messages, as members received them
 //! ```
 //!
-//! Both keys of a room share a hash tag, so every script touches one slot
-//! (Redis Cluster). Three scripts (lua/): a new owner *claims* a room (reads
+//! Both keys of a room share a hash tag, so every script touches one slot:
+//! with `--store-cluster` the store is a Redis Cluster, each room's scripts
+//! go to the node that holds its slot (redis-rs's cluster client follows
+//! the cluster's slot map and its redirections). Three scripts (lua/): a new owner *claims* a room (reads
 //! epoch and top, writes its token: the previous owner's appends are refused
 //! from then on: fencing); the owner *appends* (only with its token, only
 //! the next seq of its epoch: the list and the top move together); anyone
@@ -163,6 +165,8 @@ pub struct StoreConfig {
     pub ttl_ms: u64,
     /// For `rediss://`: the CA (PEM) to trust instead of the system's roots.
     pub ca: Option<std::path::PathBuf>,
+    /// The URL names a node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 /// A shard's handle on its store thread.
@@ -179,15 +183,28 @@ impl RedisStore {
         stats: Arc<StoreStats>,
     ) -> std::io::Result<(RedisStore, UnboundedReceiver<Event>)> {
         let invalid = |e: redis::RedisError| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--store: {e}"));
-        let client = match &cfg.ca {
-            Some(ca) => {
-                let root_cert = Some(std::fs::read(ca).map_err(|e| {
+        let certs = match &cfg.ca {
+            Some(ca) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca).map_err(|e| {
                     std::io::Error::new(e.kind(), format!("--store-ca {}: {e}", ca.display()))
-                })?);
-                let certs = redis::TlsCertificates { client_tls: None, root_cert };
-                redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(invalid)?
+                })?),
+            }),
+            None => None,
+        };
+        let client = if cfg.cluster {
+            let mut b = redis::cluster::ClusterClient::builder([cfg.url.as_str()])
+                .connection_timeout(IO_TIMEOUT)
+                .response_timeout(IO_TIMEOUT);
+            if let Some(c) = certs {
+                b = b.certs(c);
             }
-            None => redis::Client::open(cfg.url.as_str()).map_err(invalid)?,
+            Client::Cluster(b.build().map_err(invalid)?)
+        } else {
+            Client::One(match certs {
+                Some(c) => redis::Client::build_with_tls(cfg.url.as_str(), c).map_err(invalid)?,
+                None => redis::Client::open(cfg.url.as_str()).map_err(invalid)?,
+            })
         };
         let (tx, rx) = crossbeam_channel::unbounded();
         let (etx, erx) = unbounded();
@@ -214,6 +231,47 @@ struct Scripts {
     history: redis::Script,
 }
 
+const CLAIM_LUA: &str = include_str!("lua/claim.lua");
+const APPEND_LUA: &str = include_str!("lua/append.lua");
+const HISTORY_LUA: &str = include_str!("lua/history.lua");
+
+/// A client for one Redis server or for a Redis Cluster.
+enum Client {
+    One(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to either.
+enum Conn {
+    One(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    /// Sends the commands as one pipeline (per cluster node: one each).
+    fn run(&mut self, cmds: Vec<redis::Cmd>) -> redis::RedisResult<Vec<Value>> {
+        match self {
+            Conn::One(c) => {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query(c)
+            }
+            Conn::Cluster(c) => {
+                // (No per-command errors here: a server error fails the
+                // whole round, handled as an outage.)
+                let mut pipe = redis::cluster::cluster_pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query(c)
+            }
+        }
+    }
+}
+
 /// What one call of a pipeline answers for.
 enum Call {
     Claim { rid: Id, token: u64 },
@@ -224,10 +282,10 @@ enum Call {
 struct Worker {
     cfg: StoreConfig,
     shard: usize,
-    client: redis::Client,
+    client: Client,
     stats: Arc<StoreStats>,
     events: UnboundedSender<Event>,
-    conn: Option<redis::Connection>,
+    conn: Option<Conn>,
     scripts: Scripts,
     retry_at: Instant,
     backoff: Duration,
@@ -237,14 +295,14 @@ impl Worker {
     fn new(
         cfg: StoreConfig,
         shard: usize,
-        client: redis::Client,
+        client: Client,
         stats: Arc<StoreStats>,
         events: UnboundedSender<Event>,
     ) -> Self {
         let scripts = Scripts {
-            claim: redis::Script::new(include_str!("lua/claim.lua")),
-            append: redis::Script::new(include_str!("lua/append.lua")),
-            history: redis::Script::new(include_str!("lua/history.lua")),
+            claim: redis::Script::new(CLAIM_LUA),
+            append: redis::Script::new(APPEND_LUA),
+            history: redis::Script::new(HISTORY_LUA),
         };
         let now = Instant::now();
         Worker { cfg, shard, client, stats, events, conn: None, scripts, retry_at: now, backoff: Duration::ZERO }
@@ -260,12 +318,12 @@ impl Worker {
                 }
             }
             self.connect_if_due();
-            let (pipe, calls) = self.build(&jobs);
+            let (cmds, calls) = self.build(&jobs);
             let replies = match self.conn.as_mut() {
                 None => None,
                 Some(conn) => {
                     let t0 = Instant::now();
-                    let r = pipe.query::<Vec<Value>>(conn);
+                    let r = conn.run(cmds);
                     self.stats.round_trips.fetch_add(1, Relaxed);
                     self.stats.rtt_us.fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
                     self.stats.commands.fetch_add(calls.len() as u64, Relaxed);
@@ -295,14 +353,19 @@ impl Worker {
         if self.conn.is_some() || Instant::now() < self.retry_at {
             return;
         }
-        let r = self.client.get_connection_with_timeout(IO_TIMEOUT).and_then(|mut c| {
-            c.set_read_timeout(Some(IO_TIMEOUT))?;
-            c.set_write_timeout(Some(IO_TIMEOUT))?;
-            for s in [&self.scripts.claim, &self.scripts.append, &self.scripts.history] {
-                s.load(&mut c)?;
-            }
-            Ok(c)
-        });
+        let r = match &self.client {
+            Client::One(client) => client.get_connection_with_timeout(IO_TIMEOUT).and_then(|mut c| {
+                c.set_read_timeout(Some(IO_TIMEOUT))?;
+                c.set_write_timeout(Some(IO_TIMEOUT))?;
+                for s in [&self.scripts.claim, &self.scripts.append, &self.scripts.history] {
+                    s.load(&mut c)?;
+                }
+                Ok(Conn::One(c))
+            }),
+            // Scripts go by text (EVAL) to a cluster: any node may get any
+            // room after a resharding, and EVAL needs nothing loaded there.
+            Client::Cluster(client) => client.get_connection().map(|c| Conn::Cluster(Box::new(c))),
+        };
         match r {
             Ok(c) => {
                 if self.stats.connects.fetch_add(1, Relaxed) > 0 || !self.backoff.is_zero() {
@@ -331,18 +394,29 @@ impl Worker {
 
     /// One pipeline for all jobs: a script call per claim, per read, and per
     /// run of one room's consecutive messages.
-    fn build(&self, jobs: &[Job]) -> (redis::Pipeline, Vec<Call>) {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+    fn build(&self, jobs: &[Job]) -> (Vec<redis::Cmd>, Vec<Call>) {
+        let mut cmds = Vec::new();
         let mut calls = Vec::new();
+        let cluster = matches!(self.client, Client::Cluster(_));
+        // One script call: by hash (loaded at connect), or by text to a cluster.
+        let script = |s: &redis::Script, text: &str| {
+            let mut c = if cluster { redis::cmd("EVAL") } else { redis::cmd("EVALSHA") };
+            if cluster {
+                c.arg(text);
+            } else {
+                c.arg(s.get_hash());
+            }
+            c
+        };
         let ttl = self.cfg.ttl_ms.max(1);
         for job in jobs {
             match job {
                 Job::Claim { rid, token, epoch, fresh } => {
                     let (m, h) = keys(rid);
-                    let hash = self.scripts.claim.get_hash();
-                    pipe.cmd("EVALSHA").arg(hash).arg(2).arg(m).arg(h);
-                    pipe.arg(token.to_string()).arg(epoch).arg(if *fresh { "1" } else { "0" }).arg(ttl);
+                    let mut c = script(&self.scripts.claim, CLAIM_LUA);
+                    c.arg(2).arg(m).arg(h);
+                    c.arg(token.to_string()).arg(epoch).arg(if *fresh { "1" } else { "0" }).arg(ttl);
+                    cmds.push(c);
                     calls.push(Call::Claim { rid: rid.clone(), token: *token });
                 }
                 Job::Append { records, .. } => {
@@ -351,12 +425,14 @@ impl Worker {
                     }) {
                         for run in run.chunks(CHUNK) {
                             let (m, h) = keys(&run[0].rid);
-                            pipe.cmd("EVALSHA").arg(self.scripts.append.get_hash()).arg(2).arg(m).arg(h);
-                            pipe.arg(run[0].token.to_string()).arg(run[0].epoch).arg(run[0].seq);
-                            pipe.arg(self.cfg.history.max(1)).arg(ttl);
+                            let mut c = script(&self.scripts.append, APPEND_LUA);
+                            c.arg(2).arg(m).arg(h);
+                            c.arg(run[0].token.to_string()).arg(run[0].epoch).arg(run[0].seq);
+                            c.arg(self.cfg.history.max(1)).arg(ttl);
                             for r in run {
-                                pipe.arg(&r.msg[..]);
+                                c.arg(&r.msg[..]);
                             }
+                            cmds.push(c);
                             let r = &run[0];
                             let refused = Refused {
                                 rid: r.rid.clone(),
@@ -372,13 +448,15 @@ impl Worker {
                 Job::Read { ticket, rid, since, before, limit } => {
                     let (m, h) = keys(rid);
                     let opt = |v: &Option<u64>| v.map(|s| s.to_string()).unwrap_or_default();
-                    pipe.cmd("EVALSHA").arg(self.scripts.history.get_hash()).arg(2).arg(m).arg(h);
-                    pipe.arg(opt(since)).arg(opt(before)).arg(*limit);
+                    let mut c = script(&self.scripts.history, HISTORY_LUA);
+                    c.arg(2).arg(m).arg(h);
+                    c.arg(opt(since)).arg(opt(before)).arg(*limit);
+                    cmds.push(c);
                     calls.push(Call::Read { ticket: *ticket });
                 }
             }
         }
-        (pipe, calls)
+        (cmds, calls)
     }
 
     /// Turns the replies (None: the round trip failed) into events.

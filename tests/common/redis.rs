@@ -113,3 +113,94 @@ impl Drop for Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A real three-node Redis Cluster (no replicas) on free ports; killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = super::temp_data_dir();
+        let ports: Vec<u16> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let mut nodes = Vec::new();
+        for p in &ports {
+            let d = dir.join(p.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&d)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            nodes.push(child);
+        }
+        let c = RedisCluster { nodes, ports, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &c.ports {
+            while redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                .and_then(|cl| cl.get_connection_with_timeout(Duration::from_secs(1)))
+                .is_err()
+            {
+                assert!(Instant::now() < deadline, "redis-server {p} did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let st = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli (Debian package redis-tools, with redis-server)");
+        assert!(st.success(), "redis-cli --cluster create failed");
+        // Every node must agree the cluster is up before it is used.
+        for p in &c.ports {
+            loop {
+                let info: String = redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                    .and_then(|cl| cl.get_connection())
+                    .and_then(|mut con| redis::cmd("CLUSTER").arg("INFO").query(&mut con))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline + Duration::from_secs(10), "the cluster never got ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        c
+    }
+
+    /// Keys per node (each holds some of the rooms).
+    pub fn keys_per_node(&self) -> Vec<usize> {
+        self.ports
+            .iter()
+            .map(|p| {
+                let mut con = redis::Client::open(format!("redis://127.0.0.1:{p}")).unwrap().get_connection().unwrap();
+                redis::cmd("DBSIZE").query::<usize>(&mut con).unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
