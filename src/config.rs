@@ -116,7 +116,7 @@ pub struct Args {
     #[arg(long, help_heading = "Storage")]
     pub store_ca: Option<PathBuf>,
     /// --store names one node of a Redis Cluster (the others are found from it).
-    #[arg(long, help_heading = "Storage")]
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", value_name = "BOOL", help_heading = "Storage")]
     pub store_cluster: bool,
     /// This node's name in a cluster. Default: the host name and the client port.
     #[arg(long, help_heading = "Cluster")]
