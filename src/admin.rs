@@ -8,10 +8,12 @@
 //! | `POST /api/disconnect` | `uid`, `code`? (4000) | every connection of `uid` on every node is closed with `code`; 202 |
 //! | `GET /api/online?rid=` | | `{"rid","users":[{uid,name}…],"count"}` |
 //! | `GET /api/history?rid=&since=&limit=` | | `{"rid","epoch","msgs":[…]}` (oldest first, at most 1,000) |
-//! | `GET /api/rooms` | | `{"rooms":[{"rid","count"}…]}`: this node's rooms with members |
+//! | `GET /api/rooms` | | `{"rooms":[{"rid","count"}…]}`: the cluster's rooms with members |
 //!
-//! A publish goes to the room's owner on whichever node; a question about a
-//! room another node owns is 409 (ask that node).
+//! Any node answers for the whole cluster: a publish goes to the room's
+//! owner on whichever node, a question about a room goes to its owner
+//! through the relay (and comes back within 5 s, else 504), and
+//! `/api/rooms` gathers every live node's rooms.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -106,16 +108,64 @@ fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
-/// The answers to the API's GET requests.
+/// The answers to the API's GET requests, from whichever node can give them.
 async fn query(shard: &Shard, req: &AdminRequest) -> Vec<u8> {
-    let rid = param(&req.query, "rid").and_then(Id::parse_str);
-    let elsewhere = || json(409, serde_json::json!({ "error": "another node owns this room: ask it" }));
-    let timeout = || json(500, serde_json::json!({ "error": "no answer from the owner shard" }));
-    match req.path.as_str() {
+    let (status, body) = answer(shard, &req.path, &req.query, false).await;
+    http::response(status, "application/json", &body)
+}
+
+/// Answers the questions other nodes ask this one (shard 0, clustered nodes).
+pub(crate) async fn answer_peers(shard: Rc<Shard>) {
+    loop {
+        let (ticket, from, request) = shard.next_api_ask().await;
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let (path, query) = request.split_once('?').unwrap_or((request.as_str(), ""));
+            let (status, body) = answer(&shard, path, query, true).await;
+            shard.answer_node(from, ticket, status, body);
+        })
+        .detach();
+    }
+}
+
+fn body(status: u16, v: Value) -> (u16, Vec<u8>) {
+    (status, v.to_string().into_bytes())
+}
+
+/// Asks node `node` (through the relay) and waits up to 5 s.
+async fn ask(shard: &Shard, node: u16, request: String) -> (u16, Vec<u8>) {
+    let (ticket, rx) = shard.ask_node(node, request);
+    match answers(rx, 1).await.and_then(|mut a| a.pop()) {
+        Some((status, b)) => (status, b.to_vec()),
+        None => {
+            shard.forget_ask(ticket);
+            body(504, serde_json::json!({ "error": "no answer from the node that owns the room" }))
+        }
+    }
+}
+
+/// One GET of the API: the room's owner answers (asked through the relay
+/// when it is another node; `forwarded`: this node was asked by another,
+/// and answers only for itself), and `/api/rooms` gathers every node's rooms.
+async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16, Vec<u8>) {
+    let rid = param(query, "rid").and_then(Id::parse_str);
+    let timeout = || body(500, serde_json::json!({ "error": "no answer from the owner shard" }));
+    let bad = |why: &str| body(400, serde_json::json!({ "error": why }));
+    if let Some(rid) = &rid
+        && matches!(path, "/api/online" | "/api/history")
+    {
+        match shard.owner_node(rid) {
+            0 => {}
+            // Views differ for a moment while a node comes or goes.
+            _ if forwarded => return body(409, serde_json::json!({ "error": "this node does not own the room" })),
+            node => return ask(shard, node, format!("{path}?{query}")).await,
+        }
+    }
+    match path {
         "/api/online" => {
             let Some(rid) = rid else { return bad("rid must be an id") };
             let Some(rx) = shard.api_ask(&rid, |reply| ApiQuery::Online { rid: rid.clone(), reply }) else {
-                return elsewhere();
+                return body(409, serde_json::json!({ "error": "this node does not own the room" }));
             };
             let Some(mut a) = answers(rx, 1).await else { return timeout() };
             let users: Vec<Value> = a
@@ -125,41 +175,56 @@ async fn query(shard: &Shard, req: &AdminRequest) -> Vec<u8> {
                 .into_iter()
                 .map(|(u, n)| serde_json::json!({"uid": u, "name": n}))
                 .collect();
-            json(200, serde_json::json!({"rid": rid.as_str(), "count": users.len(), "users": users}))
+            body(200, serde_json::json!({"rid": rid.as_str(), "count": users.len(), "users": users}))
         }
         "/api/history" => {
             let Some(rid) = rid else { return bad("rid must be an id") };
-            let num = |k: &str| param(&req.query, k).map(|v| v.parse::<u64>());
+            let num = |k: &str| param(query, k).map(|v| v.parse::<u64>());
             let (since, limit) = match (num("since").transpose(), num("limit").transpose()) {
                 (Ok(s), Ok(l)) => (s, l.map(|l| l.min(usize::MAX as u64) as usize)),
                 _ => return bad("since and limit must be numbers"),
             };
             let Some(rx) = shard.api_ask(&rid, |reply| ApiQuery::History { rid: rid.clone(), since, limit, reply })
             else {
-                return elsewhere();
+                return body(409, serde_json::json!({ "error": "this node does not own the room" }));
             };
             let Some((epoch, msgs)) = answers(rx, 1).await.and_then(|mut a| a.pop().flatten()) else {
                 return timeout();
             };
-            let mut body = format!(r#"{{"rid":{},"epoch":{epoch},"msgs":["#, Value::from(rid.as_str()));
+            let mut out = format!(r#"{{"rid":{},"epoch":{epoch},"msgs":["#, Value::from(rid.as_str()));
             for (i, m) in msgs.iter().enumerate() {
                 if i > 0 {
-                    body.push(',');
+                    out.push(',');
                 }
-                body.push_str(std::str::from_utf8(m).unwrap_or("null"));
+                out.push_str(std::str::from_utf8(m).unwrap_or("null"));
             }
-            body.push_str("]}");
-            http::response(200, "application/json", body.as_bytes())
+            out.push_str("]}");
+            (200, out.into_bytes())
         }
         "/api/rooms" => {
             let rx = shard.api_ask_all(|reply| ApiQuery::Rooms { reply });
             let Some(all) = answers(rx, shard.nshards).await else { return timeout() };
             let mut rooms: Vec<(String, usize)> = all.into_iter().flatten().collect();
+            if !forwarded {
+                // Every other live node's rooms (a room has one owner).
+                for node in shard.other_nodes() {
+                    let (status, b) = ask(shard, node, "/api/rooms".into()).await;
+                    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+                    if status != 200 {
+                        return (status, b);
+                    }
+                    for r in v["rooms"].as_array().into_iter().flatten() {
+                        if let (Some(rid), Some(n)) = (r["rid"].as_str(), r["count"].as_u64()) {
+                            rooms.push((rid.to_owned(), n as usize));
+                        }
+                    }
+                }
+            }
             rooms.sort();
             let rooms: Vec<Value> = rooms.into_iter().map(|(r, c)| serde_json::json!({"rid": r, "count": c})).collect();
-            json(200, serde_json::json!({ "rooms": rooms }))
+            body(200, serde_json::json!({ "rooms": rooms }))
         }
-        _ => http::response(404, "text/plain", b"not found\n"),
+        _ => body(404, serde_json::json!({ "error": "not found" })),
     }
 }
 

@@ -187,6 +187,26 @@ pub enum NodeMsg {
         /// Close code sent to the client.
         code: u16,
     },
+    /// The server API: a question (`GET` path and query, e.g.
+    /// `/api/online?rid=r`) for the node that owns the room, or for every
+    /// node (`/api/rooms`); answered with [`NodeMsg::ApiAnswer`].
+    ApiAsk {
+        /// Names the answer.
+        ticket: u64,
+        /// The asking node (set from the link on receipt; not on the wire).
+        from: u16,
+        /// Path and query.
+        request: String,
+    },
+    /// The answer to an [`NodeMsg::ApiAsk`]: HTTP status and JSON body.
+    ApiAnswer {
+        /// The question's ticket.
+        ticket: u64,
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: Bytes,
+    },
 }
 
 /// What crosses the queues between the shards of a node.

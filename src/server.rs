@@ -367,6 +367,8 @@ async fn shard_main(
     } else {
         Vec::new()
     };
+    // Shard 0 answers the server API's questions of other nodes.
+    let _answerer = (id == 0 && clustered).then(|| glommio::spawn_local(crate::admin::answer_peers(shard.clone())));
     let _admin = match node.cfg.admin_listen.filter(|_| id == 0) {
         None => None,
         Some(a) => match TcpListener::bind(a) {

@@ -720,4 +720,23 @@ fn the_server_api_reaches_rooms_and_users_on_other_nodes() {
         crate::security::admin(&admin, "POST", "/api/disconnect", Some("k"), r#"{"uid":"dave","code":4005}"#);
     assert_eq!(st, 202, "{body}");
     assert_eq!(dave.expect_close(), 4005, "closed on the other node too");
+    // Questions about a room node 1 owns, asked of node 0, answered by node 1.
+    let (st, body) = crate::security::admin(&admin, "GET", &format!("/api/online?rid={rid}"), Some("k"), "");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["count"].as_u64(), v["users"][0]["uid"].as_str()), (Some(1), Some("m")), "{v}");
+    let (st, body) = crate::security::admin(&admin, "GET", &format!("/api/history?rid={rid}"), Some("k"), "");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["msgs"][0]["msg"], "from the api", "{v}");
+    // Every node's rooms, each once.
+    let mut w = c.node(0).client();
+    login(&mut w, "w", "on-node0-side", "w");
+    let (st, body) = crate::security::admin(&admin, "GET", "/api/rooms", Some("k"), "");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rooms: Vec<&str> = v["rooms"].as_array().unwrap().iter().map(|r| r["rid"].as_str().unwrap()).collect();
+    for r in [rid.as_str(), "on-node0-side"] {
+        assert_eq!(rooms.iter().filter(|x| **x == r).count(), 1, "{r} once: {v}");
+    }
 }

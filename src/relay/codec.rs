@@ -61,6 +61,8 @@ const T_JOINED: u8 = 20;
 const T_DELIVER: u8 = 21;
 const T_DIRECT: u8 = 22;
 const T_DISCONNECT: u8 = 30;
+const T_API_ASK: u8 = 31;
+const T_API_ANSWER: u8 = 32;
 
 /// A frame that cannot be decoded: the link is closed (and nothing else).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -201,6 +203,17 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
             put_str(&mut b, uid);
             b.put_u16(*code);
         }
+        NodeMsg::ApiAsk { ticket, request, .. } => {
+            b.put_u8(T_API_ASK);
+            b.put_u64(*ticket);
+            put_str(&mut b, &request[..request.len().min(u16::MAX as usize)]);
+        }
+        NodeMsg::ApiAnswer { ticket, status, body } => {
+            b.put_u8(T_API_ANSWER);
+            b.put_u64(*ticket);
+            b.put_u16(*status);
+            put_blob(&mut b, body);
+        }
     }
     let len = (b.len() - 4) as u32;
     b[..4].copy_from_slice(&len.to_be_bytes());
@@ -330,6 +343,18 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
             let code = body.get_u16();
             Frame::Msg(NodeMsg::Disconnect { uid, code })
         }
+        T_API_ASK => {
+            need(&body, 8)?;
+            let ticket = body.get_u64();
+            let request = get_str(&mut body)?;
+            Frame::Msg(NodeMsg::ApiAsk { ticket, from: node, request })
+        }
+        T_API_ANSWER => {
+            need(&body, 10)?;
+            let (ticket, status) = (body.get_u64(), body.get_u16());
+            let body_ = get_blob(&mut body)?;
+            Frame::Msg(NodeMsg::ApiAnswer { ticket, status, body: body_ })
+        }
         _ => return Err(CodecError::Invalid("frame type")),
     };
     if body.has_remaining() {
@@ -433,6 +458,17 @@ mod tests {
         let mut short = BytesMut::from(&enc[..enc.len() - 1]);
         short[3] -= 1; // the length says one byte less
         assert!(decode(&mut short, 1).is_err());
+    }
+
+    #[test]
+    fn api_questions_and_answers_cross_the_link() {
+        let ask = NodeMsg::ApiAsk { ticket: 7, from: 0, request: "/api/online?rid=r".into() };
+        let NodeMsg::ApiAsk { ticket, from, request } = round_trip(ask) else { panic!() };
+        assert_eq!((ticket, from, request.as_str()), (7, 3, "/api/online?rid=r"), "from: the link's peer");
+        let body = Bytes::from_static(br#"{"rid":"r","users":[]}"#);
+        let answer = NodeMsg::ApiAnswer { ticket: 7, status: 200, body: body.clone() };
+        let NodeMsg::ApiAnswer { ticket, status, body: b } = round_trip(answer) else { panic!() };
+        assert_eq!((ticket, status, b), (7, 200, body));
     }
 
     fn round_trip(m: NodeMsg) -> NodeMsg {

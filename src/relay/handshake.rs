@@ -19,8 +19,9 @@ use thiserror::Error;
 /// Protocol magic.
 pub const MAGIC: &[u8; 4] = b"CCRL";
 /// Wire version spoken by this build (2: links carry traffic only once
-/// activated; 3: roster pages and history before a seq, see [`super::codec`]).
-pub const VERSION: u8 = 4;
+/// activated; 3: roster pages and history before a seq, see [`super::codec`];
+/// 4: the server API's disconnect; 5: its questions to other nodes).
+pub const VERSION: u8 = 5;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;
 

@@ -56,3 +56,83 @@ impl Shard {
         }
     }
 }
+
+/// Shard 0's side of the server API's questions between nodes: questions
+/// this node asked, waiting for their answers, and questions other nodes
+/// asked, waiting for the admin module's answerer (`admin::answer_peers`).
+#[derive(Debug, Default)]
+pub(crate) struct ApiPeers {
+    next: std::cell::Cell<u64>,
+    waiting: std::cell::RefCell<std::collections::HashMap<u64, crossbeam_channel::Sender<(u16, bytes::Bytes)>>>,
+    asks: std::cell::RefCell<std::collections::VecDeque<(u64, u16, String)>>,
+    waker: std::cell::RefCell<Option<std::task::Waker>>,
+}
+
+/// Questions from other nodes allowed to wait; past it they are answered 503.
+const MAX_ASKS: usize = 1024;
+
+impl Shard {
+    /// The node that owns `rid` (0: this one).
+    pub(crate) fn owner_node(&self, rid: &Id) -> u16 {
+        self.view.borrow().owner(rid)
+    }
+
+    /// The other live nodes.
+    pub(crate) fn other_nodes(&self) -> Vec<u16> {
+        self.view.borrow().live.iter().map(|(_, n)| *n).filter(|n| *n != 0).collect()
+    }
+
+    /// Asks node `node` a question of the server API (on shard 0, which
+    /// holds the links); returns its ticket and where the answer comes.
+    pub(crate) fn ask_node(&self, node: u16, request: String) -> (u64, crossbeam_channel::Receiver<(u16, bytes::Bytes)>) {
+        let p = &self.api_peers;
+        let ticket = p.next.get() + 1;
+        p.next.set(ticket);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        p.waiting.borrow_mut().insert(ticket, tx);
+        self.to_node(node, crate::msg::NodeMsg::ApiAsk { ticket, from: 0, request });
+        (ticket, rx)
+    }
+
+    /// Gives up waiting for an answer.
+    pub(crate) fn forget_ask(&self, ticket: u64) {
+        self.api_peers.waiting.borrow_mut().remove(&ticket);
+    }
+
+    /// Another node's answer arrived.
+    pub(super) fn on_api_answer(&self, ticket: u64, status: u16, body: bytes::Bytes) {
+        if let Some(tx) = self.api_peers.waiting.borrow_mut().remove(&ticket) {
+            let _ = tx.send((status, body));
+        }
+    }
+
+    /// Another node asks: queued for the answerer.
+    pub(super) fn on_api_ask(&self, ticket: u64, from: u16, request: String) {
+        let p = &self.api_peers;
+        if p.asks.borrow().len() >= MAX_ASKS {
+            let body = bytes::Bytes::from_static(br#"{"error":"too many questions from other nodes"}"#);
+            return self.to_node(from, crate::msg::NodeMsg::ApiAnswer { ticket, status: 503, body });
+        }
+        p.asks.borrow_mut().push_back((ticket, from, request));
+        if let Some(w) = p.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// The next question from another node: (ticket, node, request).
+    pub(crate) async fn next_api_ask(&self) -> (u64, u16, String) {
+        std::future::poll_fn(|cx| match self.api_peers.asks.borrow_mut().pop_front() {
+            Some(a) => std::task::Poll::Ready(a),
+            None => {
+                *self.api_peers.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Sends an answer to the node that asked.
+    pub(crate) fn answer_node(&self, node: u16, ticket: u64, status: u16, body: Vec<u8>) {
+        self.to_node(node, crate::msg::NodeMsg::ApiAnswer { ticket, status, body: body.into() });
+    }
+}

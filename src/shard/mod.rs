@@ -103,6 +103,8 @@ pub struct Shard {
     read_waker: RefCell<Option<std::task::Waker>>,
     /// The link to a shared store, with `--store` (see `remote`).
     remote: RefCell<Option<remote::StoreLink>>,
+    /// The server API's questions between nodes (shard 0; see `api`).
+    api_peers: api::ApiPeers,
     flush: flush::Flusher,
     mesh: mesh::Mesh,
     /// Shared read buffer: every connection reads into it and copies out only
@@ -166,6 +168,7 @@ impl Shard {
             reads: RefCell::new(std::collections::VecDeque::new()),
             read_waker: RefCell::new(None),
             remote: RefCell::new(None),
+            api_peers: api::ApiPeers::default(),
             flush: flush::Flusher::new(),
             mesh: mesh::Mesh::new(n, senders),
             read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
@@ -440,6 +443,8 @@ impl Shard {
                     self.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
                 }
             }
+            RelayEvent::Msg(NodeMsg::ApiAsk { ticket, from, request }) => self.on_api_ask(ticket, from, request),
+            RelayEvent::Msg(NodeMsg::ApiAnswer { ticket, status, body }) => self.on_api_answer(ticket, status, body),
             RelayEvent::LiveSetChanged { down } => {
                 let view = Arc::new(self.node.cluster.lock().expect("cluster table").view());
                 for s in 0..self.nshards {
