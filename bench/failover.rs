@@ -119,7 +119,10 @@ fn main() {
                 let mine: Vec<usize> = (s..rooms.len()).step_by(SENDERS).collect();
                 let mut ws = connect(port);
                 let uid = format!("sender{s}");
-                ws.send(Message::text(json!({"cmd":"login","rid":rooms[mine[0]],"uid":uid,"name":uid,"echo":true}).to_string())).unwrap();
+                ws.send(Message::text(
+                    json!({"cmd":"login","rid":rooms[mine[0]],"uid":uid,"name":uid,"echo":true}).to_string(),
+                ))
+                .unwrap();
                 for &r in &mine[1..] {
                     ws.send(Message::text(json!({"cmd":"login","rid":rooms[r]}).to_string())).unwrap();
                 }
@@ -138,7 +141,10 @@ fn main() {
                     while Instant::now() >= next {
                         let r = mine[i % mine.len()];
                         let msg = format!("{s}-{i}");
-                        ws.send(Message::text(json!({"cmd":"message","rid":rooms[r],"msg":msg,"type":"text"}).to_string())).unwrap();
+                        ws.send(Message::text(
+                            json!({"cmd":"message","rid":rooms[r],"msg":msg,"type":"text"}).to_string(),
+                        ))
+                        .unwrap();
                         sent += 1;
                         i += 1;
                         next += gap;
@@ -219,11 +225,20 @@ fn main() {
         missing += list.iter().filter(|a| !have.contains(&(a.1, a.2, a.3.clone()))).count();
     }
     let ms = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0));
-    println!("failover: {} rooms owned by the killed node, {sent} messages sent at {rate}/s, {} acknowledged, {refused} refused", rooms.len(), acks.len());
+    println!(
+        "failover: {} rooms owned by the killed node, {sent} messages sent at {rate}/s, {} acknowledged, {refused} refused",
+        rooms.len(),
+        acks.len()
+    );
     println!(
         "rooms continuing: same epoch + next seq {same_epoch_next}, same epoch + a later seq {same_epoch_later}, other epoch {other}, never {never}"
     );
-    println!("time from SIGKILL to a room's first acknowledged message: p50 {}, p99 {}, max {}", ms(q(0.5)), ms(q(0.99)), ms(waits.last().copied()));
+    println!(
+        "time from SIGKILL to a room's first acknowledged message: p50 {}, p99 {}, max {}",
+        ms(q(0.5)),
+        ms(q(0.99)),
+        ms(waits.last().copied())
+    );
     println!("acknowledged messages missing from history: {missing}");
     let _ = std::fs::remove_dir_all(&work);
 }

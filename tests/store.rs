@@ -27,7 +27,9 @@ fn say_acked(c: &mut Client, rid: &str, msg: &str) -> Result<(u64, u64), String>
     loop {
         let v = c.recv();
         match v["cmd"].as_str() {
-            Some("message") if v["msg"] == msg => return Ok((v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap())),
+            Some("message") if v["msg"] == msg => {
+                return Ok((v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap()));
+            }
             Some("error") => return Err(v["errMsg"].as_str().unwrap().to_owned()),
             _ => {}
         }
@@ -231,7 +233,11 @@ fn redis_stopped_and_restarted_under_traffic() {
     let mut seen = Vec::new();
     let note = |seen: &mut Vec<(u64, u64, String)>, v: &Value| {
         if v["cmd"] == "message" {
-            seen.push((v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap(), v["msg"].as_str().unwrap().to_owned()));
+            seen.push((
+                v["epoch"].as_u64().unwrap(),
+                v["seq"].as_u64().unwrap(),
+                v["msg"].as_str().unwrap().to_owned(),
+            ));
         }
     };
     reader.send(json!({"cmd":"getOnline","rid":"busy"}));

@@ -29,18 +29,33 @@ impl StoreStats {
     pub(crate) fn render(&self, out: &mut Exposition) {
         let v = |a: &AtomicU64| a.load(Relaxed).to_string();
         out.single("cchat_store_down", "gauge", "Shards whose connection to the shared store is down.", v(&self.down));
-        out.single("cchat_store_round_trips_total", "counter", "Round trips to the shared store.", v(&self.round_trips));
+        out.single(
+            "cchat_store_round_trips_total",
+            "counter",
+            "Round trips to the shared store.",
+            v(&self.round_trips),
+        );
         let secs = (self.rtt_us.load(Relaxed) as f64 / 1e6).to_string();
         out.single("cchat_store_round_trip_seconds_total", "counter", "Time in round trips to the shared store.", secs);
         out.single("cchat_store_commands_total", "counter", "Scripts run in the shared store.", v(&self.commands));
-        out.single("cchat_store_appends_total", "counter", "Room messages stored in the shared store.", v(&self.appended));
+        out.single(
+            "cchat_store_appends_total",
+            "counter",
+            "Room messages stored in the shared store.",
+            v(&self.appended),
+        );
         out.single(
             "cchat_store_refused_total",
             "counter",
             "Room messages the shared store refused (fenced, lost, a gap, unavailable).",
             v(&self.refused),
         );
-        out.single("cchat_store_errors_total", "counter", "Failed round trips or connects to the shared store.", v(&self.errors));
+        out.single(
+            "cchat_store_errors_total",
+            "counter",
+            "Failed round trips or connects to the shared store.",
+            v(&self.errors),
+        );
         out.single("cchat_store_connects_total", "counter", "Connections made to the shared store.", v(&self.connects));
     }
 }

@@ -84,7 +84,11 @@ impl Shard {
 
     /// Asks node `node` a question of the server API (on shard 0, which
     /// holds the links); returns its ticket and where the answer comes.
-    pub(crate) fn ask_node(&self, node: u16, request: String) -> (u64, crossbeam_channel::Receiver<(u16, bytes::Bytes)>) {
+    pub(crate) fn ask_node(
+        &self,
+        node: u16,
+        request: String,
+    ) -> (u64, crossbeam_channel::Receiver<(u16, bytes::Bytes)>) {
         let p = &self.api_peers;
         let ticket = p.next.get() + 1;
         p.next.set(ticket);

@@ -45,14 +45,7 @@ impl Shard {
         }
         drop((owner, reads));
         for reply in refused {
-            self.stats().history_disk_errors.fetch_add(1, Relaxed);
-            match reply {
-                ReadReply::Conn(conn) => {
-                    let frame = ProtoError::new(ERR_INVALID, "history is busy, try again shortly").encode();
-                    self.send_out(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
-                }
-                ReadReply::Api(tx) => drop(tx.send(None)),
-            }
+            self.refuse_read(reply, "history is busy, try again shortly");
         }
         if !self.reads.borrow().is_empty()
             && let Some(w) = self.read_waker.borrow_mut().take()
@@ -82,15 +75,41 @@ impl Shard {
                 warn!(shard = self.id, %rid, missing, "history: messages missing from the log (retention or damage)");
             }
             msgs.extend(tail);
-            super::owner::fit(&mut msgs, forward, budget);
-            match reply {
-                ReadReply::Conn(conn) => {
-                    let frame = protocol::encode_history(&rid, epoch, msgs.iter().map(|b| &b[..]));
-                    // Behind any room message not yet written, like every reply.
-                    self.send_or_hold(&mut vec![Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } }]);
-                }
-                ReadReply::Api(tx) => drop(tx.send(Some((epoch, msgs)))),
+            self.answer_history(&rid, epoch, msgs, forward, budget, reply);
+        }
+    }
+
+    /// Sends a history answer read from a store (the log or a shared one),
+    /// trimmed to `budget` bytes (see [`super::owner::fit`]).
+    pub(super) fn answer_history(
+        &self,
+        rid: &str,
+        epoch: u64,
+        mut msgs: Vec<Bytes>,
+        forward: bool,
+        budget: usize,
+        reply: ReadReply,
+    ) {
+        super::owner::fit(&mut msgs, forward, budget);
+        match reply {
+            ReadReply::Conn(conn) => {
+                let frame = protocol::encode_history(rid, epoch, msgs.iter().map(|b| &b[..]));
+                // Behind any room message not yet stored, like every reply.
+                self.send_or_hold(&mut vec![Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } }]);
             }
+            ReadReply::Api(tx) => drop(tx.send(Some((epoch, msgs)))),
+        }
+    }
+
+    /// Refuses a history request (busy, or its store unavailable), counted.
+    pub(super) fn refuse_read(&self, reply: ReadReply, why: &'static str) {
+        self.stats().history_disk_errors.fetch_add(1, Relaxed);
+        match reply {
+            ReadReply::Conn(conn) => {
+                let frame = ProtoError::new(ERR_INVALID, why).encode();
+                self.send_out(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
+            }
+            ReadReply::Api(tx) => drop(tx.send(None)),
         }
     }
 }

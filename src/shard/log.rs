@@ -14,10 +14,10 @@ use tracing::error;
 use super::Shard;
 use super::owner::{Dest, Out};
 use crate::msg::Delivery;
-use crate::protocol::{ERR_INVALID, ProtoError};
-use crate::store::redis::{Refusal, Refused};
 use crate::node::unix_ms;
+use crate::protocol::{ERR_INVALID, ProtoError};
 use crate::store::Durability;
+use crate::store::redis::{Refusal, Refused};
 use crate::store::writer::Log;
 
 /// How long messages are refused after the log could not be written.
@@ -77,7 +77,9 @@ impl Shard {
                 told.push((tag.token, tag.seq));
                 let why = match r.why {
                     Refusal::Fenced => "message not stored: this room is served by another node now",
-                    Refusal::Lost | Refusal::Gap => "message not stored: the store lost this room's history, send it again",
+                    Refusal::Lost | Refusal::Gap => {
+                        "message not stored: the store lost this room's history, send it again"
+                    }
                     Refusal::Unavailable => "message store unavailable, try again shortly",
                 };
                 let frame = ProtoError::new(ERR_INVALID, why).encode();

@@ -24,10 +24,15 @@ fn publish(from: ConnRef, msg: &str) -> Request {
 /// An owner under a shared store with member `a` (conn 1) in room "r".
 fn owner() -> Owner {
     let epochs = std::cell::Cell::new(100);
-    let mut o = Owner::new(1, 10, 1, Box::new(move || {
-        epochs.set(epochs.get() + 1);
-        epochs.get()
-    }));
+    let mut o = Owner::new(
+        1,
+        10,
+        1,
+        Box::new(move || {
+            epochs.set(epochs.get() + 1);
+            epochs.get()
+        }),
+    );
     o.enable_remote(1000);
     let (rid, conn, uid, name) = (id("r"), conn(1), id("a"), Name::parse("a").unwrap());
     o.handle(Request::Join { rid, conn, uid, name, echo: true, rejoin: false }, 0, &mut Vec::new());

@@ -20,10 +20,8 @@ use glommio::timer::Timer;
 use tracing::warn;
 
 use super::Shard;
-use super::owner::{Dest, Out, ReadReply, RemoteRead};
-use crate::msg::Delivery;
+use super::owner::RemoteRead;
 use crate::node::unix_ms;
-use crate::protocol::{self, ERR_INVALID, ProtoError};
 use crate::store::redis::{Event, Job, Rec, RedisStore};
 
 /// History answers allowed to wait for the store per shard; past it a
@@ -79,17 +77,6 @@ impl Shard {
         drop(guard);
         for reply in busy {
             self.refuse_read(reply, "history is busy, try again shortly");
-        }
-    }
-
-    fn refuse_read(&self, reply: ReadReply, why: &'static str) {
-        self.stats().history_disk_errors.fetch_add(1, Relaxed);
-        match reply {
-            ReadReply::Conn(conn) => {
-                let frame = ProtoError::new(ERR_INVALID, why).encode();
-                self.send_out(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
-            }
-            ReadReply::Api(tx) => drop(tx.send(None)),
         }
     }
 
@@ -161,21 +148,14 @@ impl Shard {
             Event::Read { ticket, answer } => {
                 let read = self.remote.borrow_mut().as_mut().and_then(|l| l.reads.remove(&ticket));
                 let Some(RemoteRead { rid, reply, forward, budget, .. }) = read else { return };
-                let Some((epoch, mut msgs)) = answer else {
+                let Some((epoch, msgs)) = answer else {
                     return self.refuse_read(reply, "message store unavailable, try again shortly");
                 };
                 self.stats().history_disk_reads.fetch_add(1, Relaxed);
                 self.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
                 // A room the store does not have reports what a never-used room does.
                 let epoch = if epoch == 0 { self.node.epoch } else { epoch };
-                super::owner::fit(&mut msgs, forward, budget);
-                match reply {
-                    ReadReply::Conn(conn) => {
-                        let frame = protocol::encode_history(&rid, epoch, msgs.iter().map(|b| &b[..]));
-                        self.send_or_hold(&mut vec![Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } }]);
-                    }
-                    ReadReply::Api(tx) => drop(tx.send(Some((epoch, msgs)))),
-                }
+                self.answer_history(&rid, epoch, msgs, forward, budget, reply);
             }
         }
     }

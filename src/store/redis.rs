@@ -182,13 +182,15 @@ impl RedisStore {
         shard: usize,
         stats: Arc<StoreStats>,
     ) -> std::io::Result<(RedisStore, UnboundedReceiver<Event>)> {
-        let invalid = |e: redis::RedisError| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--store: {e}"));
+        let invalid =
+            |e: redis::RedisError| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--store: {e}"));
         let certs = match &cfg.ca {
             Some(ca) => Some(redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(std::fs::read(ca).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("--store-ca {}: {e}", ca.display()))
-                })?),
+                root_cert: Some(
+                    std::fs::read(ca)
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("--store-ca {}: {e}", ca.display())))?,
+                ),
             }),
             None => None,
         };
@@ -499,7 +501,7 @@ impl Worker {
                 }
                 Job::Read { .. } => {
                     let Some(Call::Read { ticket }) = calls.next() else { unreachable!("one call per read") };
-                    let answer = replies.as_mut().and_then(Iterator::next).and_then(|v| parse_read(v));
+                    let answer = replies.as_mut().and_then(Iterator::next).and_then(parse_read);
                     Event::Read { ticket, answer }
                 }
             };
