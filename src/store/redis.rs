@@ -311,6 +311,9 @@ impl Worker {
     }
 
     fn run(mut self, rx: crossbeam_channel::Receiver<Job>) {
+        // At once, so that a store that cannot be reached shows at start
+        // (log and `cchat_store_down`), not at the first message.
+        self.connect_if_due();
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
             while jobs.len() < MAX_JOBS {
@@ -370,10 +373,11 @@ impl Worker {
         };
         match r {
             Ok(c) => {
-                if self.stats.connects.fetch_add(1, Relaxed) > 0 || !self.backoff.is_zero() {
+                self.stats.connects.fetch_add(1, Relaxed);
+                if !self.backoff.is_zero() {
                     info!(shard = self.shard, "message store reachable again");
+                    self.stats.down.fetch_sub(1, Relaxed);
                 }
-                self.stats.down.store(0, Relaxed);
                 self.conn = Some(c);
                 self.backoff = Duration::ZERO;
             }
@@ -385,10 +389,11 @@ impl Worker {
     /// after a backoff that doubles up to 2 s.
     fn lost(&mut self, why: &str) {
         if self.backoff.is_zero() {
+            // Down from now until a connect succeeds (the backoff says so).
             warn!(shard = self.shard, error = why, "message store unavailable: refusing messages until it is back");
+            self.stats.down.fetch_add(1, Relaxed);
         }
         self.stats.errors.fetch_add(1, Relaxed);
-        self.stats.down.store(1, Relaxed);
         self.conn = None;
         self.backoff = (self.backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
         self.retry_at = Instant::now() + self.backoff;
