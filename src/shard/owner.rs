@@ -19,14 +19,18 @@ use crate::ids::{Id, Name};
 use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
 use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
 use crate::room::{Change, Joined, Room};
-use crate::store::{Journal, RoomIndex};
+use crate::store::Journal;
 
 #[path = "owner_disk.rs"]
 mod disk;
 pub(crate) use disk::{DiskRead, ReadReply, fit};
 #[path = "owner_remote.rs"]
 mod remote;
-pub(crate) use remote::{RecordTag, RemoteRead};
+pub(crate) use remote::RemoteRead;
+#[path = "owner_store.rs"]
+mod store;
+pub(crate) use store::RecordTag;
+use store::{Gate, RoomStore};
 
 /// Where a delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,28 +85,19 @@ pub(crate) struct Owner {
     /// While the log cannot be written: messages are refused until this
     /// Unix time (ms), then tried again.
     store_down_until: u64,
-    /// Where each room's stored messages are (rooms in memory and evicted
-    /// ones); see `owner_disk.rs`.
-    disk: HashMap<Id, RoomIndex>,
-    /// Stored messages indexed per room (`--history`).
-    disk_cap: usize,
+    /// Where history and sequence are kept (the embedded log, or a shared
+    /// store): the owner talks to it through [`RoomStore`] only.
+    store: Box<dyn RoomStore>,
+    /// Messages a room's history reaches (`--history`).
+    history_reach: usize,
     /// An empty room is evicted this long after it emptied.
     evict_ms: u64,
     /// Rooms that emptied, and when they may be evicted, oldest first.
     idle: VecDeque<(Id, u64)>,
-    /// History answers that need the disk, for the shard's reader.
-    reads: Vec<DiskRead>,
-    /// Rooms in `disk` and not in `rooms`.
-    evicted: usize,
-    /// Evicted rooms, oldest eviction first (may name rooms used again
-    /// since: those are skipped, and the list is compacted when mostly such).
-    evicted_order: VecDeque<Id>,
-    /// Past this many evicted rooms the oldest are forgotten.
+    /// Evicted rooms a store may keep (`--max-evicted-rooms`, per shard).
     max_evicted: usize,
     /// Bytes of messages one history answer may carry.
     pub(crate) reply_budget: usize,
-    /// With a shared store (`--store`): claims and reads (`owner_remote.rs`).
-    remote: Option<remote::Remote>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -140,16 +135,12 @@ impl Owner {
             nodes: Vec::new(),
             journal: None,
             store_down_until: 0,
-            disk: HashMap::new(),
-            disk_cap: history_cap,
+            store: Box::new(disk::LogStore::new(history_cap, usize::MAX, false)),
+            history_reach: history_cap,
             evict_ms: 10_000,
             idle: VecDeque::new(),
-            reads: Vec::new(),
-            evicted: 0,
-            evicted_order: VecDeque::new(),
             max_evicted: usize::MAX,
             reply_budget: usize::MAX,
-            remote: None,
         }
     }
 
@@ -159,11 +150,6 @@ impl Owner {
         self.presence_limit = limit;
         self.presence_interval_ms = interval_ms.max(1);
         self.grace_ms = grace_ms;
-    }
-
-    /// Journals every room message from now on (for the log writer).
-    pub(crate) fn enable_journal(&mut self) {
-        self.journal = Some(Journal::default());
     }
 
     /// The journal, when there is one.
@@ -351,7 +337,7 @@ impl Owner {
         match self.rooms.get(rid).map(Room::seq) {
             Some(0) => {
                 self.rooms.remove(rid);
-                self.forget_claim(rid);
+                self.store.forgotten(rid);
                 self.shrink_rooms();
             }
             Some(_) => self.schedule_evict(rid, now_ms),
@@ -394,10 +380,10 @@ impl Owner {
         // With a shared store, a room's messages wait for its claim.
         let rid = p.rid.clone();
         let mut req = Some(Request::Publish(Box::new(p)));
-        match self.gate(&rid, &mut req) {
-            remote::Gate::Open => {}
-            remote::Gate::Queued => return None,
-            remote::Gate::Refuse(why) => {
+        match self.store.admit(&rid, &mut req, &mut self.rooms, &*self.next_epoch) {
+            Gate::Open => {}
+            Gate::Queued => return None,
+            Gate::Refuse(why) => {
                 let Some(Request::Publish(p)) = req else { unreachable!("not taken when refused") };
                 out.push(err(p.from, why));
                 return Some(ERR_INVALID);
@@ -451,9 +437,7 @@ impl Owner {
                 let json = frame.slice(off..);
                 if let Some(j) = self.journal.as_mut() {
                     j.append(room.epoch(), seq, now_ms, &p.rid, &json, room.token());
-                    if let Some(r) = self.remote.as_mut() {
-                        r.last = Some(RecordTag { rid: p.rid.clone(), token: room.token(), seq, from: p.from });
-                    }
+                    self.store.journalled(RecordTag { rid: p.rid.clone(), token: room.token(), seq, from: p.from });
                 }
                 room.remember(seq, json);
                 let except = if sender_echo { None } else { Some(p.from) };
@@ -538,23 +522,15 @@ impl Owner {
 
     /// Forgets the rooms `view` gives to other nodes (their members re-join there).
     pub(crate) fn keep_own(&mut self, view: &View) {
-        self.drop_index(|rid| view.owner(rid) == 0);
+        self.store.view_changed(&|rid: &Id| view.owner(rid) == 0, &self.rooms);
         let live = &mut self.live;
-        let mut gone = Vec::new();
         self.rooms.retain(|rid, room| {
             let keep = view.owner(rid) == 0;
             if !keep && !room.is_empty() {
                 *live -= 1;
             }
-            if !keep {
-                gone.push(rid.clone());
-            }
             keep
         });
-        for rid in gone {
-            self.forget_claim(&rid);
-        }
-        self.retry_given_up();
     }
 }
 

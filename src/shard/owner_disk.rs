@@ -1,7 +1,8 @@
-//! The owner's side of stored history: which of a room's messages are on
-//! disk and where ([`RoomIndex`]), history requests that reach past what
-//! memory holds (planned here, read by the shard's history reader), and
-//! rooms evicted from memory while nobody is in them. No I/O.
+//! The owner's side of the embedded log ([`LogStore`], one of the two
+//! [`RoomStore`]s): which of a room's messages are on disk and where
+//! ([`RoomIndex`]), history requests that reach past what memory holds
+//! (planned here, read by the shard's history reader), and rooms evicted
+//! from memory while nobody is in them. No I/O.
 //!
 //! A room in memory keeps its newest `--history-memory` messages; the
 //! index reaches back `--history` messages. An empty room is evicted
@@ -14,11 +15,12 @@
 //! clients do. With `--durability memory` there is no index: an evicted
 //! room is forgotten with its history.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
 use super::Owner;
+use super::store::{HistoryQuery, RoomStore};
 use crate::ids::Id;
 use crate::msg::ConnRef;
 use crate::room::{Room, history_window};
@@ -74,21 +76,46 @@ impl std::fmt::Debug for DiskRead {
     }
 }
 
-impl Owner {
-    /// Keeps a room index of `history` messages per room, evicts empty
-    /// rooms `evict_ms` after they empty (only with a log), and keeps at
-    /// most `max_evicted` evicted rooms.
-    pub(crate) fn set_storage(&mut self, history: usize, evict_ms: u64, max_evicted: usize) {
-        self.disk_cap = history;
-        self.evict_ms = evict_ms;
-        self.max_evicted = max_evicted;
+/// The embedded log's side of the owner (also `--durability memory`, where
+/// nothing is kept: `keep` is false and the index stays empty).
+#[derive(Debug)]
+pub(crate) struct LogStore {
+    /// Where each room's stored messages are (rooms in memory and evicted ones).
+    disk: HashMap<Id, RoomIndex>,
+    /// Stored messages indexed per room (`--history`).
+    cap: usize,
+    /// Whether rooms are logged (else an evicted room is forgotten).
+    keep: bool,
+    /// History answers that need the disk, for the shard's reader.
+    reads: Vec<DiskRead>,
+    /// Rooms in `disk` and not in memory.
+    evicted: usize,
+    /// Evicted rooms, oldest eviction first (may name rooms used again
+    /// since: those are skipped, and the list is compacted when mostly such).
+    evicted_order: VecDeque<Id>,
+    /// Past this many evicted rooms the oldest are forgotten.
+    max_evicted: usize,
+}
+
+impl LogStore {
+    /// No index yet; `keep`: rooms are logged.
+    pub(crate) fn new(cap: usize, max_evicted: usize, keep: bool) -> Self {
+        LogStore {
+            disk: HashMap::new(),
+            cap,
+            keep,
+            reads: Vec::new(),
+            evicted: 0,
+            evicted_order: VecDeque::new(),
+            max_evicted,
+        }
     }
 
     /// Takes over the rooms the log held, as evicted rooms: each continues
     /// its sequence when used again, unless `new_epoch` says the node cannot
     /// prove it has every message it broadcast in it (or the room is marked
     /// damaged): then it is not kept, and starts a new epoch when used.
-    pub(crate) fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool) {
+    fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool, in_memory: &HashMap<Id, Room>) {
         if new_epoch {
             return;
         }
@@ -104,21 +131,21 @@ impl Owner {
                 self.evicted_order.push_back(rid);
             }
         }
-        self.trim_evicted();
+        self.trim_evicted(in_memory);
     }
 
     /// Forgets the rooms evicted longest ago while more than
     /// `--max-evicted-rooms` (per shard) are; compacts the eviction order
     /// when it is mostly rooms used again since.
-    fn trim_evicted(&mut self) {
+    fn trim_evicted(&mut self, rooms: &HashMap<Id, Room>) {
         while self.evicted > self.max_evicted {
             let Some(rid) = self.evicted_order.pop_front() else { break };
-            if !self.rooms.contains_key(&rid) && self.disk.remove(&rid).is_some() {
+            if !rooms.contains_key(&rid) && self.disk.remove(&rid).is_some() {
                 self.evicted -= 1;
             }
         }
         if self.evicted_order.len() > 2 * self.evicted + 1024 {
-            let (rooms, disk) = (&self.rooms, &self.disk);
+            let disk = &self.disk;
             let mut seen = std::collections::HashSet::new();
             let mut kept: VecDeque<Id> = self
                 .evicted_order
@@ -131,80 +158,17 @@ impl Owner {
         }
     }
 
-    /// The room, brought back from its index (same epoch, next seq) or new.
-    pub(super) fn room_or_load(&mut self, rid: &Id) -> &mut Room {
-        if !self.rooms.contains_key(rid) {
-            let room = match self.disk.get(rid) {
-                Some(ix) => {
-                    self.evicted -= 1;
-                    Room::restore(self.nshards, self.history_cap, ix.epoch, ix.top, std::iter::empty())
-                }
-                None => Room::new(self.nshards, self.history_cap, (self.next_epoch)()),
-            };
-            self.rooms.insert(rid.clone(), room);
-            self.claim_new(rid);
-        }
-        self.rooms.get_mut(rid).expect("inserted above")
-    }
-
-    /// A room emptied: evict it once `--room-evict-ms` passed.
-    pub(super) fn schedule_evict(&mut self, rid: &Id, now_ms: u64) {
-        self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
-    }
-
-    /// Evicts the rooms that have been empty long enough: only their index
-    /// stays. Returns how many were evicted.
-    pub(crate) fn evict_idle(&mut self, now_ms: u64) -> usize {
-        let mut n = 0;
-        while self.idle.front().is_some_and(|(_, due)| *due <= now_ms) {
-            let (rid, _) = self.idle.pop_front().expect("checked");
-            // A room used again meanwhile stays; a room emptied twice is
-            // evicted at the first due time (the grace is only a courtesy).
-            if !self.rooms.get(&rid).is_some_and(Room::is_empty) {
-                continue;
-            }
-            let room = self.rooms.remove(&rid).expect("checked");
-            if self.journal.is_none() || self.remote.is_some() {
-                // No log to bring it back from: forgotten (a new epoch when
-                // used); or a shared store's, which a new claim reads again.
-                self.forget_claim(&rid);
-                continue;
-            }
-            let ix = self.disk.entry(rid.clone()).or_insert_with(|| RoomIndex::new(room.epoch(), room.seq()));
-            if ix.epoch != room.epoch() {
-                *ix = RoomIndex::new(room.epoch(), room.seq());
-            }
-            ix.top = ix.top.max(room.seq());
-            n += 1;
-            self.evicted += 1;
-            self.evicted_order.push_back(rid);
-        }
-        if n > 0 {
-            self.trim_evicted();
-            self.shrink_rooms();
-        }
-        if self.idle.is_empty() && self.idle.capacity() > 1024 {
-            self.idle.shrink_to(64);
-        }
-        n
-    }
-
-    /// Rooms with an index but nothing in memory.
-    pub(crate) fn evicted_rooms(&self) -> usize {
-        self.evicted
-    }
-
     /// The log writer wrote these records at `base` of segment `seg` in
     /// directory `dir`: index them. Records of rooms this owner no longer
     /// holds (given to another node meanwhile) are not indexed.
-    pub(crate) fn on_written(&mut self, marks: &[Mark], dir: usize, seg: u64, base: u64) {
+    fn on_written(&mut self, marks: &[Mark], dir: usize, seg: u64, base: u64, rooms: &HashMap<Id, Room>) {
         for m in marks {
             let loc = Loc::new(dir, seg, base + m.off);
             if let Some(ix) = self.disk.get_mut(&m.rid) {
-                ix.push(m.epoch, m.seq, loc, self.disk_cap);
-            } else if self.rooms.contains_key(&m.rid) {
+                ix.push(m.epoch, m.seq, loc, self.cap);
+            } else if rooms.contains_key(&m.rid) {
                 let mut ix = RoomIndex::new(m.epoch, 0);
-                ix.push(m.epoch, m.seq, loc, self.disk_cap);
+                ix.push(m.epoch, m.seq, loc, self.cap);
                 self.disk.insert(m.rid.clone(), ix);
             }
         }
@@ -213,45 +177,36 @@ impl Owner {
     /// Retention deleted segments up to `seg` of directory `dir`: their
     /// places go, and an evicted room with nothing left on disk is forgotten
     /// (used again, it starts a new epoch).
-    pub(crate) fn on_segments_deleted(&mut self, dir: usize, seg: u64) {
-        let (rooms, evicted) = (&self.rooms, &mut self.evicted);
+    fn on_segments_deleted(&mut self, dir: usize, seg: u64, rooms: &HashMap<Id, Room>) {
+        let evicted = &mut self.evicted;
         self.disk.retain(|rid, ix| {
             let keep = ix.drop_segments(dir, seg) || rooms.contains_key(rid);
             *evicted -= usize::from(!keep);
             keep
         });
     }
+}
 
-    /// Forgets the index of rooms `keep` rejects (given to another node).
-    pub(super) fn drop_index(&mut self, keep: impl Fn(&Id) -> bool) {
-        let (rooms, evicted) = (&self.rooms, &mut self.evicted);
-        self.disk.retain(|rid, _| {
-            let kept = keep(rid);
-            *evicted -= usize::from(!kept && !rooms.contains_key(rid));
-            kept
-        });
+impl RoomStore for LogStore {
+    fn known(&self, rid: &Id) -> Option<(u64, u64)> {
+        self.disk.get(rid).map(|ix| (ix.epoch, ix.top))
     }
 
-    /// Answers a history request from memory when memory holds the whole
-    /// window; else queues a [`DiskRead`] (see [`Owner::take_reads`]) and
-    /// returns None.
-    pub(super) fn plan_history(
-        &mut self,
-        rid: &Id,
-        since: Option<u64>,
-        before: Option<u64>,
-        limit: usize,
-        reply: ReadReply,
-    ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
-        if self.remote.is_some() {
-            return self.plan_remote(rid, since, before, limit, reply);
+    fn opened(&mut self, rid: &Id) {
+        if self.disk.contains_key(rid) {
+            self.evicted -= 1;
         }
-        let room = self.rooms.get(rid);
+    }
+
+    /// From memory when memory holds the whole window; else a [`DiskRead`]
+    /// for the shard's history reader.
+    fn plan_history(&mut self, q: HistoryQuery<'_>, room: Option<&Room>) -> Option<(ReadReply, u64, Vec<Bytes>)> {
+        let HistoryQuery { rid, since, before, limit, reply, budget, node_epoch } = q;
         let ix = self.disk.get(rid);
         let (epoch, top, mem_low) = match (room, ix) {
             (Some(r), _) => (r.epoch(), r.seq(), r.memory_low()),
             (None, Some(ix)) => (ix.epoch, ix.top, ix.top + 1),
-            (None, None) => return Some((reply, self.node_epoch, Vec::new())),
+            (None, None) => return Some((reply, node_epoch, Vec::new())),
         };
         // The disk reaches further back when its run of this epoch joins
         // what memory holds (a run that stops short is a failed write's gap).
@@ -262,17 +217,174 @@ impl Owner {
         let mut tail: Vec<Bytes> = room.map(|r| r.history_range(split..w.end).cloned().collect()).unwrap_or_default();
         let forward = since.is_some();
         let Some(ix) = ix.filter(|_| split > w.start) else {
-            fit(&mut tail, forward, self.reply_budget);
+            fit(&mut tail, forward, budget);
             return Some((reply, epoch, tail));
         };
         let locs = (w.start..split).filter_map(|s| ix.get(s).map(|l| (s, l))).collect();
-        let budget = self.reply_budget;
         self.reads.push(DiskRead { rid: rid.clone(), epoch, locs, tail, reply, forward, budget });
         None
     }
 
+    /// Keeps the room's index (its epoch, top seq and the places of its
+    /// messages) when rooms are logged.
+    fn evicted(&mut self, rid: &Id, room: &Room, rooms: &HashMap<Id, Room>) -> bool {
+        if !self.keep {
+            // No log to bring it back from: forgotten (a new epoch when used).
+            return false;
+        }
+        let ix = self.disk.entry(rid.clone()).or_insert_with(|| RoomIndex::new(room.epoch(), room.seq()));
+        if ix.epoch != room.epoch() {
+            *ix = RoomIndex::new(room.epoch(), room.seq());
+        }
+        ix.top = ix.top.max(room.seq());
+        self.evicted += 1;
+        self.evicted_order.push_back(rid.clone());
+        self.trim_evicted(rooms);
+        true
+    }
+
+    /// Forgets the index of rooms given to another node.
+    fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, rooms: &HashMap<Id, Room>) {
+        let evicted = &mut self.evicted;
+        self.disk.retain(|rid, _| {
+            let kept = keep(rid);
+            *evicted -= usize::from(!kept && !rooms.contains_key(rid));
+            kept
+        });
+    }
+
+    fn evicted_rooms(&self) -> usize {
+        self.evicted
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl Owner {
+    /// Keeps a room index of `history` messages per room, evicts empty
+    /// rooms `evict_ms` after they empty (only with a log), and keeps at
+    /// most `max_evicted` evicted rooms.
+    pub(crate) fn set_storage(&mut self, history: usize, evict_ms: u64, max_evicted: usize) {
+        self.history_reach = history;
+        self.evict_ms = evict_ms;
+        self.max_evicted = max_evicted;
+        if let Some(log) = self.log_store() {
+            log.cap = history;
+            log.max_evicted = max_evicted;
+        }
+    }
+
+    fn log_store(&mut self) -> Option<&mut LogStore> {
+        self.store.as_any_mut().downcast_mut::<LogStore>()
+    }
+
+    /// Journals every room message from now on (for the log writer), and
+    /// keeps the index of evicted rooms.
+    pub(crate) fn enable_journal(&mut self) {
+        self.journal = Some(crate::store::Journal::default());
+        if let Some(log) = self.log_store() {
+            log.keep = true;
+        }
+    }
+
+    /// Takes over the rooms the log held (see [`LogStore`]).
+    pub(crate) fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool) {
+        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogStore>() {
+            log.restore(rooms, new_epoch, &self.rooms);
+        }
+    }
+
+    /// The room, brought back with the sequence its store knows (same
+    /// epoch, next seq) or new.
+    pub(super) fn room_or_load(&mut self, rid: &Id) -> &mut Room {
+        if !self.rooms.contains_key(rid) {
+            let room = match self.store.known(rid) {
+                Some((epoch, top)) => Room::restore(self.nshards, self.history_cap, epoch, top, std::iter::empty()),
+                None => Room::new(self.nshards, self.history_cap, (self.next_epoch)()),
+            };
+            self.rooms.insert(rid.clone(), room);
+            self.store.opened(rid);
+        }
+        self.rooms.get_mut(rid).expect("inserted above")
+    }
+
+    /// A room emptied: evict it once `--room-evict-ms` passed.
+    pub(super) fn schedule_evict(&mut self, rid: &Id, now_ms: u64) {
+        self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
+    }
+
+    /// Evicts the rooms that have been empty long enough: their store may
+    /// keep them (an index). Returns how many it kept.
+    pub(crate) fn evict_idle(&mut self, now_ms: u64) -> usize {
+        let mut n = 0;
+        let mut gone = false;
+        while self.idle.front().is_some_and(|(_, due)| *due <= now_ms) {
+            let (rid, _) = self.idle.pop_front().expect("checked");
+            // A room used again meanwhile stays; a room emptied twice is
+            // evicted at the first due time (the grace is only a courtesy).
+            if !self.rooms.get(&rid).is_some_and(Room::is_empty) {
+                continue;
+            }
+            let room = self.rooms.remove(&rid).expect("checked");
+            gone = true;
+            if self.store.evicted(&rid, &room, &self.rooms) {
+                n += 1;
+            } else {
+                self.store.forgotten(&rid);
+            }
+        }
+        if gone {
+            self.shrink_rooms();
+        }
+        if self.idle.is_empty() && self.idle.capacity() > 1024 {
+            self.idle.shrink_to(64);
+        }
+        n
+    }
+
+    /// Rooms with an index but nothing in memory.
+    pub(crate) fn evicted_rooms(&self) -> usize {
+        self.store.evicted_rooms()
+    }
+
+    /// The log writer wrote these records (see [`LogStore`]).
+    pub(crate) fn on_written(&mut self, marks: &[Mark], dir: usize, seg: u64, base: u64) {
+        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogStore>() {
+            log.on_written(marks, dir, seg, base, &self.rooms);
+        }
+    }
+
+    /// Retention deleted segments up to `seg` of directory `dir`.
+    pub(crate) fn on_segments_deleted(&mut self, dir: usize, seg: u64) {
+        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogStore>() {
+            log.on_segments_deleted(dir, seg, &self.rooms);
+        }
+    }
+
+    /// Answers a history request now, or has the store take it (None).
+    pub(super) fn plan_history(
+        &mut self,
+        rid: &Id,
+        since: Option<u64>,
+        before: Option<u64>,
+        limit: usize,
+        reply: ReadReply,
+    ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
+        let (budget, node_epoch) = (self.reply_budget, self.node_epoch);
+        let q = HistoryQuery { rid, since, before, limit, reply, budget, node_epoch };
+        self.store.plan_history(q, self.rooms.get(rid))
+    }
+
+    /// Entries of the log's eviction order (tests: it stays compact).
+    #[cfg(test)]
+    pub(crate) fn evicted_order_len(&mut self) -> usize {
+        self.log_store().map_or(0, |l| l.evicted_order.len())
+    }
+
     /// History answers waiting for the disk.
-    pub(crate) fn take_reads(&mut self) -> impl Iterator<Item = DiskRead> + '_ {
-        self.reads.drain(..)
+    pub(crate) fn take_reads(&mut self) -> Vec<DiskRead> {
+        self.log_store().map(|l| std::mem::take(&mut l.reads)).unwrap_or_default()
     }
 }

@@ -1,4 +1,5 @@
-//! The owner's side of a shared store (`--store`, see `store/redis.rs`). No I/O.
+//! The owner's side of a shared store (`--store`, see `store/redis.rs`):
+//! [`SharedStore`], one of the two [`RoomStore`]s. No I/O.
 //!
 //! Before it numbers a room's messages, an owner *claims* the room in the
 //! store: the store answers with the room's epoch and top seq (the
@@ -20,10 +21,11 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::store::{Gate, HistoryQuery, RecordTag, RoomStore};
 use super::{Out, Owner, ReadReply, err};
 use crate::ids::Id;
-use crate::msg::{ConnRef, Request};
-use crate::room::history_window;
+use crate::msg::Request;
+use crate::room::{Room, history_window};
 use crate::store::redis::{Refusal, Refused};
 
 /// Requests one room may queue while its claim is under way.
@@ -72,16 +74,6 @@ impl std::fmt::Debug for ReadReply {
     }
 }
 
-/// A journalled room message, as its deliveries are held: enough to drop
-/// them and tell the sender if the store refuses it.
-#[derive(Debug, Clone)]
-pub(crate) struct RecordTag {
-    pub(crate) rid: Id,
-    pub(crate) token: u64,
-    pub(crate) seq: u64,
-    pub(crate) from: ConnRef,
-}
-
 impl RecordTag {
     /// Whether the store refused this message in `r`.
     pub(crate) fn refused_in(&self, r: &Refused) -> bool {
@@ -90,8 +82,8 @@ impl RecordTag {
 }
 
 /// The owner's dealings with a shared store.
-#[derive(Debug, Default)]
-pub(crate) struct Remote {
+#[derive(Debug)]
+pub(crate) struct SharedStore {
     claims: HashMap<Id, Claim>,
     jobs: Vec<ClaimJob>,
     reads: Vec<RemoteRead>,
@@ -99,93 +91,43 @@ pub(crate) struct Remote {
     token_base: u64,
     tokens: u64,
     /// The message the last request journalled.
-    pub(crate) last: Option<RecordTag>,
+    last: Option<RecordTag>,
+    /// Messages the store keeps per room (`--history`).
+    reach: usize,
 }
 
-/// What the owner does with a request for a room under a shared store.
-pub(super) enum Gate {
-    /// Handle it now.
-    Open,
-    /// It waits for the room's claim.
-    Queued,
-    /// Refused with this error.
-    Refuse(&'static str),
-}
-
-impl Owner {
-    /// History and room sequence live in a shared store from now on; claim
-    /// tokens start at `token_base` (random per shard and run).
-    pub(crate) fn enable_remote(&mut self, token_base: u64) {
-        self.journal = Some(crate::store::Journal::unframed());
-        self.remote = Some(Remote { token_base, ..Remote::default() });
-    }
-
-    fn next_token(r: &mut Remote) -> u64 {
-        r.tokens += 1;
-        r.token_base.wrapping_add(r.tokens).max(1)
-    }
-
-    /// A room this owner holds no claim on (new here): claim it.
-    pub(super) fn claim_new(&mut self, rid: &Id) {
-        if let Some(r) = self.remote.as_mut() {
-            r.claims.insert(rid.clone(), Claim::Needed { fresh: false });
-        }
-    }
-
-    /// Whether `req` (a message or history request for `rid`) may be
-    /// handled now. A room whose claim is needed is claimed now.
-    pub(super) fn gate(&mut self, rid: &Id, req: &mut Option<Request>) -> Gate {
-        let fresh = match self.remote.as_mut().and_then(|r| r.claims.get_mut(rid)) {
-            None => return Gate::Open,
-            Some(Claim::GivenUp) => return Gate::Refuse("this room is served by another node now: reconnect"),
-            Some(Claim::Pending(q)) if q.len() >= MAX_WAITING => {
-                return Gate::Refuse("message store is behind, try again shortly");
-            }
-            Some(Claim::Pending(q)) => {
-                q.extend(req.take());
-                return Gate::Queued;
-            }
-            Some(Claim::Needed { fresh }) => *fresh,
-        };
-        // The epoch a room the store does not have starts (or a fresh one).
-        let epoch = (self.next_epoch)();
-        let r = self.remote.as_mut().expect("checked above");
-        let token = Self::next_token(r);
-        r.claims.insert(rid.clone(), Claim::Pending(req.take().into_iter().collect()));
-        r.jobs.push(ClaimJob { rid: rid.clone(), token, epoch, fresh });
-        if let Some(room) = self.rooms.get_mut(rid) {
-            room.set_claim(token);
-        }
-        Gate::Queued
+impl SharedStore {
+    fn next_token(&mut self) -> u64 {
+        self.tokens += 1;
+        self.token_base.wrapping_add(self.tokens).max(1)
     }
 
     /// The store answered a claim: the room continues its epoch and seq, and
     /// the requests that waited are returned to be handled (in order). None:
     /// the store was unreachable: they are refused.
-    pub(crate) fn on_claimed(
+    fn on_claimed(
         &mut self,
-        rid: &Id,
-        token: u64,
-        state: Option<(u64, u64)>,
+        rooms: &mut HashMap<Id, Room>,
+        store_down_until: &mut u64,
+        (rid, token, state): (&Id, u64, Option<(u64, u64)>),
         now_ms: u64,
         out: &mut Vec<Out>,
     ) -> Vec<Request> {
-        let Some(r) = self.remote.as_mut() else { return Vec::new() };
-        let Some(room) = self.rooms.get_mut(rid).filter(|room| room.token() == token) else {
+        let Some(room) = rooms.get_mut(rid).filter(|room| room.token() == token) else {
             return Vec::new(); // superseded, or the room is gone from here
         };
-        let Some(Claim::Pending(waiting)) = r.claims.remove(rid) else { return Vec::new() };
+        let Some(Claim::Pending(waiting)) = self.claims.remove(rid) else { return Vec::new() };
         match state {
             Some((epoch, top)) => {
                 room.continue_from(epoch, top);
                 // The store answers again: no reason left to refuse messages.
-                self.store_down_until = 0;
+                *store_down_until = 0;
                 waiting
             }
             None => {
                 room.set_claim(0);
-                r.claims.insert(rid.clone(), Claim::Needed { fresh: false });
-                self.store_down_until = now_ms + STORE_RETRY_MS;
+                self.claims.insert(rid.clone(), Claim::Needed { fresh: false });
+                *store_down_until = now_ms + STORE_RETRY_MS;
                 for req in waiting {
                     if let Request::Publish(p) = &req {
                         out.push(err(p.from, "message store unavailable, try again shortly"));
@@ -200,9 +142,14 @@ impl Owner {
 
     /// The store refused messages of a room sequenced under its current
     /// claim: the claim is dropped (see the module's text).
-    pub(crate) fn on_refused(&mut self, refused: &Refused, now_ms: u64) {
-        let Some(r) = self.remote.as_mut() else { return };
-        let Some(room) = self.rooms.get_mut(&refused.rid).filter(|room| room.token() == refused.token) else {
+    fn on_refused(
+        &mut self,
+        rooms: &mut HashMap<Id, Room>,
+        store_down_until: &mut u64,
+        refused: &Refused,
+        now_ms: u64,
+    ) {
+        let Some(room) = rooms.get_mut(&refused.rid).filter(|room| room.token() == refused.token) else {
             return; // an older claim's messages: already dealt with
         };
         room.set_claim(0);
@@ -210,70 +157,162 @@ impl Owner {
             Refusal::Fenced => Claim::GivenUp,
             Refusal::Lost | Refusal::Gap => Claim::Needed { fresh: true },
             Refusal::Unavailable => {
-                self.store_down_until = now_ms + STORE_RETRY_MS;
+                *store_down_until = now_ms + STORE_RETRY_MS;
                 Claim::Needed { fresh: false }
             }
         };
-        r.claims.insert(refused.rid.clone(), claim);
+        self.claims.insert(refused.rid.clone(), claim);
+    }
+}
+
+impl RoomStore for SharedStore {
+    /// Never known at once: the room is claimed first.
+    fn known(&self, _rid: &Id) -> Option<(u64, u64)> {
+        None
     }
 
-    /// Forgets the claim state of a room this owner no longer holds.
-    pub(super) fn forget_claim(&mut self, rid: &Id) {
-        if let Some(r) = self.remote.as_mut() {
-            r.claims.remove(rid);
-        }
+    /// A room this owner holds no claim on (new here): claimed at its first message.
+    fn opened(&mut self, rid: &Id) {
+        self.claims.insert(rid.clone(), Claim::Needed { fresh: false });
     }
 
-    /// The cluster's view changed: rooms given up may be claimed again.
-    pub(super) fn retry_given_up(&mut self) {
-        if let Some(r) = self.remote.as_mut() {
-            for c in r.claims.values_mut() {
-                if matches!(c, Claim::GivenUp) {
-                    *c = Claim::Needed { fresh: false };
-                }
-            }
-        }
-    }
-
-    /// A history request under a shared store: from memory when it holds the
-    /// whole window, else from the store (queued for the store thread).
-    pub(super) fn plan_remote(
+    /// A room whose claim is needed is claimed now; its messages wait for the answer.
+    fn admit(
         &mut self,
         rid: &Id,
-        since: Option<u64>,
-        before: Option<u64>,
-        limit: usize,
-        reply: ReadReply,
-    ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
-        let claimed = self.remote.as_ref().is_some_and(|r| !r.claims.contains_key(rid));
-        if let Some(room) = self.rooms.get(rid).filter(|_| claimed) {
+        req: &mut Option<Request>,
+        rooms: &mut HashMap<Id, Room>,
+        next_epoch: &dyn Fn() -> u64,
+    ) -> Gate {
+        let fresh = match self.claims.get_mut(rid) {
+            None => return Gate::Open,
+            Some(Claim::GivenUp) => return Gate::Refuse("this room is served by another node now: reconnect"),
+            Some(Claim::Pending(q)) if q.len() >= MAX_WAITING => {
+                return Gate::Refuse("message store is behind, try again shortly");
+            }
+            Some(Claim::Pending(q)) => {
+                q.extend(req.take());
+                return Gate::Queued;
+            }
+            Some(Claim::Needed { fresh }) => *fresh,
+        };
+        // The epoch a room the store does not have starts (or a fresh one).
+        let epoch = next_epoch();
+        let token = self.next_token();
+        self.claims.insert(rid.clone(), Claim::Pending(req.take().into_iter().collect()));
+        self.jobs.push(ClaimJob { rid: rid.clone(), token, epoch, fresh });
+        if let Some(room) = rooms.get_mut(rid) {
+            room.set_claim(token);
+        }
+        Gate::Queued
+    }
+
+    fn journalled(&mut self, tag: RecordTag) {
+        self.last = Some(tag);
+    }
+
+    fn take_record_tag(&mut self) -> Option<RecordTag> {
+        self.last.take()
+    }
+
+    /// From memory when it holds the whole window, else from the store.
+    fn plan_history(&mut self, q: HistoryQuery<'_>, room: Option<&Room>) -> Option<(ReadReply, u64, Vec<Bytes>)> {
+        let HistoryQuery { rid, since, before, limit, reply, budget, .. } = q;
+        if let Some(room) = room.filter(|_| !self.claims.contains_key(rid)) {
             let top = room.seq();
-            let lowest = (top + 1).saturating_sub(self.disk_cap as u64).max(1);
+            let lowest = (top + 1).saturating_sub(self.reach as u64).max(1);
             let w = history_window(since, before, limit, lowest, top);
             if w.start >= room.memory_low() || w.is_empty() {
                 let mut msgs: Vec<Bytes> = room.history_range(w).cloned().collect();
-                super::fit(&mut msgs, since.is_some(), self.reply_budget);
+                super::fit(&mut msgs, since.is_some(), budget);
                 return Some((reply, room.epoch(), msgs));
             }
         }
-        let r = self.remote.as_mut().expect("remote");
-        let (forward, budget) = (since.is_some(), self.reply_budget);
-        r.reads.push(RemoteRead { rid: rid.clone(), since, before, limit, reply, forward, budget });
+        let forward = since.is_some();
+        self.reads.push(RemoteRead { rid: rid.clone(), since, before, limit, reply, forward, budget });
         None
+    }
+
+    /// Not kept here: the store has it, and a new claim reads it again.
+    fn evicted(&mut self, rid: &Id, _room: &Room, _rooms: &HashMap<Id, Room>) -> bool {
+        self.claims.remove(rid);
+        false
+    }
+
+    fn forgotten(&mut self, rid: &Id) {
+        self.claims.remove(rid);
+    }
+
+    /// Claims of rooms given away go; rooms given up may be claimed again.
+    fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, _rooms: &HashMap<Id, Room>) {
+        self.claims.retain(|rid, _| keep(rid));
+        for c in self.claims.values_mut() {
+            if matches!(c, Claim::GivenUp) {
+                *c = Claim::Needed { fresh: false };
+            }
+        }
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl Owner {
+    /// History and room sequence live in a shared store from now on; claim
+    /// tokens start at `token_base` (random per shard and run).
+    pub(crate) fn enable_remote(&mut self, token_base: u64) {
+        self.journal = Some(crate::store::Journal::unframed());
+        let reach = self.history_reach;
+        let store = SharedStore {
+            claims: HashMap::new(),
+            jobs: Vec::new(),
+            reads: Vec::new(),
+            token_base,
+            tokens: 0,
+            last: None,
+            reach,
+        };
+        self.store = Box::new(store);
+    }
+
+    fn shared(&mut self) -> Option<&mut SharedStore> {
+        self.store.as_any_mut().downcast_mut::<SharedStore>()
+    }
+
+    /// The store answered a claim (see [`SharedStore`]); returns the
+    /// requests that waited, to be handled in order.
+    pub(crate) fn on_claimed(
+        &mut self,
+        rid: &Id,
+        token: u64,
+        state: Option<(u64, u64)>,
+        now_ms: u64,
+        out: &mut Vec<Out>,
+    ) -> Vec<Request> {
+        let Some(s) = self.store.as_any_mut().downcast_mut::<SharedStore>() else { return Vec::new() };
+        s.on_claimed(&mut self.rooms, &mut self.store_down_until, (rid, token, state), now_ms, out)
+    }
+
+    /// The store refused messages (see [`SharedStore`]).
+    pub(crate) fn on_refused(&mut self, refused: &Refused, now_ms: u64) {
+        if let Some(s) = self.store.as_any_mut().downcast_mut::<SharedStore>() {
+            s.on_refused(&mut self.rooms, &mut self.store_down_until, refused, now_ms);
+        }
     }
 
     /// Claims and history reads for the store thread.
     pub(crate) fn take_store_jobs(&mut self) -> Option<(Vec<ClaimJob>, Vec<RemoteRead>)> {
-        let r = self.remote.as_mut()?;
-        if r.jobs.is_empty() && r.reads.is_empty() {
+        let s = self.shared()?;
+        if s.jobs.is_empty() && s.reads.is_empty() {
             return None;
         }
-        Some((std::mem::take(&mut r.jobs), std::mem::take(&mut r.reads)))
+        Some((std::mem::take(&mut s.jobs), std::mem::take(&mut s.reads)))
     }
 
-    /// The message the last request journalled, if any.
+    /// The message the last request journalled, if its store may refuse it.
     pub(crate) fn take_record_tag(&mut self) -> Option<RecordTag> {
-        self.remote.as_mut()?.last.take()
+        self.store.take_record_tag()
     }
 }
 

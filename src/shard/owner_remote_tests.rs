@@ -4,7 +4,7 @@
 use super::super::Dest;
 use super::*;
 use crate::ids::Name;
-use crate::msg::{Delivery, Publish};
+use crate::msg::{ConnRef, Delivery, Publish};
 use crate::protocol::MsgType;
 
 fn id(s: &str) -> Id {

@@ -201,7 +201,7 @@ fn an_empty_room_is_evicted_and_comes_back_from_its_index() {
 
     // Evicted: history comes from disk alone.
     assert!(o.plan_history(&id("r"), None, None, 3, ReadReply::Conn(conn(0, 0, 9))).is_none());
-    let r = o.take_reads().next().unwrap();
+    let r = o.take_reads().pop().unwrap();
     assert_eq!(r.locs.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
     assert!(r.tail.is_empty());
     assert_eq!((r.epoch, r.locs[0].1.off()), (7, 100 + batch.marks[2].off));
@@ -213,7 +213,7 @@ fn an_empty_room_is_evicted_and_comes_back_from_its_index() {
     let Some(Out { msg: Delivery::Deliver { frame, .. }, .. }) = out.last() else { panic!("{out:?}") };
     assert!(text(frame).contains(r#""seq":6,"epoch":7"#), "{}", text(frame));
     assert!(o.plan_history(&id("r"), Some(2), None, 10, ReadReply::Conn(conn(0, 0, 9))).is_none());
-    let r = o.take_reads().next().unwrap();
+    let r = o.take_reads().pop().unwrap();
     assert_eq!(r.locs.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
     assert_eq!(r.tail.len(), 1, "seq 6 from memory");
     // Within memory: answered at once.
@@ -292,7 +292,7 @@ fn evicted_rooms_are_capped_oldest_first() {
         visit(&mut o, k % 3, 100 + k as u64, &mut out);
         out.clear();
     }
-    assert!(o.evicted_order.len() <= 2 * o.evicted_rooms() + 1024);
+    assert!(o.evicted_order_len() <= 2 * o.evicted_rooms() + 1024);
 }
 
 /// A history answer larger than the reply budget keeps the newest messages
