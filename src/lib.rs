@@ -41,14 +41,14 @@
 //! | [`config`] | flags, TOML file, defaults (listed once) | file |
 //! | [`metrics`] | counters and the Prometheus writer | no |
 //! | [`node`] | state shared by a node's shards | no |
-//! | [`store`] | durable history: record codec, recovery (pure parts), the log writer | files |
+//! | [`store`] | durable history: record codec, recovery (pure parts), the log writer; `redis`: the shared store's thread and scripts | files, Redis |
 //! | [`http`] | upgrade request, routes `/`, `/healthz`, `/metrics` | no |
 //! | [`procfs`] | CPU times of a process and of the machine | /proc |
 //! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |
 //! | [`relay`] | links between nodes: `codec`, `handshake` (pure), `link`, `dial` | yes |
 //! | [`shard`] | a shard: sessions, owned rooms, queues, writes, timers (see its map) | yes |
 //! | `conn` (private) | one connection's task: bytes in, frames out | yes |
-//! | `admin` (private) | the admin listener: `/metrics`, `/healthz`, the server API | yes |
+//! | `admin` (private) | the admin listener: `/metrics`, `/healthz`, the server API (answers for the whole cluster) | yes |
 //! | [`server`] | start shards, signals, shutdown | yes |
 
 pub(crate) mod admin;

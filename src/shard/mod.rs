@@ -20,7 +20,7 @@
 //! |---|---|
 //! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries |
 //! | `session` | a connection's identity and rooms: command → requests (no I/O) |
-//! | `owner` | the rooms this shard owns: request → deliveries (no I/O) |
+//! | `owner` | the rooms this shard owns: request → deliveries (no I/O); its store behind one interface (`owner_store`: `owner_disk` for the log, `owner_remote` for Redis) |
 //! | `conns` | the connection table |
 //! | `outbound` | a connection's queue and its writer state (no I/O) |
 //! | `api` | what the admin listener's server API asks of a shard |
