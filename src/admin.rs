@@ -206,12 +206,20 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
             let Some(all) = answers(rx, shard.nshards).await else { return timeout() };
             let mut rooms: Vec<(String, usize)> = all.into_iter().flatten().collect();
             if !forwarded {
-                // Every other live node's rooms (a room has one owner).
-                for node in shard.other_nodes() {
-                    let (status, b) = ask(shard, node, "/api/rooms".into()).await;
+                // Every other live node's rooms (a room has one owner), asked at once.
+                let asked: Vec<_> =
+                    shard.other_nodes().into_iter().map(|n| shard.ask_node(n, "/api/rooms".into())).collect();
+                let tickets: Vec<u64> = asked.iter().map(|(t, _)| *t).collect();
+                let give_up = |tickets: &[u64]| tickets.iter().for_each(|t| shard.forget_ask(*t));
+                for (_, rx) in asked {
+                    let Some((status, b)) = answers(rx, 1).await.and_then(|mut a| a.pop()) else {
+                        give_up(&tickets);
+                        return body(504, serde_json::json!({ "error": "a node did not answer" }));
+                    };
                     let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
                     if status != 200 {
-                        return (status, b);
+                        give_up(&tickets);
+                        return (status, b.to_vec());
                     }
                     for r in v["rooms"].as_array().into_iter().flatten() {
                         if let (Some(rid), Some(n)) = (r["rid"].as_str(), r["count"].as_u64()) {

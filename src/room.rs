@@ -75,6 +75,9 @@ pub struct Room {
     /// The shared store's claim this owner holds on the room (0: none; see
     /// `shard/owner_remote.rs`).
     token: u64,
+    /// The newest seq a shared store acknowledged (its message may have been
+    /// broadcast): a store whose top is below it lost messages.
+    acked: u64,
     /// Presence changes not yet announced (big rooms batch them): each
     /// user's net change since the last presence frame.
     presence: IndexMap<Id, (Name, Change)>,
@@ -116,6 +119,7 @@ impl Room {
             history_cap,
             epoch,
             token: 0,
+            acked: 0,
         }
     }
 
@@ -157,7 +161,18 @@ impl Room {
     pub fn continue_from(&mut self, epoch: u64, top: u64) {
         self.epoch = epoch;
         self.seq = top;
+        self.acked = top;
         self.history.clear();
+    }
+
+    /// The store acknowledged the room's messages up to `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        self.acked = self.acked.max(seq);
+    }
+
+    /// The newest seq the store acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked
     }
 
     fn count(&mut self, conn: ConnRef, delta: i32) {

@@ -65,8 +65,14 @@ pub(crate) struct ApiPeers {
     next: std::cell::Cell<u64>,
     waiting: std::cell::RefCell<std::collections::HashMap<u64, crossbeam_channel::Sender<(u16, bytes::Bytes)>>>,
     asks: std::cell::RefCell<std::collections::VecDeque<(u64, u16, String)>>,
+    /// Questions taken by the answerer and not answered yet.
+    answering: std::cell::Cell<usize>,
     waker: std::cell::RefCell<Option<std::task::Waker>>,
 }
+
+/// The largest answer sent to another node: well under a relay frame's cap,
+/// so that one answer can never close a link.
+const MAX_ANSWER: usize = crate::relay::codec::MAX_FRAME / 2;
 
 /// Questions from other nodes allowed to wait; past it they are answered 503.
 const MAX_ASKS: usize = 1024;
@@ -113,7 +119,7 @@ impl Shard {
     /// Another node asks: queued for the answerer.
     pub(super) fn on_api_ask(&self, ticket: u64, from: u16, request: String) {
         let p = &self.api_peers;
-        if p.asks.borrow().len() >= MAX_ASKS {
+        if p.asks.borrow().len() + p.answering.get() >= MAX_ASKS {
             let body = bytes::Bytes::from_static(br#"{"error":"too many questions from other nodes"}"#);
             return self.to_node(from, crate::msg::NodeMsg::ApiAnswer { ticket, status: 503, body });
         }
@@ -126,7 +132,11 @@ impl Shard {
     /// The next question from another node: (ticket, node, request).
     pub(crate) async fn next_api_ask(&self) -> (u64, u16, String) {
         std::future::poll_fn(|cx| match self.api_peers.asks.borrow_mut().pop_front() {
-            Some(a) => std::task::Poll::Ready(a),
+            Some(a) => {
+                let n = &self.api_peers.answering;
+                n.set(n.get() + 1);
+                std::task::Poll::Ready(a)
+            }
             None => {
                 *self.api_peers.waker.borrow_mut() = Some(cx.waker().clone());
                 std::task::Poll::Pending
@@ -137,6 +147,17 @@ impl Shard {
 
     /// Sends an answer to the node that asked.
     pub(crate) fn answer_node(&self, node: u16, ticket: u64, status: u16, body: Vec<u8>) {
+        let n = &self.api_peers.answering;
+        n.set(n.get().saturating_sub(1));
+        let (status, body) = if body.len() > MAX_ANSWER {
+            (
+                507,
+                br#"{"error":"the answer is too large to pass between nodes: ask the node that owns the room"}"#
+                    .to_vec(),
+            )
+        } else {
+            (status, body)
+        };
         self.to_node(node, crate::msg::NodeMsg::ApiAnswer { ticket, status, body: body.into() });
     }
 }

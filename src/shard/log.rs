@@ -55,7 +55,14 @@ impl Shard {
     /// are dropped, and each one's sender is told.
     pub(super) fn release_held(&self, written: u64, refused: &[Refused]) {
         self.log_written.set(written);
-        let mut told: Vec<(u64, u64)> = Vec::new();
+        // A message's deliveries are next to each other in `held`: the
+        // sender is told once, when its first one is dropped.
+        let mut told: Option<(u64, u64)> = None;
+        let by_room: std::collections::HashMap<(crate::ids::Id, u64), Vec<&Refused>> =
+            refused.iter().fold(std::collections::HashMap::new(), |mut m, r| {
+                m.entry((r.rid.clone(), r.token)).or_insert_with(Vec::new).push(r);
+                m
+            });
         loop {
             let next = {
                 let mut held = self.held.borrow_mut();
@@ -66,15 +73,15 @@ impl Shard {
             };
             let Some((tag, o)) = next else { break };
             let hit = tag.filter(|_| !refused.is_empty()).and_then(|t| {
-                let r = refused.iter().find(|r| t.refused_in(r))?;
+                let r = *by_room.get(&(t.rid.clone(), t.token))?.iter().find(|r| t.refused_in(r))?;
                 Some((t, r))
             });
             let Some((tag, r)) = hit else {
                 self.send_out(o);
                 continue;
             };
-            if !told.contains(&(tag.token, tag.seq)) {
-                told.push((tag.token, tag.seq));
+            if told != Some((tag.token, tag.seq)) {
+                told = Some((tag.token, tag.seq));
                 let why = match r.why {
                     Refusal::Fenced => "message not stored: this room is served by another node now",
                     Refusal::Lost | Refusal::Gap => {

@@ -170,6 +170,9 @@ impl Owner {
     /// Handles one request at Unix time `now_ms`. Returns the error code of
     /// the error reply it made, if it made one.
     pub(crate) fn handle(&mut self, req: Request, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
+        // A room whose store is busy with it (a claim) takes every request
+        // in order, joins and leaves too, and hands them back after.
+        let req = self.store.hold(req)?;
         match req {
             Request::Join { rid, conn, uid, name, echo, rejoin } => {
                 self.join(rid, conn, uid, name, echo, rejoin, now_ms, out)
@@ -380,7 +383,7 @@ impl Owner {
         // With a shared store, a room's messages wait for its claim.
         let rid = p.rid.clone();
         let mut req = Some(Request::Publish(Box::new(p)));
-        match self.store.admit(&rid, &mut req, &mut self.rooms, &*self.next_epoch) {
+        match self.store.admit(&rid, &mut req, &mut self.rooms, &*self.next_epoch, now_ms) {
             Gate::Open => {}
             Gate::Queued => return None,
             Gate::Refuse(why) => {

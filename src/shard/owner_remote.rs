@@ -32,6 +32,8 @@ use crate::store::redis::{Refusal, Refused};
 const MAX_WAITING: usize = 1024;
 /// How long messages are refused after the store was unreachable.
 const STORE_RETRY_MS: u64 = 1000;
+/// How long a fenced owner gives a room up before it claims it again.
+const GIVE_UP_MS: u64 = 5000;
 
 /// A room's claim, while it is not simply held.
 #[derive(Debug)]
@@ -40,8 +42,10 @@ pub(crate) enum Claim {
     Pending(Vec<Request>),
     /// To be claimed at the next message (`fresh`: in a new epoch).
     Needed { fresh: bool },
-    /// Another owner claimed it: refused here until the view changes.
-    GivenUp,
+    /// Another owner claimed it: refused here until the view changes, or
+    /// until this Unix time (ms): then claimed again (the other owner's
+    /// view may have let go of it meanwhile).
+    GivenUp { until: u64 },
 }
 
 /// A claim for the store thread.
@@ -110,12 +114,26 @@ impl SharedStore {
         rooms: &mut HashMap<Id, Room>,
         store_down_until: &mut u64,
         (rid, token, state): (&Id, u64, Option<(u64, u64)>),
-        now_ms: u64,
+        (now_ms, next_epoch): (u64, &dyn Fn() -> u64),
         out: &mut Vec<Out>,
     ) -> Vec<Request> {
         let Some(room) = rooms.get_mut(rid).filter(|room| room.token() == token) else {
             return Vec::new(); // superseded, or the room is gone from here
         };
+        if let Some((epoch, top)) = state
+            && epoch == room.epoch()
+            && top < room.acked()
+        {
+            // The store lost messages it had acknowledged (a failover, a
+            // restart without them): continuing would number new messages
+            // with seqs members already saw. A new epoch instead (the
+            // requests keep waiting for this claim).
+            let token = self.next_token();
+            let epoch = next_epoch();
+            self.jobs.push(ClaimJob { rid: rid.clone(), token, epoch, fresh: true });
+            room.set_claim(token);
+            return Vec::new();
+        }
         let Some(Claim::Pending(waiting)) = self.claims.remove(rid) else { return Vec::new() };
         match state {
             Some((epoch, top)) => {
@@ -154,7 +172,7 @@ impl SharedStore {
         };
         room.set_claim(0);
         let claim = match refused.why {
-            Refusal::Fenced => Claim::GivenUp,
+            Refusal::Fenced => Claim::GivenUp { until: now_ms + GIVE_UP_MS },
             Refusal::Lost | Refusal::Gap => Claim::Needed { fresh: true },
             Refusal::Unavailable => {
                 *store_down_until = now_ms + STORE_RETRY_MS;
@@ -176,6 +194,17 @@ impl RoomStore for SharedStore {
         self.claims.insert(rid.clone(), Claim::Needed { fresh: false });
     }
 
+    /// While a room's claim is under way, its requests wait in order.
+    fn hold(&mut self, req: Request) -> Option<Request> {
+        match self.claims.get_mut(req.rid()) {
+            Some(Claim::Pending(q)) if q.len() < MAX_WAITING => {
+                q.push(req);
+                None
+            }
+            _ => Some(req),
+        }
+    }
+
     /// A room whose claim is needed is claimed now; its messages wait for the answer.
     fn admit(
         &mut self,
@@ -183,10 +212,14 @@ impl RoomStore for SharedStore {
         req: &mut Option<Request>,
         rooms: &mut HashMap<Id, Room>,
         next_epoch: &dyn Fn() -> u64,
+        now_ms: u64,
     ) -> Gate {
         let fresh = match self.claims.get_mut(rid) {
             None => return Gate::Open,
-            Some(Claim::GivenUp) => return Gate::Refuse("this room is served by another node now: reconnect"),
+            Some(Claim::GivenUp { until }) if now_ms < *until => {
+                return Gate::Refuse("this room is served by another node now: reconnect");
+            }
+            Some(Claim::GivenUp { .. }) => false,
             Some(Claim::Pending(q)) if q.len() >= MAX_WAITING => {
                 return Gate::Refuse("message store is behind, try again shortly");
             }
@@ -219,7 +252,9 @@ impl RoomStore for SharedStore {
     fn plan_history(&mut self, q: HistoryQuery<'_>, room: Option<&Room>) -> Option<(ReadReply, u64, Vec<Bytes>)> {
         let HistoryQuery { rid, since, before, limit, reply, budget, .. } = q;
         if let Some(room) = room.filter(|_| !self.claims.contains_key(rid)) {
-            let top = room.seq();
+            // Only what the store acknowledged: a message still on its way
+            // there is not history yet (it may be refused).
+            let top = room.acked();
             let lowest = (top + 1).saturating_sub(self.reach as u64).max(1);
             let w = history_window(since, before, limit, lowest, top);
             if w.start >= room.memory_low() || w.is_empty() {
@@ -247,7 +282,7 @@ impl RoomStore for SharedStore {
     fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, _rooms: &HashMap<Id, Room>) {
         self.claims.retain(|rid, _| keep(rid));
         for c in self.claims.values_mut() {
-            if matches!(c, Claim::GivenUp) {
+            if matches!(c, Claim::GivenUp { .. }) {
                 *c = Claim::Needed { fresh: false };
             }
         }
@@ -291,7 +326,15 @@ impl Owner {
         out: &mut Vec<Out>,
     ) -> Vec<Request> {
         let Some(s) = self.store.as_any_mut().downcast_mut::<SharedStore>() else { return Vec::new() };
-        s.on_claimed(&mut self.rooms, &mut self.store_down_until, (rid, token, state), now_ms, out)
+        let now = (now_ms, &*self.next_epoch);
+        s.on_claimed(&mut self.rooms, &mut self.store_down_until, (rid, token, state), now, out)
+    }
+
+    /// The store acknowledged messages of `rid` up to `seq` under claim `token`.
+    pub(crate) fn on_stored(&mut self, rid: &Id, token: u64, seq: u64) {
+        if let Some(room) = self.rooms.get_mut(rid).filter(|r| r.token() == token) {
+            room.ack(seq);
+        }
     }
 
     /// The store refused messages (see [`SharedStore`]).

@@ -147,3 +147,64 @@ fn an_unreachable_store_refuses_for_a_second_then_claims_again() {
     refuse(&mut o, c2[0].token, Refusal::Unavailable, 2000);
     assert_eq!(errors(&run(&mut o, publish(conn(1), "w"), 2100)), 1);
 }
+
+#[test]
+fn a_store_that_lost_acknowledged_messages_gives_a_fresh_epoch() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    let c = claims(&mut o);
+    assert_eq!(sent(&answer(&mut o, &c[0], Some((55, 0)))), vec![(55, 1)]);
+    o.on_stored(&id("r"), c[0].token, 1); // acknowledged, so broadcast
+    refuse(&mut o, c[0].token, Refusal::Unavailable, 0);
+    run(&mut o, publish(conn(1), "y"), 2000);
+    let c2 = claims(&mut o);
+    assert!(!c2[0].fresh);
+    // The store came back without seq 1 (a failover lost it): continuing
+    // would number the next message 55/1 again.
+    assert!(answer(&mut o, &c2[0], Some((55, 0))).is_empty(), "nothing sent on a store that lost messages");
+    let c3 = claims(&mut o);
+    assert_eq!(c3.len(), 1);
+    assert!(c3[0].fresh && c3[0].epoch != 55, "{c3:?}");
+    assert_eq!(sent(&answer(&mut o, &c3[0], Some((c3[0].epoch, 0)))), vec![(c3[0].epoch, 1)], "y, in the new epoch");
+}
+
+#[test]
+fn requests_wait_in_order_while_a_claim_is_under_way() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    // The member leaves right after its message: the leave must not
+    // overtake it (nor empty the room under it).
+    let (rid, conn) = (id("r"), conn(1));
+    assert!(run(&mut o, Request::Leave { rid, conn, ack: true }, 0).is_empty(), "held behind the message");
+    let c = claims(&mut o);
+    let out = answer(&mut o, &c[0], Some((55, 0)));
+    assert_eq!(sent(&out), vec![(55, 1)], "the message went out first");
+    assert!(out.iter().any(|o| matches!(o.msg, Delivery::Direct { .. })), "then the logout ack");
+    assert_eq!(o.live_rooms(), 0);
+}
+
+#[test]
+fn a_fenced_owner_claims_again_after_a_while() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    let c = claims(&mut o);
+    answer(&mut o, &c[0], Some((55, 0)));
+    refuse(&mut o, c[0].token, Refusal::Fenced, 1000);
+    assert_eq!(errors(&run(&mut o, publish(conn(1), "y"), 3000)), 1);
+    run(&mut o, publish(conn(1), "z"), 7000);
+    assert_eq!(claims(&mut o).len(), 1, "the other owner may have let go: claimed again");
+}
+
+#[test]
+fn history_from_memory_holds_only_what_the_store_acknowledged() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    let c = claims(&mut o);
+    answer(&mut o, &c[0], Some((55, 0)));
+    let ask = |o: &mut Owner| {
+        o.plan_history(&id("r"), None, None, 10, ReadReply::Conn(conn(1))).map(|(_, e, m)| (e, m.len()))
+    };
+    assert_eq!(ask(&mut o), Some((55, 0)), "seq 1 is not stored yet");
+    o.on_stored(&id("r"), c[0].token, 1);
+    assert_eq!(ask(&mut o), Some((55, 1)));
+}

@@ -64,14 +64,21 @@ pub(crate) trait RoomStore: std::any::Any {
     /// `rid` came into memory.
     fn opened(&mut self, rid: &Id);
 
-    /// Whether a message for `rid` may be handled now; the store may take
-    /// it (`req`) to hand back later.
+    /// Takes any request for a room whose store is busy with it (a claim
+    /// under way), to hand back later in order; else gives it back.
+    fn hold(&mut self, req: Request) -> Option<Request> {
+        Some(req)
+    }
+
+    /// Whether a message for `rid` may be handled now (at Unix ms `now_ms`);
+    /// the store may take it (`req`) to hand back later.
     fn admit(
         &mut self,
         _rid: &Id,
         _req: &mut Option<Request>,
         _rooms: &mut HashMap<Id, Room>,
         _next_epoch: &dyn Fn() -> u64,
+        _now_ms: u64,
     ) -> Gate {
         Gate::Open
     }

@@ -126,6 +126,8 @@ impl Journal {
         }
         let before = self.buf.len();
         record::encode(&mut self.buf, epoch, seq, ts, rid, msg);
+        // Framed: what waits is the framing too (rids and headers count).
+        self.pending += self.buf.len() - before - msg.len();
         self.end += (self.buf.len() - before) as u64;
         self.marks.push(Mark { rid: rid.clone(), epoch, seq, off: before as u64, token, msg: bytes::Bytes::new() });
     }

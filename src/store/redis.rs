@@ -44,6 +44,9 @@ const CHUNK: usize = 512;
 const MAX_JOBS: usize = 4096;
 /// How long one round trip may take before the connection is given up.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Errors after which the connection is made again: scripts flushed, or
+/// this server is not (or not yet) the primary.
+const RECONNECT_ON: [&str; 5] = ["NOSCRIPT", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN"];
 
 /// What a shard asks of the store.
 #[derive(Debug)]
@@ -314,7 +317,24 @@ impl Worker {
         // At once, so that a store that cannot be reached shows at start
         // (log and `cchat_store_down`), not at the first message.
         self.connect_if_due();
-        while let Ok(first) = rx.recv() {
+        loop {
+            // While down, retry on the backoff even without jobs, so that the
+            // gauge and the log say when the store is back.
+            let first = if self.conn.is_none() {
+                match rx.recv_timeout(self.retry_at.saturating_duration_since(Instant::now())) {
+                    Ok(j) => j,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.connect_if_due();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            };
             let mut jobs = vec![first];
             while jobs.len() < MAX_JOBS {
                 match rx.try_recv() {
@@ -342,12 +362,14 @@ impl Worker {
                     }
                 }
             };
-            if let Some(v) = &replies
-                && v.iter().any(|r| matches!(r, Value::ServerError(e) if e.code() == "NOSCRIPT"))
-            {
-                // Scripts were flushed (SCRIPT FLUSH): load them again at the
-                // next connect; this round's jobs fail like an outage.
-                self.lost("scripts were flushed from Redis");
+            if let Some(e) = replies.iter().flatten().find_map(|r| match r {
+                Value::ServerError(e) if RECONNECT_ON.contains(&e.code()) => Some(e.code().to_owned()),
+                _ => None,
+            }) {
+                // Scripts flushed (SCRIPT FLUSH), or not the primary any more
+                // (a failover that moved it, a replica loading): connect again
+                // (the URL may name the new primary); what it refused counts as unavailable.
+                self.lost(&format!("Redis answered {e}"));
             }
             self.answer(jobs, calls, replies);
         }
