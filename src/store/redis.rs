@@ -44,6 +44,8 @@ const CHUNK: usize = 512;
 const MAX_JOBS: usize = 4096;
 /// How long one round trip may take before the connection is given up.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a failed round is tried again before its jobs fail.
+const RETRY_FOR: Duration = Duration::from_secs(2);
 /// Errors after which the connection is made again: scripts flushed, or
 /// this server is not (or not yet) the primary.
 const RECONNECT_ON: [&str; 5] = ["NOSCRIPT", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN"];
@@ -344,34 +346,56 @@ impl Worker {
             }
             self.connect_if_due();
             let (cmds, calls) = self.build(&jobs);
-            let replies = match self.conn.as_mut() {
-                None => None,
-                Some(conn) => {
-                    let t0 = Instant::now();
-                    let r = conn.run(cmds);
-                    self.stats.round_trips.fetch_add(1, Relaxed);
-                    self.stats.rtt_us.fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
-                    self.stats.commands.fetch_add(calls.len() as u64, Relaxed);
-                    match r {
-                        Ok(v) if v.len() == calls.len() => Some(v),
-                        Ok(_) => None,
-                        Err(e) => {
-                            self.lost(&e.to_string());
-                            None
-                        }
-                    }
+            // A round that fails on the way (connection lost, timeout) may
+            // have been applied: it is sent again once connected, for up to
+            // RETRY_FOR (the scripts take a repeat as done: see append.lua),
+            // so that a blip neither refuses messages nor leaves stored ones
+            // undelivered. Then its jobs fail as unavailable.
+            let give_up = Instant::now() + RETRY_FOR;
+            let replies = loop {
+                if let Some(v) = self.round(cmds.clone(), calls.len()) {
+                    break Some(v);
                 }
+                let now = Instant::now();
+                if now >= give_up {
+                    break None;
+                }
+                std::thread::sleep(self.retry_at.min(give_up).saturating_duration_since(now));
+                self.connect_if_due();
             };
-            if let Some(e) = replies.iter().flatten().find_map(|r| match r {
-                Value::ServerError(e) if RECONNECT_ON.contains(&e.code()) => Some(e.code().to_owned()),
-                _ => None,
-            }) {
-                // Scripts flushed (SCRIPT FLUSH), or not the primary any more
-                // (a failover that moved it, a replica loading): connect again
-                // (the URL may name the new primary); what it refused counts as unavailable.
-                self.lost(&format!("Redis answered {e}"));
-            }
             self.answer(jobs, calls, replies);
+        }
+    }
+
+    /// One round trip of `cmds` (None: not connected, or it failed).
+    fn round(&mut self, cmds: Vec<redis::Cmd>, n: usize) -> Option<Vec<Value>> {
+        let conn = self.conn.as_mut()?;
+        let t0 = Instant::now();
+        let r = conn.run(cmds);
+        self.stats.round_trips.fetch_add(1, Relaxed);
+        self.stats.rtt_us.fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+        self.stats.commands.fetch_add(n as u64, Relaxed);
+        match r {
+            Ok(v) if v.len() == n => {
+                let wrong = v.iter().find_map(|r| match r {
+                    Value::ServerError(e) if RECONNECT_ON.contains(&e.code()) => Some(e.code().to_owned()),
+                    _ => None,
+                });
+                let Some(e) = wrong else { return Some(v) };
+                // Scripts flushed (SCRIPT FLUSH), or not the primary any more
+                // (a failover moved it, a replica loading): connect again (the
+                // URL may name the new primary) and send the round again.
+                self.lost(&format!("Redis answered {e}"));
+                None
+            }
+            Ok(_) => {
+                self.lost("a reply of the wrong length");
+                None
+            }
+            Err(e) => {
+                self.lost(&e.to_string());
+                None
+            }
         }
     }
 
