@@ -352,8 +352,11 @@ impl Worker {
             // so that a blip neither refuses messages nor leaves stored ones
             // undelivered. Then its jobs fail as unavailable.
             let give_up = Instant::now() + RETRY_FOR;
+            let mut cmds = Some(cmds);
             let replies = loop {
-                if let Some(v) = self.round(cmds.clone(), calls.len()) {
+                // Built again only for a second try (no copy of the messages otherwise).
+                let round = cmds.take().unwrap_or_else(|| self.build(&jobs).0);
+                if let Some(v) = self.round(round, calls.len()) {
                     break Some(v);
                 }
                 let now = Instant::now();
