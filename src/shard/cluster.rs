@@ -19,13 +19,14 @@ impl Shard {
     pub(super) fn apply_cluster_change(&self, view: Arc<View>, down: Option<u16>) {
         let old_view = std::mem::replace(&mut *self.view.borrow_mut(), view.clone());
         let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
+        let moved;
         {
             let mut owner = self.owner.borrow_mut();
             if let Some(dead) = down {
                 owner.node_down(dead, unix_ms(), &mut out);
             }
             // Rooms that now belong to another node: their members re-join there.
-            owner.keep_own(&view);
+            moved = owner.keep_own(&view);
             self.stats().rooms.store(owner.live_rooms() as i64, Relaxed);
         }
         self.send_or_hold(&mut out);
@@ -54,7 +55,9 @@ impl Shard {
                 }
             }
         }
-        for req in rejoins {
+        // Then what waited for those rooms here (after the re-joins, so
+        // that a message finds its sender a member there).
+        for req in rejoins.into_iter().chain(moved) {
             self.to_owner(req);
         }
         // Last: a reader of the gauge knows this shard routes by the new view.

@@ -524,8 +524,9 @@ impl Owner {
     }
 
     /// Forgets the rooms `view` gives to other nodes (their members re-join there).
-    pub(crate) fn keep_own(&mut self, view: &View) {
-        self.store.view_changed(&|rid: &Id| view.owner(rid) == 0, &self.rooms);
+    /// Returns the requests that waited here for rooms that moved.
+    pub(crate) fn keep_own(&mut self, view: &View) -> Vec<Request> {
+        let moved = self.store.view_changed(&|rid: &Id| view.owner(rid) == 0, &self.rooms);
         let live = &mut self.live;
         self.rooms.retain(|rid, room| {
             let keep = view.owner(rid) == 0;
@@ -534,6 +535,7 @@ impl Owner {
             }
             keep
         });
+        moved
     }
 }
 

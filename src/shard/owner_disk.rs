@@ -244,13 +244,14 @@ impl RoomStore for LogStore {
     }
 
     /// Forgets the index of rooms given to another node.
-    fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, rooms: &HashMap<Id, Room>) {
+    fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, rooms: &HashMap<Id, Room>) -> Vec<crate::msg::Request> {
         let evicted = &mut self.evicted;
         self.disk.retain(|rid, _| {
             let kept = keep(rid);
             *evicted -= usize::from(!kept && !rooms.contains_key(rid));
             kept
         });
+        Vec::new()
     }
 
     fn evicted_rooms(&self) -> usize {

@@ -278,14 +278,23 @@ impl RoomStore for SharedStore {
         self.claims.remove(rid);
     }
 
-    /// Claims of rooms given away go; rooms given up may be claimed again.
-    fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, _rooms: &HashMap<Id, Room>) {
-        self.claims.retain(|rid, _| keep(rid));
+    /// Claims of rooms given away go (what waited for them goes to their
+    /// new owners); rooms given up may be claimed again.
+    fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, _rooms: &HashMap<Id, Room>) -> Vec<Request> {
+        let mut moved = Vec::new();
+        self.claims.retain(|rid, c| {
+            let kept = keep(rid);
+            if let (false, Claim::Pending(q)) = (kept, c) {
+                moved.append(q);
+            }
+            kept
+        });
         for c in self.claims.values_mut() {
             if matches!(c, Claim::GivenUp { .. }) {
                 *c = Claim::Needed { fresh: false };
             }
         }
+        moved
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {

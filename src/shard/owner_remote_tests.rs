@@ -208,3 +208,19 @@ fn history_from_memory_holds_only_what_the_store_acknowledged() {
     o.on_stored(&id("r"), c[0].token, 1);
     assert_eq!(ask(&mut o), Some((55, 1)));
 }
+
+#[test]
+fn what_waits_for_a_claim_goes_to_the_rooms_new_owner_when_it_moves() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    assert_eq!(claims(&mut o).len(), 1);
+    // A view in which another node owns "r".
+    let view = (0..)
+        .map(|i| crate::cluster::View { live: vec![("a".into(), 0), (format!("b{i}").into(), 1)] })
+        .find(|v| v.owner("r") == 1)
+        .unwrap();
+    let moved = o.keep_own(&view);
+    assert_eq!(moved.len(), 1, "the message is handed on, not dropped");
+    assert!(matches!(&moved[0], Request::Publish(p) if p.msg == "x"));
+    assert_eq!(o.live_rooms(), 0);
+}

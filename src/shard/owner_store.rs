@@ -104,8 +104,9 @@ pub(crate) trait RoomStore: std::any::Any {
     fn forgotten(&mut self, _rid: &Id) {}
 
     /// The cluster's view changed: the rooms `keep` rejects belong to
-    /// other nodes now (`rooms`: those in memory, before they go).
-    fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, rooms: &HashMap<Id, Room>);
+    /// other nodes now (`rooms`: those in memory, before they go). Returns
+    /// the requests it held for those rooms, for their new owners.
+    fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, rooms: &HashMap<Id, Room>) -> Vec<Request>;
 
     /// Rooms the store holds that are not in memory.
     fn evicted_rooms(&self) -> usize {
