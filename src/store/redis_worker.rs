@@ -161,6 +161,10 @@ impl Worker {
             };
             self.answer(jobs, calls, replies);
         }
+        // The shard is gone (shutdown): it no longer counts as down.
+        if !self.backoff.is_zero() {
+            self.stats.down.fetch_sub(1, Relaxed);
+        }
     }
 
     /// One round trip of `cmds` (None: not connected, or it failed).
