@@ -94,8 +94,6 @@ pub(crate) struct Owner {
     evict_ms: u64,
     /// Rooms that emptied, and when they may be evicted, oldest first.
     idle: VecDeque<(Id, u64)>,
-    /// Evicted rooms a store may keep (`--max-evicted-rooms`, per shard).
-    max_evicted: usize,
     /// Bytes of messages one history answer may carry.
     pub(crate) reply_budget: usize,
 }
@@ -139,7 +137,6 @@ impl Owner {
             history_reach: history_cap,
             evict_ms: 10_000,
             idle: VecDeque::new(),
-            max_evicted: usize::MAX,
             reply_budget: usize::MAX,
         }
     }

@@ -270,7 +270,6 @@ impl Owner {
     pub(crate) fn set_storage(&mut self, history: usize, evict_ms: u64, max_evicted: usize) {
         self.history_reach = history;
         self.evict_ms = evict_ms;
-        self.max_evicted = max_evicted;
         if let Some(log) = self.log_store() {
             log.cap = history;
             log.max_evicted = max_evicted;

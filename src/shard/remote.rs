@@ -37,9 +37,6 @@ pub(crate) struct StoreLink {
     next_ticket: u64,
     /// A batch of appends is with the store (one at a time).
     in_flight: bool,
-    /// Per room of that batch: its claim and its newest seq (acknowledged
-    /// when the batch is, unless the room's messages were refused).
-    in_flight_rooms: Vec<(crate::ids::Id, u64, u64)>,
 }
 
 enum Step {
@@ -54,9 +51,7 @@ impl Shard {
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
         self.owner.borrow_mut().enable_remote(u64::from_le_bytes(seed));
-        let link =
-            StoreLink { store, reads: HashMap::new(), next_ticket: 0, in_flight: false, in_flight_rooms: Vec::new() };
-        *self.remote.borrow_mut() = Some(link);
+        *self.remote.borrow_mut() = Some(StoreLink { store, reads: HashMap::new(), next_ticket: 0, in_flight: false });
     }
 
     /// Hands the owner's claims and history reads to the store thread.
@@ -105,13 +100,6 @@ impl Shard {
                 Step::Closed => return,
                 Step::Send => {
                     let batch = self.owner.borrow_mut().journal().expect("journal").take();
-                    let mut newest: HashMap<(crate::ids::Id, u64), u64> = HashMap::new();
-                    for m in &batch.marks {
-                        let e = newest.entry((m.rid.clone(), m.token)).or_default();
-                        *e = (*e).max(m.seq);
-                    }
-                    let rooms: Vec<(crate::ids::Id, u64, u64)> =
-                        newest.into_iter().map(|((r, t), s)| (r, t, s)).collect();
                     let records = batch
                         .marks
                         .into_iter()
@@ -120,7 +108,6 @@ impl Shard {
                     let mut link = self.remote.borrow_mut();
                     let link = link.as_mut().expect("remote");
                     link.in_flight = true;
-                    link.in_flight_rooms = rooms;
                     link.store.send(Job::Append { records, end: batch.end });
                 }
                 Step::Answer(ev) => self.on_store_event(ev),
@@ -131,23 +118,17 @@ impl Shard {
 
     fn on_store_event(&self, ev: Event) {
         match ev {
-            Event::Appended { end, refused } => {
-                let rooms = match self.remote.borrow_mut().as_mut() {
-                    Some(l) => {
-                        l.in_flight = false;
-                        std::mem::take(&mut l.in_flight_rooms)
-                    }
-                    None => Vec::new(),
-                };
+            Event::Appended { end, stored, refused } => {
+                if let Some(l) = self.remote.borrow_mut().as_mut() {
+                    l.in_flight = false;
+                }
                 let now = unix_ms();
                 {
                     let mut owner = self.owner.borrow_mut();
-                    let refused_rooms: std::collections::HashSet<(&crate::ids::Id, u64)> =
-                        refused.iter().map(|r| (&r.rid, r.token)).collect();
-                    for (rid, token, seq) in &rooms {
-                        if !refused_rooms.contains(&(rid, *token)) {
-                            owner.on_stored(rid, *token, *seq);
-                        }
+                    // Stored runs first: their messages go out (acknowledged)
+                    // even when a later run of the room was refused.
+                    for (rid, token, seq) in &stored {
+                        owner.on_stored(rid, *token, *seq);
                     }
                     for r in &refused {
                         owner.on_refused(r, now);

@@ -136,6 +136,8 @@ pub enum Event {
     Appended {
         /// The journal position the batch reached.
         end: u64,
+        /// Runs stored: (room, claim token, newest seq of the run).
+        stored: Vec<(Id, u64, u64)>,
         /// What was not stored.
         refused: Vec<Refused>,
     },

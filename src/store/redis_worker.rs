@@ -324,7 +324,7 @@ impl Worker {
                     Event::Claimed { rid, token, state }
                 }
                 Job::Append { records, end } => {
-                    let mut refused = Vec::new();
+                    let (mut stored, mut refused) = (Vec::new(), Vec::new());
                     let mut left = records.len() as u64;
                     while left > 0 {
                         let Some(Call::Append { refused: mut r, n }) = calls.next() else {
@@ -338,6 +338,7 @@ impl Worker {
                         r.why = match code {
                             Some(1) => {
                                 self.stats.appended.fetch_add(n, Relaxed);
+                                stored.push((r.rid, r.token, r.last));
                                 continue;
                             }
                             Some(0) => Refusal::Lost,
@@ -348,7 +349,7 @@ impl Worker {
                         self.stats.refused.fetch_add(n, Relaxed);
                         refused.push(r);
                     }
-                    Event::Appended { end, refused }
+                    Event::Appended { end, stored, refused }
                 }
                 Job::Read { .. } => {
                     let Some(Call::Read { ticket }) = calls.next() else { unreachable!("one call per read") };
