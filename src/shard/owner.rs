@@ -175,7 +175,7 @@ impl Owner {
                 self.join(rid, conn, uid, name, echo, rejoin, now_ms, out)
             }
             Request::Leave { rid, conn, ack } => self.leave(rid, conn, ack, now_ms, out),
-            Request::Publish(p) => return self.publish(*p, now_ms, out),
+            Request::Publish(p) => return self.publish(p, now_ms, out),
             Request::GetOnline { rid, conn, after, limit } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
                 let frame = match self.rooms.get(&rid) {
@@ -359,7 +359,7 @@ impl Owner {
         self.rooms.len()
     }
 
-    fn publish(&mut self, p: Publish, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
+    fn publish(&mut self, p: Box<Publish>, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
         if now_ms < self.store_down_until && p.tid.is_none() {
             out.push(err(p.from, "message store unavailable, try again shortly"));
             return Some(ERR_INVALID);
@@ -377,9 +377,10 @@ impl Owner {
             self.room_or_load(&p.rid);
             self.schedule_evict(&p.rid, now_ms);
         }
-        // With a shared store, a room's messages wait for its claim.
+        // With a shared store, a room's messages wait for its claim (the
+        // request moves as it came, boxed: nothing is allocated for this).
         let rid = p.rid.clone();
-        let mut req = Some(Request::Publish(Box::new(p)));
+        let mut req = Some(Request::Publish(p));
         match self.store.admit(&rid, &mut req, &mut self.rooms, &*self.next_epoch, now_ms) {
             Gate::Open => {}
             Gate::Queued => return None,
@@ -390,7 +391,6 @@ impl Owner {
             }
         }
         let Some(Request::Publish(p)) = req else { unreachable!("not taken when open") };
-        let p = *p;
         let Some(room) = self.rooms.get_mut(&p.rid) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
@@ -437,7 +437,7 @@ impl Owner {
                 let json = frame.slice(off..);
                 if let Some(j) = self.journal.as_mut() {
                     j.append(room.epoch(), seq, now_ms, &p.rid, &json, room.token());
-                    self.store.journalled(RecordTag { rid: p.rid.clone(), token: room.token(), seq, from: p.from });
+                    self.store.journalled(&p.rid, room.token(), seq, p.from);
                 }
                 room.remember(seq, json);
                 let except = if sender_echo { None } else { Some(p.from) };

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use super::store::{Gate, HistoryQuery, RecordTag, RoomStore};
 use super::{Out, Owner, ReadReply, err};
 use crate::ids::Id;
-use crate::msg::Request;
+use crate::msg::{ConnRef, Request};
 use crate::room::{Room, history_window};
 use crate::store::redis::{Refusal, Refused};
 
@@ -240,8 +240,8 @@ impl RoomStore for SharedStore {
         Gate::Queued
     }
 
-    fn journalled(&mut self, tag: RecordTag) {
-        self.last = Some(tag);
+    fn journalled(&mut self, rid: &Id, token: u64, seq: u64, from: ConnRef) {
+        self.last = Some(RecordTag { rid: rid.clone(), token, seq, from });
     }
 
     fn take_record_tag(&mut self) -> Option<RecordTag> {

@@ -84,7 +84,7 @@ pub(crate) trait RoomStore: std::any::Any {
     }
 
     /// A room message was journalled (its deliveries are held behind it).
-    fn journalled(&mut self, _tag: RecordTag) {}
+    fn journalled(&mut self, _rid: &Id, _token: u64, _seq: u64, _from: ConnRef) {}
 
     /// The message the last request journalled, if the store refuses messages.
     fn take_record_tag(&mut self) -> Option<RecordTag> {
