@@ -66,7 +66,7 @@ fn server_args(dir: &Path, args: &[&str]) -> Vec<String> {
 /// A test's own WebSocket client: ws://, or wss:// with signed logins.
 fn client(server: &Server) -> Client {
     match SECURE.with(|c| c.borrow().clone()).filter(|_| https()) {
-        Some(ca) => Client::connect_tls(server.addr, &ca, SECRET),
+        Some(ca) => Client::connect_tls(server.addr, &ca, Some(SECRET)),
         None => server.client(),
     }
 }

@@ -3,19 +3,13 @@
 //! SIGHUP without a restart.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use serde_json::{Value, json};
-use tungstenite::{Message, WebSocket};
+use serde_json::json;
+use tungstenite::Message;
 
-use crate::common::Server;
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+use crate::common::{Client, Server};
 
 pub(crate) use crate::common::cert::make_cert;
 
@@ -39,52 +33,14 @@ fn start(dir: &Path) -> Server {
     ])
 }
 
+/// A wss client trusting only `cert` (logins not signed).
+fn wss(server: &Server, cert: &Path) -> Client {
+    Client::connect_tls(server.addr, cert, None)
+}
+
 /// A TLS connection to the server trusting only `cert`.
-fn tls_connect(server: &Server, cert: &Path) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(cert).unwrap()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
-    let sock = TcpStream::connect(server.addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    rustls::StreamOwned::new(conn, sock)
-}
-
-fn wss(server: &Server, cert: &Path) -> WebSocket<Tls> {
-    let url = format!("wss://localhost:{}/", server.addr.port());
-    let (ws, resp) = tungstenite::client(url, tls_connect(server, cert)).expect("wss upgrade");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-fn recv(ws: &mut WebSocket<Tls>) -> Value {
-    loop {
-        match ws.read().expect("read over TLS") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-/// Logs in over wss and waits for the ack.
-fn login(ws: &mut WebSocket<Tls>, name: &str, uid: &str, rid: &str) {
-    ws.send(Message::text(json!({"cmd":"login","name":name,"uid":uid,"rid":rid}).to_string())).unwrap();
-    expect(ws, "login");
-}
-
-fn expect(ws: &mut WebSocket<Tls>, cmd: &str) -> Value {
-    loop {
-        let v = recv(ws);
-        if v["cmd"] == cmd {
-            return v;
-        }
-    }
+fn tls_connect(server: &Server, cert: &Path) -> crate::common::Tls {
+    crate::common::tls_stream(server.addr, cert)
 }
 
 #[test]
@@ -95,22 +51,21 @@ fn wss_clients_chat_and_the_page_is_served_over_https() {
     let cert = dir.join("cert.pem");
     let mut a = wss(&server, &cert);
     let mut b = wss(&server, &cert);
-    login(&mut a, "Ann", "ann", "secure");
-    login(&mut b, "Bob", "bob", "secure");
-    assert_eq!(expect(&mut a, "newUser")["uid"], "bob");
+    a.login("Ann", "secure", Some("ann"));
+    b.login("Bob", "secure", Some("bob"));
+    assert_eq!(a.expect("newUser")["uid"], "bob");
     // Many frames at once: they are sealed into records and arrive whole, in order.
     for k in 0..200 {
-        b.send(Message::text(json!({"cmd":"message","type":"text","rid":"secure","msg":format!("m{k}")}).to_string()))
-            .unwrap();
+        b.say("secure", &format!("m{k}"));
     }
     for k in 0..200 {
-        let m = expect(&mut a, "message");
+        let m = a.expect("message");
         assert_eq!((m["msg"].as_str(), m["uid"].as_str()), (Some(format!("m{k}").as_str()), Some("bob")));
     }
     // A close gets its close frame over TLS.
-    a.close(None).unwrap();
+    a.ws.close(None).unwrap();
     loop {
-        match a.read() {
+        match a.ws.read() {
             Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => break,
             Ok(_) => continue,
             Err(e) => panic!("close over TLS: {e}"),
@@ -149,7 +104,7 @@ fn a_plain_client_on_the_tls_port_is_refused_cleanly() {
     let url = format!("wss://localhost:{}/", server.addr.port());
     assert!(tungstenite::client(url, tls_connect(&server, &other.join("cert.pem"))).is_err());
     let mut ok = wss(&server, &dir.join("cert.pem"));
-    login(&mut ok, "x", "x", "r");
+    ok.login("x", "r", Some("x"));
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
@@ -163,7 +118,7 @@ fn sighup_reloads_a_renewed_certificate_without_a_restart() {
     let first = dir.join("first.pem");
     std::fs::copy(dir.join("cert.pem"), &first).unwrap();
     let mut before = wss(&server, &first);
-    login(&mut before, "a", "a", "r");
+    before.login("a", "r", Some("a"));
     // Renewed on disk, then SIGHUP.
     make_cert(&dir, "second");
     server.signal(libc::SIGHUP);
@@ -183,8 +138,8 @@ fn sighup_reloads_a_renewed_certificate_without_a_restart() {
     }
     assert!(!served(&first), "new connections get the renewed certificate");
     // The connection made before goes on.
-    before.send(Message::text(json!({"cmd":"getOnline","rid":"r"}).to_string())).unwrap();
-    expect(&mut before, "getOnline");
+    before.send(json!({"cmd":"getOnline","rid":"r"}));
+    before.expect("getOnline");
     // A broken file on SIGHUP: the certificate in use stays.
     std::fs::write(dir.join("cert.pem"), "not a certificate").unwrap();
     server.signal(libc::SIGHUP);

@@ -151,10 +151,13 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A TLS connection of a test client.
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
 /// A client's socket: plain TCP, or TLS (rustls) to a server with `--tls-cert`.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Tls(Box<Tls>),
 }
 
 impl Stream {
@@ -206,6 +209,25 @@ pub struct Client {
     pub token_secret: Option<String>,
 }
 
+/// A TLS connection (rustls) to `addr` as `localhost`, trusting only `ca`.
+pub fn tls_stream(addr: SocketAddr, ca: &std::path::Path) -> Tls {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    sock.set_nodelay(true).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
 /// An HS256 token for `sub`, valid for five minutes.
 pub fn sign_token(secret: &str, sub: &str) -> String {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
@@ -236,26 +258,14 @@ impl Client {
         Client { ws, token_secret: None }
     }
 
-    /// A wss:// client trusting only `ca`, whose logins are signed with `secret`.
-    pub fn connect_tls(addr: SocketAddr, ca: &std::path::Path, secret: &str) -> Client {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        let sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
-        sock.set_nodelay(true).unwrap();
-        let tls = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, sock)));
+    /// A wss:// client trusting only `ca`; with `secret`, its logins are
+    /// signed with it.
+    pub fn connect_tls(addr: SocketAddr, ca: &std::path::Path, secret: Option<&str>) -> Client {
+        let tls = Stream::Tls(Box::new(tls_stream(addr, ca)));
         let url = format!("wss://localhost:{}/chat", addr.port());
-        let (ws, _) = tungstenite::client(url, tls).expect("wss handshake");
-        Client { ws, token_secret: Some(secret.to_owned()) }
+        let (ws, resp) = tungstenite::client(url, tls).expect("wss handshake");
+        assert_eq!(resp.status(), 101);
+        Client { ws, token_secret: secret.map(str::to_owned) }
     }
 
     /// Adds a signed token for `uid` to a login (when logins are signed).
