@@ -73,6 +73,15 @@ fn answer(o: &mut Owner, job: &ClaimJob, state: Option<(u64, u64)>) -> Vec<Out> 
     out
 }
 
+/// Sends "x" and answers the room's claim with epoch 55, top 0: the room
+/// is held under the returned claim (and "x" went out as 55/1).
+fn claimed(o: &mut Owner) -> ClaimJob {
+    run(o, publish(conn(1), "x"), 0);
+    let c = claims(o).pop().expect("a claim");
+    assert_eq!(sent(&answer(o, &c, Some((55, 0)))), vec![(55, 1)]);
+    c
+}
+
 fn errors(out: &[Out]) -> usize {
     out.iter().filter(|o| matches!(o.msg, Delivery::Direct { .. }) && o.dest == Dest::Shard(0)).count()
 }
@@ -100,27 +109,23 @@ fn refuse(o: &mut Owner, token: u64, why: Refusal, now: u64) {
 #[test]
 fn a_store_that_lost_the_room_gives_a_fresh_epoch() {
     let mut o = owner();
-    run(&mut o, publish(conn(1), "x"), 0);
-    let c = claims(&mut o);
-    answer(&mut o, &c[0], Some((55, 0)));
-    refuse(&mut o, c[0].token, Refusal::Lost, 0);
+    let c = claimed(&mut o);
+    refuse(&mut o, c.token, Refusal::Lost, 0);
     run(&mut o, publish(conn(1), "y"), 0);
     let c2 = claims(&mut o);
-    assert!(c2[0].fresh && c2[0].token != c[0].token && c2[0].epoch != 55, "{c2:?}");
+    assert!(c2[0].fresh && c2[0].token != c.token && c2[0].epoch != 55, "{c2:?}");
     let out = answer(&mut o, &c2[0], Some((c2[0].epoch, 0)));
     assert_eq!(sent(&out), vec![(c2[0].epoch, 1)]);
     // A refusal of the older claim's messages changes nothing now.
-    refuse(&mut o, c[0].token, Refusal::Fenced, 0);
+    refuse(&mut o, c.token, Refusal::Fenced, 0);
     assert_eq!(sent(&run(&mut o, publish(conn(1), "z"), 0)).len(), 1);
 }
 
 #[test]
 fn a_fenced_owner_gives_the_room_up_until_the_view_changes() {
     let mut o = owner();
-    run(&mut o, publish(conn(1), "x"), 0);
-    let c = claims(&mut o);
-    answer(&mut o, &c[0], Some((55, 0)));
-    refuse(&mut o, c[0].token, Refusal::Fenced, 0);
+    let c = claimed(&mut o);
+    refuse(&mut o, c.token, Refusal::Fenced, 0);
     let out = run(&mut o, publish(conn(1), "y"), 0);
     assert_eq!((errors(&out), sent(&out).len()), (1, 0), "refused, not claimed again");
     assert!(claims(&mut o).is_empty());
@@ -151,11 +156,9 @@ fn an_unreachable_store_refuses_for_a_second_then_claims_again() {
 #[test]
 fn a_store_that_lost_acknowledged_messages_gives_a_fresh_epoch() {
     let mut o = owner();
-    run(&mut o, publish(conn(1), "x"), 0);
-    let c = claims(&mut o);
-    assert_eq!(sent(&answer(&mut o, &c[0], Some((55, 0)))), vec![(55, 1)]);
-    o.on_stored(&id("r"), c[0].token, 1); // acknowledged, so broadcast
-    refuse(&mut o, c[0].token, Refusal::Unavailable, 0);
+    let c = claimed(&mut o);
+    o.on_stored(&id("r"), c.token, 1); // acknowledged, so broadcast
+    refuse(&mut o, c.token, Refusal::Unavailable, 0);
     run(&mut o, publish(conn(1), "y"), 2000);
     let c2 = claims(&mut o);
     assert!(!c2[0].fresh);
@@ -186,10 +189,8 @@ fn requests_wait_in_order_while_a_claim_is_under_way() {
 #[test]
 fn a_fenced_owner_claims_again_after_a_while() {
     let mut o = owner();
-    run(&mut o, publish(conn(1), "x"), 0);
-    let c = claims(&mut o);
-    answer(&mut o, &c[0], Some((55, 0)));
-    refuse(&mut o, c[0].token, Refusal::Fenced, 1000);
+    let c = claimed(&mut o);
+    refuse(&mut o, c.token, Refusal::Fenced, 1000);
     assert_eq!(errors(&run(&mut o, publish(conn(1), "y"), 3000)), 1);
     run(&mut o, publish(conn(1), "z"), 7000);
     assert_eq!(claims(&mut o).len(), 1, "the other owner may have let go: claimed again");
@@ -198,14 +199,12 @@ fn a_fenced_owner_claims_again_after_a_while() {
 #[test]
 fn history_from_memory_holds_only_what_the_store_acknowledged() {
     let mut o = owner();
-    run(&mut o, publish(conn(1), "x"), 0);
-    let c = claims(&mut o);
-    answer(&mut o, &c[0], Some((55, 0)));
+    let c = claimed(&mut o);
     let ask = |o: &mut Owner| {
         o.plan_history(&id("r"), None, None, 10, ReadReply::Conn(conn(1))).map(|(_, e, m)| (e, m.len()))
     };
     assert_eq!(ask(&mut o), Some((55, 0)), "seq 1 is not stored yet");
-    o.on_stored(&id("r"), c[0].token, 1);
+    o.on_stored(&id("r"), c.token, 1);
     assert_eq!(ask(&mut o), Some((55, 1)));
 }
 
