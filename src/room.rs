@@ -38,6 +38,10 @@ pub enum Joined {
     Already,
     /// Another connection of a user already present: acknowledge only.
     NewConnection,
+    /// Another connection of a user already present, under another name: the
+    /// user's name is now this one (a change of name whose new connection
+    /// came before the old one left); announced like a `newUser`.
+    Renamed,
     /// A user new to the room: acknowledge and announce `newUser`.
     NewUser,
 }
@@ -198,7 +202,12 @@ impl Room {
             Some(u) => {
                 u.conns.reserve_exact(1);
                 u.conns.push(conn);
-                Joined::NewConnection
+                if u.name == *name {
+                    Joined::NewConnection
+                } else {
+                    u.name = name.clone();
+                    Joined::Renamed
+                }
             }
             None => {
                 self.users.insert(uid.clone(), User { name: name.clone(), conns: vec![conn] });
@@ -409,6 +418,9 @@ mod tests {
         assert_eq!(r.leave(c(1, 1)), None);
         assert_eq!(r.users().count(), 1);
         assert_eq!(r.len(), 1);
+        // A new connection under another name renames the user.
+        assert_eq!(r.join(c(0, 3), &id("b"), &nm("Bee"), false), Joined::Renamed);
+        assert_eq!(r.users().collect::<Vec<_>>(), vec![("b", "Bee")]);
     }
 
     #[test]

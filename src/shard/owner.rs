@@ -223,7 +223,14 @@ impl Owner {
         }
         let ack = protocol::encode_presence("login", &uid, &name, &rid);
         out.push(Out { dest: Dest::of(conn), msg: Delivery::Joined { rid: rid.clone(), conn, ack } });
-        if joined == Joined::NewUser {
+        // A change of name reaches the room whichever of the user's old and
+        // new connections the owner hears from first: a new connection under
+        // another name while the old one is still here (Renamed), or after it
+        // left within the grace period (NewUser, and a pending departure).
+        if joined == Joined::Renamed {
+            let big = room.user_count() > self.presence_limit;
+            self.announce(&rid, &uid, &name, Change::Joined, big, Some(conn), now_ms, out);
+        } else if joined == Joined::NewUser {
             if let Some((was, _)) = self.leaving.swap_remove(&(rid.clone(), uid.clone())) {
                 // Back within the grace period: neither leave nor join is
                 // announced, unless the user came back under another name

@@ -371,3 +371,30 @@ fn a_stuck_log_writer_bounds_the_journal() {
     out.clear();
     assert_eq!(o.handle(publish(conn(0, 0, 1), "a", "small", None), 0, &mut out), None, "accepted once written");
 }
+
+#[test]
+fn a_change_of_name_is_announced_whichever_connection_the_owner_hears_first() {
+    // The page's new connection (new name) logs in before its old one is
+    // seen to leave: the room still learns the new name, and the old
+    // connection's departure announces nothing (the user is still here).
+    let mut o = owner();
+    join(&mut o, conn(0, 0, 1), "ann");
+    join(&mut o, conn(0, 1, 2), "bob");
+    let mut out = Vec::new();
+    let (rid, uid, name) = (id("r"), id("ann"), Name::parse("Annie").unwrap());
+    o.handle(Request::Join { rid, conn: conn(0, 1, 3), uid, name, echo: false, rejoin: false }, 0, &mut out);
+    let announced: Vec<String> = out
+        .iter()
+        .filter_map(|o| match &o.msg {
+            Delivery::Deliver { frame, .. } => Some(text(frame)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !announced.is_empty() && announced.iter().all(|t| t.contains("newUser") && t.contains("Annie")),
+        "{announced:?}"
+    );
+    let mut out = Vec::new();
+    o.handle(Request::Leave { rid: id("r"), conn: conn(0, 0, 1), ack: false }, 0, &mut out);
+    assert!(out.iter().all(|o| !matches!(o.msg, Delivery::Deliver { .. })), "no userLeave: {out:?}");
+}
