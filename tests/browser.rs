@@ -903,6 +903,20 @@ fn join_and_switch_rooms() {
     assert_eq!(left["rid"], "second");
     a.wait_message("in first");
     shot(&a, &dir, "rooms");
+    // A tab picked while a join is on its way stays picked: the join's answer
+    // does not pull the page into the new room.
+    a.exec(
+        "var i = document.querySelector('[data-testid=join-room-input]'); i.value = 'third'; document.getElementById('join-form').requestSubmit(); document.querySelector('[data-testid=room-tab][data-rid=first]').click(); return true",
+        json!([]),
+    );
+    a.wait_js(
+        "third joined",
+        "var t = document.querySelector('[data-testid=room-tab][data-rid=third]'); return t && !t.classList.contains('pending')",
+        json!([]),
+    );
+    a.wait_message("in first");
+    let current = a.exec("return document.querySelector('[aria-current=true]').dataset.rid", json!([]));
+    assert_eq!(current, "first", "the tab the user picked is still the open one");
 }
 
 #[test]
@@ -937,8 +951,8 @@ fn a_reload_keeps_the_identity_and_rooms_and_announces_nothing() {
     a.send_keys(&a.by_id("join-room-input"), "second");
     a.click(&a.by_id("join-room-submit"));
     a.wait_js(
-        "the second room's tab",
-        "return document.querySelectorAll('[data-testid=room-tab]').length === 2",
+        "the second room's tab, joined",
+        "var t = document.querySelectorAll('[data-testid=room-tab]'); return t.length === 2 && !t[1].classList.contains('pending')",
         json!([]),
     );
     let uid = a.my_uid();
@@ -1264,8 +1278,8 @@ fn on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown() {
         a.send_keys(&join, r);
         a.send_keys(&join, KEY_ENTER);
         a.wait_js(
-            "the tab",
-            "return document.querySelectorAll('[data-testid=room-tab]').length === arguments[0]",
+            "the tab, joined",
+            "var t = document.querySelectorAll('[data-testid=room-tab]'); return t.length === arguments[0] && !t[t.length - 1].classList.contains('pending')",
             json!([k + 2]),
         );
     }
