@@ -1,5 +1,9 @@
 //! A real `redis-server` for the shared-store tests, on a free port with a
 //! directory of its own; killed on drop.
+//!
+//! `CCHAT_TEST_REDIS_SERVER` and `CCHAT_TEST_REDIS_CLI` name another server
+//! and its cli (e.g. `valkey-server`, `valkey-cli`) to run the same tests
+//! against a Redis-compatible server.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +18,16 @@ pub struct Redis {
 }
 
 pub const PASSWORD: &str = "s3cret";
+
+/// The server program the tests start (`redis-server` unless the environment
+/// names another).
+fn server_program() -> String {
+    std::env::var("CCHAT_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+fn cli_program() -> String {
+    std::env::var("CCHAT_TEST_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
+}
 
 impl Redis {
     /// Starts one with an append-only file fsynced at every write, so that a
@@ -46,7 +60,7 @@ impl Redis {
     /// (Re)starts the server on its port and directory.
     pub fn restart(&mut self) {
         let port = self.port.to_string();
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(server_program());
         if self.secure {
             let (cert, key) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
             cmd.args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no", "--requirepass", PASSWORD]);
@@ -134,7 +148,7 @@ impl RedisCluster {
         for p in &ports {
             let d = dir.join(p.to_string());
             std::fs::create_dir_all(&d).unwrap();
-            let child = Command::new("redis-server")
+            let child = Command::new(server_program())
                 .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--daemonize", "no"])
                 .arg("--dir")
@@ -156,7 +170,7 @@ impl RedisCluster {
             }
         }
         let addrs: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let st = Command::new("redis-cli")
+        let st = Command::new(cli_program())
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
