@@ -14,7 +14,7 @@
 //! (`#token=…`); the test's own WebSocket clients use wss and signed logins.
 #![allow(missing_docs, unreachable_pub)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::common::{Client, Server};
+use crate::common::{Client, Server, free_port};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The secret of the signed logins in the https runs.
@@ -109,10 +109,6 @@ fn wd(agent: &ureq::Agent, method: &str, url: &str, body: Option<Value>) -> Resu
         ));
     }
     Ok(value)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn chromedriver_bin() -> String {

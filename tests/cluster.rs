@@ -1,6 +1,5 @@
 //! Three real node processes joined by the relay on loopback.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use crate::common::{Client, Server};
@@ -8,10 +7,9 @@ use serde_json::json;
 
 const SECRET: &str = "test-secret";
 
-/// Free loopback ports (bound then released).
+/// Free loopback ports (see `common::free_port`).
 fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<_> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    (0..n).map(|_| crate::common::free_port()).collect()
 }
 
 pub(crate) struct Cluster {

@@ -99,7 +99,7 @@ fn history_beyond_memory_is_read_from_the_log_paged_and_kept_across_a_restart() 
 #[test]
 fn rooms_nobody_is_in_leave_memory_and_come_back_with_their_sequence() {
     let dir = temp_data_dir();
-    let admin = format!("127.0.0.1:{}", crate::security::free_port());
+    let admin = format!("127.0.0.1:{}", crate::common::free_port());
     let server = start(&dir, &["--room-evict-ms", "100", "--admin-listen", &admin, "--api-key", "k"]);
     let mut c = server.client();
     // One connection fills 60 rooms with a message each, then leaves them all.

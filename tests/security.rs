@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
-use crate::common::{Client, Server, temp_data_dir};
+use crate::common::{Client, Server, free_port, temp_data_dir};
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
@@ -153,10 +153,6 @@ fn browser_origins_are_checked() {
     assert!(upgrade_status(listed.addr, Some("https://evil.example")).starts_with("HTTP/1.1 403"));
     let any = Server::start(&["--allowed-origin", "*"]);
     assert!(upgrade_status(any.addr, Some("https://evil.example")).starts_with("HTTP/1.1 101"));
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One admin request: (status, body).

@@ -22,6 +22,27 @@ pub struct Server {
     pub own_data: Option<std::path::PathBuf>,
 }
 
+/// A port for a server a test starts itself on a port it names (a relay, an
+/// admin listener, redis-server, chromedriver): chosen below the kernel's
+/// ephemeral range (32768–60999), where the suite's many client sockets take
+/// their local ports and could take a port between its choice and the
+/// server's bind; a process-wide counter keeps two tests of this run from
+/// choosing the same one; a bind checks that no other process holds it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start each test process somewhere else in the span.
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id().wrapping_mul(7919) % SPAN, Ordering::Relaxed, Ordering::Relaxed);
+    loop {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A fresh, empty data directory under the system's temp dir.
 pub fn temp_data_dir() -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -33,23 +33,32 @@ impl Redis {
     /// Starts one with an append-only file fsynced at every write, so that a
     /// killed and restarted server has every acknowledged write.
     pub fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = super::temp_data_dir();
         std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Redis { child: None, port, dir, secure: false };
-        r.restart();
-        r
+        Redis::first_start(dir, false)
+    }
+
+    /// Starts it on a free port; a server that exits at once (another
+    /// process took the port) is started again on another.
+    fn first_start(dir: PathBuf, secure: bool) -> Redis {
+        let mut r = Redis { child: None, port: 0, dir, secure };
+        let mut last = String::new();
+        for _ in 0..5 {
+            r.port = super::free_port();
+            match r.try_start() {
+                Ok(()) => return r,
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start: {last}");
     }
 
     /// Starts one that speaks only TLS (a self-signed certificate for
     /// 127.0.0.1, `ca()`) and wants a password.
     pub fn start_secure() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = super::temp_data_dir();
         super::cert::make_cert(&dir, "redis");
-        let mut r = Redis { child: None, port, dir, secure: true };
-        r.restart();
-        r
+        Redis::first_start(dir, true)
     }
 
     /// The certificate a secure one presents (its own CA).
@@ -57,8 +66,14 @@ impl Redis {
         self.dir.join("cert.pem")
     }
 
-    /// (Re)starts the server on its port and directory.
+    /// Starts the server again on its port and directory.
     pub fn restart(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("redis-server did not start again: {e}");
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let mut cmd = Command::new(server_program());
         if self.secure {
@@ -68,21 +83,23 @@ impl Redis {
         } else {
             cmd.args(["--port", &port]);
         }
-        let child = cmd
+        let mut child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", "always", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (apt-get install redis-server)");
+        let ready = wait_ready(&mut child, &self.dir.join("redis.log"), || self.try_cmd(&["PING"]).is_ok());
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.try_cmd(&["PING"]).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start on {port}");
-            std::thread::sleep(Duration::from_millis(20));
+        if ready.is_err() {
+            self.kill();
         }
+        ready
     }
 
     /// Kills the server (SIGKILL).
@@ -128,6 +145,25 @@ impl Drop for Redis {
     }
 }
 
+/// Waits until `up()` answers, for up to 30 s; a server that exits first
+/// (its port was taken) or never answers is an error with its log's tail.
+fn wait_ready(child: &mut Child, log: &std::path::Path, up: impl Fn() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if up() {
+            return Ok(());
+        }
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if exited || Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let why = if exited { "exited" } else { "no answer in 30 s" };
+            return Err(format!("{why}; its log ends: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A real three-node Redis Cluster (no replicas) on free ports; killed on drop.
 pub struct RedisCluster {
     nodes: Vec<Child>,
@@ -138,37 +174,45 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         let dir = super::temp_data_dir();
-        let ports: Vec<u16> = (0..3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        let mut nodes = Vec::new();
-        for p in &ports {
-            let d = dir.join(p.to_string());
-            std::fs::create_dir_all(&d).unwrap();
-            let child = Command::new(server_program())
-                .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(&d)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server");
-            nodes.push(child);
+        let mut c = RedisCluster { nodes: Vec::new(), ports: Vec::new(), dir };
+        for _ in 0..3 {
+            let mut last = String::new();
+            let started = (0..5).find_map(|_| {
+                let p = super::free_port();
+                let d = c.dir.join(p.to_string());
+                std::fs::create_dir_all(&d).unwrap();
+                let log = d.join("redis.log");
+                let mut child = Command::new(server_program())
+                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--daemonize", "no"])
+                    .arg("--dir")
+                    .arg(&d)
+                    .arg("--logfile")
+                    .arg(&log)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server");
+                let up = || {
+                    redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                        .and_then(|cl| cl.get_connection_with_timeout(Duration::from_secs(1)))
+                        .is_ok()
+                };
+                match wait_ready(&mut child, &log, up) {
+                    Ok(()) => Some((child, p)),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        last = e;
+                        None
+                    }
+                }
+            });
+            let (child, p) = started.unwrap_or_else(|| panic!("a cluster node did not start: {last}"));
+            c.nodes.push(child);
+            c.ports.push(p);
         }
-        let c = RedisCluster { nodes, ports, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        for p in &c.ports {
-            while redis::Client::open(format!("redis://127.0.0.1:{p}"))
-                .and_then(|cl| cl.get_connection_with_timeout(Duration::from_secs(1)))
-                .is_err()
-            {
-                assert!(Instant::now() < deadline, "redis-server {p} did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
         let addrs: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let st = Command::new(cli_program())
             .arg("--cluster")
