@@ -3,7 +3,8 @@
 //! with every acknowledged message in history; a flushed store gives new
 //! epochs, never a reused (epoch, seq); a stale owner's appends are refused
 //! (two nodes that both think they own a room); Redis killed and restarted
-//! under traffic; the history script's window against the Rust one.
+//! under traffic; Redis full (maxmemory); the history script's window
+//! against the Rust one.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -394,6 +395,63 @@ fn a_store_that_turns_read_only_refuses_then_recovers() {
     assert_eq!(next, (epoch, s1 + 1), "m2 was not stored: m3 follows m1");
     let h: Vec<String> = history(&mut c, "ro").into_iter().map(|m| m.2).collect();
     assert_eq!(h, vec!["m1", "m3"]);
+}
+
+#[test]
+fn a_full_store_refuses_with_a_clear_error_and_an_evicting_one_serves_on() {
+    // Redis at its maxmemory with the default policy (noeviction) refuses
+    // every write: senders are told the store is full, the connection and
+    // history reads keep working. With a policy that evicts (every cchat key
+    // has a TTL, so volatile-ttl applies) messages are taken again.
+    let redis = Redis::start();
+    let s = start(&redis, &[]);
+    let mut c = s.client();
+    c.login_echo("ann", "big", "ann");
+    say_acked(&mut c, "big", "first").unwrap();
+    let info = match redis.cmd(&["INFO", "memory"]) {
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        redis::Value::VerbatimString { text, .. } => text,
+        v => panic!("INFO answered {v:?}"),
+    };
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO");
+    redis.cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis.cmd(&["CONFIG", "SET", "maxmemory", &(used + 256 * 1024).to_string()]);
+    let filler = "x".repeat(1000);
+    let mut acked = 0;
+    let refusal = loop {
+        assert!(acked < 2000, "never refused");
+        match say_acked(&mut c, "big", &format!("{acked} {filler}")) {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(refusal.contains("message store full"), "{refusal}");
+    assert!(acked > 100, "refused early, after {acked}");
+    // Still served: presence, and history up to what was acknowledged.
+    c.send(json!({"cmd":"getOnline","rid":"big"}));
+    assert_eq!(c.expect("getOnline")["users"].as_array().unwrap().len(), 1);
+    let h = history(&mut c, "big");
+    assert_eq!(h.len(), acked + 1, "every acknowledged message, nothing refused");
+    assert!(s.metric("cchat_store_refused_total") >= 1.0);
+    assert_eq!(s.metric("cchat_store_down"), 0.0, "full is not down: the connection is fine");
+    // Let Redis evict: the next messages (after the second of refusals)
+    // are taken again.
+    redis.cmd(&["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "messages never taken again");
+        match say_acked(&mut c, "big", "after") {
+            Ok(_) => break,
+            // Or the room's own keys were evicted: refused once as lost,
+            // then a new epoch.
+            Err(e) => assert!(e.contains("message store full") || e.contains("lost"), "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 mod window {

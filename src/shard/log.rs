@@ -82,13 +82,7 @@ impl Shard {
             };
             if told != Some((tag.token, tag.seq)) {
                 told = Some((tag.token, tag.seq));
-                let why = match r.why {
-                    Refusal::Fenced => "message not stored: this room is served by another node now",
-                    Refusal::Lost | Refusal::Gap => {
-                        "message not stored: the store lost this room's history, send it again"
-                    }
-                    Refusal::Unavailable => "message store unavailable, try again shortly",
-                };
+                let why = r.why.text();
                 let frame = ProtoError::new(ERR_INVALID, why).encode();
                 self.send_out(Out { dest: Dest::of(tag.from), msg: Delivery::Direct { conn: tag.from, frame } });
             }
@@ -129,7 +123,9 @@ impl Shard {
                     // rather than kept in memory only without anyone knowing.
                     self.stats().log_errors.fetch_add(1, Relaxed);
                     error!(shard = self.id, error = %e, "cannot write the message log: refusing messages for a second");
-                    self.owner.borrow_mut().store_down(unix_ms() + STORE_RETRY.as_millis() as u64);
+                    self.owner
+                        .borrow_mut()
+                        .store_down(unix_ms() + STORE_RETRY.as_millis() as u64, Refusal::Unavailable);
                 }
             }
             self.release_held(end, &[]);

@@ -20,6 +20,7 @@ use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
 use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
 use crate::room::{Change, Joined, Room};
 use crate::store::Journal;
+use crate::store::redis::Refusal;
 
 #[path = "owner_disk.rs"]
 mod disk;
@@ -82,9 +83,9 @@ pub(crate) struct Owner {
     nodes: Vec<u16>,
     /// Room messages waiting for the log writer (None: `--durability memory`).
     journal: Option<Journal>,
-    /// While the log cannot be written: messages are refused until this
-    /// Unix time (ms), then tried again.
-    store_down_until: u64,
+    /// While the store cannot take messages: they are refused until this
+    /// Unix time (ms), then tried again; and what their senders are told.
+    store_down: (u64, &'static str),
     /// Where history and sequence are kept (the embedded log, or a shared
     /// store): the owner talks to it through [`RoomStore`] only.
     store: Box<dyn RoomStore>,
@@ -132,7 +133,7 @@ impl Owner {
             shards: Vec::new(),
             nodes: Vec::new(),
             journal: None,
-            store_down_until: 0,
+            store_down: (0, ""),
             store: Box::new(disk::LogStore::new(history_cap, usize::MAX, false)),
             history_reach: history_cap,
             evict_ms: 10_000,
@@ -154,9 +155,10 @@ impl Owner {
         self.journal.as_mut()
     }
 
-    /// The log could not be written: refuse messages until `until_ms`.
-    pub(crate) fn store_down(&mut self, until_ms: u64) {
-        self.store_down_until = until_ms;
+    /// The store could not take messages: refuse them until `until_ms`,
+    /// telling their senders `why`.
+    pub(crate) fn store_down(&mut self, until_ms: u64, why: Refusal) {
+        self.store_down = (until_ms, why.text());
     }
 
     /// Rooms with members.
@@ -367,8 +369,8 @@ impl Owner {
     }
 
     fn publish(&mut self, p: Box<Publish>, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
-        if now_ms < self.store_down_until && p.tid.is_none() {
-            out.push(err(p.from, "message store unavailable, try again shortly"));
+        if now_ms < self.store_down.0 && p.tid.is_none() {
+            out.push(err(p.from, self.store_down.1));
             return Some(ERR_INVALID);
         }
         // A disk that stalls must not let the journal (and what waits behind

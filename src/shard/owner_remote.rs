@@ -112,15 +112,15 @@ impl SharedStore {
     fn on_claimed(
         &mut self,
         rooms: &mut HashMap<Id, Room>,
-        store_down_until: &mut u64,
-        (rid, token, state): (&Id, u64, Option<(u64, u64)>),
+        store_down: &mut (u64, &'static str),
+        (rid, token, state): (&Id, u64, Result<(u64, u64), Refusal>),
         (now_ms, next_epoch): (u64, &dyn Fn() -> u64),
         out: &mut Vec<Out>,
     ) -> Vec<Request> {
         let Some(room) = rooms.get_mut(rid).filter(|room| room.token() == token) else {
             return Vec::new(); // superseded, or the room is gone from here
         };
-        if let Some((epoch, top)) = state
+        if let Ok((epoch, top)) = state
             && epoch == room.epoch()
             && top < room.acked()
         {
@@ -136,21 +136,21 @@ impl SharedStore {
         }
         let Some(Claim::Pending(waiting)) = self.claims.remove(rid) else { return Vec::new() };
         match state {
-            Some((epoch, top)) => {
+            Ok((epoch, top)) => {
                 room.continue_from(epoch, top);
                 // The store answers again: no reason left to refuse messages.
-                *store_down_until = 0;
+                store_down.0 = 0;
                 waiting
             }
-            None => {
+            Err(why) => {
                 room.set_claim(0);
                 self.claims.insert(rid.clone(), Claim::Needed { fresh: false });
-                *store_down_until = now_ms + STORE_RETRY_MS;
+                *store_down = (now_ms + STORE_RETRY_MS, why.text());
                 for req in waiting {
                     if let Request::Publish(p) = &req {
-                        out.push(err(p.from, "message store unavailable, try again shortly"));
+                        out.push(err(p.from, why.text()));
                     } else if let Request::GetHistory { conn, .. } = &req {
-                        out.push(err(*conn, "message store unavailable, try again shortly"));
+                        out.push(err(*conn, why.text()));
                     }
                 }
                 Vec::new()
@@ -163,7 +163,7 @@ impl SharedStore {
     fn on_refused(
         &mut self,
         rooms: &mut HashMap<Id, Room>,
-        store_down_until: &mut u64,
+        store_down: &mut (u64, &'static str),
         refused: &Refused,
         now_ms: u64,
     ) {
@@ -174,8 +174,8 @@ impl SharedStore {
         let claim = match refused.why {
             Refusal::Fenced => Claim::GivenUp { until: now_ms + GIVE_UP_MS },
             Refusal::Lost | Refusal::Gap => Claim::Needed { fresh: true },
-            Refusal::Unavailable => {
-                *store_down_until = now_ms + STORE_RETRY_MS;
+            Refusal::Unavailable | Refusal::Full => {
+                *store_down = (now_ms + STORE_RETRY_MS, refused.why.text());
                 Claim::Needed { fresh: false }
             }
         };
@@ -330,13 +330,13 @@ impl Owner {
         &mut self,
         rid: &Id,
         token: u64,
-        state: Option<(u64, u64)>,
+        state: Result<(u64, u64), Refusal>,
         now_ms: u64,
         out: &mut Vec<Out>,
     ) -> Vec<Request> {
         let Some(s) = self.store.as_any_mut().downcast_mut::<SharedStore>() else { return Vec::new() };
         let now = (now_ms, &*self.next_epoch);
-        s.on_claimed(&mut self.rooms, &mut self.store_down_until, (rid, token, state), now, out)
+        s.on_claimed(&mut self.rooms, &mut self.store_down, (rid, token, state), now, out)
     }
 
     /// The store acknowledged messages of `rid` up to `seq` under claim `token`.
@@ -349,7 +349,7 @@ impl Owner {
     /// The store refused messages (see [`SharedStore`]).
     pub(crate) fn on_refused(&mut self, refused: &Refused, now_ms: u64) {
         if let Some(s) = self.store.as_any_mut().downcast_mut::<SharedStore>() {
-            s.on_refused(&mut self.rooms, &mut self.store_down_until, refused, now_ms);
+            s.on_refused(&mut self.rooms, &mut self.store_down, refused, now_ms);
         }
     }
 

@@ -65,7 +65,7 @@ fn run(o: &mut Owner, req: Request, now: u64) -> Vec<Out> {
 }
 
 /// Answers the pending claim with (epoch, top) and handles what waited.
-fn answer(o: &mut Owner, job: &ClaimJob, state: Option<(u64, u64)>) -> Vec<Out> {
+fn answer(o: &mut Owner, job: &ClaimJob, state: Result<(u64, u64), Refusal>) -> Vec<Out> {
     let mut out = Vec::new();
     for req in o.on_claimed(&job.rid, job.token, state, 0, &mut out) {
         o.handle(req, 0, &mut out);
@@ -78,7 +78,7 @@ fn answer(o: &mut Owner, job: &ClaimJob, state: Option<(u64, u64)>) -> Vec<Out> 
 fn claimed(o: &mut Owner) -> ClaimJob {
     run(o, publish(conn(1), "x"), 0);
     let c = claims(o).pop().expect("a claim");
-    assert_eq!(sent(&answer(o, &c, Some((55, 0)))), vec![(55, 1)]);
+    assert_eq!(sent(&answer(o, &c, Ok((55, 0)))), vec![(55, 1)]);
     c
 }
 
@@ -94,7 +94,7 @@ fn messages_wait_for_the_claim_and_continue_the_stores_sequence() {
     let c = claims(&mut o);
     assert_eq!(c.len(), 1, "one claim however many messages wait");
     assert!(!c[0].fresh);
-    let out = answer(&mut o, &c[0], Some((55, 9)));
+    let out = answer(&mut o, &c[0], Ok((55, 9)));
     assert_eq!(sent(&out), vec![(55, 10), (55, 11)], "the store's epoch, its next seqs, in order");
     let marks = o.journal().unwrap().take().marks;
     assert!(marks.iter().all(|m| m.token == c[0].token && m.epoch == 55));
@@ -114,7 +114,7 @@ fn a_store_that_lost_the_room_gives_a_fresh_epoch() {
     run(&mut o, publish(conn(1), "y"), 0);
     let c2 = claims(&mut o);
     assert!(c2[0].fresh && c2[0].token != c.token && c2[0].epoch != 55, "{c2:?}");
-    let out = answer(&mut o, &c2[0], Some((c2[0].epoch, 0)));
+    let out = answer(&mut o, &c2[0], Ok((c2[0].epoch, 0)));
     assert_eq!(sent(&out), vec![(c2[0].epoch, 1)]);
     // A refusal of the older claim's messages changes nothing now.
     refuse(&mut o, c.token, Refusal::Fenced, 0);
@@ -139,18 +139,46 @@ fn an_unreachable_store_refuses_for_a_second_then_claims_again() {
     let mut o = owner();
     run(&mut o, publish(conn(1), "x"), 0);
     let c = claims(&mut o);
-    let out = answer(&mut o, &c[0], None);
+    let out = answer(&mut o, &c[0], Err(Refusal::Unavailable));
     assert_eq!(errors(&out), 1, "the waiting sender is told");
     assert_eq!(errors(&run(&mut o, publish(conn(1), "y"), 500)), 1, "refused meanwhile");
     assert!(claims(&mut o).is_empty());
     run(&mut o, publish(conn(1), "z"), 1500);
     let c2 = claims(&mut o);
     assert!(!c2[0].fresh, "the same epoch, from the store's top");
-    let out = answer(&mut o, &c2[0], Some((55, 4)));
+    let out = answer(&mut o, &c2[0], Ok((55, 4)));
     assert_eq!(sent(&out), vec![(55, 5)]);
     // Refused as unavailable while claimed: a second of refusals again.
     refuse(&mut o, c2[0].token, Refusal::Unavailable, 2000);
     assert_eq!(errors(&run(&mut o, publish(conn(1), "w"), 2100)), 1);
+}
+
+/// The text of the error frames in `out`.
+fn error_texts(out: &[Out]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match &o.msg {
+            Delivery::Direct { frame, .. } => Some(String::from_utf8_lossy(frame).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_store_says_so_to_the_senders_it_refuses() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    let c = claims(&mut o);
+    let out = answer(&mut o, &c[0], Err(Refusal::Full));
+    assert!(error_texts(&out)[0].contains("message store full"), "{:?}", error_texts(&out));
+    let out = run(&mut o, publish(conn(1), "y"), 500);
+    assert!(error_texts(&out)[0].contains("message store full"), "refused meanwhile: {:?}", error_texts(&out));
+    // Claimed under way, then refused as full by an append: the same.
+    run(&mut o, publish(conn(1), "z"), 1500);
+    let c2 = claims(&mut o);
+    assert_eq!(sent(&answer(&mut o, &c2[0], Ok((55, 4)))), vec![(55, 5)]);
+    refuse(&mut o, c2[0].token, Refusal::Full, 2000);
+    let out = run(&mut o, publish(conn(1), "w"), 2100);
+    assert!(error_texts(&out)[0].contains("message store full"), "{:?}", error_texts(&out));
 }
 
 #[test]
@@ -164,11 +192,11 @@ fn a_store_that_lost_acknowledged_messages_gives_a_fresh_epoch() {
     assert!(!c2[0].fresh);
     // The store came back without seq 1 (a failover lost it): continuing
     // would number the next message 55/1 again.
-    assert!(answer(&mut o, &c2[0], Some((55, 0))).is_empty(), "nothing sent on a store that lost messages");
+    assert!(answer(&mut o, &c2[0], Ok((55, 0))).is_empty(), "nothing sent on a store that lost messages");
     let c3 = claims(&mut o);
     assert_eq!(c3.len(), 1);
     assert!(c3[0].fresh && c3[0].epoch != 55, "{c3:?}");
-    assert_eq!(sent(&answer(&mut o, &c3[0], Some((c3[0].epoch, 0)))), vec![(c3[0].epoch, 1)], "y, in the new epoch");
+    assert_eq!(sent(&answer(&mut o, &c3[0], Ok((c3[0].epoch, 0)))), vec![(c3[0].epoch, 1)], "y, in the new epoch");
 }
 
 #[test]
@@ -180,7 +208,7 @@ fn requests_wait_in_order_while_a_claim_is_under_way() {
     let (rid, conn) = (id("r"), conn(1));
     assert!(run(&mut o, Request::Leave { rid, conn, ack: true }, 0).is_empty(), "held behind the message");
     let c = claims(&mut o);
-    let out = answer(&mut o, &c[0], Some((55, 0)));
+    let out = answer(&mut o, &c[0], Ok((55, 0)));
     assert_eq!(sent(&out), vec![(55, 1)], "the message went out first");
     assert!(out.iter().any(|o| matches!(o.msg, Delivery::Direct { .. })), "then the logout ack");
     assert_eq!(o.live_rooms(), 0);

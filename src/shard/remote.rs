@@ -22,7 +22,7 @@ use tracing::warn;
 use super::Shard;
 use super::owner::RemoteRead;
 use crate::node::unix_ms;
-use crate::store::redis::{Event, Job, Rec, RedisStore};
+use crate::store::redis::{Event, Job, Rec, RedisStore, Refusal};
 
 /// History answers allowed to wait for the store per shard; past it a
 /// request is refused (try again) rather than queued without bound.
@@ -154,7 +154,7 @@ impl Shard {
                 let read = self.remote.borrow_mut().as_mut().and_then(|l| l.reads.remove(&ticket));
                 let Some(RemoteRead { rid, reply, forward, budget, .. }) = read else { return };
                 let Some((epoch, msgs)) = answer else {
-                    return self.refuse_read(reply, "message store unavailable, try again shortly");
+                    return self.refuse_read(reply, Refusal::Unavailable.text());
                 };
                 self.stats().history_disk_reads.fetch_add(1, Relaxed);
                 self.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);

@@ -26,7 +26,9 @@
 //! shard as [`Event`]s. A round that fails on the way is sent again once
 //! connected, for up to 2 s (the scripts take a repeat as done); then its
 //! jobs fail ([`Refusal::Unavailable`]), and the thread reconnects with
-//! backoff. The thread itself is in `redis_worker.rs`.
+//! backoff. A Redis at its `maxmemory` that may not evict answers OOM to a
+//! script: that job fails as [`Refusal::Full`] and the connection stays.
+//! The thread itself is in `redis_worker.rs`.
 
 use std::sync::Arc;
 
@@ -103,6 +105,20 @@ pub enum Refusal {
     Gap,
     /// Redis could not be reached or did not answer.
     Unavailable,
+    /// Redis is at its `maxmemory` and may not evict (it answered OOM).
+    Full,
+}
+
+impl Refusal {
+    /// What the sender of a refused message is told (error 50).
+    pub fn text(self) -> &'static str {
+        match self {
+            Refusal::Fenced => "message not stored: this room is served by another node now",
+            Refusal::Lost | Refusal::Gap => "message not stored: the store lost this room's history, send it again",
+            Refusal::Unavailable => "message store unavailable, try again shortly",
+            Refusal::Full => "message store full, try again later",
+        }
+    }
 }
 
 /// Messages of one room that were not stored: seqs `first..=last`.
@@ -123,14 +139,15 @@ pub struct Refused {
 /// What the store answers.
 #[derive(Debug)]
 pub enum Event {
-    /// A claim: `Some((epoch, top))`, or None when Redis was unavailable.
+    /// A claim: the room's epoch and top seq, or why Redis did not take it
+    /// (unavailable, or full).
     Claimed {
         /// The room.
         rid: Id,
         /// The claim's token.
         token: u64,
         /// The room's epoch and top seq.
-        state: Option<(u64, u64)>,
+        state: Result<(u64, u64), Refusal>,
     },
     /// An append batch: everything up to `end` is stored except `refused`.
     Appended {

@@ -320,7 +320,10 @@ impl Worker {
             let ev = match job {
                 Job::Claim { .. } => {
                     let Some(Call::Claim { rid, token }) = calls.next() else { unreachable!("one call per claim") };
-                    let state = replies.as_mut().and_then(Iterator::next).and_then(|v| parse_claim(&v));
+                    let state = match replies.as_mut().and_then(Iterator::next) {
+                        Some(v) if is_oom(&v) => Err(Refusal::Full),
+                        v => v.and_then(|v| parse_claim(&v)).ok_or(Refusal::Unavailable),
+                    };
                     Event::Claimed { rid, token, state }
                 }
                 Job::Append { records, end } => {
@@ -331,9 +334,10 @@ impl Worker {
                             unreachable!("calls cover the records")
                         };
                         left -= n;
-                        let code = replies.as_mut().and_then(Iterator::next).and_then(|v| match v {
-                            Value::Int(i) => Some(i),
-                            _ => None,
+                        let code = replies.as_mut().and_then(Iterator::next).map(|v| match v {
+                            Value::Int(i) => i,
+                            v if is_oom(&v) => FULL,
+                            _ => i64::MIN,
                         });
                         r.why = match code {
                             Some(1) => {
@@ -344,6 +348,7 @@ impl Worker {
                             Some(0) => Refusal::Lost,
                             Some(-1) => Refusal::Fenced,
                             Some(-2) => Refusal::Gap,
+                            Some(FULL) => Refusal::Full,
                             _ => Refusal::Unavailable,
                         };
                         self.stats.refused.fetch_add(n, Relaxed);
@@ -369,6 +374,15 @@ fn int(v: &Value) -> Option<u64> {
         Value::SimpleString(s) => s.parse().ok(),
         _ => None,
     }
+}
+
+/// An append's answer when Redis was full (not one the script returns).
+const FULL: i64 = -100;
+
+/// Redis is at its `maxmemory` with a policy that evicts nothing (or nothing
+/// it may): it refuses every write, scripts' too, with OOM.
+fn is_oom(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "OOM")
 }
 
 fn parse_claim(v: &Value) -> Option<(u64, u64)> {
