@@ -35,17 +35,20 @@ pub struct ProtoError {
     pub code: u16,
     /// `errMsg` of the reply.
     pub msg: Cow<'static, str>,
+    /// The `ref` of the message refused, when it had one (extension): the
+    /// client learns which of its messages was not taken.
+    pub reference: Option<u64>,
 }
 
 impl ProtoError {
     /// An error with a fixed message.
     pub const fn new(code: u16, msg: &'static str) -> Self {
-        ProtoError { code, msg: Cow::Borrowed(msg) }
+        ProtoError { code, msg: Cow::Borrowed(msg), reference: None }
     }
 
     /// Error 50 with a message naming the field.
     pub fn invalid(msg: impl Into<Cow<'static, str>>) -> Self {
-        ProtoError { code: ERR_INVALID, msg: msg.into() }
+        ProtoError { code: ERR_INVALID, msg: msg.into(), reference: None }
     }
 
     /// The same error with another code.
@@ -54,10 +57,20 @@ impl ProtoError {
         self
     }
 
+    /// The same error about the message `reference` named.
+    pub fn about(mut self, reference: Option<u64>) -> Self {
+        self.reference = reference;
+        self
+    }
+
     /// The error reply frame.
     pub fn encode(&self) -> Bytes {
-        let mut f = FrameBuf::with_capacity(48 + self.msg.len());
-        Obj::new(f.body(), "error").num("errCode", self.code as u64).str("errMsg", &self.msg).end();
+        let mut f = FrameBuf::with_capacity(64 + self.msg.len());
+        let o = Obj::new(f.body(), "error").num("errCode", self.code as u64).str("errMsg", &self.msg);
+        match self.reference {
+            Some(r) => o.num("ref", r).end(),
+            None => o.end(),
+        }
         f.finish()
     }
 }
@@ -115,6 +128,9 @@ pub enum Command {
         rid: Id,
         /// Private recipient.
         tid: Option<Id>,
+        /// The client's number for this message (extension `ref`), repeated
+        /// in an error that refuses it.
+        reference: Option<u64>,
     },
     /// Leave one room, or all.
     Logout {
@@ -141,6 +157,16 @@ pub enum Command {
         /// At most this many.
         limit: Option<usize>,
     },
+}
+
+impl Command {
+    /// The client's `ref` of a message, for the errors that refuse it.
+    pub fn reference(&self) -> Option<u64> {
+        match self {
+            Command::Message { reference, .. } => *reference,
+            _ => None,
+        }
+    }
 }
 
 /// Most members a `getOnline` page lists, and most messages a
@@ -205,24 +231,33 @@ fn parse_command(
             },
         }),
         "message" => {
+            // Read first, so that every error about this message names it.
+            let reference = opt_u64(&v, "ref")?;
+            let about = |e: ProtoError| e.about(reference);
             let mtype = match v.get("type").and_then(|t| t.as_str()) {
                 Some("text") => MsgType::Text,
                 Some("audio") => MsgType::Audio,
                 Some("pic") => MsgType::Pic,
                 _ => {
-                    return Err(ProtoError::new(ERR_INVALID, "type must be text, audio or pic"));
+                    return Err(about(ProtoError::new(ERR_INVALID, "type must be text, audio or pic")));
                 }
             };
-            let msg =
-                v.get("msg").and_then(|m| m.as_str()).ok_or(ProtoError::new(ERR_INVALID, "msg must be a string"))?;
+            let msg = v
+                .get("msg")
+                .and_then(|m| m.as_str())
+                .ok_or_else(|| about(ProtoError::new(ERR_INVALID, "msg must be a string")))?;
             if msg.len() > limits.max_message_bytes {
-                return Err(ProtoError::invalid(format!("msg is longer than {} bytes", limits.max_message_bytes)));
+                return Err(about(ProtoError::invalid(format!(
+                    "msg is longer than {} bytes",
+                    limits.max_message_bytes
+                ))));
             }
             Ok(Command::Message {
                 mtype,
                 msg: msg.to_owned(),
-                rid: id_field(&v, "rid")?,
-                tid: opt_id_field(&v, "tid")?,
+                rid: id_field(&v, "rid").map_err(about)?,
+                tid: opt_id_field(&v, "tid").map_err(about)?,
+                reference,
             })
         }
         "logout" => Ok(Command::Logout { rid: opt_id_field(&v, "rid")? }),

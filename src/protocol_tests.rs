@@ -117,7 +117,27 @@ fn replies_are_valid_json() {
     assert_eq!(e["errCode"], 50);
 }
 
+#[test]
+fn a_messages_ref_is_read_and_repeated_in_its_errors() {
+    let c = p(r#"{"cmd":"message","type":"text","msg":"hi","rid":"r","ref":7}"#).unwrap();
+    assert_eq!(c.reference(), Some(7));
+    assert_eq!(p(r#"{"cmd":"message","type":"text","msg":"hi","rid":"r"}"#).unwrap().reference(), None);
+    let e = p(r#"{"cmd":"message","type":"text","msg":"hi","rid":"no spaces","ref":8}"#).unwrap_err();
+    assert_eq!(e.reference, Some(8), "an error after the ref was read names it");
+    assert_eq!(body(&e.encode())["ref"], 8);
+    let e = p(r#"{"cmd":"message","type":"text","msg":"hi","rid":"r","ref":-1}"#).unwrap_err();
+    assert_eq!((e.code, e.reference), (ERR_INVALID, None));
+    assert!(body(&ProtoError::new(ERR_INVALID, "x").encode()).get("ref").is_none());
+}
+
 proptest! {
+    #[test]
+    fn any_ref_comes_back_in_the_error(r in any::<u64>()) {
+        let frame = serde_json::json!({"cmd":"message","type":"nope","msg":"x","rid":"r","ref":r}).to_string();
+        let e = p(&frame).unwrap_err();
+        prop_assert_eq!(&body(&e.encode())["ref"], &serde_json::json!(r));
+    }
+
     #[test]
     fn parser_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let r = parse(&mut bytes, &mut simd_json::Buffers::default(), LIM);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::{Client, Server};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -374,6 +374,38 @@ fn rate_limit_token_bucket() {
     std::thread::sleep(Duration::from_millis(1100));
     a.say("r", "later");
     assert_eq!(b.expect("message")["msg"], "later");
+}
+
+#[test]
+fn an_error_that_refuses_a_message_names_its_ref() {
+    // Extension: a message may carry `ref` (a whole number of the client's
+    // choosing); an error refusing it repeats it, so a client knows which of
+    // its messages was not taken. Without `ref`, errors are as before.
+    let s = Server::start(&["--rate-limit", "1", "--max-message-bytes", "16"]);
+    let mut a = s.client();
+    a.login("ann", "r", Some("a"));
+    let msg = |text: &str, r: Value| json!({"cmd":"message","type":"text","msg":text,"rid":"r","ref":r});
+    a.send(msg("far too long for the limit", json!(1)));
+    let e = a.expect_error(50);
+    assert_eq!((e["ref"].as_u64(), e["errMsg"].as_str().unwrap().contains("longer")), (Some(1), true), "{e}");
+    a.send(json!({"cmd":"message","type":"text","msg":"x","rid":"elsewhere","ref":2}));
+    assert_eq!(a.expect_error(50)["ref"], 2);
+    a.send(json!({"cmd":"message","type":"video","msg":"x","rid":"r","ref":3}));
+    assert_eq!(a.expect_error(50)["ref"], 3);
+    // Burst 2: the third of three quick messages is refused, by its ref.
+    for r in 10..13 {
+        a.send(msg("quick", json!(r)));
+    }
+    let e = a.expect_error(50);
+    assert!(e["errMsg"].as_str().unwrap().contains("fast"), "{e}");
+    assert_eq!(e["ref"], 12);
+    // A ref that is not a whole number is refused itself; none is made up.
+    a.send(msg("x", json!("abc")));
+    let e = a.expect_error(50);
+    assert!(e["errMsg"].as_str().unwrap().contains("ref must be"), "{e}");
+    assert!(e.get("ref").is_none(), "{e}");
+    a.send(json!({"cmd":"message","type":"text","msg":"far too long for the limit","rid":"r"}));
+    assert!(a.expect_error(50).get("ref").is_none());
 }
 
 #[test]

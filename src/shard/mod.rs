@@ -322,6 +322,7 @@ impl Shard {
             Ok(cmd) => cmd,
             Err(e) => return self.send_error(key, &e),
         };
+        let reference = cmd.reference();
         let mut requests = std::mem::take(&mut *self.requests.borrow_mut());
         let result = {
             let mut conns = self.conns.borrow_mut();
@@ -335,7 +336,7 @@ impl Shard {
             e.session.command(cmd, me, policy, now, || self.assign_uid(), &mut |r| requests.push(r))
         };
         match result {
-            Err(e) => self.send_error(key, &e),
+            Err(e) => self.send_error(key, &e.about(reference)),
             Ok(Some(reply)) => self.send_frame(key, reply),
             Ok(None) => {}
         }

@@ -168,7 +168,7 @@ impl Session {
                 self.grant = Some(Box::new(g));
                 return Ok(Some(protocol::encode_refreshed(exp)));
             }
-            Command::Message { mtype, msg, rid, tid } => {
+            Command::Message { mtype, msg, rid, tid, .. } => {
                 let (Some(uid), Some(name)) = (&self.uid, &self.name) else {
                     return Err(invalid("not logged in"));
                 };
@@ -299,7 +299,7 @@ mod tests {
     }
 
     fn say(rid: &str) -> Command {
-        Command::Message { mtype: MsgType::Text, msg: "hi".into(), rid: id(rid), tid: None }
+        Command::Message { mtype: MsgType::Text, msg: "hi".into(), rid: id(rid), tid: None, reference: None }
     }
 
     #[test]
