@@ -13,6 +13,7 @@ fn above_the_limit_presence_comes_in_one_batch_per_interval() {
     let mut observer = server.client();
     observer.login("obs", "big", Some("obs"));
     let mut joiners: Vec<Client> = Vec::new();
+    let started = Instant::now();
     for i in 0..100 {
         let mut c = server.client();
         c.login(&format!("j{i}"), "big", Some(&format!("j{i}")));
@@ -24,7 +25,7 @@ fn above_the_limit_presence_comes_in_one_batch_per_interval() {
         while c.recv()["cmd"] != "logout" {}
     }
     let (mut new_users, mut joined, mut left) = (0, 0, 0);
-    let mut batches: Vec<Instant> = Vec::new();
+    let mut batches = 0u32;
     let mut last_count = 0;
     let deadline = Instant::now() + Duration::from_secs(4);
     while Instant::now() < deadline {
@@ -35,7 +36,7 @@ fn above_the_limit_presence_comes_in_one_batch_per_interval() {
             Some("newUser") => new_users += 1,
             Some("userLeave") => panic!("a leave in a room above the limit came alone: {v}"),
             Some("presence") => {
-                batches.push(Instant::now());
+                batches += 1;
                 joined += v["joinedTotal"].as_u64().unwrap();
                 left += v["leftTotal"].as_u64().unwrap();
                 assert!(v["joined"].as_array().unwrap().len() <= 100);
@@ -50,10 +51,11 @@ fn above_the_limit_presence_comes_in_one_batch_per_interval() {
     // batch's interval is in neither list.
     assert_eq!(new_users, 19);
     assert_eq!(joined - left.min(joined), 100 - 19 - 50, "net arrivals: joined {joined}, left {left}");
-    assert!(!batches.is_empty());
-    for w in batches.windows(2) {
-        assert!(w[1] - w[0] >= Duration::from_millis(400), "two presence frames {:?} apart", w[1] - w[0]);
-    }
+    // At most one batch per interval since the first arrival (the frames
+    // are read after the joins, so their spacing on arrival says nothing).
+    assert!(batches > 0);
+    let intervals = started.elapsed().as_millis() / 500;
+    assert!(u128::from(batches) <= intervals + 1, "{batches} presence frames in {intervals} intervals");
     assert_eq!(last_count, 51, "observer and 50 joiners remain");
     drop(joiners);
 }

@@ -50,8 +50,9 @@ fn newest_with_records(dir: &Path) -> PathBuf {
 #[test]
 fn history_and_sequence_survive_sigkill_under_traffic() {
     let dir = temp_data_dir();
-    let mut server = start(&dir, "127.0.0.1:0", &[]);
-    let listen = server.addr.to_string();
+    // A port out of the ephemeral range: the restart binds it again.
+    let listen = format!("127.0.0.1:{}", crate::common::free_port());
+    let mut server = start(&dir, &listen, &[]);
     let mut reader = server.client();
     reader.login("reader", "dur", Some("reader"));
     let mut writer = server.client();
@@ -75,7 +76,6 @@ fn history_and_sequence_survive_sigkill_under_traffic() {
     });
     // What the reader received before the kill.
     let mut received = Vec::new();
-    reader.ws.get_mut().set_read_timeout(Some(Duration::from_millis(400))).unwrap();
     while received.len() < 200 {
         let m = reader.recv();
         received.push((
@@ -87,6 +87,8 @@ fn history_and_sequence_survive_sigkill_under_traffic() {
     server.signal(9);
     let _ = server.child.wait();
     stop.store(true, Ordering::Relaxed);
+    // What was already on its way, then the socket's end.
+    reader.ws.get_mut().set_read_timeout(Some(Duration::from_millis(400))).unwrap();
     loop {
         match reader.ws.read() {
             Ok(tungstenite::Message::Text(t)) => {

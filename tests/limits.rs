@@ -288,10 +288,11 @@ fn a_second_server_on_the_same_port_refuses_to_start() {
 #[test]
 fn sockets_that_never_log_in_are_closed_at_the_login_timeout() {
     let s = Server::start(&["--login-timeout", "0.5", "--ping-interval", "0.2", "--idle-timeout", "30"]);
+    // Taken before the lurker connects: its 0.5 s start at its upgrade.
+    let t0 = Instant::now();
     let mut lurker = Raw::connect(s.addr);
     let mut user = s.client();
     user.login("ann", "r", None);
-    let t0 = Instant::now();
     // The lurker answers every ping, and is closed all the same.
     let code = loop {
         let (op, payload) = lurker.read_frame().expect("a close frame first");
@@ -302,7 +303,7 @@ fn sockets_that_never_log_in_are_closed_at_the_login_timeout() {
         }
     };
     assert_eq!(code, 1008);
-    assert!(t0.elapsed() >= Duration::from_millis(300), "not before the timeout");
+    assert!(t0.elapsed() >= Duration::from_millis(450), "not before the timeout");
     // The user who logged in stays (tungstenite answers the pings).
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {
@@ -365,10 +366,29 @@ fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logg
     let mut user = s.client();
     user.login("ann", "r", Some("ann"));
     let t0 = Instant::now();
-    // Sockets that upgrade and never log in, until the server runs out.
+    // Sockets that upgrade and never log in, until the server runs out (an
+    // upgrade not answered in 300 ms, and the server's log says an accept
+    // failed: a merely slow answer is not taken for it).
     let mut lurkers = Vec::new();
-    while try_upgrade(addr, Duration::from_millis(300)).map(|r| lurkers.push(r)).is_some() {
+    let out_of_descriptors = || {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            if std::fs::read_to_string(&log).unwrap_or_default().contains("accept failed") {
+                return true;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    loop {
         assert!(lurkers.len() < 40, "the descriptor limit did not apply");
+        match try_upgrade(addr, Duration::from_millis(300)) {
+            Some(r) => lurkers.push(r),
+            None if out_of_descriptors() => break,
+            None => {}
+        }
     }
     // The server sheds the oldest lurker for the socket waiting in its backlog...
     assert_eq!(lurkers[0].expect_close(), 1013);
@@ -425,7 +445,15 @@ fn per_ip_limits_answer_503_and_429() {
     }
 
     let r = Server::start(&["--new-connections-per-ip", "2"]);
+    let t0 = Instant::now();
     let statuses: Vec<String> = (0..6).map(|_| upgrade_status(r.addr).0).collect();
+    // Two a second come back: on a slow machine one of the last two may.
+    let refilled = (t0.elapsed().as_secs_f64() * 2.0) as usize;
     assert!(statuses[..4].iter().all(|st| st.starts_with("HTTP/1.1 101")), "the burst of 4 passes: {statuses:?}");
-    assert!(statuses[4..].iter().all(|st| st.starts_with("HTTP/1.1 429")), "{statuses:?}");
+    let passed = statuses[4..].iter().filter(|st| st.starts_with("HTTP/1.1 101")).count();
+    let refused = statuses[4..].iter().filter(|st| st.starts_with("HTTP/1.1 429")).count();
+    assert!(passed + refused == 2 && passed <= refilled, "{statuses:?} ({refilled} tokens back)");
+    if refilled == 0 {
+        assert_eq!(refused, 2, "{statuses:?}");
+    }
 }

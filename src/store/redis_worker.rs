@@ -21,6 +21,8 @@ const MAX_JOBS: usize = 4096;
 pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a failed round is tried again before its jobs fail.
 const RETRY_FOR: Duration = Duration::from_secs(2);
+/// The longest wait between two tries of a failed round.
+const RETRY_STEP: Duration = Duration::from_millis(200);
 /// Errors after which the connection is made again: scripts flushed, or
 /// this server is not (or not yet) the primary.
 const RECONNECT_ON: [&str; 5] = ["NOSCRIPT", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN"];
@@ -156,6 +158,10 @@ impl Worker {
                 if now >= give_up {
                     break None;
                 }
+                // Messages wait on this round: try every RETRY_STEP at most
+                // (the doubling backoff is for a store that stays down), so a
+                // store back within RETRY_FOR is found in time.
+                self.retry_at = self.retry_at.min(now + RETRY_STEP);
                 std::thread::sleep(self.retry_at.min(give_up).saturating_duration_since(now));
                 self.connect_if_due();
             };
