@@ -1430,6 +1430,43 @@ fn over_https_with_a_token_the_page_chats_on_wss() {
     shot(&a, &dir, "https");
 }
 
+/// A message the store refuses (a real redis-server at its maxmemory) comes
+/// back to the input, and goes once the store takes messages again.
+#[test]
+fn a_message_the_store_refuses_comes_back_to_the_input() {
+    let redis = crate::common::redis::Redis::start();
+    let url = redis.url();
+    let (_dir, server, driver) = setup("store_refusal_back_in_input", &["--store", &url, "--rate-limit", "0"]);
+    let a = driver.page(server.addr);
+    a.login("Alice", "lobby", None);
+    a.say("stored first");
+    a.wait_message("stored first");
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    a.say("kept for later");
+    a.wait_js(
+        "the store's refusal",
+        "var b = document.querySelector('[data-testid=error-banner]'); return !b.hidden && /store full/i.test(b.textContent)",
+        json!([]),
+    );
+    a.wait_js(
+        "the refused text back in the input",
+        "return document.querySelector('[data-testid=message-input]').value === 'kept for later'",
+        json!([]),
+    );
+    redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    // Refused a second at a time: sent again until taken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count_text(&a.messages(), "kept for later") == 0 {
+        assert!(Instant::now() < deadline, "never taken once the store had room");
+        std::thread::sleep(Duration::from_millis(1200));
+        let pending = a.exec("return document.querySelector('[data-testid=message-input]').value", json!([]));
+        if pending != "" {
+            a.send_keys(&a.by_id("message-input"), KEY_ENTER);
+        }
+    }
+    assert_eq!(count_text(&a.messages(), "kept for later"), 1);
+}
+
 /// Each scenario over http with open logins, and over https with signed ones.
 macro_rules! both_ways {
     ($($name:ident),* $(,)?) => {
