@@ -299,11 +299,7 @@ impl Browser {
         self.wait_js_within(what, script, args, WAIT)
     }
 
-    /// [`Browser::wait_js`] without arguments, for up to `wait`.
-    fn wait_js_for(&self, what: &str, script: &str, wait: Duration) -> Value {
-        self.wait_js_within(what, script, json!([]), wait)
-    }
-
+    /// [`Browser::wait_js`] for up to `wait`.
     fn wait_js_within(&self, what: &str, script: &str, args: Value, wait: Duration) -> Value {
         let deadline = Instant::now() + wait;
         loop {
@@ -712,9 +708,10 @@ fn reconnects_after_server_restart() {
 
     // The page's retries back off up to 8 s (±15%): its next try may be
     // that far away, so this one wait is longer than the others.
-    a.wait_js_for(
+    a.wait_js_within(
         "connection-status = connected",
         "return document.querySelector('[data-testid=connection-status]').dataset.state === 'connected'",
+        json!([]),
         Duration::from_secs(25),
     );
     // ... and the banner goes once the connection is back.

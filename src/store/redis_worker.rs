@@ -340,21 +340,16 @@ impl Worker {
                             unreachable!("calls cover the records")
                         };
                         left -= n;
-                        let code = replies.as_mut().and_then(Iterator::next).map(|v| match v {
-                            Value::Int(i) => i,
-                            v if is_oom(&v) => FULL,
-                            _ => i64::MIN,
-                        });
-                        r.why = match code {
-                            Some(1) => {
+                        r.why = match replies.as_mut().and_then(Iterator::next) {
+                            Some(Value::Int(1)) => {
                                 self.stats.appended.fetch_add(n, Relaxed);
                                 stored.push((r.rid, r.token, r.last));
                                 continue;
                             }
-                            Some(0) => Refusal::Lost,
-                            Some(-1) => Refusal::Fenced,
-                            Some(-2) => Refusal::Gap,
-                            Some(FULL) => Refusal::Full,
+                            Some(Value::Int(0)) => Refusal::Lost,
+                            Some(Value::Int(-1)) => Refusal::Fenced,
+                            Some(Value::Int(-2)) => Refusal::Gap,
+                            Some(v) if is_oom(&v) => Refusal::Full,
                             _ => Refusal::Unavailable,
                         };
                         self.stats.refused.fetch_add(n, Relaxed);
@@ -381,9 +376,6 @@ fn int(v: &Value) -> Option<u64> {
         _ => None,
     }
 }
-
-/// An append's answer when Redis was full (not one the script returns).
-const FULL: i64 = -100;
 
 /// Redis is at its `maxmemory` with a policy that evicts nothing (or nothing
 /// it may): it refuses every write, scripts' too, with OOM.
