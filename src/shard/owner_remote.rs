@@ -107,8 +107,9 @@ impl SharedStore {
     }
 
     /// The store answered a claim: the room continues its epoch and seq, and
-    /// the requests that waited are returned to be handled (in order). None:
-    /// the store was unreachable: they are refused.
+    /// the requests that waited are returned to be handled (in order). If
+    /// the store did not take the claim, the room messages and history
+    /// reads among them are refused and the rest is returned.
     fn on_claimed(
         &mut self,
         rooms: &mut HashMap<Id, Room>,
@@ -146,14 +147,18 @@ impl SharedStore {
                 room.set_claim(0);
                 self.claims.insert(rid.clone(), Claim::Needed { fresh: false });
                 *store_down = (now_ms + STORE_RETRY_MS, why.text());
+                // Room messages and history reads need the store: refused.
+                // The rest (joins, leaves, presence, private messages) is
+                // handled as usual, in order.
+                let mut rest = Vec::new();
                 for req in waiting {
-                    if let Request::Publish(p) = &req {
-                        out.push(err(p.from, why.text()));
-                    } else if let Request::GetHistory { conn, .. } = &req {
-                        out.push(err(*conn, why.text()));
+                    match &req {
+                        Request::Publish(p) if p.tid.is_none() => out.push(err(p.from, why.text())),
+                        Request::GetHistory { conn, .. } => out.push(err(*conn, why.text())),
+                        _ => rest.push(req),
                     }
                 }
-                Vec::new()
+                rest
             }
         }
     }

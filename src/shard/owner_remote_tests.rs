@@ -215,6 +215,25 @@ fn requests_wait_in_order_while_a_claim_is_under_way() {
 }
 
 #[test]
+fn what_waits_for_a_claim_that_fails_is_refused_or_handled_never_dropped() {
+    let mut o = owner();
+    run(&mut o, publish(conn(1), "x"), 0);
+    // A newcomer's join and the member's leave wait behind the message.
+    let (rid, uid, name) = (id("r"), id("b"), Name::parse("b").unwrap());
+    let join = Request::Join { rid: rid.clone(), conn: conn(2), uid, name, echo: false, rejoin: false };
+    assert!(run(&mut o, join, 0).is_empty());
+    assert!(run(&mut o, Request::Leave { rid, conn: conn(1), ack: true }, 0).is_empty());
+    let c = claims(&mut o);
+    let out = answer(&mut o, &c[0], Err(Refusal::Unavailable));
+    assert_eq!(errors(&out), 2, "the message is refused, the leave acknowledged: {out:?}");
+    assert!(
+        out.iter().any(|x| matches!(&x.msg, Delivery::Joined { conn: c, .. } if *c == conn(2))),
+        "the join is acknowledged: {out:?}"
+    );
+    assert_eq!(o.live_rooms(), 1, "b is in, a is out");
+}
+
+#[test]
 fn a_fenced_owner_claims_again_after_a_while() {
     let mut o = owner();
     let c = claimed(&mut o);
