@@ -20,9 +20,6 @@ use crate::store::Durability;
 use crate::store::redis::{Refusal, Refused};
 use crate::store::writer::Log;
 
-/// How long messages are refused after the log could not be written.
-const STORE_RETRY: Duration = Duration::from_secs(1);
-
 impl Shard {
     /// Routes what the owner sent for one request, or holds it behind the
     /// journal's unwritten records: nothing the owner sends may overtake a
@@ -123,9 +120,7 @@ impl Shard {
                     // rather than kept in memory only without anyone knowing.
                     self.stats().log_errors.fetch_add(1, Relaxed);
                     error!(shard = self.id, error = %e, "cannot write the message log: refusing messages for a second");
-                    self.owner
-                        .borrow_mut()
-                        .store_down(unix_ms() + STORE_RETRY.as_millis() as u64, Refusal::Unavailable);
+                    self.owner.borrow_mut().store_down(unix_ms(), Refusal::Unavailable);
                 }
             }
             self.release_held(end, &[]);

@@ -33,6 +33,16 @@ mod store;
 pub(crate) use store::RecordTag;
 use store::{Gate, RoomStore};
 
+/// How long messages are refused after the store could not take them
+/// (then the next one tries again).
+const STORE_RETRY_MS: u64 = 1000;
+
+/// `Owner::store_down`'s value for a store that refused at `now_ms`: until
+/// when, and what senders are told.
+fn refuse_for_a_while(now_ms: u64, why: Refusal) -> (u64, &'static str) {
+    (now_ms + STORE_RETRY_MS, why.text())
+}
+
 /// Where a delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dest {
@@ -155,10 +165,10 @@ impl Owner {
         self.journal.as_mut()
     }
 
-    /// The store could not take messages: refuse them until `until_ms`,
-    /// telling their senders `why`.
-    pub(crate) fn store_down(&mut self, until_ms: u64, why: Refusal) {
-        self.store_down = (until_ms, why.text());
+    /// The store could not take messages (at Unix ms `now_ms`): refuse them
+    /// for a while, telling their senders `why`.
+    pub(crate) fn store_down(&mut self, now_ms: u64, why: Refusal) {
+        self.store_down = refuse_for_a_while(now_ms, why);
     }
 
     /// Rooms with members.

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::store::{Gate, HistoryQuery, RecordTag, RoomStore};
-use super::{Out, Owner, ReadReply, err};
+use super::{Out, Owner, ReadReply, err, refuse_for_a_while};
 use crate::ids::Id;
 use crate::msg::{ConnRef, Request};
 use crate::room::{Room, history_window};
@@ -30,8 +30,6 @@ use crate::store::redis::{Refusal, Refused};
 
 /// Requests one room may queue while its claim is under way.
 const MAX_WAITING: usize = 1024;
-/// How long messages are refused after the store was unreachable.
-const STORE_RETRY_MS: u64 = 1000;
 /// How long a fenced owner gives a room up before it claims it again.
 const GIVE_UP_MS: u64 = 5000;
 
@@ -65,7 +63,6 @@ pub(crate) struct RemoteRead {
     pub(crate) before: Option<u64>,
     pub(crate) limit: usize,
     pub(crate) reply: ReadReply,
-    pub(crate) forward: bool,
     pub(crate) budget: usize,
 }
 
@@ -146,7 +143,7 @@ impl SharedStore {
             Err(why) => {
                 room.set_claim(0);
                 self.claims.insert(rid.clone(), Claim::Needed { fresh: false });
-                *store_down = (now_ms + STORE_RETRY_MS, why.text());
+                *store_down = refuse_for_a_while(now_ms, why);
                 // Room messages and history reads need the store: refused.
                 // The rest (joins, leaves, presence, private messages) is
                 // handled as usual, in order.
@@ -180,7 +177,7 @@ impl SharedStore {
             Refusal::Fenced => Claim::GivenUp { until: now_ms + GIVE_UP_MS },
             Refusal::Lost | Refusal::Gap => Claim::Needed { fresh: true },
             Refusal::Unavailable | Refusal::Full => {
-                *store_down = (now_ms + STORE_RETRY_MS, refused.why.text());
+                *store_down = refuse_for_a_while(now_ms, refused.why);
                 Claim::Needed { fresh: false }
             }
         };
@@ -225,13 +222,8 @@ impl RoomStore for SharedStore {
                 return Gate::Refuse("this room is served by another node now: reconnect");
             }
             Some(Claim::GivenUp { .. }) => false,
-            Some(Claim::Pending(q)) if q.len() >= MAX_WAITING => {
-                return Gate::Refuse("message store is behind, try again shortly");
-            }
-            Some(Claim::Pending(q)) => {
-                q.extend(req.take());
-                return Gate::Queued;
-            }
+            // `hold` queued the message unless the room's queue was full.
+            Some(Claim::Pending(_)) => return Gate::Refuse("message store is behind, try again shortly"),
             Some(Claim::Needed { fresh }) => *fresh,
         };
         // The epoch a room the store does not have starts (or a fresh one).
@@ -268,8 +260,7 @@ impl RoomStore for SharedStore {
                 return Some((reply, room.epoch(), msgs));
             }
         }
-        let forward = since.is_some();
-        self.reads.push(RemoteRead { rid: rid.clone(), since, before, limit, reply, forward, budget });
+        self.reads.push(RemoteRead { rid: rid.clone(), since, before, limit, reply, budget });
         None
     }
 

@@ -22,7 +22,7 @@ use tracing::warn;
 use super::Shard;
 use super::owner::RemoteRead;
 use crate::node::unix_ms;
-use crate::store::redis::{Event, Job, Rec, RedisStore, Refusal};
+use crate::store::redis::{Event, Job, RedisStore, Refusal};
 
 /// History answers allowed to wait for the store per shard; past it a
 /// request is refused (try again) rather than queued without bound.
@@ -100,15 +100,10 @@ impl Shard {
                 Step::Closed => return,
                 Step::Send => {
                     let batch = self.owner.borrow_mut().journal().expect("journal").take();
-                    let records = batch
-                        .marks
-                        .into_iter()
-                        .map(|m| Rec { rid: m.rid, token: m.token, epoch: m.epoch, seq: m.seq, msg: m.msg })
-                        .collect();
                     let mut link = self.remote.borrow_mut();
                     let link = link.as_mut().expect("remote");
                     link.in_flight = true;
-                    link.store.send(Job::Append { records, end: batch.end });
+                    link.store.send(Job::Append { records: batch.marks, end: batch.end });
                 }
                 Step::Answer(ev) => self.on_store_event(ev),
             }
@@ -152,7 +147,7 @@ impl Shard {
             }
             Event::Read { ticket, answer } => {
                 let read = self.remote.borrow_mut().as_mut().and_then(|l| l.reads.remove(&ticket));
-                let Some(RemoteRead { rid, reply, forward, budget, .. }) = read else { return };
+                let Some(RemoteRead { rid, since, reply, budget, .. }) = read else { return };
                 let Some((epoch, msgs)) = answer else {
                     return self.refuse_read(reply, Refusal::Unavailable.text());
                 };
@@ -160,7 +155,8 @@ impl Shard {
                 self.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
                 // A room the store does not have reports what a never-used room does.
                 let epoch = if epoch == 0 { self.node.epoch } else { epoch };
-                self.answer_history(&rid, epoch, msgs, forward, budget, reply);
+                // Paging forward (`since`) keeps the oldest messages that fit.
+                self.answer_history(&rid, epoch, msgs, since.is_some(), budget, reply);
             }
         }
     }

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_channel::mpsc::{UnboundedReceiver, unbounded};
 
+use super::Mark;
 use crate::ids::Id;
 pub use crate::metrics::StoreStats;
 
@@ -59,8 +60,9 @@ pub enum Job {
     },
     /// Store these messages; `end` is the journal position they reach.
     Append {
-        /// The messages, in the order they were sequenced.
-        records: Vec<Rec>,
+        /// The journal's records (room, claim token, epoch, seq and the
+        /// message as members receive it), in the order they were sequenced.
+        records: Vec<Mark>,
         /// The journal position (see [`super::Journal::end`]).
         end: u64,
     },
@@ -77,21 +79,6 @@ pub enum Job {
         /// At most this many.
         limit: usize,
     },
-}
-
-/// One message to store.
-#[derive(Debug, Clone)]
-pub struct Rec {
-    /// Its room.
-    pub rid: Id,
-    /// The token of the claim it was sequenced under.
-    pub token: u64,
-    /// Its epoch and seq.
-    pub epoch: u64,
-    /// Its seq.
-    pub seq: u64,
-    /// The message, as members receive it.
-    pub msg: Bytes,
 }
 
 /// Why the store did not take a room's messages.
