@@ -151,13 +151,14 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
     let rid = param(query, "rid").and_then(Id::parse_str);
     let timeout = || body(500, serde_json::json!({ "error": "no answer from the owner shard" }));
     let bad = |why: &str| body(400, serde_json::json!({ "error": why }));
+    // Views differ for a moment while a node comes or goes.
+    let not_owner = || body(409, serde_json::json!({ "error": "this node does not own the room" }));
     if let Some(rid) = &rid
         && matches!(path, "/api/online" | "/api/history")
     {
         match shard.owner_node(rid) {
             0 => {}
-            // Views differ for a moment while a node comes or goes.
-            _ if forwarded => return body(409, serde_json::json!({ "error": "this node does not own the room" })),
+            _ if forwarded => return not_owner(),
             node => return ask(shard, node, format!("{path}?{query}")).await,
         }
     }
@@ -165,7 +166,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
         "/api/online" => {
             let Some(rid) = rid else { return bad("rid must be an id") };
             let Some(rx) = shard.api_ask(&rid, |reply| ApiQuery::Online { rid: rid.clone(), reply }) else {
-                return body(409, serde_json::json!({ "error": "this node does not own the room" }));
+                return not_owner();
             };
             let Some(mut a) = answers(rx, 1).await else { return timeout() };
             let users: Vec<Value> = a
@@ -186,7 +187,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
             };
             let Some(rx) = shard.api_ask(&rid, |reply| ApiQuery::History { rid: rid.clone(), since, limit, reply })
             else {
-                return body(409, serde_json::json!({ "error": "this node does not own the room" }));
+                return not_owner();
             };
             let Some((epoch, msgs)) = answers(rx, 1).await.and_then(|mut a| a.pop().flatten()) else {
                 return timeout();
@@ -216,11 +217,11 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
                         give_up(&tickets);
                         return body(504, serde_json::json!({ "error": "a node did not answer" }));
                     };
-                    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
                     if status != 200 {
                         give_up(&tickets);
                         return (status, b.to_vec());
                     }
+                    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
                     for r in v["rooms"].as_array().into_iter().flatten() {
                         if let (Some(rid), Some(n)) = (r["rid"].as_str(), r["count"].as_u64()) {
                             rooms.push((rid.to_owned(), n as usize));

@@ -50,8 +50,7 @@ impl Shard {
         for s in 0..self.nshards {
             self.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
         }
-        let others: Vec<u16> = self.view.borrow().live.iter().map(|(_, n)| *n).filter(|n| *n != 0).collect();
-        for n in others {
+        for n in self.other_nodes() {
             self.to_node(n, crate::msg::NodeMsg::Disconnect { uid: uid.clone(), code });
         }
     }
