@@ -35,6 +35,7 @@
 //! | [`msg`] | what crosses shards and nodes: requests, deliveries | no |
 //! | [`room`] | owner-side room: roster, seq, history | no |
 //! | [`ratelimit`] | token bucket | no |
+//! | [`throttle`] | refusal log lines, at most one a second per class | no |
 //! | [`perip`] | per-address connection limits | no |
 //! | [`tls`] | TLS on the client port: config, SIGHUP reload, record glue | cert files |
 //! | [`auth`] | signed logins (JWT) | key file |
@@ -45,7 +46,7 @@
 //! | [`http`] | upgrade request, routes `/`, `/healthz`, `/metrics` | no |
 //! | [`procfs`] | CPU times of a process and of the machine | /proc |
 //! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |
-//! | [`relay`] | links between nodes: `codec`, `handshake` (pure), `link`, `dial` | yes |
+//! | [`relay`] | links between nodes: `codec`, `handshake`, `secure` (pure), `link`, `dial` | yes |
 //! | [`shard`] | a shard: sessions, owned rooms, queues, writes, timers (see its map) | yes |
 //! | `conn` (private) | one connection's task: bytes in, frames out | yes |
 //! | `admin` (private) | the admin listener: `/metrics`, `/healthz`, the server API (answers for the whole cluster) | yes |
@@ -73,5 +74,6 @@ pub mod room;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod ws;

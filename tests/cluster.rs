@@ -2,13 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::relay::FakePeer;
 use crate::common::{Client, Server};
 use serde_json::json;
 
-const SECRET: &str = "test-secret";
+pub(crate) const SECRET: &str = "test-secret";
 
 /// Free loopback ports (see `common::free_port`).
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     (0..n).map(|_| crate::common::free_port()).collect()
 }
 
@@ -380,7 +381,6 @@ fn strangers_and_wrong_secrets_are_refused() {
 #[test]
 fn a_slow_peer_link_is_closed_at_its_queue_cap() {
     use cchat::relay::codec;
-    use std::io::Write;
 
     let (s, relay) = relay_node("real", &["--relay-queue-bytes", "65536", "--rate-limit", "0"]);
     // A room that the real node owns when "fake" is live too.
@@ -388,8 +388,8 @@ fn a_slow_peer_link_is_closed_at_its_queue_cap() {
 
     // The fake peer: small receive buffer, handshake by the book. It has
     // the smaller name, so it picks the link: ACTIVATE.
-    let (mut peer, _) = FakePeer::connect(&relay, "fake", Some(4096));
-    peer.write_all(&codec::activate()).unwrap();
+    let mut peer = FakePeer::connect(&relay, "fake", SECRET, Some(4096));
+    peer.send(&codec::activate()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.metric("cchat_relay_link_up") < 1.0 {
         assert!(Instant::now() < deadline, "fake link never came up");
@@ -397,7 +397,7 @@ fn a_slow_peer_link_is_closed_at_its_queue_cap() {
     }
     s.wait_view(2);
     // A member on the fake node, so every message in the room goes its way.
-    peer.write_all(&remote_join(&rid, 1)).unwrap();
+    peer.send(&remote_join(&rid, 1)).unwrap();
 
     let mut a = s.client();
     a.login("ann", &rid, Some("a"));
@@ -409,7 +409,7 @@ fn a_slow_peer_link_is_closed_at_its_queue_cap() {
         assert!(Instant::now() < deadline, "the link never overflowed");
         // Alive, never reading: a silent peer would be dropped after 2 s
         // for that instead of for its full queue.
-        let _ = peer.write_all(&codec::heartbeat());
+        let _ = peer.send(&codec::heartbeat());
         for _ in 0..50 {
             a.say(&rid, &body);
         }
@@ -437,86 +437,12 @@ fn a_slow_peer_link_is_closed_at_its_queue_cap() {
     }
 }
 
-/// A test-side relay peer: a plain TCP socket that does the handshake by the
-/// book and then reads and writes raw relay frames.
-struct FakePeer;
-
-impl FakePeer {
-    /// Connects to `relay` as node `name`; returns the stream and any bytes
-    /// read past the handshake.
-    fn connect(relay: &str, name: &str, rcvbuf: Option<usize>) -> (std::net::TcpStream, Vec<u8>) {
-        use cchat::relay::handshake;
-        use std::io::{Read, Write};
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        if let Some(n) = rcvbuf {
-            sock.set_recv_buffer_size(n).unwrap();
-        }
-        sock.connect(&relay.parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
-        let mut peer: std::net::TcpStream = sock.into();
-        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let own = handshake::Hello::new(name);
-        peer.write_all(&own.encode()).unwrap();
-        let mut buf = Vec::new();
-        let theirs = loop {
-            let mut b = [0u8; 256];
-            let n = peer.read(&mut b).unwrap();
-            assert!(n > 0, "relay closed during the handshake");
-            buf.extend_from_slice(&b[..n]);
-            if let Some((h, used)) = handshake::Hello::decode(&buf).unwrap() {
-                buf.drain(..used);
-                break h;
-            }
-        };
-        peer.write_all(&handshake::proof(SECRET, &own, &theirs)).unwrap();
-        while buf.len() < handshake::PROOF_LEN {
-            let mut b = [0u8; 64];
-            let n = peer.read(&mut b).unwrap();
-            assert!(n > 0, "relay closed during the handshake");
-            buf.extend_from_slice(&b[..n]);
-        }
-        handshake::verify(SECRET, &own, &theirs, &buf[..handshake::PROOF_LEN]).unwrap();
-        buf.drain(..handshake::PROOF_LEN);
-        (peer, buf)
-    }
-
-    /// Reads frame types off `peer` (with `pending` bytes first) until EOF
-    /// or `until` passes; returns them and whether EOF was reached.
-    fn frame_types(peer: &mut std::net::TcpStream, mut pending: Vec<u8>, until: Instant) -> (Vec<u8>, bool) {
-        use std::io::Read;
-        let mut types = Vec::new();
-        loop {
-            while pending.len() >= 5 {
-                let len = u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
-                if pending.len() < 4 + len {
-                    break;
-                }
-                types.push(pending[4]);
-                pending.drain(..4 + len);
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return (types, false);
-            }
-            peer.set_read_timeout(Some(left)).unwrap();
-            let mut b = [0u8; 4096];
-            match peer.read(&mut b) {
-                Ok(0) => return (types, true),
-                Ok(n) => pending.extend_from_slice(&b[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return (types, false);
-                }
-                Err(_) => return (types, true),
-            }
-        }
-    }
-}
-
 const T_HEARTBEAT: u8 = 1;
 const T_ACTIVATE: u8 = 2;
 
 /// One node named `name` with a relay listener (and `extra` flags); returns
 /// it and its relay address.
-fn relay_node(name: &str, extra: &[&str]) -> (Server, String) {
+pub(crate) fn relay_node(name: &str, extra: &[&str]) -> (Server, String) {
     let ports = free_ports(2);
     let relay = format!("127.0.0.1:{}", ports[1]);
     let mut args = vec!["--node-id", name, "--relay-listen", &relay, "--cluster-secret", SECRET];
@@ -527,7 +453,7 @@ fn relay_node(name: &str, extra: &[&str]) -> (Server, String) {
 
 /// A room id starting with `prefix` that node `owner` owns while `other` is
 /// live too.
-fn room_owned_by(prefix: &str, owner: &str, other: &str) -> String {
+pub(crate) fn room_owned_by(prefix: &str, owner: &str, other: &str) -> String {
     (0..)
         .map(|i| format!("{prefix}{i}"))
         .find(|r| cchat::placement::node_for(r, [owner, other]) == Some(owner))
@@ -536,7 +462,7 @@ fn room_owned_by(prefix: &str, owner: &str, other: &str) -> String {
 
 /// The relay frame of a fake peer's member (uid "remote", connection `key`)
 /// joining `rid`.
-fn remote_join(rid: &str, key: u32) -> bytes::Bytes {
+pub(crate) fn remote_join(rid: &str, key: u32) -> bytes::Bytes {
     use cchat::ids::{Id, Name};
     let join = cchat::msg::NodeMsg::ToOwner(cchat::msg::Request::Join {
         rid: Id::parse_str(rid).unwrap(),
@@ -554,29 +480,28 @@ fn remote_join(rid: &str, key: u32) -> bytes::Bytes {
 #[test]
 fn the_smaller_name_picks_the_link() {
     use cchat::relay::codec;
-    use std::io::Write;
 
     // The real node ("m") decides for a peer named "z": its first frame on
     // the link is ACTIVATE, and the peer is up.
     let (s, relay) = relay_node("m", &[]);
-    let (mut z1, rest) = FakePeer::connect(&relay, "z", None);
-    let (types, eof) = FakePeer::frame_types(&mut z1, rest, Instant::now() + Duration::from_millis(600));
+    let mut z1 = FakePeer::connect(&relay, "z", SECRET, None);
+    let (types, eof) = z1.frame_types(Instant::now() + Duration::from_millis(600));
     assert!(!eof);
     assert_eq!(types.first(), Some(&T_ACTIVATE), "ACTIVATE comes first: {types:?}");
     assert!(types[1..].iter().all(|&t| t == T_HEARTBEAT), "{types:?}");
     // z1 speaks (a heartbeat) so it is not dropped as silent meanwhile.
-    z1.write_all(&codec::heartbeat()).unwrap();
+    z1.send(&codec::heartbeat()).unwrap();
     s.wait_view(2);
     assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
-    z1.write_all(&codec::heartbeat()).unwrap();
+    z1.send(&codec::heartbeat()).unwrap();
     // A second link from "z" while the first works: closed unused, with not
     // a single frame on it, and the first link stays up.
-    let (mut z2, rest) = FakePeer::connect(&relay, "z", None);
-    let (types, eof) = FakePeer::frame_types(&mut z2, rest, Instant::now() + Duration::from_secs(5));
+    let mut z2 = FakePeer::connect(&relay, "z", SECRET, None);
+    let (types, eof) = z2.frame_types(Instant::now() + Duration::from_secs(5));
     assert!(eof, "the unused link is closed");
     assert!(types.is_empty(), "nothing is sent on an unused link: {types:?}");
-    z1.write_all(&codec::heartbeat()).unwrap();
-    let (types, eof) = FakePeer::frame_types(&mut z1, Vec::new(), Instant::now() + Duration::from_millis(600));
+    z1.send(&codec::heartbeat()).unwrap();
+    let (types, eof) = z1.frame_types(Instant::now() + Duration::from_millis(600));
     assert!(!eof && !types.is_empty(), "the first link still carries heartbeats");
     assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
     s.wait_view(2);
@@ -585,14 +510,14 @@ fn the_smaller_name_picks_the_link() {
     // A peer named "a" decides for the real node ("m"): until "a" sends
     // ACTIVATE, the link is not up and carries only heartbeats.
     let (s, relay) = relay_node("m", &[]);
-    let (mut a, rest) = FakePeer::connect(&relay, "a", None);
-    let (types, eof) = FakePeer::frame_types(&mut a, rest, Instant::now() + Duration::from_millis(800));
+    let mut a = FakePeer::connect(&relay, "a", SECRET, None);
+    let (types, eof) = a.frame_types(Instant::now() + Duration::from_millis(800));
     assert!(!eof);
     assert!(types.iter().all(|&t| t == T_HEARTBEAT), "only heartbeats before ACTIVATE: {types:?}");
-    a.write_all(&codec::heartbeat()).unwrap();
+    a.send(&codec::heartbeat()).unwrap();
     assert_eq!(s.metric("cchat_relay_link_up"), 0.0);
     assert_eq!(s.metric_values("cchat_shard_cluster_nodes").iter().fold(0.0f64, |m, &v| m.max(v)), 1.0);
-    a.write_all(&codec::activate()).unwrap();
+    a.send(&codec::activate()).unwrap();
     s.wait_view(2);
     assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
     drop((s, a));
@@ -600,9 +525,9 @@ fn the_smaller_name_picks_the_link() {
     // Traffic on a link that was never activated is a protocol violation:
     // that link is closed, and nothing else.
     let (s, relay) = relay_node("m", &[]);
-    let (mut a, rest) = FakePeer::connect(&relay, "a", None);
-    a.write_all(&remote_join("r", 1)).unwrap();
-    let (_, eof) = FakePeer::frame_types(&mut a, rest, Instant::now() + Duration::from_secs(5));
+    let mut a = FakePeer::connect(&relay, "a", SECRET, None);
+    a.send(&remote_join("r", 1)).unwrap();
+    let (_, eof) = a.frame_types(Instant::now() + Duration::from_secs(5));
     assert!(eof, "a link carrying traffic before ACTIVATE is closed");
     assert_eq!(s.metric("cchat_relay_link_up"), 0.0);
     let mut c = s.client();
@@ -616,26 +541,25 @@ fn the_smaller_name_picks_the_link() {
 #[test]
 fn a_new_activation_replaces_the_old_link_as_a_down_and_up() {
     use cchat::relay::codec;
-    use std::io::Write;
 
     let (s, relay) = relay_node("m", &[]);
     // A room the real node owns while "a" is live too.
     let rid = room_owned_by("swap", "m", "a");
-    let (mut l1, _) = FakePeer::connect(&relay, "a", None);
-    l1.write_all(&codec::activate()).unwrap();
+    let mut l1 = FakePeer::connect(&relay, "a", SECRET, None);
+    l1.send(&codec::activate()).unwrap();
     s.wait_view(2);
     let mut local = s.client();
     local.login("loc", &rid, Some("loc"));
     // A member on "a", announced to the local client.
-    l1.write_all(&remote_join(&rid, 7)).unwrap();
+    l1.send(&remote_join(&rid, 7)).unwrap();
     let v = local.expect("newUser");
     assert_eq!(v["uid"], "remote");
 
     // "a" activates a second link with the first still open.
-    let (mut l2, rest) = FakePeer::connect(&relay, "a", None);
-    l2.write_all(&codec::activate()).unwrap();
+    let mut l2 = FakePeer::connect(&relay, "a", SECRET, None);
+    l2.send(&codec::activate()).unwrap();
     // The old link is closed by the node...
-    let (_, eof) = FakePeer::frame_types(&mut l1, Vec::new(), Instant::now() + Duration::from_secs(5));
+    let (_, eof) = l1.frame_types(Instant::now() + Duration::from_secs(5));
     assert!(eof, "the replaced link is closed");
     // ...the peer's members are forgotten, as for a peer that went down...
     let v = local.expect("userLeave");
@@ -644,10 +568,10 @@ fn a_new_activation_replaces_the_old_link_as_a_down_and_up() {
     s.wait_view(2);
     assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
     assert_eq!(s.metric("cchat_relay_reconnects_total"), 1.0);
-    l2.write_all(&remote_join(&rid, 7)).unwrap();
+    l2.send(&remote_join(&rid, 7)).unwrap();
     let v = local.expect("newUser");
     assert_eq!(v["uid"], "remote");
-    let (types, eof) = FakePeer::frame_types(&mut l2, rest, Instant::now() + Duration::from_millis(300));
+    let (types, eof) = l2.frame_types(Instant::now() + Duration::from_millis(300));
     assert!(!eof, "the new link stays open: {types:?}");
 }
 

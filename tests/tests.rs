@@ -34,6 +34,8 @@ mod security;
 mod store;
 // TLS on the client port: wss, https, plain clients refused, SIGHUP reload.
 mod tls;
+// Attacks on the relay: a spliced handshake, an on-path proxy.
+mod trust;
 // Seeded random bursts across shards with tiny queues.
 mod stress;
 // Regression: connections wedged by cross-shard back-pressure.

@@ -44,6 +44,9 @@ pub struct RelayStats {
     pub refused: AtomicU64,
     /// Messages for a node with no live link.
     pub dropped: AtomicU64,
+    /// Links closed because a record failed to open (altered, forged,
+    /// repeated or reordered on the path).
+    pub auth_failures: AtomicU64,
 }
 
 impl RelayStats {
@@ -100,6 +103,12 @@ impl RelayStats {
             l.overflows.load(Relaxed) as i64
         });
         out.single("cchat_relay_refused_total", "counter", "Relay handshakes refused.", self.refused.load(Relaxed));
+        out.single(
+            "cchat_relay_auth_failures_total",
+            "counter",
+            "Relay links closed for a record that failed authentication (altered, forged, repeated or reordered).",
+            self.auth_failures.load(Relaxed),
+        );
         out.single(
             "cchat_relay_dropped_total",
             "counter",

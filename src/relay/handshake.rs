@@ -1,29 +1,46 @@
-//! The relay handshake: each side names itself and proves it knows the
-//! cluster secret, without sending it. No I/O.
+//! The relay handshake: mutual authentication by the cluster secret, and
+//! the keys that authenticate every frame after it. No I/O.
 //!
 //! ```text
-//! hello := "CCRL" version:u8 id_len:u16 node_id nonce:[u8;16]      (both sides, at once)
-//! proof := HMAC-SHA256(secret, "cchat-relay-v1" own_hello peer_hello)  (32 bytes, both sides)
+//! hello  := "CCRL" version:u8 id_len:u16 node_id nonce:[u8;32]   (both sides, at once)
+//! th     := SHA-256(dialer's hello ‖ acceptor's hello)           (the transcript)
+//! prk    := HKDF-Extract(salt = th, ikm = secret)
+//! proof  := HMAC-SHA256(HKDF-Expand(prk, "cchat relay v6 proof"), "dialer" | "acceptor")
+//! keys   := HKDF-Expand(prk, "cchat relay v6 dialer to acceptor" | "... acceptor to dialer", 32)
 //! ```
 //!
-//! Each side sends its hello, reads the peer's, sends its proof over both
-//! hellos (its own first) and checks the peer's proof over the same two in
-//! the peer's order. Fresh nonces on both sides make a recorded handshake
-//! useless for replay. A peer with another version, a bad magic, or a wrong
-//! proof is refused.
+//! The order is fixed: the dialer proves first; the acceptor checks that
+//! proof and only then proves itself; the dialer checks the acceptor's.
+//! Every proof is bound to both nonces, both node ids and the prover's
+//! role, so a proof can neither be replayed (fresh nonces), nor forwarded
+//! to a third node (its id is in the transcript), nor reflected (the two
+//! roles expand different labels). A stranger that connects to two nodes
+//! and hands each the other's hello gets no proof from either: both are
+//! acceptors there, and an acceptor proves nothing before it has checked a
+//! dialer's proof, which only a holder of the secret can make.
+//!
+//! After the handshake each direction has its own key, and every byte goes
+//! in sealed records ([`super::secure`]) numbered by an implicit counter:
+//! whoever sits on the path without the secret can neither read, alter,
+//! drop, repeat nor reorder a frame without the link closing. A proxy that
+//! passes the bytes through unchanged (as TCP would) is harmless.
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use ring::{digest, hkdf, hmac};
 use thiserror::Error;
+
+use super::secure::{KEY_LEN, Opener, Sealer};
 
 /// Protocol magic.
 pub const MAGIC: &[u8; 4] = b"CCRL";
 /// Wire version spoken by this build (2: links carry traffic only once
 /// activated; 3: roster pages and history before a seq, see [`super::codec`];
-/// 4: the server API's disconnect; 5: its questions to other nodes).
-pub const VERSION: u8 = 5;
+/// 4: the server API's disconnect; 5: its questions to other nodes;
+/// 6: mutual authentication by role and sealed, numbered records).
+pub const VERSION: u8 = 6;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;
+/// Length of a hello's nonce.
+pub const NONCE_LEN: usize = 32;
 
 /// Why a handshake failed; the link is refused and the reason logged.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -40,9 +57,29 @@ pub enum HandshakeError {
     /// The peer does not know the cluster secret.
     #[error("wrong proof: peer does not know the cluster secret")]
     Proof,
-    /// The peer names this node itself (a node listed as its own peer).
+    /// The peer names this node itself (a node listed as its own peer, or
+    /// this node's own hello handed back to it).
     #[error("peer is this node")]
     SelfLink,
+}
+
+/// Which end of the TCP connection a node is: the roles prove under
+/// different labels, so neither's proof can stand for the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opened the connection (to a `--peer`): proves first.
+    Dialer,
+    /// Accepted it on `--relay-listen`: proves only after checking the dialer.
+    Acceptor,
+}
+
+impl Role {
+    fn other(self) -> Role {
+        match self {
+            Role::Dialer => Role::Acceptor,
+            Role::Acceptor => Role::Dialer,
+        }
+    }
 }
 
 /// One side's hello.
@@ -51,20 +88,20 @@ pub struct Hello {
     /// The node's id.
     pub node_id: String,
     /// Fresh random bytes.
-    pub nonce: [u8; 16],
+    pub nonce: [u8; NONCE_LEN],
 }
 
 impl Hello {
     /// A hello with a fresh nonce.
     pub fn new(node_id: &str) -> Hello {
-        let mut nonce = [0u8; 16];
+        let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random source works");
         Hello { node_id: node_id.to_owned(), nonce }
     }
 
     /// Wire bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(4 + 1 + 2 + self.node_id.len() + 16);
+        let mut v = Vec::with_capacity(4 + 1 + 2 + self.node_id.len() + NONCE_LEN);
         v.extend_from_slice(MAGIC);
         v.push(VERSION);
         v.extend_from_slice(&(self.node_id.len() as u16).to_be_bytes());
@@ -89,31 +126,97 @@ impl Hello {
         if n == 0 || n > 256 {
             return Err(HandshakeError::NodeId);
         }
-        if buf.len() < 7 + n + 16 {
+        if buf.len() < 7 + n + NONCE_LEN {
             return Ok(None);
         }
         let node_id = std::str::from_utf8(&buf[7..7 + n]).map_err(|_| HandshakeError::NodeId)?.to_owned();
-        let nonce = buf[7 + n..7 + n + 16].try_into().unwrap();
-        Ok(Some((Hello { node_id, nonce }, 7 + n + 16)))
+        let nonce = buf[7 + n..7 + n + NONCE_LEN].try_into().expect("length checked");
+        Ok(Some((Hello { node_id, nonce }, 7 + n + NONCE_LEN)))
     }
 }
 
-/// The proof this side sends: over its own hello, then the peer's.
-pub fn proof(secret: &str, own: &Hello, peer: &Hello) -> [u8; PROOF_LEN] {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(b"cchat-relay-v1");
-    mac.update(&own.encode());
-    mac.update(&peer.encode());
-    mac.finalize().into_bytes().into()
+/// What both sides derive from the two hellos and the secret: the proofs
+/// each role must show and the keys of the two directions.
+pub struct Transcript {
+    prk: hkdf::Prk,
 }
 
-/// Checks the peer's proof (computed over the peer's hello first), in constant time.
-pub fn verify(secret: &str, own: &Hello, peer: &Hello, their_proof: &[u8]) -> Result<(), HandshakeError> {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(b"cchat-relay-v1");
-    mac.update(&peer.encode());
-    mac.update(&own.encode());
-    mac.verify_slice(their_proof).map_err(|_| HandshakeError::Proof)
+impl std::fmt::Debug for Transcript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transcript")
+    }
+}
+
+/// An HKDF output length (ring asks for it as a type).
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+impl Transcript {
+    /// The transcript of a handshake between `dialer` and `acceptor`
+    /// (the same on both ends).
+    pub fn new(secret: &[u8], dialer: &Hello, acceptor: &Hello) -> Transcript {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&dialer.encode());
+        ctx.update(&acceptor.encode());
+        let th = ctx.finish();
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, th.as_ref()).extract(secret);
+        Transcript { prk }
+    }
+
+    /// The transcript from one side's view: its own hello, the peer's, and
+    /// which end it is.
+    pub fn from_side(secret: &[u8], role: Role, own: &Hello, peer: &Hello) -> Transcript {
+        match role {
+            Role::Dialer => Transcript::new(secret, own, peer),
+            Role::Acceptor => Transcript::new(secret, peer, own),
+        }
+    }
+
+    fn expand(&self, label: &[u8], out: &mut [u8]) {
+        self.prk.expand(&[label], Len(out.len())).and_then(|okm| okm.fill(out)).expect("HKDF-SHA256 expands 32 bytes");
+    }
+
+    fn proof_key(&self) -> hmac::Key {
+        let okm = self.prk.expand(&[b"cchat relay v6 proof"], hmac::HMAC_SHA256).expect("HKDF expands an HMAC key");
+        hmac::Key::from(okm)
+    }
+
+    fn label(role: Role) -> &'static [u8] {
+        match role {
+            Role::Dialer => b"dialer",
+            Role::Acceptor => b"acceptor",
+        }
+    }
+
+    /// The proof the side in `role` sends.
+    pub fn proof(&self, role: Role) -> [u8; PROOF_LEN] {
+        hmac::sign(&self.proof_key(), Self::label(role)).as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
+    }
+
+    /// Checks the proof of the peer, which plays `peer_role`, in constant time.
+    pub fn verify(&self, peer_role: Role, proof: &[u8]) -> Result<(), HandshakeError> {
+        hmac::verify(&self.proof_key(), Self::label(peer_role), proof).map_err(|_| HandshakeError::Proof)
+    }
+
+    /// The record sealer (this side's direction) and opener (the peer's)
+    /// of the side in `role`.
+    pub fn keys(&self, role: Role) -> (Sealer, Opener) {
+        let label = |r: Role| -> &'static [u8] {
+            match r {
+                Role::Dialer => b"cchat relay v6 dialer to acceptor",
+                Role::Acceptor => b"cchat relay v6 acceptor to dialer",
+            }
+        };
+        let (mut out, mut inn) = ([0u8; KEY_LEN], [0u8; KEY_LEN]);
+        self.expand(label(role), &mut out);
+        self.expand(label(role.other()), &mut inn);
+        (Sealer::new(&out), Opener::new(&inn))
+    }
 }
 
 #[cfg(test)]
@@ -123,14 +226,65 @@ mod tests {
 
     #[test]
     fn both_sides_agree_only_with_the_same_secret() {
-        let a = Hello::new("a");
-        let b = Hello::new("b");
-        let pa = proof("s3cret", &a, &b);
-        assert_eq!(verify("s3cret", &b, &a, &pa), Ok(()));
-        assert_eq!(verify("other", &b, &a, &pa), Err(HandshakeError::Proof));
+        let (d, a) = (Hello::new("a"), Hello::new("b"));
+        let td = Transcript::from_side(b"s3cret", Role::Dialer, &d, &a);
+        let ta = Transcript::from_side(b"s3cret", Role::Acceptor, &a, &d);
+        assert_eq!(ta.verify(Role::Dialer, &td.proof(Role::Dialer)), Ok(()));
+        assert_eq!(td.verify(Role::Acceptor, &ta.proof(Role::Acceptor)), Ok(()));
+        let other = Transcript::from_side(b"other", Role::Dialer, &d, &a);
+        assert_eq!(ta.verify(Role::Dialer, &other.proof(Role::Dialer)), Err(HandshakeError::Proof));
         // A proof is bound to both nonces: replaying it to a new hello fails.
-        let b2 = Hello::new("b");
-        assert_eq!(verify("s3cret", &b2, &a, &pa), Err(HandshakeError::Proof));
+        let a2 = Hello::new("b");
+        let ta2 = Transcript::from_side(b"s3cret", Role::Acceptor, &a2, &d);
+        assert_eq!(ta2.verify(Role::Dialer, &td.proof(Role::Dialer)), Err(HandshakeError::Proof));
+    }
+
+    /// Reflection: the acceptor's proof is no dialer's proof over the same
+    /// hellos, and the other way round.
+    #[test]
+    fn a_proof_cannot_be_reflected_to_the_other_role() {
+        let (d, a) = (Hello::new("a"), Hello::new("b"));
+        let t = Transcript::new(b"s3cret", &d, &a);
+        assert_eq!(t.verify(Role::Dialer, &t.proof(Role::Acceptor)), Err(HandshakeError::Proof));
+        assert_eq!(t.verify(Role::Acceptor, &t.proof(Role::Dialer)), Err(HandshakeError::Proof));
+        // Swapping the hellos (the splice: each node given the other's
+        // hello as the dialer's) gives another transcript altogether.
+        let swapped = Transcript::new(b"s3cret", &a, &d);
+        assert_eq!(swapped.verify(Role::Dialer, &t.proof(Role::Dialer)), Err(HandshakeError::Proof));
+    }
+
+    /// A proof names both node ids: one made for a link to "b" does not
+    /// open a link to "c", even with the same nonces.
+    #[test]
+    fn a_proof_is_bound_to_both_node_ids() {
+        let d = Hello::new("a");
+        let b = Hello::new("b");
+        let c = Hello { node_id: "c".into(), nonce: b.nonce };
+        let tb = Transcript::new(b"s3cret", &d, &b);
+        let tc = Transcript::new(b"s3cret", &d, &c);
+        assert_eq!(tc.verify(Role::Dialer, &tb.proof(Role::Dialer)), Err(HandshakeError::Proof));
+    }
+
+    #[test]
+    fn the_two_directions_have_their_own_keys() {
+        let (d, a) = (Hello::new("a"), Hello::new("b"));
+        let t = Transcript::new(b"s3cret", &d, &a);
+        let (mut d_seal, mut d_open) = t.keys(Role::Dialer);
+        let (mut a_seal, mut a_open) = t.keys(Role::Acceptor);
+        let mut wire = Vec::new();
+        d_seal.seal(b"to the acceptor", &mut wire);
+        let mut plain = bytes::BytesMut::new();
+        let mut input = bytes::BytesMut::from(&wire[..]);
+        a_open.open(&mut input, &mut plain).unwrap();
+        assert_eq!(&plain[..], b"to the acceptor");
+        // The dialer cannot open its own direction's record.
+        let mut input = bytes::BytesMut::from(&wire[..]);
+        assert!(d_open.open(&mut input, &mut plain).is_err());
+        let mut wire = Vec::new();
+        a_seal.seal(b"back", &mut wire);
+        let mut plain = bytes::BytesMut::new();
+        d_open.open(&mut bytes::BytesMut::from(&wire[..]), &mut plain).unwrap();
+        assert_eq!(&plain[..], b"back");
     }
 
     #[test]
@@ -142,8 +296,8 @@ mod tests {
             assert_eq!(Hello::decode(&enc[..cut]).unwrap(), None);
         }
         assert_eq!(Hello::decode(b"GET / HTTP/1.1"), Err(HandshakeError::Magic));
-        // Another version, older (1: links not activated) or newer, is refused.
-        for other in [1, VERSION + 1] {
+        // Another version, older (5: proofs without roles, plain frames) or newer, is refused.
+        for other in [1, 5, VERSION + 1] {
             let mut v = enc.clone();
             v[4] = other;
             assert_eq!(Hello::decode(&v), Err(HandshakeError::Version(other)));
@@ -152,7 +306,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = Hello::decode(&bytes);
             let mut with_magic = MAGIC.to_vec();
             with_magic.extend_from_slice(&bytes);

@@ -19,9 +19,17 @@ use glommio::timer::Timer;
 use tracing::{info, warn};
 
 use super::codec::{self, Frame};
-use super::dial::shake;
+use super::handshake::Role;
+use super::secure::{Opener, Sealer};
+use super::shake::{Shaken, shake};
 use super::{HEARTBEAT, PEER_TIMEOUT, Relay, RelayEvent};
 use crate::metrics::LinkStats;
+use crate::throttle::Throttle;
+
+/// Refused handshakes and links closed for a record that failed to open:
+/// one log line a second each, however many a stranger sends.
+static REFUSED_LOG: Throttle = Throttle::new();
+static AUTH_LOG: Throttle = Throttle::new();
 
 /// Largest write on a link: frames queued meanwhile go out together.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -75,11 +83,17 @@ pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Op
     let node = relay.node.clone();
     let me = node.cfg.node_id.clone();
     let peer_addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (peer_name, mut rbuf) = match shake(&mut stream, &node).await {
+    let role = if dialed.is_some() { Role::Dialer } else { Role::Acceptor };
+    relay.shaking.set(relay.shaking.get() + 1);
+    let shaken = shake(&mut stream, &node, role).await;
+    relay.shaking.set(relay.shaking.get() - 1);
+    let Shaken { peer: peer_name, rest, sealer, opener } = match shaken {
         Ok(x) => x,
         Err(e) => {
             node.relay.refused.fetch_add(1, Relaxed);
-            warn!(peer = %peer_addr, error = %e, "relay handshake refused");
+            if let Some(held) = REFUSED_LOG.due() {
+                warn!(peer = %peer_addr, error = %e, held_back = held, "relay handshake refused");
+            }
             return false;
         }
     };
@@ -108,7 +122,8 @@ pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Op
         link.push(codec::activate());
         relay.activate(&link);
     }
-    let result = carry(&relay, &link, &mut stream, &mut rbuf).await;
+    let mut sec = Secure { sealer, opener, cipher: rest };
+    let result = carry(&relay, &link, &mut stream, &mut sec).await;
     link.closed.set(true);
     link.stats.queue_bytes.fetch_sub(link.queued.get() as i64, Relaxed);
     // Only the active link's end is the peer going down.
@@ -121,17 +136,29 @@ pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Op
     true
 }
 
+/// A link's keys, and the sealed bytes read but not yet opened.
+struct Secure {
+    sealer: Sealer,
+    opener: Opener,
+    cipher: BytesMut,
+}
+
 /// Moves frames both ways until the link fails. Returns why it ended.
-async fn carry(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mut BytesMut) -> String {
+async fn carry(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, sec: &mut Secure) -> String {
+    // Sealed records on their way out; refilled (a record of up to
+    // WRITE_CHUNK bytes of frames) once the last is written.
     let mut wbuf: Vec<u8> = Vec::new();
-    // Reads land here and only the bytes read are appended to `rbuf`: growing
-    // `rbuf` to its capacity for each read zeroed tens of KiB per wake-up.
+    // Opened frames not yet decoded (a frame may span records).
+    let mut rbuf = BytesMut::new();
+    // Reads land here and only the bytes read are appended to the cipher
+    // buffer: growing a buffer to its capacity for each read zeroed tens
+    // of KiB per wake-up.
     let mut scratch = vec![0u8; 64 * 1024];
     let mut last_rx = Instant::now();
     let mut last_tx = Instant::now();
     let mut tick = Box::pin(Timer::new(HEARTBEAT));
-    // Bytes that arrived with the handshake.
-    if let Err(e) = drain_frames(relay, link, rbuf) {
+    // Records that arrived with the handshake.
+    if let Err(e) = open_and_drain(relay, link, sec, &mut rbuf) {
         return e;
     }
     loop {
@@ -147,10 +174,11 @@ async fn carry(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mu
             }
             // Write everything queued, batched into large writes.
             loop {
-                if wbuf.is_empty() {
+                if wbuf.is_empty() && !link.queue.borrow().is_empty() {
                     let mut q = link.queue.borrow_mut();
+                    let start = sec.sealer.begin(&mut wbuf);
                     while let Some(f) = q.front() {
-                        if !wbuf.is_empty() && wbuf.len() + f.len() > WRITE_CHUNK {
+                        if wbuf.len() > start + 4 && wbuf.len() + f.len() > WRITE_CHUNK {
                             break;
                         }
                         wbuf.extend_from_slice(f);
@@ -160,6 +188,7 @@ async fn carry(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mu
                         link.stats.queue_bytes.fetch_sub(n as i64, Relaxed);
                         link.stats.frames_out.fetch_add(1, Relaxed);
                     }
+                    sec.sealer.finish(&mut wbuf, start);
                 }
                 if wbuf.is_empty() {
                     break;
@@ -180,7 +209,7 @@ async fn carry(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mu
             match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Ev::Err("peer closed the link".into())),
                 Poll::Ready(Ok(n)) => {
-                    rbuf.extend_from_slice(&scratch[..n]);
+                    sec.cipher.extend_from_slice(&scratch[..n]);
                     Poll::Ready(Ev::Read(n))
                 }
                 Poll::Ready(Err(e)) => Poll::Ready(Ev::Err(e.to_string())),
@@ -195,7 +224,7 @@ async fn carry(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mu
             Ev::Read(n) => {
                 last_rx = Instant::now();
                 link.stats.bytes_in.fetch_add(n as u64, Relaxed);
-                if let Err(e) = drain_frames(relay, link, rbuf) {
+                if let Err(e) = open_and_drain(relay, link, sec, &mut rbuf) {
                     return e;
                 }
                 glommio::yield_if_needed().await;
@@ -213,6 +242,18 @@ async fn carry(relay: &Relay, link: &Rc<Link>, stream: &mut TcpStream, rbuf: &mu
             Ev::Err(e) => return e,
         }
     }
+}
+
+/// Opens the whole records read so far and hands on their frames.
+fn open_and_drain(relay: &Relay, link: &Rc<Link>, sec: &mut Secure, rbuf: &mut BytesMut) -> Result<(), String> {
+    if let Err(e) = sec.opener.open(&mut sec.cipher, rbuf) {
+        relay.node.relay.auth_failures.fetch_add(1, Relaxed);
+        if let Some(held) = AUTH_LOG.due() {
+            warn!(peer = %link.stats.peer, error = %e, held_back = held, "relay record refused: closing the link");
+        }
+        return Err(e.to_string());
+    }
+    drain_frames(relay, link, rbuf)
 }
 
 fn drain_frames(relay: &Relay, link: &Rc<Link>, rbuf: &mut BytesMut) -> Result<(), String> {

@@ -35,13 +35,21 @@
 //!   reconnects, rather than this node's memory growing without bound.
 //! - **Batching.** Frames queued while a write is in flight go out together
 //!   in the next write.
+//! - **Trust.** A link starts with a mutual proof of the cluster secret
+//!   (the acceptor checks the dialer's before it proves itself) and then
+//!   carries sealed, numbered records ([`secure`]): a frame altered,
+//!   dropped, repeated or reordered on the path closes the link (counted in
+//!   `cchat_relay_auth_failures_total`).
 //! - **Faults.** Garbage, truncated or oversized frames close that link and
-//!   nothing else; a stranger that fails the handshake is logged and refused.
+//!   nothing else; a stranger that fails the handshake is counted and
+//!   refused (one log line a second, however many).
 
 pub mod codec;
 mod dial;
 pub mod handshake;
 mod link;
+pub mod secure;
+mod shake;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -58,6 +66,8 @@ use tracing::{info, warn};
 use crate::msg::NodeMsg;
 use crate::node::Node;
 use link::Link;
+
+static SHAKING_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
 
 /// Heartbeat period on an idle link.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
@@ -92,7 +102,14 @@ pub struct Relay {
     dialed: RefCell<HashMap<SocketAddr, u16>>,
     /// When the relay started (dials retry fast during [`FIRST_ROUND`]).
     started: Instant,
+    /// Links in their handshake (at most [`MAX_SHAKING`] accepted at once).
+    shaking: std::cell::Cell<usize>,
 }
+
+/// Handshakes under way past which the relay listener closes new sockets
+/// at once: a stranger who opens sockets in a loop holds at most this many
+/// descriptors (each for at most the handshake's 5 s), and peers retry.
+pub const MAX_SHAKING: usize = 64;
 
 impl Relay {
     /// A relay with no links yet; what it receives goes to `sink`.
@@ -103,6 +120,7 @@ impl Relay {
             links: RefCell::new(HashMap::new()),
             dialed: RefCell::new(HashMap::new()),
             started: Instant::now(),
+            shaking: std::cell::Cell::new(0),
         }
     }
 
@@ -207,6 +225,13 @@ pub fn start(node: Arc<Node>, sink: Sink) -> anyhow::Result<(Rc<Relay>, Vec<glom
             glommio::spawn_local(async move {
                 loop {
                     match listener.accept().await {
+                        Ok(stream) if relay.shaking.get() >= MAX_SHAKING => {
+                            relay.node.relay.refused.fetch_add(1, Relaxed);
+                            if let Some(held) = SHAKING_LOG.due() {
+                                warn!(held_back = held, "relay handshakes over their cap: closing a new socket");
+                            }
+                            drop(stream);
+                        }
                         Ok(stream) => {
                             glommio::spawn_local(link::run_link(relay.clone(), stream, None)).detach();
                         }
