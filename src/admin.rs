@@ -237,6 +237,16 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
     }
 }
 
+/// Whether the request's key is the configured one, in time that does not
+/// depend on where they differ (or on their lengths: their digests are
+/// compared), so the key cannot be guessed a byte at a time by timing.
+fn key_matches(given: Option<&str>, key: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(given) = given else { return false };
+    Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(key.as_bytes())).into()
+}
+
 /// The response to one admin request.
 async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
     let node = &shard.node;
@@ -251,7 +261,7 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
     let Some(key) = &node.cfg.api_key else {
         return http::response(404, "text/plain", b"the server API is off: start with --api-key\n");
     };
-    if req.api_key.as_deref() != Some(key.as_str()) {
+    if !key_matches(req.api_key.as_deref(), key) {
         return json(401, serde_json::json!({ "error": "missing or wrong X-API-Key" }));
     }
     if req.method == "GET" {

@@ -2,7 +2,8 @@
 //! ES256 with `--token-public-key`) through the `jsonwebtoken` crate.
 //!
 //! Claims: `sub` is the uid (required, a string that is a valid identifier), `exp` the expiry
-//! in Unix seconds (required), `name` the display name (optional), `rooms`
+//! in Unix seconds (required), `nbf` the time before which the token is not valid yet
+//! (optional; honoured with [`NBF_LEEWAY`] for clocks a little apart), `name` the display name (optional), `rooms`
 //! (optional) the rooms the token may join: exact ids, or a prefix followed
 //! by `*`. The algorithm is fixed by the configured key: a token signed with
 //! another algorithm (`none` included, or HS256 against a public key) is
@@ -25,6 +26,15 @@ pub enum AuthError {
     /// The token has expired (`exp` is past).
     #[error("token expired")]
     Expired,
+    /// The token is not valid yet (`nbf` is ahead).
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// A refresh to a token that expires before the current one.
+    #[error("refresh token expires before the current one")]
+    EarlierExpiry,
+    /// Too many token checks from this address for connections not logged in.
+    #[error("too many login attempts")]
+    TooManyAttempts,
     /// Bad signature, wrong algorithm, or not a JWT.
     #[error("token is not valid: {0}")]
     Invalid(String),
@@ -48,6 +58,7 @@ pub struct KeyError(String, String);
 struct Claims {
     sub: String,
     exp: u64,
+    nbf: Option<u64>,
     name: Option<String>,
     rooms: Option<Vec<String>>,
 }
@@ -92,6 +103,15 @@ pub struct Verifier {
 
 /// Verified tokens remembered (see [`Verifier`]).
 const CACHE_MAX: usize = 4096;
+
+/// Seconds by which a token's `nbf` may lie ahead of this server's clock
+/// (the issuer's clock may run a little ahead). `exp` has none: a token
+/// ends when it says.
+pub const NBF_LEEWAY: u64 = 5;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,7 +220,7 @@ impl Verifier {
         let cached = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
         if let Some(g) = cached {
             // The same bytes verified before: only the time has changed.
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = unix_now();
             return if g.exp < now { Err(AuthError::Expired) } else { Ok(g) };
         }
         let g = self.verify_signed(token)?;
@@ -210,6 +230,11 @@ impl Verifier {
         }
         cache.insert(token.into(), g.clone());
         Ok(g)
+    }
+
+    /// Whether `token` was verified before (checking it again costs no signature).
+    pub fn is_cached(&self, token: &str) -> bool {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).contains_key(token)
     }
 
     /// [`Verifier::verify`] without the cache.
@@ -222,6 +247,9 @@ impl Verifier {
             _ => AuthError::Invalid("malformed".into()),
         })?;
         let c = data.claims;
+        if c.nbf.is_some_and(|nbf| nbf > unix_now() + NBF_LEEWAY) {
+            return Err(AuthError::NotYetValid);
+        }
         let uid = Id::parse_str(&c.sub).ok_or_else(|| AuthError::Invalid("sub is not a valid uid".into()))?;
         let name = match c.name {
             None => None,
@@ -280,6 +308,21 @@ mod tests {
         // JWT's sub is a string.
         let t = sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": 42, "exp": now() + 60}));
         assert!(v.verify(&t).is_err());
+    }
+
+    #[test]
+    fn a_token_is_not_valid_before_its_nbf() {
+        let v = Verifier::from_secret("s3cret").unwrap();
+        let later =
+            sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": now() + 60}));
+        assert_eq!(v.verify(&later), Err(AuthError::NotYetValid));
+        assert!(!v.is_cached(&later), "a refused token is not remembered");
+        let skewed =
+            sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": now() + 2}));
+        assert!(v.verify(&skewed).is_ok(), "within the leeway");
+        let past =
+            sign(Algorithm::HS256, "s3cret", serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": now() - 60}));
+        assert!(v.verify(&past).is_ok() && v.is_cached(&past));
     }
 
     #[test]

@@ -172,6 +172,11 @@ pub struct Args {
     /// past it the upgrade gets HTTP 429. 0: no limit.
     #[arg(long, default_value_t = 0.0, help_heading = "Limits")]
     pub new_connections_per_ip: f64,
+    /// Token signature checks per second for the connections of one IP address that
+    /// are not logged in yet (burst: twice this; a login that succeeds gives its check
+    /// back); past it a login gets error 50 "too many login attempts". 0: no limit.
+    #[arg(long, default_value_t = 20.0, help_heading = "Security")]
+    pub login_attempts_per_ip: f64,
     /// Rooms one connection may be in at once; past it a login gets error 50.
     #[arg(long, default_value_t = 100, help_heading = "Limits")]
     pub max_rooms_per_connection: usize,
@@ -274,6 +279,8 @@ pub struct Config {
     pub max_connections_per_ip: u32,
     /// New connections per second per IP address (0: no limit).
     pub new_connections_per_ip: f64,
+    /// Token signature checks per second per IP address before login (0: no limit).
+    pub login_attempts_per_ip: f64,
     /// Admin listener address.
     pub admin_listen: Option<SocketAddr>,
     /// Server API key.
@@ -351,6 +358,25 @@ fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// Keys whose values are secrets.
+const SECRET_KEYS: [&str; 3] = ["cluster-secret", "token-secret", "api-key"];
+
+/// A config file that holds a secret should be readable by its owner only.
+fn warn_if_secrets_readable(path: &PathBuf, table: &toml::Table) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(key) = SECRET_KEYS.iter().find(|k| table.contains_key(**k)) else { return };
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            key,
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the config file holds a secret and other users can read it: chmod 600 it"
+        );
+    }
+}
+
 /// The flags a config file stands for: `key = value` becomes `--key=value`
 /// (an array, one flag per item). `peers` is accepted for `peer`.
 fn file_flags(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
@@ -358,6 +384,7 @@ fn file_flags(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
     let table: toml::Table =
         text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(path.clone(), e.to_string()))?;
     let bad = |why: String| ConfigError::Parse(path.clone(), why);
+    warn_if_secrets_readable(path, &table);
     let mut flags = Vec::new();
     for (key, value) in table {
         let key = if key == "peers" { "peer".to_owned() } else { key };
@@ -450,6 +477,11 @@ impl Config {
             max_connections_per_ip: args.max_connections_per_ip,
             new_connections_per_ip: if args.new_connections_per_ip.is_finite() {
                 args.new_connections_per_ip.max(0.0)
+            } else {
+                0.0
+            },
+            login_attempts_per_ip: if args.login_attempts_per_ip.is_finite() {
+                args.login_attempts_per_ip.max(0.0)
             } else {
                 0.0
             },

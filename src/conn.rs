@@ -21,48 +21,105 @@ use glommio::timer::Timer;
 use crate::http::{self, Request};
 use crate::perip::Refused;
 use crate::shard::{OutState, Shard};
+use crate::throttle::Throttle;
 use crate::ws::{self, Decoder, Event, WsError};
+use tracing::warn;
 
 /// Serves one accepted TCP connection to the end.
 pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    // Boxed so that the handshake's state (its buffers) is freed once it is
-    // done instead of staying part of this future for the connection's life.
     let ip = stream.peer_addr().map(|a| a.ip()).ok();
-    let mut tls = match &shard.node.tls {
+    let node = &shard.node;
+    // The socket counts toward its address's connections from now on, so a
+    // handshake held open (a ClientHello sent a byte at a time) holds a
+    // place like an upgraded connection does.
+    let mut slot = IpSlot { node, ip: None };
+    if let Some(ip) = ip.filter(|_| node.per_ip.counts_sockets()) {
+        match node.per_ip.reserve(ip) {
+            Ok(()) => slot.ip = Some(ip),
+            Err(_) if node.tls.is_some() => {
+                // Nothing can be said before the TLS handshake: close at once.
+                node.stats.shards[shard.id].per_ip_refused[0].fetch_add(1, Relaxed);
+                if let Some(held) = PER_IP_LOG.due() {
+                    warn!(%ip, held_back = held, "too many connections from this address: socket closed at accept");
+                }
+                return;
+            }
+            // Plain HTTP: the upgrade is answered 503 (see `handshake`).
+            Err(_) => {}
+        }
+    }
+    let mut tls = match &node.tls {
         Some(t) => match t.accept() {
             Ok(c) => Some(Box::new(c)),
             Err(_) => return,
         },
         None => None,
     };
-    let leftover = match Box::pin(handshake(&shard, &mut stream, ip, tls.as_deref_mut())).await {
-        Some(l) => l,
-        None => return,
+    let leftover = {
+        // The whole handshake (TLS, then the HTTP head and the upgrade's
+        // answer) within --handshake-timeout, or the socket is closed; the
+        // shard may also shed it first when descriptors run out. Boxed so
+        // that its state (its buffers) is freed once it is done instead of
+        // staying part of this future for the connection's life.
+        let ticket = shard.handshakes.enter();
+        let work = Box::pin(handshake(&shard, &mut stream, ip, tls.as_deref_mut(), &mut slot));
+        let timeout = async {
+            let timed_out = async {
+                Timer::new(node.cfg.handshake_timeout).await;
+                true
+            };
+            let shed = async {
+                ticket.signal.fired().await;
+                false
+            };
+            if futures_lite::future::or(timed_out, shed).await {
+                node.stats.shards[shard.id].timeout_closes.fetch_add(1, Relaxed);
+            }
+            None
+        };
+        match futures_lite::future::or(work, timeout).await {
+            Some(l) => l,
+            None => return,
+        }
     };
     let key = shard.register(stream.as_raw_fd());
     if let Some(t) = tls {
         shard.set_tls(key, t);
     }
-    let guard = Registered { shard: &shard, key, ip };
+    let guard = Registered { shard: &shard, key };
     run(&shard, key, &mut stream, leftover).await;
     drop(guard);
+    drop(slot);
+}
+
+static PER_IP_LOG: Throttle = Throttle::new();
+static PER_IP_UPGRADE_LOG: Throttle = Throttle::new();
+
+/// A socket's place in its address's count, given back however it ends.
+struct IpSlot<'a> {
+    node: &'a crate::node::Node,
+    /// Set while the socket holds a place.
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip.take() {
+            self.node.per_ip.release(ip);
+        }
+    }
 }
 
 /// Removes the connection from the shard (and its rooms) however the task ends.
 struct Registered<'a> {
     shard: &'a Shard,
     key: u32,
-    /// Counted against its address's limits while it lives.
-    ip: Option<std::net::IpAddr>,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.shard.unregister(self.key);
-        if let Some(ip) = self.ip {
-            self.shard.node.per_ip.release(ip);
-        }
     }
 }
 
@@ -73,17 +130,11 @@ async fn handshake(
     stream: &mut TcpStream,
     ip: Option<std::net::IpAddr>,
     mut tls: Option<&mut rustls::ServerConnection>,
+    slot: &mut IpSlot<'_>,
 ) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + shard.node.cfg.handshake_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut first = true;
     let (req, head_len) = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            shard.node.stats.shards[shard.id].timeout_closes.fetch_add(1, Relaxed);
-            return None;
-        }
-        let _ = stream.set_read_timeout(Some(left));
         match read_more(stream, tls.as_deref_mut(), &mut buf, &mut first).await {
             Ok(0) => return None,
             Ok(_) => {}
@@ -107,7 +158,6 @@ async fn handshake(
             }
         }
     };
-    let _ = stream.set_read_timeout(None);
     let node = &shard.node;
     let reply = match req {
         Request::Upgrade { accept, origin, host } => {
@@ -115,8 +165,11 @@ async fn handshake(
                 http::response(403, "text/plain", b"origin not allowed")
             } else if shard.shutting_down.get() {
                 http::response(503, "text/plain", b"shutting down")
-            } else if let Some(Err(why)) = ip.map(|ip| node.per_ip.admit(ip, Instant::now())) {
+            } else if let Some(Err(why)) = ip.map(|ip| admit(node, ip, slot)) {
                 let stats = &node.stats.shards[shard.id];
+                if let Some(held) = PER_IP_UPGRADE_LOG.due() {
+                    warn!(ip = %ip.map(|i| i.to_string()).unwrap_or_default(), why = ?why, held_back = held, "upgrade refused by the per-address limits");
+                }
                 match why {
                     Refused::TooMany => {
                         stats.per_ip_refused[0].fetch_add(1, Relaxed);
@@ -128,12 +181,12 @@ async fn handshake(
                     }
                 }
             } else if node.open.fetch_add(1, Relaxed) >= node.max_connections {
-                give_back(node, ip);
+                node.open.fetch_sub(1, Relaxed);
                 node.stats.shards[shard.id].rejected_connections.fetch_add(1, Relaxed);
                 http::response(503, "text/plain", b"connection limit reached")
             } else {
                 if send_all(stream, tls.as_deref_mut(), http::switching_protocols(&accept).as_bytes()).await.is_err() {
-                    give_back(node, ip);
+                    node.open.fetch_sub(1, Relaxed);
                     return None;
                 }
                 return Some(buf.split_off(head_len));
@@ -151,13 +204,16 @@ async fn handshake(
     None
 }
 
-/// Undoes an admission (the node's connection count and the address's)
-/// for an upgrade that did not become a registered connection.
-fn give_back(node: &crate::node::Node, ip: Option<std::net::IpAddr>) {
-    node.open.fetch_sub(1, Relaxed);
-    if let Some(ip) = ip {
-        node.per_ip.release(ip);
+/// The per-address check of an upgrade: a socket that holds a place since
+/// its accept is checked for its rate; one that did not get a place then
+/// (plain HTTP over the limit) gets one now or is refused.
+fn admit(node: &crate::node::Node, ip: std::net::IpAddr, slot: &mut IpSlot<'_>) -> Result<(), Refused> {
+    if slot.ip.is_some() {
+        return node.per_ip.check_rate(ip, Instant::now());
     }
+    node.per_ip.admit(ip, Instant::now())?;
+    slot.ip = Some(ip);
+    Ok(())
 }
 
 /// Reads more of the HTTP head into `buf` (decrypted on TLS, answering the

@@ -168,7 +168,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     };
     let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{extra}Connection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -179,11 +179,46 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
 /// The browser client served at `GET /`.
 pub const INDEX_HTML: &str = include_str!("../static/index.html");
 
+/// The page's Content-Security-Policy: its one inline script and one inline
+/// style allowed by their SHA-256 (nothing else inline runs), pictures and
+/// audio from the links people post, WebSocket connections to this server
+/// only, and no framing (clickjacking).
+pub fn page_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine as _;
+        use sha2::{Digest, Sha256};
+        let inline = |open: &str, close: &str| {
+            let start = INDEX_HTML.find(open).expect("the page has its inline block") + open.len();
+            let end = start + INDEX_HTML[start..].find(close).expect("closed");
+            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&INDEX_HTML.as_bytes()[start..end]))
+        };
+        format!(
+            "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; img-src http: https:; \
+             media-src http: https:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+            inline("<script>", "</script>"),
+            inline("<style>", "</style>"),
+        )
+    })
+}
+
+/// `GET /`: the page, with the headers that keep it from being framed,
+/// sniffed or made to run anything but its own code.
+fn page_response() -> Vec<u8> {
+    let mut out = response(200, "text/html; charset=utf-8", INDEX_HTML.as_bytes());
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 2;
+    let extra =
+        format!("Content-Security-Policy: {}\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n", page_csp());
+    out.splice(head_end..head_end, extra.into_bytes());
+    out
+}
+
 /// The response to a plain `GET` of `path` on the client port. With an
 /// admin listener, `/metrics` is served there instead.
 pub fn route(path: &str, node: &Node) -> Vec<u8> {
     match path {
-        "/" | "/index.html" => response(200, "text/html; charset=utf-8", INDEX_HTML.as_bytes()),
+        "/" | "/index.html" => page_response(),
         "/healthz" => response(200, "text/plain", b"ok\n"),
         "/metrics" if node.cfg.admin_listen.is_some() => response(404, "text/plain", b"not found\n"),
         "/metrics" => metrics_response(node),
@@ -203,6 +238,23 @@ mod tests {
     use proptest::prelude::*;
 
     const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn the_page_is_served_with_its_security_headers() {
+        let out = page_response();
+        let text = String::from_utf8_lossy(&out);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, INDEX_HTML);
+        for h in [
+            "X-Frame-Options: DENY",
+            "X-Content-Type-Options: nosniff",
+            "frame-ancestors 'none'",
+            "script-src 'sha256-",
+        ] {
+            assert!(head.contains(h), "{h} in {head}");
+        }
+        assert!(!page_csp().contains("unsafe"), "{}", page_csp());
+    }
 
     #[test]
     fn upgrade_on_any_path() {

@@ -47,6 +47,8 @@ pub struct Node {
     pub verifier: Option<crate::auth::Verifier>,
     /// Connections per IP address.
     pub per_ip: crate::perip::PerIp,
+    /// Token checks per IP address before login.
+    pub login_attempts: crate::perip::Attempts,
     /// TLS on the client port (`--tls-cert`).
     pub tls: Option<crate::tls::Tls>,
     last_epoch: AtomicU64,
@@ -69,6 +71,7 @@ impl Node {
             verifier: None,
             tls: None,
             per_ip: crate::perip::PerIp::new(cfg.max_connections_per_ip, cfg.new_connections_per_ip),
+            login_attempts: crate::perip::Attempts::new(cfg.login_attempts_per_ip),
             last_epoch: AtomicU64::new(epoch),
             cfg,
             open: AtomicUsize::new(0),

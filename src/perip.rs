@@ -1,8 +1,11 @@
 //! Per-IP limits on WebSocket connections: how many one address may hold
 //! (`--max-connections-per-ip`, past it HTTP 503) and how fast it may open
 //! new ones (`--new-connections-per-ip`, a token bucket with a burst of
-//! twice the rate, past it HTTP 429). Checked once per upgrade, under one
-//! node-wide mutex: never on the message path.
+//! twice the rate, past it HTTP 429). A socket counts toward its address's
+//! connections from the moment it is accepted ([`PerIp::reserve`]), so
+//! sockets held in a slow TLS or HTTP handshake count as well; the rate is
+//! checked at the upgrade. Under one node-wide mutex, twice per
+//! connection: never on the message path.
 //!
 //! An IPv6 client is counted by its /64 (one subscriber's prefix: a host
 //! that rotates addresses within it is still one client); an IPv4-mapped
@@ -103,6 +106,47 @@ impl PerIp {
         Ok(())
     }
 
+    /// Counts a socket just accepted from `ip` toward its address's
+    /// connections, or says it is over the limit. A reserved socket must be
+    /// [`PerIp::release`]d when it closes; its upgrade checks only the rate
+    /// ([`PerIp::check_rate`]).
+    pub fn reserve(&self, ip: IpAddr) -> Result<(), Refused> {
+        if self.max_open == 0 {
+            return Ok(());
+        }
+        let mut t = self.table.lock().expect("per-ip table");
+        let burst = self.rate * 2.0;
+        let e = t.entries.entry(key(ip)).or_insert(Entry { open: 0, tokens: burst, last: Instant::now() });
+        if e.open >= self.max_open {
+            return Err(Refused::TooMany);
+        }
+        e.open += 1;
+        Ok(())
+    }
+
+    /// The upgrade of a reserved socket: takes a token from its address's
+    /// bucket, or says it opens connections too fast.
+    pub fn check_rate(&self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let burst = self.rate * 2.0;
+        let mut t = self.table.lock().expect("per-ip table");
+        let e = t.entries.entry(key(ip)).or_insert(Entry { open: 0, tokens: burst, last: now });
+        e.tokens = (e.tokens + now.duration_since(e.last).as_secs_f64() * self.rate).min(burst);
+        e.last = now;
+        if e.tokens < 1.0 {
+            return Err(Refused::TooFast);
+        }
+        e.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Whether sockets are counted from their accept (a connection limit is set).
+    pub fn counts_sockets(&self) -> bool {
+        self.max_open > 0
+    }
+
     /// A connection from `ip` closed.
     pub fn release(&self, ip: IpAddr) {
         if !self.enabled() {
@@ -115,6 +159,56 @@ impl PerIp {
             if e.open == 0 && self.rate == 0.0 {
                 t.entries.remove(&ip);
             }
+        }
+    }
+}
+
+/// A budget of costly attempts per address: token signature checks of
+/// connections not logged in yet. A token bucket per address (burst twice
+/// the rate); an attempt that succeeds is given back, so a crowd behind one
+/// address logging in with good tokens is never held back, while bad tokens
+/// cannot buy more of the server's CPU than the rate allows.
+#[derive(Debug)]
+pub struct Attempts {
+    rate: f64,
+    table: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl Attempts {
+    /// `rate` attempts a second per address (0: no limit).
+    pub fn new(rate: f64) -> Self {
+        Attempts { rate, table: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether `ip` may make one more attempt now (and takes it).
+    pub fn take(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let burst = self.rate * 2.0;
+        let mut t = self.table.lock().expect("attempts table");
+        if t.len() > PRUNE_ABOVE {
+            // Full buckets are no different from absent ones.
+            let rate = self.rate;
+            t.retain(|_, (tokens, last)| *tokens + now.duration_since(*last).as_secs_f64() * rate < burst);
+        }
+        let (tokens, last) = t.entry(key(ip)).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(burst);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
+    /// An attempt of `ip` succeeded: it is given back.
+    pub fn give_back(&self, ip: IpAddr) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        if let Some((tokens, _)) = self.table.lock().expect("attempts table").get_mut(&key(ip)) {
+            *tokens = (*tokens + 1.0).min(self.rate * 2.0);
         }
     }
 }
@@ -143,6 +237,38 @@ mod tests {
         assert_eq!(r.admit(a, t), Err(Refused::TooFast), "closing does not refill the bucket");
         assert!(r.admit(a, t + Duration::from_millis(1100)).is_ok());
         assert!(!PerIp::new(0, 0.0).enabled());
+    }
+
+    /// Sockets reserved at accept count toward the limit (a handshake that
+    /// never finishes holds its place), and their upgrade checks the rate.
+    #[test]
+    fn sockets_count_from_their_accept() {
+        let l = PerIp::new(2, 1.0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let t = Instant::now();
+        assert!(l.reserve(a).is_ok() && l.reserve(a).is_ok());
+        assert_eq!(l.reserve(a), Err(Refused::TooMany), "two sockets in their handshake fill the address");
+        assert_eq!(l.admit(a, t), Err(Refused::TooMany));
+        assert!(l.check_rate(a, t).is_ok() && l.check_rate(a, t).is_ok());
+        assert_eq!(l.check_rate(a, t), Err(Refused::TooFast));
+        l.release(a);
+        assert!(l.reserve(a).is_ok());
+        assert!(PerIp::new(0, 5.0).reserve(a).is_ok(), "no connection limit: nothing to count");
+    }
+
+    #[test]
+    fn attempts_are_budgeted_and_successes_given_back() {
+        let a = Attempts::new(2.0); // burst 4
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let t = Instant::now();
+        assert!((0..4).all(|_| a.take(ip, t)));
+        assert!(!a.take(ip, t), "past the burst");
+        a.give_back(ip);
+        assert!(a.take(ip, t), "a success gives its attempt back");
+        assert!(!a.take(ip, t));
+        assert!(a.take(ip, t + Duration::from_millis(600)), "refilled at the rate");
+        assert!(a.take("10.0.0.10".parse().unwrap(), t), "another address has its own");
+        assert!((0..100).all(|_| Attempts::new(0.0).take(ip, t)));
     }
 
     #[test]

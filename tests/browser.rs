@@ -198,7 +198,15 @@ impl Driver {
         let v = wd(&self.agent, "POST", &format!("{}/session", self.base), Some(caps))
             .unwrap_or_else(|e| panic!("new session: {e:?}"));
         let id = v["sessionId"].as_str().expect("sessionId").to_owned();
-        Browser { agent: self.agent.clone(), base: format!("{}/session/{id}", self.base), profile }
+        let b = Browser { agent: self.agent.clone(), base: format!("{}/session/{id}", self.base), profile };
+        // Every page of the session records what its Content-Security-Policy
+        // blocks (a script injected this way is not subject to it).
+        b.cdp(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": "window.__csp = []; document.addEventListener('securitypolicyviolation', function (e) {
+                window.__csp.push(e.violatedDirective + ' ' + e.blockedURI); });"}),
+        );
+        b
     }
 }
 
@@ -440,6 +448,11 @@ impl Browser {
         uid
     }
 
+    /// What the page's Content-Security-Policy blocked so far.
+    fn csp_violations(&self) -> Vec<Value> {
+        self.exec("return window.__csp || []", json!([])).as_array().cloned().unwrap_or_default()
+    }
+
     fn alerts(&self) -> Vec<Value> {
         self.exec("return window.__alerts || []", json!([])).as_array().cloned().unwrap_or_default()
     }
@@ -649,6 +662,53 @@ fn media_messages_for_http_urls() {
     let srcs = a.wait_js("an <img> for the picture", "return window.__imgs.length ? window.__imgs : null", json!([]));
     assert_eq!(srcs, json!([pic]));
     shot(&a, &dir, "media");
+    assert_eq!(a.csp_violations(), Vec::<Value>::new(), "media links are allowed by the page's policy");
+}
+
+/// The page is served with a Content-Security-Policy that allows only its
+/// own inline script and style (by hash) and forbids framing; the page
+/// runs under it without a single violation, and markup that tries to run
+/// a script is blocked twice over (escaped, and refused by the policy).
+fn the_page_runs_under_its_own_security_policy() {
+    let (dir, server, driver) = setup("the_page_runs_under_its_own_security_policy", &["--shards", "2"]);
+    if !https() {
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut head = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut head);
+        let head = head.split("\r\n\r\n").next().unwrap_or("").to_owned();
+        for h in [
+            "Content-Security-Policy: default-src 'none'; script-src 'sha256-",
+            "X-Frame-Options: DENY",
+            "X-Content-Type-Options: nosniff",
+        ] {
+            assert!(head.contains(h), "{h} missing in:\n{head}");
+        }
+    }
+    let a = driver.page(server.addr);
+    a.login("Alice", "csp", None);
+    let mut c = client(&server);
+    c.login("Carl", "csp", Some("carl"));
+    c.say("csp", "<img src=x onerror=alert(1)>");
+    a.wait_message("<img src=x onerror=alert(1)>");
+    a.say("hello under the policy");
+    next_message(&mut c);
+    // An inline script added to the page by someone else is refused.
+    let ran = a.exec(
+        "window.__injected = false; var s = document.createElement('script'); s.textContent = 'window.__injected = true';
+         document.body.appendChild(s); return window.__injected",
+        json!([]),
+    );
+    assert_eq!(ran, false, "an injected inline script ran");
+    let v = a.wait_js(
+        "the policy's report of the injected script",
+        "return window.__csp.length ? window.__csp : null",
+        json!([]),
+    );
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "only the injected script was blocked: {v}");
+    assert!(v[0].as_str().unwrap_or("").starts_with("script-src"), "{v}");
+    assert_eq!(a.alerts(), Vec::<Value>::new());
+    shot(&a, &dir, "csp");
 }
 
 /// (d) The server restarts on the same port: the page shows it, reconnects,
@@ -1487,6 +1547,7 @@ both_ways!(
     private_message_reaches_only_target,
     markup_is_shown_as_text,
     media_messages_for_http_urls,
+    the_page_runs_under_its_own_security_policy,
     reconnects_after_server_restart,
     phone_width_keyboard_only,
     server_errors_are_shown,

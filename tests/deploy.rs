@@ -114,3 +114,39 @@ fn at_start_the_server_says_where_to_open_the_chat_page() {
     assert_eq!(open, format!("open http://127.0.0.1:{port}/ in a browser to chat"));
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// The config holds the secrets: the install steps make it 0600, the unit
+/// hands it over as a credential, and the server warns when a config it
+/// reads a secret from is readable by other users.
+#[test]
+fn the_config_with_its_secrets_is_kept_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let readme = std::fs::read_to_string(deploy("README.md")).unwrap();
+    assert!(readme.contains("install -D -m 600 deploy/cchat.toml /etc/cchat/cchat.toml"), "README installs it 0600");
+    let unit = std::fs::read_to_string(deploy("cchat.service")).unwrap();
+    assert!(unit.contains("LoadCredential=cchat.toml:/etc/cchat/cchat.toml"));
+    assert!(unit.contains("--config ${CREDENTIALS_DIRECTORY}/cchat.toml"));
+    let dir = crate::common::temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("cchat.toml");
+    std::fs::write(&cfg, "api-key = \"k\"\n").unwrap();
+    let warned = |mode: u32| {
+        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cchat"))
+            .args(["--listen", "127.0.0.1:0", "--durability", "memory", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert!(line.starts_with("listening on"), "{line}");
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).contains("other users can read it")
+    };
+    assert!(warned(0o644), "a world-readable secret is warned about");
+    assert!(!warned(0o600), "a private one is not");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -338,30 +338,14 @@ fn try_upgrade(addr: std::net::SocketAddr, wait: Duration) -> Option<Raw> {
 
 #[test]
 fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logged_in() {
-    use std::os::unix::process::CommandExt;
     // 40 descriptors: the server's own ~17 and room for ~20 sockets.
     let log = std::env::temp_dir().join(format!("cchat-emfile-{}.log", std::process::id()));
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cchat"));
-    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--max-connections", "1000", "--login-timeout", "60"])
-        .args(["--durability", "memory"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
-    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 40, rlim_max: 40 };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
-    let s = Server { child, addr, own_data: None };
+    let s = Server::start_with_fd_limit(
+        &["--shards", "1", "--max-connections", "1000", "--login-timeout", "60", "--durability", "memory"],
+        40,
+        &log,
+    );
+    let addr = s.addr;
 
     let mut user = s.client();
     user.login("ann", "r", Some("ann"));

@@ -243,3 +243,87 @@ fn without_a_key_the_server_api_is_off() {
     assert_eq!(admin(&admin_addr, "POST", "/api/publish", Some("x"), r#"{"rid":"r","msg":"m"}"#).0, 404);
     assert_eq!(admin(&admin_addr, "GET", "/metrics", None, "").0, 200);
 }
+
+/// A token is not valid before its `nbf` (RFC 7519 §4.1.5), within a few
+/// seconds' leeway for clocks a little apart.
+#[test]
+fn a_token_is_refused_before_its_not_before_time() {
+    let server = Server::start(&["--token-secret", "k"]);
+    let mut c = server.client();
+    let early = hs256("k", json!({"sub": "a", "exp": now() + 600, "nbf": now() + 120}));
+    let v = login(&mut c, "r", "a", Some(&early));
+    assert_eq!((v["errCode"].as_u64(), v["errMsg"].as_str()), (Some(103), Some("token not valid yet")), "{v}");
+    let ok = hs256("k", json!({"sub": "a", "exp": now() + 600, "nbf": now()}));
+    assert_eq!(login(&mut c, "r", "a", Some(&ok))["cmd"], "login");
+}
+
+/// A refresh carries the same `sub`, an expiry no earlier than the current
+/// one, and its `rooms` apply at once: a room it no longer allows is left
+/// (with a logout ack) and can no longer be used.
+#[test]
+fn a_refresh_is_for_the_same_user_never_shorter_and_its_rooms_apply_at_once() {
+    let server = Server::start(&["--token-secret", "k"]);
+    let mut ann = server.client();
+    let first = hs256("k", json!({"sub": "ann", "exp": now() + 300, "rooms": ["a", "b"]}));
+    assert_eq!(login(&mut ann, "a", "ann", Some(&first))["cmd"], "login");
+    assert_eq!(login(&mut ann, "b", "ann", Some(&first))["cmd"], "login");
+    let mut bob = server.client();
+    assert_eq!(
+        login(&mut bob, "b", "bob", Some(&hs256("k", json!({"sub": "bob", "exp": now() + 300}))))["cmd"],
+        "login"
+    );
+    ann.expect("newUser");
+    // Earlier than the current expiry: refused, nothing changes.
+    ann.send(
+        json!({"cmd": "refresh", "token": hs256("k", json!({"sub": "ann", "exp": now() + 100, "rooms": ["a", "b"]}))}),
+    );
+    let e = ann.expect_error(103);
+    assert_eq!(e["errMsg"], "refresh token expires before the current one");
+    // A later token without room b: b is left at once.
+    ann.send(json!({"cmd": "refresh", "token": hs256("k", json!({"sub": "ann", "exp": now() + 600, "rooms": ["a"]}))}));
+    let mut got = vec![ann.recv(), ann.recv()];
+    got.sort_by_key(|v| v["cmd"].as_str().unwrap_or("").to_owned());
+    assert_eq!((got[0]["cmd"].as_str(), got[0]["rid"].as_str()), (Some("logout"), Some("b")), "{got:?}");
+    assert_eq!(got[1]["cmd"], "refresh");
+    assert_eq!(bob.expect("userLeave")["uid"], "ann");
+    ann.say("b", "still here?");
+    assert_eq!(ann.expect_error(50)["errMsg"], "not a member of rid");
+    bob.expect_silence(Duration::from_millis(300));
+}
+
+/// Token checks for connections that are not logged in are budgeted per
+/// address: bad tokens sent in a loop get "too many login attempts" (50)
+/// past the budget instead of buying signature checks; a logged-in user
+/// is not affected and a good login works again once the budget refills.
+#[test]
+fn bad_tokens_in_a_loop_run_out_of_their_addresss_budget() {
+    let server = Server::start(&["--token-secret", "k", "--login-attempts-per-ip", "5", "--rate-limit", "0"]);
+    let mut user = server.client();
+    let good = hs256("k", json!({"sub": "u", "exp": now() + 300}));
+    assert_eq!(login(&mut user, "r", "u", Some(&good))["cmd"], "login");
+    let mut bad_conns: Vec<Client> = (0..4).map(|_| server.client()).collect();
+    let (mut auth, mut budget) = (0, 0);
+    for i in 0..40 {
+        let c = &mut bad_conns[i % 4];
+        let bad = hs256("wrong", json!({"sub": format!("x{i}"), "exp": now() + 300}));
+        let v = login(c, "r", "x", Some(&bad));
+        match (v["errCode"].as_u64(), v["errMsg"].as_str()) {
+            (Some(103), _) => auth += 1,
+            (Some(50), Some("too many login attempts")) => budget += 1,
+            _ => panic!("{v}"),
+        }
+    }
+    // Burst 10, and 5 a second come back while the loop runs.
+    assert!(budget >= 20 && auth >= 10, "{auth} checked, {budget} refused for the budget");
+    assert!(server.metric("cchat_login_attempts_refused_total") >= 20.0);
+    // The logged-in user is untouched.
+    user.send(json!({"cmd": "getOnline", "rid": "r"}));
+    user.expect("getOnline");
+    // A good login from the same address once the budget refills.
+    std::thread::sleep(Duration::from_millis(600));
+    let mut late = server.client();
+    assert_eq!(
+        login(&mut late, "r", "u2", Some(&hs256("k", json!({"sub": "u2", "exp": now() + 300}))))["cmd"],
+        "login"
+    );
+}

@@ -148,3 +148,171 @@ fn sighup_reloads_a_renewed_certificate_without_a_restart() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A metric from the admin listener (the client port speaks only TLS).
+fn admin_metric(admin: &str, name: &str) -> f64 {
+    let (_, body) = crate::security::admin(admin, "GET", "/metrics", None, "");
+    body.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The first bytes of a TLS ClientHello: a handshake record of 512 bytes
+/// whose body never comes, or comes a byte at a time.
+const HELLO_START: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+
+/// A ClientHello dribbled a byte every 200 ms: the whole TLS handshake and
+/// upgrade must finish within --handshake-timeout, so the socket is closed
+/// at the timeout however busy the dribbler keeps it.
+#[test]
+fn a_client_hello_dribbled_a_byte_at_a_time_is_closed_at_the_handshake_timeout() {
+    let dir = cert_dir("dribble");
+    make_cert(&dir, "first");
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let admin = format!("127.0.0.1:{}", crate::common::free_port());
+    let server = Server::start(&[
+        "--handshake-timeout",
+        "1",
+        "--admin-listen",
+        &admin,
+        "--tls-cert",
+        c.to_str().unwrap(),
+        "--tls-key",
+        k.to_str().unwrap(),
+    ]);
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut closed = false;
+    for (i, b) in HELLO_START.iter().chain(std::iter::repeat(&0u8)).enumerate() {
+        if t0.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+        if s.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut x = [0u8; 64];
+        match s.read(&mut x) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("the server answered a ClientHello that never ended (byte {i})"),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t0.elapsed();
+    assert!(closed, "a dribbled ClientHello held its socket for {took:?}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}, the timeout is 1 s");
+    assert!(admin_metric(&admin, "cchat_timeout_closes_total") >= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sockets held in the TLS handshake count toward their address's limit:
+/// past it, a new socket is closed at once.
+#[test]
+fn sockets_in_the_tls_handshake_count_toward_the_per_address_limit() {
+    let dir = cert_dir("perip");
+    make_cert(&dir, "first");
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let admin = format!("127.0.0.1:{}", crate::common::free_port());
+    let server = Server::start(&[
+        "--max-connections-per-ip",
+        "5",
+        "--admin-listen",
+        &admin,
+        "--tls-cert",
+        c.to_str().unwrap(),
+        "--tls-key",
+        k.to_str().unwrap(),
+    ]);
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        let _ = s.write_all(&HELLO_START);
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let open = held
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let mut x = [0u8; 8];
+            let mut r: &std::net::TcpStream = s;
+            matches!(r.read(&mut x), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+        })
+        .count();
+    assert_eq!(open, 5, "five held, the rest closed at accept");
+    assert!(admin_metric(&admin, "cchat_per_ip_refused_total") >= 7.0);
+    // Once they go, a genuine client gets in.
+    drop(held);
+    let t0 = std::time::Instant::now();
+    loop {
+        let url = format!("wss://localhost:{}/", server.addr.port());
+        if let Ok((mut ws, _)) = tungstenite::client(url, tls_connect(&server, &c)) {
+            ws.send(Message::text(json!({"cmd":"login","name":"a","rid":"r"}).to_string())).unwrap();
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "the address's count did not go down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Descriptors exhausted by sockets stuck in the TLS handshake: the server
+/// sheds them, oldest first, and a genuine wss client still logs in.
+#[test]
+fn descriptors_taken_by_tls_handshakes_are_shed_for_a_genuine_client() {
+    let dir = cert_dir("emfile");
+    make_cert(&dir, "first");
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let admin = format!("127.0.0.1:{}", crate::common::free_port());
+    let log = dir.join("server.log");
+    let server = Server::start_with_fd_limit(
+        &[
+            "--shards",
+            "1",
+            "--durability",
+            "memory",
+            "--handshake-timeout",
+            "60",
+            "--admin-listen",
+            &admin,
+            "--tls-cert",
+            c.to_str().unwrap(),
+            "--tls-key",
+            k.to_str().unwrap(),
+        ],
+        40,
+        &log,
+    );
+    // Stuck handshakes until an accept fails for want of a descriptor.
+    let mut stuck = Vec::new();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("accept failed") {
+        assert!(t0.elapsed() < Duration::from_secs(20) && stuck.len() < 60, "the descriptor limit did not apply");
+        let Ok(mut s) = std::net::TcpStream::connect(server.addr) else { break };
+        let _ = s.write_all(&HELLO_START);
+        stuck.push(s);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // A genuine client gets in, by taking a stuck socket's descriptor.
+    let mut ann = wss(&server, &c);
+    ann.login("Ann", "r", Some("ann"));
+    ann.send(json!({"cmd":"getOnline","rid":"r"}));
+    ann.expect("getOnline");
+    assert!(admin_metric(&admin, "cchat_shed_connections_total") >= 1.0);
+    // The oldest stuck socket was the one shed.
+    stuck[0].set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut x = [0u8; 8];
+    assert!(matches!(stuck[0].read(&mut x), Ok(0) | Err(_)), "the oldest handshake is shed first");
+    drop(stuck);
+    let _ = std::fs::remove_dir_all(&dir);
+}

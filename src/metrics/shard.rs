@@ -39,6 +39,8 @@ pub struct ShardStats {
     pub rejected_connections: AtomicU64,
     /// Upgrades refused by the per-IP limits: too many open (503), too fast (429).
     pub per_ip_refused: [AtomicU64; 2],
+    /// Logins refused because their address spent its token-check budget.
+    pub login_attempts_refused: AtomicU64,
     /// Failed accepts (out of file descriptors, mostly).
     pub accept_errors: AtomicU64,
     /// Connections that had not logged in, closed to free a descriptor
@@ -99,6 +101,7 @@ impl ShardStats {
             rejected_connections: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             per_ip_refused: Default::default(),
+            login_attempts_refused: AtomicU64::new(0),
             shed_connections: AtomicU64::new(0),
             sent_to: (0..nshards).map(|_| AtomicU64::new(0)).collect(),
             received: AtomicU64::new(0),
@@ -301,6 +304,12 @@ impl NodeStats {
             let n: u64 = self.shards.iter().map(|s| s.per_ip_refused[i].load(Relaxed)).sum();
             out.value("cchat_per_ip_refused_total", &format!("reason=\"{reason}\""), n);
         }
+        out.single(
+            "cchat_login_attempts_refused_total",
+            "counter",
+            "Logins refused because their address spent its budget of token checks (--login-attempts-per-ip).",
+            sum_u(|s| &s.login_attempts_refused),
+        );
         out.family("cchat_errors_total", "counter", "Error replies sent, by errCode.");
         for (i, code) in [101, 102, 50, 103].iter().enumerate() {
             let n: u64 = self.shards.iter().map(|s| s.errors[i].load(Relaxed)).sum();

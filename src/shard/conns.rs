@@ -130,3 +130,12 @@ impl Conns {
         self.slab.len()
     }
 }
+
+/// The address of a connection's peer, asked of the kernel (kept nowhere:
+/// it is needed only for the rare login that costs a signature check).
+pub(crate) fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    // SAFETY: the fd belongs to a registered connection, open for as long
+    // as its entry is in the table, and it is only borrowed for this call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket().map(|a| a.ip())
+}

@@ -30,12 +30,14 @@
 //! | `cluster` | applying a change of the cluster's live nodes |
 //! | `mesh` | queues between shards, back-pressure, parked readers |
 //! | `sweep` | timers: pings, deadlines, pinning, shedding, shutdown |
+//! | `handshakes` | sockets still in their TLS/upgrade handshake, the first shed |
 //! | `roomset` | the set of rooms one connection joined |
 
 mod api;
 mod cluster;
 mod conns;
 mod flush;
+mod handshakes;
 mod history;
 mod log;
 mod mesh;
@@ -75,6 +77,8 @@ use outbound::{Pushed, SharedFrame};
 use owner::{Dest, Out, Owner};
 use session::Session;
 pub(crate) use sweep::TICK;
+
+static LOGIN_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
 
 /// A shard's state, shared by its tasks through `Rc`.
 pub struct Shard {
@@ -126,6 +130,8 @@ pub struct Shard {
     relay: RefCell<Option<Rc<Relay>>>,
     /// This shard's pin to its core, when pinned (see [`crate::pinning`]).
     pub(crate) pin: RefCell<Option<CorePin>>,
+    /// Sockets in their handshake, oldest first (the first shed).
+    pub(crate) handshakes: handshakes::Handshakes,
 }
 
 impl std::fmt::Debug for Shard {
@@ -182,6 +188,7 @@ impl Shard {
             view: RefCell::new(Arc::new(View::solo(&node.cfg.node_id))),
             relay: RefCell::new(None),
             pin: RefCell::new(None),
+            handshakes: handshakes::Handshakes::default(),
             node,
         }
     }
@@ -323,6 +330,13 @@ impl Shard {
             Err(e) => return self.send_error(key, &e),
         };
         let reference = cmd.reference();
+        // A token check for a connection not logged in yet comes out of
+        // its address's budget (an ES256 check costs ~50 us: bad tokens
+        // sent in a loop must not buy the server's CPU).
+        let charged = match self.login_attempt(key, &cmd) {
+            Ok(charged) => charged,
+            Err(e) => return self.send_error(key, &e.about(reference)),
+        };
         let mut requests = std::mem::take(&mut *self.requests.borrow_mut());
         let result = {
             let mut conns = self.conns.borrow_mut();
@@ -335,6 +349,9 @@ impl Shard {
             };
             e.session.command(cmd, me, policy, now, || self.assign_uid(), &mut |r| requests.push(r))
         };
+        if let (Some(ip), Ok(_)) = (charged, &result) {
+            self.node.login_attempts.give_back(ip);
+        }
         match result {
             Err(e) => self.send_error(key, &e.about(reference)),
             Ok(Some(reply)) => self.send_frame(key, reply),
@@ -351,6 +368,31 @@ impl Shard {
             self.to_owner(r);
         }
         *self.requests.borrow_mut() = requests;
+    }
+
+    /// Takes a token check out of the address's budget when `cmd` is a
+    /// login whose token is not known yet on a connection not logged in:
+    /// Ok(the address charged), or the refusal.
+    fn login_attempt(&self, key: u32, cmd: &protocol::Command) -> Result<Option<std::net::IpAddr>, ProtoError> {
+        let (Some(v), protocol::Command::Login { token: Some(token), .. }) = (&self.node.verifier, cmd) else {
+            return Ok(None);
+        };
+        let fd = match self.conns.borrow().get(key) {
+            Some(e) if !e.session.logged_in() => e.fd,
+            _ => return Ok(None),
+        };
+        if v.is_cached(token) {
+            return Ok(None);
+        }
+        let Some(ip) = conns::peer_ip(fd) else { return Ok(None) };
+        if self.node.login_attempts.take(ip, Instant::now()) {
+            return Ok(Some(ip));
+        }
+        self.stats().login_attempts_refused.fetch_add(1, Relaxed);
+        if let Some(held) = LOGIN_LOG.due() {
+            tracing::warn!(%ip, held_back = held, "too many login attempts from this address");
+        }
+        Err(ProtoError::new(protocol::ERR_INVALID, "too many login attempts"))
     }
 
     /// A binary frame: the protocol has none.

@@ -164,6 +164,16 @@ impl Session {
                 if g.uid != *uid {
                     return Err(auth(AuthError::OtherUser));
                 }
+                if self.grant.as_ref().is_some_and(|cur| g.exp < cur.exp) {
+                    return Err(auth(AuthError::EarlierExpiry));
+                }
+                // The new token's rooms apply at once: the rooms it no
+                // longer allows are left (each acknowledged by a logout).
+                let gone: Vec<Id> = self.rooms.iter().filter(|r| !g.allows(r)).cloned().collect();
+                for rid in gone {
+                    self.rooms.remove(&rid);
+                    emit(Request::Leave { rid, conn: me, ack: true });
+                }
                 let exp = g.exp;
                 self.grant = Some(Box::new(g));
                 return Ok(Some(protocol::encode_refreshed(exp)));
@@ -296,6 +306,42 @@ mod tests {
             .command(Command::Refresh { token: token("ann") }, ME, policy, 0, || id("x"), &mut |r| out.push(r))
             .unwrap();
         assert!(reply.is_some() && out.is_empty());
+    }
+
+    /// A refresh keeps the user, never shortens the session, and its rooms
+    /// apply at once: a room the new token does not allow is left.
+    #[test]
+    fn a_refresh_is_for_the_same_user_no_shorter_and_its_rooms_apply() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        let v = Verifier::from_secret("k").unwrap();
+        let policy = Policy { verifier: Some(&v), ..OPEN };
+        let now = crate::node::unix_ms() / 1000;
+        let token = |exp: u64, rooms: serde_json::Value| {
+            let claims = serde_json::json!({"sub": "ann", "exp": exp, "rooms": rooms});
+            encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"k").unwrap()).unwrap()
+        };
+        let mut s = Session::new(1.0, 0);
+        let first = token(now + 100, serde_json::json!(["a", "b"]));
+        for rid in ["a", "b"] {
+            let login = Command::Login {
+                name: Name::parse("Ann"),
+                rid: id(rid),
+                uid: None,
+                echo: false,
+                token: Some(first.clone()),
+            };
+            run_with(&mut s, login, policy).unwrap();
+        }
+        let e = run_with(&mut s, Command::Refresh { token: token(now + 50, serde_json::json!(["a", "b"])) }, policy);
+        assert_eq!(e.unwrap_err().msg, "refresh token expires before the current one");
+        assert_eq!(s.expires(), Some(now + 100));
+        let out =
+            run_with(&mut s, Command::Refresh { token: token(now + 200, serde_json::json!(["a"])) }, policy).unwrap();
+        let [Request::Leave { rid, ack: true, .. }] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(rid.as_str(), "b");
+        assert!(s.rooms().contains(&id("a")) && !s.rooms().contains(&id("b")));
+        assert_eq!(run_with(&mut s, say("b"), policy).unwrap_err().msg, "not a member of rid");
+        assert_eq!(s.expires(), Some(now + 200));
     }
 
     fn say(rid: &str) -> Command {

@@ -102,10 +102,16 @@ impl Shard {
         self.stats().pinned.store(p.pinned() as i64, Relaxed);
     }
 
-    /// Accept failed for want of a descriptor: closes the connection of this
-    /// shard that has waited longest without logging in, if any, so that
-    /// the descriptor goes to someone who may. False when there is none.
+    /// Accept failed for want of a descriptor: closes the socket of this
+    /// shard that has waited longest in its handshake (TLS, HTTP upgrade),
+    /// if that is over a second, or else the connection that has waited longest without logging
+    /// in, so that the descriptor goes to someone who may. False when there
+    /// is none.
     pub(crate) fn shed_one_unauthenticated(&self) -> bool {
+        if self.handshakes.shed_oldest(std::time::Instant::now()) {
+            self.stats().shed_connections.fetch_add(1, Relaxed);
+            return true;
+        }
         let mut conns = self.conns.borrow_mut();
         if conns.iter().any(|(_, e)| e.out.closing().is_some()) {
             // A descriptor is about to be freed already; accept will have it

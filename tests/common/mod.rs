@@ -3,6 +3,7 @@
 
 pub mod cert;
 pub mod redis;
+pub mod relay;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -94,6 +95,33 @@ impl Server {
                 None
             }
         }
+    }
+
+    /// Starts `cchat --listen 127.0.0.1:0` with at most `nofile` open
+    /// descriptors and its log (warnings and up) written to `log`.
+    pub fn start_with_fd_limit(args: &[&str], nofile: u64, log: &std::path::Path) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cchat"));
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap());
+        // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+        Server { child, addr, own_data: None }
     }
 
     /// Kills the process and waits for it to exit (the port is free after).

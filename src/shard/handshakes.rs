@@ -1,0 +1,118 @@
+//! Sockets still in their handshake (TLS and the HTTP upgrade), oldest
+//! first: when the node runs out of descriptors they are the first shed,
+//! before any connection that upgraded, once they have taken longer than
+//! [`SHED_AFTER`] (a real handshake takes milliseconds; shedding the
+//! youngest would only close each newcomer for the next one in the backlog).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// A handshake older than this may be shed for a descriptor.
+pub(crate) const SHED_AFTER: Duration = Duration::from_secs(1);
+
+/// The signal one handshake waits on besides its socket and its deadline.
+#[derive(Debug, Default)]
+pub(crate) struct ShedSignal {
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl ShedSignal {
+    /// Resolves once the shard sheds this handshake.
+    pub(crate) async fn fired(&self) {
+        poll_fn(|cx| {
+            if self.fired.get() {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn fire(&self) {
+        self.fired.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// The handshakes of one shard, in the order they began.
+#[derive(Debug, Default)]
+pub(crate) struct Handshakes {
+    next: Cell<u64>,
+    open: RefCell<BTreeMap<u64, (Instant, Rc<ShedSignal>)>>,
+}
+
+impl Handshakes {
+    /// Registers a handshake; it is forgotten when the returned ticket drops.
+    pub(crate) fn enter(&self) -> Ticket<'_> {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        let signal = Rc::new(ShedSignal::default());
+        self.open.borrow_mut().insert(n, (Instant::now(), signal.clone()));
+        Ticket { of: self, n, signal }
+    }
+
+    /// Sheds the oldest handshake if it began before `now - SHED_AFTER`.
+    pub(crate) fn shed_oldest(&self, now: Instant) -> bool {
+        let mut open = self.open.borrow_mut();
+        match open.first_entry() {
+            Some(e) if now.duration_since(e.get().0) >= SHED_AFTER => {
+                e.remove().1.fire();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Handshakes under way.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.open.borrow().len()
+    }
+}
+
+/// A handshake's place on the list.
+#[derive(Debug)]
+pub(crate) struct Ticket<'a> {
+    of: &'a Handshakes,
+    n: u64,
+    /// Fired when the shard sheds it.
+    pub(crate) signal: Rc<ShedSignal>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.of.open.borrow_mut().remove(&self.n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_is_shed_first_and_a_finished_one_never() {
+        let h = Handshakes::default();
+        let a = h.enter();
+        let b = h.enter();
+        let c = h.enter();
+        drop(a);
+        assert_eq!(h.len(), 2);
+        assert!(!h.shed_oldest(Instant::now()), "nothing young is shed");
+        let later = Instant::now() + SHED_AFTER;
+        assert!(h.shed_oldest(later));
+        assert!(b.signal.fired.get() && !c.signal.fired.get(), "b is the oldest still open");
+        assert!(h.shed_oldest(later));
+        assert!(c.signal.fired.get());
+        assert!(!h.shed_oldest(later));
+        drop((b, c));
+        assert_eq!(h.len(), 0);
+    }
+}
