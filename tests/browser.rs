@@ -138,14 +138,14 @@ impl Driver {
         let agent = agent();
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new(chromedriver_bin())
-                .arg(format!("--port={port}"))
+            // Its own process group: Chromium's processes go with it.
+            let mut cmd = Command::new(chromedriver_bin());
+            cmd.arg(format!("--port={port}"))
                 .arg(format!("--log-path={}", dir.join("chromedriver.log").display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start chromedriver");
+                .stderr(Stdio::null());
+            let mut child = crate::common::procs::spawn(&mut cmd).expect("start chromedriver");
             let base = format!("http://127.0.0.1:{port}");
             let deadline = Instant::now() + WAIT;
             while Instant::now() < deadline {
@@ -161,8 +161,7 @@ impl Driver {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::common::procs::reap(&mut child);
         }
         panic!("chromedriver did not become ready");
     }
@@ -212,8 +211,7 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::common::procs::reap(&mut self.child);
     }
 }
 

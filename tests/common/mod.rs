@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod cert;
+pub mod procs;
 pub mod redis;
 pub mod relay;
 
@@ -77,12 +78,10 @@ impl Server {
         if let Some(d) = &own_data {
             cmd.arg("--data-dir").arg(d);
         }
-        let mut child = cmd
-            .env("RUST_LOG", std::env::var("CCHAT_TEST_LOG").unwrap_or_else(|_| "error".into()))
+        cmd.env("RUST_LOG", std::env::var("CCHAT_TEST_LOG").unwrap_or_else(|_| "error".into()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cchat");
+            .stderr(Stdio::inherit());
+        let mut child = procs::spawn(&mut cmd).expect("start cchat");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
@@ -90,8 +89,7 @@ impl Server {
         match addr {
             Some(addr) => Some(Server { child, addr, own_data }),
             None => {
-                let _ = child.kill();
-                let _ = child.wait();
+                procs::reap(&mut child);
                 None
             }
         }
@@ -117,7 +115,7 @@ impl Server {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = procs::spawn(&mut cmd).unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
@@ -126,8 +124,7 @@ impl Server {
 
     /// Kills the process and waits for it to exit (the port is free after).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        procs::reap(&mut self.child);
     }
 
     pub fn url(&self) -> String {
@@ -186,8 +183,7 @@ unsafe extern "C" {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        procs::reap(&mut self.child);
         if let Some(d) = &self.own_data {
             let _ = std::fs::remove_dir_all(d);
         }

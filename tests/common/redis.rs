@@ -83,17 +83,17 @@ impl Redis {
         } else {
             cmd.args(["--port", &port]);
         }
-        let mut child = cmd
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        // A server still running (restarted without a kill) goes first.
+        self.kill();
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", "always", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
             .arg(self.dir.join("redis.log"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
+            .stderr(Stdio::null());
+        let mut child = super::procs::spawn(&mut cmd).expect("redis-server (apt-get install redis-server)");
         let ready = wait_ready(&mut child, &self.dir.join("redis.log"), || self.try_cmd(&["PING"]).is_ok());
         self.child = Some(child);
         if ready.is_err() {
@@ -105,8 +105,7 @@ impl Redis {
     /// Kills the server (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            super::procs::reap(&mut c);
         }
     }
 
@@ -182,17 +181,16 @@ impl RedisCluster {
                 let d = c.dir.join(p.to_string());
                 std::fs::create_dir_all(&d).unwrap();
                 let log = d.join("redis.log");
-                let mut child = Command::new(server_program())
-                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                let mut cmd = Command::new(server_program());
+                cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                     .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--daemonize", "no"])
                     .arg("--dir")
                     .arg(&d)
                     .arg("--logfile")
                     .arg(&log)
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("redis-server");
+                    .stderr(Stdio::null());
+                let mut child = super::procs::spawn(&mut cmd).expect("redis-server");
                 let up = || {
                     redis::Client::open(format!("redis://127.0.0.1:{p}"))
                         .and_then(|cl| cl.get_connection_with_timeout(Duration::from_secs(1)))
@@ -201,8 +199,7 @@ impl RedisCluster {
                 match wait_ready(&mut child, &log, up) {
                     Ok(()) => Some((child, p)),
                     Err(e) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
+                        super::procs::reap(&mut child);
                         last = e;
                         None
                     }
@@ -256,8 +253,7 @@ impl RedisCluster {
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         for c in &mut self.nodes {
-            let _ = c.kill();
-            let _ = c.wait();
+            super::procs::reap(c);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
