@@ -355,6 +355,11 @@ impl Room {
         self.history.push_back((seq, json));
     }
 
+    /// Drops the messages of `seqs` from memory (refused by the store).
+    pub fn forget(&mut self, seqs: std::ops::RangeInclusive<u64>) {
+        self.history.retain(|(s, _)| !seqs.contains(s));
+    }
+
     /// The oldest seq held in memory (one past the top when none is).
     pub fn memory_low(&self) -> u64 {
         self.history.front().map_or(self.seq + 1, |(s, _)| *s)

@@ -49,6 +49,12 @@ pub fn raise_nofile_limit() -> u64 {
 /// Runs a node until SIGINT or SIGTERM. Prints `listening on ADDR` on
 /// stdout once every shard accepts (scripts and tests wait for that line).
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // A file-size limit (RLIMIT_FSIZE) makes a write past it fail with
+    // EFBIG, handled like a full disk; by default it would kill the process.
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let nofile = raise_nofile_limit();
     let fd_cap = nofile.saturating_sub(FD_RESERVE).max(16) as usize;
     let max_connections = cfg.max_connections.unwrap_or(fd_cap);
@@ -507,7 +513,16 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Option<DataDir>, Option<Logs>)> {
     let new_epoch = dir.rebooted_unsynced || clustered;
     let report = rec.report.clone();
     for (path, at, why) in &report.cuts {
-        warn!(file = %path.display(), at, why, "damaged log tail cut off at the last whole record: its rooms start a new epoch");
+        warn!(file = %path.display(), at, why, "torn log tail (a write the last run did not finish) cut off at the last whole record");
+    }
+    for (path, at, len, why) in &report.skips {
+        error!(file = %path.display(), at, len, why, "damaged log records skipped (the file is left as it is); rooms whose newest record came before start a new epoch");
+    }
+    for (dir, which) in &report.missing {
+        error!(dir = %dir.display(), segments = %which, "log segments missing; rooms whose newest record came before start a new epoch");
+    }
+    for path in &report.completed {
+        info!(file = %path.display(), "newest log segment was empty (a roll cut short): header completed, nothing lost");
     }
     if dir.rebooted_unsynced {
         warn!(
@@ -515,13 +530,24 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Option<DataDir>, Option<Logs>)> {
         );
     }
     let mut rooms: Vec<Vec<(Id, RoomState)>> = (0..cfg.shards).map(|_| Vec::new()).collect();
-    let (mut max_epoch, mut new_epochs) = (0, 0);
+    let (mut max_epoch, mut new_epochs, mut rehomed) = (0, 0, 0);
     for (rid, st) in rec.rooms {
         max_epoch = max_epoch.max(st.epoch);
         if new_epoch || st.damaged {
             new_epochs += 1;
         }
-        rooms[shard_for(&rid, cfg.shards)].push((rid, st));
+        let owner = shard_for(&rid, cfg.shards);
+        if st.dirs & !(1u64 << owner.min(63)) != 0 {
+            rehomed += 1;
+        }
+        rooms[owner].push((rid, st));
+    }
+    if rehomed > 0 {
+        info!(
+            rooms = rehomed,
+            shards = cfg.shards,
+            "rooms with history in other shard directories (the shard count changed): merged, each served whole by its owner shard now"
+        );
     }
     info!(
         dir = %cfg.data_dir.display(),

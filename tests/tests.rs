@@ -16,6 +16,9 @@ mod cluster;
 mod deploy;
 // Durable history: kills, restarts, damaged files, the directory lock.
 mod durability;
+// Durability at the edges: a full disk, flipped bytes, missing segments,
+// torn tails, an empty newest segment, a changed shard count.
+mod edges;
 // History read back from the log; rooms evicted from memory and reloaded.
 mod history;
 // The client contract, black-box: commands, replies, errors, closes.

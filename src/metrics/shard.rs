@@ -70,6 +70,10 @@ pub struct ShardStats {
     pub log_fsync_us: AtomicU64,
     /// Failed log writes or syncs.
     pub log_errors: AtomicU64,
+    /// Messages refused because the log could not write (or fsync) them.
+    pub log_refused: AtomicU64,
+    /// 1 while the last write of this shard's log failed for a full disk.
+    pub log_full: AtomicI64,
     /// Bytes of log on disk.
     pub log_size: AtomicI64,
     /// Rooms evicted from memory (only their index stays).
@@ -113,6 +117,8 @@ impl ShardStats {
             log_fsyncs: AtomicU64::new(0),
             log_fsync_us: AtomicU64::new(0),
             log_errors: AtomicU64::new(0),
+            log_refused: AtomicU64::new(0),
+            log_full: AtomicI64::new(0),
             log_size: AtomicI64::new(0),
             evicted_rooms: AtomicI64::new(0),
             history_disk_reads: AtomicU64::new(0),
@@ -249,6 +255,18 @@ impl NodeStats {
             "counter",
             "Failed log writes or syncs.",
             sum_u(|s| &s.log_errors).to_string(),
+        );
+        metric(
+            "cchat_log_refused_total",
+            "counter",
+            "Messages refused (error 50, not delivered) because the log could not write or fsync them.",
+            sum_u(|s| &s.log_refused).to_string(),
+        );
+        metric(
+            "cchat_log_disk_full",
+            "gauge",
+            "Shards whose last log write failed for a full disk (0 once a write succeeds).",
+            sum_i(|s| &s.log_full).to_string(),
         );
         metric("cchat_log_size_bytes", "gauge", "Bytes of log on disk.", sum_i(|s| &s.log_size).to_string());
         metric(

@@ -20,6 +20,27 @@ use crate::store::Durability;
 use crate::store::redis::{Refusal, Refused};
 use crate::store::writer::Log;
 
+static LOG_ERROR_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
+
+/// A failed batch's messages as runs of consecutive seqs per room (marks of
+/// one room are in seq order).
+fn refused_runs(marks: &[crate::store::Mark]) -> Vec<Refused> {
+    let mut runs: Vec<Refused> = Vec::new();
+    let mut last_of: std::collections::HashMap<&crate::ids::Id, usize> = std::collections::HashMap::new();
+    for m in marks {
+        if let Some(&i) = last_of.get(&m.rid)
+            && runs[i].last + 1 == m.seq
+            && runs[i].token == m.token
+        {
+            runs[i].last = m.seq;
+            continue;
+        }
+        last_of.insert(&m.rid, runs.len());
+        runs.push(Refused { rid: m.rid.clone(), token: m.token, first: m.seq, last: m.seq, why: Refusal::LogWrite });
+    }
+    runs
+}
+
 impl Shard {
     /// Routes what the owner sent for one request, or holds it behind the
     /// journal's unwritten records: nothing the owner sends may overtake a
@@ -104,26 +125,49 @@ impl Shard {
             let batch = self.owner.borrow_mut().journal().expect("journal").take();
             let (bytes, records, end) = (batch.buf.len() as u64, batch.marks.len() as u64, batch.end);
             let mut result = log.append(batch.buf).await;
-            if let (Ok(_), true) = (&result, sync) {
-                result = self.timed_sync(&log).await.and(result);
+            if let (Ok((_, base)), true) = (&result, sync) {
+                let base = *base;
+                if let Err(e) = self.timed_sync(&log).await {
+                    // Not on disk for sure: refused, and taken back out of
+                    // the file so that no start finds it as history.
+                    if let Err(undo) = log.undo(base).await {
+                        error!(shard = self.id, error = %undo, "cannot take a refused batch back out of the log");
+                    }
+                    result = Err(e);
+                }
             }
-            match result {
+            let refused = match result {
                 Ok((seg, base)) => {
                     self.stats().log_appends.fetch_add(records, Relaxed);
                     self.stats().log_bytes.fetch_add(bytes, Relaxed);
+                    self.stats().log_full.store(0, Relaxed);
                     self.owner.borrow_mut().on_written(&batch.marks, log.dir(), seg, base);
                     log.note_written(&batch.marks, base, bytes);
+                    Vec::new()
                 }
                 Err(e) => {
-                    // The messages are sequenced and in memory history; they
-                    // are delivered, but new ones are refused for a while
-                    // rather than kept in memory only without anyone knowing.
+                    // Not stored: every message of the batch is refused (its
+                    // sender told, nothing delivered, out of memory history);
+                    // its seqs stay used, so none is given to another
+                    // message. New messages are refused for a second, then
+                    // the log tries again (space may have come back).
                     self.stats().log_errors.fetch_add(1, Relaxed);
-                    error!(shard = self.id, error = %e, "cannot write the message log: refusing messages for a second");
-                    self.owner.borrow_mut().store_down(unix_ms(), Refusal::Unavailable);
+                    self.stats().log_refused.fetch_add(records, Relaxed);
+                    let full = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT))
+                        || e.to_string().contains("disk full");
+                    self.stats().log_full.store(i64::from(full), Relaxed);
+                    if let Some(held) = LOG_ERROR_LOG.due() {
+                        error!(shard = self.id, error = %e, refused = records, held_back = held,
+                            "cannot write the message log: its messages are refused, and new ones for a second");
+                    }
+                    let refused = refused_runs(&batch.marks);
+                    let mut owner = self.owner.borrow_mut();
+                    owner.on_log_refused(&refused);
+                    owner.store_down(unix_ms(), Refusal::LogWrite);
+                    refused
                 }
-            }
-            self.release_held(end, &[]);
+            };
+            self.release_held(end, &refused);
             match log.roll_if_full().await {
                 Ok(None) => {}
                 Ok(Some(upto)) => self.owner.borrow_mut().on_segments_deleted(log.dir(), upto),

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use super::Owner;
-use super::store::{HistoryQuery, RoomStore};
+use super::store::{HistoryQuery, RecordTag, RoomStore};
 use crate::ids::Id;
 use crate::msg::ConnRef;
 use crate::room::{Room, history_window};
@@ -95,6 +95,9 @@ pub(crate) struct LogStore {
     evicted_order: VecDeque<Id>,
     /// Past this many evicted rooms the oldest are forgotten.
     max_evicted: usize,
+    /// The message the last request journalled: its deliveries are held
+    /// with it, so that a write that fails can refuse it.
+    last: Option<RecordTag>,
 }
 
 impl LogStore {
@@ -108,6 +111,7 @@ impl LogStore {
             evicted: 0,
             evicted_order: VecDeque::new(),
             max_evicted,
+            last: None,
         }
     }
 
@@ -188,6 +192,14 @@ impl LogStore {
 }
 
 impl RoomStore for LogStore {
+    fn journalled(&mut self, rid: &Id, token: u64, seq: u64, from: ConnRef) {
+        self.last = Some(RecordTag { rid: rid.clone(), token, seq, from });
+    }
+
+    fn take_record_tag(&mut self) -> Option<RecordTag> {
+        self.last.take()
+    }
+
     fn known(&self, rid: &Id) -> Option<(u64, u64)> {
         self.disk.get(rid).map(|ix| (ix.epoch, ix.top))
     }
@@ -357,6 +369,17 @@ impl Owner {
     }
 
     /// Retention deleted segments up to `seg` of directory `dir`.
+    /// The log could not write these messages: they were refused (their
+    /// senders told, nothing delivered), so they leave the room's memory
+    /// history; their seqs stay used (never given to another message).
+    pub(crate) fn on_log_refused(&mut self, refused: &[crate::store::redis::Refused]) {
+        for r in refused {
+            if let Some(room) = self.rooms.get_mut(&r.rid) {
+                room.forget(r.first..=r.last);
+            }
+        }
+    }
+
     pub(crate) fn on_segments_deleted(&mut self, dir: usize, seg: u64) {
         if let Some(log) = self.store.as_any_mut().downcast_mut::<LogStore>() {
             log.on_segments_deleted(dir, seg, &self.rooms);

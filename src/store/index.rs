@@ -24,6 +24,9 @@ pub const MAX_OFFSET: u64 = (1 << OFF_BITS) - 1;
 pub struct Loc(u64);
 
 impl Loc {
+    /// No record: a gap in a room's index.
+    pub const HOLE: Loc = Loc(u64::MAX);
+
     /// The record at byte `off` of segment `seg` in shard directory `dir`;
     /// None when a part does not fit (the record is then not indexed).
     pub fn new(dir: usize, seg: u64, off: u64) -> Option<Loc> {
@@ -59,7 +62,10 @@ pub struct RoomIndex {
     pub top: u64,
     /// Seq of `locs[0]`.
     first: u64,
-    /// Places of seqs `first..first + len`, in order.
+    /// Places of seqs `first..first + len`, in order; [`Loc::HOLE`] for a
+    /// seq with no stored record (a write that failed and was refused), so
+    /// that a gap hides nothing on either side of it. The first and last
+    /// are never holes.
     locs: VecDeque<Loc>,
 }
 
@@ -69,10 +75,11 @@ impl RoomIndex {
         RoomIndex { epoch, top, first: top + 1, locs: VecDeque::new() }
     }
 
-    /// Records that message `seq` of `epoch` is at `loc`, keeping at most
-    /// `cap` places. A new epoch, or a seq that does not follow the last one
-    /// indexed (a failed write between), starts the places afresh: the
-    /// places always cover one contiguous run of seqs.
+    /// Records that message `seq` of `epoch` is at `loc`, keeping the
+    /// places of at most the newest `cap` seqs. Records may come in any
+    /// order (directories of several shard counts merged at start): each
+    /// takes its seq's slot, seqs without a record are holes. A newer epoch
+    /// starts the places afresh; an older one is ignored.
     pub fn push(&mut self, epoch: u64, seq: u64, loc: Option<Loc>, cap: usize) {
         if epoch != self.epoch {
             if epoch < self.epoch {
@@ -81,20 +88,54 @@ impl RoomIndex {
             *self = RoomIndex::new(epoch, 0);
         }
         self.top = self.top.max(seq);
-        if seq < self.end() && !self.locs.is_empty() {
-            return; // an older record of this sequence (merged directories)
-        }
         let Some(loc) = loc.filter(|_| cap > 0) else {
-            self.locs.clear();
-            self.first = seq + 1;
+            // A place that cannot be named: nothing before it is reachable
+            // through the index either (the window must end at the top).
+            if seq + 1 >= self.end() {
+                self.locs.clear();
+                self.first = seq + 1;
+            }
             return;
         };
-        if seq != self.end() || self.locs.is_empty() {
-            self.locs.clear();
+        if self.locs.is_empty() {
             self.first = seq;
+            self.locs.push_back(loc);
+            return;
         }
-        self.locs.push_back(loc);
+        let end = self.end();
+        if seq >= end {
+            if seq - end >= cap as u64 {
+                self.locs.clear();
+                self.first = seq;
+            } else {
+                self.locs.extend(std::iter::repeat_n(Loc::HOLE, (seq - end) as usize));
+            }
+            self.locs.push_back(loc);
+        } else if seq < self.first {
+            if end - seq > cap as u64 {
+                return; // older than the window
+            }
+            for _ in seq + 1..self.first {
+                self.locs.push_front(Loc::HOLE);
+            }
+            self.locs.push_front(loc);
+            self.first = seq;
+        } else {
+            let slot = &mut self.locs[(seq - self.first) as usize];
+            if *slot == Loc::HOLE {
+                *slot = loc;
+            }
+            return; // else: a copy of a record already indexed
+        }
         while self.locs.len() > cap {
+            self.locs.pop_front();
+            self.first += 1;
+        }
+        self.trim_front();
+    }
+
+    fn trim_front(&mut self) {
+        while self.locs.front() == Some(&Loc::HOLE) {
             self.locs.pop_front();
             self.first += 1;
         }
@@ -110,9 +151,9 @@ impl RoomIndex {
         self.first
     }
 
-    /// Where message `seq` is, if indexed.
+    /// Where message `seq` is, if indexed (None in a gap).
     pub fn get(&self, seq: u64) -> Option<Loc> {
-        seq.checked_sub(self.first).and_then(|i| self.locs.get(i as usize)).copied()
+        seq.checked_sub(self.first).and_then(|i| self.locs.get(i as usize)).copied().filter(|l| *l != Loc::HOLE)
     }
 
     /// Forgets the places in segments up to `seg` of directory `dir` (deleted
@@ -121,6 +162,7 @@ impl RoomIndex {
         while self.locs.front().is_some_and(|l| l.dir() == dir && l.seg() <= seg) {
             self.locs.pop_front();
             self.first += 1;
+            self.trim_front();
         }
         !self.locs.is_empty()
     }
@@ -162,12 +204,17 @@ mod tests {
         assert_eq!((ix.first(), ix.end(), ix.top), (7, 11, 10));
         assert_eq!(ix.get(7), at(70));
         assert_eq!(ix.get(6), None);
-        // A gap (a failed write) starts the run afresh.
+        // A gap (a refused write) is a hole: both sides stay reachable.
         ix.push(5, 12, at(120), 4);
-        assert_eq!((ix.first(), ix.end(), ix.get(10)), (12, 13, None));
-        // An older record of the sequence changes nothing.
-        ix.push(5, 11, at(1), 4);
-        assert_eq!((ix.first(), ix.end(), ix.get(12)), (12, 13, at(120)));
+        assert_eq!((ix.first(), ix.end(), ix.get(10), ix.get(11), ix.get(12)), (9, 13, at(100), None, at(120)));
+        // A record of the gap found later (merged directories) fills it;
+        // a copy of one indexed changes nothing.
+        ix.push(5, 11, at(110), 4);
+        ix.push(5, 12, at(1), 4);
+        assert_eq!((ix.get(11), ix.get(12)), (at(110), at(120)));
+        // A gap wider than the window starts afresh.
+        ix.push(5, 30, at(300), 4);
+        assert_eq!((ix.first(), ix.end()), (30, 31));
         // A new epoch starts afresh; an older one is ignored.
         ix.push(6, 1, at(5), 4);
         assert_eq!((ix.epoch, ix.top, ix.first()), (6, 1, 1));
@@ -177,6 +224,38 @@ mod tests {
         ix.push(6, 2, None, 4);
         assert!(ix.is_empty());
         assert_eq!(ix.top, 2);
+    }
+
+    /// Records in any order give the same index as in order, holes where
+    /// no record came, at most `cap` seqs, never a hole at either end.
+    #[test]
+    fn records_in_any_order_make_the_same_index() {
+        use proptest::prelude::*;
+        proptest!(|(mut seqs in proptest::collection::vec(1u64..60, 1..80), cap in 1usize..20)| {
+            let mut sorted = RoomIndex::new(1, 0);
+            let mut want: Vec<u64> = seqs.clone();
+            want.sort();
+            want.dedup();
+            for &s in &want {
+                sorted.push(1, s, at(s), cap);
+            }
+            // Any order: recovery merging directories.
+            seqs.reverse();
+            let mut any = RoomIndex::new(1, 0);
+            for &s in &seqs {
+                any.push(1, s, at(s), cap);
+            }
+            let top = *want.last().unwrap();
+            let kept: Vec<u64> = want.iter().copied().filter(|s| top - s < cap as u64).collect();
+            for ix in [&sorted, &any] {
+                prop_assert_eq!(ix.top, top);
+                prop_assert_eq!(ix.end(), top + 1);
+                prop_assert_eq!(ix.first(), kept[0]);
+                for s in 1..=top {
+                    prop_assert_eq!(ix.get(s), if kept.contains(&s) { at(s) } else { None });
+                }
+            }
+        });
     }
 
     #[test]

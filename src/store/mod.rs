@@ -191,22 +191,36 @@ pub fn open(path: &Path, durability: Durability, history: usize) -> Result<(Data
     std::fs::write(&lock_path, std::process::id().to_string()).map_err(|e| io(&lock_path, e))?;
     let state_path = path.join("state");
     let boot = boot_id();
-    let rebooted_unsynced = match std::fs::read_to_string(&state_path) {
+    let (rebooted_unsynced, sync_before) = match std::fs::read_to_string(&state_path) {
         Ok(prev) => {
             let field = |k: &str| prev.lines().find_map(|l| l.strip_prefix(k)).map(str::to_owned);
-            field("durability=").as_deref() == Some("written") && field("boot=") != Some(boot.clone())
+            let mode = field("durability=");
+            (
+                mode.as_deref() == Some("written") && field("boot=") != Some(boot.clone()),
+                mode.as_deref() == Some("sync"),
+            )
         }
-        Err(_) => false,
+        Err(_) => (false, false),
     };
-    let recovered = recovery::recover(path, history)?;
+    let recovered = recovery::recover(path, history, sync_before)?;
     let mode = match durability {
         Durability::Written => "written",
         Durability::Sync => "sync",
         Durability::Memory => "memory",
     };
+    // Synced (file, then the rename in its directory) before anything is
+    // written under it: after a power cut soon after start, the next start
+    // must see this boot's id, or it would not notice the reboot.
     let tmp = path.join("state.tmp");
-    std::fs::write(&tmp, format!("boot={boot}\ndurability={mode}\n")).map_err(|e| io(&tmp, e))?;
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut f = File::create(&tmp)?;
+        f.write_all(format!("boot={boot}\ndurability={mode}\n").as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, &state_path).map_err(|e| io(&state_path, e))?;
+    writer::sync_dir(path).map_err(|e| io(path, e))?;
     Ok((DataDir { path: path.to_owned(), _lock: lock, rebooted_unsynced }, recovered))
 }
 

@@ -4,11 +4,27 @@
 //! Runs on the main thread before any shard starts (plain file reads: no
 //! executor waits on them).
 //!
-//! A damaged tail (a record cut short, a bad checksum, garbage) in the last
-//! segment of a shard's directory is cut off at the last whole record, and
-//! the rooms of that directory start a new epoch: the node cannot prove it
-//! still has every message it broadcast in them. Damage anywhere else is an
-//! error that names the file; nothing is deleted.
+//! Every shard directory found is read, whatever `--shards` is now: a
+//! room's records may sit in several (the shard count changed between
+//! runs), and its index merges them by sequence.
+//!
+//! Damage is handled by what is known of it:
+//! - a **torn tail** (the newest segment ends inside a record) is the write
+//!   the last run did not finish, never acknowledged: only it is cut, and no
+//!   room changes epoch;
+//! - an **empty or header-only newest segment** (a crash during a roll) is
+//!   nothing lost: its header is completed;
+//! - **damage followed by whole records** is skipped by the framing (every
+//!   later record is kept, the file is not changed), and so is damage at
+//!   the end of a sealed segment;
+//! - a **missing segment** (a hole in the numbering, or a newest segment
+//!   below the one the directory's `NEWEST` file names) is reported.
+//!
+//! Where acknowledged records may be missing, only the rooms whose newest
+//! record in that directory comes before the damage start a new epoch: a
+//! room with a later record keeps its sequence (what was lost is a gap in
+//! its history, not its top). A damaged segment header is an error that
+//! names the file; nothing is deleted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +45,11 @@ pub struct RoomState {
     pub seq: u64,
     /// Where its newest stored messages of that epoch are.
     pub index: RoomIndex,
-    /// The log of the shard directory this state came from was damaged:
-    /// the room must start a new epoch.
+    /// Acknowledged records of the room may be missing (damage or a
+    /// missing segment after its newest record): it must start a new epoch.
     pub damaged: bool,
+    /// Shard directories holding its records (bit per directory, up to 64).
+    pub dirs: u64,
 }
 
 /// One segment file of a shard's log.
@@ -58,8 +76,15 @@ pub struct Report {
     pub indexed_segments: u64,
     /// Bytes cut off damaged tails.
     pub dropped_bytes: u64,
-    /// Each cut: the file, the offset it was cut at, and why.
+    /// Each torn tail cut: the file, the offset it was cut at, and why.
     pub cuts: Vec<(PathBuf, u64, &'static str)>,
+    /// Each damaged span skipped (the file is left as it is): the file,
+    /// where it starts, its length, and why.
+    pub skips: Vec<(PathBuf, u64, u64, &'static str)>,
+    /// Segments missing: the directory and the missing indexes, described.
+    pub missing: Vec<(PathBuf, String)>,
+    /// Empty or header-only newest segments completed (a roll cut short).
+    pub completed: Vec<PathBuf>,
     /// How long it took.
     pub elapsed: Duration,
 }
@@ -90,8 +115,9 @@ pub fn index_name(index: u64) -> String {
     format!("{index:020}.idx")
 }
 
-/// Reads every shard directory under `data`, indexing `history` messages per room.
-pub fn recover(data: &Path, history: usize) -> Result<Recovered, StoreError> {
+/// Reads every shard directory under `data`, indexing `history` messages
+/// per room; `sync_before`: the run that wrote it last was in `sync` mode.
+pub fn recover(data: &Path, history: usize, sync_before: bool) -> Result<Recovered, StoreError> {
     let t0 = Instant::now();
     let mut out = Recovered::default();
     let io = |path: &Path, e: std::io::Error| StoreError::Io(path.to_owned(), e);
@@ -111,28 +137,55 @@ pub fn recover(data: &Path, history: usize) -> Result<Recovered, StoreError> {
     }
     shards.sort();
     for (i, dir) in shards {
-        let segs = recover_shard(i, &dir, history, &mut out)?;
+        let segs = recover_shard(i, &dir, history, sync_before, &mut out)?;
         out.segments.insert(i, segs);
     }
     out.report.elapsed = t0.elapsed();
     Ok(out)
 }
 
-fn recover_shard(i: usize, dir: &Path, history: usize, out: &mut Recovered) -> Result<Vec<Segment>, StoreError> {
+/// The file in a shard directory naming its newest segment, written at
+/// every roll: a newest segment that disappeared is noticed.
+pub const NEWEST: &str = "NEWEST";
+
+/// Where in a directory a record lies: (segment, offset).
+type Pos = (u64, u64);
+
+fn recover_shard(
+    i: usize,
+    dir: &Path,
+    history: usize,
+    sync_before: bool,
+    out: &mut Recovered,
+) -> Result<Vec<Segment>, StoreError> {
     let io = |path: &Path, e: std::io::Error| StoreError::Io(path.to_owned(), e);
     let mut segs = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let entry = entry.map_err(|e| io(dir, e))?;
         let name = entry.file_name();
-        let Some(index) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".log.tmp") {
+            // A roll that did not finish: its segment never held a record.
+            let _ = std::fs::remove_file(entry.path());
             continue;
-        };
+        }
+        let Some(index) = name.strip_suffix(".log").and_then(|n| n.parse::<u64>().ok()) else { continue };
         segs.push(Segment { path: entry.path(), index, len: 0, last_ts: 0 });
     }
     segs.sort_by_key(|s| s.index);
+    // The newest position after which acknowledged records may be missing.
+    let mut lost_after: Option<Pos> = None;
+    let mut note_loss = |at: Pos| lost_after = lost_after.max(Some(at));
+    let newest_named = std::fs::read_to_string(dir.join(NEWEST)).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(named) = newest_named
+        && segs.last().is_none_or(|s| s.index < named)
+    {
+        let from = segs.last().map_or(1, |s| s.index + 1);
+        out.report.missing.push((dir.to_owned(), format!("{from}..={named} (the newest)")));
+        note_loss((from, 0));
+    }
     let last = segs.len().saturating_sub(1);
-    let mut damaged = false;
-    let mut seen: Vec<Id> = Vec::new();
+    let mut rooms_last: HashMap<Id, Pos> = HashMap::new();
     for (n, seg) in segs.iter_mut().enumerate() {
         // A sealed segment with a sound index file: its records' places
         // without reading them (their checksums are checked when read).
@@ -140,46 +193,87 @@ fn recover_shard(i: usize, dir: &Path, history: usize, out: &mut Recovered) -> R
             && let Some(ix) = read_index(dir, seg)
         {
             out.report.indexed_segments += 1;
-            replay(i, ix, history, out, &mut seen, seg);
+            replay(i, ix, history, out, &mut rooms_last, seg);
             continue;
         }
         let bytes = std::fs::read(&seg.path).map_err(|e| io(&seg.path, e))?;
         out.report.bytes += bytes.len() as u64;
-        let (good, why) = match record::check_header(&bytes) {
-            // A segment created just before a crash may not have its whole header yet.
-            Err(_)
-                if n == last && bytes.len() < HEADER_LEN && record::MAGIC.starts_with(&bytes[..bytes.len().min(8)]) =>
-            {
-                (0, Some("segment header cut short"))
-            }
-            Err(why) => return Err(StoreError::Corrupt(seg.path.clone(), 0, why)),
-            Ok(()) => scan(i, &bytes, history, out, &mut seen, seg),
-        };
-        match why {
-            None => seg.len = bytes.len() as u64,
-            Some(why) if n == last => {
-                // The tail the last run was writing: cut it at the last whole record.
-                let cut_at = good.max(HEADER_LEN) as u64;
-                let file = std::fs::OpenOptions::new().write(true).open(&seg.path).map_err(|e| io(&seg.path, e))?;
-                if good < HEADER_LEN {
-                    use std::io::Write as _;
-                    file.set_len(0).map_err(|e| io(&seg.path, e))?;
-                    (&file).write_all(&record::header()).map_err(|e| io(&seg.path, e))?;
-                } else {
-                    file.set_len(cut_at).map_err(|e| io(&seg.path, e))?;
-                }
+        if let Err(why) = record::check_header(&bytes) {
+            let header_prefix = bytes.len() < HEADER_LEN && record::header().starts_with(&bytes);
+            if n == last && header_prefix {
+                // A roll cut short before its header was whole: nothing was
+                // ever written after it. Complete the header.
+                use std::io::Write as _;
+                let mut file = std::fs::OpenOptions::new().write(true).open(&seg.path).map_err(|e| io(&seg.path, e))?;
+                file.set_len(0).map_err(|e| io(&seg.path, e))?;
+                file.write_all(&record::header()).map_err(|e| io(&seg.path, e))?;
                 file.sync_all().map_err(|e| io(&seg.path, e))?;
-                out.report.dropped_bytes += bytes.len() as u64 - good.min(bytes.len()) as u64;
-                out.report.cuts.push((seg.path.clone(), good as u64, why));
-                seg.len = cut_at;
-                damaged = true;
+                out.report.completed.push(seg.path.clone());
+                seg.len = HEADER_LEN as u64;
+                continue;
             }
-            Some(why) => return Err(StoreError::Corrupt(seg.path.clone(), good as u64, why)),
+            return Err(StoreError::Corrupt(seg.path.clone(), 0, why));
+        }
+        let scanned = scan(i, &bytes, history, out, &mut rooms_last, seg);
+        for &(start, end, why) in &scanned.skipped {
+            out.report.skips.push((seg.path.clone(), start as u64, (end - start) as u64, why));
+            note_loss((seg.index, start as u64));
+        }
+        seg.len = bytes.len() as u64;
+        if let Some((at, why, torn)) = scanned.tail {
+            if n == last && torn {
+                // In `sync` mode a record is acknowledged once fsynced whole,
+                // so a torn one never was: no room loses anything. In
+                // `written` mode a write is acknowledged once it returned;
+                // the tear may be a cut of one that was: its room (or, if
+                // its id was not written, every room whose newest record
+                // came before) starts a new epoch.
+                if !sync_before {
+                    match scanned.torn_room.as_ref().and_then(|rid| out.rooms.get_mut(rid)) {
+                        Some(room) => room.damaged = true,
+                        None if scanned.torn_room.is_some() => {}
+                        None => note_loss((seg.index, at as u64)),
+                    }
+                }
+            }
+            if n == last {
+                // A torn write is the one the last run did not finish: never
+                // acknowledged (a write is acknowledged once it returned, a
+                // `sync` one once fsynced). Only it is cut. A whole last
+                // record that does not check may have been acknowledged:
+                // cut too (appends go after whole records), and counted as
+                // a loss.
+                if !torn {
+                    note_loss((seg.index, at as u64));
+                }
+                let file = std::fs::OpenOptions::new().write(true).open(&seg.path).map_err(|e| io(&seg.path, e))?;
+                file.set_len(at as u64).map_err(|e| io(&seg.path, e))?;
+                file.sync_all().map_err(|e| io(&seg.path, e))?;
+                out.report.dropped_bytes += (bytes.len() - at) as u64;
+                out.report.cuts.push((seg.path.clone(), at as u64, why));
+                seg.len = at as u64;
+            } else {
+                // A sealed segment was fsynced whole before the next began:
+                // its end is damage, not a torn write. Left as it is.
+                out.report.skips.push((seg.path.clone(), at as u64, (bytes.len() - at) as u64, why));
+                note_loss((seg.index, at as u64));
+            }
         }
     }
-    if damaged {
-        for rid in seen {
-            if let Some(room) = out.rooms.get_mut(&rid) {
+    // Holes in the numbering: retention deletes only the oldest segments,
+    // so a segment missing between two others was lost.
+    for w in segs.windows(2) {
+        if w[1].index > w[0].index + 1 {
+            let (a, b) = (w[0].index + 1, w[1].index - 1);
+            out.report.missing.push((dir.to_owned(), if a == b { a.to_string() } else { format!("{a}..={b}") }));
+            note_loss((a, 0));
+        }
+    }
+    if let Some(at) = lost_after {
+        for (rid, pos) in &rooms_last {
+            if *pos < at
+                && let Some(room) = out.rooms.get_mut(rid)
+            {
                 room.damaged = true;
             }
         }
@@ -207,59 +301,137 @@ fn read_index(dir: &Path, seg: &Segment) -> Option<SegIndex> {
 }
 
 /// What [`scan`] does for a segment, from its index file.
-fn replay(dir: usize, ix: SegIndex, history: usize, out: &mut Recovered, seen: &mut Vec<Id>, seg: &mut Segment) {
+fn replay(
+    dir: usize,
+    ix: SegIndex,
+    history: usize,
+    out: &mut Recovered,
+    rooms_last: &mut HashMap<Id, Pos>,
+    seg: &mut Segment,
+) {
     out.report.records += ix.entries.len() as u64;
     out.report.bytes += ix.seg_len;
     seg.len = ix.seg_len;
     seg.last_ts = ix.last_ts;
     for e in ix.entries {
         let rid = &ix.rooms[e.room as usize];
-        let room = out.rooms.entry(rid.clone()).or_insert_with(|| {
-            seen.push(rid.clone());
-            RoomState::default()
-        });
-        if (e.epoch, e.seq) > (room.epoch, room.seq) {
-            room.epoch = e.epoch;
-            room.seq = e.seq;
-        }
-        room.index.push(e.epoch, e.seq, Loc::new(dir, seg.index, e.off as u64), history);
+        note_record(out, rooms_last, dir, rid, e.epoch, e.seq, (seg.index, e.off as u64), history);
     }
 }
 
+/// One record of room `rid` found at `pos` of directory `dir`.
+#[allow(clippy::too_many_arguments)]
+fn note_record(
+    out: &mut Recovered,
+    rooms_last: &mut HashMap<Id, Pos>,
+    dir: usize,
+    rid: &Id,
+    epoch: u64,
+    seq: u64,
+    pos: Pos,
+    history: usize,
+) {
+    let room = match out.rooms.get_mut(rid) {
+        Some(r) => r,
+        None => out.rooms.entry(rid.clone()).or_default(),
+    };
+    if (epoch, seq) > (room.epoch, room.seq) {
+        room.epoch = epoch;
+        room.seq = seq;
+    }
+    room.dirs |= 1u64 << dir.min(63);
+    room.index.push(epoch, seq, Loc::new(dir, pos.0, pos.1), history);
+    match rooms_last.get_mut(rid) {
+        Some(p) => *p = (*p).max(pos),
+        None => {
+            rooms_last.insert(rid.clone(), pos);
+        }
+    }
+}
+
+/// What [`scan`] found in a segment besides its whole records.
+struct Scanned {
+    /// Damaged spans followed by whole records: (start, end, why).
+    skipped: Vec<(usize, usize, &'static str)>,
+    /// Where the whole records end before the segment does, why, and
+    /// whether it is a torn write (the file ends inside the record, or only
+    /// zeros follow): no whole record follows.
+    tail: Option<(usize, &'static str, bool)>,
+    /// The room of a torn record, when enough of it was written to say.
+    torn_room: Option<Id>,
+}
+
+/// The room id of a record cut short, if enough of it is there.
+fn room_of_partial(rest: &[u8]) -> Option<Id> {
+    let body = rest.get(record::FRAME_LEN..)?;
+    let n = u16::from_le_bytes(body.get(24..26)?.try_into().ok()?) as usize;
+    std::str::from_utf8(body.get(26..26 + n)?).ok().and_then(Id::parse_str)
+}
+
+/// Whether `rest` (a record whose length runs past the end of the file)
+/// is in fact a whole record whose length field was damaged: its checksum
+/// matches its body at some shorter length. Then it is no torn write but a
+/// damaged, perhaps acknowledged, record.
+fn whole_but_for_its_length(rest: &[u8]) -> bool {
+    if rest.len() < record::FRAME_LEN {
+        return false;
+    }
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    let body = &rest[record::FRAME_LEN..];
+    let mut h = crc32fast::Hasher::new();
+    for (i, b) in body.iter().enumerate() {
+        h.update(std::slice::from_ref(b));
+        if i + 1 >= 26 && h.clone().finalize() == crc {
+            return true;
+        }
+    }
+    false
+}
+
 /// Reads the records of one segment (of shard directory `dir`) into the
-/// room states. Returns how far the records were whole, and why they stopped
-/// before the end, if they did.
+/// room states. A record that does not check is skipped to the next offset
+/// where a whole record starts (its length, checksum and fields all check);
+/// with none after it, the rest is the tail.
 fn scan(
     dir: usize,
     bytes: &[u8],
     history: usize,
     out: &mut Recovered,
-    seen: &mut Vec<Id>,
+    rooms_last: &mut HashMap<Id, Pos>,
     seg: &mut Segment,
-) -> (usize, Option<&'static str>) {
+) -> Scanned {
+    let mut found = Scanned { skipped: Vec::new(), tail: None, torn_room: None };
     let mut off = HEADER_LEN;
     while off < bytes.len() {
         match record::decode(&bytes[off..]) {
             Decoded::Record(r, used) => {
-                let at = Loc::new(dir, seg.index, off as u64);
-                off += used;
                 out.report.records += 1;
                 seg.last_ts = seg.last_ts.max(r.ts);
-                let room = out.rooms.entry(r.rid.clone()).or_insert_with(|| {
-                    seen.push(r.rid.clone());
-                    RoomState::default()
-                });
-                if (r.epoch, r.seq) > (room.epoch, room.seq) {
-                    room.epoch = r.epoch;
-                    room.seq = r.seq;
-                }
-                room.index.push(r.epoch, r.seq, at, history);
+                note_record(out, rooms_last, dir, &r.rid, r.epoch, r.seq, (seg.index, off as u64), history);
+                off += used;
             }
-            Decoded::Incomplete => return (off, Some("record cut short")),
-            Decoded::Corrupt(why) => return (off, Some(why)),
+            bad => {
+                let (why, incomplete) = match bad {
+                    Decoded::Corrupt(why) => (why, false),
+                    _ => ("record cut short", true),
+                };
+                match (off + 1..bytes.len()).find(|&o| matches!(record::decode(&bytes[o..]), Decoded::Record(..))) {
+                    Some(next) => {
+                        found.skipped.push((off, next, why));
+                        off = next;
+                    }
+                    None => {
+                        let rest = &bytes[off..];
+                        let torn = (incomplete && !whole_but_for_its_length(rest)) || rest.iter().all(|b| *b == 0);
+                        found.tail = Some((off, why, torn));
+                        found.torn_room = torn.then(|| room_of_partial(rest)).flatten();
+                        break;
+                    }
+                }
+            }
         }
     }
-    (off, None)
+    found
 }
 
 #[cfg(test)]
@@ -289,7 +461,7 @@ mod tests {
     #[test]
     fn a_whole_log_comes_back() {
         let (data, _, _, _) = log_with(30);
-        let r = recover(&data, 10).unwrap();
+        let r = recover(&data, 10, false).unwrap();
         let room = &r.rooms[&Id::parse_str("r").unwrap()];
         assert_eq!((room.epoch, room.seq, room.damaged), (5, 30, false));
         assert_eq!((room.index.first(), room.index.end(), room.index.epoch), (21, 31, 5));
@@ -319,22 +491,22 @@ mod tests {
             let room = &r.rooms[&Id::parse_str("r").unwrap()];
             (room.epoch, room.seq, room.index.clone(), r.report.records)
         };
-        let with = recover(&data, 10).unwrap();
+        let with = recover(&data, 10, false).unwrap();
         assert_eq!((with.report.indexed_segments, with.segments[&0][0].last_ts), (1, 77));
         std::fs::rename(&idx, idx.with_extension("moved")).unwrap();
-        let without = recover(&data, 10).unwrap();
+        let without = recover(&data, 10, false).unwrap();
         assert_eq!(without.report.indexed_segments, 0);
         assert_eq!(state(&with), state(&without));
         // A damaged index, or one for another length, is not used.
         let mut bad = std::fs::read(idx.with_extension("moved")).unwrap();
         bad[20] ^= 1;
         std::fs::write(&idx, &bad).unwrap();
-        assert_eq!(recover(&data, 10).unwrap().report.indexed_segments, 0);
+        assert_eq!(recover(&data, 10, false).unwrap().report.indexed_segments, 0);
         let mut b = super::segindex::Builder::new(true);
         b.batch(12, 1);
         b.add(&Id::parse_str("r").unwrap(), 5, 1, 12);
         std::fs::write(&idx, b.finish(13, 0).unwrap()).unwrap();
-        let r = recover(&data, 10).unwrap();
+        let r = recover(&data, 10, false).unwrap();
         assert_eq!((r.report.indexed_segments, state(&r)), (0, state(&without)));
         let _ = std::fs::remove_dir_all(&data);
     }
@@ -342,58 +514,130 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Cut anywhere: recovery keeps exactly the whole records before the
-        /// cut, truncates the file to them, and marks the room damaged when
-        /// anything was cut.
+        /// Cut anywhere (a torn write): recovery keeps exactly the whole
+        /// records before the cut and truncates the file to them; in `sync`
+        /// mode no room changes epoch (what was cut was never acknowledged).
         #[test]
-        fn any_cut_point(cut in 0usize..2000) {
+        fn any_cut_point(cut in 0usize..2000, sync_before: bool) {
             let (data, path, bytes, ends) = log_with(20);
             let cut = cut.min(bytes.len());
             std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut as u64).unwrap();
-            let r = recover(&data, 100).unwrap();
+            let r = recover(&data, 100, sync_before).unwrap();
             let whole = ends.iter().filter(|&&e| e <= cut).count() as u64;
             let kept = r.rooms.get(&Id::parse_str("r").unwrap()).map_or(0, |room| room.seq);
             prop_assert_eq!(kept, whole);
             let len = std::fs::metadata(&path).unwrap().len() as usize;
             let want_len = if whole == 0 { record::HEADER_LEN } else { ends[whole as usize - 1] };
             prop_assert_eq!(len, want_len);
-            let cut_something = cut != bytes.len() && cut != want_len;
             if let Some(room) = r.rooms.get(&Id::parse_str("r").unwrap()) {
-                prop_assert_eq!(room.damaged, cut_something);
+                // In sync mode a torn record was never acknowledged; in
+                // written mode it may have been: its room starts anew.
+                let cut_something = cut != bytes.len() && cut != want_len;
+                prop_assert_eq!(room.damaged, !sync_before && cut_something);
             }
             // Recovering again finds a clean log.
-            let again = recover(&data, 100).unwrap();
+            let again = recover(&data, 100, sync_before).unwrap();
             prop_assert_eq!(again.report.dropped_bytes, 0);
             let _ = std::fs::remove_dir_all(&data);
         }
 
-        /// Flip any byte: recovery never returns a record that was not
-        /// written; it keeps a prefix of them (or refuses a damaged header).
+        /// Recovery against a model of what was acknowledged: a log of three
+        /// rooms over three segments, then damage — bytes flipped anywhere
+        /// after the headers, a torn tail, a segment deleted. Recovery never
+        /// returns a record that was not written, keeps every record that
+        /// is whole on disk, and a room keeps its epoch only if its newest
+        /// acknowledged record is still there (else reusing its seqs could
+        /// renumber an acknowledged message).
         #[test]
-        fn any_byte_flipped(at in any::<prop::sample::Index>(), x in 1u8..=255) {
-            let (data, path, mut bytes, _) = log_with(10);
-            let i = at.index(bytes.len());
-            bytes[i] ^= x;
-            std::fs::write(&path, &bytes).unwrap();
-            match recover(&data, 100) {
-                Err(StoreError::Corrupt(..)) => prop_assert!(i < record::HEADER_LEN, "only a bad header stops the start"),
-                Err(e) => prop_assert!(false, "{}", e),
-                Ok(r) => {
-                    if let Some(room) = r.rooms.get(&Id::parse_str("r").unwrap()) {
-                        // Every indexed place holds the record of its seq, as written.
-                        let now = std::fs::read(&path).unwrap();
-                        prop_assert_eq!(room.index.first(), 1);
-                        for seq in room.index.first()..room.index.end() {
-                            let at = room.index.get(seq).unwrap().off() as usize;
-                            let Decoded::Record(r, _) = record::decode(&now[at..]) else {
-                                return Err(TestCaseError::fail(format!("no record at {at}")));
-                            };
-                            prop_assert_eq!((r.epoch, r.seq), (5, seq));
-                            let want = format!("{{\"seq\":{seq}}}");
-                            prop_assert_eq!(&r.msg[..], want.as_bytes());
-                        }
-                        prop_assert!(room.damaged, "a flipped byte is damage");
+        fn recovery_keeps_every_whole_record_and_never_renumbers(
+            counts in proptest::collection::vec(5u64..25, 3),
+            flips in proptest::collection::vec((0usize..3, any::<prop::sample::Index>(), 1u8..=255), 0..3),
+            torn in proptest::option::of(1usize..60),
+            delete in proptest::option::of(0usize..3),
+            sync_before: bool,
+        ) {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let k = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let data = std::env::temp_dir().join(format!("cchat-recovery-model-{}-{k}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&data);
+            let dir = shard_dir(&data, 0);
+            std::fs::create_dir_all(&dir).unwrap();
+            // Three segments, the rooms' records interleaved.
+            let rooms = ["a", "b", "c"];
+            let mut next = [0u64; 3];
+            let mut files: Vec<Vec<u8>> = Vec::new();
+            // (segment, room, seq, offset, length) of every record written.
+            let mut written: Vec<(usize, usize, u64, usize, usize)> = Vec::new();
+            for seg in 0..3 {
+                let mut bytes = record::header().to_vec();
+                for (i, &n) in counts.iter().enumerate() {
+                    for _ in 0..n / 3 + usize::from(seg == 2) as u64 {
+                        let room = (i + seg + written.len()) % 3;
+                        next[room] += 1;
+                        let at = bytes.len();
+                        let msg = format!("{{\"r\":\"{}\",\"seq\":{}}}", rooms[room], next[room]);
+                        record::encode(&mut bytes, 9, next[room], 1, rooms[room], msg.as_bytes());
+                        written.push((seg, room, next[room], at, bytes.len() - at));
                     }
+                }
+                files.push(bytes);
+            }
+            // Damage.
+            let mut damaged_recs = std::collections::HashSet::new();
+            for (seg, at, x) in &flips {
+                let f = &mut files[*seg];
+                let i = HEADER_LEN + at.index(f.len() - HEADER_LEN);
+                f[i] ^= x;
+                for (n, w) in written.iter().enumerate() {
+                    if w.0 == *seg && (w.3..w.3 + w.4).contains(&i) {
+                        damaged_recs.insert(n);
+                    }
+                }
+            }
+            // A torn tail: the newest segment's last record half written (unacknowledged).
+            let mut unacked = std::collections::HashSet::new();
+            if let Some(t) = torn {
+                let (n, w) = written.iter().enumerate().rev().find(|(_, w)| w.0 == 2).unwrap();
+                let keep = w.3 + t.min(w.4 - 1);
+                files[2].truncate(keep);
+                unacked.insert(n);
+            }
+            for (seg, f) in files.iter().enumerate() {
+                std::fs::write(dir.join(segment_name(seg as u64 + 1)), f).unwrap();
+            }
+            std::fs::write(dir.join(NEWEST), "3\n").unwrap();
+            let mut lost_seg = None;
+            if let Some(d) = delete {
+                std::fs::remove_file(dir.join(segment_name(d as u64 + 1))).unwrap();
+                lost_seg = Some(d);
+            }
+            let r = recover(&data, 1000, sync_before).unwrap();
+            for (room_i, name) in rooms.iter().enumerate() {
+                let rid = Id::parse_str(name).unwrap();
+                let Some(room) = r.rooms.get(&rid) else { continue };
+                // Every indexed place holds the record written for its seq.
+                for seq in room.index.first()..room.index.end() {
+                    let Some(loc) = room.index.get(seq) else { continue };
+                    let bytes = std::fs::read(dir.join(segment_name(loc.seg()))).unwrap();
+                    let Decoded::Record(rec, _) = record::decode(&bytes[loc.off() as usize..]) else {
+                        return Err(TestCaseError::fail(format!("no record at {loc:?}")));
+                    };
+                    prop_assert_eq!((rec.rid.as_str(), rec.seq), (*name, seq));
+                    let want = format!("{{\"r\":\"{name}\",\"seq\":{seq}}}");
+                    prop_assert_eq!(&rec.msg[..], want.as_bytes());
+                }
+                // Every record whole on disk is found.
+                for (n, w) in written.iter().enumerate() {
+                    let on_disk = Some(w.0) != lost_seg && !damaged_recs.contains(&n) && !unacked.contains(&n);
+                    if w.1 == room_i && on_disk {
+                        prop_assert!(room.index.get(w.2).is_some(), "record {} of {} lost", w.2, name);
+                    }
+                }
+                // Keeping the epoch is safe only with the newest acknowledged record there.
+                let newest_acked = written.iter().enumerate()
+                    .filter(|(n, w)| w.1 == room_i && !unacked.contains(n)).map(|(_, w)| w.2).max().unwrap_or(0);
+                if !room.damaged {
+                    prop_assert!(room.seq >= newest_acked, "{} continues at {} below acknowledged {}", name, room.seq, newest_acked);
                 }
             }
             let _ = std::fs::remove_dir_all(&data);

@@ -94,6 +94,9 @@ pub enum Refusal {
     Unavailable,
     /// Redis is at its `maxmemory` and may not evict (it answered OOM).
     Full,
+    /// The embedded log could not write (or, in `sync` mode, fsync) the
+    /// message: a full disk, mostly.
+    LogWrite,
 }
 
 impl Refusal {
@@ -104,6 +107,9 @@ impl Refusal {
             Refusal::Lost | Refusal::Gap => "message not stored: the store lost this room's history, send it again",
             Refusal::Unavailable => "message store unavailable, try again shortly",
             Refusal::Full => "message store full, try again later",
+            Refusal::LogWrite => {
+                "message not stored: the server cannot write its message log (disk full?), try again later"
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::Mark;
 use super::record;
-use super::recovery::{Segment, index_name, segment_name, shard_dir};
+use super::recovery::{NEWEST, Segment, index_name, segment_name, shard_dir};
 use super::segindex::Builder;
 use crate::node::unix_ms;
 
@@ -71,6 +71,7 @@ impl Log {
             Some(s) => (OpenOptions::new().write(true).buffered_open(&s.path).await?, s.index, s.len, false),
             None => (create_segment(&dir, 1).await?, 1, record::HEADER_LEN as u64, true),
         };
+        name_newest(&dir, index)?;
         Ok(Log {
             cfg,
             dir,
@@ -99,6 +100,16 @@ impl Log {
         self.pos.set(pos + len as u64);
         self.unsynced.set(true);
         Ok((self.index.get(), pos))
+    }
+
+    /// Takes back a batch written at `base` of the segment being written
+    /// (its fsync failed, so it is refused): the segment ends before it
+    /// again, and nothing of it is read back at the next start.
+    pub async fn undo(&self, base: u64) -> std::io::Result<()> {
+        let file = self.file.borrow().clone();
+        file.truncate(base).await?;
+        self.pos.set(base);
+        Ok(())
     }
 
     /// Lists the records of a batch of `len` bytes written at `base` in the
@@ -159,6 +170,7 @@ impl Log {
         }
         let next = self.index.get() + 1;
         let new = Rc::new(create_segment(&self.dir, next).await?);
+        name_newest(&self.dir, next)?;
         let old = std::mem::replace(&mut *self.file.borrow_mut(), new);
         let sealed = Segment {
             path: self.dir.join(segment_name(self.index.get())),
@@ -227,9 +239,37 @@ async fn write_index(path: &Path, idx: Vec<u8>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Creates segment `index` so that no crash can leave it looking damaged:
+/// its header is written and synced under a temporary name, then renamed
+/// into place and the directory synced. Returns it open for appending.
 async fn create_segment(dir: &Path, index: u64) -> std::io::Result<BufferedFile> {
     let path = dir.join(segment_name(index));
-    let f = OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&path).await?;
-    f.write_at(record::header().to_vec(), 0).await?;
-    Ok(f)
+    let tmp = dir.join(format!("{}.tmp", segment_name(index)));
+    let f = OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&tmp).await?;
+    let n = f.write_at(record::header().to_vec(), 0).await?;
+    if n < record::HEADER_LEN {
+        return Err(other(format!("short write of a segment header ({n} bytes): is the disk full?")));
+    }
+    f.fdatasync().await?;
+    f.close().await?;
+    std::fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok(OpenOptions::new().write(true).buffered_open(&path).await?)
+}
+
+/// Writes the directory's `NEWEST` file (synced, renamed into place): a
+/// start that finds no segment this new knows the newest was lost.
+fn name_newest(dir: &Path, index: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!("{NEWEST}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{index}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(NEWEST))?;
+    sync_dir(dir)
+}
+
+/// fsync of a directory: its entries (a rename, a new file) are on disk.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
