@@ -335,6 +335,56 @@ fn a_redis_cluster_holds_the_rooms_across_its_nodes() {
     }
 }
 
+/// Redis paused for 5 s (SIGSTOP) under traffic: the messages whose
+/// senders were told "not stored" are never stored, even though the
+/// pipelines carrying them run when Redis resumes (each append carries a
+/// deadline its script checks); every acknowledged message is stored once.
+#[test]
+fn a_paused_redis_never_stores_what_its_senders_were_told_it_did_not() {
+    let redis = Redis::start();
+    let s = start(&redis, &[]);
+    let mut reader = s.client();
+    reader.login("r", "pause", Some("r"));
+    let mut w = s.client();
+    w.login_echo("w", "pause", "w");
+    let traffic = std::thread::spawn(move || {
+        (0..350)
+            .map(|i| {
+                let m = format!("p{i}");
+                let r = say_acked(&mut w, "pause", &m);
+                std::thread::sleep(Duration::from_millis(20));
+                (m, r)
+            })
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    redis.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(5));
+    redis.signal(libc::SIGCONT);
+    let results = traffic.join().unwrap();
+    let refused: HashSet<&str> = results.iter().filter(|(_, r)| r.is_err()).map(|(m, _)| m.as_str()).collect();
+    let acked: Vec<(u64, u64, String)> =
+        results.iter().filter_map(|(m, r)| r.as_ref().ok().map(|(e, q)| (*e, *q, m.clone()))).collect();
+    assert!(!refused.is_empty(), "a 5 s pause refused nothing");
+    // What Redis ran when it resumed has run by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let h = history(&mut reader, "pause");
+    for (_, _, m) in &h {
+        assert!(!refused.contains(m.as_str()), "{m} was refused to its sender and is stored");
+    }
+    for a in &acked {
+        assert_eq!(h.iter().filter(|x| *x == a).count(), 1, "acknowledged {a:?} stored once");
+    }
+    // Nor did any member get a refused message.
+    reader.ws.get_mut().set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    while let Ok(tungstenite::Message::Text(t)) = reader.ws.read() {
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["cmd"] == "message" {
+            assert!(!refused.contains(v["msg"].as_str().unwrap()), "{v} refused yet delivered");
+        }
+    }
+}
+
 #[test]
 fn a_short_redis_blip_refuses_and_loses_nothing() {
     // Redis killed and back at once (AOF, every write synced): the round on

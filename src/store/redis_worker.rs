@@ -140,7 +140,13 @@ impl Worker {
                 }
             }
             self.connect_if_due();
-            let (cmds, calls) = self.build(&jobs);
+            // Appends run only before this (checked by the script against
+            // Redis's clock): half the time this thread waits for the round
+            // before it tells the senders "not stored", so that a pipeline a
+            // paused Redis runs when it resumes cannot store what was refused
+            // (with clocks within a second of each other).
+            let deadline = crate::node::unix_ms() + (RETRY_FOR / 2).as_millis() as u64;
+            let (cmds, calls) = self.build(&jobs, deadline);
             // A round that fails on the way (connection lost, timeout) may
             // have been applied: it is sent again once connected, for up to
             // RETRY_FOR (the scripts take a repeat as done: see append.lua),
@@ -150,7 +156,7 @@ impl Worker {
             let mut cmds = Some(cmds);
             let replies = loop {
                 // Built again only for a second try (no copy of the messages otherwise).
-                let round = cmds.take().unwrap_or_else(|| self.build(&jobs).0);
+                let round = cmds.take().unwrap_or_else(|| self.build(&jobs, deadline).0);
                 if let Some(v) = self.round(round, calls.len()) {
                     break Some(v);
                 }
@@ -253,7 +259,7 @@ impl Worker {
 
     /// One pipeline for all jobs: a script call per claim, per read, and per
     /// run of one room's consecutive messages.
-    fn build(&self, jobs: &[Job]) -> (Vec<redis::Cmd>, Vec<Call>) {
+    fn build(&self, jobs: &[Job], deadline: u64) -> (Vec<redis::Cmd>, Vec<Call>) {
         let mut cmds = Vec::new();
         let mut calls = Vec::new();
         let cluster = matches!(self.client, Client::Cluster(_));
@@ -287,7 +293,7 @@ impl Worker {
                             let mut c = script(&self.scripts.append, APPEND_LUA);
                             c.arg(2).arg(m).arg(h);
                             c.arg(run[0].token.to_string()).arg(run[0].epoch).arg(run[0].seq);
-                            c.arg(self.cfg.history.max(1)).arg(ttl);
+                            c.arg(self.cfg.history.max(1)).arg(ttl).arg(deadline);
                             for r in run {
                                 c.arg(&r.msg[..]);
                             }
@@ -349,6 +355,7 @@ impl Worker {
                             Some(Value::Int(0)) => Refusal::Lost,
                             Some(Value::Int(-1)) => Refusal::Fenced,
                             Some(Value::Int(-2)) => Refusal::Gap,
+                            Some(Value::Int(-3)) => Refusal::Unavailable,
                             Some(v) if is_oom(&v) => Refusal::Full,
                             _ => Refusal::Unavailable,
                         };

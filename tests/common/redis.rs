@@ -102,6 +102,16 @@ impl Redis {
         ready
     }
 
+    /// Sends the server a signal (SIGSTOP pauses it, SIGCONT resumes it).
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: a signal to a child this guard owns.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// Kills the server (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
