@@ -456,3 +456,126 @@ fn a_changed_shard_count_keeps_every_rooms_whole_history() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An ext4 filesystem in a file on a small tmpfs, loop-mounted: once the
+/// tmpfs is full, ext4's writes still land in the page cache but its
+/// writeback fails, so `fdatasync` fails with EIO (as on a failing disk).
+struct FailingDisk {
+    tmpfs: PathBuf,
+    mnt: PathBuf,
+}
+
+impl FailingDisk {
+    fn new(base: &Path) -> FailingDisk {
+        let (tmpfs, mnt) = (base.join("backing"), base.join("ext4"));
+        std::fs::create_dir_all(&tmpfs).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let run = |cmd: &[&str]| {
+            let st = std::process::Command::new(cmd[0]).args(&cmd[1..]).status().unwrap();
+            assert!(st.success(), "{cmd:?} failed (this test needs root and loop devices, as CI has)");
+        };
+        run(&["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", tmpfs.to_str().unwrap()]);
+        let img = tmpfs.join("img");
+        run(&["truncate", "-s", "128M", img.to_str().unwrap()]);
+        run(&["mkfs.ext4", "-q", "-F", img.to_str().unwrap()]);
+        run(&["mount", "-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
+        FailingDisk { tmpfs, mnt }
+    }
+
+    /// The backing tmpfs full: ext4's next writeback fails.
+    fn break_it(&self) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.tmpfs.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+
+    /// Space back, the filesystem checked and mounted again.
+    fn mend(&self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        let _ = std::fs::remove_file(self.tmpfs.join("filler"));
+        let _ = std::process::Command::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(self.tmpfs.join("img"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let st = std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(self.tmpfs.join("img"))
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount again");
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        let _ = std::process::Command::new("umount").arg(&self.tmpfs).status();
+    }
+}
+
+/// A failed fdatasync in `sync` mode: the messages it was to cover are
+/// refused (never acknowledged, delivered to no one), and after a restart
+/// every acknowledged message is served once and nothing refused is.
+#[test]
+fn a_failed_fsync_in_sync_mode_acknowledges_nothing_it_did_not_sync() {
+    let base = temp_data_dir();
+    let disk = FailingDisk::new(&base);
+    let dir = disk.mnt.join("data");
+    let (mut s, log) = start(&dir, "fsync", &["--shards", "1", "--durability", "sync"]);
+    let mut ann = echo_client(&s, "f", "ann");
+    let mut bob = s.client();
+    bob.login("bob", "f", Some("bob"));
+    ann.expect("newUser");
+    let mut acked: Vec<Msg> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    for i in 0..20 {
+        let m = format!("before-{i}");
+        let (e, q) = send(&mut ann, "f", &m).unwrap();
+        acked.push((e, q, m));
+    }
+    disk.break_it();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    while refused.len() < 3 {
+        assert!(Instant::now() < deadline, "no fsync failed");
+        i += 1;
+        // Big enough to need new blocks on every write.
+        let m = format!("after-{i}-{}", "y".repeat(900));
+        match send(&mut ann, "f", &m) {
+            Ok((e, q)) => acked.push((e, q, m)),
+            Err(why) => {
+                assert!(why.contains("cannot write its message log"), "{why}");
+                refused.push(m);
+            }
+        }
+    }
+    assert!(s.metric("cchat_log_refused_total") >= 1.0);
+    let mut got = Vec::new();
+    bob.ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    while let Ok(tungstenite::Message::Text(t)) = bob.ws.read() {
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["cmd"] == "message" {
+            got.push(v["msg"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(got, acked.iter().map(|a| a.2.clone()).collect::<Vec<_>>(), "bob got what was acknowledged, only that");
+    kill(&mut s);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("cannot write the message log"), "{text}");
+    assert!(text.contains("Input/output error"), "the first failure is the fdatasync's EIO: {text}");
+    disk.mend();
+    let (s, _) = start(&dir, "fsync-after", &["--shards", "1", "--durability", "sync"]);
+    let (_, stored) = history(&s, "f");
+    served_once(&acked, &stored);
+    for m in &refused {
+        assert!(!stored.iter().any(|x| &x.2 == m), "refused yet stored");
+    }
+    no_reuse(&s, "f", &acked);
+    drop(s);
+    drop(disk);
+    let _ = std::fs::remove_dir_all(&base);
+}

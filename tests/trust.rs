@@ -148,6 +148,8 @@ const REPEAT: u8 = 2;
 struct Proxy {
     addr: String,
     mode: Arc<AtomicU8>,
+    /// Every byte carried, both ways.
+    seen: Arc<Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -159,7 +161,8 @@ impl Proxy {
         l.set_nonblocking(true).unwrap();
         let mode = Arc::new(AtomicU8::new(PASS));
         let stop = Arc::new(AtomicBool::new(false));
-        let (m, st) = (mode.clone(), stop.clone());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (m, st, sn) = (mode.clone(), stop.clone(), seen.clone());
         let accept = std::thread::spawn(move || {
             while !st.load(SeqCst) {
                 let Ok((down, _)) = l.accept() else {
@@ -172,7 +175,7 @@ impl Proxy {
                     (down.try_clone().unwrap(), up.try_clone().unwrap(), true),
                     (up.try_clone().unwrap(), down.try_clone().unwrap(), false),
                 ] {
-                    let (m, st) = (m.clone(), st.clone());
+                    let (m, st, sn) = (m.clone(), st.clone(), sn.clone());
                     std::thread::spawn(move || {
                         from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
                         let mut b = [0u8; 65536];
@@ -191,6 +194,7 @@ impl Proxy {
                                 Err(_) => break,
                             };
                             let chunk = &mut b[..n];
+                            sn.lock().unwrap().extend_from_slice(chunk);
                             let mode = if tamper { m.swap(PASS, SeqCst) } else { PASS };
                             let ok = match mode {
                                 FLIP => {
@@ -210,7 +214,7 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, mode, stop, threads: Mutex::new(vec![accept]) }
+        Proxy { addr, mode, seen, stop, threads: Mutex::new(vec![accept]) }
     }
 }
 
@@ -314,4 +318,10 @@ fn a_link_altered_or_repeated_on_the_path_is_closed_and_nothing_forged_is_delive
     uniq.sort();
     uniq.dedup();
     assert_eq!(uniq.len(), texts.len(), "a message stored twice: {texts:?}");
+    // Nothing leaks to the path: the messages crossed it encrypted.
+    let seen = proxy.seen.lock().unwrap();
+    assert!(seen.len() > 1000, "the proxy carried the link ({} bytes)", seen.len());
+    for t in ["clean-1", "clean-2", "Bob", "tampered-"] {
+        assert!(!seen.windows(t.len()).any(|w| w == t.as_bytes()), "{t} crossed the path in the clear");
+    }
 }

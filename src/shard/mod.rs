@@ -30,14 +30,14 @@
 //! | `cluster` | applying a change of the cluster's live nodes |
 //! | `mesh` | queues between shards, back-pressure, parked readers |
 //! | `sweep` | timers: pings, deadlines, pinning, shedding, shutdown |
-//! | `handshakes` | sockets still in their TLS/upgrade handshake, the first shed |
+//! | `admission` | sockets still in their TLS/upgrade handshake (the first shed), logins' token budget |
 //! | `roomset` | the set of rooms one connection joined |
 
+mod admission;
 mod api;
 mod cluster;
 mod conns;
 mod flush;
-mod handshakes;
 mod history;
 mod log;
 mod mesh;
@@ -77,8 +77,6 @@ use outbound::{Pushed, SharedFrame};
 use owner::{Dest, Out, Owner};
 use session::Session;
 pub(crate) use sweep::TICK;
-
-static LOGIN_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
 
 /// A shard's state, shared by its tasks through `Rc`.
 pub struct Shard {
@@ -131,7 +129,7 @@ pub struct Shard {
     /// This shard's pin to its core, when pinned (see [`crate::pinning`]).
     pub(crate) pin: RefCell<Option<CorePin>>,
     /// Sockets in their handshake, oldest first (the first shed).
-    pub(crate) handshakes: handshakes::Handshakes,
+    pub(crate) handshakes: admission::Handshakes,
 }
 
 impl std::fmt::Debug for Shard {
@@ -188,7 +186,7 @@ impl Shard {
             view: RefCell::new(Arc::new(View::solo(&node.cfg.node_id))),
             relay: RefCell::new(None),
             pin: RefCell::new(None),
-            handshakes: handshakes::Handshakes::default(),
+            handshakes: admission::Handshakes::default(),
             node,
         }
     }
@@ -368,31 +366,6 @@ impl Shard {
             self.to_owner(r);
         }
         *self.requests.borrow_mut() = requests;
-    }
-
-    /// Takes a token check out of the address's budget when `cmd` is a
-    /// login whose token is not known yet on a connection not logged in:
-    /// Ok(the address charged), or the refusal.
-    fn login_attempt(&self, key: u32, cmd: &protocol::Command) -> Result<Option<std::net::IpAddr>, ProtoError> {
-        let (Some(v), protocol::Command::Login { token: Some(token), .. }) = (&self.node.verifier, cmd) else {
-            return Ok(None);
-        };
-        let fd = match self.conns.borrow().get(key) {
-            Some(e) if !e.session.logged_in() => e.fd,
-            _ => return Ok(None),
-        };
-        if v.is_cached(token) {
-            return Ok(None);
-        }
-        let Some(ip) = conns::peer_ip(fd) else { return Ok(None) };
-        if self.node.login_attempts.take(ip, Instant::now()) {
-            return Ok(Some(ip));
-        }
-        self.stats().login_attempts_refused.fetch_add(1, Relaxed);
-        if let Some(held) = LOGIN_LOG.due() {
-            tracing::warn!(%ip, held_back = held, "too many login attempts from this address");
-        }
-        Err(ProtoError::new(protocol::ERR_INVALID, "too many login attempts"))
     }
 
     /// A binary frame: the protocol has none.

@@ -1,5 +1,7 @@
-//! Sockets still in their handshake (TLS and the HTTP upgrade), oldest
-//! first: when the node runs out of descriptors they are the first shed,
+//! Admission: sockets still in their handshake (TLS and the HTTP upgrade),
+//! and the token checks of logins per address.
+//!
+//! Handshakes are kept oldest first: when the node runs out of descriptors they are the first shed,
 //! before any connection that upgraded, once they have taken longer than
 //! [`SHED_AFTER`] (a real handshake takes milliseconds; shedding the
 //! youngest would only close each newcomer for the next one in the backlog).
@@ -7,9 +9,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
+
+use crate::protocol::{Command, ERR_INVALID, ProtoError};
 
 /// A handshake older than this may be shed for a descriptor.
 pub(crate) const SHED_AFTER: Duration = Duration::from_secs(1);
@@ -90,6 +96,35 @@ pub(crate) struct Ticket<'a> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         self.of.open.borrow_mut().remove(&self.n);
+    }
+}
+
+static LOGIN_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
+
+impl super::Shard {
+    /// Takes a token check out of the address's budget when `cmd` is a
+    /// login whose token is not known yet on a connection not logged in:
+    /// Ok(the address charged), or the refusal.
+    pub(super) fn login_attempt(&self, key: u32, cmd: &Command) -> Result<Option<IpAddr>, ProtoError> {
+        let (Some(v), Command::Login { token: Some(token), .. }) = (&self.node.verifier, cmd) else {
+            return Ok(None);
+        };
+        let fd = match self.conns.borrow().get(key) {
+            Some(e) if !e.session.logged_in() => e.fd,
+            _ => return Ok(None),
+        };
+        if v.is_cached(token) {
+            return Ok(None);
+        }
+        let Some(ip) = super::conns::peer_ip(fd) else { return Ok(None) };
+        if self.node.login_attempts.take(ip, Instant::now()) {
+            return Ok(Some(ip));
+        }
+        self.node.stats.shards[self.id].login_attempts_refused.fetch_add(1, Relaxed);
+        if let Some(held) = LOGIN_LOG.due() {
+            tracing::warn!(%ip, held_back = held, "too many login attempts from this address");
+        }
+        Err(ProtoError::new(ERR_INVALID, "too many login attempts"))
     }
 }
 
