@@ -95,6 +95,8 @@ pub enum Request {
         since: Option<u64>,
         /// Before this seq.
         before: Option<u64>,
+        /// The epoch `before` is in (None: the room's current one).
+        epoch: Option<u64>,
         /// At most this many.
         limit: Option<usize>,
     },

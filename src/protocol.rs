@@ -154,6 +154,9 @@ pub enum Command {
         since: Option<u64>,
         /// Only messages with `seq` less than this (the newest `limit` of them).
         before: Option<u64>,
+        /// The epoch `before` names (`"before": {"epoch", "seq"}`); None: the
+        /// room's current one. Paging back crosses into older epochs.
+        epoch: Option<u64>,
         /// At most this many.
         limit: Option<usize>,
     },
@@ -273,12 +276,16 @@ fn parse_command(
             after: opt_id_field(&v, "after")?,
             limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
         }),
-        "getHistory" => Ok(Command::GetHistory {
-            rid: id_field(&v, "rid")?,
-            since: opt_u64(&v, "since")?,
-            before: opt_u64(&v, "before")?,
-            limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
-        }),
+        "getHistory" => {
+            let (before, epoch) = history_before(&v)?;
+            Ok(Command::GetHistory {
+                rid: id_field(&v, "rid")?,
+                since: opt_u64(&v, "since")?,
+                before,
+                epoch,
+                limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
+            })
+        }
         _ => Err(ProtoError::new(ERR_UNKNOWN_CMD, "unknown cmd")),
     }
 }
@@ -350,6 +357,19 @@ fn id_field(v: &Value<'_>, key: &'static str) -> Result<Id, ProtoError> {
 
 fn bad_id(key: &'static str) -> ProtoError {
     ProtoError::invalid(format!("{key} must be a positive integer or 1-64 characters of [A-Za-z0-9_.:-]"))
+}
+
+/// `before`: a seq of the room's current epoch, or `{"epoch": E, "seq": S}`
+/// naming a message of any epoch (seq and epoch).
+fn history_before(v: &Value<'_>) -> Result<(Option<u64>, Option<u64>), ProtoError> {
+    let Some(b) = v.get("before") else { return Ok((None, None)) };
+    if b.is_object() {
+        let bad = || ProtoError::invalid("before must be a seq or {\"epoch\", \"seq\"} with non-negative integers");
+        let epoch = opt_u64(b, "epoch").map_err(|_| bad())?.ok_or_else(bad)?;
+        let seq = opt_u64(b, "seq").map_err(|_| bad())?.ok_or_else(bad)?;
+        return Ok((Some(seq), Some(epoch)));
+    }
+    Ok((opt_u64(v, "before")?, None))
 }
 
 fn opt_u64(v: &Value<'_>, key: &'static str) -> Result<Option<u64>, ProtoError> {

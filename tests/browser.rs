@@ -1563,3 +1563,58 @@ both_ways!(
     on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown,
     messages_of_other_days_get_date_separators,
 );
+
+/// After a room's sequence restarts (here: a written-mode log after a
+/// reboot), the page still shows what is on disk of the older epoch: in
+/// order before the new messages, and scrolling up pages back into it.
+#[test]
+fn the_page_reaches_back_into_an_older_epoch() {
+    let (dir, mut server, driver) = setup("older_epoch", &["--rate-limit", "0", "--shards", "1"]);
+    let mut bob = client(&server);
+    bob.login("Bob", "ep", Some("bob"));
+    for i in 1..=120 {
+        bob.say("ep", &format!("before {i}"));
+    }
+    bob.send(json!({"cmd": "getHistory", "rid": "ep", "limit": 1}));
+    while bob.recv()["cmd"] != "getHistory" {}
+    drop(bob);
+    server.signal(9);
+    let _ = server.child.wait();
+    let data = server.own_data.take().expect("the server's own data directory");
+    drop(server);
+    // As if the machine had rebooted: the room starts a new epoch.
+    let state = data.join("state");
+    let text: String = std::fs::read_to_string(&state)
+        .unwrap()
+        .lines()
+        .map(|l| if l.starts_with("boot=") { "boot=another-boot\n".to_owned() } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(&state, text).unwrap();
+    let server = Server::start(&["--rate-limit", "0", "--shards", "1", "--data-dir", data.to_str().unwrap()]);
+    let mut carl = client(&server);
+    carl.login("Carl", "ep", Some("carl"));
+    for i in 1..=3 {
+        carl.say("ep", &format!("after {i}"));
+    }
+    carl.send(json!({"cmd": "getHistory", "rid": "ep", "limit": 1}));
+    while carl.recv()["cmd"] != "getHistory" {}
+    let a = driver.page(server.addr);
+    a.login("Alice", "ep", None);
+    a.wait_message("after 3");
+    a.wait_message("before 120");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count_text(&a.messages(), "before 1") == 0 {
+        assert!(Instant::now() < deadline, "scrolling up never reached the older epoch's first message");
+        a.exec("document.querySelector('[data-testid=message-list]').scrollTop = 0; return true;", json!([]));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let texts: Vec<String> = a.messages().iter().filter_map(|m| m["text"].as_str().map(str::to_owned)).collect();
+    let want: Vec<String> =
+        (1..=120).map(|i| format!("before {i}")).chain((1..=3).map(|i| format!("after {i}"))).collect();
+    let shown: Vec<String> =
+        texts.into_iter().filter(|t| t.starts_with("before ") || t.starts_with("after ")).collect();
+    assert_eq!(shown, want, "every message once, older epoch first");
+    shot(&a, &dir, "older-epoch");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -579,3 +579,62 @@ fn a_failed_fsync_in_sync_mode_acknowledges_nothing_it_did_not_sync() {
     drop(disk);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A room that starts a new epoch (here: a written-mode log after a reboot)
+/// keeps its older epochs reachable: `getHistory` pages back across the
+/// boundary (`before` may name a message as `{"epoch", "seq"}`), and every
+/// message carries its epoch.
+#[test]
+fn history_pages_back_across_an_epoch_change() {
+    let dir = temp_data_dir();
+    let (mut s, _) = start(&dir, "epochs", &["--shards", "1"]);
+    let old = traffic(&s, &["x"], 10, "old")["x"].clone();
+    kill(&mut s);
+    // As if the machine had rebooted: every room starts a new epoch.
+    let state = dir.join("state");
+    let text: String = std::fs::read_to_string(&state)
+        .unwrap()
+        .lines()
+        .map(|l| if l.starts_with("boot=") { "boot=another-boot\n".to_owned() } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(&state, text).unwrap();
+    let (s, _) = start(&dir, "epochs-after", &["--shards", "1"]);
+    let new = traffic(&s, &["x"], 3, "new")["x"].clone();
+    let (e1, e2) = (old[0].0, new[0].0);
+    assert!(e2 > e1, "a new epoch");
+    let mut c = s.client();
+    c.login("pager", "x", Some("pager"));
+    let mut page = |req: Value| -> Vec<Msg> {
+        c.send(req);
+        let h = loop {
+            let v = c.recv();
+            if v["cmd"] == "getHistory" {
+                break v;
+            }
+        };
+        assert_eq!(h["epoch"].as_u64(), Some(e2), "the reply names the room's current epoch");
+        h["msgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["epoch"].as_u64().unwrap(), m["seq"].as_u64().unwrap(), m["msg"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    // The newest page reaches back into the old epoch, oldest first.
+    let all = page(json!({"cmd":"getHistory","rid":"x","limit":100}));
+    let want: Vec<Msg> = old.iter().chain(new.iter()).cloned().collect();
+    assert_eq!(all, want);
+    // Paging back from the new epoch's first message: the old epoch's newest.
+    let back = page(json!({"cmd":"getHistory","rid":"x","before":{"epoch":e2,"seq":1},"limit":5}));
+    assert_eq!(back, old[5..].to_vec());
+    let back = page(json!({"cmd":"getHistory","rid":"x","before":{"epoch":e1,"seq":6},"limit":100}));
+    assert_eq!(back, old[..5].to_vec());
+    // A plain `before` in the current epoch crosses over too.
+    let back = page(json!({"cmd":"getHistory","rid":"x","before":2,"limit":4}));
+    assert_eq!(back, [old[7..].to_vec(), new[..1].to_vec()].concat());
+    // A malformed one is refused.
+    c.send(json!({"cmd":"getHistory","rid":"x","before":{"epoch":"x","seq":1}}));
+    assert_eq!(c.expect_error(50)["errCode"], 50);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}

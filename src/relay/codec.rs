@@ -19,7 +19,7 @@
 //! type 11 LEAVE       rid:str conn ack:u8
 //! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str>
 //! type 13 GETONLINE   rid:str conn after:opt<str> limit:opt<u64>
-//! type 14 GETHISTORY  rid:str conn since:opt<u64> before:opt<u64> limit:opt<u64>
+//! type 14 GETHISTORY  rid:str conn since:opt<u64> before:opt<u64> epoch:opt<u64> limit:opt<u64>
 //! type 20 JOINED      rid:str conn ack:blob
 //! type 21 DELIVER     rid:str audience frame:blob
 //!                     audience := 0 except:opt<conn>   (every member on the node but one)
@@ -154,12 +154,13 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
             }
             put_opt_u64(&mut b, limit.map(|l| l as u64));
         }
-        NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, before, limit }) => {
+        NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, before, epoch, limit }) => {
             b.put_u8(T_GETHISTORY);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
             put_opt_u64(&mut b, *since);
             put_opt_u64(&mut b, *before);
+            put_opt_u64(&mut b, *epoch);
             put_opt_u64(&mut b, limit.map(|l| l as u64));
         }
         NodeMsg::ToMembers(Delivery::Joined { rid, conn, ack }) => {
@@ -297,8 +298,9 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
             let conn = peer(get_conn(&mut body)?);
             let since = get_opt_u64(&mut body)?;
             let before = get_opt_u64(&mut body)?;
+            let epoch = get_opt_u64(&mut body)?;
             let limit = get_opt_u64(&mut body)?.map(|l| l.min(usize::MAX as u64) as usize);
-            Frame::Msg(NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, before, limit }))
+            Frame::Msg(NodeMsg::ToOwner(Request::GetHistory { rid, conn, since, before, epoch, limit }))
         }
         T_JOINED => {
             let rid = get_id(&mut body)?;

@@ -67,7 +67,7 @@ impl Shard {
             })
             .await;
             let DiskRead { rid, epoch, locs, tail, reply, forward, budget } = req;
-            let (mut msgs, missing) = read_records(&data, &rid, epoch, &locs).await;
+            let (mut msgs, missing) = read_records(&data, &rid, &locs).await;
             self.stats().history_disk_reads.fetch_add(1, Relaxed);
             self.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
             if missing > 0 {
@@ -114,17 +114,17 @@ impl Shard {
     }
 }
 
-/// Reads the messages at `locs` (oldest first) of room `rid`, `epoch`.
-/// Returns those found, in order, and how many were not (a deleted segment,
-/// damage: a record that is not the one expected is not returned).
-async fn read_records(data: &std::path::Path, rid: &str, epoch: u64, locs: &[(u64, Loc)]) -> (Vec<Bytes>, usize) {
+/// Reads the messages at `locs` (epoch, seq, place; oldest first) of room
+/// `rid`. Returns those found, in order, and how many were not (a deleted
+/// segment, damage: a record that is not the one expected is not returned).
+async fn read_records(data: &std::path::Path, rid: &str, locs: &[(u64, u64, Loc)]) -> (Vec<Bytes>, usize) {
     // Runs of places in one segment, each within SPAN: one read each.
-    let mut runs: Vec<&[(u64, Loc)]> = Vec::new();
+    let mut runs: Vec<&[(u64, u64, Loc)]> = Vec::new();
     let mut start = 0;
     for i in 1..=locs.len() {
         let split = i == locs.len() || {
-            let (a, b) = (locs[start].1, locs[i].1);
-            a.dir() != b.dir() || a.seg() != b.seg() || b.off() < locs[i - 1].1.off() || b.off() - a.off() > SPAN
+            let (a, b) = (locs[start].2, locs[i].2);
+            a.dir() != b.dir() || a.seg() != b.seg() || b.off() < locs[i - 1].2.off() || b.off() - a.off() > SPAN
         };
         if split {
             runs.push(&locs[start..i]);
@@ -134,7 +134,7 @@ async fn read_records(data: &std::path::Path, rid: &str, epoch: u64, locs: &[(u6
     let mut files: HashMap<(usize, u64), Option<Rc<BufferedFile>>> = HashMap::new();
     let mut tasks = Vec::with_capacity(runs.len());
     for run in &runs {
-        let l = run[0].1;
+        let l = run[0].2;
         let file = match files.get(&(l.dir(), l.seg())) {
             Some(f) => f.clone(),
             None => {
@@ -144,11 +144,11 @@ async fn read_records(data: &std::path::Path, rid: &str, epoch: u64, locs: &[(u6
                 f
             }
         };
-        let want: Vec<(u64, u64)> = run.iter().map(|(seq, l)| (*seq, l.off())).collect();
+        let want: Vec<(u64, u64, u64)> = run.iter().map(|(epoch, seq, l)| (*epoch, *seq, l.off())).collect();
         let rid = rid.to_owned();
         tasks.push(glommio::spawn_local(async move {
             match file {
-                Some(f) => read_run(&f, &rid, epoch, &want).await,
+                Some(f) => read_run(&f, &rid, &want).await,
                 None => Vec::new(),
             }
         }));
@@ -166,14 +166,14 @@ async fn read_records(data: &std::path::Path, rid: &str, epoch: u64, locs: &[(u6
     (out, missing)
 }
 
-/// Reads one run of records of a segment (`(seq, offset)`, ascending) with
-/// one read, and any record longer than the read with one more each.
-async fn read_run(f: &BufferedFile, rid: &str, epoch: u64, want: &[(u64, u64)]) -> Vec<Bytes> {
-    let base = want[0].1;
-    let len = want[want.len() - 1].1 - base + GUESS;
+/// Reads one run of records of a segment (`(epoch, seq, offset)`, ascending)
+/// with one read, and any record longer than the read with one more each.
+async fn read_run(f: &BufferedFile, rid: &str, want: &[(u64, u64, u64)]) -> Vec<Bytes> {
+    let base = want[0].2;
+    let len = want[want.len() - 1].2 - base + GUESS;
     let Ok(buf) = f.read_at(base, len as usize).await else { return Vec::new() };
     let mut out = Vec::with_capacity(want.len());
-    for &(seq, off) in want {
+    for &(epoch, seq, off) in want {
         let at = (off - base) as usize;
         let found = match buf.get(at..).map(record::decode) {
             Some(Decoded::Record(r, _)) => Some(r),

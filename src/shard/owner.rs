@@ -199,9 +199,10 @@ impl Owner {
                 };
                 out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
             }
-            Request::GetHistory { rid, conn, since, before, limit } => {
+            Request::GetHistory { rid, conn, since, before, epoch, limit } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
-                if let Some((_, epoch, msgs)) = self.plan_history(&rid, since, before, limit, ReadReply::Conn(conn)) {
+                let reply = ReadReply::Conn(conn);
+                if let Some((_, epoch, msgs)) = self.plan_history(&rid, since, before, epoch, limit, reply) {
                     let frame = protocol::encode_history(&rid, epoch, msgs.iter().map(|b| &b[..]));
                     out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
                 }
@@ -522,7 +523,7 @@ impl Owner {
             ApiQuery::History { rid, since, limit, reply } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
                 if let Some((ReadReply::Api(reply), epoch, msgs)) =
-                    self.plan_history(&rid, since, None, limit, ReadReply::Api(reply))
+                    self.plan_history(&rid, since, None, None, limit, ReadReply::Api(reply))
                 {
                     let _ = reply.send(Some((epoch, msgs)));
                 }

@@ -39,8 +39,8 @@ pub(crate) enum ReadReply {
 pub(crate) struct DiskRead {
     pub(crate) rid: Id,
     pub(crate) epoch: u64,
-    /// (seq, place) of the stored messages to read, oldest first.
-    pub(crate) locs: Vec<(u64, Loc)>,
+    /// (epoch, seq, place) of the stored messages to read, oldest first.
+    pub(crate) locs: Vec<(u64, u64, Loc)>,
     /// The messages after them, from memory.
     pub(crate) tail: Vec<Bytes>,
     pub(crate) reply: ReadReply,
@@ -48,6 +48,32 @@ pub(crate) struct DiskRead {
     /// oldest messages; else its newest (see [`fit`]).
     pub(crate) forward: bool,
     pub(crate) budget: usize,
+}
+
+/// The places of the newest `limit` messages of `older` (epochs newest
+/// first), before seq `before` in the first when it is epoch `first`;
+/// appended to `out` oldest first.
+fn back_through<'a>(
+    older: impl Iterator<Item = &'a RoomIndex>,
+    first: u64,
+    before: Option<u64>,
+    limit: usize,
+    out: &mut Vec<(u64, u64, Loc)>,
+) {
+    let mut left = limit;
+    let mut pages = Vec::new();
+    for (i, ix) in older.enumerate() {
+        if left == 0 {
+            break;
+        }
+        let b = before.filter(|_| i == 0 && ix.epoch == first);
+        let w = history_window(None, b, left, ix.first(), ix.top);
+        left -= (w.end - w.start) as usize;
+        pages.push((w.start..w.end).filter_map(|s| ix.get(s).map(|l| (ix.epoch, s, l))).collect::<Vec<_>>());
+    }
+    for p in pages.into_iter().rev() {
+        out.extend(p);
+    }
 }
 
 /// Trims a history answer to `budget` bytes of messages, so that a reply
@@ -98,6 +124,10 @@ pub(crate) struct LogStore {
     /// The message the last request journalled: its deliveries are held
     /// with it, so that a write that fails can refuse it.
     last: Option<RecordTag>,
+    /// Places of rooms' messages of older epochs, oldest epoch first: a
+    /// room that started a new epoch (damage, a reboot, a clustered
+    /// restart) still serves what is on disk of its older ones.
+    older: HashMap<Id, Vec<RoomIndex>>,
 }
 
 impl LogStore {
@@ -112,6 +142,7 @@ impl LogStore {
             evicted_order: VecDeque::new(),
             max_evicted,
             last: None,
+            older: HashMap::new(),
         }
     }
 
@@ -120,10 +151,22 @@ impl LogStore {
     /// prove it has every message it broadcast in it (or the room is marked
     /// damaged): then it is not kept, and starts a new epoch when used.
     fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool, in_memory: &HashMap<Id, Room>) {
-        if new_epoch {
-            return;
-        }
-        let mut rooms: Vec<_> = rooms.into_iter().filter(|(_, st)| !st.damaged).collect();
+        // A room that starts a new epoch keeps its older epochs' places
+        // (and its last epoch's): what is on disk of them stays readable.
+        let mut rooms: Vec<_> = rooms
+            .into_iter()
+            .filter_map(|(rid, mut st)| {
+                let fresh = new_epoch || st.damaged;
+                let mut older = std::mem::take(&mut st.older);
+                if fresh {
+                    crate::store::recovery::keep_older(&mut older, std::mem::take(&mut st.index));
+                }
+                if !older.is_empty() {
+                    self.older.insert(rid.clone(), older);
+                }
+                (!fresh).then_some((rid, st))
+            })
+            .collect();
         // Oldest first (by the place of the newest message), so that a cap
         // forgets the rooms used longest ago.
         rooms.sort_by_key(|(_, st)| st.index.last().map(|l| (l.seg(), l.off())));
@@ -146,6 +189,7 @@ impl LogStore {
             let Some(rid) = self.evicted_order.pop_front() else { break };
             if !rooms.contains_key(&rid) && self.disk.remove(&rid).is_some() {
                 self.evicted -= 1;
+                self.older.remove(&rid);
             }
         }
         if self.evicted_order.len() > 2 * self.evicted + 1024 {
@@ -182,6 +226,10 @@ impl LogStore {
     /// places go, and an evicted room with nothing left on disk is forgotten
     /// (used again, it starts a new epoch).
     fn on_segments_deleted(&mut self, dir: usize, seg: u64, rooms: &HashMap<Id, Room>) {
+        self.older.retain(|_, v| {
+            v.retain_mut(|ix| ix.drop_segments(dir, seg));
+            !v.is_empty()
+        });
         let evicted = &mut self.evicted;
         self.disk.retain(|rid, ix| {
             let keep = ix.drop_segments(dir, seg) || rooms.contains_key(rid);
@@ -211,28 +259,67 @@ impl RoomStore for LogStore {
     }
 
     /// From memory when memory holds the whole window; else a [`DiskRead`]
-    /// for the shard's history reader.
+    /// for the shard's history reader. Paging back past the first message
+    /// of the room's epoch goes on into its older epochs still on disk.
     fn plan_history(&mut self, q: HistoryQuery<'_>, room: Option<&Room>) -> Option<(ReadReply, u64, Vec<Bytes>)> {
-        let HistoryQuery { rid, since, before, limit, reply, budget, node_epoch } = q;
+        let HistoryQuery { rid, since, before, before_epoch, limit, reply, budget, node_epoch } = q;
         let ix = self.disk.get(rid);
+        let older = self.older.get(rid);
         let (epoch, top, mem_low) = match (room, ix) {
             (Some(r), _) => (r.epoch(), r.seq(), r.memory_low()),
             (None, Some(ix)) => (ix.epoch, ix.top, ix.top + 1),
+            (None, None) if older.is_some() => (node_epoch, 0, 1),
             (None, None) => return Some((reply, node_epoch, Vec::new())),
         };
+        let forward = since.is_some();
+        // A page back from a message of an older epoch.
+        if let Some(e) = before_epoch.filter(|e| *e != epoch) {
+            let mut locs = Vec::new();
+            if let Some(older) = older {
+                back_through(older.iter().rev().filter(|o| o.epoch <= e), e, before, limit, &mut locs);
+            }
+            if locs.is_empty() {
+                return Some((reply, epoch, Vec::new()));
+            }
+            self.reads.push(DiskRead {
+                rid: rid.clone(),
+                epoch,
+                locs,
+                tail: Vec::new(),
+                reply,
+                forward: false,
+                budget,
+            });
+            return None;
+        }
         // The disk reaches further back when its run of this epoch joins
-        // what memory holds (a run that stops short is a failed write's gap).
+        // what memory holds.
         let ix = ix.filter(|ix| ix.epoch == epoch && !ix.is_empty() && ix.end() >= mem_low);
         let lowest = ix.map_or(mem_low, |ix| ix.first().min(mem_low));
         let w = history_window(since, before, limit, lowest, top);
         let split = w.end.min(mem_low).max(w.start);
         let mut tail: Vec<Bytes> = room.map(|r| r.history_range(split..w.end).cloned().collect()).unwrap_or_default();
-        let forward = since.is_some();
-        let Some(ix) = ix.filter(|_| split > w.start) else {
+        let mut locs: Vec<(u64, u64, Loc)> = match ix.filter(|_| split > w.start) {
+            Some(ix) => (w.start..split).filter_map(|s| ix.get(s).map(|l| (epoch, s, l))).collect(),
+            None => Vec::new(),
+        };
+        // Back to the epoch's first reachable message with room left on the
+        // page: the rest comes from the older epochs.
+        let taken = (w.end - w.start) as usize;
+        if !forward
+            && taken < limit
+            && w.start <= lowest
+            && let Some(older) = older
+        {
+            let mut back = Vec::new();
+            back_through(older.iter().rev(), u64::MAX, None, limit - taken, &mut back);
+            back.extend(locs);
+            locs = back;
+        }
+        if locs.is_empty() {
             fit(&mut tail, forward, budget);
             return Some((reply, epoch, tail));
-        };
-        let locs = (w.start..split).filter_map(|s| ix.get(s).map(|l| (s, l))).collect();
+        }
         self.reads.push(DiskRead { rid: rid.clone(), epoch, locs, tail, reply, forward, budget });
         None
     }
@@ -246,7 +333,10 @@ impl RoomStore for LogStore {
         }
         let ix = self.disk.entry(rid.clone()).or_insert_with(|| RoomIndex::new(room.epoch(), room.seq()));
         if ix.epoch != room.epoch() {
-            *ix = RoomIndex::new(room.epoch(), room.seq());
+            let prev = std::mem::replace(ix, RoomIndex::new(room.epoch(), room.seq()));
+            if !prev.is_empty() {
+                crate::store::recovery::keep_older(self.older.entry(rid.clone()).or_default(), prev);
+            }
         }
         ix.top = ix.top.max(room.seq());
         self.evicted += 1;
@@ -257,6 +347,7 @@ impl RoomStore for LogStore {
 
     /// Forgets the index of rooms given to another node.
     fn view_changed(&mut self, keep: &dyn Fn(&Id) -> bool, rooms: &HashMap<Id, Room>) -> Vec<crate::msg::Request> {
+        self.older.retain(|rid, _| keep(rid));
         let evicted = &mut self.evicted;
         self.disk.retain(|rid, _| {
             let kept = keep(rid);
@@ -392,11 +483,12 @@ impl Owner {
         rid: &Id,
         since: Option<u64>,
         before: Option<u64>,
+        before_epoch: Option<u64>,
         limit: usize,
         reply: ReadReply,
     ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
         let (budget, node_epoch) = (self.reply_budget, self.node_epoch);
-        let q = HistoryQuery { rid, since, before, limit, reply, budget, node_epoch };
+        let q = HistoryQuery { rid, since, before, before_epoch, limit, reply, budget, node_epoch };
         self.store.plan_history(q, self.rooms.get(rid))
     }
 

@@ -247,7 +247,14 @@ impl RoomStore for SharedStore {
 
     /// From memory when it holds the whole window, else from the store.
     fn plan_history(&mut self, q: HistoryQuery<'_>, room: Option<&Room>) -> Option<(ReadReply, u64, Vec<Bytes>)> {
-        let HistoryQuery { rid, since, before, limit, reply, budget, .. } = q;
+        let HistoryQuery { rid, since, before, before_epoch, limit, reply, budget, .. } = q;
+        // The store holds the room's current epoch only: an older one it
+        // lost (that is why the room started a new one) has nothing to give.
+        if let (Some(e), Some(room)) = (before_epoch, room)
+            && e != room.epoch()
+        {
+            return Some((reply, room.epoch(), Vec::new()));
+        }
         if let Some(room) = room.filter(|_| !self.claims.contains_key(rid)) {
             // Only what the store acknowledged: a message still on its way
             // there is not history yet (it may be refused).

@@ -248,7 +248,7 @@ fn history_from_memory_holds_only_what_the_store_acknowledged() {
     let mut o = owner();
     let c = claimed(&mut o);
     let ask = |o: &mut Owner| {
-        o.plan_history(&id("r"), None, None, 10, ReadReply::Conn(conn(1))).map(|(_, e, m)| (e, m.len()))
+        o.plan_history(&id("r"), None, None, None, 10, ReadReply::Conn(conn(1))).map(|(_, e, m)| (e, m.len()))
     };
     assert_eq!(ask(&mut o), Some((55, 0)), "seq 1 is not stored yet");
     o.on_stored(&id("r"), c.token, 1);

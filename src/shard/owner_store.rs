@@ -37,6 +37,8 @@ pub(crate) struct HistoryQuery<'a> {
     pub(crate) rid: &'a Id,
     pub(crate) since: Option<u64>,
     pub(crate) before: Option<u64>,
+    /// The epoch `before` is in (None: the current one).
+    pub(crate) before_epoch: Option<u64>,
     pub(crate) limit: usize,
     pub(crate) reply: ReadReply,
     /// Bytes of messages the answer may carry.

@@ -95,7 +95,7 @@ fn a_message_is_numbered_stored_and_sent_once_per_destination() {
     // History holds the message as members received it.
     out.clear();
     o.handle(
-        Request::GetHistory { rid: id("r"), conn: conn(0, 1, 4), since: None, before: None, limit: None },
+        Request::GetHistory { rid: id("r"), conn: conn(0, 1, 4), since: None, before: None, epoch: None, limit: None },
         0,
         &mut out,
     );
@@ -152,7 +152,7 @@ fn rooms_that_never_had_a_message_are_forgotten_when_they_empty() {
     out.clear();
     join(&mut o, conn(0, 0, 2), "b");
     o.handle(
-        Request::GetHistory { rid: id("r"), conn: conn(0, 0, 2), since: None, before: None, limit: None },
+        Request::GetHistory { rid: id("r"), conn: conn(0, 0, 2), since: None, before: None, epoch: None, limit: None },
         0,
         &mut out,
     );
@@ -200,11 +200,11 @@ fn an_empty_room_is_evicted_and_comes_back_from_its_index() {
     assert_eq!((o.rooms_held(), o.evicted_rooms()), (0, 1));
 
     // Evicted: history comes from disk alone.
-    assert!(o.plan_history(&id("r"), None, None, 3, ReadReply::Conn(conn(0, 0, 9))).is_none());
+    assert!(o.plan_history(&id("r"), None, None, None, 3, ReadReply::Conn(conn(0, 0, 9))).is_none());
     let r = o.take_reads().pop().unwrap();
-    assert_eq!(r.locs.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(r.locs.iter().map(|(_, s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
     assert!(r.tail.is_empty());
-    assert_eq!((r.epoch, r.locs[0].1.off()), (7, 100 + batch.marks[2].off));
+    assert_eq!((r.epoch, r.locs[0].2.off()), (7, 100 + batch.marks[2].off));
 
     // Back: same epoch, next seq; memory holds the new message, the disk the rest.
     out.clear();
@@ -212,12 +212,12 @@ fn an_empty_room_is_evicted_and_comes_back_from_its_index() {
     o.handle(publish(conn(0, 0, 2), "b", "m5", None), 2000, &mut out);
     let Some(Out { msg: Delivery::Deliver { frame, .. }, .. }) = out.last() else { panic!("{out:?}") };
     assert!(text(frame).contains(r#""seq":6,"epoch":7"#), "{}", text(frame));
-    assert!(o.plan_history(&id("r"), Some(2), None, 10, ReadReply::Conn(conn(0, 0, 9))).is_none());
+    assert!(o.plan_history(&id("r"), Some(2), None, None, 10, ReadReply::Conn(conn(0, 0, 9))).is_none());
     let r = o.take_reads().pop().unwrap();
-    assert_eq!(r.locs.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(r.locs.iter().map(|(_, s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
     assert_eq!(r.tail.len(), 1, "seq 6 from memory");
     // Within memory: answered at once.
-    assert!(o.plan_history(&id("r"), Some(5), None, 10, ReadReply::Conn(conn(0, 0, 9))).is_some());
+    assert!(o.plan_history(&id("r"), Some(5), None, None, 10, ReadReply::Conn(conn(0, 0, 9))).is_some());
 
     // Retention deletes the segment: an evicted room with nothing left on
     // disk is forgotten (used again, it starts a new epoch).
@@ -316,7 +316,7 @@ fn history_answers_fit_the_reply_budget() {
     for k in 0..5 {
         o.handle(publish(conn(0, 0, 1), "a", &format!("m{k}"), None), 0, &mut out);
     }
-    let (_, _, msgs) = o.plan_history(&id("r"), None, None, 100, ReadReply::Conn(conn(0, 0, 1))).unwrap();
+    let (_, _, msgs) = o.plan_history(&id("r"), None, None, None, 100, ReadReply::Conn(conn(0, 0, 1))).unwrap();
     assert_eq!(msgs.len(), 1, "each stored message is longer than 12 bytes");
     assert!(std::str::from_utf8(&msgs[0]).unwrap().contains("m4"), "the newest");
 }

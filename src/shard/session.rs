@@ -209,9 +209,9 @@ impl Session {
                 self.member_check(&rid)?;
                 emit(Request::GetOnline { rid, conn: me, after, limit });
             }
-            Command::GetHistory { rid, since, before, limit } => {
+            Command::GetHistory { rid, since, before, epoch, limit } => {
                 self.member_check(&rid)?;
-                emit(Request::GetHistory { rid, conn: me, since, before, limit });
+                emit(Request::GetHistory { rid, conn: me, since, before, epoch, limit });
             }
         }
         Ok(None)

@@ -45,6 +45,10 @@ pub struct RoomState {
     pub seq: u64,
     /// Where its newest stored messages of that epoch are.
     pub index: RoomIndex,
+    /// The places of its messages of older epochs still on disk, oldest
+    /// epoch first (at most [`OLDER_EPOCHS`]): history reaches back into
+    /// them across each epoch change.
+    pub older: Vec<RoomIndex>,
     /// Acknowledged records of the room may be missing (damage or a
     /// missing segment after its newest record): it must start a new epoch.
     pub damaged: bool,
@@ -143,6 +147,9 @@ pub fn recover(data: &Path, history: usize, sync_before: bool) -> Result<Recover
     out.report.elapsed = t0.elapsed();
     Ok(out)
 }
+
+/// Older epochs of a room whose places are kept (the newest of them).
+pub const OLDER_EPOCHS: usize = 4;
 
 /// The file in a shard directory naming its newest segment, written at
 /// every roll: a newest segment that disappeared is noticed.
@@ -319,6 +326,19 @@ fn replay(
     }
 }
 
+/// Adds an older epoch's index, keeping them in epoch order and at most
+/// [`OLDER_EPOCHS`] (the newest).
+pub fn keep_older(older: &mut Vec<RoomIndex>, ix: RoomIndex) {
+    if ix.is_empty() {
+        return;
+    }
+    let at = older.partition_point(|o| o.epoch < ix.epoch);
+    older.insert(at, ix);
+    if older.len() > OLDER_EPOCHS {
+        older.remove(0);
+    }
+}
+
 /// One record of room `rid` found at `pos` of directory `dir`.
 #[allow(clippy::too_many_arguments)]
 fn note_record(
@@ -340,7 +360,26 @@ fn note_record(
         room.seq = seq;
     }
     room.dirs |= 1u64 << dir.min(63);
-    room.index.push(epoch, seq, Loc::new(dir, pos.0, pos.1), history);
+    let loc = Loc::new(dir, pos.0, pos.1);
+    if epoch >= room.index.epoch {
+        if epoch > room.index.epoch && !room.index.is_empty() {
+            // A newer epoch: the one indexed so far becomes an older one.
+            let prev = std::mem::replace(&mut room.index, RoomIndex::new(epoch, 0));
+            keep_older(&mut room.older, prev);
+        }
+        room.index.push(epoch, seq, loc, history);
+    } else {
+        // A record of an older epoch, found after a newer one (directories
+        // merged in any order).
+        match room.older.iter_mut().find(|ix| ix.epoch == epoch) {
+            Some(ix) => ix.push(epoch, seq, loc, history),
+            None => {
+                let mut ix = RoomIndex::new(epoch, 0);
+                ix.push(epoch, seq, loc, history);
+                keep_older(&mut room.older, ix);
+            }
+        }
+    }
     match rooms_last.get_mut(rid) {
         Some(p) => *p = (*p).max(pos),
         None => {
