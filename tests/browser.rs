@@ -1583,13 +1583,7 @@ fn the_page_reaches_back_into_an_older_epoch() {
     let data = server.own_data.take().expect("the server's own data directory");
     drop(server);
     // As if the machine had rebooted: the room starts a new epoch.
-    let state = data.join("state");
-    let text: String = std::fs::read_to_string(&state)
-        .unwrap()
-        .lines()
-        .map(|l| if l.starts_with("boot=") { "boot=another-boot\n".to_owned() } else { format!("{l}\n") })
-        .collect();
-    std::fs::write(&state, text).unwrap();
+    crate::common::pretend_reboot(&data);
     let server = Server::start(&["--rate-limit", "0", "--shards", "1", "--data-dir", data.to_str().unwrap()]);
     let mut carl = client(&server);
     carl.login("Carl", "ep", Some("carl"));

@@ -294,13 +294,7 @@ fn after_a_reboot_a_written_mode_log_gives_its_rooms_a_new_epoch() {
     server.signal(9);
     let _ = server.child.wait();
     // As if the machine had rebooted: the unsynced tail may have been lost.
-    let state = dir.join("state");
-    let text = std::fs::read_to_string(&state).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| if l.starts_with("boot=") { "boot=another-boot\n".to_owned() } else { format!("{l}\n") })
-        .collect();
-    std::fs::write(&state, text).unwrap();
+    crate::common::pretend_reboot(&dir);
     let server = start(&dir, "127.0.0.1:0", &[]);
     let mut c = server.client();
     c.login("c", "boot", Some("c"));

@@ -36,17 +36,7 @@ fn kill(s: &mut Server) {
 /// Sends `msg` on an echo connection: Ok((epoch, seq)) once it comes back,
 /// or Err(errMsg) when refused.
 fn send(c: &mut Client, rid: &str, msg: &str) -> Result<(u64, u64), String> {
-    c.say(rid, msg);
-    loop {
-        let v = c.recv();
-        match v["cmd"].as_str() {
-            Some("message") if v["msg"] == msg => {
-                return Ok((v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap()));
-            }
-            Some("error") => return Err(v["errMsg"].as_str().unwrap_or("").to_owned()),
-            _ => {}
-        }
-    }
+    c.say_acked(rid, msg)
 }
 
 fn echo_client(s: &Server, rid: &str, uid: &str) -> Client {
@@ -217,14 +207,7 @@ fn a_full_disk_refuses_what_it_cannot_write_and_never_renumbers_what_was_acknowl
     assert_eq!(s.metric("cchat_log_disk_full"), 1.0);
     assert!(s.metric("cchat_log_refused_total") >= 1.0);
     // Bob got exactly the acknowledged messages: nothing refused reached him.
-    let mut got = Vec::new();
-    bob.ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    while let Ok(tungstenite::Message::Text(t)) = bob.ws.read() {
-        let v: Value = serde_json::from_str(&t).unwrap();
-        if v["cmd"] == "message" {
-            got.push(v["msg"].as_str().unwrap().to_owned());
-        }
-    }
+    let got = bob.drain_texts(Duration::from_millis(500));
     assert_eq!(got, acked.iter().map(|a| a.2.clone()).collect::<Vec<_>>(), "bob got what was acknowledged, only that");
     // Space comes back: the log writes again.
     disk.free(Some(&s));
@@ -554,14 +537,7 @@ fn a_failed_fsync_in_sync_mode_acknowledges_nothing_it_did_not_sync() {
         }
     }
     assert!(s.metric("cchat_log_refused_total") >= 1.0);
-    let mut got = Vec::new();
-    bob.ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    while let Ok(tungstenite::Message::Text(t)) = bob.ws.read() {
-        let v: Value = serde_json::from_str(&t).unwrap();
-        if v["cmd"] == "message" {
-            got.push(v["msg"].as_str().unwrap().to_owned());
-        }
-    }
+    let got = bob.drain_texts(Duration::from_millis(500));
     assert_eq!(got, acked.iter().map(|a| a.2.clone()).collect::<Vec<_>>(), "bob got what was acknowledged, only that");
     kill(&mut s);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -591,13 +567,7 @@ fn history_pages_back_across_an_epoch_change() {
     let old = traffic(&s, &["x"], 10, "old")["x"].clone();
     kill(&mut s);
     // As if the machine had rebooted: every room starts a new epoch.
-    let state = dir.join("state");
-    let text: String = std::fs::read_to_string(&state)
-        .unwrap()
-        .lines()
-        .map(|l| if l.starts_with("boot=") { "boot=another-boot\n".to_owned() } else { format!("{l}\n") })
-        .collect();
-    std::fs::write(&state, text).unwrap();
+    crate::common::pretend_reboot(&dir);
     let (s, _) = start(&dir, "epochs-after", &["--shards", "1"]);
     let new = traffic(&s, &["x"], 3, "new")["x"].clone();
     let (e1, e2) = (old[0].0, new[0].0);

@@ -158,6 +158,23 @@ fn admin_metric(admin: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A TLS server for the handshake attacks: a certificate in a fresh
+/// directory, an admin listener for its metrics, and `extra` flags. Returns
+/// the directory, the certificate, the admin address and the server.
+fn attacked(name: &str, extra: &[&str], fd_limit: Option<u64>) -> (PathBuf, PathBuf, String, Server) {
+    let dir = cert_dir(name);
+    make_cert(&dir, "first");
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let admin = format!("127.0.0.1:{}", crate::common::free_port());
+    let mut args = vec!["--admin-listen", &admin, "--tls-cert", c.to_str().unwrap(), "--tls-key", k.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let server = match fd_limit {
+        None => Server::start(&args),
+        Some(n) => Server::start_with_fd_limit(&args, n, &dir.join("server.log")),
+    };
+    (dir, c, admin, server)
+}
+
 /// The first bytes of a TLS ClientHello: a handshake record of 512 bytes
 /// whose body never comes, or comes a byte at a time.
 const HELLO_START: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
@@ -167,20 +184,7 @@ const HELLO_START: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0x
 /// at the timeout however busy the dribbler keeps it.
 #[test]
 fn a_client_hello_dribbled_a_byte_at_a_time_is_closed_at_the_handshake_timeout() {
-    let dir = cert_dir("dribble");
-    make_cert(&dir, "first");
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let admin = format!("127.0.0.1:{}", crate::common::free_port());
-    let server = Server::start(&[
-        "--handshake-timeout",
-        "1",
-        "--admin-listen",
-        &admin,
-        "--tls-cert",
-        c.to_str().unwrap(),
-        "--tls-key",
-        k.to_str().unwrap(),
-    ]);
+    let (dir, _, admin, server) = attacked("dribble", &["--handshake-timeout", "1"], None);
     let mut s = std::net::TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
     let t0 = std::time::Instant::now();
@@ -219,20 +223,7 @@ fn a_client_hello_dribbled_a_byte_at_a_time_is_closed_at_the_handshake_timeout()
 /// past it, a new socket is closed at once.
 #[test]
 fn sockets_in_the_tls_handshake_count_toward_the_per_address_limit() {
-    let dir = cert_dir("perip");
-    make_cert(&dir, "first");
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let admin = format!("127.0.0.1:{}", crate::common::free_port());
-    let server = Server::start(&[
-        "--max-connections-per-ip",
-        "5",
-        "--admin-listen",
-        &admin,
-        "--tls-cert",
-        c.to_str().unwrap(),
-        "--tls-key",
-        k.to_str().unwrap(),
-    ]);
+    let (dir, c, admin, server) = attacked("perip", &["--max-connections-per-ip", "5"], None);
     let mut held = Vec::new();
     for _ in 0..12 {
         let mut s = std::net::TcpStream::connect(server.addr).unwrap();
@@ -270,29 +261,9 @@ fn sockets_in_the_tls_handshake_count_toward_the_per_address_limit() {
 /// sheds them, oldest first, and a genuine wss client still logs in.
 #[test]
 fn descriptors_taken_by_tls_handshakes_are_shed_for_a_genuine_client() {
-    let dir = cert_dir("emfile");
-    make_cert(&dir, "first");
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let admin = format!("127.0.0.1:{}", crate::common::free_port());
+    let extra = ["--shards", "1", "--durability", "memory", "--handshake-timeout", "60"];
+    let (dir, c, admin, server) = attacked("emfile", &extra, Some(40));
     let log = dir.join("server.log");
-    let server = Server::start_with_fd_limit(
-        &[
-            "--shards",
-            "1",
-            "--durability",
-            "memory",
-            "--handshake-timeout",
-            "60",
-            "--admin-listen",
-            &admin,
-            "--tls-cert",
-            c.to_str().unwrap(),
-            "--tls-key",
-            k.to_str().unwrap(),
-        ],
-        40,
-        &log,
-    );
     // Stuck handshakes until an accept fails for want of a descriptor.
     let mut stuck = Vec::new();
     let t0 = std::time::Instant::now();

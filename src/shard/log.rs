@@ -36,7 +36,14 @@ fn refused_runs(marks: &[crate::store::Mark]) -> Vec<Refused> {
             continue;
         }
         last_of.insert(&m.rid, runs.len());
-        runs.push(Refused { rid: m.rid.clone(), token: m.token, first: m.seq, last: m.seq, why: Refusal::LogWrite });
+        runs.push(Refused {
+            rid: m.rid.clone(),
+            token: m.token,
+            first: m.seq,
+            last: m.seq,
+            why: Refusal::LogWrite,
+            store_top: None,
+        });
     }
     runs
 }

@@ -166,12 +166,25 @@ impl SharedStore {
         &mut self,
         rooms: &mut HashMap<Id, Room>,
         store_down: &mut (u64, &'static str),
-        refused: &Refused,
+        refused: &mut Refused,
         now_ms: u64,
     ) {
-        let Some(room) = rooms.get_mut(&refused.rid).filter(|room| room.token() == refused.token) else {
+        let Some(room) = rooms.get_mut(&refused.rid) else { return };
+        if refused.why == Refusal::Gap && refused.store_top.is_some_and(|top| top >= room.acked()) {
+            // The store has every acknowledged message: the gap is only the
+            // messages refused before these (a round lost while the store
+            // was away). Nothing was lost; say so, and carry on in the
+            // same epoch from the store's top.
+            refused.why = Refusal::Unavailable;
+            if room.token() == refused.token {
+                room.set_claim(0);
+                self.claims.insert(refused.rid.clone(), Claim::Needed { fresh: false });
+            }
+            return;
+        }
+        if room.token() != refused.token {
             return; // an older claim's messages: already dealt with
-        };
+        }
         room.set_claim(0);
         let claim = match refused.why {
             Refusal::Fenced => Claim::GivenUp { until: now_ms + GIVE_UP_MS },
@@ -350,7 +363,7 @@ impl Owner {
     }
 
     /// The store refused messages (see [`SharedStore`]).
-    pub(crate) fn on_refused(&mut self, refused: &Refused, now_ms: u64) {
+    pub(crate) fn on_refused(&mut self, refused: &mut Refused, now_ms: u64) {
         if let Some(s) = self.store.as_any_mut().downcast_mut::<SharedStore>() {
             s.on_refused(&mut self.rooms, &mut self.store_down, refused, now_ms);
         }

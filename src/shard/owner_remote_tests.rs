@@ -103,7 +103,7 @@ fn messages_wait_for_the_claim_and_continue_the_stores_sequence() {
 }
 
 fn refuse(o: &mut Owner, token: u64, why: Refusal, now: u64) {
-    o.on_refused(&Refused { rid: id("r"), token, first: 1, last: 1, why }, now);
+    o.on_refused(&mut Refused { rid: id("r"), token, first: 1, last: 1, why, store_top: None }, now);
 }
 
 #[test]

@@ -113,7 +113,7 @@ impl Shard {
 
     fn on_store_event(&self, ev: Event) {
         match ev {
-            Event::Appended { end, stored, refused } => {
+            Event::Appended { end, stored, mut refused } => {
                 if let Some(l) = self.remote.borrow_mut().as_mut() {
                     l.in_flight = false;
                 }
@@ -125,7 +125,7 @@ impl Shard {
                     for (rid, token, seq) in &stored {
                         owner.on_stored(rid, *token, *seq);
                     }
-                    for r in &refused {
+                    for r in &mut refused {
                         owner.on_refused(r, now);
                     }
                 }

@@ -127,6 +127,8 @@ pub struct Refused {
     pub last: u64,
     /// Why.
     pub why: Refusal,
+    /// On a gap: the top seq the store holds (what it has of the room).
+    pub store_top: Option<u64>,
 }
 
 /// What the store answers.

@@ -305,6 +305,7 @@ impl Worker {
                                 first: r.seq,
                                 last: run[run.len() - 1].seq,
                                 why: Refusal::Unavailable,
+                                store_top: None,
                             };
                             calls.push(Call::Append { refused, n: run.len() as u64 });
                         }
@@ -354,6 +355,10 @@ impl Worker {
                             }
                             Some(Value::Int(0)) => Refusal::Lost,
                             Some(Value::Int(-1)) => Refusal::Fenced,
+                            Some(Value::Array(v)) if v.first() == Some(&Value::Int(-2)) => {
+                                r.store_top = v.get(1).and_then(int);
+                                Refusal::Gap
+                            }
                             Some(Value::Int(-2)) => Refusal::Gap,
                             Some(Value::Int(-3)) => Refusal::Unavailable,
                             Some(v) if is_oom(&v) => Refusal::Full,

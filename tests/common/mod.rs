@@ -190,6 +190,18 @@ impl Drop for Server {
     }
 }
 
+/// Makes a data directory look as if the machine had rebooted since its
+/// last run (another boot id in its state file).
+pub fn pretend_reboot(data: &std::path::Path) {
+    let state = data.join("state");
+    let text: String = std::fs::read_to_string(&state)
+        .unwrap()
+        .lines()
+        .map(|l| if l.starts_with("boot=") { "boot=another-boot\n".to_owned() } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(&state, text).unwrap();
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -409,6 +421,37 @@ impl Client {
         let ack = self.expect("login");
         assert_eq!(ack["rid"], rid);
         ack
+    }
+
+    /// Sends `msg` (the connection has `echo`): Ok((epoch, seq)) once it
+    /// comes back, Err(errMsg) when it is refused.
+    pub fn say_acked(&mut self, rid: &str, msg: &str) -> Result<(u64, u64), String> {
+        self.say(rid, msg);
+        loop {
+            let v = self.recv();
+            match v["cmd"].as_str() {
+                Some("message") if v["msg"] == msg => {
+                    return Ok((v["epoch"].as_u64().unwrap(), v["seq"].as_u64().unwrap()));
+                }
+                Some("error") => return Err(v["errMsg"].as_str().unwrap_or("").to_owned()),
+                _ => {}
+            }
+        }
+    }
+
+    /// The texts of the room messages that arrive until `quiet` passes
+    /// without a frame.
+    pub fn drain_texts(&mut self, quiet: Duration) -> Vec<String> {
+        let mut got = Vec::new();
+        self.ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
+        while let Ok(Message::Text(t)) = self.ws.read() {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["cmd"] == "message" {
+                got.push(v["msg"].as_str().unwrap().to_owned());
+            }
+        }
+        self.ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
+        got
     }
 
     pub fn say(&mut self, rid: &str, msg: &str) {
