@@ -64,7 +64,7 @@ fn main() {
         .expect("bench");
     let rate = records as f64 / elapsed.as_secs_f64();
     let t0 = Instant::now();
-    let rec = cchat::store::recovery::recover(&data, 100).expect("recover");
+    let rec = cchat::store::recovery::recover(&data, 100, false).expect("recover");
     let recovery = t0.elapsed();
     assert_eq!(rec.report.records, records);
     let gib = rec.report.bytes as f64 / (1u64 << 30) as f64;
