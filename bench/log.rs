@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use cchat::store::Journal;
-use cchat::store::writer::{Log, LogConfig};
+use cchat::store::log::writer::{Log, LogConfig};
 
 fn main() {
     let records: u64 = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000_000);
@@ -64,7 +64,7 @@ fn main() {
         .expect("bench");
     let rate = records as f64 / elapsed.as_secs_f64();
     let t0 = Instant::now();
-    let rec = cchat::store::recovery::recover(&data, 100, false).expect("recover");
+    let rec = cchat::store::log::recovery::recover(&data, 100, false).expect("recover");
     let recovery = t0.elapsed();
     assert_eq!(rec.report.records, records);
     let gib = rec.report.bytes as f64 / (1u64 << 30) as f64;

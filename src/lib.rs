@@ -15,7 +15,7 @@
 //! Each room has an owner shard ([`placement`]) on an owner node
 //! ([`cluster`]); requests go to it and deliveries come from it ([`msg`]).
 //! The owner holds the room's roster and history and assigns `seq`
-//! ([`room`]), encodes every outgoing frame once ([`protocol`], [`json`],
+//! ([`owner`], [`owner::room`]), encodes every outgoing frame once ([`protocol`], [`json`],
 //! [`ws`]) and sends one delivery per shard (and node) with members; each
 //! shard queues the shared bytes on its sockets and writes each socket once
 //! per batch. Nodes are joined by the [`relay`].
@@ -33,7 +33,6 @@
 //! | [`placement`] | room → shard, hashing | no |
 //! | [`cluster`] | live nodes, room → owner node | no |
 //! | [`msg`] | what crosses shards and nodes: requests, deliveries | no |
-//! | [`room`] | owner-side room: roster, seq, history | no |
 //! | [`ratelimit`] | token bucket | no |
 //! | [`throttle`] | refusal log lines, at most one a second per class | no |
 //! | [`perip`] | per-address connection limits | no |
@@ -42,12 +41,14 @@
 //! | [`config`] | flags, TOML file, defaults (listed once) | file |
 //! | [`metrics`] | counters and the Prometheus writer | no |
 //! | [`node`] | state shared by a node's shards | no |
-//! | [`store`] | durable history: record codec, recovery (pure parts), the log writer; `redis`: the shared store's thread and scripts | files, Redis |
+//! | [`store`] | durable history: `log` (record codec, recovery, indexes, the writer) and `redis` (the shared store's thread and scripts) | files, Redis |
+//! | [`session`] | a connection's identity, rooms, limits, outbound queue: command → requests | no |
+//! | [`owner`] | the rooms a shard owns: request → deliveries; `room`, and the store interface with its `log` and `redis` sides | no |
 //! | [`http`] | upgrade request, routes `/`, `/healthz`, `/metrics` | no |
 //! | [`procfs`] | CPU times of a process and of the machine | /proc |
 //! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |
 //! | [`relay`] | links between nodes: `codec`, `handshake`, `secure` (pure), `link`, `dial` | yes |
-//! | [`shard`] | a shard: sessions, owned rooms, queues, writes, timers (see its map) | yes |
+//! | [`shard`] | a shard's I/O shell: connections, routing, writes, the log and redis tasks, timers (see its map) | yes |
 //! | `conn` (private) | one connection's task: bytes in, frames out | yes |
 //! | `admin` (private) | the admin listener: `/metrics`, `/healthz`, the server API (answers for the whole cluster) | yes |
 //! | [`server`] | start shards, signals, shutdown | yes |
@@ -63,6 +64,7 @@ pub mod json;
 pub mod metrics;
 pub mod msg;
 pub mod node;
+pub mod owner;
 pub mod perip;
 pub mod pinning;
 pub mod placement;
@@ -70,8 +72,8 @@ pub mod procfs;
 pub mod protocol;
 pub mod ratelimit;
 pub mod relay;
-pub mod room;
 pub mod server;
+pub mod session;
 pub mod shard;
 pub mod store;
 pub mod throttle;

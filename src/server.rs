@@ -20,8 +20,8 @@ use crate::node::Node;
 use crate::pinning::CorePin;
 use crate::placement::shard_for;
 use crate::shard::{Shard, TICK};
-use crate::store::recovery::{Report, Segment};
-use crate::store::writer::{Log, LogConfig};
+use crate::store::log::recovery::{Report, Segment};
+use crate::store::log::writer::{Log, LogConfig};
 use crate::store::{self, DataDir, Durability, RoomState};
 
 /// File descriptors kept back from the connection cap (listeners, io_uring,

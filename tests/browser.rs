@@ -1407,8 +1407,8 @@ fn on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown() {
 }
 
 fn messages_of_other_days_get_date_separators() {
-    use cchat::store::record;
-    use cchat::store::recovery::{segment_name, shard_dir};
+    use cchat::store::log::record;
+    use cchat::store::log::recovery::{segment_name, shard_dir};
     // A log left by an earlier run, written as the server writes it: three
     // messages three days ago and yesterday.
     let data = crate::common::temp_data_dir();

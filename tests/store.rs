@@ -580,11 +580,11 @@ mod window {
             for s in lowest..=top {
                 let _: () = redis::cmd("RPUSH").arg(&h).arg(s.to_string()).query(&mut con).unwrap();
             }
-            let script = redis::Script::new(include_str!("../src/store/lua/history.lua"));
+            let script = redis::Script::new(include_str!("../src/store/redis/lua/history.lua"));
             let opt = |v: Option<u64>| v.map(|s| s.to_string()).unwrap_or_default();
             let got: Vec<String> =
                 script.key(&m).key(&h).arg(opt(since)).arg(opt(before)).arg(limit).invoke(&mut con).unwrap();
-            let want = cchat::room::history_window(since, before, limit, lowest, top);
+            let want = cchat::owner::room::history_window(since, before, limit, lowest, top);
             let want: Vec<String> = want.map(|s| s.to_string()).collect();
             prop_assert_eq!(&got[..2], &["7".to_string(), top.to_string()][..]);
             prop_assert_eq!(&got[2..], &want[..]);

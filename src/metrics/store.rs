@@ -1,4 +1,4 @@
-//! Counters of the shared store's threads (`--store`, `store/redis.rs`).
+//! Counters of the shared store's threads (`--store`, `store/redis/`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

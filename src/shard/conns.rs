@@ -6,9 +6,9 @@ use std::task::Waker;
 
 use slab::Slab;
 
-use super::outbound::Outbound;
-use super::session::Session;
 use crate::msg::ConnRef;
+use crate::session::Session;
+use crate::session::outbound::Outbound;
 
 /// A connection as the shard sees it.
 #[derive(Debug)]

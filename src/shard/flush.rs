@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::Shard;
-use super::outbound::{Outbound, WRITE_CHUNK};
+use crate::session::outbound::{Outbound, WRITE_CHUNK};
 
 /// Writes a flush pass makes before it lets the shard's other runnable tasks
 /// go (64 writes take a few hundred microseconds).

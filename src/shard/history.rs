@@ -14,12 +14,12 @@ use glommio::io::{BufferedFile, OpenOptions};
 use tracing::warn;
 
 use super::Shard;
-use super::owner::{Dest, DiskRead, Out, ReadReply};
 use crate::msg::Delivery;
+use crate::owner::{Dest, DiskRead, Out, ReadReply};
 use crate::protocol::{self, ERR_INVALID, ProtoError};
 use crate::store::Loc;
-use crate::store::record::{self, Decoded, FRAME_LEN};
-use crate::store::recovery::{segment_name, shard_dir};
+use crate::store::log::record::{self, Decoded, FRAME_LEN};
+use crate::store::log::recovery::{segment_name, shard_dir};
 
 /// History answers allowed to wait for the disk per shard; past it a
 /// request is refused (try again) rather than queued without bound.
@@ -80,7 +80,7 @@ impl Shard {
     }
 
     /// Sends a history answer read from a store (the log or a shared one),
-    /// trimmed to `budget` bytes (see [`super::owner::fit`]).
+    /// trimmed to `budget` bytes (see [`crate::owner::fit`]).
     pub(super) fn answer_history(
         &self,
         rid: &str,
@@ -90,7 +90,7 @@ impl Shard {
         budget: usize,
         reply: ReadReply,
     ) {
-        super::owner::fit(&mut msgs, forward, budget);
+        crate::owner::fit(&mut msgs, forward, budget);
         match reply {
             ReadReply::Conn(conn) => {
                 let frame = protocol::encode_history(rid, epoch, msgs.iter().map(|b| &b[..]));

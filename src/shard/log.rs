@@ -12,13 +12,13 @@ use glommio::timer::Timer;
 use tracing::error;
 
 use super::Shard;
-use super::owner::{Dest, Out};
 use crate::msg::Delivery;
 use crate::node::unix_ms;
+use crate::owner::{Dest, Out};
 use crate::protocol::{ERR_INVALID, ProtoError};
 use crate::store::Durability;
+use crate::store::log::writer::Log;
 use crate::store::redis::{Refusal, Refused};
-use crate::store::writer::Log;
 
 static LOG_ERROR_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
 

@@ -18,20 +18,24 @@
 //!
 //! | file | part |
 //! |---|---|
+//! The shard is the I/O shell around two pure state machines that live in
+//! folders of their own: [`crate::session`] (a connection's identity, rooms,
+//! limits and outbound queue: command → requests) and [`crate::owner`] (the
+//! rooms this shard owns: request → deliveries, its store behind one
+//! interface with a `log` and a `redis` side).
+//!
+//! | file | part |
+//! |---|---|
 //! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries |
-//! | `session` | a connection's identity and rooms: command → requests (no I/O) |
-//! | `owner` | the rooms this shard owns: request → deliveries (no I/O); its store behind one interface (`owner_store`: `owner_disk` for the log, `owner_remote` for Redis) |
 //! | `conns` | the connection table |
-//! | `outbound` | a connection's queue and its writer state (no I/O) |
 //! | `api` | what the admin listener's server API asks of a shard |
 //! | `flush` | the write path |
 //! | `log` | holding what the owner sends until the store has its messages; the log writer task |
-//! | `remote` | the link to a shared store (`--store`): claims, appends, history reads |
+//! | `redis` | the link to the shared store (`--store`): claims, appends, history reads |
 //! | `cluster` | applying a change of the cluster's live nodes |
 //! | `mesh` | queues between shards, back-pressure, parked readers |
 //! | `sweep` | timers: pings, deadlines, pinning, shedding, shutdown |
 //! | `admission` | sockets still in their TLS/upgrade handshake (the first shed), logins' token budget |
-//! | `roomset` | the set of rooms one connection joined |
 
 mod admission;
 mod api;
@@ -41,11 +45,7 @@ mod flush;
 mod history;
 mod log;
 mod mesh;
-mod outbound;
-mod owner;
-mod remote;
-mod roomset;
-mod session;
+mod redis;
 mod sweep;
 mod tlsconn;
 
@@ -66,16 +66,16 @@ use crate::cluster::View;
 use crate::ids::Id;
 use crate::msg::{Audience, ConnRef, Delivery, NodeMsg, Request, ShardMsg};
 use crate::node::{Node, unix_ms};
+use crate::owner::{self, Dest, Out, Owner};
 use crate::pinning::CorePin;
 use crate::placement::shard_for;
 use crate::protocol::{self, ERR_NOT_COMMAND, ProtoError};
 use crate::relay::{Relay, RelayEvent};
+pub(crate) use crate::session::outbound::OutState;
+use crate::session::outbound::{Pushed, SharedFrame};
+use crate::session::{self, Session};
 use crate::ws;
 use conns::{ConnEntry, Conns};
-pub(crate) use outbound::OutState;
-use outbound::{Pushed, SharedFrame};
-use owner::{Dest, Out, Owner};
-use session::Session;
 pub(crate) use sweep::TICK;
 
 /// A shard's state, shared by its tasks through `Rc`.
@@ -104,7 +104,7 @@ pub struct Shard {
     reads: RefCell<std::collections::VecDeque<owner::DiskRead>>,
     read_waker: RefCell<Option<std::task::Waker>>,
     /// The link to a shared store, with `--store` (see `remote`).
-    remote: RefCell<Option<remote::StoreLink>>,
+    remote: RefCell<Option<redis::StoreLink>>,
     /// The server API's questions between nodes (shard 0; see `api`).
     api_peers: api::ApiPeers,
     flush: flush::Flusher,

@@ -27,20 +27,16 @@
 //! on another node meanwhile). Segments roll at `--segment-bytes`; the oldest
 //! are deleted past `--retention-bytes` per shard or `--retention` hours.
 
-pub mod index;
-pub mod record;
-pub mod recovery;
+pub mod log;
 pub mod redis;
-pub mod segindex;
-pub mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use index::{Loc, RoomIndex};
-pub use recovery::{Recovered, RoomState};
+pub use log::index::{Loc, RoomIndex};
+pub use log::recovery::{Recovered, RoomState};
 
 pub use crate::config::Durability;
 
@@ -125,7 +121,7 @@ impl Journal {
             return;
         }
         let before = self.buf.len();
-        record::encode(&mut self.buf, epoch, seq, ts, rid, msg);
+        log::record::encode(&mut self.buf, epoch, seq, ts, rid, msg);
         // Framed: what waits is the framing too (rids and headers count).
         self.pending += self.buf.len() - before - msg.len();
         self.end += (self.buf.len() - before) as u64;
@@ -202,7 +198,7 @@ pub fn open(path: &Path, durability: Durability, history: usize) -> Result<(Data
         }
         Err(_) => (false, false),
     };
-    let recovered = recovery::recover(path, history, sync_before)?;
+    let recovered = log::recovery::recover(path, history, sync_before)?;
     let mode = match durability {
         Durability::Written => "written",
         Durability::Sync => "sync",
@@ -220,7 +216,7 @@ pub fn open(path: &Path, durability: Durability, history: usize) -> Result<(Data
     };
     write().map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, &state_path).map_err(|e| io(&state_path, e))?;
-    writer::sync_dir(path).map_err(|e| io(path, e))?;
+    log::writer::sync_dir(path).map_err(|e| io(path, e))?;
     Ok((DataDir { path: path.to_owned(), _lock: lock, rebooted_unsynced }, recovered))
 }
 

@@ -30,11 +30,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::StoreError;
 use super::index::{Loc, RoomIndex};
 use super::record::{self, Decoded, HEADER_LEN};
 use super::segindex::{self, SegIndex};
 use crate::ids::Id;
+use crate::store::StoreError;
 
 /// A room as the log left it.
 #[derive(Debug, Clone, Default)]

@@ -9,11 +9,11 @@ use std::rc::Rc;
 use glommio::io::{BufferedFile, OpenOptions};
 use tracing::info;
 
-use super::Mark;
 use super::record;
 use super::recovery::{NEWEST, Segment, index_name, segment_name, shard_dir};
 use super::segindex::Builder;
 use crate::node::unix_ms;
+use crate::store::Mark;
 
 /// Where a shard's log lives and how big it may grow.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
-//! The owner's side of a shared store (`--store`, see `store/redis.rs`):
-//! [`SharedStore`], one of the two [`RoomStore`]s. No I/O.
+//! The owner's side of a shared store (`--store`, see `store/redis/`):
+//! [`RedisStore`], one of the two [`RoomStore`]s. No I/O.
 //!
 //! Before it numbers a room's messages, an owner *claims* the room in the
 //! store: the store answers with the room's epoch and top seq (the
@@ -9,7 +9,7 @@
 //! queue (bounded); its joins do not wait.
 //!
 //! When the store refuses a room's messages (their deliveries are dropped
-//! and their senders get an error, see `shard/remote.rs`), the owner
+//! and their senders get an error, see `shard/redis.rs`), the owner
 //! drops its claim: the store lost the room (flushed, failed over) or its
 //! tail → the next message claims a fresh epoch, so no (epoch, seq) pair is
 //! ever used twice; another owner claimed it (a partition) → this owner
@@ -25,7 +25,7 @@ use super::store::{Gate, HistoryQuery, RecordTag, RoomStore};
 use super::{Out, Owner, ReadReply, err, refuse_for_a_while};
 use crate::ids::Id;
 use crate::msg::{ConnRef, Request};
-use crate::room::{Room, history_window};
+use crate::owner::room::{Room, history_window};
 use crate::store::redis::{Refusal, Refused};
 
 /// Requests one room may queue while its claim is under way.
@@ -84,7 +84,7 @@ impl RecordTag {
 
 /// The owner's dealings with a shared store.
 #[derive(Debug)]
-pub(crate) struct SharedStore {
+pub(crate) struct RedisStore {
     claims: HashMap<Id, Claim>,
     jobs: Vec<ClaimJob>,
     reads: Vec<RemoteRead>,
@@ -97,7 +97,7 @@ pub(crate) struct SharedStore {
     reach: usize,
 }
 
-impl SharedStore {
+impl RedisStore {
     fn next_token(&mut self) -> u64 {
         self.tokens += 1;
         self.token_base.wrapping_add(self.tokens).max(1)
@@ -198,7 +198,7 @@ impl SharedStore {
     }
 }
 
-impl RoomStore for SharedStore {
+impl RoomStore for RedisStore {
     /// Never known at once: the room is claimed first.
     fn known(&self, _rid: &Id) -> Option<(u64, u64)> {
         None
@@ -324,7 +324,7 @@ impl Owner {
     pub(crate) fn enable_remote(&mut self, token_base: u64) {
         self.journal = Some(crate::store::Journal::unframed());
         let reach = self.history_reach;
-        let store = SharedStore {
+        let store = RedisStore {
             claims: HashMap::new(),
             jobs: Vec::new(),
             reads: Vec::new(),
@@ -336,11 +336,11 @@ impl Owner {
         self.store = Box::new(store);
     }
 
-    fn shared(&mut self) -> Option<&mut SharedStore> {
-        self.store.as_any_mut().downcast_mut::<SharedStore>()
+    fn shared(&mut self) -> Option<&mut RedisStore> {
+        self.store.as_any_mut().downcast_mut::<RedisStore>()
     }
 
-    /// The store answered a claim (see [`SharedStore`]); returns the
+    /// The store answered a claim (see [`RedisStore`]); returns the
     /// requests that waited, to be handled in order.
     pub(crate) fn on_claimed(
         &mut self,
@@ -350,7 +350,7 @@ impl Owner {
         now_ms: u64,
         out: &mut Vec<Out>,
     ) -> Vec<Request> {
-        let Some(s) = self.store.as_any_mut().downcast_mut::<SharedStore>() else { return Vec::new() };
+        let Some(s) = self.store.as_any_mut().downcast_mut::<RedisStore>() else { return Vec::new() };
         let now = (now_ms, &*self.next_epoch);
         s.on_claimed(&mut self.rooms, &mut self.store_down, (rid, token, state), now, out)
     }
@@ -362,9 +362,9 @@ impl Owner {
         }
     }
 
-    /// The store refused messages (see [`SharedStore`]).
+    /// The store refused messages (see [`RedisStore`]).
     pub(crate) fn on_refused(&mut self, refused: &mut Refused, now_ms: u64) {
-        if let Some(s) = self.store.as_any_mut().downcast_mut::<SharedStore>() {
+        if let Some(s) = self.store.as_any_mut().downcast_mut::<RedisStore>() {
             s.on_refused(&mut self.rooms, &mut self.store_down, refused, now_ms);
         }
     }
@@ -385,5 +385,4 @@ impl Owner {
 }
 
 #[cfg(test)]
-#[path = "owner_remote_tests.rs"]
 mod tests;

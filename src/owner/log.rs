@@ -23,7 +23,7 @@ use super::Owner;
 use super::store::{HistoryQuery, RecordTag, RoomStore};
 use crate::ids::Id;
 use crate::msg::ConnRef;
-use crate::room::{Room, history_window};
+use crate::owner::room::{Room, history_window};
 use crate::store::{Loc, Mark, RoomIndex, RoomState};
 
 /// Where the answer to a history request goes.
@@ -159,7 +159,7 @@ impl LogStore {
                 let fresh = new_epoch || st.damaged;
                 let mut older = std::mem::take(&mut st.older);
                 if fresh {
-                    crate::store::recovery::keep_older(&mut older, std::mem::take(&mut st.index));
+                    crate::store::log::recovery::keep_older(&mut older, std::mem::take(&mut st.index));
                 }
                 if !older.is_empty() {
                     self.older.insert(rid.clone(), older);
@@ -335,7 +335,7 @@ impl RoomStore for LogStore {
         if ix.epoch != room.epoch() {
             let prev = std::mem::replace(ix, RoomIndex::new(room.epoch(), room.seq()));
             if !prev.is_empty() {
-                crate::store::recovery::keep_older(self.older.entry(rid.clone()).or_default(), prev);
+                crate::store::log::recovery::keep_older(self.older.entry(rid.clone()).or_default(), prev);
             }
         }
         ix.top = ix.top.max(room.seq());

@@ -28,7 +28,7 @@
 //! jobs fail ([`Refusal::Unavailable`]), and the thread reconnects with
 //! backoff. A Redis at its `maxmemory` that may not evict answers OOM to a
 //! script: that job fails as [`Refusal::Full`] and the connection stays.
-//! The thread itself is in `redis_worker.rs`.
+//! The thread itself is in `worker.rs`.
 
 use std::sync::Arc;
 
@@ -39,7 +39,6 @@ use super::Mark;
 use crate::ids::Id;
 pub use crate::metrics::StoreStats;
 
-#[path = "redis_worker.rs"]
 mod worker;
 use worker::{Client, IO_TIMEOUT, Worker};
 

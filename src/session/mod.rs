@@ -10,7 +10,10 @@ use crate::msg::{ConnRef, Publish, Request};
 use crate::protocol::{self, Command, ERR_AUTH, ERR_INVALID, ProtoError};
 use crate::ratelimit::TokenBucket;
 
-use super::roomset::RoomSet;
+pub(crate) mod outbound;
+pub(crate) mod roomset;
+
+use roomset::RoomSet;
 
 /// Identity, rooms and rate limits of one connection.
 #[derive(Debug)]

@@ -65,7 +65,7 @@ pub struct Builder {
 impl Builder {
     /// A builder for a segment whose records it will all see (or not).
     pub fn new(complete: bool) -> Self {
-        Builder { complete, end: crate::store::record::HEADER_LEN as u64, ..Default::default() }
+        Builder { complete, end: crate::store::log::record::HEADER_LEN as u64, ..Default::default() }
     }
 
     /// A batch of `len` bytes of records was written at `base`: its records

@@ -1,5 +1,5 @@
 //! The shard's link to a shared store (`--store`): the owner's claims and
-//! history reads go to the shard's store thread (`store/redis.rs`), and
+//! history reads go to the shard's store thread (`store/redis/`), and
 //! one task here sends the journal's messages as one batch at a time and
 //! handles every answer. What the owner sent is held (as with the embedded
 //! log, `log.rs`) until the store has stored the messages journalled before
@@ -20,8 +20,8 @@ use glommio::timer::Timer;
 use tracing::warn;
 
 use super::Shard;
-use super::owner::RemoteRead;
 use crate::node::unix_ms;
+use crate::owner::RemoteRead;
 use crate::store::redis::{Event, Job, RedisStore, Refusal};
 
 /// History answers allowed to wait for the store per shard; past it a

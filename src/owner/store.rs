@@ -4,8 +4,8 @@
 //!
 //! | implementation | where | its I/O |
 //! |---|---|---|
-//! | [`LogStore`](super::disk::LogStore) | the embedded log (`--data-dir`), or nothing (`--durability memory`) | `log.rs` (writer), `history.rs` (reader) |
-//! | [`SharedStore`](super::remote::SharedStore) | Redis (`--store`) | `remote.rs`, `store/redis.rs` |
+//! | [`LogStore`](super::log::LogStore) | the embedded log (`--data-dir`), or nothing (`--durability memory`) | `shard/log.rs` (writer), `shard/history.rs` (reader), `store/log/` |
+//! | [`RedisStore`](super::redis::RedisStore) | Redis (`--store`) | `shard/redis.rs`, `store/redis/` |
 //!
 //! The owner's logic (joins, messages, history, eviction, cluster changes)
 //! talks to a `Box<dyn RoomStore>` only. What each store's own task
@@ -20,7 +20,7 @@ use bytes::Bytes;
 use super::ReadReply;
 use crate::ids::Id;
 use crate::msg::{ConnRef, Request};
-use crate::room::Room;
+use crate::owner::room::Room;
 
 /// What a store says of a message or history request.
 pub(crate) enum Gate {

@@ -77,7 +77,7 @@ pub struct Room {
     history_cap: usize,
     epoch: u64,
     /// The shared store's claim this owner holds on the room (0: none; see
-    /// `shard/owner_remote.rs`).
+    /// `owner/redis`).
     token: u64,
     /// The newest seq a shared store acknowledged (its message may have been
     /// broadcast): a store whose top is below it lost messages.

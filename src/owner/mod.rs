@@ -17,18 +17,16 @@ use bytes::Bytes;
 use crate::cluster::View;
 use crate::ids::{Id, Name};
 use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
+use crate::owner::room::{Change, Joined, Room};
 use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
-use crate::room::{Change, Joined, Room};
 use crate::store::Journal;
 use crate::store::redis::Refusal;
 
-#[path = "owner_disk.rs"]
-mod disk;
-pub(crate) use disk::{DiskRead, ReadReply, fit};
-#[path = "owner_remote.rs"]
-mod remote;
-pub(crate) use remote::RemoteRead;
-#[path = "owner_store.rs"]
+mod log;
+pub(crate) use log::{DiskRead, ReadReply, fit};
+mod redis;
+pub(crate) use redis::RemoteRead;
+pub mod room;
 mod store;
 pub(crate) use store::RecordTag;
 use store::{Gate, RoomStore};
@@ -144,7 +142,7 @@ impl Owner {
             nodes: Vec::new(),
             journal: None,
             store_down: (0, ""),
-            store: Box::new(disk::LogStore::new(history_cap, usize::MAX, false)),
+            store: Box::new(log::LogStore::new(history_cap, usize::MAX, false)),
             history_reach: history_cap,
             evict_ms: 10_000,
             idle: VecDeque::new(),
@@ -569,5 +567,4 @@ pub(crate) fn deliver_to(rid: &Id, frame: &Bytes, mut targets: Vec<ConnRef>, t0:
 }
 
 #[cfg(test)]
-#[path = "owner_tests.rs"]
 mod tests;

@@ -547,5 +547,4 @@ fn host_name() -> String {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

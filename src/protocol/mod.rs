@@ -528,5 +528,4 @@ pub fn encode_history<'a>(rid: &str, epoch: u64, msgs: impl Iterator<Item = &'a 
 }
 
 #[cfg(test)]
-#[path = "protocol_tests.rs"]
 mod tests;
