@@ -5,6 +5,7 @@ pub mod cert;
 pub mod procs;
 pub mod redis;
 pub mod relay;
+pub mod webdriver;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
