@@ -1,5 +1,5 @@
 //! A self-signed server certificate for localhost and 127.0.0.1, made by
-//! openssl (Debian's `openssl`): used by the TLS tests and `bench/tls.rs`.
+//! openssl (Debian's `openssl`): used by the TLS tests and `bench/micro/tls.rs`.
 
 use std::path::Path;
 

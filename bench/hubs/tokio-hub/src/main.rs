@@ -29,7 +29,7 @@ async fn main() {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9600".into());
     raise_nofile();
     let listener = TcpListener::bind(&addr).await.expect("bind");
-    // The same start-up line as cchat's, which bench/lib.sh waits for.
+    // The same start-up line as cchat's, which bench/scenarios/lib.sh waits for.
     println!("listening on {}", listener.local_addr().expect("bound address"));
     let rooms: Rooms = Arc::default();
     let mut next_id = 0u64;
