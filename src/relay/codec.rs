@@ -3,7 +3,7 @@
 //! # Byte layout
 //!
 //! Every value is big-endian. After the handshake (see [`super::handshake`])
-//! a link carries frames:
+//! a link carries frames, inside sealed records (see [`super::secure`]):
 //!
 //! ```text
 //! frame   := len:u32 type:u8 body          len = 1 + body length, at most MAX_FRAME
@@ -25,6 +25,9 @@
 //!                     audience := 0 except:opt<conn>   (every member on the node but one)
 //!                               | 1 n:u32 conn[n]      (exactly these connections)
 //! type 22 DIRECT      conn frame:blob
+//! type 30 DISCONNECT  uid:str code:u16                 (the server API: close a user's connections)
+//! type 31 API_ASK     ticket:u64 request:str           (the server API: a question for the owner node)
+//! type 32 API_ANSWER  ticket:u64 status:u16 body:blob  (its answer)
 //! ```
 //!
 //! ACTIVATE picks the one link of a pair that carries traffic: the node with
