@@ -258,7 +258,7 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
     if !req.path.starts_with("/api/") {
         return http::response(404, "text/plain", b"not found\n");
     }
-    let Some(key) = &node.cfg.api_key else {
+    let Some(key) = &node.cfg.security.api_key else {
         return http::response(404, "text/plain", b"the server API is off: start with --api-key\n");
     };
     if !key_matches(req.api_key.as_deref(), key) {
@@ -277,7 +277,7 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
         ("POST", "/api/publish") => {
             let Some(rid) = id("rid") else { return bad("rid must be an id") };
             let Some(msg) = v.get("msg").and_then(Value::as_str) else { return bad("msg must be a string") };
-            if msg.len() > node.cfg.max_message_bytes {
+            if msg.len() > node.cfg.limits.max_message_bytes {
                 return bad("msg is too long");
             }
             let mtype = match v.get("type").and_then(Value::as_str).unwrap_or("text") {

@@ -66,7 +66,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         let work = Box::pin(handshake(&shard, &mut stream, ip, tls.as_deref_mut(), &mut slot));
         let timeout = async {
             let timed_out = async {
-                Timer::new(node.cfg.handshake_timeout).await;
+                Timer::new(node.cfg.limits.handshake_timeout).await;
                 true
             };
             let shed = async {
@@ -161,7 +161,7 @@ async fn handshake(
     let node = &shard.node;
     let reply = match req {
         Request::Upgrade { accept, origin, host } => {
-            if !http::origin_allowed(origin.as_deref(), host.as_deref(), &node.cfg.allowed_origins) {
+            if !http::origin_allowed(origin.as_deref(), host.as_deref(), &node.cfg.security.allowed_origins) {
                 http::response(403, "text/plain", b"origin not allowed")
             } else if shard.shutting_down.get() {
                 http::response(503, "text/plain", b"shutting down")
@@ -383,7 +383,7 @@ fn violation(shard: &Shard, key: u32, e: WsError) {
 /// Decodes every whole frame in `data`; the tail of an incomplete
 /// frame is copied into `pending` (sized to it, and freed once used).
 fn process(shard: &Shard, key: u32, dec: &mut Decoder, data: &mut [u8], pending: &mut Vec<u8>) -> Result<(), WsError> {
-    let max = shard.node.cfg.max_frame_bytes;
+    let max = shard.node.cfg.limits.max_frame_bytes;
     let len = data.len();
     let mut off = 0;
     while off < len {
@@ -424,7 +424,7 @@ fn process(shard: &Shard, key: u32, dec: &mut Decoder, data: &mut [u8], pending:
 /// period, then half-closes and drains input briefly, so the client reads
 /// the close frame instead of a reset.
 async fn linger(shard: &Shard, key: u32, stream: &mut TcpStream) {
-    let grace = shard.node.cfg.shutdown_grace.min(Duration::from_secs(5));
+    let grace = shard.node.cfg.limits.shutdown_grace.min(Duration::from_secs(5));
     let flushed = futures_lite::future::or(
         async {
             poll_fn(|cx| shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b)))

@@ -220,7 +220,7 @@ pub fn route(path: &str, node: &Node) -> Vec<u8> {
     match path {
         "/" | "/index.html" => page_response(),
         "/healthz" => response(200, "text/plain", b"ok\n"),
-        "/metrics" if node.cfg.admin_listen.is_some() => response(404, "text/plain", b"not found\n"),
+        "/metrics" if node.cfg.security.admin_listen.is_some() => response(404, "text/plain", b"not found\n"),
         "/metrics" => metrics_response(node),
         _ => response(404, "text/plain", b"not found\n"),
     }

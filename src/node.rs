@@ -66,12 +66,12 @@ impl Node {
         }
         Node {
             stats: NodeStats::new(cfg.shards),
-            cluster: Mutex::new(Table::new(&cfg.node_id)),
+            cluster: Mutex::new(Table::new(&cfg.cluster.node_id)),
             relay: RelayStats::default(),
             verifier: None,
             tls: None,
-            per_ip: crate::perip::PerIp::new(cfg.max_connections_per_ip, cfg.new_connections_per_ip),
-            login_attempts: crate::perip::Attempts::new(cfg.login_attempts_per_ip),
+            per_ip: crate::perip::PerIp::new(cfg.limits.max_connections_per_ip, cfg.limits.new_connections_per_ip),
+            login_attempts: crate::perip::Attempts::new(cfg.security.login_attempts_per_ip),
             last_epoch: AtomicU64::new(epoch),
             cfg,
             open: AtomicUsize::new(0),

@@ -57,7 +57,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let nofile = raise_nofile_limit();
     let fd_cap = nofile.saturating_sub(FD_RESERVE).max(16) as usize;
-    let max_connections = cfg.max_connections.unwrap_or(fd_cap);
+    let max_connections = cfg.limits.max_connections.unwrap_or(fd_cap);
     info!(nofile, max_connections, shards = cfg.shards, "open-file limit raised to the hard limit");
     if max_connections > fd_cap {
         warn!(max_connections, fd_cap, "--max-connections is above what the open-file limit allows");
@@ -70,7 +70,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let reserve = reserve_port(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = reserve.local_addr()?.as_socket().context("listen address")?;
     let nshards = cfg.shards;
-    let verifier = match (&cfg.token_secret, &cfg.token_public_key) {
+    let verifier = match (&cfg.security.token_secret, &cfg.security.token_public_key) {
         (Some(secret), _) => Some(crate::auth::Verifier::from_secret(secret)?),
         (None, Some(path)) => Some(crate::auth::Verifier::from_public_key(path)?),
         (None, None) => {
@@ -80,10 +80,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             None
         }
     };
-    if cfg.admin_listen.is_none() {
+    if cfg.security.admin_listen.is_none() {
         info!("no --admin-listen: /metrics is served on the client port, to anyone who reaches it");
     }
-    let tls = match &cfg.tls {
+    let tls = match &cfg.security.tls {
         Some((cert, key)) => Some(crate::tls::Tls::load(cert, key)?),
         None => None,
     };
@@ -100,9 +100,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             new_epochs: logs.new_epochs,
         });
     }
-    let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, node.cfg.shard_queue);
+    let mesh = MeshBuilder::<ShardMsg, _>::full(nshards, node.cfg.tuning.shard_queue);
     let cpus = allowed_cpus();
-    if node.cfg.pin && node.cfg.unpin_above > 0.0 && !CorePin::supported() {
+    if node.cfg.tuning.pin && node.cfg.tuning.unpin_above > 0.0 && !CorePin::supported() {
         warn!(
             "this kernel does not report run-queue waits (/proc/thread-self/schedstat): shards stay pinned even when their cores are busy"
         );
@@ -114,17 +114,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let node = node.clone();
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
-        let core = node.cfg.pin.then(|| cpus[i % cpus.len()]);
+        let core = node.cfg.tuning.pin.then(|| cpus[i % cpus.len()]);
         let place = core.map_or(Placement::Unbound, Placement::Fixed);
         let cpus = cpus.clone();
         let log = logs.as_mut().map(|l| l.take_shard(i));
         let h = LocalExecutorBuilder::new(place)
             .name(&format!("shard-{i}"))
             .io_memory(1 << 20)
-            .spin_before_park(node.cfg.busy_poll)
+            .spin_before_park(node.cfg.tuning.busy_poll)
             .spawn(move || async move {
                 // Runs on the shard's thread: the pin it manages is its own.
-                let pin = core.and_then(|c| CorePin::new(c, cpus, node.cfg.unpin_above));
+                let pin = core.and_then(|c| CorePin::new(c, cpus, node.cfg.tuning.unpin_above));
                 node.stats.shards[i].pinned.store(core.is_some() as i64, Relaxed);
                 shard_main(i, node, mesh, addr, ready, pin, log).await
             })
@@ -298,11 +298,11 @@ async fn shard_main(
         Some(init) => {
             shard.restore(init.rooms, init.new_epoch);
             let cfg = LogConfig {
-                data: node.cfg.data_dir.clone(),
+                data: node.cfg.storage.data_dir.clone(),
                 shard: id,
-                segment_bytes: node.cfg.segment_bytes,
-                retention_bytes: node.cfg.retention_bytes,
-                retention_ms: node.cfg.retention.as_millis() as u64,
+                segment_bytes: node.cfg.storage.segment_bytes,
+                retention_bytes: node.cfg.storage.retention_bytes,
+                retention_ms: node.cfg.storage.retention.as_millis() as u64,
             };
             match Log::open(cfg, init.segments).await {
                 Ok(log) => Some(Rc::new(log)),
@@ -324,13 +324,13 @@ async fn shard_main(
         }
     }
     tasks.push(glommio::spawn_local(shard.clone().run_flusher()));
-    if let Some(url) = &node.cfg.store {
+    if let Some(url) = &node.cfg.storage.store {
         let cfg = store::redis::StoreConfig {
             url: url.clone(),
-            history: node.cfg.history,
-            ttl_ms: node.cfg.store_ttl.as_millis() as u64,
-            ca: node.cfg.store_ca.clone(),
-            cluster: node.cfg.store_cluster,
+            history: node.cfg.storage.history,
+            ttl_ms: node.cfg.storage.store_ttl.as_millis() as u64,
+            ca: node.cfg.storage.store_ca.clone(),
+            cluster: node.cfg.storage.store_cluster,
         };
         match store::redis::RedisStore::spawn(cfg, id, node.stats.store.clone()) {
             Ok((link, events)) => {
@@ -346,11 +346,11 @@ async fn shard_main(
     if let Some(log) = &log {
         tasks.push(glommio::spawn_local(shard.clone().run_log_writer(log.clone())));
         tasks.push(glommio::spawn_local(shard.clone().run_history_reader()));
-        if node.cfg.durability == Durability::Written {
+        if node.cfg.storage.durability == Durability::Written {
             tasks.push(glommio::spawn_local(shard.clone().run_log_syncer(log.clone())));
         }
     }
-    let clustered = node.cfg.relay_listen.is_some() || !node.cfg.peers.is_empty();
+    let clustered = node.cfg.cluster.relay_listen.is_some() || !node.cfg.cluster.peers.is_empty();
     let _relay_tasks = if id == 0 && clustered {
         // The relay hands what it receives to this shard, which routes it.
         let weak = Rc::downgrade(&shard);
@@ -375,7 +375,7 @@ async fn shard_main(
     };
     // Shard 0 answers the server API's questions of other nodes.
     let _answerer = (id == 0 && clustered).then(|| glommio::spawn_local(crate::admin::answer_peers(shard.clone())));
-    let _admin = match node.cfg.admin_listen.filter(|_| id == 0) {
+    let _admin = match node.cfg.security.admin_listen.filter(|_| id == 0) {
         None => None,
         Some(a) => match TcpListener::bind(a) {
             Ok(l) => {
@@ -426,14 +426,14 @@ async fn shard_main(
     }
     drop(acceptor);
     shard.close_all();
-    let deadline = Instant::now() + node.cfg.shutdown_grace + Duration::from_secs(1);
+    let deadline = Instant::now() + node.cfg.limits.shutdown_grace + Duration::from_secs(1);
     while shard.conn_count() > 0 && Instant::now() < deadline {
         Timer::new(Duration::from_millis(20)).await;
     }
     if let Some(log) = &log {
         shard.flush_log(log).await;
     }
-    if node.cfg.store.is_some() {
+    if node.cfg.storage.store.is_some() {
         shard.flush_store().await;
     }
     drop(tasks);
@@ -492,7 +492,7 @@ impl Logs {
 /// Locks the data directory and reads the log back (nothing with
 /// `--durability memory`). Each room goes to the shard that owns it now.
 fn open_store(cfg: &Config) -> anyhow::Result<(Option<DataDir>, Option<Logs>)> {
-    if let Some(url) = &cfg.store {
+    if let Some(url) = &cfg.storage.store {
         // Shown without a password.
         let shown = match (url.find("://"), url.rfind('@')) {
             (Some(a), Some(b)) if b > a => format!("{}***{}", &url[..a + 3], &url[b..]),
@@ -501,12 +501,12 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Option<DataDir>, Option<Logs>)> {
         info!(store = %shown, "history and room sequence live in the shared store (no embedded log)");
         return Ok((None, None));
     }
-    if cfg.durability == Durability::Memory {
+    if cfg.storage.durability == Durability::Memory {
         info!("--durability memory: history is not kept across restarts");
         return Ok((None, None));
     }
-    let (dir, rec) = store::open(&cfg.data_dir, cfg.durability, cfg.history)?;
-    let clustered = cfg.relay_listen.is_some() || !cfg.peers.is_empty();
+    let (dir, rec) = store::open(&cfg.storage.data_dir, cfg.storage.durability, cfg.storage.history)?;
+    let clustered = cfg.cluster.relay_listen.is_some() || !cfg.cluster.peers.is_empty();
     // Where the node cannot prove it has every message it broadcast, rooms
     // start a new epoch: the OS may have lost a written-mode tail in a
     // reboot, and a clustered node's rooms may have lived elsewhere meanwhile.
@@ -550,7 +550,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Option<DataDir>, Option<Logs>)> {
         );
     }
     info!(
-        dir = %cfg.data_dir.display(),
+        dir = %cfg.storage.data_dir.display(),
         records = report.records,
         indexed_segments = report.indexed_segments,
         bytes = report.bytes,

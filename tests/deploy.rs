@@ -16,7 +16,7 @@ fn the_example_config_loads_and_the_server_starts_with_it() {
     let cfg =
         cchat::config::Config::load(["cchat", "--config", path.to_str().unwrap()]).expect("the example config loads");
     assert_eq!(cfg.listen.port(), 9503);
-    assert_eq!(cfg.rate_limit, 10.0);
+    assert_eq!(cfg.limits.rate_limit, 10.0);
     // Every setting of the server is in the example (set or commented out).
     let text = std::fs::read_to_string(&path).unwrap();
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_cchat")).arg("--help").output().unwrap();

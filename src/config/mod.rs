@@ -245,6 +245,21 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Number of shards (executors).
     pub shards: usize,
+    /// Limits: sizes, rates, timeouts, connection caps, presence (`--help`: Limits).
+    pub limits: Limits,
+    /// Security: logins, TLS, origins, the admin listener and API key.
+    pub security: Security,
+    /// Storage: history, the embedded log, the shared store.
+    pub storage: Storage,
+    /// Cluster: this node's name, the relay and its peers.
+    pub cluster: Cluster,
+    /// Tuning: queues, polling, pinning, write coalescing.
+    pub tuning: Tuning,
+}
+
+/// Limits: sizes, rates, timeouts, connection caps, presence (`--help`: Limits).
+#[derive(Debug, Clone)]
+pub struct Limits {
     /// Messages per second per connection; 0 = unlimited.
     pub rate_limit: f64,
     /// Longest `msg`.
@@ -263,8 +278,25 @@ pub struct Config {
     pub max_outbound_bytes: usize,
     /// Time an upgraded connection has to log in.
     pub login_timeout: Duration,
-    /// Capacity of each cross-shard queue (messages).
-    pub shard_queue: usize,
+    /// Rooms per connection.
+    pub max_rooms_per_connection: usize,
+    /// Connections per IP address (0: no limit).
+    pub max_connections_per_ip: u32,
+    /// New connections per second per IP address (0: no limit).
+    pub new_connections_per_ip: f64,
+    /// Users above which a room batches presence.
+    pub presence_limit: usize,
+    /// Time between a big room's presence frames.
+    pub presence_interval: Duration,
+    /// How long a disconnected user's departure waits to be announced.
+    pub presence_grace: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+}
+
+/// Security: logins, TLS, origins, the admin listener and API key.
+#[derive(Debug, Clone)]
+pub struct Security {
     /// HS256 secret for login tokens.
     pub token_secret: Option<String>,
     /// PEM public key for login tokens.
@@ -273,24 +305,17 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Browser origins allowed to upgrade (empty: same host only; `*`: all).
     pub allowed_origins: Vec<String>,
-    /// Rooms per connection.
-    pub max_rooms_per_connection: usize,
-    /// Connections per IP address (0: no limit).
-    pub max_connections_per_ip: u32,
-    /// New connections per second per IP address (0: no limit).
-    pub new_connections_per_ip: f64,
     /// Token signature checks per second per IP address before login (0: no limit).
     pub login_attempts_per_ip: f64,
     /// Admin listener address.
     pub admin_listen: Option<SocketAddr>,
     /// Server API key.
     pub api_key: Option<String>,
-    /// Users above which a room batches presence.
-    pub presence_limit: usize,
-    /// Time between a big room's presence frames.
-    pub presence_interval: Duration,
-    /// How long a disconnected user's departure waits to be announced.
-    pub presence_grace: Duration,
+}
+
+/// Storage: history, the embedded log, the shared store.
+#[derive(Debug, Clone)]
+pub struct Storage {
     /// Messages of history per room getHistory reaches (memory and log).
     pub history: usize,
     /// Messages of history per room kept in memory.
@@ -319,8 +344,28 @@ pub struct Config {
     pub store_ca: Option<PathBuf>,
     /// The store is a Redis Cluster.
     pub store_cluster: bool,
-    /// Shutdown grace period.
-    pub shutdown_grace: Duration,
+}
+
+/// Cluster: this node's name, the relay and its peers.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Node name.
+    pub node_id: String,
+    /// Relay address, when clustered.
+    pub relay_listen: Option<SocketAddr>,
+    /// Peer relay addresses.
+    pub peers: Vec<SocketAddr>,
+    /// Relay link queue cap.
+    pub relay_queue_bytes: usize,
+    /// Cluster secret.
+    pub cluster_secret: Option<String>,
+}
+
+/// Tuning: queues, polling, pinning, write coalescing.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Capacity of each cross-shard queue (messages).
+    pub shard_queue: usize,
     /// Polling before a shard sleeps.
     pub busy_poll: Duration,
     /// Pin shard i to the i-th allowed CPU.
@@ -332,16 +377,6 @@ pub struct Config {
     pub coalesce: Duration,
     /// Flusher load (share of a 100 ms tick spent writing) above which the delay applies.
     pub coalesce_above: f64,
-    /// Node name.
-    pub node_id: String,
-    /// Relay address, when clustered.
-    pub relay_listen: Option<SocketAddr>,
-    /// Peer relay addresses.
-    pub peers: Vec<SocketAddr>,
-    /// Relay link queue cap.
-    pub relay_queue_bytes: usize,
-    /// Cluster secret.
-    pub cluster_secret: Option<String>,
 }
 
 impl Default for Config {
@@ -459,79 +494,89 @@ impl Config {
         let cfg = Config {
             listen: args.listen,
             shards,
-            rate_limit: args.rate_limit,
-            max_message_bytes: args.max_message_bytes,
-            max_frame_bytes: args.max_frame_bytes,
-            max_connections: args.max_connections,
-            handshake_timeout: secs("handshake-timeout", args.handshake_timeout)?,
-            ping_interval: secs("ping-interval", args.ping_interval)?,
-            idle_timeout: secs("idle-timeout", args.idle_timeout)?,
-            max_outbound_bytes: args.max_outbound_bytes.max(1024),
-            login_timeout: secs("login-timeout", args.login_timeout)?,
-            shard_queue: args.shard_queue.clamp(4, 1 << 20),
-            token_secret: args.token_secret,
-            token_public_key: args.token_public_key,
-            tls: args.tls_cert.zip(args.tls_key),
-            allowed_origins: args.allowed_origins,
-            max_rooms_per_connection: args.max_rooms_per_connection.max(1),
-            max_connections_per_ip: args.max_connections_per_ip,
-            new_connections_per_ip: if args.new_connections_per_ip.is_finite() {
-                args.new_connections_per_ip.max(0.0)
-            } else {
-                0.0
+            limits: Limits {
+                rate_limit: args.rate_limit,
+                max_message_bytes: args.max_message_bytes,
+                max_frame_bytes: args.max_frame_bytes,
+                max_connections: args.max_connections,
+                handshake_timeout: secs("handshake-timeout", args.handshake_timeout)?,
+                ping_interval: secs("ping-interval", args.ping_interval)?,
+                idle_timeout: secs("idle-timeout", args.idle_timeout)?,
+                max_outbound_bytes: args.max_outbound_bytes.max(1024),
+                login_timeout: secs("login-timeout", args.login_timeout)?,
+                max_rooms_per_connection: args.max_rooms_per_connection.max(1),
+                max_connections_per_ip: args.max_connections_per_ip,
+                new_connections_per_ip: if args.new_connections_per_ip.is_finite() {
+                    args.new_connections_per_ip.max(0.0)
+                } else {
+                    0.0
+                },
+                presence_limit: args.presence_limit,
+                presence_interval: Duration::from_millis(args.presence_interval_ms.clamp(10, 3_600_000)),
+                presence_grace: Duration::from_millis(args.presence_grace_ms.min(600_000)),
+                shutdown_grace: secs("shutdown-grace", args.shutdown_grace)?,
             },
-            login_attempts_per_ip: if args.login_attempts_per_ip.is_finite() {
-                args.login_attempts_per_ip.max(0.0)
-            } else {
-                0.0
+            security: Security {
+                token_secret: args.token_secret,
+                token_public_key: args.token_public_key,
+                tls: args.tls_cert.zip(args.tls_key),
+                allowed_origins: args.allowed_origins,
+                login_attempts_per_ip: if args.login_attempts_per_ip.is_finite() {
+                    args.login_attempts_per_ip.max(0.0)
+                } else {
+                    0.0
+                },
+                admin_listen: args.admin_listen,
+                api_key: args.api_key.filter(|k| !k.is_empty()),
             },
-            admin_listen: args.admin_listen,
-            api_key: args.api_key.filter(|k| !k.is_empty()),
-            presence_limit: args.presence_limit,
-            presence_interval: Duration::from_millis(args.presence_interval_ms.clamp(10, 3_600_000)),
-            presence_grace: Duration::from_millis(args.presence_grace_ms.min(600_000)),
-            history: args.history.min(1 << 20),
-            history_memory: args.history_memory.min(args.history).min(1 << 20),
-            room_evict: Duration::from_millis(args.room_evict_ms.min(86_400_000)),
-            max_evicted_rooms: args.max_evicted_rooms,
-            data_dir: args.data_dir,
-            durability: args.durability,
-            fsync_interval: Duration::from_millis(args.fsync_interval_ms.clamp(1, 60_000)),
-            // A record's place names its offset in 30 bits; a segment
-            // overshoots its size by at most one batch of records.
-            segment_bytes: args.segment_bytes.clamp(4096, 512 << 20),
-            retention_bytes: args.retention_bytes.max(4096),
-            retention: Duration::from_secs_f64(if args.retention.is_finite() {
-                args.retention.clamp(0.0, 1e6) * 3600.0
-            } else {
-                0.0
-            }),
-            store: args.store.filter(|s| !s.is_empty()),
-            store_ca: args.store_ca,
-            store_cluster: args.store_cluster,
-            store_ttl: Duration::from_secs_f64(if args.store_ttl.is_finite() {
-                args.store_ttl.clamp(0.001, 1e5) * 3600.0
-            } else {
-                168.0 * 3600.0
-            }),
-            shutdown_grace: secs("shutdown-grace", args.shutdown_grace)?,
-            busy_poll: Duration::from_micros(args.busy_poll_us.min(1_000_000)),
-            pin: !args.no_pin,
-            unpin_above: if unpin.is_nan() { 0.0 } else { unpin.clamp(0.0, 100.0) / 100.0 },
-            coalesce: Duration::from_micros((args.coalesce_ms.clamp(0.0, 1000.0) * 1000.0) as u64),
-            coalesce_above: 0.6,
-            node_id,
-            relay_listen: args.relay_listen,
-            peers: args.peers,
-            relay_queue_bytes: args.relay_queue_bytes.max(4096),
-            cluster_secret: args.cluster_secret,
+            storage: Storage {
+                history: args.history.min(1 << 20),
+                history_memory: args.history_memory.min(args.history).min(1 << 20),
+                room_evict: Duration::from_millis(args.room_evict_ms.min(86_400_000)),
+                max_evicted_rooms: args.max_evicted_rooms,
+                data_dir: args.data_dir,
+                durability: args.durability,
+                fsync_interval: Duration::from_millis(args.fsync_interval_ms.clamp(1, 60_000)),
+                // A record's place names its offset in 30 bits; a segment
+                // overshoots its size by at most one batch of records.
+                segment_bytes: args.segment_bytes.clamp(4096, 512 << 20),
+                retention_bytes: args.retention_bytes.max(4096),
+                retention: Duration::from_secs_f64(if args.retention.is_finite() {
+                    args.retention.clamp(0.0, 1e6) * 3600.0
+                } else {
+                    0.0
+                }),
+                store: args.store.filter(|s| !s.is_empty()),
+                store_ca: args.store_ca,
+                store_cluster: args.store_cluster,
+                store_ttl: Duration::from_secs_f64(if args.store_ttl.is_finite() {
+                    args.store_ttl.clamp(0.001, 1e5) * 3600.0
+                } else {
+                    168.0 * 3600.0
+                }),
+            },
+            cluster: Cluster {
+                node_id,
+                relay_listen: args.relay_listen,
+                peers: args.peers,
+                relay_queue_bytes: args.relay_queue_bytes.max(4096),
+                cluster_secret: args.cluster_secret,
+            },
+            tuning: Tuning {
+                shard_queue: args.shard_queue.clamp(4, 1 << 20),
+                busy_poll: Duration::from_micros(args.busy_poll_us.min(1_000_000)),
+                pin: !args.no_pin,
+                unpin_above: if unpin.is_nan() { 0.0 } else { unpin.clamp(0.0, 100.0) / 100.0 },
+                coalesce: Duration::from_micros((args.coalesce_ms.clamp(0.0, 1000.0) * 1000.0) as u64),
+                coalesce_above: 0.6,
+            },
         };
-        if let Some(url) = &cfg.store
+        if let Some(url) = &cfg.storage.store
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             return Err(ConfigError::Invalid(format!("--store must be a redis:// or rediss:// URL, not {url:?}")));
         }
-        if cfg.idle_timeout <= cfg.ping_interval {
+        if cfg.limits.idle_timeout <= cfg.limits.ping_interval {
             return Err(ConfigError::Invalid("idle-timeout must be longer than ping-interval".into()));
         }
         Ok(cfg)

@@ -6,41 +6,41 @@ use super::*;
 fn defaults() {
     let c = Config::default();
     assert_eq!(c.listen.port(), 9503);
-    assert_eq!(c.rate_limit, 10.0);
-    assert_eq!(c.max_message_bytes, 1024);
+    assert_eq!(c.limits.rate_limit, 10.0);
+    assert_eq!(c.limits.max_message_bytes, 1024);
     assert!(c.shards >= 1);
-    assert!(c.pin, "shards are pinned unless asked otherwise");
-    assert_eq!(c.unpin_above, 0.10);
+    assert!(c.tuning.pin, "shards are pinned unless asked otherwise");
+    assert_eq!(c.tuning.unpin_above, 0.10);
 }
 
 #[test]
 fn unpin_threshold_is_a_percentage() {
     let c = Config::load(["cchat", "--unpin-above", "25"]).unwrap();
-    assert_eq!(c.unpin_above, 0.25);
+    assert_eq!(c.tuning.unpin_above, 0.25);
     let c = Config::load(["cchat", "--unpin-above", "0"]).unwrap();
-    assert_eq!(c.unpin_above, 0.0, "0 keeps shards pinned");
+    assert_eq!(c.tuning.unpin_above, 0.0, "0 keeps shards pinned");
     let c = Config::load(["cchat", "--unpin-above", "250"]).unwrap();
-    assert_eq!(c.unpin_above, 1.0);
+    assert_eq!(c.tuning.unpin_above, 1.0);
 }
 
 #[test]
 fn pinning_can_be_turned_off_by_flag_or_file() {
     let c = Config::load(["cchat", "--no-pin"]).unwrap();
-    assert!(!c.pin);
+    assert!(!c.tuning.pin);
     let dir = std::env::temp_dir().join(format!("cchat-cfg-pin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.toml");
     std::fs::write(&path, "no-pin = true\n").unwrap();
     let c = Config::load(["cchat", "--config", path.to_str().unwrap()]).unwrap();
-    assert!(!c.pin);
+    assert!(!c.tuning.pin);
     // The flag beats the file, both ways.
     let c = Config::load(["cchat", "--config", path.to_str().unwrap(), "--no-pin=false"]).unwrap();
-    assert!(c.pin);
+    assert!(c.tuning.pin);
     std::fs::write(&path, "no-pin = false\n").unwrap();
     let c = Config::load(["cchat", "--config", path.to_str().unwrap()]).unwrap();
-    assert!(c.pin);
+    assert!(c.tuning.pin);
     let c = Config::load(["cchat", "--config", path.to_str().unwrap(), "--no-pin"]).unwrap();
-    assert!(!c.pin);
+    assert!(!c.tuning.pin);
 }
 
 #[test]
@@ -50,8 +50,8 @@ fn flag_beats_file_beats_default() {
     let path = dir.join("c.toml");
     std::fs::write(&path, "rate-limit = 3\nmax-message-bytes = 99\nlisten = \"127.0.0.1:1\"\n").unwrap();
     let c = Config::load(["cchat", "--config", path.to_str().unwrap(), "--rate-limit", "7"]).unwrap();
-    assert_eq!(c.rate_limit, 7.0);
-    assert_eq!(c.max_message_bytes, 99);
+    assert_eq!(c.limits.rate_limit, 7.0);
+    assert_eq!(c.limits.max_message_bytes, 99);
     assert_eq!(c.listen.port(), 1);
     std::fs::write(&path, "bogus = 1\n").unwrap();
     assert!(matches!(Config::load(["cchat", "--config", path.to_str().unwrap()]), Err(ConfigError::Parse(..))));
@@ -66,10 +66,10 @@ fn lists_in_the_file_and_the_command_line_replaces_them() {
         .unwrap();
     let p = path.to_str().unwrap();
     let c = Config::load(["cchat", "--config", p]).unwrap();
-    assert_eq!(c.peers.len(), 2);
-    assert!(!c.pin);
+    assert_eq!(c.cluster.peers.len(), 2);
+    assert!(!c.tuning.pin);
     let c = Config::load(["cchat", "--config", p, "--peer", "127.0.0.1:3"]).unwrap();
-    assert_eq!(c.peers, vec!["127.0.0.1:3".parse().unwrap()]);
+    assert_eq!(c.cluster.peers, vec!["127.0.0.1:3".parse().unwrap()]);
     std::fs::write(&path, "rate-limit = \"fast\"\n").unwrap();
     let e = Config::load(["cchat", "--config", p]).unwrap_err();
     assert!(matches!(e, ConfigError::Parse(..)), "{e}");

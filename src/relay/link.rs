@@ -81,7 +81,7 @@ impl Link {
 pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Option<SocketAddr>) -> bool {
     let _ = stream.set_nodelay(true);
     let node = relay.node.clone();
-    let me = node.cfg.node_id.clone();
+    let me = node.cfg.cluster.node_id.clone();
     let peer_addr = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let role = if dialed.is_some() { Role::Dialer } else { Role::Acceptor };
     relay.shaking.set(relay.shaking.get() + 1);
@@ -107,7 +107,7 @@ pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Op
         active: Cell::new(false),
         queue: RefCell::new(VecDeque::new()),
         queued: Cell::new(0),
-        cap: node.cfg.relay_queue_bytes,
+        cap: node.cfg.cluster.relay_queue_bytes,
         waker: RefCell::new(None),
         closed: Cell::new(false),
         stats: node.relay.link(&peer_name),

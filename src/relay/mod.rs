@@ -150,7 +150,7 @@ impl Relay {
     /// say they are listening, so whoever starts a cluster can use it once
     /// its nodes are up. A peer that stays unreachable costs this wait once.
     pub async fn first_round(&self) {
-        let peers = &self.node.cfg.peers;
+        let peers = &self.node.cfg.cluster.peers;
         while self.started.elapsed() < FIRST_ROUND {
             let linked = |addr: &SocketAddr| self.dialed.borrow().get(addr).is_some_and(|&i| self.up(i));
             if self.live_links() >= peers.len() || peers.iter().all(linked) {
@@ -216,10 +216,10 @@ impl std::fmt::Debug for Relay {
 pub fn start(node: Arc<Node>, sink: Sink) -> anyhow::Result<(Rc<Relay>, Vec<glommio::task::JoinHandle<()>>)> {
     let relay = Rc::new(Relay::new(node.clone(), sink));
     let mut tasks = Vec::new();
-    if let Some(addr) = node.cfg.relay_listen {
+    if let Some(addr) = node.cfg.cluster.relay_listen {
         let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("relay listen on {addr}: {e}"))?;
         let local = listener.local_addr().map_err(|e| anyhow::anyhow!("relay address: {e}"))?;
-        info!(addr = %local, node = %node.cfg.node_id, "relay listening");
+        info!(addr = %local, node = %node.cfg.cluster.node_id, "relay listening");
         let relay = relay.clone();
         tasks.push(
             glommio::spawn_local(async move {
@@ -245,7 +245,7 @@ pub fn start(node: Arc<Node>, sink: Sink) -> anyhow::Result<(Rc<Relay>, Vec<glom
             .detach(),
         );
     }
-    for &peer in &node.cfg.peers {
+    for &peer in &node.cfg.cluster.peers {
         tasks.push(glommio::spawn_local(dial::dial_loop(relay.clone(), peer)).detach());
     }
     Ok((relay, tasks))

@@ -118,8 +118,8 @@ impl Shard {
     /// frames. Passes that already take that long get no delay: frames pile
     /// up during them anyway, and waiting would only idle the core.
     fn coalesce_delay(&self) -> Duration {
-        let d = self.node.cfg.coalesce;
-        if d.is_zero() || self.flush.util.get() < self.node.cfg.coalesce_above {
+        let d = self.node.cfg.tuning.coalesce;
+        if d.is_zero() || self.flush.util.get() < self.node.cfg.tuning.coalesce_above {
             return Duration::ZERO;
         }
         d.saturating_sub(self.flush.last_pass.get())

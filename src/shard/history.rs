@@ -56,7 +56,7 @@ impl Shard {
 
     /// The reader task: one request at a time, its reads at once.
     pub(crate) async fn run_history_reader(self: Rc<Self>) {
-        let data = self.node.cfg.data_dir.clone();
+        let data = self.node.cfg.storage.data_dir.clone();
         loop {
             let req = std::future::poll_fn(|cx| match self.reads.borrow_mut().pop_front() {
                 Some(r) => Poll::Ready(r),

@@ -118,7 +118,7 @@ impl Shard {
     /// The log writer: takes whatever the journal holds, writes it in one
     /// write (and fsyncs it in `sync` mode), then releases what waited for it.
     pub(crate) async fn run_log_writer(self: Rc<Self>, log: Rc<Log>) {
-        let sync = self.node.cfg.durability == Durability::Sync;
+        let sync = self.node.cfg.storage.durability == Durability::Sync;
         loop {
             std::future::poll_fn(|cx| {
                 if self.owner.borrow_mut().journal().is_some_and(|j| j.has_pending()) {
@@ -189,7 +189,7 @@ impl Shard {
     /// when something was written, one at a time.
     pub(crate) async fn run_log_syncer(self: Rc<Self>, log: Rc<Log>) {
         loop {
-            Timer::new(self.node.cfg.fsync_interval).await;
+            Timer::new(self.node.cfg.storage.fsync_interval).await;
             if log.unsynced()
                 && let Err(e) = self.timed_sync(&log).await
             {

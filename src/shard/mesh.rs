@@ -136,7 +136,7 @@ impl Shard {
                 self.resume_parked();
                 return;
             }
-            if mesh.outbox_len.get() <= self.node.cfg.shard_queue / 4 {
+            if mesh.outbox_len.get() <= self.node.cfg.tuning.shard_queue / 4 {
                 self.resume_parked();
             }
         }
@@ -165,7 +165,7 @@ impl Shard {
     /// Returns true when it must wait; it is then parked, and
     /// [`Shard::resume_parked`] wakes it once the outboxes have drained.
     pub(crate) fn park_if_backed_up(&self, key: u32, waker: &Waker) -> bool {
-        if self.mesh.outbox_len.get() <= self.node.cfg.shard_queue {
+        if self.mesh.outbox_len.get() <= self.node.cfg.tuning.shard_queue {
             return false;
         }
         let mut conns = self.conns.borrow_mut();

@@ -149,18 +149,19 @@ impl Shard {
             conns: RefCell::new(Conns::new()),
             members: RefCell::new(HashMap::new()),
             owner: RefCell::new({
-                let mut o = Owner::new(n, node.cfg.history_memory, node.epoch, Box::new(move || epochs.next_epoch()));
+                let mut o =
+                    Owner::new(n, node.cfg.storage.history_memory, node.epoch, Box::new(move || epochs.next_epoch()));
                 o.set_storage(
-                    node.cfg.history,
-                    node.cfg.room_evict.as_millis() as u64,
-                    node.cfg.max_evicted_rooms.div_ceil(n),
+                    node.cfg.storage.history,
+                    node.cfg.storage.room_evict.as_millis() as u64,
+                    node.cfg.storage.max_evicted_rooms.div_ceil(n),
                 );
                 // A history reply must fit the client's outbound queue.
-                o.reply_budget = node.cfg.max_outbound_bytes / 2;
+                o.reply_budget = node.cfg.limits.max_outbound_bytes / 2;
                 o.set_presence(
-                    node.cfg.presence_limit,
-                    node.cfg.presence_interval.as_millis() as u64,
-                    node.cfg.presence_grace.as_millis() as u64,
+                    node.cfg.limits.presence_limit,
+                    node.cfg.limits.presence_interval.as_millis() as u64,
+                    node.cfg.limits.presence_grace.as_millis() as u64,
                 );
                 o
             }),
@@ -183,7 +184,7 @@ impl Shard {
             latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
             shutting_down: Cell::new(false),
             started: Instant::now(),
-            view: RefCell::new(Arc::new(View::solo(&node.cfg.node_id))),
+            view: RefCell::new(Arc::new(View::solo(&node.cfg.cluster.node_id))),
             relay: RefCell::new(None),
             pin: RefCell::new(None),
             handshakes: admission::Handshakes::default(),
@@ -212,7 +213,7 @@ impl Shard {
 
     /// Registers an upgraded connection; returns its slot.
     pub(crate) fn register(&self, fd: RawFd) -> u32 {
-        let session = Session::new(self.node.cfg.rate_limit, self.now_ms());
+        let session = Session::new(self.node.cfg.limits.rate_limit, self.now_ms());
         let (key, _) = self.conns.borrow_mut().insert(fd, session, self.tick.get());
         self.stats().connections.fetch_add(1, Relaxed);
         key
@@ -283,7 +284,7 @@ impl Shard {
     /// Queues a frame on a connection; false if it is closing or was just
     /// closed for passing its outbound cap.
     fn push(&self, key: u32, e: &mut ConnEntry, frame: &SharedFrame) -> bool {
-        match e.out.push(frame, self.node.cfg.max_outbound_bytes) {
+        match e.out.push(frame, self.node.cfg.limits.max_outbound_bytes) {
             Pushed::Queued { newly_dirty } => {
                 if newly_dirty {
                     self.flush.mark(key);
@@ -317,12 +318,12 @@ impl Shard {
 
     /// Handles one complete text message from a client.
     pub(crate) fn on_text(&self, key: u32, data: &mut [u8]) {
-        let (rate, now) = (self.node.cfg.rate_limit, self.now_ms());
+        let (rate, now) = (self.node.cfg.limits.rate_limit, self.now_ms());
         let admitted = self.conns.borrow_mut().get_mut(key).is_some_and(|e| e.session.admit_frame(rate, now));
         if !admitted {
             return self.send_error(key, &ProtoError::new(protocol::ERR_INVALID, "sending too fast"));
         }
-        let limits = protocol::ParseLimits { max_message_bytes: self.node.cfg.max_message_bytes };
+        let limits = protocol::ParseLimits { max_message_bytes: self.node.cfg.limits.max_message_bytes };
         let cmd = match protocol::parse(data, &mut self.json_buffers.borrow_mut(), limits) {
             Ok(cmd) => cmd,
             Err(e) => return self.send_error(key, &e),
@@ -342,7 +343,7 @@ impl Shard {
             let me = self.conn_ref(key, e.generation);
             let policy = session::Policy {
                 rate,
-                max_rooms: self.node.cfg.max_rooms_per_connection,
+                max_rooms: self.node.cfg.limits.max_rooms_per_connection,
                 verifier: self.node.verifier.as_ref(),
             };
             e.session.command(cmd, me, policy, now, || self.assign_uid(), &mut |r| requests.push(r))

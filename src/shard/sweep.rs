@@ -30,9 +30,9 @@ impl Shard {
         self.tick.set(t);
         self.flush.tick(TICK);
         let ticks = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
-        let ping_after = ticks(self.node.cfg.ping_interval);
-        let idle_after = ticks(self.node.cfg.idle_timeout);
-        let login_after = ticks(self.node.cfg.login_timeout);
+        let ping_after = ticks(self.node.cfg.limits.ping_interval);
+        let idle_after = ticks(self.node.cfg.limits.idle_timeout);
+        let login_after = ticks(self.node.cfg.limits.login_timeout);
         let ping = Rc::new(ws::ping_frame());
         let now_ms = crate::node::unix_ms();
         let mut conns = self.conns.borrow_mut();
