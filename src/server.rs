@@ -1,15 +1,12 @@
 //! Starting and stopping a node: open-file limit, shards, signals.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
-use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
 
@@ -19,9 +16,8 @@ use crate::msg::ShardMsg;
 use crate::node::Node;
 use crate::pinning::CorePin;
 use crate::placement::shard_for;
-use crate::shard::{Shard, TICK};
+use crate::shard::life::ShardLog;
 use crate::store::log::recovery::{Report, Segment};
-use crate::store::log::writer::{Log, LogConfig};
 use crate::store::{self, DataDir, Durability, RoomState};
 
 /// File descriptors kept back from the connection cap (listeners, io_uring,
@@ -126,7 +122,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 // Runs on the shard's thread: the pin it manages is its own.
                 let pin = core.and_then(|c| CorePin::new(c, cpus, node.cfg.tuning.unpin_above));
                 node.stats.shards[i].pinned.store(core.is_some() as i64, Relaxed);
-                shard_main(i, node, mesh, addr, ready, pin, log).await
+                crate::shard::life::run(i, node, mesh, addr, ready, pin, log).await
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {i}: {e}"))?;
         handles.push(h);
@@ -262,210 +258,6 @@ fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;
     Ok(s)
-}
-
-async fn shard_main(
-    id: usize,
-    node: Arc<Node>,
-    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
-    addr: SocketAddr,
-    ready: crossbeam_channel::Sender<anyhow::Result<()>>,
-    pin: Option<CorePin>,
-    log: Option<ShardLog>,
-) {
-    let (senders, receivers) = if node.cfg.shards > 1 {
-        match mesh.join().await {
-            Ok((s, r)) => (Some(s), Some(r)),
-            Err(_) => {
-                let _ = ready.send(Err(anyhow::anyhow!("shard {id}: mesh join failed")));
-                return;
-            }
-        }
-    } else {
-        (None, None)
-    };
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(anyhow::anyhow!("shard {id}: bind {addr}: {e}")));
-            return;
-        }
-    };
-    let shard = Rc::new(Shard::new(id, node.clone(), senders));
-    *shard.pin.borrow_mut() = pin;
-    let log = match log {
-        None => None,
-        Some(init) => {
-            shard.restore(init.rooms, init.new_epoch);
-            let cfg = LogConfig {
-                data: node.cfg.storage.data_dir.clone(),
-                shard: id,
-                segment_bytes: node.cfg.storage.segment_bytes,
-                retention_bytes: node.cfg.storage.retention_bytes,
-                retention_ms: node.cfg.storage.retention.as_millis() as u64,
-            };
-            match Log::open(cfg, init.segments).await {
-                Ok(log) => Some(Rc::new(log)),
-                Err(e) => {
-                    let _ = ready.send(Err(anyhow::anyhow!("shard {id}: cannot open its message log: {e}")));
-                    return;
-                }
-            }
-        }
-    };
-
-    let mut tasks = Vec::new();
-    if let Some(mut receivers) = receivers {
-        for (_, rx) in receivers.streams() {
-            tasks.push(glommio::spawn_local(shard.clone().run_receiver(rx)));
-        }
-        for dst in (0..node.cfg.shards).filter(|d| *d != id) {
-            tasks.push(glommio::spawn_local(shard.clone().run_pump(dst)));
-        }
-    }
-    tasks.push(glommio::spawn_local(shard.clone().run_flusher()));
-    if let Some(url) = &node.cfg.storage.store {
-        let cfg = store::redis::StoreConfig {
-            url: url.clone(),
-            history: node.cfg.storage.history,
-            ttl_ms: node.cfg.storage.store_ttl.as_millis() as u64,
-            ca: node.cfg.storage.store_ca.clone(),
-            cluster: node.cfg.storage.store_cluster,
-        };
-        match store::redis::RedisStore::spawn(cfg, id, node.stats.store.clone()) {
-            Ok((link, events)) => {
-                shard.enable_remote(link);
-                tasks.push(glommio::spawn_local(shard.clone().run_store(events)));
-            }
-            Err(e) => {
-                let _ = ready.send(Err(anyhow::anyhow!("shard {id}: {e}")));
-                return;
-            }
-        }
-    }
-    if let Some(log) = &log {
-        tasks.push(glommio::spawn_local(shard.clone().run_log_writer(log.clone())));
-        tasks.push(glommio::spawn_local(shard.clone().run_history_reader()));
-        if node.cfg.storage.durability == Durability::Written {
-            tasks.push(glommio::spawn_local(shard.clone().run_log_syncer(log.clone())));
-        }
-    }
-    let clustered = node.cfg.cluster.relay_listen.is_some() || !node.cfg.cluster.peers.is_empty();
-    let _relay_tasks = if id == 0 && clustered {
-        // The relay hands what it receives to this shard, which routes it.
-        let weak = Rc::downgrade(&shard);
-        let sink: crate::relay::Sink = Rc::new(move |ev| {
-            if let Some(shard) = weak.upgrade() {
-                shard.on_relay_event(ev);
-            }
-        });
-        let (relay, tasks) = match crate::relay::start(node.clone(), sink) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        shard.set_relay(relay.clone());
-        // Join the mesh before saying "listening" (a second at most).
-        relay.first_round().await;
-        tasks
-    } else {
-        Vec::new()
-    };
-    // Shard 0 answers the server API's questions of other nodes.
-    let _answerer = (id == 0 && clustered).then(|| glommio::spawn_local(crate::admin::answer_peers(shard.clone())));
-    let _admin = match node.cfg.security.admin_listen.filter(|_| id == 0) {
-        None => None,
-        Some(a) => match TcpListener::bind(a) {
-            Ok(l) => {
-                info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener: /metrics, /healthz, the server API");
-                Some(glommio::spawn_local(crate::admin::serve(shard.clone(), l)))
-            }
-            Err(e) => {
-                let _ = ready.send(Err(anyhow::anyhow!("admin listener on {a}: {e}")));
-                return;
-            }
-        },
-    };
-    let _ = ready.send(Ok(()));
-
-    let acceptor = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let mut log = FailureLog::default();
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        let fut = crate::conn::serve(shard.clone(), stream);
-                        glommio::spawn_local(fut).detach();
-                    }
-                    Err(e) => {
-                        // Out of descriptors or a transient error: keep
-                        // serving the connections there are, free a
-                        // descriptor held by a socket that never logged in,
-                        // and back off before the next try.
-                        let e = std::io::Error::from(e);
-                        shard.node.stats.shards[shard.id].accept_errors.fetch_add(1, Relaxed);
-                        let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-                        let shed = out_of_fds && shard.shed_one_unauthenticated();
-                        if let Some(suppressed) = log.due() {
-                            warn!(shard = shard.id, error = %e, shed, suppressed, "accept failed");
-                        }
-                        Timer::new(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        })
-    };
-
-    // Sweeper: idle checks, pings, and the shutdown flag.
-    while !node.shutdown.load(Relaxed) {
-        Timer::new(TICK).await;
-        shard.sweep();
-    }
-    drop(acceptor);
-    shard.close_all();
-    let deadline = Instant::now() + node.cfg.limits.shutdown_grace + Duration::from_secs(1);
-    while shard.conn_count() > 0 && Instant::now() < deadline {
-        Timer::new(Duration::from_millis(20)).await;
-    }
-    if let Some(log) = &log {
-        shard.flush_log(log).await;
-    }
-    if node.cfg.storage.store.is_some() {
-        shard.flush_store().await;
-    }
-    drop(tasks);
-}
-
-/// Logs a repeated failure at most once a second, with how many were not
-/// logged since (a full descriptor table fails every accept).
-#[derive(Debug, Default)]
-struct FailureLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl FailureLog {
-    /// Some(failures not logged since the last line) when this one should be logged.
-    fn due(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
-/// What one shard takes over from the log at start.
-#[derive(Debug)]
-struct ShardLog {
-    rooms: Vec<(Id, RoomState)>,
-    segments: Vec<Segment>,
-    new_epoch: bool,
 }
 
 /// The recovered log, being handed out to the shards.

@@ -27,6 +27,7 @@
 //! | file | part |
 //! |---|---|
 //! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries |
+//! | `life` | the shard's start (mesh, listener, log, tasks, relay) and stop |
 //! | `conns` | the connection table |
 //! | `api` | what the admin listener's server API asks of a shard |
 //! | `flush` | the write path |
@@ -43,6 +44,7 @@ mod cluster;
 mod conns;
 mod flush;
 mod history;
+pub(crate) mod life;
 mod log;
 mod mesh;
 mod redis;

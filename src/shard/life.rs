@@ -1,0 +1,215 @@
+//! A shard's life: its start (the mesh joined, its listener bound, its log
+//! opened, its tasks spawned: the relay and admin listener on shard 0) and,
+//! once the node shuts down, its stop (clients closed, the log and the
+//! store flushed). [`run`] is what each executor thread runs.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::TcpListener;
+use glommio::task::JoinHandle;
+use glommio::timer::Timer;
+use tracing::{info, warn};
+
+use super::{Shard, TICK};
+use crate::ids::Id;
+use crate::msg::ShardMsg;
+use crate::node::Node;
+use crate::pinning::CorePin;
+use crate::store::log::recovery::Segment;
+use crate::store::log::writer::{Log, LogConfig};
+use crate::store::{self, Durability, RoomState};
+use crate::throttle::Throttle;
+
+/// What one shard takes over from the log at start.
+#[derive(Debug)]
+pub(crate) struct ShardLog {
+    pub(crate) rooms: Vec<(Id, RoomState)>,
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) new_epoch: bool,
+}
+
+/// A started shard: what its life holds until it stops.
+struct Started {
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    log: Option<Rc<Log>>,
+    /// Every task of the shard; dropped (cancelled) at the very end.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Runs shard `id` to the end: says on `ready` whether it started, then
+/// serves until the node shuts down.
+pub(crate) async fn run(
+    id: usize,
+    node: Arc<Node>,
+    mesh: MeshBuilder<ShardMsg, Full>,
+    addr: SocketAddr,
+    ready: crossbeam_channel::Sender<anyhow::Result<()>>,
+    pin: Option<CorePin>,
+    log: Option<ShardLog>,
+) {
+    match start(id, &node, mesh, addr, pin, log).await {
+        Ok(started) => {
+            let _ = ready.send(Ok(()));
+            serve(&node, started).await;
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}
+
+async fn start(
+    id: usize,
+    node: &Arc<Node>,
+    mesh: MeshBuilder<ShardMsg, Full>,
+    addr: SocketAddr,
+    pin: Option<CorePin>,
+    log: Option<ShardLog>,
+) -> anyhow::Result<Started> {
+    let (senders, receivers) = if node.cfg.shards > 1 {
+        let (s, r) = mesh.join().await.map_err(|_| anyhow::anyhow!("shard {id}: mesh join failed"))?;
+        (Some(s), Some(r))
+    } else {
+        (None, None)
+    };
+    let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("shard {id}: bind {addr}: {e}"))?;
+    let shard = Rc::new(Shard::new(id, node.clone(), senders));
+    *shard.pin.borrow_mut() = pin;
+    let log = match log {
+        None => None,
+        Some(init) => {
+            shard.restore(init.rooms, init.new_epoch);
+            let storage = &node.cfg.storage;
+            let cfg = LogConfig {
+                data: storage.data_dir.clone(),
+                shard: id,
+                segment_bytes: storage.segment_bytes,
+                retention_bytes: storage.retention_bytes,
+                retention_ms: storage.retention.as_millis() as u64,
+            };
+            let log = Log::open(cfg, init.segments)
+                .await
+                .map_err(|e| anyhow::anyhow!("shard {id}: cannot open its message log: {e}"))?;
+            Some(Rc::new(log))
+        }
+    };
+
+    let mut tasks = Vec::new();
+    if let Some(mut receivers) = receivers {
+        for (_, rx) in receivers.streams() {
+            tasks.push(glommio::spawn_local(shard.clone().run_receiver(rx)).detach());
+        }
+        for dst in (0..node.cfg.shards).filter(|d| *d != id) {
+            tasks.push(glommio::spawn_local(shard.clone().run_pump(dst)).detach());
+        }
+    }
+    tasks.push(glommio::spawn_local(shard.clone().run_flusher()).detach());
+    if let Some(url) = &node.cfg.storage.store {
+        let storage = &node.cfg.storage;
+        let cfg = store::redis::StoreConfig {
+            url: url.clone(),
+            history: storage.history,
+            ttl_ms: storage.store_ttl.as_millis() as u64,
+            ca: storage.store_ca.clone(),
+            cluster: storage.store_cluster,
+        };
+        let (link, events) = store::redis::RedisStore::spawn(cfg, id, node.stats.store.clone())
+            .map_err(|e| anyhow::anyhow!("shard {id}: {e}"))?;
+        shard.enable_remote(link);
+        tasks.push(glommio::spawn_local(shard.clone().run_store(events)).detach());
+    }
+    if let Some(log) = &log {
+        tasks.push(glommio::spawn_local(shard.clone().run_log_writer(log.clone())).detach());
+        tasks.push(glommio::spawn_local(shard.clone().run_history_reader()).detach());
+        if node.cfg.storage.durability == Durability::Written {
+            tasks.push(glommio::spawn_local(shard.clone().run_log_syncer(log.clone())).detach());
+        }
+    }
+    let clustered = node.cfg.cluster.relay_listen.is_some() || !node.cfg.cluster.peers.is_empty();
+    if id == 0 && clustered {
+        // The relay hands what it receives to this shard, which routes it.
+        let weak = Rc::downgrade(&shard);
+        let sink: crate::relay::Sink = Rc::new(move |ev| {
+            if let Some(shard) = weak.upgrade() {
+                shard.on_relay_event(ev);
+            }
+        });
+        let (relay, relay_tasks) = crate::relay::start(node.clone(), sink)?;
+        shard.set_relay(relay.clone());
+        // Join the mesh before saying "listening" (a second at most).
+        relay.first_round().await;
+        tasks.extend(relay_tasks);
+        // Shard 0 answers the server API's questions of other nodes.
+        tasks.push(glommio::spawn_local(crate::admin::answer_peers(shard.clone())).detach());
+    }
+    if let Some(a) = node.cfg.security.admin_listen.filter(|_| id == 0) {
+        let l = TcpListener::bind(a).map_err(|e| anyhow::anyhow!("admin listener on {a}: {e}"))?;
+        info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener: /metrics, /healthz, the server API");
+        tasks.push(glommio::spawn_local(crate::admin::serve(shard.clone(), l)).detach());
+    }
+    Ok(Started { shard, listener, log, tasks })
+}
+
+/// Accept failures are logged at most once a second (a full descriptor
+/// table fails every accept).
+static ACCEPT_LOG: Throttle = Throttle::new();
+
+/// Serves until the node shuts down, then stops: every client gets a close
+/// frame, and the log and the store are flushed.
+async fn serve(node: &Node, started: Started) {
+    let Started { shard, listener, log, tasks } = started;
+    let acceptor = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        let fut = crate::conn::serve(shard.clone(), stream);
+                        glommio::spawn_local(fut).detach();
+                    }
+                    Err(e) => {
+                        // Out of descriptors or a transient error: keep
+                        // serving the connections there are, free a
+                        // descriptor held by a socket that never logged in,
+                        // and back off before the next try.
+                        let e = std::io::Error::from(e);
+                        shard.node.stats.shards[shard.id].accept_errors.fetch_add(1, Relaxed);
+                        let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                        let shed = out_of_fds && shard.shed_one_unauthenticated();
+                        if let Some(held) = ACCEPT_LOG.due() {
+                            warn!(shard = shard.id, error = %e, shed, suppressed = held, "accept failed");
+                        }
+                        Timer::new(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    // Sweeper: idle checks, pings, and the shutdown flag.
+    while !node.shutdown.load(Relaxed) {
+        Timer::new(TICK).await;
+        shard.sweep();
+    }
+    drop(acceptor);
+    shard.close_all();
+    let deadline = Instant::now() + node.cfg.limits.shutdown_grace + Duration::from_secs(1);
+    while shard.conn_count() > 0 && Instant::now() < deadline {
+        Timer::new(Duration::from_millis(20)).await;
+    }
+    if let Some(log) = &log {
+        shard.flush_log(log).await;
+    }
+    if node.cfg.storage.store.is_some() {
+        shard.flush_store().await;
+    }
+    for t in tasks {
+        t.cancel();
+    }
+}
