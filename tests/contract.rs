@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::common::{Client, Raw, Server, TIMEOUT};
+use crate::common::{Client, FIN, Raw, Server, TIMEOUT, raw_frame};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -88,32 +88,6 @@ fn seqs(v: &Value) -> Vec<u64> {
 }
 
 // ---------------------------------------------------------------- raw frames
-
-/// A client frame with a chosen first byte (FIN | RSV | opcode), masked or not.
-fn mk_frame(b0: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut f = vec![b0];
-    let m = if masked { 0x80 } else { 0 };
-    let n = payload.len();
-    if n < 126 {
-        f.push(m | n as u8);
-    } else if n <= 0xffff {
-        f.push(m | 126);
-        f.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        f.push(m | 127);
-        f.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    if masked {
-        let key = [0x11u8, 0x5a, 0xc3, 0x07];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        f.extend_from_slice(payload);
-    }
-    f
-}
-
-const FIN: u8 = 0x80;
 
 fn raw_text(r: &mut Raw) -> Value {
     loop {
@@ -955,11 +929,11 @@ fn fragmented_text_with_interleaved_control_frames_is_accepted() {
     let login = br#"{"cmd":"login","name":"ann","rid":"r","uid":"a"}"#;
     let (p1, rest) = login.split_at(10);
     let (p2, p3) = rest.split_at(20);
-    r.write(&mk_frame(0x01, p1, true)); // text, not final
-    r.write(&mk_frame(FIN | 0x9, b"mid-ping", true)); // ping in between
-    r.write(&mk_frame(0x00, p2, true)); // continuation, not final
-    r.write(&mk_frame(FIN | 0xA, b"unsolicited", true)); // pong: ignored
-    r.write(&mk_frame(FIN, p3, true)); // final continuation (opcode 0)
+    r.write(&raw_frame(0x01, p1, true)); // text, not final
+    r.write(&raw_frame(FIN | 0x9, b"mid-ping", true)); // ping in between
+    r.write(&raw_frame(0x00, p2, true)); // continuation, not final
+    r.write(&raw_frame(FIN | 0xA, b"unsolicited", true)); // pong: ignored
+    r.write(&raw_frame(FIN, p3, true)); // final continuation (opcode 0)
     let mut pong = None;
     let mut ack = None;
     while pong.is_none() || ack.is_none() {
@@ -981,19 +955,19 @@ fn fragmented_text_with_interleaved_control_frames_is_accepted() {
     let bytes = msg.as_bytes();
     let cut = msg.find('é').unwrap() + 1; // inside 'é'
     let cut2 = msg.find('😀').unwrap() + 2; // inside the emoji
-    r.write(&mk_frame(0x01, &bytes[..cut], true));
-    r.write(&mk_frame(0x00, &bytes[cut..cut2], true));
-    r.write(&mk_frame(FIN, &bytes[cut2..], true));
+    r.write(&raw_frame(0x01, &bytes[..cut], true));
+    r.write(&raw_frame(0x00, &bytes[cut..cut2], true));
+    r.write(&raw_frame(FIN, &bytes[cut2..], true));
     assert_eq!(b.expect("message")["msg"], "é✓😀");
     // Empty fragments are legal too.
     let msg = br#"{"cmd":"getOnline","rid":"r"}"#;
-    r.write(&mk_frame(0x01, b"", true));
-    r.write(&mk_frame(0x00, msg, true));
-    r.write(&mk_frame(FIN, b"", true));
+    r.write(&raw_frame(0x01, b"", true));
+    r.write(&raw_frame(0x00, msg, true));
+    r.write(&raw_frame(FIN, b"", true));
     assert_eq!(raw_text(&mut r)["cmd"], "getOnline");
     // A fragmented binary message is one 101.
-    r.write(&mk_frame(0x02, b"{\"cmd\":", true));
-    r.write(&mk_frame(FIN, b"\"getOnline\",\"rid\":\"r\"}", true));
+    r.write(&raw_frame(0x02, b"{\"cmd\":", true));
+    r.write(&raw_frame(FIN, b"\"getOnline\",\"rid\":\"r\"}", true));
     let e = raw_text(&mut r);
     assert_eq!((e["cmd"].as_str(), e["errCode"].as_i64()), (Some("error"), Some(101)));
     raw_silence(&mut r, SHORT);
@@ -1004,13 +978,13 @@ fn ping_is_answered_with_a_pong_carrying_the_same_payload() {
     let s = server();
     let mut r = Raw::connect(s.addr);
     for payload in [b"".to_vec(), b"x".to_vec(), (0..125u8).collect::<Vec<u8>>()] {
-        r.write(&mk_frame(FIN | 0x9, &payload, true));
+        r.write(&raw_frame(FIN | 0x9, &payload, true));
         assert_eq!(r.read_frame(), Some((10, payload)));
     }
     // Before and after a login, pings keep working.
-    r.write(&mk_frame(FIN | 0x1, br#"{"cmd":"login","name":"ann","rid":"r"}"#, true));
+    r.write(&raw_frame(FIN | 0x1, br#"{"cmd":"login","name":"ann","rid":"r"}"#, true));
     assert_eq!(raw_text(&mut r)["cmd"], "login");
-    r.write(&mk_frame(FIN | 0x9, b"after", true));
+    r.write(&raw_frame(FIN | 0x9, b"after", true));
     assert_eq!(r.read_frame(), Some((10, b"after".to_vec())));
 }
 
@@ -1018,29 +992,29 @@ fn ping_is_answered_with_a_pong_carrying_the_same_payload() {
 fn protocol_violations_close_1002() {
     let s = server();
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("unmasked text", mk_frame(FIN | 0x1, b"{}", false)),
-        ("unmasked ping", mk_frame(FIN | 0x9, b"p", false)),
-        ("reserved data opcode 0x7", mk_frame(FIN | 0x7, b"x", true)),
-        ("reserved control opcode 0xF", mk_frame(FIN | 0xF, b"x", true)),
-        ("RSV1", mk_frame(FIN | 0x40 | 0x1, b"{}", true)),
-        ("RSV2", mk_frame(FIN | 0x20 | 0x1, b"{}", true)),
-        ("RSV3", mk_frame(FIN | 0x10 | 0x1, b"{}", true)),
-        ("RSV1 on ping", mk_frame(FIN | 0x40 | 0x9, b"p", true)),
-        ("ping over 125 bytes", mk_frame(FIN | 0x9, &[b'p'; 126], true)),
+        ("unmasked text", raw_frame(FIN | 0x1, b"{}", false)),
+        ("unmasked ping", raw_frame(FIN | 0x9, b"p", false)),
+        ("reserved data opcode 0x7", raw_frame(FIN | 0x7, b"x", true)),
+        ("reserved control opcode 0xF", raw_frame(FIN | 0xF, b"x", true)),
+        ("RSV1", raw_frame(FIN | 0x40 | 0x1, b"{}", true)),
+        ("RSV2", raw_frame(FIN | 0x20 | 0x1, b"{}", true)),
+        ("RSV3", raw_frame(FIN | 0x10 | 0x1, b"{}", true)),
+        ("RSV1 on ping", raw_frame(FIN | 0x40 | 0x9, b"p", true)),
+        ("ping over 125 bytes", raw_frame(FIN | 0x9, &[b'p'; 126], true)),
         ("close over 125 bytes", {
             let mut p = 1000u16.to_be_bytes().to_vec();
             p.extend_from_slice(&[b'r'; 124]);
-            mk_frame(FIN | 0x8, &p, true)
+            raw_frame(FIN | 0x8, &p, true)
         }),
-        ("fragmented ping", mk_frame(0x9, b"p", true)),
-        ("continuation without start", mk_frame(FIN, b"{}", true)),
-        ("non-final continuation without start", mk_frame(0x0, b"{", true)),
+        ("fragmented ping", raw_frame(0x9, b"p", true)),
+        ("continuation without start", raw_frame(FIN, b"{}", true)),
+        ("non-final continuation without start", raw_frame(0x0, b"{", true)),
         ("new text frame inside a fragmented message", {
-            let mut f = mk_frame(0x1, b"{\"cmd\"", true);
-            f.extend(mk_frame(FIN | 0x1, b"{}", true));
+            let mut f = raw_frame(0x1, b"{\"cmd\"", true);
+            f.extend(raw_frame(FIN | 0x1, b"{}", true));
             f
         }),
-        ("close with a 1-byte payload", mk_frame(FIN | 0x8, &[3], true)),
+        ("close with a 1-byte payload", raw_frame(FIN | 0x8, &[3], true)),
     ];
     for (what, bytes) in cases {
         let mut r = Raw::connect(s.addr);
@@ -1059,12 +1033,12 @@ fn close_with_an_invalid_status_code_is_1002() {
     let s = server();
     for code in [0u16, 999, 1005, 1006, 1015, 5000] {
         let mut r = Raw::connect(s.addr);
-        r.write(&mk_frame(FIN | 0x8, &code.to_be_bytes(), true));
+        r.write(&raw_frame(FIN | 0x8, &code.to_be_bytes(), true));
         assert_eq!(r.expect_close(), 1002, "close code {code}");
     }
     // A valid application code is echoed.
     let mut r = Raw::connect(s.addr);
-    r.write(&mk_frame(FIN | 0x8, &4000u16.to_be_bytes(), true));
+    r.write(&raw_frame(FIN | 0x8, &4000u16.to_be_bytes(), true));
     assert_eq!(r.expect_close(), 4000);
 }
 
@@ -1072,18 +1046,18 @@ fn close_with_an_invalid_status_code_is_1002() {
 fn invalid_utf8_closes_1007_even_across_fragments() {
     let s = server();
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("overlong", mk_frame(FIN | 0x1, b"{\"cmd\":\"\xc0\xaf\"}", true)),
-        ("surrogate", mk_frame(FIN | 0x1, b"{\"cmd\":\"\xed\xa0\x80\"}", true)),
-        ("above U+10FFFF", mk_frame(FIN | 0x1, b"\xf4\x90\x80\x80", true)),
-        ("truncated at the end", mk_frame(FIN | 0x1, b"{}\xe2\x82", true)),
+        ("overlong", raw_frame(FIN | 0x1, b"{\"cmd\":\"\xc0\xaf\"}", true)),
+        ("surrogate", raw_frame(FIN | 0x1, b"{\"cmd\":\"\xed\xa0\x80\"}", true)),
+        ("above U+10FFFF", raw_frame(FIN | 0x1, b"\xf4\x90\x80\x80", true)),
+        ("truncated at the end", raw_frame(FIN | 0x1, b"{}\xe2\x82", true)),
         ("split surrogate", {
-            let mut f = mk_frame(0x1, b"{\"cmd\":\"\xed", true);
-            f.extend(mk_frame(FIN, b"\xa0\x80\"}", true));
+            let mut f = raw_frame(0x1, b"{\"cmd\":\"\xed", true);
+            f.extend(raw_frame(FIN, b"\xa0\x80\"}", true));
             f
         }),
         ("truncated char at the end of a fragmented message", {
-            let mut f = mk_frame(0x1, b"{\"a\":1}", true);
-            f.extend(mk_frame(FIN, b"\xe2\x82", true));
+            let mut f = raw_frame(0x1, b"{\"a\":1}", true);
+            f.extend(raw_frame(FIN, b"\xe2\x82", true));
             f
         }),
     ];
@@ -1099,16 +1073,16 @@ fn frames_over_max_frame_bytes_close_1009() {
     let s = Server::start(&["--shards", "3", "--rate-limit", "0", "--max-frame-bytes", "1000"]);
     // Exactly the limit is fine.
     let mut r = Raw::connect(s.addr);
-    r.write(&mk_frame(FIN | 0x1, br#"{"cmd":"login","name":"ann","rid":"r","uid":"a"}"#, true));
+    r.write(&raw_frame(FIN | 0x1, br#"{"cmd":"login","name":"ann","rid":"r","uid":"a"}"#, true));
     assert_eq!(raw_text(&mut r)["cmd"], "login");
     let mut body = br#"{"cmd":"getOnline","rid":"r"}"#.to_vec();
     body.resize(1000, b' ');
-    r.write(&mk_frame(FIN | 0x1, &body, true));
+    r.write(&raw_frame(FIN | 0x1, &body, true));
     assert_eq!(raw_text(&mut r)["cmd"], "getOnline");
     // One byte more: 1009.
     let mut body = br#"{"cmd":"getOnline","rid":"r"}"#.to_vec();
     body.resize(1001, b' ');
-    r.write(&mk_frame(FIN | 0x1, &body, true));
+    r.write(&raw_frame(FIN | 0x1, &body, true));
     assert_eq!(r.expect_close(), 1009);
     // A header announcing a huge (64-bit length) payload is refused at once,
     // without waiting for the payload.
@@ -1120,13 +1094,13 @@ fn frames_over_max_frame_bytes_close_1009() {
     assert_eq!(r.expect_close(), 1009);
     // A binary frame over the limit too.
     let mut r = Raw::connect(s.addr);
-    r.write(&mk_frame(FIN | 0x2, &[0u8; 1001], true));
+    r.write(&raw_frame(FIN | 0x2, &[0u8; 1001], true));
     assert_eq!(r.expect_close(), 1009);
     // A fragmented message whose fragments are each small but whose total is not.
     let mut r = Raw::connect(s.addr);
-    r.write(&mk_frame(0x1, &[b' '; 400], true));
-    r.write(&mk_frame(0x0, &[b' '; 400], true));
-    r.write(&mk_frame(FIN, &[b' '; 400], true));
+    r.write(&raw_frame(0x1, &[b' '; 400], true));
+    r.write(&raw_frame(0x0, &[b' '; 400], true));
+    r.write(&raw_frame(FIN, &[b' '; 400], true));
     assert_eq!(r.expect_close(), 1009);
 }
 

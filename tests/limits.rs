@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::common::{Raw, Server};
+use crate::common::{Raw, Server, UPGRADE};
 use serde_json::json;
 
 #[test]
@@ -64,19 +64,9 @@ fn frames_split_across_reads_and_pipelined_after_the_handshake() {
     let mut b = s.client();
     b.login("bob", "r", Some("b"));
     // Handshake and login frame in one write.
-    let mut st = TcpStream::connect(s.addr).unwrap();
-    st.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
-    cchat::ws::client_frame(&mut req, 1, br#"{"cmd":"login","name":"ann","rid":"r","uid":"a"}"#, [9, 8, 7, 6]);
-    st.write_all(&req).unwrap();
-    let mut r = Raw { s: st, buf: Vec::new() };
-    // Skip the 101 head.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        r.s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
+    let mut login = Vec::new();
+    cchat::ws::client_frame(&mut login, 1, br#"{"cmd":"login","name":"ann","rid":"r","uid":"a"}"#, [9, 8, 7, 6]);
+    let mut r = Raw::connect_with(s.addr, &login);
     let (_, ack) = r.read_frame().unwrap();
     assert!(String::from_utf8(ack).unwrap().contains("\"cmd\":\"login\""));
     b.expect("newUser");
@@ -151,7 +141,7 @@ fn connection_cap_answers_503() {
     let _held: Vec<_> = (0..3).map(|_| s.client()).collect();
     let mut st = TcpStream::connect(s.addr).unwrap();
     st.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(st, "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    st.write_all(UPGRADE.as_bytes()).unwrap();
     let mut out = String::new();
     st.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
@@ -315,27 +305,6 @@ fn sockets_that_never_log_in_are_closed_at_the_login_timeout() {
     assert!(s.metric("cchat_timeout_closes_total") >= 1.0);
 }
 
-/// Opens a WebSocket and waits for the 101; None if the server does not
-/// answer within `wait` (its accept is failing).
-fn try_upgrade(addr: std::net::SocketAddr, wait: Duration) -> Option<Raw> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(wait)).unwrap();
-    write!(s, "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut buf = Vec::new();
-    let mut b = [0u8; 512];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-            _ => return None,
-        }
-    }
-    assert!(buf.starts_with(b"HTTP/1.1 101"));
-    s.set_read_timeout(Some(crate::common::TIMEOUT)).unwrap();
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    buf.drain(..end);
-    Some(Raw { s, buf })
-}
-
 #[test]
 fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logged_in() {
     // 40 descriptors: the server's own ~17 and room for ~20 sockets.
@@ -368,7 +337,7 @@ fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logg
     };
     loop {
         assert!(lurkers.len() < 40, "the descriptor limit did not apply");
-        match try_upgrade(addr, Duration::from_millis(300)) {
+        match Raw::try_connect(addr, Duration::from_millis(300), &[]) {
             Some(r) => lurkers.push(r),
             None if out_of_descriptors() => break,
             None => {}
@@ -402,7 +371,7 @@ fn out_of_descriptors_the_server_keeps_serving_and_sheds_sockets_that_never_logg
 fn upgrade_status(addr: std::net::SocketAddr) -> (String, TcpStream) {
     let mut st = TcpStream::connect(addr).unwrap();
     st.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(st, "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    st.write_all(UPGRADE.as_bytes()).unwrap();
     let mut buf = [0u8; 128];
     let n = st.read(&mut buf).unwrap_or(0);
     (String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned(), st)

@@ -460,6 +460,28 @@ impl Client {
     }
 }
 
+/// The request of a plain WebSocket upgrade of `/` (with RFC 6455's sample key).
+pub const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// The FIN bit of a frame's first byte: the frame ends its message.
+pub const FIN: u8 = 0x80;
+
+/// A client frame with a chosen first byte (FIN | RSV | opcode), masked or
+/// not, as `cchat::ws::client_frame` lays it out: also the frames a client
+/// library would refuse to send (not final, reserved bits, unmasked).
+pub fn raw_frame(b0: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = Vec::new();
+    cchat::ws::client_frame(&mut f, 0, payload, [0x11, 0x5a, 0xc3, 0x07]);
+    f[0] = b0;
+    if !masked {
+        // No mask bit, no key, and the payload as it is.
+        f[1] &= 0x7f;
+        f.truncate(f.len() - 4 - payload.len());
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
 /// A raw TCP connection that has completed the WebSocket upgrade, for
 /// sending frames a well-behaved client library would refuse to send.
 pub struct Raw {
@@ -469,24 +491,35 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        write!(
-            s,
-            "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
+        Raw::connect_with(addr, &[])
+    }
+
+    /// Upgrades with `early` bytes (frames, say) sent in the same write as
+    /// the request.
+    pub fn connect_with(addr: SocketAddr, early: &[u8]) -> Raw {
+        Raw::try_connect(addr, TIMEOUT, early).expect("no 101: the server hung up or did not answer")
+    }
+
+    /// Upgrades with `early` bytes sent in the same write as the request;
+    /// None if the server hangs up or sends no 101 within `wait`. Bytes
+    /// that came with the 101 stay in `buf`.
+    pub fn try_connect(addr: SocketAddr, wait: Duration, early: &[u8]) -> Option<Raw> {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(wait)).unwrap();
+        s.write_all(&[UPGRADE.as_bytes(), early].concat()).unwrap();
         let mut buf = Vec::new();
         let mut b = [0u8; 1024];
         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut b).unwrap();
-            assert!(n > 0, "closed during handshake");
-            buf.extend_from_slice(&b[..n]);
+            match s.read(&mut b) {
+                Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+                _ => return None,
+            }
         }
         assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         buf.drain(..end);
-        Raw { s, buf }
+        Some(Raw { s, buf })
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
@@ -495,9 +528,7 @@ impl Raw {
 
     /// Sends a masked client frame.
     pub fn frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mut f = Vec::new();
-        cchat::ws::client_frame(&mut f, opcode, payload, [7, 1, 9, 3]);
-        self.write(&f);
+        self.write(&raw_frame(FIN | opcode, payload, true));
     }
 
     /// Next server frame: (opcode, payload). None at EOF.
