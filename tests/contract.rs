@@ -973,11 +973,14 @@ fn fragmented_text_with_interleaved_control_frames_is_accepted() {
     raw_silence(&mut r, SHORT);
 }
 
+/// A ping is answered with a pong carrying its payload (empty, short, the
+/// 125-byte maximum), before and after a login; a close is echoed with its
+/// code, and then the server hangs up.
 #[test]
-fn ping_is_answered_with_a_pong_carrying_the_same_payload() {
+fn ping_gets_pong_and_close_is_echoed() {
     let s = server();
     let mut r = Raw::connect(s.addr);
-    for payload in [b"".to_vec(), b"x".to_vec(), (0..125u8).collect::<Vec<u8>>()] {
+    for payload in [b"".to_vec(), b"x".to_vec(), b"hello".to_vec(), (0..125u8).collect::<Vec<u8>>()] {
         r.write(&raw_frame(FIN | 0x9, &payload, true));
         assert_eq!(r.read_frame(), Some((10, payload)));
     }
@@ -986,6 +989,10 @@ fn ping_is_answered_with_a_pong_carrying_the_same_payload() {
     assert_eq!(raw_text(&mut r)["cmd"], "login");
     r.write(&raw_frame(FIN | 0x9, b"after", true));
     assert_eq!(r.read_frame(), Some((10, b"after".to_vec())));
+    // A close is echoed with its code; then the server hangs up.
+    r.write(&raw_frame(FIN | 0x8, &1000u16.to_be_bytes(), true));
+    assert_eq!(r.expect_close(), 1000);
+    assert_eq!(r.read_frame(), None);
 }
 
 #[test]

@@ -47,18 +47,6 @@ fn unmasked_frame_and_bad_opcode_close_1002() {
 }
 
 #[test]
-fn ping_gets_pong_and_close_is_echoed() {
-    let s = Server::start(&[]);
-    let mut r = Raw::connect(s.addr);
-    r.frame(9, b"hello");
-    assert_eq!(r.read_frame(), Some((10, b"hello".to_vec())));
-    r.frame(8, &1000u16.to_be_bytes());
-    assert_eq!(r.expect_close(), 1000);
-    // Then the server hangs up.
-    assert_eq!(r.read_frame(), None);
-}
-
-#[test]
 fn frames_split_across_reads_and_pipelined_after_the_handshake() {
     let s = Server::start(&["--rate-limit", "0"]);
     let mut b = s.client();
