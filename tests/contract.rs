@@ -1115,19 +1115,26 @@ fn frames_over_max_frame_bytes_close_1009() {
 // HTTP
 // ======================================================================
 
+/// The plain HTTP endpoints: /healthz answers 200 "ok"; / serves the HTML
+/// page; an unknown path is a 404; /metrics is well-formed Prometheus text
+/// (every sample under a `# TYPE` line, every value a number) naming the
+/// server's metrics, with live values for one client logged in to one room.
 #[test]
 fn http_healthz_metrics_and_index() {
     let s = server();
     let (st, head, body) = http_raw(s.addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(st, 200, "{head}");
-    assert!(!body.is_empty());
+    assert_eq!(String::from_utf8(body).unwrap().trim(), "ok");
 
     let (st, head, body) = http_raw(s.addr, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(st, 200, "{head}");
     let ct = header(&head, "content-type").unwrap_or_default();
     assert!(ct.starts_with("text/html"), "content-type {ct:?}");
     let body = String::from_utf8(body).unwrap();
-    assert!(body.to_ascii_lowercase().contains("<html"), "not HTML");
+    assert!(body.contains("<html"), "not HTML");
+
+    let (st, head, _) = http_raw(s.addr, b"GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(st, 404, "{head}");
 
     let mut c = s.client();
     c.login("ann", "r", None);
@@ -1172,6 +1179,18 @@ fn http_healthz_metrics_and_index() {
     }
     assert!(samples > 0 && !types.is_empty());
     assert!(body.contains("# TYPE"));
+    for name in [
+        "cchat_connections 1",
+        "cchat_rooms 1",
+        "cchat_messages_in_total",
+        "cchat_deliveries_total",
+        "cchat_errors_total{code=\"50\"}",
+        "cchat_slow_consumer_closes_total",
+        "cchat_shard_queue_depth{shard=\"0\"}",
+        "cchat_fanout_latency_seconds",
+    ] {
+        assert!(body.contains(name), "{name} missing from\n{body}");
+    }
 }
 
 #[test]

@@ -21,11 +21,11 @@ mod durability;
 mod edges;
 // History read back from the log; rooms evicted from memory and reloaded.
 mod history;
-// The client contract, black-box: commands, replies, errors, closes.
+// The client contract, black-box: commands, replies, errors, closes, HTTP.
 mod contract;
 // The source tree's rules: no import cycle, no #[path], pure folders, long files named.
 mod layout;
-// Limits, protocol violations, HTTP endpoints, timeouts, shutdown.
+// Limits, protocol violations, timeouts, shutdown.
 mod limits;
 // Shards pinned to cores, released from busy ones.
 mod pinning;
