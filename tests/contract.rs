@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::common::{Client, FIN, Raw, Server, TIMEOUT, raw_frame};
+use crate::common::{Client, FIN, Raw, Server, TIMEOUT, for_shards, raw_frame};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -449,83 +449,129 @@ fn name_edge_cases() {
 // Errors
 // ======================================================================
 
+/// Every kind of error leaves the connection open, before login and after:
+/// 101 (not JSON, not an object, no string cmd, a binary frame), 102
+/// (unknown commands, CChat's debug and proxySet) and 50 (no session, bad
+/// or missing fields, not a member, a tid not in the room, a message over
+/// 1024 bytes, sending too fast). Each reply is an error of the right
+/// shape, the connection answers the next request, nothing refused
+/// reaches another member, and a message of exactly 1024 bytes is the
+/// room's first. With one shard and with three.
 #[test]
-fn connection_stays_open_after_every_error_kind_and_then_works() {
-    let s = server();
-    let mut other = s.client();
-    other.login("other", "elsewhere", Some("o"));
+fn error_codes_keep_the_connection_open() {
+    for_shards(|s| {
+        let mut other = s.client();
+        other.login("other", "elsewhere", Some("o"));
+        let mut b = s.client();
+        b.login("bob", "r", Some("b"));
 
-    // Before login: 50 for every command that needs a session; then login works.
-    let mut a = s.client();
-    for cmd in [
-        json!({"cmd":"message","type":"text","msg":"x","rid":"r"}),
-        json!({"cmd":"getOnline","rid":"r"}),
-        json!({"cmd":"getHistory","rid":"r"}),
-        json!({"cmd":"logout"}),
-        json!({"cmd":"logout","rid":"r"}),
-    ] {
-        a.send(cmd.clone());
-        let e = a.expect("error");
-        assert_eq!(e["errCode"], 50, "{cmd} before login: {e}");
-    }
-    a.login("ann", "r", Some("a"));
-    let mut b = s.client();
-    b.login("bob", "r", Some("b"));
-    a.expect("newUser");
+        // Before login. 101: not JSON, not an object, no string cmd, binary frame.
+        let mut a = s.client();
+        for bad in ["not json", "[1,2,3]", "\"login\"", "{\"cmd\":5}", "{}", "{\"cmd\":"] {
+            a.send_text(bad);
+            a.expect_error(101);
+        }
+        a.ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+        a.expect_error(101);
+        // 102: unknown command, including CChat's debug and proxySet.
+        for cmd in ["nope", "debug", "proxySet"] {
+            a.send(json!({"cmd": cmd}));
+            a.expect_error(102);
+        }
+        // 50 for every command that needs a session.
+        for cmd in [
+            json!({"cmd":"message","type":"text","msg":"x","rid":"r"}),
+            json!({"cmd":"getOnline","rid":"r"}),
+            json!({"cmd":"getHistory","rid":"r"}),
+            json!({"cmd":"logout"}),
+            json!({"cmd":"logout","rid":"r"}),
+        ] {
+            a.send(cmd.clone());
+            let e = a.expect("error");
+            assert_eq!(e["errCode"], 50, "{cmd} before login: {e}");
+            assert!(e["errMsg"].is_string(), "{e}");
+        }
+        // 50: bad or missing login fields.
+        a.send(json!({"cmd":"login","rid":"r"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"","rid":"r"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"a\u{1}","rid":"r"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"ann","rid":"bad room"}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"ann","rid":"r","uid":0}));
+        a.expect_error(50);
+        a.send(json!({"cmd":"login","name":"ann","rid":"r","uid":"x".repeat(65)}));
+        a.expect_error(50);
+        // Then login works.
+        a.login("ann", "r", Some("a"));
+        b.expect("newUser");
 
-    let probe = json!({"cmd":"getOnline","rid":"r"});
-    let cases: Vec<(&str, Message, i64)> = vec![
-        ("not json", Message::text("hello"), 101),
-        ("empty frame", Message::text(""), 101),
-        ("truncated json", Message::text("{\"cmd\":\"login\""), 101),
-        ("array", Message::text("[]"), 101),
-        ("number", Message::text("12"), 101),
-        ("null cmd", Message::text("{\"cmd\":null}"), 101),
-        ("object cmd", Message::text("{\"cmd\":{}}"), 101),
-        ("binary", Message::binary(b"{\"cmd\":\"getOnline\",\"rid\":\"r\"}".to_vec()), 101),
-        ("unknown", Message::text("{\"cmd\":\"Login\"}"), 102),
-        ("debug", Message::text("{\"cmd\":\"debug\"}"), 102),
-        ("proxySet", Message::text("{\"cmd\":\"proxySet\",\"ip\":\"1.2.3.4\"}"), 102),
-        ("bad type", Message::text(json!({"cmd":"message","type":"file","msg":"x","rid":"r"}).to_string()), 50),
-        ("no type", Message::text(json!({"cmd":"message","msg":"x","rid":"r"}).to_string()), 50),
-        ("msg not string", Message::text(json!({"cmd":"message","type":"text","msg":5,"rid":"r"}).to_string()), 50),
-        ("bad rid", Message::text(json!({"cmd":"message","type":"text","msg":"x","rid":"a b"}).to_string()), 50),
-        (
-            "not member",
-            Message::text(json!({"cmd":"message","type":"text","msg":"x","rid":"elsewhere"}).to_string()),
-            50,
-        ),
-        (
-            "tid not in room",
-            Message::text(json!({"cmd":"message","type":"text","msg":"x","rid":"r","tid":"o"}).to_string()),
-            50,
-        ),
-        (
-            "msg too long",
-            Message::text(json!({"cmd":"message","type":"text","msg":"x".repeat(1025),"rid":"r"}).to_string()),
-            50,
-        ),
-        ("getOnline not member", Message::text(json!({"cmd":"getOnline","rid":"elsewhere"}).to_string()), 50),
-        ("getOnline no rid", Message::text(json!({"cmd":"getOnline"}).to_string()), 50),
-        ("getHistory not member", Message::text(json!({"cmd":"getHistory","rid":"elsewhere"}).to_string()), 50),
-        ("getHistory bad limit", Message::text(json!({"cmd":"getHistory","rid":"r","limit":"x"}).to_string()), 50),
-        ("logout not member", Message::text(json!({"cmd":"logout","rid":"elsewhere"}).to_string()), 50),
-        ("login bad rid", Message::text(json!({"cmd":"login","name":"ann","rid":""}).to_string()), 50),
-    ];
-    for (what, frame, code) in cases {
-        a.ws.send(frame).unwrap();
-        a.send(probe.clone());
-        let on = expect_error_and(&mut a, code, "getOnline");
-        assert_eq!(on["users"].as_array().unwrap().len(), 2, "after {what}: {on}");
-    }
-    // None of that reached the other members; a real message still does.
-    b.expect_silence(Duration::from_millis(100));
-    other.expect_silence(Duration::from_millis(10));
-    a.say("r", "still here");
-    let m = b.expect("message");
-    assert_eq!((m["msg"].as_str(), m["seq"].as_u64()), (Some("still here"), Some(1)));
+        // After login: each error, then a request that is still answered.
+        let probe = json!({"cmd":"getOnline","rid":"r"});
+        let cases: Vec<(&str, Message, i64)> = vec![
+            ("not json", Message::text("hello"), 101),
+            ("empty frame", Message::text(""), 101),
+            ("truncated json", Message::text("{\"cmd\":\"login\""), 101),
+            ("array", Message::text("[]"), 101),
+            ("number", Message::text("12"), 101),
+            ("null cmd", Message::text("{\"cmd\":null}"), 101),
+            ("object cmd", Message::text("{\"cmd\":{}}"), 101),
+            ("binary", Message::binary(b"{\"cmd\":\"getOnline\",\"rid\":\"r\"}".to_vec()), 101),
+            ("unknown", Message::text("{\"cmd\":\"Login\"}"), 102),
+            ("debug", Message::text("{\"cmd\":\"debug\"}"), 102),
+            ("proxySet", Message::text("{\"cmd\":\"proxySet\",\"ip\":\"1.2.3.4\"}"), 102),
+            ("bad type", Message::text(json!({"cmd":"message","type":"file","msg":"x","rid":"r"}).to_string()), 50),
+            ("video type", Message::text(json!({"cmd":"message","type":"video","msg":"x","rid":"r"}).to_string()), 50),
+            ("no type", Message::text(json!({"cmd":"message","msg":"x","rid":"r"}).to_string()), 50),
+            ("no msg", Message::text(json!({"cmd":"message","type":"text","rid":"r"}).to_string()), 50),
+            ("msg not string", Message::text(json!({"cmd":"message","type":"text","msg":5,"rid":"r"}).to_string()), 50),
+            ("no rid", Message::text(json!({"cmd":"message","type":"text","msg":"x"}).to_string()), 50),
+            ("bad rid", Message::text(json!({"cmd":"message","type":"text","msg":"x","rid":"a b"}).to_string()), 50),
+            (
+                "not member",
+                Message::text(json!({"cmd":"message","type":"text","msg":"x","rid":"elsewhere"}).to_string()),
+                50,
+            ),
+            (
+                "tid not in room",
+                Message::text(json!({"cmd":"message","type":"text","msg":"x","rid":"r","tid":"o"}).to_string()),
+                50,
+            ),
+            (
+                "msg too long",
+                Message::text(json!({"cmd":"message","type":"text","msg":"x".repeat(1025),"rid":"r"}).to_string()),
+                50,
+            ),
+            ("getOnline not member", Message::text(json!({"cmd":"getOnline","rid":"elsewhere"}).to_string()), 50),
+            ("getOnline no rid", Message::text(json!({"cmd":"getOnline"}).to_string()), 50),
+            ("getHistory not member", Message::text(json!({"cmd":"getHistory","rid":"elsewhere"}).to_string()), 50),
+            ("getHistory bad limit", Message::text(json!({"cmd":"getHistory","rid":"r","limit":"x"}).to_string()), 50),
+            ("logout not member", Message::text(json!({"cmd":"logout","rid":"elsewhere"}).to_string()), 50),
+            ("login bad rid", Message::text(json!({"cmd":"login","name":"ann","rid":""}).to_string()), 50),
+        ];
+        for (what, frame, code) in cases {
+            a.ws.send(frame).unwrap();
+            a.send(probe.clone());
+            let on = expect_error_and(&mut a, code, "getOnline");
+            assert_eq!(on["users"].as_array().unwrap().len(), 2, "after {what}: {on}");
+        }
+        // Exactly 1024 bytes (the default limit) is accepted, and is the
+        // first message b gets: nothing refused above reached it.
+        a.say("r", &"é".repeat(512));
+        let m = b.expect("message");
+        assert_eq!((m["msg"].as_str().unwrap().len(), m["seq"].as_u64()), (1024, Some(1)));
+        // Nor anything else, nor the other room's member; a real message still does.
+        b.expect_silence(Duration::from_millis(100));
+        other.expect_silence(Duration::from_millis(10));
+        a.say("r", "still here");
+        let m = b.expect("message");
+        assert_eq!((m["msg"].as_str(), m["seq"].as_u64()), (Some("still here"), Some(2)));
+    });
 
     // "sending too fast" also leaves the connection open.
+    let probe = json!({"cmd":"getOnline","rid":"r"});
     let s2 = Server::start(&["--shards", "3", "--rate-limit", "1"]);
     let mut c = s2.client();
     c.login("cat", "r", Some("c"));
@@ -533,7 +579,7 @@ fn connection_stays_open_after_every_error_kind_and_then_works() {
     for i in 0..4 {
         c.say("r", &format!("m{i}"));
     }
-    c.send(probe.clone());
+    c.send(probe);
     let mut got_online = false;
     while !got_online {
         let v = c.recv();

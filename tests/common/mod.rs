@@ -191,6 +191,15 @@ impl Drop for Server {
     }
 }
 
+/// Runs a scenario against a server with one shard and against one with
+/// three (where members of one room sit on different shards); no rate limit.
+pub fn for_shards(f: impl Fn(&Server)) {
+    for shards in ["1", "3"] {
+        let s = Server::start(&["--shards", shards, "--rate-limit", "0"]);
+        f(&s);
+    }
+}
+
 /// Makes a data directory look as if the machine had rebooted since its
 /// last run (another boot id in its state file).
 pub fn pretend_reboot(data: &std::path::Path) {
