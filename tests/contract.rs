@@ -845,67 +845,90 @@ fn get_history_after_reconnect_with_since() {
     assert_eq!(b.expect("message")["seq"], 7);
 }
 
+/// Private messages reach every connection of their target and no one
+/// else, carry the room's current seq without advancing it, stay out of
+/// history, and are refused for a tid not in the room (in no room, or only
+/// in another one). Echo: a sender with it gets the very frame the others
+/// get, for private and room messages; one without it gets nothing back.
+/// With one shard and with three.
 #[test]
-fn private_message_echo_semantics() {
-    let s = server();
-    let mut a = s.client(); // no echo
-    let mut e = s.client(); // echo
-    let mut b1 = s.client();
-    let mut b2 = s.client();
-    let mut c = s.client();
-    let mut far = s.client();
-    a.login("ann", "r", Some("a"));
-    login_echo(&mut e, "eve", "r", "e");
-    b1.login("bob", "r", Some("b"));
-    b2.login("bob", "r", Some("b"));
-    c.login("cat", "r", Some("c"));
-    far.login("far", "other", Some("far"));
-    for _ in 0..3 {
-        a.expect("newUser");
-    }
-    for _ in 0..2 {
-        e.expect("newUser");
-    }
-    b1.expect("newUser");
-    b2.expect("newUser");
+fn private_message_reaches_only_target_connections() {
+    for_shards(|s| {
+        let mut a = s.client(); // no echo
+        let mut e = s.client(); // echo
+        let mut b1 = s.client();
+        let mut b2 = s.client();
+        let mut c = s.client();
+        let mut far = s.client();
+        a.login("ann", "r", Some("a"));
+        login_echo(&mut e, "eve", "r", "e");
+        b1.login("bob", "r", Some("b"));
+        b2.login("bob", "r", Some("b")); // a second connection of the same user
+        c.login("cat", "r", Some("c"));
+        far.login("far", "other", Some("far"));
+        for _ in 0..3 {
+            a.expect("newUser");
+        }
+        for _ in 0..2 {
+            e.expect("newUser");
+        }
+        b1.expect("newUser");
+        b2.expect("newUser");
 
-    // Without echo the sender gets nothing back.
-    a.send(json!({"cmd":"message","type":"text","msg":"from a","rid":"r","tid":"b"}));
-    let m1 = b1.expect("message");
-    let m2 = b2.expect("message");
-    assert_eq!(m1, m2);
-    assert_eq!((m1["uid"].as_str(), m1["tid"].as_str(), m1["seq"].as_u64()), (Some("a"), Some("b"), Some(0)));
-    a.expect_silence(SHORT);
-    c.expect_silence(Duration::from_millis(10));
-    e.expect_silence(Duration::from_millis(10));
+        // Without echo the sender gets nothing back.
+        a.send(json!({"cmd":"message","type":"text","msg":"from a","rid":"r","tid":"b"}));
+        let m1 = b1.expect("message");
+        let m2 = b2.expect("message");
+        assert_eq!(m1, m2);
+        assert_eq!((m1["uid"].as_str(), m1["tid"].as_str(), m1["seq"].as_u64()), (Some("a"), Some("b"), Some(0)));
+        assert_eq!(m1["msg"], "from a");
+        a.expect_silence(SHORT);
+        c.expect_silence(Duration::from_millis(10));
+        e.expect_silence(Duration::from_millis(10));
 
-    // With echo the sender gets the same frame as the target.
-    e.send(json!({"cmd":"message","type":"text","msg":"from e","rid":"r","tid":"b"}));
-    let t = b1.expect("message");
-    assert_eq!(b2.expect("message"), t);
-    let own = e.expect("message");
-    assert_eq!(own, t);
-    assert_eq!(own["tid"], "b");
-    // Echo of room messages too.
-    e.say("r", "room");
-    let own = e.expect("message");
-    assert_eq!(own["seq"], 1);
-    assert_eq!(a.expect("message"), own);
-    assert_eq!(c.expect("message"), own);
-    // A private message carries the room's current seq, without advancing it.
-    a.send(json!({"cmd":"message","type":"text","msg":"p2","rid":"r","tid":"c"}));
-    assert_eq!(c.expect("message")["seq"], 1);
-    a.say("r", "room2");
-    assert_eq!(c.expect("message")["seq"], 2);
-    // A tid present only in another room is refused, and nothing reaches it.
-    a.send(json!({"cmd":"message","type":"text","msg":"x","rid":"r","tid":"far"}));
-    a.expect_error(50);
-    far.expect_silence(SHORT);
-    // Private messages are not in history.
-    c.send(json!({"cmd":"getHistory","rid":"r"}));
-    let h = c.expect("getHistory");
-    assert_eq!(seqs(&h), [1, 2]);
-    assert!(h["msgs"].as_array().unwrap().iter().all(|m| m.get("tid").is_none()));
+        // With echo the sender gets the same frame as the target.
+        e.send(json!({"cmd":"message","type":"text","msg":"from e","rid":"r","tid":"b"}));
+        let t = b1.expect("message");
+        assert_eq!(b2.expect("message"), t);
+        let own = e.expect("message");
+        assert_eq!(own, t);
+        assert_eq!(own["tid"], "b");
+        // Echo of room messages too: the sender's copy is what every member gets.
+        e.say("r", "room");
+        let own = e.expect("message");
+        assert_eq!(own["seq"], 1);
+        for x in [&mut a, &mut b1, &mut b2, &mut c] {
+            assert_eq!(x.expect("message"), own);
+        }
+        // A private message carries the room's current seq, without advancing it.
+        e.send(json!({"cmd":"message","type":"text","msg":"psst","rid":"r","tid":"b"}));
+        for x in [&mut b1, &mut b2] {
+            let m = x.expect("message");
+            assert_eq!((m["tid"].as_str(), m["msg"].as_str()), (Some("b"), Some("psst")));
+            assert_eq!(m["seq"], 1);
+        }
+        assert_eq!(e.expect("message")["tid"], "b"); // echo copy
+        c.expect_silence(SHORT);
+        a.send(json!({"cmd":"message","type":"text","msg":"p2","rid":"r","tid":"c"}));
+        assert_eq!(c.expect("message")["seq"], 1);
+        // The next room message has no gap for anyone.
+        e.say("r", "room2");
+        assert_eq!(c.expect("message")["seq"], 2);
+        assert_eq!(a.expect("message")["seq"], 2);
+        assert_eq!(e.expect("message")["seq"], 2); // echo
+        // A tid present only in another room is refused, and nothing reaches it.
+        a.send(json!({"cmd":"message","type":"text","msg":"x","rid":"r","tid":"far"}));
+        a.expect_error(50);
+        far.expect_silence(SHORT);
+        // So is a tid in no room.
+        a.send(json!({"cmd":"message","type":"text","msg":"x","rid":"r","tid":"nobody"}));
+        a.expect_error(50);
+        // Private messages are not in history.
+        c.send(json!({"cmd":"getHistory","rid":"r"}));
+        let h = c.expect("getHistory");
+        assert_eq!(seqs(&h), [1, 2]);
+        assert!(h["msgs"].as_array().unwrap().iter().all(|m| m.get("tid").is_none()));
+    });
 }
 
 #[test]

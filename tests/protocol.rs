@@ -100,62 +100,6 @@ fn room_message_reaches_others_not_sender() {
 }
 
 #[test]
-fn echo_returns_own_messages() {
-    for_shards(|s| {
-        let mut a = s.client();
-        let mut b = s.client();
-        a.send(json!({"cmd":"login","name":"ann","rid":"r","uid":"a","echo":true}));
-        a.expect("login");
-        b.login("bob", "r", Some("b"));
-        a.expect("newUser");
-        a.say("r", "mine");
-        let own = a.expect("message");
-        let theirs = b.expect("message");
-        assert_eq!(own, theirs);
-    });
-}
-
-#[test]
-fn private_message_reaches_only_target_connections() {
-    for_shards(|s| {
-        let mut a = s.client();
-        a.send(json!({"cmd":"login","name":"ann","rid":"r","uid":"a","echo":true}));
-        a.expect("login");
-        let mut b1 = s.client();
-        let mut b2 = s.client();
-        let mut c = s.client();
-        b1.login("bob", "r", Some("b"));
-        b2.login("bob", "r", Some("b")); // a second connection of the same user
-        c.login("cat", "r", Some("c"));
-        a.expect("newUser");
-        a.expect("newUser");
-        b1.expect("newUser");
-        b2.expect("newUser");
-        a.say("r", "public");
-        a.expect("message");
-        for x in [&mut b1, &mut b2, &mut c] {
-            assert_eq!(x.expect("message")["seq"], 1);
-        }
-        a.send(json!({"cmd":"message","type":"text","msg":"psst","rid":"r","tid":"b"}));
-        for x in [&mut b1, &mut b2] {
-            let m = x.expect("message");
-            assert_eq!((m["tid"].as_str(), m["msg"].as_str()), (Some("b"), Some("psst")));
-            // Private messages do not advance the room's sequence.
-            assert_eq!(m["seq"], 1);
-        }
-        assert_eq!(a.expect("message")["tid"], "b"); // echo copy
-        c.expect_silence(SHORT);
-        // The next room message has no gap for anyone.
-        a.say("r", "public 2");
-        assert_eq!(c.expect("message")["seq"], 2);
-        assert_eq!(a.expect("message")["seq"], 2); // echo
-        // A tid not in the room is refused.
-        a.send(json!({"cmd":"message","type":"text","msg":"x","rid":"r","tid":"nobody"}));
-        a.expect_error(50);
-    });
-}
-
-#[test]
 fn logout_and_disconnect_announce_user_leave() {
     for_shards(|s| {
         let mut a = s.client();
