@@ -759,38 +759,63 @@ fn messages_to_a_room_after_all_other_members_left() {
 // Presence, history, private messages, many rooms
 // ======================================================================
 
+/// getOnline lists the whole room, whichever shards its members sit on:
+/// each user once (one with two connections too) with uid and name, under
+/// the room's rid. The list follows leaves, by logout and by the last
+/// connection's disconnect; only members may ask (never one who is not in
+/// the room, nor one who logged out until it logs in again). With one
+/// shard and with three.
 #[test]
-fn get_online_reflects_leaves() {
-    let s = server();
-    let mut a = s.client();
-    let mut b = s.client();
-    let mut c1 = s.client();
-    let mut c2 = s.client();
-    a.login("ann", "r", Some("a"));
-    b.login("bob", "r", Some("b"));
-    c1.login("cat", "r", Some("c"));
-    c2.login("cat", "r", Some("c"));
-    a.expect("newUser");
-    a.expect("newUser");
-    b.expect("newUser");
-    // A user with two connections is listed once.
-    assert_eq!(online_uids(&mut a, "r"), ["a", "b", "c"]);
-    b.send(json!({"cmd":"logout","rid":"r"}));
-    b.expect("logout");
-    assert_eq!(a.expect("userLeave")["uid"], "b");
-    assert_eq!(online_uids(&mut a, "r"), ["a", "c"]);
-    drop(c1);
-    a.expect_silence(SHORT);
-    assert_eq!(online_uids(&mut a, "r"), ["a", "c"]);
-    drop(c2);
-    assert_eq!(a.expect("userLeave")["uid"], "c");
-    assert_eq!(online_uids(&mut a, "r"), ["a"]);
-    // A logged-out member may not ask any more; logging in again works.
-    b.send(json!({"cmd":"getOnline","rid":"r"}));
-    b.expect_error(50);
-    b.login("bob", "r", Some("b"));
-    assert_eq!(a.expect("newUser")["uid"], "b");
-    assert_eq!(online_uids(&mut b, "r"), ["a", "b"]);
+fn get_online_lists_the_whole_room() {
+    for_shards(|s| {
+        let mut members: Vec<Client> = (0..5).map(|_| s.client()).collect();
+        for (i, c) in members.iter_mut().enumerate() {
+            c.login(&format!("n{i}"), "r", Some(&format!("u{i}")));
+        }
+        let mut a = s.client();
+        a.login("ann", "r", Some("a"));
+        a.send(json!({"cmd":"getOnline","rid":"r"}));
+        let v = a.expect("getOnline");
+        assert_eq!(v["rid"], "r");
+        let mut uids: Vec<String> =
+            v["users"].as_array().unwrap().iter().map(|u| u["uid"].as_str().unwrap().to_owned()).collect();
+        uids.sort();
+        assert_eq!(uids, ["a", "u0", "u1", "u2", "u3", "u4"]);
+        assert!(v["users"].as_array().unwrap().iter().any(|u| u["name"] == "n3" && u["uid"] == "u3"));
+        // Only members may ask.
+        let mut o = s.client();
+        o.login("out", "elsewhere", None);
+        o.send(json!({"cmd":"getOnline","rid":"r"}));
+        o.expect_error(50);
+
+        let mut b = s.client();
+        let mut c1 = s.client();
+        let mut c2 = s.client();
+        b.login("bob", "r", Some("b"));
+        c1.login("cat", "r", Some("c"));
+        c2.login("cat", "r", Some("c"));
+        a.expect("newUser");
+        a.expect("newUser");
+        b.expect("newUser");
+        // A user with two connections is listed once.
+        assert_eq!(online_uids(&mut a, "r"), ["a", "b", "c", "u0", "u1", "u2", "u3", "u4"]);
+        b.send(json!({"cmd":"logout","rid":"r"}));
+        b.expect("logout");
+        assert_eq!(a.expect("userLeave")["uid"], "b");
+        assert_eq!(online_uids(&mut a, "r"), ["a", "c", "u0", "u1", "u2", "u3", "u4"]);
+        drop(c1);
+        a.expect_silence(SHORT);
+        assert_eq!(online_uids(&mut a, "r"), ["a", "c", "u0", "u1", "u2", "u3", "u4"]);
+        drop(c2);
+        assert_eq!(a.expect("userLeave")["uid"], "c");
+        assert_eq!(online_uids(&mut a, "r"), ["a", "u0", "u1", "u2", "u3", "u4"]);
+        // A logged-out member may not ask any more; logging in again works.
+        b.send(json!({"cmd":"getOnline","rid":"r"}));
+        b.expect_error(50);
+        b.login("bob", "r", Some("b"));
+        assert_eq!(a.expect("newUser")["uid"], "b");
+        assert_eq!(online_uids(&mut b, "r"), ["a", "b", "u0", "u1", "u2", "u3", "u4"]);
+    });
 }
 
 #[test]

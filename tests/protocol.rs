@@ -159,31 +159,6 @@ fn second_connection_of_a_uid_does_not_evict_the_first() {
 }
 
 #[test]
-fn get_online_lists_the_whole_room() {
-    for_shards(|s| {
-        let mut clients: Vec<Client> = (0..5).map(|_| s.client()).collect();
-        for (i, c) in clients.iter_mut().enumerate() {
-            c.login(&format!("n{i}"), "r", Some(&format!("u{i}")));
-        }
-        let mut a = s.client();
-        a.login("ann", "r", Some("a"));
-        a.send(json!({"cmd":"getOnline","rid":"r"}));
-        let v = a.expect("getOnline");
-        assert_eq!(v["rid"], "r");
-        let mut uids: Vec<String> =
-            v["users"].as_array().unwrap().iter().map(|u| u["uid"].as_str().unwrap().to_owned()).collect();
-        uids.sort();
-        assert_eq!(uids, ["a", "u0", "u1", "u2", "u3", "u4"]);
-        assert!(v["users"].as_array().unwrap().iter().any(|u| u["name"] == "n3" && u["uid"] == "u3"));
-        // Only members may ask.
-        let mut o = s.client();
-        o.login("out", "elsewhere", None);
-        o.send(json!({"cmd":"getOnline","rid":"r"}));
-        o.expect_error(50);
-    });
-}
-
-#[test]
 fn get_history_windows() {
     let s = Server::start(&["--shards", "2", "--rate-limit", "0", "--history", "5"]);
     let mut a = s.client();
