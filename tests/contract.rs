@@ -1089,13 +1089,20 @@ fn ping_gets_pong_and_close_is_echoed() {
     assert_eq!(r.read_frame(), None);
 }
 
+/// Each protocol violation closes its connection with 1002 and is counted
+/// in cchat_protocol_closes_total: unmasked frames, reserved opcodes (data
+/// and control, low and high) and bits, oversized or fragmented control
+/// frames, continuations without a start, a new message inside a
+/// fragmented one, a 1-byte close payload. The server serves on afterwards.
 #[test]
 fn protocol_violations_close_1002() {
     let s = server();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("unmasked text", raw_frame(FIN | 0x1, b"{}", false)),
         ("unmasked ping", raw_frame(FIN | 0x9, b"p", false)),
+        ("reserved data opcode 0x3", raw_frame(FIN | 0x3, b"x", true)),
         ("reserved data opcode 0x7", raw_frame(FIN | 0x7, b"x", true)),
+        ("reserved control opcode 0xB", raw_frame(FIN | 0xB, b"x", true)),
         ("reserved control opcode 0xF", raw_frame(FIN | 0xF, b"x", true)),
         ("RSV1", raw_frame(FIN | 0x40 | 0x1, b"{}", true)),
         ("RSV2", raw_frame(FIN | 0x20 | 0x1, b"{}", true)),
@@ -1117,11 +1124,13 @@ fn protocol_violations_close_1002() {
         }),
         ("close with a 1-byte payload", raw_frame(FIN | 0x8, &[3], true)),
     ];
+    let n = cases.len();
     for (what, bytes) in cases {
         let mut r = Raw::connect(s.addr);
         r.write(&bytes);
         assert_eq!(r.expect_close(), 1002, "{what}");
     }
+    assert!(s.metric("cchat_protocol_closes_total") >= n as f64);
     // The server is fine afterwards.
     let mut c = s.client();
     c.login("ann", "r", None);

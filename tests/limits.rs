@@ -32,21 +32,6 @@ fn invalid_utf8_closes_1007() {
 }
 
 #[test]
-fn unmasked_frame_and_bad_opcode_close_1002() {
-    let s = Server::start(&[]);
-    let mut r = Raw::connect(s.addr);
-    r.write(&[0x81, 0x02, b'{', b'}']); // unmasked text frame
-    assert_eq!(r.expect_close(), 1002);
-    let mut r = Raw::connect(s.addr);
-    r.frame(0x3, b"x"); // reserved data opcode
-    assert_eq!(r.expect_close(), 1002);
-    let mut r = Raw::connect(s.addr);
-    r.frame(0xB, b"x"); // reserved control opcode
-    assert_eq!(r.expect_close(), 1002);
-    assert!(s.metric("cchat_protocol_closes_total") >= 3.0);
-}
-
-#[test]
 fn frames_split_across_reads_and_pipelined_after_the_handshake() {
     let s = Server::start(&["--rate-limit", "0"]);
     let mut b = s.client();
