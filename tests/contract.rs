@@ -1152,10 +1152,15 @@ fn close_with_an_invalid_status_code_is_1002() {
     assert_eq!(r.expect_close(), 4000);
 }
 
+/// Text that is not UTF-8 closes its connection with 1007: bytes never
+/// valid (0xff, 0xfe), an overlong form, a surrogate, a code point above
+/// U+10FFFF, a character cut at the end; also when a character is split
+/// across fragments, or the message's last fragment ends inside one.
 #[test]
 fn invalid_utf8_closes_1007_even_across_fragments() {
     let s = server();
     let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("0xff 0xfe", raw_frame(FIN | 0x1, &[b'{', 0xff, 0xfe, b'}'], true)),
         ("overlong", raw_frame(FIN | 0x1, b"{\"cmd\":\"\xc0\xaf\"}", true)),
         ("surrogate", raw_frame(FIN | 0x1, b"{\"cmd\":\"\xed\xa0\x80\"}", true)),
         ("above U+10FFFF", raw_frame(FIN | 0x1, b"\xf4\x90\x80\x80", true)),

@@ -24,14 +24,6 @@ fn oversized_frame_closes_1009() {
 }
 
 #[test]
-fn invalid_utf8_closes_1007() {
-    let s = Server::start(&[]);
-    let mut r = Raw::connect(s.addr);
-    r.frame(1, &[b'{', 0xff, 0xfe, b'}']);
-    assert_eq!(r.expect_close(), 1007);
-}
-
-#[test]
 fn frames_split_across_reads_and_pipelined_after_the_handshake() {
     let s = Server::start(&["--rate-limit", "0"]);
     let mut b = s.client();
