@@ -1183,6 +1183,11 @@ fn invalid_utf8_closes_1007_even_across_fragments() {
     }
 }
 
+/// --max-frame-bytes: a frame of exactly the limit is served; one byte
+/// more closes with 1009, before a login or after, for text and binary; a
+/// header announcing a huge payload is refused at once; a fragmented
+/// message whose fragments are each small but whose total is over the
+/// limit closes with 1009 too.
 #[test]
 fn frames_over_max_frame_bytes_close_1009() {
     let s = Server::start(&["--shards", "3", "--rate-limit", "0", "--max-frame-bytes", "1000"]);
@@ -1198,6 +1203,10 @@ fn frames_over_max_frame_bytes_close_1009() {
     let mut body = br#"{"cmd":"getOnline","rid":"r"}"#.to_vec();
     body.resize(1001, b' ');
     r.write(&raw_frame(FIN | 0x1, &body, true));
+    assert_eq!(r.expect_close(), 1009);
+    // Before a login too, whatever the text.
+    let mut r = Raw::connect(s.addr);
+    r.write(&raw_frame(FIN | 0x1, &[b' '; 1001], true));
     assert_eq!(r.expect_close(), 1009);
     // A header announcing a huge (64-bit length) payload is refused at once,
     // without waiting for the payload.
@@ -1216,6 +1225,11 @@ fn frames_over_max_frame_bytes_close_1009() {
     r.write(&raw_frame(0x1, &[b' '; 400], true));
     r.write(&raw_frame(0x0, &[b' '; 400], true));
     r.write(&raw_frame(FIN, &[b' '; 400], true));
+    assert_eq!(r.expect_close(), 1009);
+    // Of two fragments as well.
+    let mut r = Raw::connect(s.addr);
+    r.write(&raw_frame(0x1, &[b' '; 600], true));
+    r.write(&raw_frame(FIN, &[b' '; 600], true));
     assert_eq!(r.expect_close(), 1009);
 }
 

@@ -1,4 +1,4 @@
-//! Limits, protocol violations, timeouts and shutdown, with real sockets.
+//! Limits, timeouts and shutdown, with real sockets.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -6,22 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Raw, Server, UPGRADE};
 use serde_json::json;
-
-#[test]
-fn oversized_frame_closes_1009() {
-    let s = Server::start(&["--max-frame-bytes", "1000"]);
-    let mut r = Raw::connect(s.addr);
-    r.frame(1, &vec![b' '; 1001]);
-    assert_eq!(r.expect_close(), 1009);
-    // A fragmented message may not exceed the limit in total either.
-    let mut r = Raw::connect(s.addr);
-    let mut f = Vec::new();
-    cchat::ws::client_frame(&mut f, 1, &[b' '; 600], [1, 2, 3, 4]);
-    f[0] &= 0x7f; // not final
-    r.write(&f);
-    r.frame(0, &[b' '; 600]);
-    assert_eq!(r.expect_close(), 1009);
-}
 
 #[test]
 fn frames_split_across_reads_and_pipelined_after_the_handshake() {

@@ -25,7 +25,7 @@ mod history;
 mod contract;
 // The source tree's rules: no import cycle, no #[path], pure folders, long files named.
 mod layout;
-// Limits, protocol violations, timeouts, shutdown.
+// Limits, timeouts, shutdown.
 mod limits;
 // Shards pinned to cores, released from busy ones.
 mod pinning;
