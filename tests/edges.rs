@@ -59,12 +59,7 @@ fn history(s: &Server, rid: &str) -> (u64, Vec<Msg>) {
             }
         };
         epoch = h["epoch"].as_u64().unwrap_or(epoch);
-        let page: Vec<Msg> = h["msgs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| (m["epoch"].as_u64().unwrap(), m["seq"].as_u64().unwrap(), m["msg"].as_str().unwrap().to_owned()))
-            .collect();
+        let page: Vec<Msg> = crate::common::history_msgs(&h);
         let Some(last) = page.last() else { break };
         since = last.1;
         all.extend(page);
@@ -583,12 +578,7 @@ fn history_pages_back_across_an_epoch_change() {
             }
         };
         assert_eq!(h["epoch"].as_u64(), Some(e2), "the reply names the room's current epoch");
-        h["msgs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| (m["epoch"].as_u64().unwrap(), m["seq"].as_u64().unwrap(), m["msg"].as_str().unwrap().to_owned()))
-            .collect()
+        crate::common::history_msgs(&h)
     };
     // The newest page reaches back into the old epoch, oldest first.
     let all = page(json!({"cmd":"getHistory","rid":"x","limit":100}));

@@ -37,12 +37,7 @@ fn history(c: &mut Client, rid: &str) -> Vec<(u64, u64, String)> {
         }
         assert_ne!(v["cmd"], "error", "{v}");
     };
-    h["msgs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["epoch"].as_u64().unwrap(), m["seq"].as_u64().unwrap(), m["msg"].as_str().unwrap().to_owned()))
-        .collect()
+    crate::common::history_msgs(&h)
 }
 
 #[test]

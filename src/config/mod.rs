@@ -386,6 +386,11 @@ impl Default for Config {
     }
 }
 
+/// A per-second rate flag: 0 (off) unless a finite positive number.
+fn rate(v: f64) -> f64 {
+    if v.is_finite() { v.max(0.0) } else { 0.0 }
+}
+
 fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
     if !(v.is_finite() && v > 0.0 && v < 1e9) {
         return Err(ConfigError::Invalid(format!("{name} must be a positive number of seconds")));
@@ -506,11 +511,7 @@ impl Config {
                 login_timeout: secs("login-timeout", args.login_timeout)?,
                 max_rooms_per_connection: args.max_rooms_per_connection.max(1),
                 max_connections_per_ip: args.max_connections_per_ip,
-                new_connections_per_ip: if args.new_connections_per_ip.is_finite() {
-                    args.new_connections_per_ip.max(0.0)
-                } else {
-                    0.0
-                },
+                new_connections_per_ip: rate(args.new_connections_per_ip),
                 presence_limit: args.presence_limit,
                 presence_interval: Duration::from_millis(args.presence_interval_ms.clamp(10, 3_600_000)),
                 presence_grace: Duration::from_millis(args.presence_grace_ms.min(600_000)),
@@ -521,11 +522,7 @@ impl Config {
                 token_public_key: args.token_public_key,
                 tls: args.tls_cert.zip(args.tls_key),
                 allowed_origins: args.allowed_origins,
-                login_attempts_per_ip: if args.login_attempts_per_ip.is_finite() {
-                    args.login_attempts_per_ip.max(0.0)
-                } else {
-                    0.0
-                },
+                login_attempts_per_ip: rate(args.login_attempts_per_ip),
                 admin_listen: args.admin_listen,
                 api_key: args.api_key.filter(|k| !k.is_empty()),
             },

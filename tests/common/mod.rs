@@ -200,6 +200,16 @@ pub fn for_shards(f: impl Fn(&Server)) {
     }
 }
 
+/// The messages of a getHistory reply as (epoch, seq, msg), oldest first.
+pub fn history_msgs(h: &Value) -> Vec<(u64, u64, String)> {
+    h["msgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["epoch"].as_u64().unwrap(), m["seq"].as_u64().unwrap(), m["msg"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
 /// Makes a data directory look as if the machine had rebooted since its
 /// last run (another boot id in its state file).
 pub fn pretend_reboot(data: &std::path::Path) {
