@@ -11,7 +11,7 @@
 //! A node runs one glommio executor per core ([`server`]), each a [`shard`]
 //! pinned to its core (unless `--no-pin`; released while other processes keep
 //! that core busy, [`pinning`]) and accepting on the shared port
-//! (SO_REUSEPORT). A connection lives on the shard that accepted it (`conn`).
+//! (SO_REUSEPORT). A connection lives on the shard that accepted it (`shard::conn`).
 //! Each room has an owner shard ([`placement`]) on an owner node
 //! ([`cluster`]); requests go to it and deliveries come from it ([`msg`]).
 //! The owner holds the room's roster and history and assigns `seq`
@@ -49,7 +49,6 @@
 //! | [`pinning`] | shard ↔ core pinning, released on a busy core | /proc, affinity |
 //! | [`relay`] | links between nodes: `codec`, `handshake`, `secure` (pure), `link`, `dial` | yes |
 //! | [`shard`] | a shard's I/O shell: connections, routing, writes, the log and redis tasks, timers (see its map) | yes |
-//! | `conn` (private) | one connection's task: bytes in, frames out | yes |
 //! | `admin` (private) | the admin listener: `/metrics`, `/healthz`, the server API (answers for the whole cluster) | yes |
 //! | [`server`] | start shards, signals, shutdown | yes |
 
@@ -57,7 +56,6 @@ pub(crate) mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
-pub(crate) mod conn;
 pub mod http;
 pub mod ids;
 pub mod json;

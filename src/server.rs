@@ -1,6 +1,7 @@
 //! Starting and stopping a node: open-file limit, shards, signals.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use crate::msg::ShardMsg;
 use crate::node::Node;
 use crate::pinning::CorePin;
 use crate::placement::shard_for;
+use crate::shard::Shard;
 use crate::shard::life::ShardLog;
 use crate::store::log::recovery::{Report, Segment};
 use crate::store::{self, DataDir, Durability, RoomState};
@@ -122,7 +124,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 // Runs on the shard's thread: the pin it manages is its own.
                 let pin = core.and_then(|c| CorePin::new(c, cpus, node.cfg.tuning.unpin_above));
                 node.stats.shards[i].pinned.store(core.is_some() as i64, Relaxed);
-                crate::shard::life::run(i, node, mesh, addr, ready, pin, log).await
+                crate::shard::life::run(i, node, mesh, addr, ready, pin, log, admin_tasks).await
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {i}: {e}"))?;
         handles.push(h);
@@ -279,6 +281,25 @@ impl Logs {
             new_epoch: self.new_epoch,
         }
     }
+}
+
+/// The admin side of a started shard, on shard 0: the admin listener, and
+/// in a cluster the server API's answers to other nodes' questions.
+fn admin_tasks(shard: &Rc<Shard>) -> anyhow::Result<Vec<glommio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    if shard.id != 0 {
+        return Ok(tasks);
+    }
+    let cfg = &shard.node.cfg;
+    if cfg.cluster.relay_listen.is_some() || !cfg.cluster.peers.is_empty() {
+        tasks.push(glommio::spawn_local(crate::admin::answer_peers(shard.clone())).detach());
+    }
+    if let Some(a) = cfg.security.admin_listen {
+        let l = glommio::net::TcpListener::bind(a).map_err(|e| anyhow::anyhow!("admin listener on {a}: {e}"))?;
+        info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener: /metrics, /healthz, the server API");
+        tasks.push(glommio::spawn_local(crate::admin::serve(shard.clone(), l)).detach());
+    }
+    Ok(tasks)
 }
 
 /// Locks the data directory and reads the log back (nothing with

@@ -13,7 +13,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
 use glommio::task::JoinHandle;
 use glommio::timer::Timer;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{Shard, TICK};
 use crate::ids::Id;
@@ -42,8 +42,13 @@ struct Started {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// What the node adds to a started shard (the admin listener, the server
+/// API's answers to other nodes): the tasks it spawned.
+pub(crate) type Extras = fn(&Rc<Shard>) -> anyhow::Result<Vec<JoinHandle<()>>>;
+
 /// Runs shard `id` to the end: says on `ready` whether it started, then
 /// serves until the node shuts down.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     id: usize,
     node: Arc<Node>,
@@ -52,8 +57,16 @@ pub(crate) async fn run(
     ready: crossbeam_channel::Sender<anyhow::Result<()>>,
     pin: Option<CorePin>,
     log: Option<ShardLog>,
+    extras: Extras,
 ) {
-    match start(id, &node, mesh, addr, pin, log).await {
+    let started = match start(id, &node, mesh, addr, pin, log).await {
+        Ok(mut s) => extras(&s.shard).map(|tasks| {
+            s.tasks.extend(tasks);
+            s
+        }),
+        Err(e) => Err(e),
+    };
+    match started {
         Ok(started) => {
             let _ = ready.send(Ok(()));
             serve(&node, started).await;
@@ -145,13 +158,6 @@ async fn start(
         // Join the mesh before saying "listening" (a second at most).
         relay.first_round().await;
         tasks.extend(relay_tasks);
-        // Shard 0 answers the server API's questions of other nodes.
-        tasks.push(glommio::spawn_local(crate::admin::answer_peers(shard.clone())).detach());
-    }
-    if let Some(a) = node.cfg.security.admin_listen.filter(|_| id == 0) {
-        let l = TcpListener::bind(a).map_err(|e| anyhow::anyhow!("admin listener on {a}: {e}"))?;
-        info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listener: /metrics, /healthz, the server API");
-        tasks.push(glommio::spawn_local(crate::admin::serve(shard.clone(), l)).detach());
     }
     Ok(Started { shard, listener, log, tasks })
 }
@@ -170,7 +176,7 @@ async fn serve(node: &Node, started: Started) {
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
-                        let fut = crate::conn::serve(shard.clone(), stream);
+                        let fut = super::conn::serve(shard.clone(), stream);
                         glommio::spawn_local(fut).detach();
                     }
                     Err(e) => {

@@ -28,6 +28,7 @@
 //! |---|---|
 //! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries |
 //! | `life` | the shard's start (mesh, listener, log, tasks, relay) and stop |
+//! | `conn` | one connection's task: the handshake, then bytes in, frames out |
 //! | `conns` | the connection table |
 //! | `api` | what the admin listener's server API asks of a shard |
 //! | `flush` | the write path |
@@ -41,6 +42,7 @@
 mod admission;
 mod api;
 mod cluster;
+pub(crate) mod conn;
 mod conns;
 mod flush;
 mod history;

@@ -18,9 +18,9 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
+use super::{OutState, Shard};
 use crate::http::{self, Request};
 use crate::perip::Refused;
-use crate::shard::{OutState, Shard};
 use crate::throttle::Throttle;
 use crate::ws::{self, Decoder, Event, WsError};
 use tracing::warn;
