@@ -174,7 +174,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // Whoever started the server may have stopped reading its output after
     // the first line: a closed pipe is not a reason to stop serving.
     use std::io::Write as _;
-    let _ = writeln!(std::io::stdout(), "open http://{browse}/ in a browser to chat");
+    let scheme = if node.cfg.security.tls.is_some() { "https" } else { "http" };
+    let _ = writeln!(std::io::stdout(), "open {scheme}://{browse}/ in a browser to chat");
     info!(%addr, "listening");
     let _ = std::io::stdout().flush();
 

@@ -23,7 +23,7 @@ fn the_example_config_loads_and_the_server_starts_with_it() {
     let help = String::from_utf8(help.stdout).unwrap();
     for flag in help.split_whitespace().filter_map(|w| w.strip_prefix("--")) {
         let key = flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-        if ["help", "version", "config"].contains(&key) || key.is_empty() {
+        if ["help", "version", "config", "check-config"].contains(&key) || key.is_empty() {
             continue;
         }
         assert!(text.contains(&format!("{key} =")), "deploy/cchat.toml lacks `{key}`");
@@ -148,5 +148,63 @@ fn the_config_with_its_secrets_is_kept_private() {
     };
     assert!(warned(0o644), "a world-readable secret is warned about");
     assert!(!warned(0o600), "a private one is not");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A config file can be checked without starting the server: a good one
+/// says so (exit 0); a mistyped key is named with its line and the key it
+/// resembles (exit 2); and no error prints a backtrace, even with
+/// RUST_BACKTRACE=1 set as in many operators' shells.
+#[test]
+fn a_config_file_is_checked_and_its_errors_name_the_key_and_line() {
+    let dir = crate::common::temp_data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cchat"))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nrate-limit = 20\n").unwrap();
+    let ok = run(&["--check-config", cfg.to_str().unwrap()]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("ok: "));
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nratelimit = 20\n").unwrap();
+    for args in [["--check-config", cfg.to_str().unwrap()], ["--config", cfg.to_str().unwrap()]] {
+        let bad = run(&args);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(2), "{err}");
+        assert!(err.contains("line 2: unknown key `ratelimit`, did you mean `rate-limit`?"), "{err}");
+        assert!(!err.contains("backtrace") && err.lines().count() == 1, "one line, no backtrace: {err}");
+    }
+    std::fs::write(&cfg, "rate-limit = -3\n").unwrap();
+    let bad = run(&["--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("rate-limit must be >= 0") && !err.contains("backtrace"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With TLS the start-up hint names https://.
+#[test]
+fn with_tls_the_start_up_hint_says_https() {
+    use std::io::BufRead as _;
+    let dir = crate::common::temp_data_dir();
+    crate::common::cert::make_cert(&dir, "hint");
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cchat"));
+    cmd.args(["--listen", "127.0.0.1:0", "--durability", "memory"])
+        .args(["--tls-cert", c.to_str().unwrap(), "--tls-key", k.to_str().unwrap()])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped());
+    let mut child = crate::common::procs::spawn(&mut cmd).unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let _listening = lines.next().unwrap().unwrap();
+    let open = lines.next().unwrap().unwrap();
+    crate::common::procs::reap(&mut child);
+    assert!(open.starts_with("open https://127.0.0.1:"), "{open}");
     let _ = std::fs::remove_dir_all(&dir);
 }

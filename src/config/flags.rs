@@ -22,6 +22,10 @@ pub struct Args {
     /// TOML file with the same settings (keys are the long flag names).
     #[arg(long, help_heading = "Basics")]
     pub config: Option<PathBuf>,
+    /// Check this config file (every key known, every value valid) and exit: 0 when
+    /// it is good, 2 with the error (the key and its line) when not.
+    #[arg(long, value_name = "FILE", help_heading = "Basics")]
+    pub check_config: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Limits")]
     /// Limits: sizes, rates, timeouts, connection caps.
     pub limits: LimitArgs,

@@ -206,6 +206,30 @@ fn secs(name: &str, v: f64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// The keys a config file may hold: the long names of the flags.
+fn known_keys() -> Vec<String> {
+    use clap::CommandFactory;
+    Args::command().get_arguments().filter_map(|a| a.get_long()).map(str::to_owned).collect()
+}
+
+/// The line (1-based) where `key` is set in a TOML text, or 0.
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches('"');
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().trim_start_matches('"').trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+/// "line N: unknown key `k`", with the nearest known key when one is close.
+fn unknown_key(text: &str, key: &str, known: &[String]) -> String {
+    let near = known.iter().map(|k| (strsim::levenshtein(k, key), k)).filter(|(d, k)| *d <= 3.max(k.len() / 4)).min();
+    let hint = near.map(|(_, k)| format!(", did you mean `{k}`?")).unwrap_or_default();
+    format!("line {}: unknown key `{key}`{hint}", line_of(text, key))
+}
+
 /// Keys whose values are secrets.
 const SECRET_KEYS: [&str; 3] = ["cluster-secret", "token-secret", "api-key"];
 
@@ -232,12 +256,18 @@ fn file_flags(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
     let table: toml::Table =
         text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(path.clone(), e.to_string()))?;
     let bad = |why: String| ConfigError::Parse(path.clone(), why);
+    let known = known_keys();
+    for key in table.keys() {
+        if key != "peers" && !known.iter().any(|k| k == key) {
+            return Err(bad(unknown_key(&text, key, &known)));
+        }
+    }
     warn_if_secrets_readable(path, &table);
     let mut flags = Vec::new();
     for (key, value) in table {
         let key = if key == "peers" { "peer".to_owned() } else { key };
-        if key == "config" {
-            return Err(bad("a config file cannot name another".into()));
+        if key == "config" || key == "check-config" {
+            return Err(bad(format!("line {}: a config file cannot name another", line_of(&text, &key))));
         }
         let items = match value {
             toml::Value::Array(a) => a,
