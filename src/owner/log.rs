@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use bytes::Bytes;
 
 use super::Owner;
-use super::store::{HistoryQuery, RecordTag, RoomStore};
+use super::store::{HistoryQuery, RoomStore};
 use crate::ids::Id;
 use crate::msg::ConnRef;
 use crate::owner::room::{Room, history_window};
@@ -121,9 +121,6 @@ pub(crate) struct LogStore {
     evicted_order: VecDeque<Id>,
     /// Past this many evicted rooms the oldest are forgotten.
     max_evicted: usize,
-    /// The message the last request journalled: its deliveries are held
-    /// with it, so that a write that fails can refuse it.
-    last: Option<RecordTag>,
     /// Places of rooms' messages of older epochs, oldest epoch first: a
     /// room that started a new epoch (damage, a reboot, a clustered
     /// restart) still serves what is on disk of its older ones.
@@ -141,7 +138,6 @@ impl LogStore {
             evicted: 0,
             evicted_order: VecDeque::new(),
             max_evicted,
-            last: None,
             older: HashMap::new(),
         }
     }
@@ -240,14 +236,6 @@ impl LogStore {
 }
 
 impl RoomStore for LogStore {
-    fn journalled(&mut self, rid: &Id, token: u64, seq: u64, from: ConnRef) {
-        self.last = Some(RecordTag { rid: rid.clone(), token, seq, from });
-    }
-
-    fn take_record_tag(&mut self) -> Option<RecordTag> {
-        self.last.take()
-    }
-
     fn known(&self, rid: &Id) -> Option<(u64, u64)> {
         self.disk.get(rid).map(|ix| (ix.epoch, ix.top))
     }

@@ -91,6 +91,9 @@ pub(crate) struct Owner {
     nodes: Vec<u16>,
     /// Room messages waiting for the log writer (None: `--durability memory`).
     journal: Option<Journal>,
+    /// The room message the last request journalled: its deliveries are
+    /// held with it, so that a store that fails to take it can refuse it.
+    last_journalled: Option<RecordTag>,
     /// While the store cannot take messages: they are refused until this
     /// Unix time (ms), then tried again; and what their senders are told.
     store_down: (u64, &'static str),
@@ -141,6 +144,7 @@ impl Owner {
             shards: Vec::new(),
             nodes: Vec::new(),
             journal: None,
+            last_journalled: None,
             store_down: (0, ""),
             store: Box::new(log::LogStore::new(history_cap, usize::MAX, false)),
             history_reach: history_cap,
@@ -161,6 +165,11 @@ impl Owner {
     /// The journal, when there is one.
     pub(crate) fn journal(&mut self) -> Option<&mut Journal> {
         self.journal.as_mut()
+    }
+
+    /// The room message the last request journalled, taken (see `shard/log.rs`).
+    pub(crate) fn take_record_tag(&mut self) -> Option<RecordTag> {
+        self.last_journalled.take()
     }
 
     /// The store could not take messages (at Unix ms `now_ms`): refuse them
@@ -455,7 +464,8 @@ impl Owner {
                 let json = frame.slice(off..);
                 if let Some(j) = self.journal.as_mut() {
                     j.append(room.epoch(), seq, now_ms, &p.rid, &json, room.token());
-                    self.store.journalled(&p.rid, room.token(), seq, p.from);
+                    self.last_journalled =
+                        Some(RecordTag { rid: p.rid.clone(), token: room.token(), seq, from: p.from });
                 }
                 room.remember(seq, json);
                 let except = if sender_echo { None } else { Some(p.from) };

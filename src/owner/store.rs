@@ -85,14 +85,6 @@ pub(crate) trait RoomStore: std::any::Any {
         Gate::Open
     }
 
-    /// A room message was journalled (its deliveries are held behind it).
-    fn journalled(&mut self, _rid: &Id, _token: u64, _seq: u64, _from: ConnRef) {}
-
-    /// The message the last request journalled, if the store refuses messages.
-    fn take_record_tag(&mut self) -> Option<RecordTag> {
-        None
-    }
-
     /// Answers a history request now (from memory, `room`), or takes it to
     /// read (None).
     fn plan_history(&mut self, q: HistoryQuery<'_>, room: Option<&Room>) -> Option<(ReadReply, u64, Vec<Bytes>)>;

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use super::store::{Gate, HistoryQuery, RecordTag, RoomStore};
 use super::{Out, Owner, ReadReply, err, refuse_for_a_while};
 use crate::ids::Id;
-use crate::msg::{ConnRef, Request};
+use crate::msg::Request;
 use crate::owner::room::{Room, history_window};
 use crate::store::redis::{Refusal, Refused};
 
@@ -91,8 +91,6 @@ pub(crate) struct RedisStore {
     /// Claim tokens: this shard's random base plus a count.
     token_base: u64,
     tokens: u64,
-    /// The message the last request journalled.
-    last: Option<RecordTag>,
     /// Messages the store keeps per room (`--history`).
     reach: usize,
 }
@@ -250,14 +248,6 @@ impl RoomStore for RedisStore {
         Gate::Queued
     }
 
-    fn journalled(&mut self, rid: &Id, token: u64, seq: u64, from: ConnRef) {
-        self.last = Some(RecordTag { rid: rid.clone(), token, seq, from });
-    }
-
-    fn take_record_tag(&mut self) -> Option<RecordTag> {
-        self.last.take()
-    }
-
     /// From memory when it holds the whole window, else from the store.
     fn plan_history(&mut self, q: HistoryQuery<'_>, room: Option<&Room>) -> Option<(ReadReply, u64, Vec<Bytes>)> {
         let HistoryQuery { rid, since, before, before_epoch, limit, reply, budget, .. } = q;
@@ -324,15 +314,8 @@ impl Owner {
     pub(crate) fn enable_remote(&mut self, token_base: u64) {
         self.journal = Some(crate::store::Journal::unframed());
         let reach = self.history_reach;
-        let store = RedisStore {
-            claims: HashMap::new(),
-            jobs: Vec::new(),
-            reads: Vec::new(),
-            token_base,
-            tokens: 0,
-            last: None,
-            reach,
-        };
+        let store =
+            RedisStore { claims: HashMap::new(), jobs: Vec::new(), reads: Vec::new(), token_base, tokens: 0, reach };
         self.store = Box::new(store);
     }
 
@@ -376,11 +359,6 @@ impl Owner {
             return None;
         }
         Some((std::mem::take(&mut s.jobs), std::mem::take(&mut s.reads)))
-    }
-
-    /// The message the last request journalled, if its store may refuse it.
-    pub(crate) fn take_record_tag(&mut self) -> Option<RecordTag> {
-        self.store.take_record_tag()
     }
 }
 
