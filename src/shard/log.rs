@@ -160,8 +160,8 @@ impl Shard {
                     // the log tries again (space may have come back).
                     self.stats().log_errors.fetch_add(1, Relaxed);
                     self.stats().log_refused.fetch_add(records, Relaxed);
-                    let full = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT))
-                        || e.to_string().contains("disk full");
+                    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+                    let full = matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge);
                     self.stats().log_full.store(i64::from(full), Relaxed);
                     if let Some(held) = LOG_ERROR_LOG.due() {
                         error!(shard = self.id, error = %e, refused = records, held_back = held,

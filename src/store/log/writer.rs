@@ -95,7 +95,9 @@ impl Log {
         let n = file.write_at(buf, pos).await?;
         if n < len {
             let _ = file.truncate(pos).await;
-            return Err(other(format!("short write to the log ({n} of {len} bytes): is the disk full?")));
+            // A short write is the disk (or a file-size limit) running out.
+            let why = format!("short write to the log ({n} of {len} bytes): is the disk full?");
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, why));
         }
         self.pos.set(pos + len as u64);
         self.unsynced.set(true);
@@ -248,7 +250,8 @@ async fn create_segment(dir: &Path, index: u64) -> std::io::Result<BufferedFile>
     let f = OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&tmp).await?;
     let n = f.write_at(record::header().to_vec(), 0).await?;
     if n < record::HEADER_LEN {
-        return Err(other(format!("short write of a segment header ({n} bytes): is the disk full?")));
+        let why = format!("short write of a segment header ({n} bytes): is the disk full?");
+        return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, why));
     }
     f.fdatasync().await?;
     f.close().await?;
