@@ -111,13 +111,13 @@ impl PerIp {
     /// [`PerIp::release`]d when it closes; its upgrade checks only the rate
     /// ([`PerIp::check_rate`]).
     pub fn reserve(&self, ip: IpAddr) -> Result<(), Refused> {
-        if self.max_open == 0 {
+        if !self.enabled() {
             return Ok(());
         }
         let mut t = self.table.lock().expect("per-ip table");
         let burst = self.rate * 2.0;
         let e = t.entries.entry(key(ip)).or_insert(Entry { open: 0, tokens: burst, last: Instant::now() });
-        if e.open >= self.max_open {
+        if self.max_open > 0 && e.open >= self.max_open {
             return Err(Refused::TooMany);
         }
         e.open += 1;
@@ -140,11 +140,6 @@ impl PerIp {
         }
         e.tokens -= 1.0;
         Ok(())
-    }
-
-    /// Whether sockets are counted from their accept (a connection limit is set).
-    pub fn counts_sockets(&self) -> bool {
-        self.max_open > 0
     }
 
     /// A connection from `ip` closed.
@@ -253,7 +248,7 @@ mod tests {
         assert_eq!(l.check_rate(a, t), Err(Refused::TooFast));
         l.release(a);
         assert!(l.reserve(a).is_ok());
-        assert!(PerIp::new(0, 5.0).reserve(a).is_ok(), "no connection limit: nothing to count");
+        assert!(PerIp::new(0, 5.0).reserve(a).is_ok(), "no connection limit: never too many");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     // handshake held open (a ClientHello sent a byte at a time) holds a
     // place like an upgraded connection does.
     let mut slot = IpSlot { node, ip: None };
-    if let Some(ip) = ip.filter(|_| node.per_ip.counts_sockets()) {
+    if let Some(ip) = ip {
         match node.per_ip.reserve(ip) {
             Ok(()) => slot.ip = Some(ip),
             Err(_) if node.tls.is_some() => {
@@ -144,10 +144,8 @@ async fn handshake(
                 let _ = stream.write_all(&http::response(400, "text/plain", why)).await;
                 return None;
             }
-            Err(_) => {
-                shard.node.stats.shards[shard.id].timeout_closes.fetch_add(1, Relaxed);
-                return None;
-            }
+            // A reset or a TLS error (a timeout is the caller's, see `serve`).
+            Err(_) => return None,
         }
         match http::parse(&buf) {
             Ok(Some(r)) => break r,
