@@ -55,10 +55,6 @@ impl std::fmt::Debug for Log {
     }
 }
 
-fn other(why: String) -> std::io::Error {
-    std::io::Error::other(why)
-}
-
 impl Log {
     /// Opens the shard's log: appends to its newest segment (as recovery
     /// left it), or starts the first.
@@ -71,7 +67,7 @@ impl Log {
             Some(s) => (OpenOptions::new().write(true).buffered_open(&s.path).await?, s.index, s.len, false),
             None => (create_segment(&dir, 1).await?, 1, record::HEADER_LEN as u64, true),
         };
-        name_newest(&dir, index)?;
+        name_newest(&dir, index).await?;
         Ok(Log {
             cfg,
             dir,
@@ -165,14 +161,14 @@ impl Log {
         let idx = self.building.replace(Builder::new(true)).finish(self.pos.get(), sealed_at);
         if let Some(idx) = idx {
             let path = self.dir.join(index_name(self.index.get()));
-            if let Err(e) = write_index(&path, idx).await {
+            if let Err(e) = write_index(&self.dir, self.index.get(), idx).await {
                 // Only a shortcut: recovery reads the segment instead.
                 tracing::warn!(path = %path.display(), error = %e, "cannot write a segment's index file");
             }
         }
         let next = self.index.get() + 1;
         let new = Rc::new(create_segment(&self.dir, next).await?);
-        name_newest(&self.dir, next)?;
+        name_newest(&self.dir, next).await?;
         let old = std::mem::replace(&mut *self.file.borrow_mut(), new);
         let sealed = Segment {
             path: self.dir.join(segment_name(self.index.get())),
@@ -228,48 +224,42 @@ impl Log {
     }
 }
 
-/// Writes a sealed segment's index file, synced.
-async fn write_index(path: &Path, idx: Vec<u8>) -> std::io::Result<()> {
-    let f = OpenOptions::new().write(true).create(true).truncate(true).buffered_open(path).await?;
-    let len = idx.len();
-    let n = f.write_at(idx, 0).await?;
-    if n < len {
-        return Err(other(format!("short write ({n} of {len} bytes)")));
-    }
-    f.fdatasync().await?;
-    f.close().await?;
-    Ok(())
-}
-
-/// Creates segment `index` so that no crash can leave it looking damaged:
-/// its header is written and synced under a temporary name, then renamed
-/// into place and the directory synced. Returns it open for appending.
-async fn create_segment(dir: &Path, index: u64) -> std::io::Result<BufferedFile> {
-    let path = dir.join(segment_name(index));
-    let tmp = dir.join(format!("{}.tmp", segment_name(index)));
+/// Puts a whole small file in place so that no crash leaves it half
+/// written: `bytes` are written and synced under a temporary name, renamed
+/// to `name` in `dir`, and the directory synced. All through the shard's
+/// executor (io_uring): a roll never blocks the shard on the disk.
+async fn put_synced(dir: &Path, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let f = OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&tmp).await?;
-    let n = f.write_at(record::header().to_vec(), 0).await?;
-    if n < record::HEADER_LEN {
-        let why = format!("short write of a segment header ({n} bytes): is the disk full?");
+    let len = bytes.len();
+    let n = f.write_at(bytes, 0).await?;
+    if n < len {
+        let why = format!("short write of {name} ({n} of {len} bytes): is the disk full?");
         return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, why));
     }
     f.fdatasync().await?;
     f.close().await?;
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(dir)?;
-    Ok(OpenOptions::new().write(true).buffered_open(&path).await?)
+    glommio::io::rename(&tmp, dir.join(name)).await?;
+    glommio::io::Directory::open(dir).await?.sync().await?;
+    Ok(())
 }
 
-/// Writes the directory's `NEWEST` file (synced, renamed into place): a
-/// start that finds no segment this new knows the newest was lost.
-fn name_newest(dir: &Path, index: u64) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = dir.join(format!("{NEWEST}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{index}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(NEWEST))?;
-    sync_dir(dir)
+/// Writes a sealed segment's index file, synced.
+async fn write_index(dir: &Path, index: u64, idx: Vec<u8>) -> std::io::Result<()> {
+    put_synced(dir, &index_name(index), idx).await
+}
+
+/// Creates segment `index` with its header (see [`put_synced`]: a crash
+/// cannot leave it looking damaged); returns it open for appending.
+async fn create_segment(dir: &Path, index: u64) -> std::io::Result<BufferedFile> {
+    put_synced(dir, &segment_name(index), record::header().to_vec()).await?;
+    Ok(OpenOptions::new().write(true).buffered_open(dir.join(segment_name(index))).await?)
+}
+
+/// Writes the directory's `NEWEST` file: a start that finds no segment
+/// this new knows the newest was lost.
+async fn name_newest(dir: &Path, index: u64) -> std::io::Result<()> {
+    put_synced(dir, NEWEST, format!("{index}\n").into_bytes()).await
 }
 
 /// fsync of a directory: its entries (a rename, a new file) are on disk.
