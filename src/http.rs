@@ -153,6 +153,12 @@ pub fn switching_protocols(accept: &str) -> String {
 
 /// A complete response that closes the connection.
 pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
+    response_with(status, content_type, extra, body)
+}
+
+/// [`response`] with `extra` header lines (each ending in CRLF).
+fn response_with(status: u16, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -166,7 +172,6 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{extra}Connection: close\r\n\r\n",
         body.len()
@@ -206,12 +211,9 @@ pub fn page_csp() -> &'static str {
 /// `GET /`: the page, with the headers that keep it from being framed,
 /// sniffed or made to run anything but its own code.
 fn page_response() -> Vec<u8> {
-    let mut out = response(200, "text/html; charset=utf-8", INDEX_HTML.as_bytes());
-    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 2;
     let extra =
         format!("Content-Security-Policy: {}\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n", page_csp());
-    out.splice(head_end..head_end, extra.into_bytes());
-    out
+    response_with(200, "text/html; charset=utf-8", &extra, INDEX_HTML.as_bytes())
 }
 
 /// The response to a plain `GET` of `path` on the client port. With an
