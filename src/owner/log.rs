@@ -1,4 +1,4 @@
-//! The owner's side of the embedded log ([`LogStore`], one of the two
+//! The owner's side of the embedded log ([`LogRoomStore`], one of the two
 //! [`RoomStore`]s): which of a room's messages are on disk and where
 //! ([`RoomIndex`]), history requests that reach past what memory holds
 //! (planned here, read by the shard's history reader), and rooms evicted
@@ -19,7 +19,6 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use super::Owner;
 use super::store::{HistoryQuery, RoomStore};
 use crate::ids::Id;
 use crate::msg::ConnRef;
@@ -105,32 +104,32 @@ impl std::fmt::Debug for DiskRead {
 /// The embedded log's side of the owner (also `--durability memory`, where
 /// nothing is kept: `keep` is false and the index stays empty).
 #[derive(Debug)]
-pub(crate) struct LogStore {
+pub(crate) struct LogRoomStore {
     /// Where each room's stored messages are (rooms in memory and evicted ones).
     disk: HashMap<Id, RoomIndex>,
     /// Stored messages indexed per room (`--history`).
-    cap: usize,
+    pub(super) cap: usize,
     /// Whether rooms are logged (else an evicted room is forgotten).
-    keep: bool,
+    pub(super) keep: bool,
     /// History answers that need the disk, for the shard's reader.
-    reads: Vec<DiskRead>,
+    pub(super) reads: Vec<DiskRead>,
     /// Rooms in `disk` and not in memory.
     evicted: usize,
     /// Evicted rooms, oldest eviction first (may name rooms used again
     /// since: those are skipped, and the list is compacted when mostly such).
-    evicted_order: VecDeque<Id>,
+    pub(super) evicted_order: VecDeque<Id>,
     /// Past this many evicted rooms the oldest are forgotten.
-    max_evicted: usize,
+    pub(super) max_evicted: usize,
     /// Places of rooms' messages of older epochs, oldest epoch first: a
     /// room that started a new epoch (damage, a reboot, a clustered
     /// restart) still serves what is on disk of its older ones.
     older: HashMap<Id, Vec<RoomIndex>>,
 }
 
-impl LogStore {
+impl LogRoomStore {
     /// No index yet; `keep`: rooms are logged.
     pub(crate) fn new(cap: usize, max_evicted: usize, keep: bool) -> Self {
-        LogStore {
+        LogRoomStore {
             disk: HashMap::new(),
             cap,
             keep,
@@ -146,7 +145,7 @@ impl LogStore {
     /// its sequence when used again, unless `new_epoch` says the node cannot
     /// prove it has every message it broadcast in it (or the room is marked
     /// damaged): then it is not kept, and starts a new epoch when used.
-    fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool, in_memory: &HashMap<Id, Room>) {
+    pub(super) fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool, in_memory: &HashMap<Id, Room>) {
         // A room that starts a new epoch keeps its older epochs' places
         // (and its last epoch's): what is on disk of them stays readable.
         let mut rooms: Vec<_> = rooms
@@ -205,7 +204,7 @@ impl LogStore {
     /// The log writer wrote these records at `base` of segment `seg` in
     /// directory `dir`: index them. Records of rooms this owner no longer
     /// holds (given to another node meanwhile) are not indexed.
-    fn on_written(&mut self, marks: &[Mark], dir: usize, seg: u64, base: u64, rooms: &HashMap<Id, Room>) {
+    pub(super) fn on_written(&mut self, marks: &[Mark], dir: usize, seg: u64, base: u64, rooms: &HashMap<Id, Room>) {
         for m in marks {
             let loc = Loc::new(dir, seg, base + m.off);
             if let Some(ix) = self.disk.get_mut(&m.rid) {
@@ -221,7 +220,7 @@ impl LogStore {
     /// Retention deleted segments up to `seg` of directory `dir`: their
     /// places go, and an evicted room with nothing left on disk is forgotten
     /// (used again, it starts a new epoch).
-    fn on_segments_deleted(&mut self, dir: usize, seg: u64, rooms: &HashMap<Id, Room>) {
+    pub(super) fn on_segments_deleted(&mut self, dir: usize, seg: u64, rooms: &HashMap<Id, Room>) {
         self.older.retain(|_, v| {
             v.retain_mut(|ix| ix.drop_segments(dir, seg));
             !v.is_empty()
@@ -235,7 +234,7 @@ impl LogStore {
     }
 }
 
-impl RoomStore for LogStore {
+impl RoomStore for LogRoomStore {
     fn known(&self, rid: &Id) -> Option<(u64, u64)> {
         self.disk.get(rid).map(|ix| (ix.epoch, ix.top))
     }
@@ -351,143 +350,5 @@ impl RoomStore for LogStore {
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
-    }
-}
-
-impl Owner {
-    /// Keeps a room index of `history` messages per room, evicts empty
-    /// rooms `evict_ms` after they empty (only with a log), and keeps at
-    /// most `max_evicted` evicted rooms.
-    pub(crate) fn set_storage(&mut self, history: usize, evict_ms: u64, max_evicted: usize) {
-        self.history_reach = history;
-        self.evict_ms = evict_ms;
-        if let Some(log) = self.log_store() {
-            log.cap = history;
-            log.max_evicted = max_evicted;
-        }
-    }
-
-    fn log_store(&mut self) -> Option<&mut LogStore> {
-        self.store.as_any_mut().downcast_mut::<LogStore>()
-    }
-
-    /// Journals every room message from now on (for the log writer), and
-    /// keeps the index of evicted rooms.
-    pub(crate) fn enable_journal(&mut self) {
-        self.journal = Some(crate::store::Journal::default());
-        if let Some(log) = self.log_store() {
-            log.keep = true;
-        }
-    }
-
-    /// Takes over the rooms the log held (see [`LogStore`]).
-    pub(crate) fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool) {
-        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogStore>() {
-            log.restore(rooms, new_epoch, &self.rooms);
-        }
-    }
-
-    /// The room, brought back with the sequence its store knows (same
-    /// epoch, next seq) or new.
-    pub(super) fn room_or_load(&mut self, rid: &Id) -> &mut Room {
-        if !self.rooms.contains_key(rid) {
-            let room = match self.store.known(rid) {
-                Some((epoch, top)) => Room::restore(self.nshards, self.history_cap, epoch, top, std::iter::empty()),
-                None => Room::new(self.nshards, self.history_cap, (self.next_epoch)()),
-            };
-            self.rooms.insert(rid.clone(), room);
-            self.store.opened(rid);
-        }
-        self.rooms.get_mut(rid).expect("inserted above")
-    }
-
-    /// A room emptied: evict it once `--room-evict-ms` passed.
-    pub(super) fn schedule_evict(&mut self, rid: &Id, now_ms: u64) {
-        self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
-    }
-
-    /// Evicts the rooms that have been empty long enough: their store may
-    /// keep them (an index). Returns how many it kept.
-    pub(crate) fn evict_idle(&mut self, now_ms: u64) -> usize {
-        let mut n = 0;
-        let mut gone = false;
-        while self.idle.front().is_some_and(|(_, due)| *due <= now_ms) {
-            let (rid, _) = self.idle.pop_front().expect("checked");
-            // A room used again meanwhile stays; a room emptied twice is
-            // evicted at the first due time (the grace is only a courtesy).
-            if !self.rooms.get(&rid).is_some_and(Room::is_empty) {
-                continue;
-            }
-            let room = self.rooms.remove(&rid).expect("checked");
-            gone = true;
-            if self.store.evicted(&rid, &room, &self.rooms) {
-                n += 1;
-            } else {
-                self.store.forgotten(&rid);
-            }
-        }
-        if gone {
-            self.shrink_rooms();
-        }
-        if self.idle.is_empty() && self.idle.capacity() > 1024 {
-            self.idle.shrink_to(64);
-        }
-        n
-    }
-
-    /// Rooms with an index but nothing in memory.
-    pub(crate) fn evicted_rooms(&self) -> usize {
-        self.store.evicted_rooms()
-    }
-
-    /// The log writer wrote these records (see [`LogStore`]).
-    pub(crate) fn on_written(&mut self, marks: &[Mark], dir: usize, seg: u64, base: u64) {
-        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogStore>() {
-            log.on_written(marks, dir, seg, base, &self.rooms);
-        }
-    }
-
-    /// Retention deleted segments up to `seg` of directory `dir`.
-    /// The log could not write these messages: they were refused (their
-    /// senders told, nothing delivered), so they leave the room's memory
-    /// history; their seqs stay used (never given to another message).
-    pub(crate) fn on_log_refused(&mut self, refused: &[crate::store::redis::Refused]) {
-        for r in refused {
-            if let Some(room) = self.rooms.get_mut(&r.rid) {
-                room.forget(r.first..=r.last);
-            }
-        }
-    }
-
-    pub(crate) fn on_segments_deleted(&mut self, dir: usize, seg: u64) {
-        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogStore>() {
-            log.on_segments_deleted(dir, seg, &self.rooms);
-        }
-    }
-
-    /// Answers a history request now, or has the store take it (None).
-    pub(super) fn plan_history(
-        &mut self,
-        rid: &Id,
-        since: Option<u64>,
-        before: Option<u64>,
-        before_epoch: Option<u64>,
-        limit: usize,
-        reply: ReadReply,
-    ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
-        let (budget, node_epoch) = (self.reply_budget, self.node_epoch);
-        let q = HistoryQuery { rid, since, before, before_epoch, limit, reply, budget, node_epoch };
-        self.store.plan_history(q, self.rooms.get(rid))
-    }
-
-    /// Entries of the log's eviction order (tests: it stays compact).
-    #[cfg(test)]
-    pub(crate) fn evicted_order_len(&mut self) -> usize {
-        self.log_store().map_or(0, |l| l.evicted_order.len())
-    }
-
-    /// History answers waiting for the disk.
-    pub(crate) fn take_reads(&mut self) -> Vec<DiskRead> {
-        self.log_store().map(|l| std::mem::take(&mut l.reads)).unwrap_or_default()
     }
 }

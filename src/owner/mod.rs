@@ -146,7 +146,7 @@ impl Owner {
             journal: None,
             last_journalled: None,
             store_down: (0, ""),
-            store: Box::new(log::LogStore::new(history_cap, usize::MAX, false)),
+            store: Box::new(log::LogRoomStore::new(history_cap, usize::MAX, false)),
             history_reach: history_cap,
             evict_ms: 10_000,
             idle: VecDeque::new(),

@@ -1,5 +1,5 @@
 //! The owner's side of a shared store (`--store`, see `store/redis/`):
-//! [`RedisStore`], one of the two [`RoomStore`]s. No I/O.
+//! [`RedisRoomStore`], one of the two [`RoomStore`]s. No I/O.
 //!
 //! Before it numbers a room's messages, an owner *claims* the room in the
 //! store: the store answers with the room's epoch and top seq (the
@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::store::{Gate, HistoryQuery, RecordTag, RoomStore};
-use super::{Out, Owner, ReadReply, err, refuse_for_a_while};
+use super::{Out, ReadReply, err, refuse_for_a_while};
 use crate::ids::Id;
 use crate::msg::Request;
 use crate::owner::room::{Room, history_window};
@@ -84,7 +84,7 @@ impl RecordTag {
 
 /// The owner's dealings with a shared store.
 #[derive(Debug)]
-pub(crate) struct RedisStore {
+pub(crate) struct RedisRoomStore {
     claims: HashMap<Id, Claim>,
     jobs: Vec<ClaimJob>,
     reads: Vec<RemoteRead>,
@@ -95,7 +95,21 @@ pub(crate) struct RedisStore {
     reach: usize,
 }
 
-impl RedisStore {
+impl RedisRoomStore {
+    /// A store that claims rooms with tokens from `token_base` and keeps
+    /// `reach` messages per room.
+    pub(super) fn new(token_base: u64, reach: usize) -> Self {
+        RedisRoomStore { claims: HashMap::new(), jobs: Vec::new(), reads: Vec::new(), token_base, tokens: 0, reach }
+    }
+
+    /// Claims and history reads for the store thread, if any.
+    pub(super) fn take_jobs(&mut self) -> Option<(Vec<ClaimJob>, Vec<RemoteRead>)> {
+        if self.jobs.is_empty() && self.reads.is_empty() {
+            return None;
+        }
+        Some((std::mem::take(&mut self.jobs), std::mem::take(&mut self.reads)))
+    }
+
     fn next_token(&mut self) -> u64 {
         self.tokens += 1;
         self.token_base.wrapping_add(self.tokens).max(1)
@@ -105,7 +119,7 @@ impl RedisStore {
     /// the requests that waited are returned to be handled (in order). If
     /// the store did not take the claim, the room messages and history
     /// reads among them are refused and the rest is returned.
-    fn on_claimed(
+    pub(super) fn on_claimed(
         &mut self,
         rooms: &mut HashMap<Id, Room>,
         store_down: &mut (u64, &'static str),
@@ -160,7 +174,7 @@ impl RedisStore {
 
     /// The store refused messages of a room sequenced under its current
     /// claim: the claim is dropped (see the module's text).
-    fn on_refused(
+    pub(super) fn on_refused(
         &mut self,
         rooms: &mut HashMap<Id, Room>,
         store_down: &mut (u64, &'static str),
@@ -196,7 +210,7 @@ impl RedisStore {
     }
 }
 
-impl RoomStore for RedisStore {
+impl RoomStore for RedisRoomStore {
     /// Never known at once: the room is claimed first.
     fn known(&self, _rid: &Id) -> Option<(u64, u64)> {
         None
@@ -305,60 +319,6 @@ impl RoomStore for RedisStore {
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
-    }
-}
-
-impl Owner {
-    /// History and room sequence live in a shared store from now on; claim
-    /// tokens start at `token_base` (random per shard and run).
-    pub(crate) fn enable_remote(&mut self, token_base: u64) {
-        self.journal = Some(crate::store::Journal::unframed());
-        let reach = self.history_reach;
-        let store =
-            RedisStore { claims: HashMap::new(), jobs: Vec::new(), reads: Vec::new(), token_base, tokens: 0, reach };
-        self.store = Box::new(store);
-    }
-
-    fn shared(&mut self) -> Option<&mut RedisStore> {
-        self.store.as_any_mut().downcast_mut::<RedisStore>()
-    }
-
-    /// The store answered a claim (see [`RedisStore`]); returns the
-    /// requests that waited, to be handled in order.
-    pub(crate) fn on_claimed(
-        &mut self,
-        rid: &Id,
-        token: u64,
-        state: Result<(u64, u64), Refusal>,
-        now_ms: u64,
-        out: &mut Vec<Out>,
-    ) -> Vec<Request> {
-        let Some(s) = self.store.as_any_mut().downcast_mut::<RedisStore>() else { return Vec::new() };
-        let now = (now_ms, &*self.next_epoch);
-        s.on_claimed(&mut self.rooms, &mut self.store_down, (rid, token, state), now, out)
-    }
-
-    /// The store acknowledged messages of `rid` up to `seq` under claim `token`.
-    pub(crate) fn on_stored(&mut self, rid: &Id, token: u64, seq: u64) {
-        if let Some(room) = self.rooms.get_mut(rid).filter(|r| r.token() == token) {
-            room.ack(seq);
-        }
-    }
-
-    /// The store refused messages (see [`RedisStore`]).
-    pub(crate) fn on_refused(&mut self, refused: &mut Refused, now_ms: u64) {
-        if let Some(s) = self.store.as_any_mut().downcast_mut::<RedisStore>() {
-            s.on_refused(&mut self.rooms, &mut self.store_down, refused, now_ms);
-        }
-    }
-
-    /// Claims and history reads for the store thread.
-    pub(crate) fn take_store_jobs(&mut self) -> Option<(Vec<ClaimJob>, Vec<RemoteRead>)> {
-        let s = self.shared()?;
-        if s.jobs.is_empty() && s.reads.is_empty() {
-            return None;
-        }
-        Some((std::mem::take(&mut s.jobs), std::mem::take(&mut s.reads)))
     }
 }
 

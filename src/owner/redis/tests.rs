@@ -1,7 +1,7 @@
 //! Unit tests of the owner's claims under a shared store (no store: the
 //! tests answer for it).
 
-use super::super::Dest;
+use super::super::{Dest, Owner};
 use super::*;
 use crate::ids::Name;
 use crate::msg::{ConnRef, Delivery, Publish};
