@@ -117,12 +117,12 @@ async fn query(shard: &Shard, req: &AdminRequest) -> Vec<u8> {
 /// Answers the questions other nodes ask this one (shard 0, clustered nodes).
 pub(crate) async fn answer_peers(shard: Rc<Shard>) {
     loop {
-        let (ticket, from, request) = shard.next_api_ask().await;
+        let (ticket, from, request) = shard.api().next_ask().await;
         let shard = shard.clone();
         glommio::spawn_local(async move {
             let (path, query) = request.split_once('?').unwrap_or((request.as_str(), ""));
             let (status, body) = answer(&shard, path, query, true).await;
-            shard.answer_node(from, ticket, status, body);
+            shard.api().answer_node(from, ticket, status, body);
         })
         .detach();
     }
@@ -134,11 +134,11 @@ fn body(status: u16, v: Value) -> (u16, Vec<u8>) {
 
 /// Asks node `node` (through the relay) and waits up to 5 s.
 async fn ask(shard: &Shard, node: u16, request: String) -> (u16, Vec<u8>) {
-    let (ticket, rx) = shard.ask_node(node, request);
+    let (ticket, rx) = shard.api().ask_node(node, request);
     match answers(rx, 1).await.and_then(|mut a| a.pop()) {
         Some((status, b)) => (status, b.to_vec()),
         None => {
-            shard.forget_ask(ticket);
+            shard.api().forget_ask(ticket);
             body(504, serde_json::json!({ "error": "no answer from the node that owns the room" }))
         }
     }
@@ -156,7 +156,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
     if let Some(rid) = &rid
         && matches!(path, "/api/online" | "/api/history")
     {
-        match shard.owner_node(rid) {
+        match shard.api().owner_node(rid) {
             0 => {}
             _ if forwarded => return not_owner(),
             node => return ask(shard, node, format!("{path}?{query}")).await,
@@ -165,7 +165,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
     match path {
         "/api/online" => {
             let Some(rid) = rid else { return bad("rid must be an id") };
-            let Some(rx) = shard.api_ask(&rid, |reply| ApiQuery::Online { rid: rid.clone(), reply }) else {
+            let Some(rx) = shard.api().ask(&rid, |reply| ApiQuery::Online { rid: rid.clone(), reply }) else {
                 return not_owner();
             };
             let Some(mut a) = answers(rx, 1).await else { return timeout() };
@@ -185,7 +185,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
                 (Ok(s), Ok(l)) => (s, l.map(|l| l.min(usize::MAX as u64) as usize)),
                 _ => return bad("since and limit must be numbers"),
             };
-            let Some(rx) = shard.api_ask(&rid, |reply| ApiQuery::History { rid: rid.clone(), since, limit, reply })
+            let Some(rx) = shard.api().ask(&rid, |reply| ApiQuery::History { rid: rid.clone(), since, limit, reply })
             else {
                 return not_owner();
             };
@@ -203,15 +203,19 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
             (200, out.into_bytes())
         }
         "/api/rooms" => {
-            let rx = shard.api_ask_all(|reply| ApiQuery::Rooms { reply });
+            let rx = shard.api().ask_all(|reply| ApiQuery::Rooms { reply });
             let Some(all) = answers(rx, shard.nshards).await else { return timeout() };
             let mut rooms: Vec<(String, usize)> = all.into_iter().flatten().collect();
             if !forwarded {
                 // Every other live node's rooms (a room has one owner), asked at once.
-                let asked: Vec<_> =
-                    shard.other_nodes().into_iter().map(|n| shard.ask_node(n, "/api/rooms".into())).collect();
+                let asked: Vec<_> = shard
+                    .api()
+                    .other_nodes()
+                    .into_iter()
+                    .map(|n| shard.api().ask_node(n, "/api/rooms".into()))
+                    .collect();
                 let tickets: Vec<u64> = asked.iter().map(|(t, _)| *t).collect();
-                let give_up = |tickets: &[u64]| tickets.iter().for_each(|t| shard.forget_ask(*t));
+                let give_up = |tickets: &[u64]| tickets.iter().for_each(|t| shard.api().forget_ask(*t));
                 for (_, rx) in asked {
                     let Some((status, b)) = answers(rx, 1).await.and_then(|mut a| a.pop()) else {
                         give_up(&tickets);
@@ -292,7 +296,7 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
             let Some(name) = Name::parse(name) else {
                 return bad("name must be 1-64 bytes without control characters");
             };
-            shard.api_publish(rid, uid, name, mtype, msg.to_owned());
+            shard.api().publish(rid, uid, name, mtype, msg.to_owned());
             json(202, serde_json::json!({ "ok": true }))
         }
         ("POST", "/api/disconnect") => {
@@ -302,7 +306,7 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
             if !(1000..5000).contains(&code) || matches!(code, 1004..=1006 | 1015) || (1016..3000).contains(&code) {
                 return bad("code must be a close code a frame may carry (1000-1003, 1007-1014, 3000-4999)");
             }
-            shard.api_disconnect(uid, code as u16);
+            shard.api().disconnect(uid, code as u16);
             json(202, serde_json::json!({ "ok": true }))
         }
         _ => http::response(404, "text/plain", b"not found\n"),

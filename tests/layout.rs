@@ -109,3 +109,50 @@ fn top_level_modules_import_each_other_without_a_cycle() {
     }
     assert!(deps.len() >= 15, "found {} top-level modules", deps.len());
 }
+
+/// A type's methods are found in at most two files (its own and one more,
+/// e.g. an interface's entry points): a part of the shard with state of
+/// its own is a type of its own, not another `impl Shard` somewhere.
+#[test]
+fn no_type_has_its_methods_in_more_than_two_files() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut homes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for line in text.lines() {
+            // Inherent impls only: `impl Type {`, `impl<T> Type<T> {`, `impl super::Type {`.
+            let Some(rest) = line.trim_start().strip_prefix("impl") else { continue };
+            if !(rest.starts_with(' ') || rest.starts_with('<')) || rest.contains(" for ") || !rest.ends_with('{') {
+                continue;
+            }
+            let rest = if rest.starts_with('<') { &rest[rest.find('>').unwrap() + 1..] } else { rest };
+            let path = rest.trim().trim_end_matches('{').trim();
+            let path = path.split('<').next().unwrap();
+            let name = path.rsplit("::").next().unwrap().to_owned();
+            homes.entry(name).or_default().insert(f.strip_prefix(src()).unwrap().display().to_string());
+        }
+    }
+    assert!(homes.contains_key("Shard"), "found {:?}", homes.keys());
+    for (name, files) in &homes {
+        assert!(files.len() <= 2, "{name}'s methods are spread over {} files: {files:?}", files.len());
+    }
+}
+
+/// Every recorded benchmark run is listed in `bench/results/README.md`
+/// (written by `bench/results/index.sh`): none is linked from nowhere.
+#[test]
+fn every_recorded_run_is_in_the_results_index() {
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    let index = std::fs::read_to_string(results.join("README.md")).expect("bench/results/README.md");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&results).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(index.contains(&format!("[{name}]")), "{name} is not in bench/results/README.md: run index.sh");
+            n += 1;
+        }
+    }
+    assert!(n >= 50, "found {n} recorded runs");
+}

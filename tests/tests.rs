@@ -23,7 +23,8 @@ mod edges;
 mod history;
 // The client contract, black-box: commands, replies, errors, closes, HTTP.
 mod contract;
-// The source tree's rules: no import cycle, no #[path], pure folders, long files named.
+// The source tree's rules: no import cycle, no #[path], pure folders,
+// long files named, no type's methods in more than two files.
 mod layout;
 // Limits, timeouts, shutdown.
 mod limits;

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use super::Shard;
 use crate::protocol::{Command, ERR_INVALID, ProtoError};
 
 /// A handshake older than this may be shed for a descriptor.
@@ -101,31 +102,56 @@ impl Drop for Ticket<'_> {
 
 static LOGIN_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
 
-impl super::Shard {
-    /// Takes a token check out of the address's budget when `cmd` is a
-    /// login whose token is not known yet on a connection not logged in:
-    /// Ok(the address charged), or the refusal.
-    pub(super) fn login_attempt(&self, key: u32, cmd: &Command) -> Result<Option<IpAddr>, ProtoError> {
-        let (Some(v), Command::Login { token: Some(token), .. }) = (&self.node.verifier, cmd) else {
-            return Ok(None);
-        };
-        let fd = match self.conns.borrow().get(key) {
-            Some(e) if !e.session.logged_in() => e.fd,
-            _ => return Ok(None),
-        };
-        if v.is_cached(token) {
-            return Ok(None);
-        }
-        let Some(ip) = super::conns::peer_ip(fd) else { return Ok(None) };
-        if self.node.login_attempts.take(ip, Instant::now()) {
-            return Ok(Some(ip));
-        }
-        self.node.stats.shards[self.id].login_attempts_refused.fetch_add(1, Relaxed);
-        if let Some(held) = LOGIN_LOG.due() {
-            tracing::warn!(%ip, held_back = held, "too many login attempts from this address");
-        }
-        Err(ProtoError::new(ERR_INVALID, "too many login attempts"))
+/// Takes a token check out of the address's budget when `cmd` is a
+/// login whose token is not known yet on a connection not logged in:
+/// Ok(the address charged), or the refusal.
+pub(super) fn login_attempt(sh: &Shard, key: u32, cmd: &Command) -> Result<Option<IpAddr>, ProtoError> {
+    let (Some(v), Command::Login { token: Some(token), .. }) = (&sh.node.verifier, cmd) else {
+        return Ok(None);
+    };
+    let fd = match sh.conns.borrow().get(key) {
+        Some(e) if !e.session.logged_in() => e.fd,
+        _ => return Ok(None),
+    };
+    if v.is_cached(token) {
+        return Ok(None);
     }
+    let Some(ip) = super::conns::peer_ip(fd) else { return Ok(None) };
+    if sh.node.login_attempts.take(ip, Instant::now()) {
+        return Ok(Some(ip));
+    }
+    sh.node.stats.shards[sh.id].login_attempts_refused.fetch_add(1, Relaxed);
+    if let Some(held) = LOGIN_LOG.due() {
+        tracing::warn!(%ip, held_back = held, "too many login attempts from this address");
+    }
+    Err(ProtoError::new(ERR_INVALID, "too many login attempts"))
+}
+
+/// Close code 1013 (RFC 6455 registry: "Try Again Later").
+const TRY_AGAIN_LATER: u16 = 1013;
+
+/// Accept failed for want of a descriptor: closes the socket of this
+/// shard that has waited longest in its handshake (TLS, HTTP upgrade),
+/// if that is over a second, or else the connection that has waited longest without logging
+/// in, so that the descriptor goes to someone who may. False when there
+/// is none.
+pub(crate) fn shed_one_unauthenticated(sh: &Shard) -> bool {
+    if sh.handshakes.shed_oldest(Instant::now()) {
+        sh.stats().shed_connections.fetch_add(1, Relaxed);
+        return true;
+    }
+    let mut conns = sh.conns.borrow_mut();
+    if conns.iter().any(|(_, e)| e.out.closing().is_some()) {
+        // A descriptor is about to be freed already; accept will have it
+        // on its next try. Shedding more would close one connection per retry.
+        return false;
+    }
+    // Generations count registrations: the smallest is the oldest.
+    let oldest = conns.iter().filter(|(_, e)| !e.session.logged_in()).min_by_key(|(_, e)| e.generation).map(|(k, _)| k);
+    let Some(e) = oldest.and_then(|k| conns.get_mut(k)) else { return false };
+    sh.stats().shed_connections.fetch_add(1, Relaxed);
+    e.start_close(TRY_AGAIN_LATER, "server is out of file descriptors");
+    true
 }
 
 #[cfg(test)]

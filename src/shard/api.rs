@@ -9,53 +9,6 @@ use crate::msg::{API_CONN, ApiQuery, Publish, Request, ShardMsg};
 use crate::placement::shard_for;
 use crate::protocol::MsgType;
 
-impl Shard {
-    /// The server API: a message to a room from no member (see
-    /// [`API_CONN`]), sent to the room's owner on whichever node.
-    pub(crate) fn api_publish(&self, rid: Id, uid: Id, name: Name, mtype: MsgType, msg: String) {
-        self.stats().messages_in.fetch_add(1, Relaxed);
-        self.to_owner(Request::Publish(Box::new(Publish { rid, from: API_CONN, uid, name, mtype, msg, tid: None })));
-    }
-
-    /// The server API: asks the shard that owns `rid` (None when another
-    /// node owns it); `make` builds the question around the reply channel.
-    pub(crate) fn api_ask<T: Send + 'static>(
-        &self,
-        rid: &Id,
-        make: impl FnOnce(crossbeam_channel::Sender<T>) -> ApiQuery,
-    ) -> Option<crossbeam_channel::Receiver<T>> {
-        if self.view.borrow().owner(rid) != 0 {
-            return None;
-        }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.route(shard_for(rid, self.nshards), ShardMsg::Api(make(tx)));
-        Some(rx)
-    }
-
-    /// The server API: asks every shard of this node.
-    pub(crate) fn api_ask_all<T: Send + 'static>(
-        &self,
-        make: impl Fn(crossbeam_channel::Sender<T>) -> ApiQuery,
-    ) -> crossbeam_channel::Receiver<T> {
-        let (tx, rx) = crossbeam_channel::bounded(self.nshards);
-        for s in 0..self.nshards {
-            self.route(s, ShardMsg::Api(make(tx.clone())));
-        }
-        rx
-    }
-
-    /// The server API: closes every connection of `uid` in the cluster:
-    /// this node's shards, and every other live node through the relay.
-    pub(crate) fn api_disconnect(&self, uid: Id, code: u16) {
-        for s in 0..self.nshards {
-            self.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
-        }
-        for n in self.other_nodes() {
-            self.to_node(n, crate::msg::NodeMsg::Disconnect { uid: uid.clone(), code });
-        }
-    }
-}
-
 /// Shard 0's side of the server API's questions between nodes: questions
 /// this node asked, waiting for their answers, and questions other nodes
 /// asked, waiting for the admin module's answerer (`admin::answer_peers`).
@@ -76,15 +29,65 @@ const MAX_ANSWER: usize = crate::relay::codec::MAX_FRAME / 2;
 /// Questions from other nodes allowed to wait; past it they are answered 503.
 const MAX_ASKS: usize = 1024;
 
-impl Shard {
+/// The server API's view of a shard (`shard.api()`): what the admin
+/// listener may ask of it.
+pub(crate) struct Api<'a> {
+    pub(super) sh: &'a Shard,
+}
+
+impl Api<'_> {
+    /// The server API: a message to a room from no member (see
+    /// [`API_CONN`]), sent to the room's owner on whichever node.
+    pub(crate) fn publish(&self, rid: Id, uid: Id, name: Name, mtype: MsgType, msg: String) {
+        self.sh.stats().messages_in.fetch_add(1, Relaxed);
+        self.sh.to_owner(Request::Publish(Box::new(Publish { rid, from: API_CONN, uid, name, mtype, msg, tid: None })));
+    }
+
+    /// The server API: asks the shard that owns `rid` (None when another
+    /// node owns it); `make` builds the question around the reply channel.
+    pub(crate) fn ask<T: Send + 'static>(
+        &self,
+        rid: &Id,
+        make: impl FnOnce(crossbeam_channel::Sender<T>) -> ApiQuery,
+    ) -> Option<crossbeam_channel::Receiver<T>> {
+        if self.sh.view.borrow().owner(rid) != 0 {
+            return None;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.sh.route(shard_for(rid, self.sh.nshards), ShardMsg::Api(make(tx)));
+        Some(rx)
+    }
+
+    /// The server API: asks every shard of this node.
+    pub(crate) fn ask_all<T: Send + 'static>(
+        &self,
+        make: impl Fn(crossbeam_channel::Sender<T>) -> ApiQuery,
+    ) -> crossbeam_channel::Receiver<T> {
+        let (tx, rx) = crossbeam_channel::bounded(self.sh.nshards);
+        for s in 0..self.sh.nshards {
+            self.sh.route(s, ShardMsg::Api(make(tx.clone())));
+        }
+        rx
+    }
+
+    /// The server API: closes every connection of `uid` in the cluster:
+    /// this node's shards, and every other live node through the relay.
+    pub(crate) fn disconnect(&self, uid: Id, code: u16) {
+        for s in 0..self.sh.nshards {
+            self.sh.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
+        }
+        for n in self.other_nodes() {
+            self.sh.to_node(n, crate::msg::NodeMsg::Disconnect { uid: uid.clone(), code });
+        }
+    }
     /// The node that owns `rid` (0: this one).
     pub(crate) fn owner_node(&self, rid: &Id) -> u16 {
-        self.view.borrow().owner(rid)
+        self.sh.view.borrow().owner(rid)
     }
 
     /// The other live nodes.
     pub(crate) fn other_nodes(&self) -> Vec<u16> {
-        self.view.borrow().live.iter().map(|(_, n)| *n).filter(|n| *n != 0).collect()
+        self.sh.view.borrow().live.iter().map(|(_, n)| *n).filter(|n| *n != 0).collect()
     }
 
     /// Asks node `node` a question of the server API (on shard 0, which
@@ -94,33 +97,33 @@ impl Shard {
         node: u16,
         request: String,
     ) -> (u64, crossbeam_channel::Receiver<(u16, bytes::Bytes)>) {
-        let p = &self.api_peers;
+        let p = &self.sh.api_peers;
         let ticket = p.next.get() + 1;
         p.next.set(ticket);
         let (tx, rx) = crossbeam_channel::bounded(1);
         p.waiting.borrow_mut().insert(ticket, tx);
-        self.to_node(node, crate::msg::NodeMsg::ApiAsk { ticket, from: 0, request });
+        self.sh.to_node(node, crate::msg::NodeMsg::ApiAsk { ticket, from: 0, request });
         (ticket, rx)
     }
 
     /// Gives up waiting for an answer.
     pub(crate) fn forget_ask(&self, ticket: u64) {
-        self.api_peers.waiting.borrow_mut().remove(&ticket);
+        self.sh.api_peers.waiting.borrow_mut().remove(&ticket);
     }
 
     /// Another node's answer arrived.
-    pub(super) fn on_api_answer(&self, ticket: u64, status: u16, body: bytes::Bytes) {
-        if let Some(tx) = self.api_peers.waiting.borrow_mut().remove(&ticket) {
+    pub(super) fn on_answer(&self, ticket: u64, status: u16, body: bytes::Bytes) {
+        if let Some(tx) = self.sh.api_peers.waiting.borrow_mut().remove(&ticket) {
             let _ = tx.send((status, body));
         }
     }
 
     /// Another node asks: queued for the answerer.
-    pub(super) fn on_api_ask(&self, ticket: u64, from: u16, request: String) {
-        let p = &self.api_peers;
+    pub(super) fn on_ask(&self, ticket: u64, from: u16, request: String) {
+        let p = &self.sh.api_peers;
         if p.asks.borrow().len() + p.answering.get() >= MAX_ASKS {
             let body = bytes::Bytes::from_static(br#"{"error":"too many questions from other nodes"}"#);
-            return self.to_node(from, crate::msg::NodeMsg::ApiAnswer { ticket, status: 503, body });
+            return self.sh.to_node(from, crate::msg::NodeMsg::ApiAnswer { ticket, status: 503, body });
         }
         p.asks.borrow_mut().push_back((ticket, from, request));
         if let Some(w) = p.waker.borrow_mut().take() {
@@ -129,15 +132,15 @@ impl Shard {
     }
 
     /// The next question from another node: (ticket, node, request).
-    pub(crate) async fn next_api_ask(&self) -> (u64, u16, String) {
-        std::future::poll_fn(|cx| match self.api_peers.asks.borrow_mut().pop_front() {
+    pub(crate) async fn next_ask(&self) -> (u64, u16, String) {
+        std::future::poll_fn(|cx| match self.sh.api_peers.asks.borrow_mut().pop_front() {
             Some(a) => {
-                let n = &self.api_peers.answering;
+                let n = &self.sh.api_peers.answering;
                 n.set(n.get() + 1);
                 std::task::Poll::Ready(a)
             }
             None => {
-                *self.api_peers.waker.borrow_mut() = Some(cx.waker().clone());
+                *self.sh.api_peers.waker.borrow_mut() = Some(cx.waker().clone());
                 std::task::Poll::Pending
             }
         })
@@ -146,7 +149,7 @@ impl Shard {
 
     /// Sends an answer to the node that asked.
     pub(crate) fn answer_node(&self, node: u16, ticket: u64, status: u16, body: Vec<u8>) {
-        let n = &self.api_peers.answering;
+        let n = &self.sh.api_peers.answering;
         n.set(n.get().saturating_sub(1));
         let (status, body) = if body.len() > MAX_ANSWER {
             (
@@ -157,6 +160,6 @@ impl Shard {
         } else {
             (status, body)
         };
-        self.to_node(node, crate::msg::NodeMsg::ApiAnswer { ticket, status, body: body.into() });
+        self.sh.to_node(node, crate::msg::NodeMsg::ApiAnswer { ticket, status, body: body.into() });
     }
 }

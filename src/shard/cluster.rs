@@ -1,4 +1,5 @@
-//! Cluster changes as a shard applies them: members on a dead node are
+//! The cluster as a shard sees it: what the relay received (on shard 0),
+//! and changes of the live nodes, applied: members on a dead node are
 //! forgotten, rooms this node no longer owns are handed over, and this
 //! shard's connections re-join the rooms that moved at their new owners.
 
@@ -7,60 +8,113 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::Shard;
 use crate::cluster::View;
-use crate::msg::Request;
+use crate::msg::{Audience, Delivery, NodeMsg, Request, ShardMsg};
 use crate::node::unix_ms;
+use crate::owner::{self, Dest, Out};
+use crate::placement::shard_for;
+use crate::relay::RelayEvent;
 
-impl Shard {
-    /// Applies a new set of live nodes: forgets members on a dead node,
-    /// hands over rooms this node no longer owns, and re-joins this shard's
-    /// connections at the new owners of rooms that moved. A re-homed room
-    /// starts a new epoch at its new owner, unless a shared store carries
-    /// its sequence over (`--store`).
-    pub(super) fn apply_cluster_change(&self, view: Arc<View>, down: Option<u16>) {
-        let old_view = std::mem::replace(&mut *self.view.borrow_mut(), view.clone());
-        let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
-        let moved;
-        {
-            let mut owner = self.owner.borrow_mut();
-            if let Some(dead) = down {
-                owner.node_down(dead, unix_ms(), &mut out);
-            }
-            // Rooms that now belong to another node: their members re-join there.
-            moved = owner.keep_own(&view);
-            self.stats().rooms.store(owner.live_rooms() as i64, Relaxed);
+/// Applies a new set of live nodes: forgets members on a dead node,
+/// hands over rooms this node no longer owns, and re-joins this shard's
+/// connections at the new owners of rooms that moved. A re-homed room
+/// starts a new epoch at its new owner, unless a shared store carries
+/// its sequence over (`--store`).
+pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
+    let old_view = std::mem::replace(&mut *sh.view.borrow_mut(), view.clone());
+    let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
+    let moved;
+    {
+        let mut owner = sh.owner.borrow_mut();
+        if let Some(dead) = down {
+            owner.node_down(dead, unix_ms(), &mut out);
         }
-        self.send_or_hold(&mut out);
-        *self.owner_out.borrow_mut() = out;
-        let mut rejoins = Vec::new();
-        {
-            let conns = self.conns.borrow();
-            let members = self.members.borrow();
-            for (key, e) in conns.iter() {
-                let Some((uid, name, echo)) = e.session.identity() else { continue };
-                for rid in e.session.rooms().iter() {
-                    // Rooms that moved, and rooms of a node that went down and
-                    // is live again by now (it forgot this node's members).
-                    let owner = view.owner(rid);
-                    if old_view.owner(rid) != owner || down == Some(owner) {
-                        let indexed = members.get(rid).is_some_and(|m| m.contains(&key));
-                        rejoins.push(Request::Join {
-                            rid: rid.clone(),
-                            conn: self.conn_ref(key, e.generation),
-                            uid: uid.clone(),
-                            name: name.clone(),
-                            echo,
-                            rejoin: indexed,
-                        });
-                    }
+        // Rooms that now belong to another node: their members re-join there.
+        moved = owner.keep_own(&view);
+        sh.stats().rooms.store(owner.live_rooms() as i64, Relaxed);
+    }
+    sh.hold.send_or_hold(sh, &mut out);
+    *sh.owner_out.borrow_mut() = out;
+    let mut rejoins = Vec::new();
+    {
+        let conns = sh.conns.borrow();
+        let members = sh.members.borrow();
+        for (key, e) in conns.iter() {
+            let Some((uid, name, echo)) = e.session.identity() else { continue };
+            for rid in e.session.rooms().iter() {
+                // Rooms that moved, and rooms of a node that went down and
+                // is live again by now (it forgot this node's members).
+                let owner = view.owner(rid);
+                if old_view.owner(rid) != owner || down == Some(owner) {
+                    let indexed = members.get(rid).is_some_and(|m| m.contains(&key));
+                    rejoins.push(Request::Join {
+                        rid: rid.clone(),
+                        conn: sh.conn_ref(key, e.generation),
+                        uid: uid.clone(),
+                        name: name.clone(),
+                        echo,
+                        rejoin: indexed,
+                    });
                 }
             }
         }
-        // Then what waited for those rooms here (after the re-joins, so
-        // that a message finds its sender a member there).
-        for req in rejoins.into_iter().chain(moved) {
-            self.to_owner(req);
+    }
+    // Then what waited for those rooms here (after the re-joins, so
+    // that a message finds its sender a member there).
+    for req in rejoins.into_iter().chain(moved) {
+        sh.to_owner(req);
+    }
+    // Last: a reader of the gauge knows this shard routes by the new view.
+    sh.stats().view_nodes.store(view.live.len() as i64, Relaxed);
+}
+
+/// What shard 0's relay received: messages from other nodes go to the
+/// shard they are for, changes of the live set to every shard.
+pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
+    match ev {
+        RelayEvent::Msg(NodeMsg::ToOwner(req)) => {
+            // The sender chose this node as the owner; the shard is ours to pick.
+            sh.route(shard_for(req.rid(), sh.nshards), ShardMsg::ToOwner(req));
         }
-        // Last: a reader of the gauge knows this shard routes by the new view.
-        self.stats().view_nodes.store(view.live.len() as i64, Relaxed);
+        RelayEvent::Msg(NodeMsg::ToMembers(Delivery::Deliver { rid, frame, audience, t0 })) => {
+            let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
+            match audience {
+                // One item per node came over the link; each local shard
+                // filters by its own members (a miss is one hash lookup).
+                Audience::AllExcept(except) => {
+                    for s in 0..sh.nshards {
+                        let audience = Audience::AllExcept(except);
+                        let msg = Delivery::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
+                        out.push(Out { dest: Dest::Shard(s), msg });
+                    }
+                }
+                // The owner named our connections; they are local here.
+                Audience::Only(mut targets) => {
+                    targets.retain(|c| c.node == 0 && (c.shard as usize) < sh.nshards);
+                    owner::deliver_to(&rid, &frame, targets, t0, &mut out);
+                }
+            }
+            for o in out.drain(..) {
+                sh.send_out(o);
+            }
+            *sh.owner_out.borrow_mut() = out;
+        }
+        RelayEvent::Msg(NodeMsg::ToMembers(d @ (Delivery::Joined { conn, .. } | Delivery::Direct { conn, .. }))) => {
+            if (conn.shard as usize) < sh.nshards {
+                sh.route(conn.shard as usize, ShardMsg::ToMembers(d));
+            }
+        }
+        RelayEvent::Msg(NodeMsg::Disconnect { uid, code }) => {
+            for s in 0..sh.nshards {
+                sh.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
+            }
+        }
+        RelayEvent::Msg(NodeMsg::ApiAsk { ticket, from, request }) => sh.api().on_ask(ticket, from, request),
+        RelayEvent::Msg(NodeMsg::ApiAnswer { ticket, status, body }) => sh.api().on_answer(ticket, status, body),
+        RelayEvent::LiveSetChanged { down } => {
+            let view = Arc::new(sh.node.cluster.lock().expect("cluster table").view());
+            for s in 0..sh.nshards {
+                sh.route(s, ShardMsg::ClusterChanged { view: view.clone(), down });
+            }
+        }
     }
 }

@@ -85,7 +85,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     };
     let key = shard.register(stream.as_raw_fd());
     if let Some(t) = tls {
-        shard.set_tls(key, t);
+        shard.conns.borrow_mut().set_tls(key, t);
     }
     let guard = Registered { shard: &shard, key };
     run(&shard, key, &mut stream, leftover).await;
@@ -298,7 +298,8 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
             match shard.out_state(key) {
                 OutState::Closing(_) => return Poll::Ready(Wake::Closing),
                 OutState::Blocked => {
-                    let r = shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b));
+                    let r =
+                        shard.flush.poll_write_queued(shard, key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b));
                     if let Poll::Ready(Err(_)) = r {
                         return Poll::Ready(Wake::Gone);
                     }
@@ -308,7 +309,7 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
             // Back-pressure: while this shard's cross-shard outboxes are
             // backed up, stop reading new commands; the shard wakes every
             // parked reader when they drain.
-            if shard.park_if_backed_up(key, cx.waker()) {
+            if shard.mesh.park_if_backed_up(shard, key, cx.waker()) {
                 return Poll::Pending;
             }
             let mut rb = shard.read_buf.borrow_mut();
@@ -331,7 +332,8 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>)
                     let mut plain = shard.plain_buf.borrow_mut();
                     plain.clear();
                     // TLS: the frames are in what the records decrypt to.
-                    match shard.tls_decrypt(key, &rb[..n], &mut plain) {
+                    let decrypted = shard.conns.borrow_mut().tls_decrypt(key, &rb[..n], &mut plain, &shard.flush);
+                    match decrypted {
                         None => {
                             feed(shard, key, &mut dec, &mut rb[..n], &mut pending);
                             true
@@ -425,9 +427,11 @@ async fn linger(shard: &Shard, key: u32, stream: &mut TcpStream) {
     let grace = shard.node.cfg.limits.shutdown_grace.min(Duration::from_secs(5));
     let flushed = futures_lite::future::or(
         async {
-            poll_fn(|cx| shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b)))
-                .await
-                .is_ok()
+            poll_fn(|cx| {
+                shard.flush.poll_write_queued(shard, key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b))
+            })
+            .await
+            .is_ok()
         },
         async {
             Timer::new(grace).await;
@@ -439,10 +443,13 @@ async fn linger(shard: &Shard, key: u32, stream: &mut TcpStream) {
         return;
     }
     // TLS: close_notify after the close frame.
-    if shard.tls_close_notify(key) {
+    if shard.conns.borrow_mut().tls_close_notify(key) {
         let _ = futures_lite::future::or(
             async {
-                poll_fn(|cx| shard.poll_write_queued(key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b))).await
+                poll_fn(|cx| {
+                    shard.flush.poll_write_queued(shard, key, cx, |cx, b| Pin::new(&mut *stream).poll_write(cx, b))
+                })
+                .await
             },
             async {
                 Timer::new(Duration::from_millis(500)).await;

@@ -6,6 +6,7 @@ use std::task::Waker;
 
 use slab::Slab;
 
+use super::flush::Flusher;
 use crate::msg::ConnRef;
 use crate::session::Session;
 use crate::session::outbound::Outbound;
@@ -138,4 +139,41 @@ pub(crate) fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
     // as its entry is in the table, and it is only borrowed for this call.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket().map(|a| a.ip())
+}
+
+impl Conns {
+    /// Hands a registered connection its TLS state (see [`crate::tls`]).
+    pub(crate) fn set_tls(&mut self, key: u32, tls: Box<rustls::ServerConnection>) {
+        if let Some(e) = self.get_mut(key) {
+            e.tls = Some(tls);
+        }
+    }
+
+    /// On a TLS connection: decrypts `ciphertext` into `plain`, and has
+    /// `flush` send any record it produced (handshake, alert). None on a
+    /// plain connection; Some(Ok(false)) once the peer closed its TLS side.
+    pub(crate) fn tls_decrypt(
+        &mut self,
+        key: u32,
+        ciphertext: &[u8],
+        plain: &mut Vec<u8>,
+        flush: &Flusher,
+    ) -> Option<std::io::Result<bool>> {
+        let e = self.get_mut(key)?;
+        let tls = e.tls.as_deref_mut()?;
+        let r = crate::tls::decrypt(tls, ciphertext, plain);
+        if tls.wants_write() && e.out.mark_dirty() {
+            flush.mark(key);
+            flush.wake();
+        }
+        Some(r)
+    }
+
+    /// On a TLS connection: queues close_notify (after the close frame)
+    /// and says so; false on a plain connection.
+    pub(crate) fn tls_close_notify(&mut self, key: u32) -> bool {
+        let Some(tls) = self.get_mut(key).and_then(|e| e.tls.as_deref_mut()) else { return false };
+        tls.send_close_notify();
+        true
+    }
 }

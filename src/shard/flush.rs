@@ -1,5 +1,5 @@
 //! The write path. All of a socket's queued frames go out in one write
-//! ([`Shard::write_queue`], the one loop both writers use): the flusher
+//! ([`Flusher::write_queue`], the one loop both writers use): the flusher
 //! writes every dirty socket once per pass with non-blocking sends, and a
 //! socket that is full is handed to its connection's task, which writes
 //! the rest through glommio as the socket drains.
@@ -12,6 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::Shard;
+use crate::metrics::ShardStats;
 use crate::session::outbound::{Outbound, WRITE_CHUNK};
 
 /// Writes a flush pass makes before it lets the shard's other runnable tasks
@@ -20,7 +21,10 @@ const FLUSH_YIELD_EVERY: usize = 64;
 
 /// The flusher's state: which connections have frames to write, and how
 /// busy writing keeps the shard.
-pub(super) struct Flusher {
+pub(crate) struct Flusher {
+    /// `--coalesce-ms` and the load above which it applies.
+    coalesce: Duration,
+    coalesce_above: f64,
     dirty: RefCell<Vec<u32>>,
     waker: RefCell<Option<Waker>>,
     write_buf: RefCell<Vec<u8>>,
@@ -34,8 +38,10 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(tuning: &crate::config::Tuning) -> Self {
         Flusher {
+            coalesce: tuning.coalesce,
+            coalesce_above: tuning.coalesce_above,
             dirty: RefCell::new(Vec::new()),
             waker: RefCell::new(None),
             write_buf: RefCell::new(Vec::with_capacity(WRITE_CHUNK)),
@@ -64,14 +70,12 @@ impl Flusher {
     pub(super) fn tick(&self, tick: Duration) {
         self.util.set(self.busy_ns.replace(0) as f64 / tick.as_nanos() as f64);
     }
-}
 
-impl Shard {
     /// The flusher task: whenever connections are dirty, writes each once.
     /// It runs after the tasks that queued frames yield, so a burst of
     /// deliveries becomes one `send` per socket.
-    pub(crate) async fn run_flusher(self: Rc<Self>) {
-        let f = &self.flush;
+    pub(super) async fn run(sh: Rc<Shard>) {
+        let f = &sh.flush;
         let mut batch: Vec<u32> = Vec::new();
         loop {
             std::future::poll_fn(|cx| {
@@ -83,7 +87,7 @@ impl Shard {
                 }
             })
             .await;
-            let delay = self.coalesce_delay();
+            let delay = f.coalesce_delay();
             if !delay.is_zero() {
                 glommio::timer::Timer::new(delay).await;
             }
@@ -91,7 +95,7 @@ impl Shard {
             let mut pass = Duration::ZERO;
             std::mem::swap(&mut batch, &mut *f.dirty.borrow_mut());
             for (i, &key) in batch.iter().enumerate() {
-                self.flush_now(key);
+                f.flush_now(&sh, key);
                 if (i + 1) % FLUSH_YIELD_EVERY == 0 && i + 1 < batch.len() {
                     // Let the tasks that are already runnable go first
                     // (connections woken by the same I/O poll, cross-shard
@@ -118,23 +122,23 @@ impl Shard {
     /// frames. Passes that already take that long get no delay: frames pile
     /// up during them anyway, and waiting would only idle the core.
     fn coalesce_delay(&self) -> Duration {
-        let d = self.node.cfg.tuning.coalesce;
-        if d.is_zero() || self.flush.util.get() < self.node.cfg.tuning.coalesce_above {
+        let d = self.coalesce;
+        if d.is_zero() || self.util.get() < self.coalesce_above {
             return Duration::ZERO;
         }
-        d.saturating_sub(self.flush.last_pass.get())
+        d.saturating_sub(self.last_pass.get())
     }
 
     /// Writes what a listed connection has queued with non-blocking sends.
     /// If the socket is full, the connection's task takes over.
-    fn flush_now(&self, key: u32) {
-        let mut conns = self.conns.borrow_mut();
+    fn flush_now(&self, sh: &Shard, key: u32) {
+        let mut conns = sh.conns.borrow_mut();
         let Some(e) = conns.get_mut(key) else { return };
         if !e.out.take_dirty() {
             return; // blocked or closing: the connection's task writes
         }
         let fd = e.fd;
-        match self.write_queue(&mut e.out, e.tls.as_deref_mut(), |buf| raw_send(fd, buf)) {
+        match self.write_queue(sh.stats(), &mut e.out, e.tls.as_deref_mut(), |buf| raw_send(fd, buf)) {
             Poll::Ready(Ok(())) => {}
             Poll::Pending => {
                 e.out.block();
@@ -153,13 +157,14 @@ impl Shard {
     /// for writability when it would block. Ready(Ok) once the queue is empty.
     pub(crate) fn poll_write_queued(
         &self,
+        sh: &Shard,
         key: u32,
         cx: &mut Context<'_>,
         mut write: impl FnMut(&mut Context<'_>, &[u8]) -> Poll<std::io::Result<usize>>,
     ) -> Poll<std::io::Result<()>> {
-        let mut conns = self.conns.borrow_mut();
+        let mut conns = sh.conns.borrow_mut();
         let Some(e) = conns.get_mut(key) else { return Poll::Ready(Ok(())) };
-        let r = self.write_queue(&mut e.out, e.tls.as_deref_mut(), |buf| write(cx, buf));
+        let r = self.write_queue(sh.stats(), &mut e.out, e.tls.as_deref_mut(), |buf| write(cx, buf));
         if let Poll::Ready(Ok(())) = r {
             e.out.drained();
         }
@@ -172,20 +177,21 @@ impl Shard {
     /// go out in one send.
     fn write_queue(
         &self,
+        stats: &ShardStats,
         out: &mut Outbound,
         tls: Option<&mut rustls::ServerConnection>,
         mut write: impl FnMut(&[u8]) -> Poll<std::io::Result<usize>>,
     ) -> Poll<std::io::Result<()>> {
-        let mut wb = self.flush.write_buf.borrow_mut();
+        let mut wb = self.write_buf.borrow_mut();
         if let Some(tls) = tls {
-            let mut scratch = self.flush.tls_scratch.borrow_mut();
+            let mut scratch = self.tls_scratch.borrow_mut();
             loop {
                 while tls.wants_write() {
                     let mut w = crate::tls::PollWriter::new(&mut write, &mut scratch);
                     match tls.write_tls(&mut w) {
                         Ok(n) => {
-                            self.stats().writes.fetch_add(1, Relaxed);
-                            self.stats().bytes_out.fetch_add(n as u64, Relaxed);
+                            stats.writes.fetch_add(1, Relaxed);
+                            stats.bytes_out.fetch_add(n as u64, Relaxed);
                         }
                         Err(_) if w.blocked => return Poll::Pending,
                         Err(e) => return Poll::Ready(Err(e)),
@@ -202,8 +208,8 @@ impl Shard {
         while !out.is_empty() {
             match write(out.next_chunk(&mut wb)) {
                 Poll::Ready(Ok(n)) => {
-                    self.stats().writes.fetch_add(1, Relaxed);
-                    self.stats().bytes_out.fetch_add(n as u64, Relaxed);
+                    stats.writes.fetch_add(1, Relaxed);
+                    stats.bytes_out.fetch_add(n as u64, Relaxed);
                     out.consume(n);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

@@ -4,10 +4,11 @@
 //! never waits on the disk. Records of one request that lie near each other
 //! in a segment are read in one read, and the reads of a request run at once.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use glommio::io::{BufferedFile, OpenOptions};
@@ -29,12 +30,18 @@ const SPAN: u64 = 64 << 10;
 /// Bytes read past a record's start when its length is not known yet.
 const GUESS: u64 = 4096;
 
-impl Shard {
+/// History requests waiting for the disk, and the reader task's waker.
+#[derive(Debug, Default)]
+pub(super) struct Reader {
+    queue: RefCell<VecDeque<DiskRead>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Reader {
     /// Hands the owner's history requests that need the disk to the reader.
-    pub(super) fn queue_reads(&self) {
-        self.queue_store_jobs();
-        let mut owner = self.owner.borrow_mut();
-        let mut reads = self.reads.borrow_mut();
+    pub(super) fn queue(&self, sh: &Shard) {
+        let mut owner = sh.owner.borrow_mut();
+        let mut reads = self.queue.borrow_mut();
         let mut refused = Vec::new();
         for r in owner.take_reads() {
             if reads.len() < MAX_QUEUED {
@@ -45,72 +52,73 @@ impl Shard {
         }
         drop((owner, reads));
         for reply in refused {
-            self.refuse_read(reply, "history is busy, try again shortly");
+            refuse(sh, reply, "history is busy, try again shortly");
         }
-        if !self.reads.borrow().is_empty()
-            && let Some(w) = self.read_waker.borrow_mut().take()
+        if !self.queue.borrow().is_empty()
+            && let Some(w) = self.waker.borrow_mut().take()
         {
             w.wake();
         }
     }
 
     /// The reader task: one request at a time, its reads at once.
-    pub(crate) async fn run_history_reader(self: Rc<Self>) {
-        let data = self.node.cfg.storage.data_dir.clone();
+    pub(super) async fn run(sh: Rc<Shard>) {
+        let data = sh.node.cfg.storage.data_dir.clone();
+        let me = &sh.reader;
         loop {
-            let req = std::future::poll_fn(|cx| match self.reads.borrow_mut().pop_front() {
+            let req = std::future::poll_fn(|cx| match me.queue.borrow_mut().pop_front() {
                 Some(r) => Poll::Ready(r),
                 None => {
-                    *self.read_waker.borrow_mut() = Some(cx.waker().clone());
+                    *me.waker.borrow_mut() = Some(cx.waker().clone());
                     Poll::Pending
                 }
             })
             .await;
             let DiskRead { rid, epoch, locs, tail, reply, forward, budget } = req;
             let (mut msgs, missing) = read_records(&data, &rid, &locs).await;
-            self.stats().history_disk_reads.fetch_add(1, Relaxed);
-            self.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
+            sh.stats().history_disk_reads.fetch_add(1, Relaxed);
+            sh.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
             if missing > 0 {
-                self.stats().history_disk_errors.fetch_add(1, Relaxed);
-                warn!(shard = self.id, %rid, missing, "history: messages missing from the log (retention or damage)");
+                sh.stats().history_disk_errors.fetch_add(1, Relaxed);
+                warn!(shard = sh.id, %rid, missing, "history: messages missing from the log (retention or damage)");
             }
             msgs.extend(tail);
-            self.answer_history(&rid, epoch, msgs, forward, budget, reply);
+            answer(&sh, &rid, epoch, msgs, forward, budget, reply);
         }
     }
+}
 
-    /// Sends a history answer read from a store (the log or a shared one),
-    /// trimmed to `budget` bytes (see [`crate::owner::fit`]).
-    pub(super) fn answer_history(
-        &self,
-        rid: &str,
-        epoch: u64,
-        mut msgs: Vec<Bytes>,
-        forward: bool,
-        budget: usize,
-        reply: ReadReply,
-    ) {
-        crate::owner::fit(&mut msgs, forward, budget);
-        match reply {
-            ReadReply::Conn(conn) => {
-                let frame = protocol::encode_history(rid, epoch, msgs.iter().map(|b| &b[..]));
-                // Behind any room message not yet stored, like every reply.
-                self.send_or_hold(&mut vec![Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } }]);
-            }
-            ReadReply::Api(tx) => drop(tx.send(Some((epoch, msgs)))),
+/// Sends a history answer read from a store (the log or a shared one),
+/// trimmed to `budget` bytes (see [`crate::owner::fit`]).
+pub(super) fn answer(
+    sh: &Shard,
+    rid: &str,
+    epoch: u64,
+    mut msgs: Vec<Bytes>,
+    forward: bool,
+    budget: usize,
+    reply: ReadReply,
+) {
+    crate::owner::fit(&mut msgs, forward, budget);
+    match reply {
+        ReadReply::Conn(conn) => {
+            let frame = protocol::encode_history(rid, epoch, msgs.iter().map(|b| &b[..]));
+            // Behind any room message not yet stored, like every reply.
+            sh.hold.send_or_hold(sh, &mut vec![Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } }]);
         }
+        ReadReply::Api(tx) => drop(tx.send(Some((epoch, msgs)))),
     }
+}
 
-    /// Refuses a history request (busy, or its store unavailable), counted.
-    pub(super) fn refuse_read(&self, reply: ReadReply, why: &'static str) {
-        self.stats().history_disk_errors.fetch_add(1, Relaxed);
-        match reply {
-            ReadReply::Conn(conn) => {
-                let frame = ProtoError::new(ERR_INVALID, why).encode();
-                self.send_out(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
-            }
-            ReadReply::Api(tx) => drop(tx.send(None)),
+/// Refuses a history request (busy, or its store unavailable), counted.
+pub(super) fn refuse(sh: &Shard, reply: ReadReply, why: &'static str) {
+    sh.stats().history_disk_errors.fetch_add(1, Relaxed);
+    match reply {
+        ReadReply::Conn(conn) => {
+            let frame = ProtoError::new(ERR_INVALID, why).encode();
+            sh.send_out(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
         }
+        ReadReply::Api(tx) => drop(tx.send(None)),
     }
 }
 

@@ -15,7 +15,11 @@ use glommio::task::JoinHandle;
 use glommio::timer::Timer;
 use tracing::warn;
 
-use super::{Shard, TICK};
+use super::flush::Flusher;
+use super::history::Reader;
+use super::mesh::Mesh;
+use super::redis::RedisLink;
+use super::{Shard, TICK, admission, cluster, log};
 use crate::ids::Id;
 use crate::msg::ShardMsg;
 use crate::node::Node;
@@ -93,7 +97,7 @@ async fn start(
     };
     let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("shard {id}: bind {addr}: {e}"))?;
     let shard = Rc::new(Shard::new(id, node.clone(), senders));
-    *shard.pin.borrow_mut() = pin;
+    shard.sweeper.set_pin(pin);
     let log = match log {
         None => None,
         Some(init) => {
@@ -116,13 +120,13 @@ async fn start(
     let mut tasks = Vec::new();
     if let Some(mut receivers) = receivers {
         for (_, rx) in receivers.streams() {
-            tasks.push(glommio::spawn_local(shard.clone().run_receiver(rx)).detach());
+            tasks.push(glommio::spawn_local(Mesh::run_receiver(shard.clone(), rx)).detach());
         }
         for dst in (0..node.cfg.shards).filter(|d| *d != id) {
-            tasks.push(glommio::spawn_local(shard.clone().run_pump(dst)).detach());
+            tasks.push(glommio::spawn_local(Mesh::run_pump(shard.clone(), dst)).detach());
         }
     }
-    tasks.push(glommio::spawn_local(shard.clone().run_flusher()).detach());
+    tasks.push(glommio::spawn_local(Flusher::run(shard.clone())).detach());
     if let Some(url) = &node.cfg.storage.store {
         let storage = &node.cfg.storage;
         let cfg = store::redis::StoreConfig {
@@ -134,14 +138,14 @@ async fn start(
         };
         let (link, events) = store::redis::RedisStore::spawn(cfg, id, node.stats.store.clone())
             .map_err(|e| anyhow::anyhow!("shard {id}: {e}"))?;
-        shard.enable_remote(link);
-        tasks.push(glommio::spawn_local(shard.clone().run_store(events)).detach());
+        shard.redis.enable(&shard, link);
+        tasks.push(glommio::spawn_local(RedisLink::run(shard.clone(), events)).detach());
     }
     if let Some(log) = &log {
-        tasks.push(glommio::spawn_local(shard.clone().run_log_writer(log.clone())).detach());
-        tasks.push(glommio::spawn_local(shard.clone().run_history_reader()).detach());
+        tasks.push(glommio::spawn_local(log::run_writer(shard.clone(), log.clone())).detach());
+        tasks.push(glommio::spawn_local(Reader::run(shard.clone())).detach());
         if node.cfg.storage.durability == Durability::Written {
-            tasks.push(glommio::spawn_local(shard.clone().run_log_syncer(log.clone())).detach());
+            tasks.push(glommio::spawn_local(log::run_syncer(shard.clone(), log.clone())).detach());
         }
     }
     let clustered = node.cfg.cluster.relay_listen.is_some() || !node.cfg.cluster.peers.is_empty();
@@ -150,7 +154,7 @@ async fn start(
         let weak = Rc::downgrade(&shard);
         let sink: crate::relay::Sink = Rc::new(move |ev| {
             if let Some(shard) = weak.upgrade() {
-                shard.on_relay_event(ev);
+                cluster::on_relay_event(&shard, ev);
             }
         });
         let (relay, relay_tasks) = crate::relay::start(node.clone(), sink)?;
@@ -187,7 +191,7 @@ async fn serve(node: &Node, started: Started) {
                         let e = std::io::Error::from(e);
                         shard.node.stats.shards[shard.id].accept_errors.fetch_add(1, Relaxed);
                         let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-                        let shed = out_of_fds && shard.shed_one_unauthenticated();
+                        let shed = out_of_fds && admission::shed_one_unauthenticated(&shard);
                         if let Some(held) = ACCEPT_LOG.due() {
                             warn!(shard = shard.id, error = %e, shed, suppressed = held, "accept failed");
                         }
@@ -201,7 +205,7 @@ async fn serve(node: &Node, started: Started) {
     // Sweeper: idle checks, pings, and the shutdown flag.
     while !node.shutdown.load(Relaxed) {
         Timer::new(TICK).await;
-        shard.sweep();
+        shard.sweeper.sweep(&shard);
     }
     drop(acceptor);
     shard.close_all();
@@ -210,10 +214,10 @@ async fn serve(node: &Node, started: Started) {
         Timer::new(Duration::from_millis(20)).await;
     }
     if let Some(log) = &log {
-        shard.flush_log(log).await;
+        log::flush(&shard, log).await;
     }
     if node.cfg.storage.store.is_some() {
-        shard.flush_store().await;
+        shard.redis.flush(&shard).await;
     }
     for t in tasks {
         t.cancel();

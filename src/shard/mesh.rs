@@ -21,7 +21,9 @@ use crate::msg::ShardMsg;
 const DISPATCH_BUDGET: Duration = Duration::from_millis(1);
 
 /// A shard's end of the queues to the other shards.
-pub(super) struct Mesh {
+pub(crate) struct Mesh {
+    /// A queue's capacity (`--shard-queue`): readers park past it.
+    shard_queue: usize,
     senders: Option<Senders<ShardMsg>>,
     /// Per destination shard: messages waiting because its queue was full.
     outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
@@ -36,14 +38,15 @@ pub(super) struct Mesh {
     /// that parks is always on this list, so pressure that ends always wakes it.
     parked: RefCell<Vec<(u32, u32)>>,
     /// Messages for this shard itself, handled in order by the outermost
-    /// [`Shard::accept`] (so that handling never re-enters itself).
+    /// [`Mesh::accept`] (so that handling never re-enters itself).
     local: RefCell<VecDeque<ShardMsg>>,
     draining: Cell<bool>,
 }
 
 impl Mesh {
-    pub(super) fn new(nshards: usize, senders: Option<Senders<ShardMsg>>) -> Self {
+    pub(super) fn new(nshards: usize, shard_queue: usize, senders: Option<Senders<ShardMsg>>) -> Self {
         Mesh {
+            shard_queue,
             senders,
             outbox: RefCell::new((0..nshards).map(|_| VecDeque::new()).collect()),
             outbox_len: Cell::new(0),
@@ -54,19 +57,17 @@ impl Mesh {
             draining: Cell::new(false),
         }
     }
-}
 
-impl Shard {
     /// Sends a message to a shard. A full queue is back-pressure: the message
     /// waits in an ordered outbox that a pump feeds into the queue; nothing
-    /// is dropped. To this shard itself it goes through [`Shard::accept`].
-    pub(crate) fn route(&self, dst: usize, msg: ShardMsg) {
-        if dst == self.id {
-            return self.accept(msg);
+    /// is dropped. To this shard itself it goes through [`Mesh::accept`].
+    pub(super) fn route(&self, sh: &Shard, dst: usize, msg: ShardMsg) {
+        if dst == sh.id {
+            return self.accept(sh, msg);
         }
-        let mesh = &self.mesh;
+        let mesh = self;
         let Some(senders) = &mesh.senders else { return };
-        let sent = &self.stats().sent_to[dst];
+        let sent = &sh.stats().sent_to[dst];
         let mut outbox = mesh.outbox.borrow_mut();
         if outbox[dst].is_empty() && !mesh.pump_busy[dst].get() {
             match senders.try_send_to(dst, msg) {
@@ -93,8 +94,8 @@ impl Shard {
     /// after another: one that arrives while another is being handled (the
     /// owner sending to itself) waits in the local queue until that one is
     /// done, so no handler ever runs inside another.
-    pub(crate) fn accept(&self, msg: ShardMsg) {
-        let mesh = &self.mesh;
+    pub(super) fn accept(&self, sh: &Shard, msg: ShardMsg) {
+        let mesh = self;
         mesh.local.borrow_mut().push_back(msg);
         if mesh.draining.replace(true) {
             return;
@@ -102,14 +103,14 @@ impl Shard {
         loop {
             let next = mesh.local.borrow_mut().pop_front();
             let Some(msg) = next else { break };
-            self.handle(msg);
+            sh.handle(msg);
         }
         mesh.draining.set(false);
     }
 
     /// Feeds the outbox of one destination into its queue, waiting when full.
-    pub(crate) async fn run_pump(self: Rc<Self>, dst: usize) {
-        let mesh = &self.mesh;
+    pub(super) async fn run_pump(sh: Rc<Shard>, dst: usize) {
+        let mesh = &sh.mesh;
         let Some(senders) = &mesh.senders else { return };
         loop {
             let msg = std::future::poll_fn(|cx| match mesh.outbox.borrow_mut()[dst].pop_front() {
@@ -129,15 +130,15 @@ impl Shard {
                 // to, and nothing of it waits any more.
                 let lost = mesh.outbox.borrow_mut()[dst].drain(..).count();
                 mesh.outbox_len.set(mesh.outbox_len.get() - lost);
-                self.stats().sent_to[dst].fetch_sub(lost as u64 + 1, Relaxed);
+                sh.stats().sent_to[dst].fetch_sub(lost as u64 + 1, Relaxed);
                 // Later sends try the queue again, see the shard gone and
                 // drop the message, instead of filling an outbox no one drains.
                 mesh.pump_busy[dst].set(false);
-                self.resume_parked();
+                mesh.resume_parked(&sh);
                 return;
             }
-            if mesh.outbox_len.get() <= self.node.cfg.tuning.shard_queue / 4 {
-                self.resume_parked();
+            if mesh.outbox_len.get() <= mesh.shard_queue / 4 {
+                mesh.resume_parked(&sh);
             }
         }
     }
@@ -146,12 +147,12 @@ impl Shard {
     /// handled as long as they keep coming, up to a time budget; then the
     /// flusher writes what they queued. Under load, more frames per socket
     /// collect in one batch and go out in one write: the batch follows the load.
-    pub(crate) async fn run_receiver(self: Rc<Self>, rx: ConnectedReceiver<ShardMsg>) {
+    pub(super) async fn run_receiver(sh: Rc<Shard>, rx: ConnectedReceiver<ShardMsg>) {
         let mut n = 0u32;
         let mut batch_start = Instant::now();
         while let Some(msg) = rx.recv().await {
-            self.stats().received.fetch_add(1, Relaxed);
-            self.accept(msg);
+            sh.stats().received.fetch_add(1, Relaxed);
+            sh.mesh.accept(&sh, msg);
             n = n.wrapping_add(1);
             if n.is_multiple_of(16) && batch_start.elapsed() >= DISPATCH_BUDGET {
                 futures_lite::future::yield_now().await;
@@ -163,28 +164,28 @@ impl Shard {
     /// Back-pressure for readers: while this shard's outboxes hold more than
     /// one queue's capacity, a connection task stops reading new commands.
     /// Returns true when it must wait; it is then parked, and
-    /// [`Shard::resume_parked`] wakes it once the outboxes have drained.
-    pub(crate) fn park_if_backed_up(&self, key: u32, waker: &Waker) -> bool {
-        if self.mesh.outbox_len.get() <= self.node.cfg.tuning.shard_queue {
+    /// [`Mesh::resume_parked`] wakes it once the outboxes have drained.
+    pub(crate) fn park_if_backed_up(&self, sh: &Shard, key: u32, waker: &Waker) -> bool {
+        if self.outbox_len.get() <= self.shard_queue {
             return false;
         }
-        let mut conns = self.conns.borrow_mut();
+        let mut conns = sh.conns.borrow_mut();
         let Some(e) = conns.get_mut(key) else { return false };
         e.set_waker(waker);
         if !e.parked {
             e.parked = true;
-            self.mesh.parked.borrow_mut().push((key, e.generation));
+            self.parked.borrow_mut().push((key, e.generation));
         }
         true
     }
 
     /// Wakes every parked reader (the outboxes have drained).
-    fn resume_parked(&self) {
-        let parked = std::mem::take(&mut *self.mesh.parked.borrow_mut());
+    fn resume_parked(&self, sh: &Shard) {
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
         if parked.is_empty() {
             return;
         }
-        let mut conns = self.conns.borrow_mut();
+        let mut conns = sh.conns.borrow_mut();
         for (key, generation) in parked {
             let Some(e) = conns.get_mut(key).filter(|e| e.generation == generation) else { continue };
             e.parked = false;

@@ -4,7 +4,7 @@
 //! that [`crate::placement::shard_for`] assigns to it, and an index of which
 //! of its connections sit in which room. Everything here runs on one thread,
 //! so state lives in `RefCell`s, borrowed only between awaits and never
-//! across a handler: every message is handled by `Shard::accept`, one
+//! across a handler: every message is handled by `Mesh::accept`, one
 //! after another.
 //!
 //! Message path:
@@ -16,28 +16,33 @@
 //!    the flusher (`flush`) then writes every such socket once, with all
 //!    its queued frames in one `send`.
 //!
-//! | file | part |
-//! |---|---|
 //! The shard is the I/O shell around two pure state machines that live in
 //! folders of their own: [`crate::session`] (a connection's identity, rooms,
 //! limits and outbound queue: command → requests) and [`crate::owner`] (the
 //! rooms this shard owns: request → deliveries, its store behind one
 //! interface with a `log` and a `redis` side).
 //!
-//! | file | part |
-//! |---|---|
-//! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries |
-//! | `life` | the shard's start (mesh, listener, log, tasks, relay) and stop |
-//! | `conn` | one connection's task: the handshake, then bytes in, frames out |
-//! | `conns` | the connection table |
-//! | `api` | what the admin listener's server API asks of a shard |
-//! | `flush` | the write path |
-//! | `log` | holding what the owner sends until the store has its messages; the log writer task |
-//! | `redis` | the link to the shared store (`--store`): claims, appends, history reads |
-//! | `cluster` | applying a change of the cluster's live nodes |
-//! | `mesh` | queues between shards, back-pressure, parked readers |
-//! | `sweep` | timers: pings, deadlines, pinning, shedding, shutdown |
-//! | `admission` | sockets still in their TLS/upgrade handshake (the first shed), logins' token budget |
+//! `Shard`'s own methods are all in this file: the connection table's
+//! entry points, the one dispatch and routing. Each other part is a type
+//! that owns its state (a field of `Shard`) or a task, and reaches the
+//! rest through the `&Shard` it is given.
+//!
+//! | file | part | its type |
+//! |---|---|---|
+//! | `mod.rs` | the shard, its one dispatch (`Shard::handle`), routing, member deliveries | `Shard` |
+//! | `life` | the shard's start (mesh, listener, log, tasks, relay) and stop | tasks |
+//! | `conn` | one connection's task: the handshake, then bytes in, frames out | task |
+//! | `conns` | the connection table, a TLS connection's records | `Conns` |
+//! | `mesh` | queues between shards, back-pressure, parked readers | `Mesh` |
+//! | `flush` | the write path: every dirty socket written once per pass | `Flusher` |
+//! | `hold` | what the owner sends, waiting until its store has the messages before it | `Hold` |
+//! | `log` | the log writer and syncer tasks (the embedded log) | tasks |
+//! | `history` | history reads from the log's files | `Reader` |
+//! | `redis` | the link to the shared store (`--store`): claims, appends, history reads | `RedisLink` |
+//! | `cluster` | what the relay received; a change of the cluster's live nodes applied | functions |
+//! | `api` | what the admin listener's server API asks of a shard | `Api`, `ApiPeers` |
+//! | `sweep` | timers: pings, deadlines, the core pin, published latency | `Sweeper` |
+//! | `admission` | sockets still in their handshake (the first shed), logins' token budget | `Handshakes` |
 
 mod admission;
 mod api;
@@ -46,12 +51,12 @@ pub(crate) mod conn;
 mod conns;
 mod flush;
 mod history;
+mod hold;
 pub(crate) mod life;
 mod log;
 mod mesh;
 mod redis;
 mod sweep;
-mod tlsconn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -63,18 +68,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use glommio::channels::channel_mesh::Senders;
-use hdrhistogram::Histogram;
 use indexmap::IndexSet;
 
 use crate::cluster::View;
 use crate::ids::Id;
 use crate::msg::{Audience, ConnRef, Delivery, NodeMsg, Request, ShardMsg};
 use crate::node::{Node, unix_ms};
-use crate::owner::{self, Dest, Out, Owner};
-use crate::pinning::CorePin;
+use crate::owner::{Dest, Out, Owner};
 use crate::placement::shard_for;
 use crate::protocol::{self, ERR_NOT_COMMAND, ProtoError};
-use crate::relay::{Relay, RelayEvent};
+use crate::relay::Relay;
 pub(crate) use crate::session::outbound::OutState;
 use crate::session::outbound::{Pushed, SharedFrame};
 use crate::session::{self, Session};
@@ -90,7 +93,7 @@ pub struct Shard {
     pub nshards: usize,
     /// Node-wide shared state.
     pub node: Arc<Node>,
-    conns: RefCell<Conns>,
+    pub(crate) conns: RefCell<Conns>,
     /// This shard's member connections of each room (wherever its owner is).
     members: RefCell<HashMap<Id, IndexSet<u32>>>,
     owner: RefCell<Owner>,
@@ -98,21 +101,19 @@ pub struct Shard {
     owner_out: RefCell<Vec<Out>>,
     /// Reused: the requests one client command makes.
     requests: RefCell<Vec<Request>>,
-    /// What the owner sent, held until the log covers the journal position
-    /// it was sent at (see `log`).
-    held: RefCell<std::collections::VecDeque<(u64, Option<owner::RecordTag>, Out)>>,
-    /// Journal position the log writer has written up to.
-    log_written: Cell<u64>,
-    log_waker: RefCell<Option<std::task::Waker>>,
-    /// History answers waiting for the disk, and the reader's waker (see `history`).
-    reads: RefCell<std::collections::VecDeque<owner::DiskRead>>,
-    read_waker: RefCell<Option<std::task::Waker>>,
-    /// The link to a shared store, with `--store` (see `remote`).
-    remote: RefCell<Option<redis::StoreLink>>,
+    /// What the owner sent, held until its store has the messages
+    /// journalled before it (see `hold`).
+    hold: hold::Hold,
+    /// History requests waiting for the disk (see `history`).
+    reader: history::Reader,
+    /// The link to a shared store, with `--store` (see `redis`).
+    redis: redis::RedisLink,
     /// The server API's questions between nodes (shard 0; see `api`).
     api_peers: api::ApiPeers,
-    flush: flush::Flusher,
-    mesh: mesh::Mesh,
+    pub(crate) flush: flush::Flusher,
+    pub(crate) mesh: mesh::Mesh,
+    /// Timers: the tick, deadlines, pings, the core pin (see `sweep`).
+    pub(crate) sweeper: sweep::Sweeper,
     /// Shared read buffer: every connection reads into it and copies out only
     /// the tail of an incomplete frame, so an idle socket holds no buffer.
     pub(crate) read_buf: RefCell<Box<[u8]>>,
@@ -120,9 +121,6 @@ pub struct Shard {
     pub(crate) plain_buf: RefCell<Vec<u8>>,
     json_buffers: RefCell<simd_json::Buffers>,
     uid_counter: Cell<u64>,
-    /// Sweeper ticks since start.
-    pub(crate) tick: Cell<u32>,
-    latency: RefCell<Histogram<u64>>,
     /// Set when the node shuts down.
     pub(crate) shutting_down: Cell<bool>,
     started: Instant,
@@ -130,8 +128,6 @@ pub struct Shard {
     view: RefCell<Arc<View>>,
     /// The relay (links to other nodes); only on shard 0 of a clustered node.
     relay: RefCell<Option<Rc<Relay>>>,
-    /// This shard's pin to its core, when pinned (see [`crate::pinning`]).
-    pub(crate) pin: RefCell<Option<CorePin>>,
     /// Sockets in their handshake, oldest first (the first shed).
     pub(crate) handshakes: admission::Handshakes,
 }
@@ -171,26 +167,21 @@ impl Shard {
             }),
             owner_out: RefCell::new(Vec::new()),
             requests: RefCell::new(Vec::new()),
-            held: RefCell::new(std::collections::VecDeque::new()),
-            log_written: Cell::new(0),
-            log_waker: RefCell::new(None),
-            reads: RefCell::new(std::collections::VecDeque::new()),
-            read_waker: RefCell::new(None),
-            remote: RefCell::new(None),
+            hold: hold::Hold::default(),
+            reader: history::Reader::default(),
+            redis: redis::RedisLink::default(),
             api_peers: api::ApiPeers::default(),
-            flush: flush::Flusher::new(),
-            mesh: mesh::Mesh::new(n, senders),
+            flush: flush::Flusher::new(&node.cfg.tuning),
+            mesh: mesh::Mesh::new(n, node.cfg.tuning.shard_queue, senders),
+            sweeper: sweep::Sweeper::new(&node.cfg.limits),
             read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
             plain_buf: RefCell::new(Vec::new()),
             json_buffers: RefCell::new(simd_json::Buffers::new(1024)),
             uid_counter: Cell::new(0),
-            tick: Cell::new(0),
-            latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
             shutting_down: Cell::new(false),
             started: Instant::now(),
             view: RefCell::new(Arc::new(View::solo(&node.cfg.cluster.node_id))),
             relay: RefCell::new(None),
-            pin: RefCell::new(None),
             handshakes: admission::Handshakes::default(),
             node,
         }
@@ -198,6 +189,36 @@ impl Shard {
 
     fn stats(&self) -> &crate::metrics::ShardStats {
         &self.node.stats.shards[self.id]
+    }
+
+    /// What the server API may ask of this shard (see `api`).
+    pub(crate) fn api(&self) -> api::Api<'_> {
+        api::Api { sh: self }
+    }
+
+    /// Sends a message to a shard (see [`mesh::Mesh::route`]).
+    pub(crate) fn route(&self, dst: usize, msg: ShardMsg) {
+        self.mesh.route(self, dst, msg);
+    }
+
+    /// Hands the owner's store work out: claims and reads to the Redis
+    /// link, history reads that need the disk to the reader.
+    fn queue_store_work(&self) {
+        self.redis.queue_jobs(self);
+        self.reader.queue(self);
+    }
+
+    /// Begins shutdown: every connection gets a 1001 close frame.
+    pub(crate) fn close_all(&self) {
+        self.shutting_down.set(true);
+        for (_, e) in self.conns.borrow_mut().iter_mut() {
+            e.start_close(ws::close_code::GOING_AWAY, "server shutting down");
+        }
+    }
+
+    /// Open connections on this shard.
+    pub(crate) fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
     }
 
     /// Takes over the rooms the log held for this shard, and journals room
@@ -218,7 +239,7 @@ impl Shard {
     /// Registers an upgraded connection; returns its slot.
     pub(crate) fn register(&self, fd: RawFd) -> u32 {
         let session = Session::new(self.node.cfg.limits.rate_limit, self.now_ms());
-        let (key, _) = self.conns.borrow_mut().insert(fd, session, self.tick.get());
+        let (key, _) = self.conns.borrow_mut().insert(fd, session, self.sweeper.now());
         self.stats().connections.fetch_add(1, Relaxed);
         key
     }
@@ -256,7 +277,7 @@ impl Shard {
     /// Notes input activity (for the idle timeout).
     pub(crate) fn touch(&self, key: u32) {
         if let Some(e) = self.conns.borrow_mut().get_mut(key) {
-            e.last_rx = self.tick.get();
+            e.last_rx = self.sweeper.now();
             e.pinged = false;
         }
     }
@@ -336,7 +357,7 @@ impl Shard {
         // A token check for a connection not logged in yet comes out of
         // its address's budget (an ES256 check costs ~50 us: bad tokens
         // sent in a loop must not buy the server's CPU).
-        let charged = match self.login_attempt(key, &cmd) {
+        let charged = match admission::login_attempt(self, key, &cmd) {
             Ok(charged) => charged,
             Err(e) => return self.send_error(key, &e.about(reference)),
         };
@@ -421,71 +442,17 @@ impl Shard {
         }
     }
 
-    /// What shard 0's relay received: messages from other nodes go to the
-    /// shard they are for, changes of the live set to every shard.
-    pub(crate) fn on_relay_event(&self, ev: RelayEvent) {
-        match ev {
-            RelayEvent::Msg(NodeMsg::ToOwner(req)) => {
-                // The sender chose this node as the owner; the shard is ours to pick.
-                self.route(shard_for(req.rid(), self.nshards), ShardMsg::ToOwner(req));
-            }
-            RelayEvent::Msg(NodeMsg::ToMembers(Delivery::Deliver { rid, frame, audience, t0 })) => {
-                let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
-                match audience {
-                    // One item per node came over the link; each local shard
-                    // filters by its own members (a miss is one hash lookup).
-                    Audience::AllExcept(except) => {
-                        for s in 0..self.nshards {
-                            let audience = Audience::AllExcept(except);
-                            let msg = Delivery::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
-                            out.push(Out { dest: Dest::Shard(s), msg });
-                        }
-                    }
-                    // The owner named our connections; they are local here.
-                    Audience::Only(mut targets) => {
-                        targets.retain(|c| c.node == 0 && (c.shard as usize) < self.nshards);
-                        owner::deliver_to(&rid, &frame, targets, t0, &mut out);
-                    }
-                }
-                for o in out.drain(..) {
-                    self.send_out(o);
-                }
-                *self.owner_out.borrow_mut() = out;
-            }
-            RelayEvent::Msg(NodeMsg::ToMembers(
-                d @ (Delivery::Joined { conn, .. } | Delivery::Direct { conn, .. }),
-            )) => {
-                if (conn.shard as usize) < self.nshards {
-                    self.route(conn.shard as usize, ShardMsg::ToMembers(d));
-                }
-            }
-            RelayEvent::Msg(NodeMsg::Disconnect { uid, code }) => {
-                for s in 0..self.nshards {
-                    self.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
-                }
-            }
-            RelayEvent::Msg(NodeMsg::ApiAsk { ticket, from, request }) => self.on_api_ask(ticket, from, request),
-            RelayEvent::Msg(NodeMsg::ApiAnswer { ticket, status, body }) => self.on_api_answer(ticket, status, body),
-            RelayEvent::LiveSetChanged { down } => {
-                let view = Arc::new(self.node.cluster.lock().expect("cluster table").view());
-                for s in 0..self.nshards {
-                    self.route(s, ShardMsg::ClusterChanged { view: view.clone(), down });
-                }
-            }
-        }
-    }
-
     /// The one dispatch: every message a shard handles, from any shard (this
-    /// one included), comes through here, by way of [`Shard::accept`].
+    /// one included), comes through here, by way of [`mesh::Mesh::accept`].
     fn handle(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::ToOwner(req) => self.on_request(req),
             ShardMsg::ToMembers(d) => self.on_delivery(d),
             ShardMsg::ToNode(node, msg) => self.to_node(node, *msg),
-            ShardMsg::ClusterChanged { view, down } => self.apply_cluster_change(view, down),
+            ShardMsg::ClusterChanged { view, down } => cluster::apply(self, view, down),
             ShardMsg::Api(q) => {
                 self.owner.borrow_mut().answer(q);
-                self.queue_reads();
+                self.queue_store_work();
             }
             ShardMsg::Disconnect { uid, code } => {
                 for (_, e) in self.conns.borrow_mut().iter_mut() {
@@ -510,7 +477,7 @@ impl Shard {
                 self.stats().rooms.store(owner.live_rooms() as i64, Relaxed);
             }
         }
-        self.send_or_hold(&mut out);
+        self.hold.send_or_hold(self, &mut out);
         *self.owner_out.borrow_mut() = out;
     }
 
@@ -518,7 +485,7 @@ impl Shard {
     fn tick_presence(&self) {
         let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
         self.owner.borrow_mut().tick_presence(unix_ms(), &mut out);
-        self.send_or_hold(&mut out);
+        self.hold.send_or_hold(self, &mut out);
         *self.owner_out.borrow_mut() = out;
     }
 
@@ -567,7 +534,7 @@ impl Shard {
                 }
                 self.stats().deliveries.fetch_add(n, Relaxed);
                 let us = t0.elapsed().as_micros() as u64;
-                let _ = self.latency.borrow_mut().record(us.clamp(1, 60_000_000));
+                self.sweeper.record_latency(us);
             }
             Delivery::Direct { conn, frame } => {
                 if let Some(e) = conns.by_ref(conn) {

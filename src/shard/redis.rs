@@ -8,6 +8,7 @@
 //! have. The price is one round trip to the store per batch (measured in
 //! `bench/results/`); the batch is everything sequenced meanwhile.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,7 +20,7 @@ use futures_lite::StreamExt;
 use glommio::timer::Timer;
 use tracing::warn;
 
-use super::Shard;
+use super::{Shard, history};
 use crate::node::unix_ms;
 use crate::owner::RemoteRead;
 use crate::store::redis::{Event, Job, RedisStore, Refusal};
@@ -28,9 +29,15 @@ use crate::store::redis::{Event, Job, RedisStore, Refusal};
 /// request is refused (try again) rather than queued without bound.
 const MAX_READS: usize = 1024;
 
+/// The shard's link to its store thread, once `--store` enabled it.
+#[derive(Debug, Default)]
+pub(super) struct RedisLink {
+    link: RefCell<Option<StoreLink>>,
+}
+
 /// A shard's end of its store thread.
 #[derive(Debug)]
-pub(crate) struct StoreLink {
+struct StoreLink {
     store: RedisStore,
     /// History answers waiting for the store, by ticket.
     reads: HashMap<u64, RemoteRead>,
@@ -45,19 +52,19 @@ enum Step {
     Closed,
 }
 
-impl Shard {
+impl RedisLink {
     /// History and room sequence live in `store` from now on.
-    pub(crate) fn enable_remote(&self, store: RedisStore) {
+    pub(super) fn enable(&self, sh: &Shard, store: RedisStore) {
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
-        self.owner.borrow_mut().enable_remote(u64::from_le_bytes(seed));
-        *self.remote.borrow_mut() = Some(StoreLink { store, reads: HashMap::new(), next_ticket: 0, in_flight: false });
+        sh.owner.borrow_mut().enable_remote(u64::from_le_bytes(seed));
+        *self.link.borrow_mut() = Some(StoreLink { store, reads: HashMap::new(), next_ticket: 0, in_flight: false });
     }
 
     /// Hands the owner's claims and history reads to the store thread.
-    pub(super) fn queue_store_jobs(&self) {
-        let Some((claims, reads)) = self.owner.borrow_mut().take_store_jobs() else { return };
-        let mut guard = self.remote.borrow_mut();
+    pub(super) fn queue_jobs(&self, sh: &Shard) {
+        let Some((claims, reads)) = sh.owner.borrow_mut().take_store_jobs() else { return };
+        let mut guard = self.link.borrow_mut();
         let Some(link) = guard.as_mut() else { return };
         for c in claims {
             link.store.send(Job::Claim { rid: c.rid, token: c.token, epoch: c.epoch, fresh: c.fresh });
@@ -76,50 +83,51 @@ impl Shard {
         }
         drop(guard);
         for reply in busy {
-            self.refuse_read(reply, "history is busy, try again shortly");
+            history::refuse(sh, reply, "history is busy, try again shortly");
         }
     }
 
     /// The store task: sends the journal's messages (one batch in flight)
     /// and handles the store's answers.
-    pub(crate) async fn run_store(self: Rc<Self>, mut events: UnboundedReceiver<Event>) {
+    pub(super) async fn run(sh: Rc<Shard>, mut events: UnboundedReceiver<Event>) {
+        let me = &sh.redis;
         loop {
             let step = std::future::poll_fn(|cx| {
                 if let Poll::Ready(e) = events.poll_next(cx) {
                     return Poll::Ready(e.map_or(Step::Closed, Step::Answer));
                 }
-                let idle = self.remote.borrow().as_ref().is_some_and(|l| !l.in_flight);
-                if idle && self.owner.borrow_mut().journal().is_some_and(|j| j.has_pending()) {
+                let idle = me.link.borrow().as_ref().is_some_and(|l| !l.in_flight);
+                if idle && sh.owner.borrow_mut().journal().is_some_and(|j| j.has_pending()) {
                     return Poll::Ready(Step::Send);
                 }
-                *self.log_waker.borrow_mut() = Some(cx.waker().clone());
+                sh.hold.wait(cx.waker());
                 Poll::Pending
             })
             .await;
             match step {
                 Step::Closed => return,
                 Step::Send => {
-                    let batch = self.owner.borrow_mut().journal().expect("journal").take();
-                    let mut link = self.remote.borrow_mut();
+                    let batch = sh.owner.borrow_mut().journal().expect("journal").take();
+                    let mut link = me.link.borrow_mut();
                     let link = link.as_mut().expect("remote");
                     link.in_flight = true;
                     link.store.send(Job::Append { records: batch.marks, end: batch.end });
                 }
-                Step::Answer(ev) => self.on_store_event(ev),
+                Step::Answer(ev) => me.on_event(&sh, ev),
             }
             glommio::yield_if_needed().await;
         }
     }
 
-    fn on_store_event(&self, ev: Event) {
+    fn on_event(&self, sh: &Shard, ev: Event) {
         match ev {
             Event::Appended { end, stored, mut refused } => {
-                if let Some(l) = self.remote.borrow_mut().as_mut() {
+                if let Some(l) = self.link.borrow_mut().as_mut() {
                     l.in_flight = false;
                 }
                 let now = unix_ms();
                 {
-                    let mut owner = self.owner.borrow_mut();
+                    let mut owner = sh.owner.borrow_mut();
                     // Stored runs first: their messages go out (acknowledged)
                     // even when a later run of the room was refused.
                     for (rid, token, seq) in &stored {
@@ -131,43 +139,43 @@ impl Shard {
                 }
                 if !refused.is_empty() {
                     let n: u64 = refused.iter().map(|r| r.last - r.first + 1).sum();
-                    self.stats().log_errors.fetch_add(1, Relaxed);
-                    warn!(shard = self.id, messages = n, why = ?refused[0].why, "the message store refused messages");
+                    sh.stats().log_errors.fetch_add(1, Relaxed);
+                    warn!(shard = sh.id, messages = n, why = ?refused[0].why, "the message store refused messages");
                 }
-                self.release_held(end, &refused);
+                sh.hold.release(sh, end, &refused);
             }
             Event::Claimed { rid, token, state } => {
-                let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
-                let waiting = self.owner.borrow_mut().on_claimed(&rid, token, state, unix_ms(), &mut out);
-                self.send_or_hold(&mut out);
-                *self.owner_out.borrow_mut() = out;
+                let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
+                let waiting = sh.owner.borrow_mut().on_claimed(&rid, token, state, unix_ms(), &mut out);
+                sh.hold.send_or_hold(sh, &mut out);
+                *sh.owner_out.borrow_mut() = out;
                 for req in waiting {
-                    self.on_request(req);
+                    sh.on_request(req);
                 }
             }
             Event::Read { ticket, answer } => {
-                let read = self.remote.borrow_mut().as_mut().and_then(|l| l.reads.remove(&ticket));
+                let read = self.link.borrow_mut().as_mut().and_then(|l| l.reads.remove(&ticket));
                 let Some(RemoteRead { rid, since, reply, budget, .. }) = read else { return };
                 let Some((epoch, msgs)) = answer else {
-                    return self.refuse_read(reply, Refusal::Unavailable.text());
+                    return history::refuse(sh, reply, Refusal::Unavailable.text());
                 };
-                self.stats().history_disk_reads.fetch_add(1, Relaxed);
-                self.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
+                sh.stats().history_disk_reads.fetch_add(1, Relaxed);
+                sh.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
                 // A room the store does not have reports what a never-used room does.
-                let epoch = if epoch == 0 { self.node.epoch } else { epoch };
+                let epoch = if epoch == 0 { sh.node.epoch } else { epoch };
                 // Paging forward (`since`) keeps the oldest messages that fit.
-                self.answer_history(&rid, epoch, msgs, since.is_some(), budget, reply);
+                history::answer(sh, &rid, epoch, msgs, since.is_some(), budget, reply);
             }
         }
     }
 
     /// At shutdown: waits (up to 5 s) until the store has every message
     /// sequenced, so that what was acknowledged to members is stored.
-    pub(crate) async fn flush_store(&self) {
+    pub(super) async fn flush(&self, sh: &Shard) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let pending = self.owner.borrow_mut().journal().is_some_and(|j| j.has_pending())
-                || self.remote.borrow().as_ref().is_some_and(|l| l.in_flight);
+            let pending = sh.owner.borrow_mut().journal().is_some_and(|j| j.has_pending())
+                || self.link.borrow().as_ref().is_some_and(|l| l.in_flight);
             if !pending {
                 break;
             }

@@ -1,41 +1,79 @@
 //! Housekeeping on the sweeper's tick: pings, idle and login deadlines,
 //! queue memory, the core pin, published latency; shedding and shutdown.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use tracing::{info, warn};
 
 use super::Shard;
+use crate::config::Limits;
 use crate::node::unix_ms;
-use crate::pinning::Action;
+use crate::pinning::{Action, CorePin};
 use crate::ws;
 
 /// Tick length of the sweeper (idle checks, pings, shutdown polling).
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 
-/// Close code 1013 (RFC 6455 registry: "Try Again Later").
-const TRY_AGAIN_LATER: u16 = 1013;
-
 /// Close code for a login token that expired without a refresh (4000–4999
 /// are the application's).
 const TOKEN_EXPIRED: u16 = 4001;
 
-impl Shard {
+/// The sweeper's state: its clock, the deadlines in its ticks, the
+/// latency it publishes, and the shard's pin to its core.
+pub(crate) struct Sweeper {
+    /// Ticks since start.
+    tick: Cell<u32>,
+    ping_after: u32,
+    idle_after: u32,
+    login_after: u32,
+    /// Delivery latencies since they were last published.
+    latency: RefCell<Histogram<u64>>,
+    /// This shard's pin to its core, when pinned (see [`crate::pinning`]).
+    pin: RefCell<Option<CorePin>>,
+}
+
+impl Sweeper {
+    pub(super) fn new(limits: &Limits) -> Self {
+        let ticks = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
+        Sweeper {
+            tick: Cell::new(0),
+            ping_after: ticks(limits.ping_interval),
+            idle_after: ticks(limits.idle_timeout),
+            login_after: ticks(limits.login_timeout),
+            latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
+            pin: RefCell::new(None),
+        }
+    }
+
+    /// Ticks since start (connections' ages and silences count in them).
+    pub(super) fn now(&self) -> u32 {
+        self.tick.get()
+    }
+
+    /// Pins the shard to its core from now on.
+    pub(super) fn set_pin(&self, pin: Option<CorePin>) {
+        *self.pin.borrow_mut() = pin;
+    }
+
+    /// A delivery took `us` microseconds from the owner to this shard.
+    pub(super) fn record_latency(&self, us: u64) {
+        let _ = self.latency.borrow_mut().record(us.clamp(1, 60_000_000));
+    }
+
     /// One sweeper tick: pings quiet connections, closes idle ones and those
     /// that never logged in, and publishes the latency histogram once a second.
-    pub(crate) fn sweep(&self) {
+    pub(super) fn sweep(&self, sh: &Shard) {
         let t = self.tick.get().wrapping_add(1);
         self.tick.set(t);
-        self.flush.tick(TICK);
-        let ticks = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
-        let ping_after = ticks(self.node.cfg.limits.ping_interval);
-        let idle_after = ticks(self.node.cfg.limits.idle_timeout);
-        let login_after = ticks(self.node.cfg.limits.login_timeout);
+        sh.flush.tick(TICK);
+        let (ping_after, idle_after, login_after) = (self.ping_after, self.idle_after, self.login_after);
         let ping = Rc::new(ws::ping_frame());
         let now_ms = crate::node::unix_ms();
-        let mut conns = self.conns.borrow_mut();
+        let mut conns = sh.conns.borrow_mut();
         for (key, e) in conns.iter_mut() {
             if e.out.closing().is_some() {
                 continue;
@@ -53,28 +91,28 @@ impl Shard {
             } else if !e.session.logged_in() && t.wrapping_sub(e.born) >= login_after {
                 // A socket that never becomes a user holds a slot of the
                 // connection cap (and a descriptor) however well it pings.
-                self.stats().timeout_closes.fetch_add(1, Relaxed);
+                sh.stats().timeout_closes.fetch_add(1, Relaxed);
                 e.start_close(ws::close_code::POLICY, "no login within the login timeout");
             } else if quiet >= idle_after {
-                self.stats().timeout_closes.fetch_add(1, Relaxed);
+                sh.stats().timeout_closes.fetch_add(1, Relaxed);
                 e.start_close(ws::close_code::GOING_AWAY, "idle timeout");
             } else if quiet >= ping_after && !e.pinged {
                 e.pinged = true;
-                self.push(key, e, &ping);
+                sh.push(key, e, &ping);
             }
         }
         drop(conns);
-        self.tick_presence();
+        sh.tick_presence();
         if t.is_multiple_of(10) {
-            let mut owner = self.owner.borrow_mut();
+            let mut owner = sh.owner.borrow_mut();
             owner.evict_idle(unix_ms());
-            self.stats().evicted_rooms.store(owner.evicted_rooms() as i64, Relaxed);
+            sh.stats().evicted_rooms.store(owner.evicted_rooms() as i64, Relaxed);
         }
-        self.flush.wake();
+        sh.flush.wake();
         if t.is_multiple_of(10) {
-            self.review_pin();
+            self.review_pin(sh);
             let mut local = self.latency.borrow_mut();
-            if let Ok(mut shared) = self.stats().latency.try_lock() {
+            if let Ok(mut shared) = sh.stats().latency.try_lock() {
                 let _ = shared.add(&*local);
                 local.reset();
             }
@@ -83,60 +121,22 @@ impl Shard {
 
     /// Once a second: releases the shard from its core while other processes
     /// keep the core busy, and pins it again later (see [`crate::pinning`]).
-    fn review_pin(&self) {
+    fn review_pin(&self, sh: &Shard) {
         let mut pin = self.pin.borrow_mut();
         let Some(p) = pin.as_mut() else { return };
         let t = p.tick();
         if t.refused {
-            warn!(shard = self.id, core = p.core(), "the kernel refused to change the shard's CPU affinity");
+            warn!(shard = sh.id, core = p.core(), "the kernel refused to change the shard's CPU affinity");
         }
         match t.action {
             Action::Stay => return,
             Action::Release => {
-                self.stats().core_releases.fetch_add(1, Relaxed);
+                sh.stats().core_releases.fetch_add(1, Relaxed);
                 let waited = format!("{:.0}%", t.waited * 100.0);
-                info!(shard = self.id, core = p.core(), waited, "core busy with other work: shard may run on any core");
+                info!(shard = sh.id, core = p.core(), waited, "core busy with other work: shard may run on any core");
             }
-            Action::Repin => info!(shard = self.id, core = p.core(), "shard pinned to its core again"),
+            Action::Repin => info!(shard = sh.id, core = p.core(), "shard pinned to its core again"),
         }
-        self.stats().pinned.store(p.pinned() as i64, Relaxed);
-    }
-
-    /// Accept failed for want of a descriptor: closes the socket of this
-    /// shard that has waited longest in its handshake (TLS, HTTP upgrade),
-    /// if that is over a second, or else the connection that has waited longest without logging
-    /// in, so that the descriptor goes to someone who may. False when there
-    /// is none.
-    pub(crate) fn shed_one_unauthenticated(&self) -> bool {
-        if self.handshakes.shed_oldest(std::time::Instant::now()) {
-            self.stats().shed_connections.fetch_add(1, Relaxed);
-            return true;
-        }
-        let mut conns = self.conns.borrow_mut();
-        if conns.iter().any(|(_, e)| e.out.closing().is_some()) {
-            // A descriptor is about to be freed already; accept will have it
-            // on its next try. Shedding more would close one connection per retry.
-            return false;
-        }
-        // Generations count registrations: the smallest is the oldest.
-        let oldest =
-            conns.iter().filter(|(_, e)| !e.session.logged_in()).min_by_key(|(_, e)| e.generation).map(|(k, _)| k);
-        let Some(e) = oldest.and_then(|k| conns.get_mut(k)) else { return false };
-        self.stats().shed_connections.fetch_add(1, Relaxed);
-        e.start_close(TRY_AGAIN_LATER, "server is out of file descriptors");
-        true
-    }
-
-    /// Begins shutdown: every connection gets a 1001 close frame.
-    pub(crate) fn close_all(&self) {
-        self.shutting_down.set(true);
-        for (_, e) in self.conns.borrow_mut().iter_mut() {
-            e.start_close(ws::close_code::GOING_AWAY, "server shutting down");
-        }
-    }
-
-    /// Open connections on this shard.
-    pub(crate) fn conn_count(&self) -> usize {
-        self.conns.borrow().len()
+        sh.stats().pinned.store(p.pinned() as i64, Relaxed);
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! The owner shard of a room appends each room message to its [`Journal`]
 //! (an in-memory buffer) as it sequences it; the shard's log writer
-//! ([`writer`]) writes what the journal holds in one write (group commit),
+//! ([`log::writer`]) writes what the journal holds in one write (group commit),
 //! and only then are the message's frames released to the members:
 //!
 //! - `written` (default): broadcast once the write is done (the message is in
@@ -17,8 +17,8 @@
 //! - `sync`: broadcast once the `fdatasync` that covers it is done;
 //! - `memory`: no log (history lives and dies with the process).
 //!
-//! At start, [`open`] takes the lock and [`recovery`] reads every segment:
-//! rooms continue their epoch and seq, and each gets an [`index`] of where
+//! At start, [`open`] takes the lock and [`log::recovery`] reads every segment:
+//! rooms continue their epoch and seq, and each gets an [`log::index`] of where
 //! its newest messages are (the owner fills it as the writer writes, and
 //! the shard's history reader reads `getHistory` answers back through it). Where the node cannot prove it has
 //! every message it broadcast, a room starts a new epoch: a damaged tail in
