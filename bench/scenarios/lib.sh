@@ -342,4 +342,5 @@ bench_report() {
     shift
     python3 "$BENCH_DIR/report.py" "$mode" "$BASE" "$TITLE" "$NOTE" "$SERVER_CMD" "$LOADGEN_CMD" "$@"
     echo "bench: wrote $BASE.md, $BASE.json, $BASE.svg, $BASE.hgrm" >&2
+    "$RESULTS/index.sh"
 }
