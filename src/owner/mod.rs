@@ -27,6 +27,7 @@ pub(crate) use log::{DiskRead, ReadReply, fit};
 mod redis;
 pub(crate) use redis::RemoteRead;
 pub mod room;
+mod storage;
 mod store;
 pub(crate) use store::RecordTag;
 use store::{Gate, RoomStore};

@@ -1,0 +1,200 @@
+//! The owner's entry points for its store: setting it up (log or Redis),
+//! and what each store's task reports back (records written, segments
+//! deleted, claims answered, messages stored or refused), handed to the
+//! store behind [`RoomStore`](super::store::RoomStore). No I/O.
+
+use bytes::Bytes;
+
+use super::log::{DiskRead, LogRoomStore};
+use super::redis::{ClaimJob, RedisRoomStore, RemoteRead};
+use super::store::HistoryQuery;
+use super::{Out, Owner, ReadReply};
+use crate::ids::Id;
+use crate::msg::Request;
+use crate::owner::room::Room;
+use crate::store::redis::{Refusal, Refused};
+use crate::store::{Mark, RoomState};
+
+impl Owner {
+    /// Keeps a room index of `history` messages per room, evicts empty
+    /// rooms `evict_ms` after they empty (only with a log), and keeps at
+    /// most `max_evicted` evicted rooms.
+    pub(crate) fn set_storage(&mut self, history: usize, evict_ms: u64, max_evicted: usize) {
+        self.history_reach = history;
+        self.evict_ms = evict_ms;
+        if let Some(log) = self.log_store() {
+            log.cap = history;
+            log.max_evicted = max_evicted;
+        }
+    }
+
+    fn log_store(&mut self) -> Option<&mut LogRoomStore> {
+        self.store.as_any_mut().downcast_mut::<LogRoomStore>()
+    }
+
+    /// Journals every room message from now on (for the log writer), and
+    /// keeps the index of evicted rooms.
+    pub(crate) fn enable_journal(&mut self) {
+        self.journal = Some(crate::store::Journal::default());
+        if let Some(log) = self.log_store() {
+            log.keep = true;
+        }
+    }
+
+    /// Takes over the rooms the log held (see [`LogRoomStore`]).
+    pub(crate) fn restore(&mut self, rooms: Vec<(Id, RoomState)>, new_epoch: bool) {
+        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogRoomStore>() {
+            log.restore(rooms, new_epoch, &self.rooms);
+        }
+    }
+
+    /// The room, brought back with the sequence its store knows (same
+    /// epoch, next seq) or new.
+    pub(super) fn room_or_load(&mut self, rid: &Id) -> &mut Room {
+        if !self.rooms.contains_key(rid) {
+            let room = match self.store.known(rid) {
+                Some((epoch, top)) => Room::restore(self.nshards, self.history_cap, epoch, top, std::iter::empty()),
+                None => Room::new(self.nshards, self.history_cap, (self.next_epoch)()),
+            };
+            self.rooms.insert(rid.clone(), room);
+            self.store.opened(rid);
+        }
+        self.rooms.get_mut(rid).expect("inserted above")
+    }
+
+    /// A room emptied: evict it once `--room-evict-ms` passed.
+    pub(super) fn schedule_evict(&mut self, rid: &Id, now_ms: u64) {
+        self.idle.push_back((rid.clone(), now_ms + self.evict_ms));
+    }
+
+    /// Evicts the rooms that have been empty long enough: their store may
+    /// keep them (an index). Returns how many it kept.
+    pub(crate) fn evict_idle(&mut self, now_ms: u64) -> usize {
+        let mut n = 0;
+        let mut gone = false;
+        while self.idle.front().is_some_and(|(_, due)| *due <= now_ms) {
+            let (rid, _) = self.idle.pop_front().expect("checked");
+            // A room used again meanwhile stays; a room emptied twice is
+            // evicted at the first due time (the grace is only a courtesy).
+            if !self.rooms.get(&rid).is_some_and(Room::is_empty) {
+                continue;
+            }
+            let room = self.rooms.remove(&rid).expect("checked");
+            gone = true;
+            if self.store.evicted(&rid, &room, &self.rooms) {
+                n += 1;
+            } else {
+                self.store.forgotten(&rid);
+            }
+        }
+        if gone {
+            self.shrink_rooms();
+        }
+        if self.idle.is_empty() && self.idle.capacity() > 1024 {
+            self.idle.shrink_to(64);
+        }
+        n
+    }
+
+    /// Rooms with an index but nothing in memory.
+    pub(crate) fn evicted_rooms(&self) -> usize {
+        self.store.evicted_rooms()
+    }
+
+    /// The log writer wrote these records (see [`LogRoomStore`]).
+    pub(crate) fn on_written(&mut self, marks: &[Mark], dir: usize, seg: u64, base: u64) {
+        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogRoomStore>() {
+            log.on_written(marks, dir, seg, base, &self.rooms);
+        }
+    }
+
+    /// Retention deleted segments up to `seg` of directory `dir`.
+    /// The log could not write these messages: they were refused (their
+    /// senders told, nothing delivered), so they leave the room's memory
+    /// history; their seqs stay used (never given to another message).
+    pub(crate) fn on_log_refused(&mut self, refused: &[crate::store::redis::Refused]) {
+        for r in refused {
+            if let Some(room) = self.rooms.get_mut(&r.rid) {
+                room.forget(r.first..=r.last);
+            }
+        }
+    }
+
+    pub(crate) fn on_segments_deleted(&mut self, dir: usize, seg: u64) {
+        if let Some(log) = self.store.as_any_mut().downcast_mut::<LogRoomStore>() {
+            log.on_segments_deleted(dir, seg, &self.rooms);
+        }
+    }
+
+    /// Answers a history request now, or has the store take it (None).
+    pub(super) fn plan_history(
+        &mut self,
+        rid: &Id,
+        since: Option<u64>,
+        before: Option<u64>,
+        before_epoch: Option<u64>,
+        limit: usize,
+        reply: ReadReply,
+    ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
+        let (budget, node_epoch) = (self.reply_budget, self.node_epoch);
+        let q = HistoryQuery { rid, since, before, before_epoch, limit, reply, budget, node_epoch };
+        self.store.plan_history(q, self.rooms.get(rid))
+    }
+
+    /// Entries of the log's eviction order (tests: it stays compact).
+    #[cfg(test)]
+    pub(crate) fn evicted_order_len(&mut self) -> usize {
+        self.log_store().map_or(0, |l| l.evicted_order.len())
+    }
+
+    /// History answers waiting for the disk.
+    pub(crate) fn take_reads(&mut self) -> Vec<DiskRead> {
+        self.log_store().map(|l| std::mem::take(&mut l.reads)).unwrap_or_default()
+    }
+
+    /// History and room sequence live in a shared store from now on; claim
+    /// tokens start at `token_base` (random per shard and run).
+    pub(crate) fn enable_remote(&mut self, token_base: u64) {
+        self.journal = Some(crate::store::Journal::unframed());
+        let reach = self.history_reach;
+        self.store = Box::new(RedisRoomStore::new(token_base, reach));
+    }
+
+    fn shared(&mut self) -> Option<&mut RedisRoomStore> {
+        self.store.as_any_mut().downcast_mut::<RedisRoomStore>()
+    }
+
+    /// The store answered a claim (see [`RedisRoomStore`]); returns the
+    /// requests that waited, to be handled in order.
+    pub(crate) fn on_claimed(
+        &mut self,
+        rid: &Id,
+        token: u64,
+        state: Result<(u64, u64), Refusal>,
+        now_ms: u64,
+        out: &mut Vec<Out>,
+    ) -> Vec<Request> {
+        let Some(s) = self.store.as_any_mut().downcast_mut::<RedisRoomStore>() else { return Vec::new() };
+        let now = (now_ms, &*self.next_epoch);
+        s.on_claimed(&mut self.rooms, &mut self.store_down, (rid, token, state), now, out)
+    }
+
+    /// The store acknowledged messages of `rid` up to `seq` under claim `token`.
+    pub(crate) fn on_stored(&mut self, rid: &Id, token: u64, seq: u64) {
+        if let Some(room) = self.rooms.get_mut(rid).filter(|r| r.token() == token) {
+            room.ack(seq);
+        }
+    }
+
+    /// The store refused messages (see [`RedisRoomStore`]).
+    pub(crate) fn on_refused(&mut self, refused: &mut Refused, now_ms: u64) {
+        if let Some(s) = self.store.as_any_mut().downcast_mut::<RedisRoomStore>() {
+            s.on_refused(&mut self.rooms, &mut self.store_down, refused, now_ms);
+        }
+    }
+
+    /// Claims and history reads for the store thread.
+    pub(crate) fn take_store_jobs(&mut self) -> Option<(Vec<ClaimJob>, Vec<RemoteRead>)> {
+        self.shared()?.take_jobs()
+    }
+}
