@@ -62,6 +62,8 @@ pub enum Request {
         echo: bool,
         /// Re-homing after a cluster change: join quietly (no ack, no newUser).
         rejoin: bool,
+        /// Resume after this point of the room's sequence (`login`'s `since`).
+        since: Option<crate::protocol::Since>,
     },
     /// A connection left a room (logout when `ack`, else disconnect).
     Leave {
@@ -132,6 +134,8 @@ pub struct Publish {
     pub msg: String,
     /// Private recipient.
     pub tid: Option<Id>,
+    /// The client's id for the message (de-duplication).
+    pub mid: Option<Id>,
 }
 
 /// From an owner to the shard (or node) of some of a room's members.

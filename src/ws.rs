@@ -281,6 +281,11 @@ pub fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     fb.finish_op(opcode).0
 }
 
+/// A whole text frame.
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    frame(OpCode::Data(Data::Text), payload)
+}
+
 /// A close frame with a code and a short reason.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut p = Vec::with_capacity(2 + reason.len());

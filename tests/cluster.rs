@@ -471,6 +471,7 @@ pub(crate) fn remote_join(rid: &str, key: u32) -> bytes::Bytes {
         name: Name::parse("Remote").unwrap(),
         echo: false,
         rejoin: false,
+        since: None,
     });
     cchat::relay::codec::encode(&join)
 }

@@ -14,6 +14,8 @@ mod browser;
 mod cluster;
 // The deployment kit: example config, dashboard, systemd unit.
 mod deploy;
+// Idempotent sends (mid) and resume (login since).
+mod delivery;
 // Durable history: kills, restarts, damaged files, the directory lock.
 mod durability;
 // Durability at the edges: a full disk, flipped bytes, missing segments,

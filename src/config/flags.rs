@@ -152,6 +152,13 @@ pub struct StorageArgs {
     /// ago are forgotten: used again, they start a new epoch with an empty history.
     #[arg(long, default_value_t = 250_000)]
     pub max_evicted_rooms: usize,
+    /// Seconds a room remembers the client ids (`mid`) of its messages, so that a message
+    /// sent again is not posted twice (the newest `--history` are remembered however old).
+    #[arg(long, default_value_t = 600)]
+    pub dedupe_window_secs: u64,
+    /// At most this many message ids remembered per room, whatever the window.
+    #[arg(long, default_value_t = 10_000)]
+    pub dedupe_max: usize,
     /// Where the embedded log of room messages lives; one process per directory.
     #[arg(long, default_value = "cchat-data")]
     pub data_dir: PathBuf,

@@ -132,6 +132,10 @@ pub struct Storage {
     pub room_evict: Duration,
     /// Evicted rooms remembered per node.
     pub max_evicted_rooms: usize,
+    /// How long a room remembers its messages' client ids (`mid`).
+    pub dedupe_window: Duration,
+    /// At most this many ids per room.
+    pub dedupe_max: usize,
     /// Where the log lives.
     pub data_dir: PathBuf,
     /// When a room message is broadcast relative to the disk.
@@ -369,6 +373,8 @@ impl Config {
                 history_memory: args.storage.history_memory.min(args.storage.history).min(1 << 20),
                 room_evict: Duration::from_millis(args.storage.room_evict_ms.min(86_400_000)),
                 max_evicted_rooms: args.storage.max_evicted_rooms,
+                dedupe_window: Duration::from_secs(args.storage.dedupe_window_secs.min(1 << 32)),
+                dedupe_max: args.storage.dedupe_max.max(1),
                 data_dir: args.storage.data_dir,
                 durability: args.storage.durability,
                 fsync_interval: Duration::from_millis(args.storage.fsync_interval_ms.clamp(1, 60_000)),

@@ -78,6 +78,8 @@ pub struct ShardStats {
     pub log_size: AtomicI64,
     /// Rooms evicted from memory (only their index stays).
     pub evicted_rooms: AtomicI64,
+    /// Message ids (`mid`) rooms remember against repeats.
+    pub dedupe_entries: AtomicI64,
     /// History answers read from disk, and the records they read.
     pub history_disk_reads: AtomicU64,
     /// See `history_disk_reads`.
@@ -121,6 +123,7 @@ impl ShardStats {
             log_full: AtomicI64::new(0),
             log_size: AtomicI64::new(0),
             evicted_rooms: AtomicI64::new(0),
+            dedupe_entries: AtomicI64::new(0),
             history_disk_reads: AtomicU64::new(0),
             history_disk_records: AtomicU64::new(0),
             history_disk_errors: AtomicU64::new(0),
@@ -274,6 +277,12 @@ impl NodeStats {
             "gauge",
             "Rooms with stored messages and no members, held as an index only (history on disk).",
             sum_i(|s| &s.evicted_rooms).to_string(),
+        );
+        metric(
+            "cchat_dedupe_entries",
+            "gauge",
+            "Message ids (mid) the rooms in memory remember, so that a message sent again is not posted twice.",
+            sum_i(|s| &s.dedupe_entries).to_string(),
         );
         metric(
             "cchat_history_disk_reads_total",

@@ -31,6 +31,28 @@ pub(crate) enum ReadReply {
     Conn(ConnRef),
     /// The server API's `/api/history`.
     Api(crossbeam_channel::Sender<Option<(u64, Vec<Bytes>)>>),
+    /// A login resuming the room (`since`): back to the owner, which
+    /// sends the ack, the missed messages and then makes it a member.
+    Resume(Box<Resume>),
+    /// A room's newest messages, read back into memory for the client ids
+    /// (`mid`) they carry (see `dedupe`): back to the owner.
+    Mids(Id),
+}
+
+/// A resuming login waiting for the messages it missed.
+#[derive(Debug)]
+pub(crate) struct Resume {
+    pub(crate) rid: Id,
+    pub(crate) conn: ConnRef,
+    pub(crate) uid: Id,
+    pub(crate) name: crate::ids::Name,
+    pub(crate) echo: bool,
+    /// The room's epoch and the client's last seq.
+    pub(crate) epoch: u64,
+    pub(crate) since: u64,
+    /// The room's top seq when the read was planned: the answer holds
+    /// `since + 1 ..= top`, memory the rest.
+    pub(crate) top: u64,
 }
 
 /// A history answer that needs the disk: read the records at `locs`, then
@@ -239,6 +261,10 @@ impl RoomStore for LogRoomStore {
         self.disk.get(rid).map(|ix| (ix.epoch, ix.top))
     }
 
+    fn no_mids(&self, rid: &Id) -> bool {
+        self.disk.get(rid).is_some_and(|ix| ix.no_mids)
+    }
+
     fn opened(&mut self, rid: &Id) {
         if self.disk.contains_key(rid) {
             self.evicted -= 1;
@@ -326,6 +352,7 @@ impl RoomStore for LogRoomStore {
             }
         }
         ix.top = ix.top.max(room.seq());
+        ix.no_mids = room.mids_len() == 0;
         self.evicted += 1;
         self.evicted_order.push_back(rid.clone());
         self.trim_evicted(rooms);

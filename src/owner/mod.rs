@@ -22,8 +22,10 @@ use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
 use crate::store::Journal;
 use crate::store::redis::Refusal;
 
+mod dedupe;
+pub(crate) use dedupe::Window;
 mod log;
-pub(crate) use log::{DiskRead, ReadReply, fit};
+pub(crate) use log::{DiskRead, ReadReply, Resume, fit};
 mod redis;
 pub(crate) use redis::RemoteRead;
 pub mod room;
@@ -109,6 +111,14 @@ pub(crate) struct Owner {
     idle: VecDeque<(Id, u64)>,
     /// Bytes of messages one history answer may carry.
     pub(crate) reply_budget: usize,
+    /// How long and how many message ids a room remembers (see `dedupe`).
+    pub(crate) dedupe: dedupe::Window,
+    /// Logins resuming a room, waiting for a history read: they become
+    /// members when it answers, unless they left meanwhile.
+    resuming: HashMap<ConnRef, Id>,
+    /// Rooms whose message ids are being read back from their store, with
+    /// the messages waiting for them (see [`Owner::load_mids`]).
+    mids_loading: HashMap<Id, Vec<Request>>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -116,6 +126,9 @@ impl std::fmt::Debug for Owner {
         f.debug_struct("Owner").field("rooms", &self.rooms.len()).field("live", &self.live).finish_non_exhaustive()
     }
 }
+
+/// Messages one room may queue while its ids are read back.
+const MAX_WAITING: usize = 1024;
 
 /// Bytes of room messages the journal may hold while a write is in progress.
 const JOURNAL_MAX: usize = 16 << 20;
@@ -152,6 +165,9 @@ impl Owner {
             evict_ms: 10_000,
             idle: VecDeque::new(),
             reply_budget: usize::MAX,
+            dedupe: dedupe::Window::default(),
+            resuming: HashMap::new(),
+            mids_loading: HashMap::new(),
         }
     }
 
@@ -191,8 +207,12 @@ impl Owner {
         // in order, joins and leaves too, and hands them back after.
         let req = self.store.hold(req)?;
         match req {
-            Request::Join { rid, conn, uid, name, echo, rejoin } => {
-                self.join(rid, conn, uid, name, echo, rejoin, now_ms, out)
+            Request::Join { rid, conn, uid, name, echo, rejoin: false, since: Some(since) } => {
+                let r = Resume { rid, conn, uid, name, echo, epoch: since.epoch, since: since.seq, top: 0 };
+                self.resume(Box::new(r), now_ms, out)
+            }
+            Request::Join { rid, conn, uid, name, echo, rejoin, .. } => {
+                self.join(rid, conn, uid, name, echo, rejoin, None, now_ms, out)
             }
             Request::Leave { rid, conn, ack } => self.leave(rid, conn, ack, now_ms, out),
             Request::Publish(p) => return self.publish(p, now_ms, out),
@@ -228,6 +248,7 @@ impl Owner {
         name: Name,
         echo: bool,
         rejoin: bool,
+        ack: Option<Bytes>,
         now_ms: u64,
         out: &mut Vec<Out>,
     ) {
@@ -242,7 +263,7 @@ impl Owner {
             // The member already has its ack and its place; join quietly.
             return;
         }
-        let ack = protocol::encode_presence("login", &uid, &name, &rid);
+        let ack = ack.unwrap_or_else(|| protocol::encode_presence("login", &uid, &name, &rid));
         out.push(Out { dest: Dest::of(conn), msg: Delivery::Joined { rid: rid.clone(), conn, ack } });
         // A change of name reaches the room whichever of the user's old and
         // new connections the owner hears from first: a new connection under
@@ -329,6 +350,9 @@ impl Owner {
     }
 
     fn leave(&mut self, rid: Id, conn: ConnRef, ack: bool, now_ms: u64, out: &mut Vec<Out>) {
+        if self.resuming.get(&conn) == Some(&rid) {
+            self.resuming.remove(&conn);
+        }
         let left = self.rooms.get_mut(&rid).and_then(|room| {
             let left = room.leave(conn)?;
             Some((left, room.is_empty(), room.user_count() + 1 > self.presence_limit))
@@ -419,6 +443,15 @@ impl Owner {
             }
         }
         let Some(Request::Publish(p)) = req else { unreachable!("not taken when open") };
+        // Its room's message ids are still being read back: wait for them.
+        if let Some(waiting) = self.mids_loading.get_mut(&p.rid) {
+            if waiting.len() >= MAX_WAITING {
+                out.push(err(p.from, "room is loading, try again shortly"));
+                return Some(ERR_INVALID);
+            }
+            waiting.push(Request::Publish(p));
+            return None;
+        }
         let Some(room) = self.rooms.get_mut(&p.rid) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
@@ -444,10 +477,34 @@ impl Owner {
                 Some(targets)
             }
         };
+        // A room message sent again under its `mid` (its sender did not see
+        // the answer): not posted twice; the sender gets the original's
+        // numbers back, behind anything not yet stored like any reply.
+        let mid = p.mid.as_deref().filter(|_| targets.is_none());
+        if let Some(orig) = mid.and_then(|mid| room.dup(&p.uid, mid)) {
+            let frame = protocol::encode_dup(&MessageOut {
+                uid: &p.uid,
+                name: &p.name,
+                mtype: p.mtype,
+                rid: &p.rid,
+                msg: &p.msg,
+                tid: None,
+                mid,
+                seq: orig.seq,
+                epoch: orig.epoch,
+                ts: orig.ts,
+            });
+            out.push(Out { dest: Dest::of(p.from), msg: Delivery::Direct { conn: p.from, frame } });
+            return None;
+        }
         // A private message is not one of the room's messages: it carries the
         // room's current seq and does not advance it, so other members see no
         // gap.
         let seq = if targets.is_none() { room.next_seq() } else { room.seq() };
+        if let Some(mid) = mid {
+            let orig = dedupe::Original { epoch: room.epoch(), seq, ts: now_ms };
+            room.note_mid(&p.uid, mid, orig, self.dedupe, now_ms);
+        }
         let t0 = Instant::now();
         let (frame, off) = protocol::encode_message(&MessageOut {
             uid: &p.uid,
@@ -456,6 +513,7 @@ impl Owner {
             rid: &p.rid,
             msg: &p.msg,
             tid: p.tid.as_deref(),
+            mid: p.mid.as_deref(),
             seq,
             epoch: room.epoch(),
             ts: now_ms,
@@ -498,6 +556,7 @@ impl Owner {
 
     /// A node died: forgets its members, announcing each user gone.
     pub(crate) fn node_down(&mut self, dead: u16, now_ms: u64, out: &mut Vec<Out>) {
+        self.resuming.retain(|c, _| c.node != dead);
         let (mut gone, mut emptied) = (Vec::new(), Vec::new());
         for (rid, room) in self.rooms.iter_mut() {
             let had_members = !room.is_empty();
@@ -552,7 +611,12 @@ impl Owner {
     /// Forgets the rooms `view` gives to other nodes (their members re-join there).
     /// Returns the requests that waited here for rooms that moved.
     pub(crate) fn keep_own(&mut self, view: &View) -> Vec<Request> {
-        let moved = self.store.view_changed(&|rid: &Id| view.owner(rid) == 0, &self.rooms);
+        let mut moved = self.store.view_changed(&|rid: &Id| view.owner(rid) == 0, &self.rooms);
+        // Messages waiting for a room's ids go to its new owner too.
+        let gone: Vec<Id> = self.mids_loading.keys().filter(|rid| view.owner(rid) != 0).cloned().collect();
+        for rid in gone {
+            moved.extend(self.mids_loading.remove(&rid).unwrap_or_default());
+        }
         let live = &mut self.live;
         self.rooms.retain(|rid, room| {
             let keep = view.owner(rid) == 0;

@@ -85,6 +85,8 @@ pub struct Room {
     /// Presence changes not yet announced (big rooms batch them): each
     /// user's net change since the last presence frame.
     presence: IndexMap<Id, (Name, Change)>,
+    /// The client ids of its messages, once one carried one (see `dedupe`).
+    pub(super) mids: Option<Box<super::dedupe::Dedupe>>,
 }
 
 /// A user's net presence change over an interval.
@@ -124,6 +126,7 @@ impl Room {
             epoch,
             token: 0,
             acked: 0,
+            mids: None,
         }
     }
 

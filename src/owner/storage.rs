@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::log::{DiskRead, LogRoomStore};
+use super::log::{DiskRead, LogRoomStore, Resume};
 use super::redis::{ClaimJob, RedisRoomStore, RemoteRead};
 use super::store::HistoryQuery;
 use super::{Out, Owner, ReadReply};
@@ -52,12 +52,16 @@ impl Owner {
     /// epoch, next seq) or new.
     pub(super) fn room_or_load(&mut self, rid: &Id) -> &mut Room {
         if !self.rooms.contains_key(rid) {
-            let room = match self.store.known(rid) {
+            let known = self.store.known(rid);
+            let room = match known {
                 Some((epoch, top)) => Room::restore(self.nshards, self.history_cap, epoch, top, std::iter::empty()),
                 None => Room::new(self.nshards, self.history_cap, (self.next_epoch)()),
             };
             self.rooms.insert(rid.clone(), room);
             self.store.opened(rid);
+            if known.is_some_and(|(_, top)| top > 0) && !self.store.no_mids(rid) {
+                self.load_mids(rid, crate::node::unix_ms());
+            }
         }
         self.rooms.get_mut(rid).expect("inserted above")
     }
@@ -96,6 +100,11 @@ impl Owner {
         n
     }
 
+    /// Message ids the rooms in memory remember (see `dedupe`).
+    pub(crate) fn dedupe_entries(&self) -> usize {
+        self.rooms.values().map(Room::mids_len).sum()
+    }
+
     /// Rooms with an index but nothing in memory.
     pub(crate) fn evicted_rooms(&self) -> usize {
         self.store.evicted_rooms()
@@ -116,6 +125,7 @@ impl Owner {
         for r in refused {
             if let Some(room) = self.rooms.get_mut(&r.rid) {
                 room.forget(r.first..=r.last);
+                room.forget_mids(r.first, r.last);
             }
         }
     }
@@ -136,7 +146,9 @@ impl Owner {
         limit: usize,
         reply: ReadReply,
     ) -> Option<(ReadReply, u64, Vec<Bytes>)> {
-        let (budget, node_epoch) = (self.reply_budget, self.node_epoch);
+        // Ids read back are not sent anywhere: no reply budget.
+        let budget = if matches!(reply, ReadReply::Mids(_)) { usize::MAX } else { self.reply_budget };
+        let node_epoch = self.node_epoch;
         let q = HistoryQuery { rid, since, before, before_epoch, limit, reply, budget, node_epoch };
         self.store.plan_history(q, self.rooms.get(rid))
     }
@@ -176,7 +188,52 @@ impl Owner {
     ) -> Vec<Request> {
         let Some(s) = self.store.as_any_mut().downcast_mut::<RedisRoomStore>() else { return Vec::new() };
         let now = (now_ms, &*self.next_epoch);
-        s.on_claimed(&mut self.rooms, &mut self.store_down, (rid, token, state), now, out)
+        let top = state.as_ref().map_or(0, |(_, top)| *top);
+        let waiting = s.on_claimed(&mut self.rooms, &mut self.store_down, (rid, token, state), now, out);
+        // A room with stored messages: their ids are read back before its
+        // messages are handled (the new owner recognises a repeat too).
+        if top > 0 && self.rooms.contains_key(rid) && self.load_mids(rid, now_ms) {
+            self.mids_loading.get_mut(rid).expect("loading").extend(waiting);
+            return Vec::new();
+        }
+        waiting
+    }
+
+    /// Reads back the client ids of a room's newest stored messages (a room
+    /// that came into memory from its store: after a restart, an eviction
+    /// or a move from another node); its messages wait meanwhile. False
+    /// when they are in already (nothing to read, or read from memory).
+    pub(super) fn load_mids(&mut self, rid: &Id, now_ms: u64) -> bool {
+        let n = self.history_reach.min(self.dedupe.max);
+        if n == 0 || self.mids_loading.contains_key(rid) {
+            return self.mids_loading.contains_key(rid);
+        }
+        match self.plan_history(rid, None, None, None, n, ReadReply::Mids(rid.clone())) {
+            Some((_, _, msgs)) => {
+                self.mids_loaded(rid, Some(msgs), now_ms);
+                false
+            }
+            None => {
+                self.mids_loading.insert(rid.clone(), Vec::new());
+                true
+            }
+        }
+    }
+
+    /// A room's newest stored messages, read back (None: the read failed:
+    /// the room goes on without the ids it had); returns the requests that
+    /// waited, to be handled in order.
+    pub(crate) fn mids_loaded(&mut self, rid: &Id, msgs: Option<Vec<Bytes>>, now_ms: u64) -> Vec<Request> {
+        let waiting = self.mids_loading.remove(rid).unwrap_or_default();
+        if let Some(room) = self.rooms.get_mut(rid) {
+            let epoch = room.epoch();
+            for json in msgs.iter().flatten() {
+                if let Some((uid, mid, seq, ts)) = super::dedupe::ids_of(json) {
+                    room.note_mid(uid, mid, super::dedupe::Original { epoch, seq, ts }, self.dedupe, now_ms);
+                }
+            }
+        }
+        waiting
     }
 
     /// The store acknowledged messages of `rid` up to `seq` under claim `token`.
@@ -190,11 +247,62 @@ impl Owner {
     pub(crate) fn on_refused(&mut self, refused: &mut Refused, now_ms: u64) {
         if let Some(s) = self.store.as_any_mut().downcast_mut::<RedisRoomStore>() {
             s.on_refused(&mut self.rooms, &mut self.store_down, refused, now_ms);
+            if let Some(room) = self.rooms.get_mut(&refused.rid) {
+                room.forget_mids(refused.first, refused.last);
+            }
         }
     }
 
     /// Claims and history reads for the store thread.
     pub(crate) fn take_store_jobs(&mut self) -> Option<(Vec<ClaimJob>, Vec<RemoteRead>)> {
         self.shared()?.take_jobs()
+    }
+
+    /// A login resuming `r.rid` after `(r.epoch, r.since)`: when the room
+    /// still has every message after that point, the ack says
+    /// `"recovered": true` and they follow it, read from memory at once or
+    /// from the store first (the login waits, not yet a member, so that no
+    /// live message can come before them); else `"recovered": false`.
+    pub(super) fn resume(&mut self, mut r: Box<Resume>, now_ms: u64, out: &mut Vec<Out>) {
+        let room = self.room_or_load(&r.rid);
+        let (epoch, top) = (room.epoch(), room.seq());
+        let reachable = r.epoch == epoch && r.since <= top && top - r.since <= self.history_reach as u64;
+        if !reachable || r.since == top {
+            return self.resumed(*r, epoch, Some(Vec::new()), now_ms, out);
+        }
+        r.top = top;
+        let (rid, since, n) = (r.rid.clone(), r.since, (top - r.since) as usize);
+        self.resuming.insert(r.conn, rid.clone());
+        if let Some((ReadReply::Resume(r), epoch, msgs)) =
+            self.plan_history(&rid, Some(since), None, None, n, ReadReply::Resume(r))
+        {
+            self.resumed(*r, epoch, Some(msgs), now_ms, out);
+        }
+    }
+
+    /// What a resuming login missed, read (`msgs`: `since + 1 ..= top` of
+    /// `epoch`; None when the read failed): the ack, the messages, and
+    /// membership, in that order. Recovered only when nothing is missing:
+    /// the read's answer and memory from `top` on join up exactly.
+    pub(crate) fn resumed(&mut self, r: Resume, epoch: u64, msgs: Option<Vec<Bytes>>, now_ms: u64, out: &mut Vec<Out>) {
+        if r.top > 0 && self.resuming.remove(&r.conn).is_none_or(|rid| rid != r.rid) {
+            return; // it left (or disconnected) meanwhile
+        }
+        let room = self.room_or_load(&r.rid);
+        let mut all = msgs.unwrap_or_default();
+        let mut ok = epoch == r.epoch && room.epoch() == r.epoch && r.since <= room.seq();
+        if ok && r.top > 0 {
+            ok = all.len() as u64 == r.top - r.since;
+            all.extend(room.history_range(r.top + 1..room.seq() + 1).cloned());
+        }
+        ok = ok && all.len() as u64 == room.seq() - r.since;
+        // What is sent at once must fit the client's outbound queue.
+        ok = ok && all.iter().map(|m| m.len() + 14).sum::<usize>() <= self.reply_budget;
+        if !ok {
+            all.clear();
+        }
+        let ack = crate::protocol::encode_login_ack(&r.uid, &r.name, &r.rid, Some(ok), all.iter().map(|b| &b[..]));
+        let Resume { rid, conn, uid, name, echo, .. } = r;
+        self.join(rid, conn, uid, name, echo, false, Some(ack), now_ms, out);
     }
 }

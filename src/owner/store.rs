@@ -67,6 +67,12 @@ pub(crate) trait RoomStore: std::any::Any {
     /// `rid` came into memory.
     fn opened(&mut self, rid: &Id);
 
+    /// Known to hold no message with a client id (`mid`) for `rid`, so
+    /// that bringing it into memory need not read any back.
+    fn no_mids(&self, _rid: &Id) -> bool {
+        false
+    }
+
     /// Takes any request for a room whose store is busy with it (a claim
     /// under way), to hand back later in order; else gives it back.
     fn hold(&mut self, req: Request) -> Option<Request> {

@@ -21,6 +21,7 @@ fn publish(from: ConnRef, uid: &str, msg: &str, tid: Option<&str>) -> Request {
         mtype: MsgType::Text,
         msg: msg.into(),
         tid: tid.map(id),
+        mid: None,
     }))
 }
 
@@ -37,6 +38,7 @@ fn join(o: &mut Owner, c: ConnRef, uid: &str) -> Vec<Out> {
         name: Name::parse(uid).unwrap(),
         echo: false,
         rejoin: false,
+        since: None,
     };
     o.handle(req, 0, &mut out);
     out
@@ -138,6 +140,7 @@ fn rooms_that_never_had_a_message_are_forgotten_when_they_empty() {
             name: Name::parse("a").unwrap(),
             echo: false,
             rejoin: false,
+            since: None,
         };
         o.handle(join, 0, &mut out);
         o.handle(Request::Leave { rid, conn: conn(0, 0, 1), ack: false }, 0, &mut out);
@@ -255,6 +258,7 @@ fn evicted_rooms_are_capped_oldest_first() {
             name: Name::parse("a").unwrap(),
             echo: true,
             rejoin: false,
+            since: None,
         };
         o.handle(join, now, out);
         let p = Publish {
@@ -265,6 +269,7 @@ fn evicted_rooms_are_capped_oldest_first() {
             mtype: MsgType::Text,
             msg: "m".into(),
             tid: None,
+            mid: None,
         };
         o.handle(Request::Publish(Box::new(p)), now, out);
         o.handle(Request::Leave { rid: room(i), conn: c, ack: false }, now, out);
@@ -382,7 +387,11 @@ fn a_change_of_name_is_announced_whichever_connection_the_owner_hears_first() {
     join(&mut o, conn(0, 1, 2), "bob");
     let mut out = Vec::new();
     let (rid, uid, name) = (id("r"), id("ann"), Name::parse("Annie").unwrap());
-    o.handle(Request::Join { rid, conn: conn(0, 1, 3), uid, name, echo: false, rejoin: false }, 0, &mut out);
+    o.handle(
+        Request::Join { rid, conn: conn(0, 1, 3), uid, name, echo: false, rejoin: false, since: None },
+        0,
+        &mut out,
+    );
     let announced: Vec<String> = out
         .iter()
         .filter_map(|o| match &o.msg {

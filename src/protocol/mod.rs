@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use simd_json::BorrowedValue as Value;
 use simd_json::ErrorType;
 use simd_json::prelude::*;
@@ -112,6 +112,9 @@ pub enum Command {
         echo: bool,
         /// Signed login (JWT), required when the server verifies tokens.
         token: Option<String>,
+        /// Resume: the last message this client saw, `{"epoch", "seq"}`;
+        /// the ack says whether the messages after it follow.
+        since: Option<Since>,
     },
     /// A newer token for the session's user, before the current one expires.
     Refresh {
@@ -131,6 +134,9 @@ pub enum Command {
         /// The client's number for this message (extension `ref`), repeated
         /// in an error that refuses it.
         reference: Option<u64>,
+        /// The client's id for this message (extension `mid`): a repeat
+        /// within the room's de-duplication window is not posted again.
+        mid: Option<Id>,
     },
     /// Leave one room, or all.
     Logout {
@@ -232,6 +238,7 @@ fn parse_command(
                 None => None,
                 Some(t) => Some(t.as_str().ok_or(ProtoError::new(ERR_AUTH, "token must be a string"))?.to_owned()),
             },
+            since: since_field(&v)?,
         }),
         "message" => {
             // Read first, so that every error about this message names it.
@@ -261,6 +268,7 @@ fn parse_command(
                 rid: id_field(&v, "rid").map_err(about)?,
                 tid: opt_id_field(&v, "tid").map_err(about)?,
                 reference,
+                mid: opt_id_field(&v, "mid").map_err(about)?,
             })
         }
         "logout" => Ok(Command::Logout { rid: opt_id_field(&v, "rid")? }),
@@ -372,6 +380,27 @@ fn history_before(v: &Value<'_>) -> Result<(Option<u64>, Option<u64>), ProtoErro
     Ok((opt_u64(v, "before")?, None))
 }
 
+/// A point in a room's sequence: the last message a client saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    /// The room's epoch then.
+    pub epoch: u64,
+    /// The seq of that message (0: none yet).
+    pub seq: u64,
+}
+
+/// `since` of a login: `{"epoch": E, "seq": S}`.
+fn since_field(v: &Value<'_>) -> Result<Option<Since>, ProtoError> {
+    let Some(b) = v.get("since") else { return Ok(None) };
+    let bad = || ProtoError::invalid("since must be {\"epoch\", \"seq\"} with non-negative integers");
+    if !b.is_object() {
+        return Err(bad());
+    }
+    let epoch = opt_u64(b, "epoch").map_err(|_| bad())?.ok_or_else(bad)?;
+    let seq = opt_u64(b, "seq").map_err(|_| bad())?.ok_or_else(bad)?;
+    Ok(Some(Since { epoch, seq }))
+}
+
 fn opt_u64(v: &Value<'_>, key: &'static str) -> Result<Option<u64>, ProtoError> {
     match v.get(key) {
         None => Ok(None),
@@ -389,6 +418,45 @@ fn opt_u64(v: &Value<'_>, key: &'static str) -> Result<Option<u64>, ProtoError> 
 pub fn encode_presence(cmd: &str, uid: &str, name: &str, rid: &str) -> Bytes {
     let mut f = FrameBuf::with_capacity(48 + uid.len() + name.len() + rid.len());
     Obj::new(f.body(), cmd).str("uid", uid).str("name", name).str("rid", rid).end();
+    f.finish()
+}
+
+/// A login's ack: `{"cmd":"login","uid","name","rid"}`, with
+/// `"recovered"` when the login asked to resume (`since`), followed by
+/// the missed messages (`replay`, stored JSON), each its own frame.
+pub fn encode_login_ack<'a>(
+    uid: &str,
+    name: &str,
+    rid: &str,
+    recovered: Option<bool>,
+    replay: impl Iterator<Item = &'a [u8]>,
+) -> Bytes {
+    let mut f = FrameBuf::with_capacity(64 + uid.len() + name.len() + rid.len());
+    let mut o = Obj::new(f.body(), "login").str("uid", uid).str("name", name).str("rid", rid);
+    if let Some(r) = recovered {
+        o = o.raw("recovered", |b| b.put_slice(if r { b"true" } else { b"false" }));
+    }
+    o.end();
+    let ack = f.finish();
+    let mut replay = replay.peekable();
+    if replay.peek().is_none() {
+        return ack;
+    }
+    let mut all = BytesMut::from(&ack[..]);
+    for json in replay {
+        all.extend_from_slice(&crate::ws::text_frame(json));
+    }
+    all.freeze()
+}
+
+/// A repeated message's answer: its `message` frame as first sequenced
+/// (`seq`, `epoch`, `ts` of the original) with `"dup": true`.
+pub fn encode_dup(m: &MessageOut<'_>) -> Bytes {
+    let (frame, off) = encode_message(m);
+    // The body ends with `}`: put the flag in front of it.
+    let mut f = FrameBuf::with_capacity(frame.len() - off + 12);
+    f.body().put_slice(&frame[off..frame.len() - 1]);
+    f.body().put_slice(b",\"dup\":true}");
     f.finish()
 }
 
@@ -414,6 +482,8 @@ pub struct MessageOut<'a> {
     pub msg: &'a str,
     /// Private recipient.
     pub tid: Option<&'a str>,
+    /// The client's id for the message.
+    pub mid: Option<&'a str>,
     /// Room sequence number.
     pub seq: u64,
     /// Room epoch.
@@ -434,6 +504,9 @@ pub fn encode_message(m: &MessageOut<'_>) -> (Bytes, usize) {
         .str("msg", m.msg);
     if let Some(t) = m.tid {
         o = o.str("tid", t);
+    }
+    if let Some(mid) = m.mid {
+        o = o.str("mid", mid);
     }
     o.num("seq", m.seq).num("epoch", m.epoch).num("ts", m.ts).end();
     f.finish_with_body_offset()

@@ -40,6 +40,7 @@ fn login_forms() {
             uid: Id::parse_str("u1"),
             echo: true,
             token: None,
+            since: None,
         }
     );
     assert!(matches!(
@@ -88,6 +89,7 @@ fn replies_are_valid_json() {
         rid: "r",
         msg: "<img src=x>",
         tid: Some("2"),
+        mid: None,
         seq: 3,
         epoch: 4,
         ts: 5,
@@ -153,4 +155,47 @@ proptest! {
         let Command::Message { msg: got, .. } = c else { panic!() };
         prop_assert_eq!(got, msg);
     }
+}
+
+#[test]
+fn resume_and_message_ids_parse() {
+    let c = p(r#"{"cmd":"login","name":"a","rid":"r","since":{"epoch":7,"seq":0}}"#).unwrap();
+    assert!(matches!(c, Command::Login { since: Some(Since { epoch: 7, seq: 0 }), .. }));
+    for bad in [r#""since":3"#, r#""since":{"seq":1}"#, r#""since":{"epoch":-1,"seq":1}"#, r#""since":null"#] {
+        let e = p(&format!(r#"{{"cmd":"login","name":"a","rid":"r",{bad}}}"#)).unwrap_err();
+        assert!(e.msg.contains("since"), "{bad}: {}", e.msg);
+    }
+    let c = p(r#"{"cmd":"message","type":"text","msg":"x","rid":"r","mid":"m-1"}"#).unwrap();
+    assert!(matches!(c, Command::Message { mid: Some(ref m), .. } if m.as_str() == "m-1"));
+    let e = p(r#"{"cmd":"message","type":"text","msg":"x","rid":"r","mid":"a b","ref":4}"#).unwrap_err();
+    assert!(e.msg.contains("mid"), "{}", e.msg);
+}
+
+#[test]
+fn a_resume_ack_is_followed_by_its_messages_and_a_dup_is_flagged() {
+    let ack = encode_login_ack("u", "n", "r", Some(true), [&b"{\"a\":1}"[..], b"{}"].into_iter());
+    let (op, r, used) = crate::ws::parse_server_frame(&ack).unwrap().unwrap();
+    assert_eq!(op, 1);
+    assert_eq!(&ack[r], br#"{"cmd":"login","uid":"u","name":"n","rid":"r","recovered":true}"#);
+    let (_, r2, used2) = crate::ws::parse_server_frame(&ack[used..]).unwrap().unwrap();
+    assert_eq!(&ack[used..][r2], br#"{"a":1}"#);
+    let (_, r3, _) = crate::ws::parse_server_frame(&ack[used + used2..]).unwrap().unwrap();
+    assert_eq!(&ack[used + used2..][r3], b"{}");
+    let plain = encode_login_ack("u", "n", "r", None, std::iter::empty());
+    assert!(!String::from_utf8_lossy(&plain).contains("recovered"));
+    let m = MessageOut {
+        uid: "u",
+        name: "n",
+        mtype: MsgType::Text,
+        rid: "r",
+        msg: "hi",
+        tid: None,
+        mid: Some("m"),
+        seq: 3,
+        epoch: 4,
+        ts: 5,
+    };
+    let d = encode_dup(&m);
+    let v = body(&d);
+    assert_eq!((v["dup"].as_bool(), v["seq"].as_u64(), v["mid"].as_str()), (Some(true), Some(3), Some("m")));
 }

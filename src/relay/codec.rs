@@ -47,6 +47,7 @@ use thiserror::Error;
 use crate::ids::{Id, Name};
 use crate::msg::{Audience, ConnRef, Delivery, NodeMsg, Publish, Request};
 use crate::protocol::MsgType;
+use crate::protocol::Since;
 
 /// Largest frame accepted on a link (a getHistory reply of 100 long
 /// messages is well under it).
@@ -108,13 +109,17 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
     let mut b = BytesMut::with_capacity(64);
     b.put_u32(0); // length, patched below
     match msg {
-        NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin }) => {
+        NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin, since }) => {
             b.put_u8(T_JOIN);
             put_str(&mut b, rid);
             put_conn(&mut b, conn);
             put_str(&mut b, uid);
             put_str(&mut b, name);
-            b.put_u8(*echo as u8 | (*rejoin as u8) << 1);
+            b.put_u8(*echo as u8 | (*rejoin as u8) << 1 | (since.is_some() as u8) << 2);
+            if let Some(s) = since {
+                b.put_u64(s.epoch);
+                b.put_u64(s.seq);
+            }
         }
         NodeMsg::ToOwner(Request::Leave { rid, conn, ack }) => {
             b.put_u8(T_LEAVE);
@@ -142,6 +147,11 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
                     b.put_u8(1);
                     put_str(&mut b, t);
                 }
+            }
+            // Last and only when present: a message without one is the
+            // same bytes as before `mid` existed.
+            if let Some(mid) = &p.mid {
+                put_str(&mut b, mid);
             }
         }
         NodeMsg::ToOwner(Request::GetOnline { rid, conn, after, limit }) => {
@@ -250,6 +260,10 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
             let uid = get_id(&mut body)?;
             let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
             let flags = get_u8(&mut body)?;
+            let since = match flags & 4 {
+                0 => None,
+                _ => Some(Since { epoch: get_u64(&mut body)?, seq: get_u64(&mut body)? }),
+            };
             Frame::Msg(NodeMsg::ToOwner(Request::Join {
                 rid,
                 conn,
@@ -257,6 +271,7 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
                 name,
                 echo: flags & 1 != 0,
                 rejoin: flags & 2 != 0,
+                since,
             }))
         }
         T_LEAVE => {
@@ -283,7 +298,17 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
                 1 => Some(get_id(&mut body)?),
                 _ => return Err(CodecError::Invalid("option")),
             };
-            Frame::Msg(NodeMsg::ToOwner(Request::Publish(Box::new(Publish { rid, from, uid, name, mtype, msg, tid }))))
+            let mid = if body.has_remaining() { Some(get_id(&mut body)?) } else { None };
+            Frame::Msg(NodeMsg::ToOwner(Request::Publish(Box::new(Publish {
+                rid,
+                from,
+                uid,
+                name,
+                mtype,
+                msg,
+                tid,
+                mid,
+            }))))
         }
         T_GETONLINE => {
             let rid = get_id(&mut body)?;
@@ -411,6 +436,11 @@ fn get_u32(b: &mut Bytes) -> Result<u32, CodecError> {
     Ok(b.get_u32())
 }
 
+fn get_u64(b: &mut Bytes) -> Result<u64, CodecError> {
+    need(b, 8)?;
+    Ok(b.get_u64())
+}
+
 fn get_str(b: &mut Bytes) -> Result<String, CodecError> {
     need(b, 2)?;
     let n = b.get_u16() as usize;
@@ -500,10 +530,12 @@ mod tests {
             name: Name::parse("Zoë").unwrap(),
             echo: true,
             rejoin: false,
+            since: Some(Since { epoch: 9, seq: 41 }),
         }));
-        let NodeMsg::ToOwner(Request::Join { conn: c, name, echo, rejoin, .. }) = m else { panic!() };
+        let NodeMsg::ToOwner(Request::Join { conn: c, name, echo, rejoin, since, .. }) = m else { panic!() };
         assert_eq!((c.node, c.key, c.generation), (3, 5, 7));
         assert_eq!((name.as_str(), echo, rejoin), ("Zoë", true, false));
+        assert_eq!(since, Some(Since { epoch: 9, seq: 41 }));
         let m = round_trip(NodeMsg::ToOwner(Request::Publish(Box::new(Publish {
             rid: Id::parse_str("r").unwrap(),
             from: conn(1),
@@ -512,9 +544,11 @@ mod tests {
             mtype: MsgType::Pic,
             msg: "héllo".into(),
             tid: Id::parse_str("t"),
+            mid: Id::parse_str("m-1"),
         }))));
         let NodeMsg::ToOwner(Request::Publish(p)) = m else { panic!() };
         assert_eq!((p.msg.as_str(), p.tid.unwrap().as_str(), p.from.node), ("héllo", "t", 3));
+        assert_eq!(p.mid.as_deref(), Some("m-1"));
     }
 
     #[test]
@@ -573,6 +607,7 @@ mod tests {
                 mtype: MsgType::Text,
                 msg,
                 tid: None,
+                mid: None,
             }))));
             let body_len = enc.len() - 4;
             let cut = cut.min(body_len - 1);

@@ -115,7 +115,7 @@ impl Session {
     ) -> Result<Option<Bytes>, ProtoError> {
         let rate = policy.rate;
         match cmd {
-            Command::Login { name, rid, uid, echo, token } => {
+            Command::Login { name, rid, uid, echo, token, since } => {
                 // With signed logins, the token decides who this is and
                 // where they may go; a later login may carry a newer one.
                 let grant = match (policy.verifier, token) {
@@ -157,8 +157,11 @@ impl Session {
                 if let Some(g) = grant {
                     self.grant = Some(Box::new(g));
                 }
+                // Resuming a room this connection is already in would
+                // repeat what it has had live: only a new member resumes.
+                let since = since.filter(|_| !self.rooms.contains(&rid));
                 self.rooms.insert(rid.clone());
-                emit(Request::Join { rid, conn: me, uid, name, echo: self.echo, rejoin: false });
+                emit(Request::Join { rid, conn: me, uid, name, echo: self.echo, rejoin: false, since });
             }
             Command::Refresh { token } => {
                 let v = policy.verifier.ok_or_else(|| auth(AuthError::Unconfigured))?;
@@ -181,7 +184,7 @@ impl Session {
                 self.grant = Some(Box::new(g));
                 return Ok(Some(protocol::encode_refreshed(exp)));
             }
-            Command::Message { mtype, msg, rid, tid, .. } => {
+            Command::Message { mtype, msg, rid, tid, mid, .. } => {
                 let (Some(uid), Some(name)) = (&self.uid, &self.name) else {
                     return Err(invalid("not logged in"));
                 };
@@ -192,7 +195,7 @@ impl Session {
                     return Err(invalid("sending too fast"));
                 }
                 let (uid, name) = (uid.clone(), name.clone());
-                emit(Request::Publish(Box::new(Publish { rid, from: me, uid, name, mtype, msg, tid })));
+                emit(Request::Publish(Box::new(Publish { rid, from: me, uid, name, mtype, msg, tid, mid })));
             }
             Command::Logout { rid } => {
                 if self.uid.is_none() {
@@ -255,7 +258,14 @@ mod tests {
     }
 
     fn login(rid: &str, name: Option<&str>, uid: Option<&str>) -> Command {
-        Command::Login { name: name.and_then(Name::parse), rid: id(rid), uid: uid.map(id), echo: false, token: None }
+        Command::Login {
+            name: name.and_then(Name::parse),
+            rid: id(rid),
+            uid: uid.map(id),
+            echo: false,
+            token: None,
+            since: None,
+        }
     }
 
     #[test]
@@ -287,6 +297,7 @@ mod tests {
             uid: uid.map(id),
             echo: false,
             token: t,
+            since: None,
         };
         assert_eq!(run_with(&mut s, with("team-1", None, None), policy).unwrap_err().code, ERR_AUTH, "token required");
         assert_eq!(
@@ -332,6 +343,7 @@ mod tests {
                 uid: None,
                 echo: false,
                 token: Some(first.clone()),
+                since: None,
             };
             run_with(&mut s, login, policy).unwrap();
         }
@@ -348,7 +360,7 @@ mod tests {
     }
 
     fn say(rid: &str) -> Command {
-        Command::Message { mtype: MsgType::Text, msg: "hi".into(), rid: id(rid), tid: None, reference: None }
+        Command::Message { mtype: MsgType::Text, msg: "hi".into(), rid: id(rid), tid: None, reference: None, mid: None }
     }
 
     #[test]

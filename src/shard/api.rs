@@ -40,7 +40,16 @@ impl Api<'_> {
     /// [`API_CONN`]), sent to the room's owner on whichever node.
     pub(crate) fn publish(&self, rid: Id, uid: Id, name: Name, mtype: MsgType, msg: String) {
         self.sh.stats().messages_in.fetch_add(1, Relaxed);
-        self.sh.to_owner(Request::Publish(Box::new(Publish { rid, from: API_CONN, uid, name, mtype, msg, tid: None })));
+        self.sh.to_owner(Request::Publish(Box::new(Publish {
+            rid,
+            from: API_CONN,
+            uid,
+            name,
+            mtype,
+            msg,
+            tid: None,
+            mid: None,
+        })));
     }
 
     /// The server API: asks the shard that owns `rid` (None when another

@@ -53,6 +53,7 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
                         name: name.clone(),
                         echo,
                         rejoin: indexed,
+                        since: None,
                     });
                 }
             }

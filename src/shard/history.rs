@@ -16,7 +16,8 @@ use tracing::warn;
 
 use super::Shard;
 use crate::msg::Delivery;
-use crate::owner::{Dest, DiskRead, Out, ReadReply};
+use crate::node::unix_ms;
+use crate::owner::{Dest, DiskRead, Out, ReadReply, Resume};
 use crate::protocol::{self, ERR_INVALID, ProtoError};
 use crate::store::Loc;
 use crate::store::log::record::{self, Decoded, FRAME_LEN};
@@ -107,6 +108,8 @@ pub(super) fn answer(
             sh.hold.send_or_hold(sh, &mut vec![Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } }]);
         }
         ReadReply::Api(tx) => drop(tx.send(Some((epoch, msgs)))),
+        ReadReply::Resume(r) => resumed(sh, *r, epoch, Some(msgs)),
+        ReadReply::Mids(rid) => mids_loaded(sh, &rid, Some(msgs)),
     }
 }
 
@@ -119,6 +122,11 @@ pub(super) fn refuse(sh: &Shard, reply: ReadReply, why: &'static str) {
             sh.send_out(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
         }
         ReadReply::Api(tx) => drop(tx.send(None)),
+        ReadReply::Resume(r) => resumed(sh, *r, 0, None),
+        ReadReply::Mids(rid) => {
+            warn!(shard = sh.id, %rid, why, "cannot read a room's message ids back: repeats of its older messages will be posted again");
+            mids_loaded(sh, &rid, None)
+        }
     }
 }
 
@@ -203,4 +211,22 @@ async fn read_run(f: &BufferedFile, rid: &str, want: &[(u64, u64, u64)]) -> Vec<
         }
     }
     out
+}
+
+/// A resuming login's read answered (None: it failed): the owner acks it,
+/// with the messages when they are all there, and makes it a member.
+fn resumed(sh: &Shard, r: Resume, epoch: u64, msgs: Option<Vec<Bytes>>) {
+    let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
+    sh.owner.borrow_mut().resumed(r, epoch, msgs, unix_ms(), &mut out);
+    sh.hold.send_or_hold(sh, &mut out);
+    *sh.owner_out.borrow_mut() = out;
+}
+
+/// A room's message ids are back: the messages that waited for them are
+/// handled, in order.
+fn mids_loaded(sh: &Shard, rid: &crate::ids::Id, msgs: Option<Vec<Bytes>>) {
+    let waiting = sh.owner.borrow_mut().mids_loaded(rid, msgs, unix_ms());
+    for req in waiting {
+        sh.on_request(req);
+    }
 }

@@ -158,6 +158,12 @@ impl Shard {
                 );
                 // A history reply must fit the client's outbound queue.
                 o.reply_budget = node.cfg.limits.max_outbound_bytes / 2;
+                let storage = &node.cfg.storage;
+                o.dedupe = crate::owner::Window {
+                    ms: storage.dedupe_window.as_millis() as u64,
+                    keep: storage.history,
+                    max: storage.dedupe_max,
+                };
                 o.set_presence(
                     node.cfg.limits.presence_limit,
                     node.cfg.limits.presence_interval.as_millis() as u64,

@@ -107,6 +107,7 @@ impl Sweeper {
             let mut owner = sh.owner.borrow_mut();
             owner.evict_idle(unix_ms());
             sh.stats().evicted_rooms.store(owner.evicted_rooms() as i64, Relaxed);
+            sh.stats().dedupe_entries.store(owner.dedupe_entries() as i64, Relaxed);
         }
         sh.flush.wake();
         if t.is_multiple_of(10) {

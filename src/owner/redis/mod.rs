@@ -71,6 +71,8 @@ impl std::fmt::Debug for ReadReply {
         match self {
             ReadReply::Conn(c) => write!(f, "Conn({c:?})"),
             ReadReply::Api(_) => f.write_str("Api"),
+            ReadReply::Resume(r) => write!(f, "Resume({:?}, {})", r.conn, r.rid),
+            ReadReply::Mids(rid) => write!(f, "Mids({rid})"),
         }
     }
 }

@@ -67,12 +67,15 @@ pub struct RoomIndex {
     /// that a gap hides nothing on either side of it. The first and last
     /// are never holes.
     locs: VecDeque<Loc>,
+    /// Known to hold no message with a client id (`mid`): set when the
+    /// room left memory with none, so bringing it back reads none back.
+    pub no_mids: bool,
 }
 
 impl RoomIndex {
     /// A sequence at `top` in `epoch` with nothing indexed.
     pub fn new(epoch: u64, top: u64) -> Self {
-        RoomIndex { epoch, top, first: top + 1, locs: VecDeque::new() }
+        RoomIndex { epoch, top, first: top + 1, locs: VecDeque::new(), no_mids: false }
     }
 
     /// Records that message `seq` of `epoch` is at `loc`, keeping the
