@@ -289,3 +289,30 @@ fn with_redis_a_repeat_is_recognised_by_the_rooms_new_owner() {
     let h = history(&mut a, rid);
     assert_eq!(h.iter().filter(|m| m.2 == "once").count(), 1, "{h:?}");
 }
+
+#[test]
+fn a_message_sent_while_its_login_resumes_waits_for_the_replay() {
+    let s = Server::start(&["--rate-limit", "0"]);
+    let (rid, ua, uw) = ("eager", fresh_uid(), fresh_uid());
+    let mut w = s.client();
+    w.login_echo("W", rid, &uw);
+    let (epoch, seen) = w.say_acked(rid, "seen").unwrap();
+    post(&mut w, rid, "m", 250);
+    let (_, top) = w.say_acked(rid, "top").unwrap();
+    // A resumes past what memory holds (a read from disk) and sends at
+    // once, before its ack: the message is not refused, and comes after.
+    let mut a = s.client();
+    a.send(json!({"cmd": "login", "name": "A", "rid": rid, "uid": ua, "echo": true,
+        "since": {"epoch": epoch, "seq": seen}}));
+    say_mid(&mut a, rid, "mine", "a-1");
+    assert_eq!(a.expect("login")["recovered"], true);
+    let mut seqs = Vec::new();
+    loop {
+        let m = next_message(&mut a);
+        seqs.push(m["seq"].as_u64().unwrap());
+        if m["msg"] == "mine" {
+            break;
+        }
+    }
+    assert_eq!(seqs, (seen + 1..=top + 1).collect::<Vec<_>>());
+}

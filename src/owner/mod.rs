@@ -114,8 +114,9 @@ pub(crate) struct Owner {
     /// How long and how many message ids a room remembers (see `dedupe`).
     pub(crate) dedupe: dedupe::Window,
     /// Logins resuming a room, waiting for a history read: they become
-    /// members when it answers, unless they left meanwhile.
-    resuming: HashMap<ConnRef, Id>,
+    /// members when it answers, unless they left meanwhile; messages they
+    /// send to it meanwhile wait with them.
+    resuming: HashMap<(ConnRef, Id), Vec<Request>>,
     /// Rooms whose message ids are being read back from their store, with
     /// the messages waiting for them (see [`Owner::load_mids`]).
     mids_loading: HashMap<Id, Vec<Request>>,
@@ -350,9 +351,7 @@ impl Owner {
     }
 
     fn leave(&mut self, rid: Id, conn: ConnRef, ack: bool, now_ms: u64, out: &mut Vec<Out>) {
-        if self.resuming.get(&conn) == Some(&rid) {
-            self.resuming.remove(&conn);
-        }
+        self.resuming.remove(&(conn, rid.clone()));
         let left = self.rooms.get_mut(&rid).and_then(|room| {
             let left = room.leave(conn)?;
             Some((left, room.is_empty(), room.user_count() + 1 > self.presence_limit))
@@ -443,8 +442,10 @@ impl Owner {
             }
         }
         let Some(Request::Publish(p)) = req else { unreachable!("not taken when open") };
-        // Its room's message ids are still being read back: wait for them.
-        if let Some(waiting) = self.mids_loading.get_mut(&p.rid) {
+        // Its sender is still resuming the room, or the room's message ids
+        // are still being read back: it waits for them.
+        let resuming = self.resuming.get_mut(&(p.from, p.rid.clone()));
+        if let Some(waiting) = resuming.or(self.mids_loading.get_mut(&p.rid)) {
             if waiting.len() >= MAX_WAITING {
                 out.push(err(p.from, "room is loading, try again shortly"));
                 return Some(ERR_INVALID);
@@ -556,7 +557,7 @@ impl Owner {
 
     /// A node died: forgets its members, announcing each user gone.
     pub(crate) fn node_down(&mut self, dead: u16, now_ms: u64, out: &mut Vec<Out>) {
-        self.resuming.retain(|c, _| c.node != dead);
+        self.resuming.retain(|(c, _), _| c.node != dead);
         let (mut gone, mut emptied) = (Vec::new(), Vec::new());
         for (rid, room) in self.rooms.iter_mut() {
             let had_members = !room.is_empty();

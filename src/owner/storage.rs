@@ -268,15 +268,17 @@ impl Owner {
         let (epoch, top) = (room.epoch(), room.seq());
         let reachable = r.epoch == epoch && r.since <= top && top - r.since <= self.history_reach as u64;
         if !reachable || r.since == top {
-            return self.resumed(*r, epoch, Some(Vec::new()), now_ms, out);
+            self.resumed(*r, epoch, Some(Vec::new()), now_ms, out);
+            return;
         }
         r.top = top;
         let (rid, since, n) = (r.rid.clone(), r.since, (top - r.since) as usize);
-        self.resuming.insert(r.conn, rid.clone());
+        self.resuming.insert((r.conn, rid.clone()), Vec::new());
         if let Some((ReadReply::Resume(r), epoch, msgs)) =
             self.plan_history(&rid, Some(since), None, None, n, ReadReply::Resume(r))
         {
-            self.resumed(*r, epoch, Some(msgs), now_ms, out);
+            let waiting = self.resumed(*r, epoch, Some(msgs), now_ms, out);
+            debug_assert!(waiting.is_empty(), "nothing waited for an answer given at once");
         }
     }
 
@@ -284,10 +286,21 @@ impl Owner {
     /// `epoch`; None when the read failed): the ack, the messages, and
     /// membership, in that order. Recovered only when nothing is missing:
     /// the read's answer and memory from `top` on join up exactly.
-    pub(crate) fn resumed(&mut self, r: Resume, epoch: u64, msgs: Option<Vec<Bytes>>, now_ms: u64, out: &mut Vec<Out>) {
-        if r.top > 0 && self.resuming.remove(&r.conn).is_none_or(|rid| rid != r.rid) {
-            return; // it left (or disconnected) meanwhile
-        }
+    /// Returns the messages the login sent to the room meanwhile, to be
+    /// handled next, in order.
+    pub(crate) fn resumed(
+        &mut self,
+        r: Resume,
+        epoch: u64,
+        msgs: Option<Vec<Bytes>>,
+        now_ms: u64,
+        out: &mut Vec<Out>,
+    ) -> Vec<Request> {
+        let waiting = match self.resuming.remove(&(r.conn, r.rid.clone())) {
+            Some(w) => w,
+            None if r.top > 0 => return Vec::new(), // it left (or disconnected) meanwhile
+            None => Vec::new(),
+        };
         let room = self.room_or_load(&r.rid);
         let mut all = msgs.unwrap_or_default();
         let mut ok = epoch == r.epoch && room.epoch() == r.epoch && r.since <= room.seq();
@@ -304,5 +317,6 @@ impl Owner {
         let ack = crate::protocol::encode_login_ack(&r.uid, &r.name, &r.rid, Some(ok), all.iter().map(|b| &b[..]));
         let Resume { rid, conn, uid, name, echo, .. } = r;
         self.join(rid, conn, uid, name, echo, false, Some(ack), now_ms, out);
+        waiting
     }
 }

@@ -214,12 +214,16 @@ async fn read_run(f: &BufferedFile, rid: &str, want: &[(u64, u64, u64)]) -> Vec<
 }
 
 /// A resuming login's read answered (None: it failed): the owner acks it,
-/// with the messages when they are all there, and makes it a member.
+/// with the messages when they are all there, and makes it a member;
+/// then what it sent to the room meanwhile.
 fn resumed(sh: &Shard, r: Resume, epoch: u64, msgs: Option<Vec<Bytes>>) {
     let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
-    sh.owner.borrow_mut().resumed(r, epoch, msgs, unix_ms(), &mut out);
+    let waiting = sh.owner.borrow_mut().resumed(r, epoch, msgs, unix_ms(), &mut out);
     sh.hold.send_or_hold(sh, &mut out);
     *sh.owner_out.borrow_mut() = out;
+    for req in waiting {
+        sh.on_request(req);
+    }
 }
 
 /// A room's message ids are back: the messages that waited for them are
