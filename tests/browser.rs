@@ -488,19 +488,16 @@ fn reconnects_after_server_restart() {
         json!([]),
     );
     shot(&a, &dir, "disconnected");
-    // Sending while disconnected says so...
+    // Written while away: kept in the outbox, shown as waiting, and the
+    // input is free for the next one.
     a.say("while away");
     a.wait_js(
-        "the not-connected banner",
-        "var b = document.querySelector('[data-testid=error-banner]'); return !b.hidden && /not connected/i.test(b.textContent)",
+        "the pending message",
+        "var p = document.querySelectorAll('[data-testid=outbox] [data-testid=pending-message]'); return p.length === 1 && /while away/.test(p[0].textContent) && /waiting/.test(p[0].textContent)",
         json!([]),
     );
-    // The unsent text stays in the input.
-    let kept = a.exec(
-        "var i = document.querySelector('[data-testid=message-input]'); var v = i.value; i.value = ''; return v",
-        json!([]),
-    );
-    assert_eq!(kept, "while away");
+    assert_eq!(a.exec("return document.querySelector('[data-testid=message-input]').value", json!([])), "");
+    shot(&a, &dir, "pending");
 
     let listen = addr.to_string();
     let deadline = Instant::now() + WAIT;
@@ -545,17 +542,27 @@ fn reconnects_after_server_restart() {
     bob.say("durable", "after-2");
     a.wait_message("after-2");
     a.wait_message("after-1");
+    // Sent once back: shown once, and out of the outbox.
+    a.wait_message("while away");
+    a.wait_js(
+        "the outbox emptied",
+        "return document.querySelectorAll('[data-testid=outbox] *').length === 0",
+        json!([]),
+    );
     let ms = a.messages();
-    for t in ["before-1", "before-2", "missed-1", "after-1", "after-2"] {
+    for t in ["before-1", "before-2", "missed-1", "after-1", "after-2", "while away"] {
         assert_eq!(count_text(&ms, t), 1, "{t} shown {} times: {ms:?}", count_text(&ms, t));
     }
-    assert_eq!(ms.len(), 5, "{ms:?}");
+    assert_eq!(ms.len(), 6, "{ms:?}");
     // The page shows the status as connected again.
     assert_eq!(a.status(), "connected");
     assert!(a.text(&a.by_id("connection-status")).to_lowercase().contains("connected"));
     // Still usable: the page can send after the reconnect.
     a.say("alice is back");
-    let m = next_message(&mut bob);
+    let mut m = next_message(&mut bob);
+    if m["msg"] == "while away" {
+        m = next_message(&mut bob);
+    }
     assert_eq!(m["msg"], "alice is back");
     assert_eq!(m["uid"], uid.as_str());
     a.wait_message("alice is back");
@@ -815,6 +822,113 @@ fn a_reload_keeps_the_identity_and_rooms_and_announces_nothing() {
     let quiet = Duration::from_millis(8500).saturating_sub(reloaded.elapsed()).max(Duration::from_millis(500));
     watcher.expect_silence(quiet);
     shot(&a, &dir, "after-reload");
+}
+
+/// The outbox across a reload: written while the server is down, the
+/// messages wait in the tab's storage through a reload, go once the server
+/// is back, and each is shown (and delivered) exactly once.
+fn the_outbox_survives_a_reload_and_sends_each_message_once() {
+    let (dir, mut server, driver) = setup("outbox", &["--shards", "2"]);
+    let addr = server.addr;
+    let a = driver.page(addr);
+    a.login("Alice", "outbox", None);
+    a.say("first");
+    a.wait_message("first");
+    // This page stays offline (its sockets fail) until it is reloaded.
+    a.exec("window.WebSocket = function () { throw new Error('offline'); }; return true;", json!([]));
+    server.kill();
+    a.wait_js(
+        "connection-status = disconnected",
+        "return document.querySelector('[data-testid=connection-status]').dataset.state === 'disconnected'",
+        json!([]),
+    );
+    a.say("typed while down 1");
+    a.say("typed while down 2");
+    a.wait_js(
+        "two pending",
+        "return document.querySelectorAll('[data-testid=outbox] [data-testid=pending-message]').length === 2",
+        json!([]),
+    );
+    shot(&a, &dir, "pending");
+    let listen = addr.to_string();
+    let deadline = Instant::now() + WAIT;
+    let server2 = loop {
+        let args = server_args(&dir, &["--shards", "2"]);
+        if let Some(s) = Server::try_start_on(&listen, &args.iter().map(String::as_str).collect::<Vec<_>>()) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "could not restart the server on {listen}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The reloaded page finds them in the tab's storage and sends them.
+    a.reload();
+    a.wait_connected();
+    a.wait_message("typed while down 2");
+    a.wait_message("typed while down 1");
+    a.wait_js(
+        "the outbox emptied",
+        "return document.querySelectorAll('[data-testid=outbox] *').length === 0",
+        json!([]),
+    );
+    // (The server keeps history in memory here: "first" went with it.)
+    let ms = a.messages();
+    for t in ["typed while down 1", "typed while down 2"] {
+        assert_eq!(count_text(&ms, t), 1, "{t} shown {} times: {ms:?}", count_text(&ms, t));
+    }
+    // Stored once each, in the order typed.
+    let mut c = client(&server2);
+    c.login("Check", "outbox", Some("check"));
+    c.send(json!({"cmd": "getHistory", "rid": "outbox"}));
+    let h = c.expect("getHistory");
+    let texts: Vec<&str> = h["msgs"].as_array().unwrap().iter().filter_map(|m| m["msg"].as_str()).collect();
+    let typed: Vec<&str> = texts.iter().copied().filter(|t| t.starts_with("typed")).collect();
+    assert_eq!(typed, vec!["typed while down 1", "typed while down 2"], "{texts:?}");
+    // A reload sends nothing twice: the outbox is empty and stays so.
+    a.reload();
+    a.wait_connected();
+    a.wait_message("typed while down 2");
+    assert_eq!(count_text(&a.messages(), "typed while down 1"), 1);
+    shot(&a, &dir, "sent");
+}
+
+/// A dropped connection resumes each room where the page left it: the
+/// login names the last message shown (`since`), the server replays what
+/// was missed, and the page asks for no history.
+fn a_dropped_connection_resumes_without_asking_for_history() {
+    let (dir, server, driver) = setup("resume", &["--shards", "2"]);
+    let a = driver.page(server.addr);
+    // Record the page's sockets and what it sends.
+    a.exec(
+        r#"var W = window.WebSocket; window.__sockets = []; window.__sent = [];
+           window.WebSocket = function (u) { var s = new W(u); window.__sockets.push(s);
+             var send = s.send.bind(s); s.send = function (d) { window.__sent.push(String(d)); return send(d); }; return s; };
+           window.WebSocket.OPEN = W.OPEN; return true;"#,
+        json!([]),
+    );
+    a.login("Alice", "resume", None);
+    let mut bob = client(&server);
+    bob.login("Bob", "resume", Some("bob"));
+    bob.say("resume", "seen");
+    a.wait_message("seen");
+    // The connection drops; the room goes on.
+    a.exec("window.__sent = []; window.__sockets[window.__sockets.length - 1].close(); return true;", json!([]));
+    for i in 0..5 {
+        bob.say("resume", &format!("missed {i}"));
+    }
+    a.wait_message("missed 4");
+    a.wait_connected();
+    bob.say("resume", "live");
+    a.wait_message("live");
+    let ms = a.messages();
+    let texts: Vec<&str> = ms.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(texts, vec!["seen", "missed 0", "missed 1", "missed 2", "missed 3", "missed 4", "live"]);
+    let sent = a.exec("return window.__sent", json!([]));
+    let sent: Vec<Value> =
+        sent.as_array().unwrap().iter().map(|s| serde_json::from_str(s.as_str().unwrap()).unwrap()).collect();
+    let login = sent.iter().find(|m| m["cmd"] == "login").expect("a login after the drop");
+    assert!(login["since"]["seq"].as_u64().is_some(), "the login resumes: {login}");
+    assert!(!sent.iter().any(|m| m["cmd"] == "getHistory"), "no history asked for: {sent:?}");
+    shot(&a, &dir, "resumed");
 }
 
 fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
@@ -1306,6 +1420,8 @@ both_ways!(
     server_errors_are_shown,
     join_and_switch_rooms,
     a_reload_keeps_the_identity_and_rooms_and_announces_nothing,
+    the_outbox_survives_a_reload_and_sends_each_message_once,
+    a_dropped_connection_resumes_without_asking_for_history,
     reading_older_messages_keeps_its_place_and_text_is_shown_as_written,
     dark_mode_follows_the_system,
     scrolling_up_loads_older_messages_in_place,
