@@ -88,6 +88,20 @@ pub struct Args {
     /// the relay.
     #[arg(long)]
     pub spread_rooms: bool,
+    /// Reconnect churn: each second this fraction of the clients (at random)
+    /// drop their connection and log in again resuming their room (`since`),
+    /// sending again, under the same `mid`, what they sent in the seconds
+    /// before; every member must still see every message exactly once.
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+    /// `--churn`: milliseconds a dropped client stays away before it logs
+    /// in again (what it misses meanwhile is replayed by its resume).
+    #[arg(long, default_value_t = 500)]
+    pub churn_away_ms: u64,
+    /// Give every message a client id (`mid`), as a client that resends
+    /// would (implied by --churn).
+    #[arg(long)]
+    pub mids: bool,
     /// No progress lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -206,6 +220,9 @@ impl Config {
         }
         if args.duration <= 0.0 {
             bail!("--duration must be positive");
+        }
+        if !(0.0..=1.0).contains(&args.churn) {
+            bail!("--churn must be a fraction of the clients per second, from 0 to 1");
         }
         if args.payload < MIN_PAYLOAD {
             bail!("--payload must be at least {MIN_PAYLOAD} bytes (send time and message id)");

@@ -163,6 +163,20 @@ impl SeqCheck {
         self.own_pending += 1;
     }
 
+    /// Where this member's view stands, `(epoch, seq)` of the last message
+    /// seen (own ones stepped over included): what a resuming login names.
+    pub fn since(&self) -> Option<(u64, u64)> {
+        self.last.map(|l| (self.epoch, l))
+    }
+
+    /// One of the member's own messages arrived (replayed by a resume):
+    /// in the sequence like any other, and no longer to be stepped over.
+    pub fn observe_own(&mut self, seq: u64, epoch: u64) -> SeqVerdict {
+        let v = self.observe(seq, epoch);
+        self.own_pending = self.own_pending.saturating_sub(1);
+        v
+    }
+
     /// A delivery with `seq` in `epoch` arrived.
     #[inline]
     pub fn observe(&mut self, seq: u64, epoch: u64) -> SeqVerdict {
@@ -219,6 +233,13 @@ pub struct Conn {
     pub last_sent: Option<u32>,
     /// TLS state on a wss:// target.
     pub tls: Option<Box<rustls::ClientConnection>>,
+    /// `--churn`: the messages this client sent lately, `(id, due, sent
+    /// at)`, sent again under their `mid` after a reconnect.
+    pub recent: std::collections::VecDeque<(u32, u64, u64)>,
+    /// `--churn`: messages that fell due while reconnecting, `(id, due)`.
+    pub waiting: Vec<(u32, u64)>,
+    /// `--churn`: when the connection was dropped (ns), while it resumes.
+    pub dropped_ns: Option<u64>,
 }
 
 impl Conn {
@@ -236,6 +257,9 @@ impl Conn {
             attempts: 0,
             last_sent: None,
             tls: None,
+            recent: std::collections::VecDeque::new(),
+            waiting: Vec::new(),
+            dropped_ns: None,
         }
     }
 

@@ -22,6 +22,15 @@
 //!    `--svg` write it to files too) and exits non-zero on any loss,
 //!    disorder, error frame or closed connection.
 //!
+//! With `--churn F`, each second a fraction F of the clients (at random)
+//! drop their connection, stay away `--churn-away-ms`, and log in again
+//! resuming their room (`since`: the last message they saw); messages due
+//! meanwhile wait, and what they sent in the seconds before the drop is
+//! sent again under the same `mid`. The checks stay the same — every
+//! member sees every message exactly once, in order — and the summary adds
+//! the drops, resumes (a `"recovered": false` fails the run), resends, the
+//! server's `dup` answers and the resume time.
+//!
 //! Beyond one process's open-file limit it re-executes itself as worker
 //! processes ([`coord`]), each with a slice of whole rooms ([`plan`]) and its
 //! own epoll loop ([`worker`]); client sockets are bound to source addresses

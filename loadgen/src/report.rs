@@ -182,8 +182,30 @@ pub struct Summary {
     pub send_lag_ms: Percentiles,
     /// Checks.
     pub checks: ChecksReport,
+    /// `--churn`: drops, resumes and resends (None without churn).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnReport>,
     /// CPU.
     pub cpu: CpuReport,
+}
+
+/// What reconnect churn did (`--churn`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnReport {
+    /// Connections dropped on purpose.
+    pub drops: u64,
+    /// Of them, logged in again with their room resumed.
+    pub resumed: u64,
+    /// Resumes the server could not recover (`"recovered": false`).
+    pub not_recovered: u64,
+    /// Messages sent again under their `mid` after a reconnect.
+    pub resent: u64,
+    /// Of them, answered `"dup": true` (the server had them already).
+    pub dup_answers: u64,
+    /// Messages that fell due while their sender was away, sent on its return.
+    pub queued_while_down: u64,
+    /// From the drop to the resumed login's ack (the missed messages follow it).
+    pub resume_ms: Percentiles,
 }
 
 impl Summary {
@@ -227,6 +249,9 @@ impl Summary {
         }
         if c.send_failures > 0 {
             failures.push(format!("{} messages could not be sent", c.send_failures));
+        }
+        if c.not_recovered > 0 {
+            failures.push(format!("{} resumes were not recovered (members may have missed messages)", c.not_recovered));
         }
         if c.recv_measured > expected {
             failures.push(format!("{} more deliveries than expected", c.recv_measured - expected));
@@ -282,6 +307,15 @@ impl Summary {
                 stray: c.stray,
                 problems: s.problems.clone(),
             },
+            churn: (a.churn > 0.0).then(|| ChurnReport {
+                drops: c.drops,
+                resumed: c.resumed,
+                not_recovered: c.not_recovered,
+                resent: c.resent,
+                dup_answers: c.dup_answers,
+                queued_while_down: c.queued_while_down,
+                resume_ms: Percentiles::of(&s.resume),
+            }),
             cpu: CpuReport {
                 loadgen_cpu_s: c.cpu_run_ns as f64 / 1e9,
                 deliveries: c.recv_total,
@@ -353,6 +387,22 @@ impl Summary {
             "checks       seq gaps {}, seq backwards {}, error frames {} ({} refused for the rate limit), closed {}, unreadable {}, epoch changes {}",
             k.seq_gaps, k.seq_backwards, k.error_frames, k.refused, k.closed, k.unexpected, k.epoch_changes
         );
+        if let Some(ch) = &self.churn {
+            let r = &ch.resume_ms;
+            let _ = writeln!(
+                o,
+                "churn        {} drops, {} resumed, {} not recovered; {} resent ({} already stored), {} sent late; resume p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                ch.drops,
+                ch.resumed,
+                ch.not_recovered,
+                ch.resent,
+                ch.dup_answers,
+                ch.queued_while_down,
+                r.p50,
+                r.p99,
+                r.max
+            );
+        }
         let u = &self.cpu;
         let _ = write!(
             o,

@@ -81,18 +81,29 @@ fn decimal(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// The JSON text of a room message from loadgen (the body of a client frame).
-pub fn message_json(out: &mut Vec<u8>, room: u32, due_ns: u64, id: u32, payload: usize) {
+pub fn message_json(out: &mut Vec<u8>, room: u32, due_ns: u64, id: u32, payload: usize, mid: Option<u64>) {
     out.extend_from_slice(br#"{"cmd":"message","type":"text","msg":""#);
     write_msg(out, due_ns, id, payload);
     out.extend_from_slice(br#"","rid":"r"#);
     // Writing into a Vec cannot fail; no String per message.
     let _ = std::io::Write::write_fmt(out, format_args!("{room}"));
+    if let Some(run) = mid {
+        // The run and the schedule's number name the message: a resend
+        // repeats it, and another run's messages are other messages.
+        let _ = std::io::Write::write_fmt(out, format_args!(r#"","mid":"m{run:x}-{id}"#));
+    }
     out.extend_from_slice(br#""}"#);
 }
 
-/// The JSON text of client `c`'s login into room `room`.
-pub fn login_json(c: u32, room: u32) -> String {
-    format!(r#"{{"cmd":"login","name":"n{c}","rid":"r{room}","uid":"u{c}"}}"#)
+/// The JSON text of client `c`'s login into room `room`; resuming after
+/// `(epoch, seq)` when it names the last message seen.
+pub fn login_json(c: u32, room: u32, since: Option<(u64, u64)>) -> String {
+    match since {
+        None => format!(r#"{{"cmd":"login","name":"n{c}","rid":"r{room}","uid":"u{c}"}}"#),
+        Some((e, s)) => {
+            format!(r#"{{"cmd":"login","name":"n{c}","rid":"r{room}","uid":"u{c}","since":{{"epoch":{e},"seq":{s}}}}}"#)
+        }
+    }
 }
 
 /// One delivery, as the scanner reads it.
@@ -117,6 +128,11 @@ pub enum Kind {
     Error,
     /// A login acknowledgement.
     Login,
+    /// A resuming login the server could not resume (`"recovered": false`).
+    NotRecovered,
+    /// The answer to a message sent again that the server already had
+    /// (`"dup": true`): not a delivery.
+    Dup,
     /// Anything else the server says (`newUser`, `userLeave`, …): ignored.
     Other,
     /// A message frame that does not have loadgen's layout, or not JSON.
@@ -147,10 +163,16 @@ impl Scanner {
             return Kind::Malformed;
         };
         if rest.starts_with(b"message\"") {
+            if p.ends_with(br#","dup":true}"#) {
+                return Kind::Dup;
+            }
             self.delivery(p).map_or(Kind::Malformed, Kind::Message)
         } else if rest.starts_with(b"error\"") {
             Kind::Error
         } else if rest.starts_with(b"login\"") {
+            if p.ends_with(br#","recovered":false}"#) {
+                return Kind::NotRecovered;
+            }
             Kind::Login
         } else {
             Kind::Other
@@ -327,14 +349,33 @@ mod tests {
     #[test]
     fn the_message_json_is_what_the_server_expects() {
         let mut v = Vec::new();
-        message_json(&mut v, 7, 99, 3, 30);
+        message_json(&mut v, 7, 99, 3, 30, None);
         let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(j["cmd"], "message");
         assert_eq!(j["rid"], "r7");
         assert_eq!(j["msg"].as_str().unwrap().len(), 30);
         assert_eq!(read_msg_head(j["msg"].as_str().unwrap().as_bytes()), Some((99, 3)));
-        let l: serde_json::Value = serde_json::from_str(&login_json(5, 2)).unwrap();
+        let l: serde_json::Value = serde_json::from_str(&login_json(5, 2, None)).unwrap();
         assert_eq!((l["uid"].as_str(), l["rid"].as_str()), (Some("u5"), Some("r2")));
+        assert!(l.get("since").is_none());
+        let l: serde_json::Value = serde_json::from_str(&login_json(5, 2, Some((9, 41)))).unwrap();
+        assert_eq!((l["since"]["epoch"].as_u64(), l["since"]["seq"].as_u64()), (Some(9), Some(41)));
+        let mut v = Vec::new();
+        message_json(&mut v, 7, 99, 3, 30, Some(0xab));
+        let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        assert_eq!(j["mid"], "mab-3");
+    }
+
+    #[test]
+    fn a_dup_answer_and_an_unrecovered_resume_are_told_apart() {
+        let s = Scanner::default();
+        let dup = br#"{"cmd":"message","uid":"u1","name":"n","type":"text","rid":"r1","msg":"x","mid":"m1-2","seq":4,"epoch":1,"ts":2,"dup":true}"#;
+        assert_eq!(s.classify(dup), Kind::Dup);
+        assert_eq!(
+            s.classify(br#"{"cmd":"login","uid":"u","name":"n","rid":"r","recovered":false}"#),
+            Kind::NotRecovered
+        );
+        assert_eq!(s.classify(br#"{"cmd":"login","uid":"u","name":"n","rid":"r","recovered":true}"#), Kind::Login);
     }
 
     fn frames(payloads: &[(u8, Vec<u8>)]) -> Vec<u8> {

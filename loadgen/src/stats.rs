@@ -80,6 +80,26 @@ pub struct Counters {
     pub cpu_total_ns: u64,
     /// Wall time of the traffic phase (ns).
     pub run_ns: u64,
+    /// `--churn`: connections dropped on purpose, and logged in again.
+    #[serde(default)]
+    pub drops: u64,
+    /// `--churn`: logins that resumed (`"recovered": true`).
+    #[serde(default)]
+    pub resumed: u64,
+    /// `--churn`: logins the server could not resume (`"recovered": false`):
+    /// their member may have missed messages.
+    #[serde(default)]
+    pub not_recovered: u64,
+    /// Messages sent again under their `mid` after a reconnect.
+    #[serde(default)]
+    pub resent: u64,
+    /// Of them, those the server already had (answered `"dup": true`).
+    #[serde(default)]
+    pub dup_answers: u64,
+    /// Messages that fell due while their sender was reconnecting, sent once
+    /// it was back.
+    #[serde(default)]
+    pub queued_while_down: u64,
 }
 
 impl Counters {
@@ -109,6 +129,12 @@ impl Counters {
         self.cpu_run_ns += o.cpu_run_ns;
         self.cpu_total_ns += o.cpu_total_ns;
         self.run_ns = self.run_ns.max(o.run_ns);
+        self.drops += o.drops;
+        self.resumed += o.resumed;
+        self.not_recovered += o.not_recovered;
+        self.resent += o.resent;
+        self.dup_answers += o.dup_answers;
+        self.queued_while_down += o.queued_while_down;
     }
 }
 
@@ -124,6 +150,9 @@ pub struct Stats {
     pub socket_latency: Histogram<u64>,
     /// How late each measured message left loadgen (µs): loadgen's own lag.
     pub send_lag: Histogram<u64>,
+    /// `--churn`: from dropping a connection to its resumed login's ack,
+    /// which the missed messages follow at once (µs).
+    pub resume: Histogram<u64>,
     /// Per measured message: 1 + the largest latency (µs) of its deliveries
     /// here, 0 if none arrived here.
     pub last_arrival: Vec<u32>,
@@ -144,6 +173,7 @@ impl Stats {
             latency: new_hist(),
             socket_latency: new_hist(),
             send_lag: new_hist(),
+            resume: new_hist(),
             last_arrival: vec![0; measured],
             problems: Vec::new(),
             close_codes: BTreeMap::new(),
@@ -163,6 +193,7 @@ impl Stats {
         self.latency.add(&o.latency).context("merging latency histograms")?;
         self.socket_latency.add(&o.socket_latency).context("merging socket latency histograms")?;
         self.send_lag.add(&o.send_lag).context("merging send-lag histograms")?;
+        self.resume.add(&o.resume).context("merging resume histograms")?;
         if self.last_arrival.len() != o.last_arrival.len() {
             anyhow::bail!("workers disagree on the number of measured messages");
         }
@@ -201,6 +232,7 @@ impl Stats {
             latency: encode_hist(&self.latency)?,
             socket_latency: encode_hist(&self.socket_latency)?,
             send_lag: encode_hist(&self.send_lag)?,
+            resume: encode_hist(&self.resume)?,
             last_arrival: B64.encode(bytes),
             problems: self.problems.clone(),
             close_codes: self.close_codes.clone(),
@@ -218,6 +250,7 @@ impl Stats {
             latency: decode_hist(&w.latency)?,
             socket_latency: decode_hist(&w.socket_latency)?,
             send_lag: decode_hist(&w.send_lag)?,
+            resume: decode_hist(&w.resume)?,
             last_arrival: bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect(),
             problems: w.problems,
             close_codes: w.close_codes,
@@ -236,6 +269,8 @@ pub struct WireStats {
     pub socket_latency: String,
     /// Send-lag histogram, V2 + base64.
     pub send_lag: String,
+    /// Resume histogram, V2 + base64.
+    pub resume: String,
     /// Per-message last arrival, little-endian u32s, base64.
     pub last_arrival: String,
     /// Problems in words.

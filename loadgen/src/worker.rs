@@ -126,6 +126,11 @@ const READ_BUF: usize = 1 << 20;
 const SEND_CHECK_EVERY: usize = 16;
 /// Epoll token of standard input (worker processes read `go` there).
 const STDIN_TOKEN: u64 = u64::MAX;
+/// `--churn`: after a reconnect, a client sends again what it sent this
+/// long before its drop (the server answers `dup` to what it has).
+const RESEND_WINDOW_NS: u64 = 3_000_000_000;
+/// `--churn`: how often drops are made (the fraction spread over the second).
+const CHURN_STEP_NS: u64 = 100_000_000;
 
 /// Runs worker `index` of `count` to the end and returns what it measured.
 pub fn run(cfg: &Config, index: u32, count: u32, link: &mut dyn Link) -> anyhow::Result<Stats> {
@@ -190,6 +195,11 @@ struct Worker<'a> {
     /// wss://: what a read got before decryption, and sealed records to send.
     tls_in: Vec<u8>,
     tls_out: Vec<u8>,
+    /// Names this run in message ids (`mid`): random per worker.
+    run_id: u64,
+    /// `--churn`: the next drop step, and the drops owed (fractional).
+    next_churn_ns: u64,
+    churn_owed: f64,
 }
 
 impl<'a> Worker<'a> {
@@ -227,6 +237,9 @@ impl<'a> Worker<'a> {
             rt_offset: sys::rt_offset_ns(),
             tls_in: Vec::new(),
             tls_out: Vec::new(),
+            run_id: now ^ u64::from(std::process::id()) << 40,
+            next_churn_ns: 0,
+            churn_owed: 0.0,
             slice,
         })
     }
@@ -286,8 +299,13 @@ impl<'a> Worker<'a> {
         self.phase = Phase::Run;
         let cpu0 = sys::cpu_ns();
         let drain_end = sched.last_due() + secs(a.drain);
+        self.next_churn_ns = t0 + CHURN_STEP_NS;
         loop {
             let now = self.send_due();
+            if a.churn > 0.0 {
+                self.churn(now, &sched)?;
+                self.start_connects()?;
+            }
             if self.next_msg == sched.end {
                 self.phase = Phase::Drain;
                 let c = &self.stats.counters;
@@ -538,7 +556,8 @@ impl<'a> Worker<'a> {
                         let rest = c.head.split_off(off);
                         c.head = Vec::new();
                         c.state = State::LoggingIn;
-                        let login = scan::login_json(c.client, c.room);
+                        let since = c.dropped_ns.and_then(|_| c.seq.since());
+                        let login = scan::login_json(c.client, c.room, since);
                         self.send_text(idx, login.as_bytes());
                         if rest.is_empty() {
                             continue;
@@ -564,19 +583,34 @@ impl<'a> Worker<'a> {
     fn scan_frames(&mut self, idx: u32, filled: usize, stamp: u64) -> anyhow::Result<()> {
         let now = sys::now_ns();
         let arrival = if stamp > 0 { stamp.saturating_sub(self.rt_offset).min(now) } else { now };
+        let churning = self.cfg.args.churn > 0.0;
         let Worker { conns, buf, scanner, stats, sched, plan, .. } = self;
         let c = &mut conns[idx as usize];
         let mut ev = FrameEvents::default();
         let r = c.inbox.take(buf, filled, |op, p| match op {
             1 => match scanner.classify(p) {
                 Kind::Message(d) => {
-                    match c.seq.observe(d.seq, d.epoch) {
+                    // A resume replays the member's own messages too (live,
+                    // it gets none: no echo): in its room's sequence, but
+                    // not deliveries to it.
+                    let own = churning && schedule::route(plan, d.id).1 == c.client;
+                    let verdict = if own { c.seq.observe_own(d.seq, d.epoch) } else { c.seq.observe(d.seq, d.epoch) };
+                    match verdict {
                         SeqVerdict::InOrder => {}
                         verdict => seq_problem(stats, c.client, c.room, verdict),
                     }
-                    record(stats, sched.as_ref(), now, arrival, d);
+                    if !own {
+                        record(stats, sched.as_ref(), now, arrival, d);
+                    }
                 }
                 Kind::Login => ev.login = true,
+                Kind::NotRecovered => {
+                    ev.login = true;
+                    stats.counters.not_recovered += 1;
+                    let client = c.client;
+                    stats.problem(|| format!("client {client}: its resume was not recovered"));
+                }
+                Kind::Dup => stats.counters.dup_answers += 1,
                 Kind::Other => {}
                 Kind::Error => {
                     stats.counters.error_frames += 1;
@@ -634,6 +668,9 @@ impl<'a> Worker<'a> {
                 self.conns[idx as usize].state = State::Ready;
                 self.in_flight -= 1;
                 self.connected += 1;
+                if let Some(dropped) = self.conns[idx as usize].dropped_ns.take() {
+                    self.resumed(idx, dropped, now);
+                }
             }
         }
         if let Some(code) = ev.close {
@@ -685,24 +722,111 @@ impl<'a> Worker<'a> {
             return;
         }
         let idx = sender - self.slice.start;
+        let c = &mut self.conns[idx as usize];
+        if c.dropped_ns.is_some() {
+            // Reconnecting (--churn): sent once it is back.
+            c.waiting.push((m, due));
+            c.seq.sent_own();
+            self.stats.counters.queued_while_down += 1;
+            return;
+        }
         if self.conns[idx as usize].state != State::Ready {
             self.stats.counters.send_failures += 1;
             self.stats.problem(|| format!("message {m}: sender {sender} (room r{room}) is not connected"));
             return;
         }
+        self.send_frame(idx, room, m, due);
+        self.conns[idx as usize].seq.sent_own();
+        self.sent(sched, m, due, now);
+    }
+
+    /// Writes message `m` of `room` (due at `due`) on connection `idx`.
+    fn send_frame(&mut self, idx: u32, room: u32, m: u32, due: u64) {
+        let mids = (self.cfg.args.mids || self.cfg.args.churn > 0.0).then_some(self.run_id);
         let mut j = std::mem::take(&mut self.json);
         j.clear();
-        scan::message_json(&mut j, room, due, m, self.cfg.payload);
+        scan::message_json(&mut j, room, due, m, self.cfg.payload, mids);
         self.send_text(idx, &j);
         self.json = j;
-        self.conns[idx as usize].seq.sent_own();
-        self.conns[idx as usize].last_sent = Some(m);
+        let c = &mut self.conns[idx as usize];
+        c.last_sent = Some(m);
+        if self.cfg.args.churn > 0.0 {
+            let now = sys::now_ns();
+            while c.recent.front().is_some_and(|r| r.2 + RESEND_WINDOW_NS < now) {
+                c.recent.pop_front();
+            }
+            c.recent.push_back((m, due, now));
+        }
+    }
+
+    /// Counts message `m` as sent now.
+    fn sent(&mut self, sched: &Schedule, m: u32, due: u64, now: u64) {
         let c = &mut self.stats.counters;
         c.sent += 1;
         if sched.is_measured(m) {
             c.sent_measured += 1;
             self.stats.send_lag.saturating_record(now.saturating_sub(due) / 1000);
         }
+    }
+
+    // ---- churn ---------------------------------------------------------
+
+    /// `--churn`: drops the connections owed by now (random ready ones),
+    /// each to log in again at once, resuming its room.
+    fn churn(&mut self, now: u64, sched: &Schedule) -> anyhow::Result<()> {
+        // Only while sending: the drain lets every member catch up.
+        if now < self.next_churn_ns || self.next_msg >= sched.end {
+            return Ok(());
+        }
+        self.next_churn_ns += CHURN_STEP_NS;
+        self.churn_owed += self.cfg.args.churn * self.n() as f64 * (CHURN_STEP_NS as f64 / 1e9);
+        let mut tries = 0;
+        while self.churn_owed >= 1.0 && tries < 4 * self.n() {
+            tries += 1;
+            let idx = (self.next_rand() % self.n() as u64) as u32;
+            let c = &mut self.conns[idx as usize];
+            if c.state != State::Ready || c.dropped_ns.is_some() {
+                continue;
+            }
+            self.churn_owed -= 1.0;
+            // As a network drop: the socket goes, no close frame.
+            c.reset(State::Idle);
+            c.dropped_ns = Some(now);
+            c.attempts = 0;
+            self.connected -= 1;
+            self.stats.counters.drops += 1;
+            self.retry.push_back((now + self.cfg.args.churn_away_ms * 1_000_000, idx));
+        }
+        Ok(())
+    }
+
+    /// A dropped client is back (its resumed login acknowledged; what it
+    /// missed follows): sends what fell due meanwhile, and again what it
+    /// sent just before the drop, under the same ids.
+    fn resumed(&mut self, idx: u32, dropped: u64, now: u64) {
+        self.stats.resume.saturating_record(now.saturating_sub(dropped) / 1000);
+        self.stats.counters.resumed += 1;
+        let sched = self.sched.expect("resumes happen during traffic");
+        let c = &mut self.conns[idx as usize];
+        let room = c.room;
+        let again: Vec<(u32, u64)> =
+            c.recent.iter().filter(|r| r.2 + RESEND_WINDOW_NS >= dropped).map(|r| (r.0, r.1)).collect();
+        let waiting = std::mem::take(&mut c.waiting);
+        self.stats.counters.resent += again.len() as u64;
+        for (m, due) in again {
+            self.send_frame(idx, room, m, due);
+        }
+        for (m, due) in waiting {
+            self.send_frame(idx, room, m, due);
+            self.sent(&sched, m, due, now);
+        }
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
     }
 
     /// wss://: decrypts the `n` bytes read at `buf[start..]` in place, sends

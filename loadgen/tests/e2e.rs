@@ -242,3 +242,42 @@ fn wss_runs_measure_a_tls_server() {
     assert!(String::from_utf8_lossy(&bare.stderr).contains("--tls-ca"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn under_reconnect_churn_every_member_sees_every_message_once() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    let args = "--clients 400 --room-size 40 --rate 200 --duration 4 --warmup 1 --drain 5 --churn 0.1 --churn-away-ms 300 --workers 2";
+    let run = loadgen(&server, "churn", &args.split(' ').collect::<Vec<_>>());
+    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
+    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    let d = &s["deliveries"];
+    assert_eq!(d["received"], d["expected"], "{s:#}");
+    let c = &s["checks"];
+    for k in ["seq_gaps", "seq_backwards", "error_frames", "closed", "unexpected"] {
+        assert_eq!(c[k], 0, "{k}: {s:#}");
+    }
+    let ch = &s["churn"];
+    // 10 % of 400 clients a second over ~4 s of sending.
+    assert!(ch["drops"].as_u64().unwrap() >= 80, "{ch:#}");
+    assert_eq!(ch["resumed"], ch["drops"], "{ch:#}");
+    assert_eq!(ch["not_recovered"], 0);
+    assert!(ch["resent"].as_u64().unwrap() > 0, "clients send again what they sent before a drop: {ch:#}");
+    assert!(ch["queued_while_down"].as_u64().unwrap() > 0, "{ch:#}");
+    // Away 300 ms: the resume takes at least that.
+    assert!(ch["resume_ms"]["p50"].as_f64().unwrap() >= 300.0, "{ch:#}");
+}
+
+#[test]
+fn a_server_that_cannot_resume_fails_a_churn_run() {
+    let _serial = serial();
+    // One message of history: a member away for 300 ms misses more.
+    let server = start_server(&["--history", "1", "--history-memory", "1"]);
+    let args =
+        "--clients 100 --room-size 10 --rate 200 --duration 3 --warmup 1 --drain 2 --churn 0.2 --churn-away-ms 300";
+    let run = loadgen(&server, "churn-lossy", &args.split(' ').collect::<Vec<_>>());
+    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
+    assert_ne!(run.code, 0, "{}", run.output);
+    assert!(s["churn"]["not_recovered"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(run.output.contains("not recovered"), "{}", run.output);
+}
