@@ -27,7 +27,13 @@ fn next_message(c: &mut Client) -> Value {
 
 fn history(c: &mut Client, rid: &str) -> Vec<(u64, u64, String)> {
     c.send(json!({"cmd": "getHistory", "rid": rid, "limit": 1000}));
-    history_msgs(&c.expect("getHistory"))
+    loop {
+        let v = c.recv();
+        if v["cmd"] == "getHistory" {
+            return history_msgs(&v);
+        }
+        assert_ne!(v["cmd"], "error", "{v}");
+    }
 }
 
 #[test]
@@ -315,4 +321,106 @@ fn a_message_sent_while_its_login_resumes_waits_for_the_replay() {
         }
     }
     assert_eq!(seqs, (seen + 1..=top + 1).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_sender_cut_before_its_answer_resends_and_the_room_has_it_once() {
+    let s = Server::start(&["--rate-limit", "0"]);
+    let (rid, ua) = ("cut", fresh_uid());
+    let mut b = s.client();
+    b.login("B", rid, Some(&fresh_uid()));
+    for round in 0..20 {
+        let mid = format!("c-{round}");
+        let text = format!("cut {round}");
+        // The frame leaves, and the connection is gone before any answer.
+        let mut a = s.client();
+        a.login_echo("A", rid, &ua);
+        say_mid(&mut a, rid, &text, &mid);
+        drop(a);
+        // Back, the client cannot know whether it was taken: it sends again.
+        let mut a = s.client();
+        a.login_echo("A", rid, &ua);
+        let answer = send_mid(&mut a, rid, &text, &mid);
+        assert_eq!(answer["msg"], text.as_str());
+    }
+    let live = b.drain_texts(QUIET);
+    let h = history(&mut b, rid);
+    for round in 0..20 {
+        let text = format!("cut {round}");
+        assert_eq!(h.iter().filter(|m| m.2 == text).count(), 1, "{text}: {h:?}");
+    }
+    for round in 0..20 {
+        let text = format!("cut {round}");
+        assert_eq!(live.iter().filter(|t| **t == text).count(), 1, "{text} delivered once: {live:?}");
+    }
+}
+
+#[test]
+fn a_repeat_after_a_killed_node_restarts_in_sync_mode_too() {
+    for mode in ["written", "sync"] {
+        let dir = crate::common::temp_data_dir();
+        let data = dir.to_str().unwrap().to_owned();
+        let args = ["--rate-limit", "0", "--data-dir", &data, "--durability", mode];
+        let mut s = Server::start(&args);
+        let (rid, ua) = ("killed", fresh_uid());
+        let mut a = s.client();
+        a.login_echo("A", rid, &ua);
+        let first = send_mid(&mut a, rid, "once", "k-1");
+        s.kill();
+        drop((a, s));
+        let s = Server::start(&args);
+        let mut a = s.client();
+        a.login_echo("A", rid, &ua);
+        let dup = send_mid(&mut a, rid, "once", "k-1");
+        assert_eq!((dup["dup"].clone(), dup["seq"].clone()), (json!(true), first["seq"].clone()), "{mode}: {dup}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn resume_after_five_thousand_missed_messages() {
+    // Within a window that reaches them, and a queue they fit in.
+    let s = Server::start(&["--rate-limit", "0", "--history", "6000", "--max-outbound-bytes", "8388608"]);
+    check_resume(&s, 5000);
+    // By default 5,000 is past the window: not recovered, and the client pages.
+    let s = Server::start(&["--rate-limit", "0"]);
+    let rid = "far-default";
+    let mut w = s.client();
+    w.login_echo("W", rid, &fresh_uid());
+    let (epoch, seen) = w.say_acked(rid, "seen").unwrap();
+    post(&mut w, rid, "m", 5000);
+    w.say_acked(rid, "top").unwrap();
+    let mut a = s.client();
+    assert_eq!(resume(&mut a, "A", rid, &fresh_uid(), epoch, seen)["recovered"], false);
+}
+
+#[test]
+fn with_redis_a_repeat_is_recognised_after_its_rooms_owner_dies() {
+    let redis = crate::common::redis::Redis::start();
+    let url = redis.url();
+    let mut cl = crate::cluster::Cluster::start_with(3, &["--store", &url, "--rate-limit", "0"]);
+    let names = ["node0", "node1", "node2"];
+    let rid = (0..100)
+        .map(|i| format!("owned{i}"))
+        .find(|r| cchat::placement::node_for(r, names) == Some("node2"))
+        .expect("a room owned by node2");
+    let ua = fresh_uid();
+    let mut a = cl.node(0).client();
+    a.login_echo("A", &rid, &ua);
+    let first = send_mid(&mut a, &rid, "once", "f-1");
+    let mut dead = cl.nodes[2].take().unwrap();
+    dead.kill();
+    cl.wait_links(1);
+    // The room moves to a survivor; until it has, a message may be refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let dup = loop {
+        assert!(std::time::Instant::now() < deadline, "the room never moved");
+        say_mid(&mut a, &rid, "once", "f-1");
+        let v = a.recv();
+        if v["cmd"] == "message" {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!((dup["dup"].clone(), dup["seq"].clone()), (json!(true), first["seq"].clone()), "{dup}");
 }
