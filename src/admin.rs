@@ -87,22 +87,6 @@ fn bad(why: &str) -> Vec<u8> {
     json(400, serde_json::json!({ "error": why }))
 }
 
-/// Waits (off the message path) for `n` answers from the shards.
-async fn answers<T>(rx: crossbeam_channel::Receiver<T>, n: usize) -> Option<Vec<T>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        match rx.try_recv() {
-            Ok(v) => got.push(v),
-            Err(crossbeam_channel::TryRecvError::Empty) if Instant::now() < deadline => {
-                Timer::new(Duration::from_millis(1)).await;
-            }
-            Err(_) => return None,
-        }
-    }
-    Some(got)
-}
-
 /// A query parameter (ids and numbers need no percent-decoding).
 fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
@@ -135,7 +119,7 @@ fn body(status: u16, v: Value) -> (u16, Vec<u8>) {
 /// Asks node `node` (through the relay) and waits up to 5 s.
 async fn ask(shard: &Shard, node: u16, request: String) -> (u16, Vec<u8>) {
     let (ticket, rx) = shard.api().ask_node(node, request);
-    match answers(rx, 1).await.and_then(|mut a| a.pop()) {
+    match crate::shard::answers(rx, 1).await.and_then(|mut a| a.pop()) {
         Some((status, b)) => (status, b.to_vec()),
         None => {
             shard.api().forget_ask(ticket);
@@ -168,7 +152,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
             let Some(rx) = shard.api().ask(&rid, |reply| ApiQuery::Online { rid: rid.clone(), reply }) else {
                 return not_owner();
             };
-            let Some(mut a) = answers(rx, 1).await else { return timeout() };
+            let Some(mut a) = crate::shard::answers(rx, 1).await else { return timeout() };
             let users: Vec<Value> = a
                 .pop()
                 .flatten()
@@ -189,7 +173,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
             else {
                 return not_owner();
             };
-            let Some((epoch, msgs)) = answers(rx, 1).await.and_then(|mut a| a.pop().flatten()) else {
+            let Some((epoch, msgs)) = crate::shard::answers(rx, 1).await.and_then(|mut a| a.pop().flatten()) else {
                 return timeout();
             };
             let mut out = format!(r#"{{"rid":{},"epoch":{epoch},"msgs":["#, Value::from(rid.as_str()));
@@ -204,7 +188,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
         }
         "/api/rooms" => {
             let rx = shard.api().ask_all(|reply| ApiQuery::Rooms { reply });
-            let Some(all) = answers(rx, shard.nshards).await else { return timeout() };
+            let Some(all) = crate::shard::answers(rx, shard.nshards).await else { return timeout() };
             let mut rooms: Vec<(String, usize)> = all.into_iter().flatten().collect();
             if !forwarded {
                 // Every other live node's rooms (a room has one owner), asked at once.
@@ -217,7 +201,7 @@ async fn answer(shard: &Shard, path: &str, query: &str, forwarded: bool) -> (u16
                 let tickets: Vec<u64> = asked.iter().map(|(t, _)| *t).collect();
                 let give_up = |tickets: &[u64]| tickets.iter().for_each(|t| shard.api().forget_ask(*t));
                 for (_, rx) in asked {
-                    let Some((status, b)) = answers(rx, 1).await.and_then(|mut a| a.pop()) else {
+                    let Some((status, b)) = crate::shard::answers(rx, 1).await.and_then(|mut a| a.pop()) else {
                         give_up(&tickets);
                         return body(504, serde_json::json!({ "error": "a node did not answer" }));
                     };

@@ -51,6 +51,10 @@ pub struct Node {
     pub login_attempts: crate::perip::Attempts,
     /// TLS on the client port (`--tls-cert`).
     pub tls: Option<crate::tls::Tls>,
+    /// The other nodes' rooms with members, `(rid, users)`, as shard 0
+    /// last gathered them (every couple of seconds): the room directory's
+    /// cluster-wide part.
+    pub remote_rooms: Mutex<Vec<(String, usize)>>,
     last_epoch: AtomicU64,
 }
 
@@ -70,6 +74,7 @@ impl Node {
             relay: RelayStats::default(),
             verifier: None,
             tls: None,
+            remote_rooms: Mutex::new(Vec::new()),
             per_ip: crate::perip::PerIp::new(cfg.limits.max_connections_per_ip, cfg.limits.new_connections_per_ip),
             login_attempts: crate::perip::Attempts::new(cfg.security.login_attempts_per_ip),
             last_epoch: AtomicU64::new(epoch),

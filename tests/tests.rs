@@ -14,6 +14,8 @@ mod browser;
 mod cluster;
 // The deployment kit: example config, dashboard, systemd unit.
 mod deploy;
+// Direct conversations and the room directory (getRooms).
+mod conversation;
 // Idempotent sends (mid) and resume (login since).
 mod delivery;
 // Durable history: kills, restarts, damaged files, the directory lock.

@@ -152,6 +152,13 @@ pub enum Command {
         /// At most this many (capped at [`MAX_PAGE`]).
         limit: Option<usize>,
     },
+    /// List the rooms with members (DMs never), a page at a time.
+    GetRooms {
+        /// Start after this room (the previous page's `next`).
+        after: Option<Id>,
+        /// At most this many (capped at [`MAX_PAGE`]).
+        limit: Option<usize>,
+    },
     /// Fetch a room's stored messages.
     GetHistory {
         /// Room.
@@ -281,6 +288,10 @@ fn parse_command(
         }),
         "getOnline" => Ok(Command::GetOnline {
             rid: id_field(&v, "rid")?,
+            after: opt_id_field(&v, "after")?,
+            limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
+        }),
+        "getRooms" => Ok(Command::GetRooms {
             after: opt_id_field(&v, "after")?,
             limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
         }),
@@ -457,6 +468,31 @@ pub fn encode_dup(m: &MessageOut<'_>) -> Bytes {
     let mut f = FrameBuf::with_capacity(frame.len() - off + 12);
     f.body().put_slice(&frame[off..frame.len() - 1]);
     f.body().put_slice(b",\"dup\":true}");
+    f.finish()
+}
+
+/// `{"cmd":"getRooms","rooms":[{"rid","count"}…],"next"?}`: one page of
+/// the room directory; `next` is the cursor (`after`) of the next page.
+pub fn encode_rooms<'a>(rooms: impl Iterator<Item = (&'a str, usize)>, next: Option<&str>) -> Bytes {
+    let mut f = FrameBuf::with_capacity(256);
+    let mut o = Obj::new(f.body(), "getRooms").raw("rooms", |b| {
+        b.put_u8(b'[');
+        for (i, (rid, count)) in rooms.enumerate() {
+            if i > 0 {
+                b.put_u8(b',');
+            }
+            b.put_slice(b"{\"rid\":");
+            json::write_str(b, rid);
+            b.put_slice(b",\"count\":");
+            json::write_u64(b, count as u64);
+            b.put_u8(b'}');
+        }
+        b.put_u8(b']');
+    });
+    if let Some(n) = next {
+        o = o.str("next", n);
+    }
+    o.end();
     f.finish()
 }
 

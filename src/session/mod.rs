@@ -41,6 +41,18 @@ pub(crate) struct Policy<'a> {
     pub(crate) verifier: Option<&'a Verifier>,
 }
 
+/// The two users of a direct conversation's room id, `dm:<uidA>:<uidB>`
+/// (the two in byte order, distinct): None for any other room, Err for a
+/// `dm:` id that is not one (uids with a `:` cannot have one).
+pub(crate) fn dm_parties(rid: &str) -> Option<Result<(&str, &str), &'static str>> {
+    let rest = rid.strip_prefix("dm:")?;
+    let bad = "a direct conversation is dm:<uid>:<uid>, the two uids in byte order";
+    Some(match rest.split_once(':') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(':') && a < b => Ok((a, b)),
+        _ => Err(bad),
+    })
+}
+
 fn auth(e: AuthError) -> ProtoError {
     ProtoError::invalid(e.to_string()).with_code(ERR_AUTH)
 }
@@ -139,6 +151,15 @@ impl Session {
                         policy.max_rooms
                     )));
                 }
+                // A direct conversation is its two users' only (checked
+                // before this login changes anything).
+                if let Some(parties) = dm_parties(&rid) {
+                    let (a, b) = parties.map_err(invalid)?;
+                    let who = self.uid.as_ref().or(grant.as_ref().map(|g| &g.uid)).or(uid.as_ref());
+                    if !who.is_some_and(|u| u.as_str() == a || u.as_str() == b) {
+                        return Err(invalid("not a member of this conversation"));
+                    }
+                }
                 let (uid, name) = match (&self.uid, &self.name) {
                     (Some(u), Some(n)) => (u.clone(), n.clone()),
                     _ => {
@@ -214,6 +235,12 @@ impl Session {
             Command::GetOnline { rid, after, limit } => {
                 self.member_check(&rid)?;
                 emit(Request::GetOnline { rid, conn: me, after, limit });
+            }
+            Command::GetRooms { .. } => {
+                // Answered by the shard's directory (see `shard/directory`).
+                if self.uid.is_none() {
+                    return Err(invalid("not logged in"));
+                }
             }
             Command::GetHistory { rid, since, before, epoch, limit } => {
                 self.member_check(&rid)?;

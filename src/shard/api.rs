@@ -172,3 +172,20 @@ impl Api<'_> {
         self.sh.to_node(node, crate::msg::NodeMsg::ApiAnswer { ticket, status, body: body.into() });
     }
 }
+
+/// Waits (off the message path) up to 5 s for `n` answers from the shards
+/// or nodes asked; None if they do not all come.
+pub(crate) async fn answers<T>(rx: crossbeam_channel::Receiver<T>, n: usize) -> Option<Vec<T>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match rx.try_recv() {
+            Ok(v) => got.push(v),
+            Err(crossbeam_channel::TryRecvError::Empty) if std::time::Instant::now() < deadline => {
+                glommio::timer::Timer::new(std::time::Duration::from_millis(1)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+    Some(got)
+}

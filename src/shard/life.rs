@@ -15,6 +15,7 @@ use glommio::task::JoinHandle;
 use glommio::timer::Timer;
 use tracing::warn;
 
+use super::directory::{self, Directory};
 use super::flush::Flusher;
 use super::history::Reader;
 use super::mesh::Mesh;
@@ -127,6 +128,7 @@ async fn start(
         }
     }
     tasks.push(glommio::spawn_local(Flusher::run(shard.clone())).detach());
+    tasks.push(glommio::spawn_local(Directory::run(shard.clone())).detach());
     if let Some(url) = &node.cfg.storage.store {
         let storage = &node.cfg.storage;
         let cfg = store::redis::StoreConfig {
@@ -162,6 +164,7 @@ async fn start(
         // Join the mesh before saying "listening" (a second at most).
         relay.first_round().await;
         tasks.extend(relay_tasks);
+        tasks.push(glommio::spawn_local(directory::run_remote(shard.clone())).detach());
     }
     Ok(Started { shard, listener, log, tasks })
 }

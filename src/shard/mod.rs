@@ -46,9 +46,11 @@
 
 mod admission;
 mod api;
+pub(crate) use api::answers;
 mod cluster;
 pub(crate) mod conn;
 mod conns;
+mod directory;
 mod flush;
 mod history;
 mod hold;
@@ -110,6 +112,8 @@ pub struct Shard {
     redis: redis::RedisLink,
     /// The server API's questions between nodes (shard 0; see `api`).
     api_peers: api::ApiPeers,
+    /// `getRooms` questions waiting for the room directory (see `directory`).
+    directory: directory::Directory,
     pub(crate) flush: flush::Flusher,
     pub(crate) mesh: mesh::Mesh,
     /// Timers: the tick, deadlines, pings, the core pin (see `sweep`).
@@ -177,6 +181,7 @@ impl Shard {
             reader: history::Reader::default(),
             redis: redis::RedisLink::default(),
             api_peers: api::ApiPeers::default(),
+            directory: directory::Directory::default(),
             flush: flush::Flusher::new(&node.cfg.tuning),
             mesh: mesh::Mesh::new(n, node.cfg.tuning.shard_queue, senders),
             sweeper: sweep::Sweeper::new(&node.cfg.limits),
@@ -360,6 +365,10 @@ impl Shard {
             Err(e) => return self.send_error(key, &e),
         };
         let reference = cmd.reference();
+        let rooms_page = match &cmd {
+            protocol::Command::GetRooms { after, limit } => Some((after.clone(), *limit)),
+            _ => None,
+        };
         // A token check for a connection not logged in yet comes out of
         // its address's budget (an ES256 check costs ~50 us: bad tokens
         // sent in a loop must not buy the server's CPU).
@@ -385,7 +394,11 @@ impl Shard {
         match result {
             Err(e) => self.send_error(key, &e.about(reference)),
             Ok(Some(reply)) => self.send_frame(key, reply),
-            Ok(None) => {}
+            Ok(None) => {
+                if let Some((after, limit)) = rooms_page {
+                    self.directory.ask(self, key, after, limit);
+                }
+            }
         }
         for r in requests.drain(..) {
             match &r {

@@ -1,0 +1,164 @@
+//! Conversations (DESIGN.md §1 "Conversation"): direct conversations that
+//! only their two users may join, and the room directory (`getRooms`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{Client, Server, sign_token};
+
+fn login_to(c: &mut Client, name: &str, rid: &str, uid: &str) -> Value {
+    c.send(json!({"cmd": "login", "name": name, "rid": rid, "uid": uid}));
+    loop {
+        let v = c.recv();
+        if v["cmd"] == "login" || v["cmd"] == "error" {
+            return v;
+        }
+    }
+}
+
+fn rooms_page(c: &mut Client, after: Option<&str>, limit: usize) -> Value {
+    let mut q = json!({"cmd": "getRooms", "limit": limit});
+    if let Some(a) = after {
+        q["after"] = json!(a);
+    }
+    c.send(q);
+    loop {
+        let v = c.recv();
+        if v["cmd"] == "getRooms" {
+            return v;
+        }
+        assert_ne!(v["cmd"], "error", "{v}");
+    }
+}
+
+fn listed(page: &Value) -> Vec<(String, u64)> {
+    page["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["rid"].as_str().unwrap().to_owned(), r["count"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_direct_conversation_is_its_two_users_only_and_lasts() {
+    let dir = crate::common::temp_data_dir();
+    let data = dir.to_str().unwrap().to_owned();
+    let mut s = Server::start(&["--data-dir", &data, "--shards", "2"]);
+    let dm = "dm:alice:bob";
+    let mut a = s.client();
+    assert_eq!(login_to(&mut a, "Alice", dm, "alice")["cmd"], "login");
+    let mut b = s.client();
+    assert_eq!(login_to(&mut b, "Bob", dm, "bob")["cmd"], "login");
+    let mut eve = s.client();
+    let e = login_to(&mut eve, "Eve", dm, "eve");
+    assert_eq!((e["cmd"].as_str(), e["errMsg"].as_str()), (Some("error"), Some("not a member of this conversation")));
+    // The refused login changed nothing: Eve is still no one, and can log in elsewhere.
+    assert_eq!(login_to(&mut eve, "Eve", "lobby", "eve")["cmd"], "login");
+    // Ids that are not a conversation of two, in order.
+    for bad in ["dm:bob:alice", "dm:alice:alice", "dm:alice", "dm::bob", "dm:a:b:c"] {
+        let mut c = s.client();
+        let e = login_to(&mut c, "A", bad, "alice");
+        assert_eq!(e["cmd"], "error", "{bad}: {e}");
+        assert!(e["errMsg"].as_str().unwrap().contains("dm:<uid>:<uid>"), "{bad}: {e}");
+    }
+    a.say(dm, "hi bob");
+    assert_eq!(b.expect("message")["msg"], "hi bob");
+    // It lasts: after a restart, from another device, the history is there.
+    drop((a, b));
+    s.kill();
+    drop(s);
+    let s = Server::start(&["--data-dir", &data, "--shards", "2"]);
+    let mut b2 = s.client();
+    assert_eq!(login_to(&mut b2, "Bob", dm, "bob")["cmd"], "login");
+    b2.send(json!({"cmd": "getHistory", "rid": dm}));
+    let h = b2.expect("getHistory");
+    assert_eq!(h["msgs"][0]["msg"], "hi bob", "{h}");
+}
+
+#[test]
+fn with_signed_logins_only_the_two_users_tokens_open_a_conversation() {
+    let secret = "conversation-secret-0123456789abcdef";
+    let s = Server::start(&["--token-secret", secret]);
+    let dm = "dm:ann:ben";
+    let login = |c: &mut Client, sub: &str| {
+        c.send(json!({"cmd": "login", "name": sub, "rid": dm, "token": sign_token(secret, sub)}));
+        c.recv()
+    };
+    let mut ann = s.client();
+    assert_eq!(login(&mut ann, "ann")["cmd"], "login");
+    let mut mallory = s.client();
+    // A uid field cannot claim to be a party: the token decides who this is.
+    mallory.send(json!({"cmd": "login", "name": "m", "rid": dm, "uid": "ben", "token": sign_token(secret, "mallory")}));
+    let e = mallory.recv();
+    assert_eq!(e["errMsg"], "not a member of this conversation", "{e}");
+    let mut ben = s.client();
+    assert_eq!(login(&mut ben, "ben")["cmd"], "login");
+    ann.say(dm, "hello ben");
+    assert_eq!(ben.expect("message")["msg"], "hello ben");
+}
+
+#[test]
+fn the_directory_lists_rooms_with_members_paged_and_never_dms() {
+    let s = Server::start(&["--shards", "3"]);
+    let mut clients = Vec::new();
+    for (i, rid) in ["alpha", "beta", "gamma", "delta", "epsilon"].iter().enumerate() {
+        for j in 0..=i {
+            let mut c = s.client();
+            login_to(&mut c, "u", rid, &format!("u{i}x{j}"));
+            clients.push(c);
+        }
+    }
+    let mut d = s.client();
+    login_to(&mut d, "D", "dm:u0x0:zed", "u0x0");
+    let mut asker = s.client();
+    // Not logged in: no directory.
+    asker.send(json!({"cmd": "getRooms"}));
+    asker.expect_error(50);
+    login_to(&mut asker, "Asker", "alpha", "asker");
+    let p1 = rooms_page(&mut asker, None, 2);
+    assert_eq!(listed(&p1), vec![("alpha".into(), 2), ("beta".into(), 2)], "{p1}");
+    let next = p1["next"].as_str().unwrap().to_owned();
+    let p2 = rooms_page(&mut asker, Some(&next), 10);
+    assert_eq!(listed(&p2), vec![("delta".into(), 4), ("epsilon".into(), 5), ("gamma".into(), 3)], "{p2}");
+    assert!(p2.get("next").is_none(), "{p2}");
+    // Empty rooms are not listed.
+    drop(clients.drain(1..3).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = listed(&rooms_page(&mut asker, None, 100));
+        if !all.iter().any(|(r, _)| r == "beta") {
+            assert!(all.iter().all(|(r, _)| !r.starts_with("dm:")), "{all:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "beta still listed: {all:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_directory_is_cluster_wide() {
+    let cl = crate::cluster::Cluster::start_with(2, &[]);
+    let names = ["node0", "node1"];
+    let on = |node: &str| {
+        (0..200).map(|i| format!("dir{i}")).find(|r| cchat::placement::node_for(r, names) == Some(node)).unwrap()
+    };
+    let (r0, r1) = (on("node0"), on("node1"));
+    let mut a = cl.node(0).client();
+    login_to(&mut a, "A", &r0, "a");
+    let mut b = cl.node(1).client();
+    login_to(&mut b, "B", &r1, "b");
+    let mut asker = cl.node(0).client();
+    login_to(&mut asker, "Q", &r0, "q");
+    // The other node's rooms are gathered every couple of seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let all = listed(&rooms_page(&mut asker, None, 100));
+        if all.contains(&(r1.clone(), 1)) && all.contains(&(r0.clone(), 2)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not cluster-wide: {all:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
