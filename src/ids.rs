@@ -100,6 +100,18 @@ impl fmt::Debug for Name {
     }
 }
 
+/// The two users of a direct conversation's room id, `dm:<uidA>:<uidB>`
+/// (the two in byte order, distinct): None for any other room, Err for a
+/// `dm:` id that is not one (uids with a `:` cannot have one).
+pub fn dm_parties(rid: &str) -> Option<Result<(&str, &str), &'static str>> {
+    let rest = rid.strip_prefix("dm:")?;
+    let bad = "a direct conversation is dm:<uid>:<uid>, the two uids in byte order";
+    Some(match rest.split_once(':') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(':') && a < b => Ok((a, b)),
+        _ => Err(bad),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

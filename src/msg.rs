@@ -193,6 +193,15 @@ pub enum NodeMsg {
         /// Close code sent to the client.
         code: u16,
     },
+    /// A direct conversation has a message for `uid`, who is not in it:
+    /// `frame` (`{"cmd":"dm",…}`) goes to each of its connections on the
+    /// receiving node.
+    Knock {
+        /// The user.
+        uid: Id,
+        /// The frame.
+        frame: Bytes,
+    },
     /// The server API: a question (`GET` path and query, e.g.
     /// `/api/online?rid=r`) for the node that owns the room, or for every
     /// node (`/api/rooms`); answered with [`NodeMsg::ApiAnswer`].
@@ -232,6 +241,14 @@ pub enum ShardMsg {
         uid: Id,
         /// Close code sent to the client.
         code: u16,
+    },
+    /// A direct conversation knocks: `frame` to each connection of `uid` on
+    /// this shard (see [`NodeMsg::Knock`]).
+    Knock {
+        /// The user.
+        uid: Id,
+        /// The frame.
+        frame: Bytes,
     },
     /// The cluster's live set changed: route by `view` from now on; `down`,
     /// if any, is a node whose members are gone.

@@ -162,3 +162,58 @@ fn the_directory_is_cluster_wide() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// Waits for a frame with this `cmd`, skipping others.
+fn wait_cmd(c: &mut Client, cmd: &str) -> Value {
+    loop {
+        let v = c.recv();
+        if v["cmd"] == cmd {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn a_message_in_a_conversation_knocks_for_the_user_not_in_it() {
+    let s = Server::start(&["--shards", "3"]);
+    let dm = "dm:kim:lee";
+    // Lee is online in another room, on two connections (devices).
+    let mut lee1 = s.client();
+    login_to(&mut lee1, "Lee", "lobby", "lee");
+    let mut lee2 = s.client();
+    login_to(&mut lee2, "Lee", "lobby", "lee");
+    let mut kim = s.client();
+    login_to(&mut kim, "Kim", dm, "kim");
+    kim.say(dm, "are you there?");
+    for lee in [&mut lee1, &mut lee2] {
+        let k = wait_cmd(lee, "dm");
+        assert_eq!((k["rid"].as_str(), k["uid"].as_str(), k["name"].as_str()), (Some(dm), Some("kim"), Some("Kim")));
+    }
+    // Once per conversation for a while, however many messages.
+    kim.say(dm, "hello?");
+    lee1.expect_silence(Duration::from_millis(500));
+    // Lee opens it: the messages are there, and no more knocks.
+    login_to(&mut lee1, "Lee", dm, "lee");
+    lee1.send(json!({"cmd": "getHistory", "rid": dm}));
+    let h = wait_cmd(&mut lee1, "getHistory");
+    assert_eq!(h["msgs"].as_array().unwrap().len(), 2, "{h}");
+}
+
+#[test]
+fn a_knock_reaches_the_user_on_another_node() {
+    let cl = crate::cluster::Cluster::start_with(2, &[]);
+    let names = ["node0", "node1"];
+    // The conversation lives on node 0; Lee is connected to node 1.
+    let dm = (0..500)
+        .map(|i| format!("dm:k{i}:lee"))
+        .find(|r| cchat::placement::node_for(r, names) == Some("node0"))
+        .unwrap();
+    let kim_uid = dm.split(':').nth(1).unwrap().to_owned();
+    let mut lee = cl.node(1).client();
+    login_to(&mut lee, "Lee", "lobby", "lee");
+    let mut kim = cl.node(0).client();
+    login_to(&mut kim, "Kim", &dm, &kim_uid);
+    kim.say(&dm, "across nodes");
+    let k = wait_cmd(&mut lee, "dm");
+    assert_eq!(k["rid"], dm.as_str());
+}

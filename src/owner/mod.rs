@@ -120,6 +120,9 @@ pub(crate) struct Owner {
     /// Rooms whose message ids are being read back from their store, with
     /// the messages waiting for them (see [`Owner::load_mids`]).
     mids_loading: HashMap<Id, Vec<Request>>,
+    /// Knocks for the shard to spread: a direct conversation's message for
+    /// a user not in it, `(uid, frame)` (see [`Owner::take_knocks`]).
+    knocks: Vec<(Id, Bytes)>,
 }
 
 impl std::fmt::Debug for Owner {
@@ -169,6 +172,7 @@ impl Owner {
             dedupe: dedupe::Window::default(),
             resuming: HashMap::new(),
             mids_loading: HashMap::new(),
+            knocks: Vec::new(),
         }
     }
 
@@ -528,6 +532,7 @@ impl Owner {
                         Some(RecordTag { rid: p.rid.clone(), token: room.token(), seq, from: p.from });
                 }
                 room.remember(seq, json);
+                knock(room, &p, now_ms, &mut self.knocks);
                 let except = if sender_echo { None } else { Some(p.from) };
                 self.broadcast(&p.rid, frame, except, t0, out);
             }
@@ -629,6 +634,23 @@ impl Owner {
         moved
     }
 }
+
+/// A direct conversation's message while its other user is not in it:
+/// that user's connections, wherever they are, are told (at most once per
+/// [`KNOCK_EVERY_MS`] per conversation), so that a page can open it.
+fn knock(room: &mut Room, p: &Publish, now_ms: u64, knocks: &mut Vec<(Id, Bytes)>) {
+    let Some(Ok((a, b))) = crate::ids::dm_parties(&p.rid) else { return };
+    let other = if p.uid.as_str() == a { b } else { a };
+    let Some(other) = Id::parse_str(other) else { return };
+    if room.user(&other).is_some() || now_ms < room.knocked_ms + KNOCK_EVERY_MS {
+        return;
+    }
+    room.knocked_ms = now_ms;
+    knocks.push((other, protocol::encode_presence("dm", &p.uid, &p.name, &p.rid)));
+}
+
+/// A conversation knocks at most this often for its absent user.
+const KNOCK_EVERY_MS: u64 = 5_000;
 
 /// Sends a frame to exactly these connections: one Deliver per shard and per
 /// other node among them.

@@ -87,6 +87,8 @@ pub struct Room {
     presence: IndexMap<Id, (Name, Change)>,
     /// The client ids of its messages, once one carried one (see `dedupe`).
     pub(super) mids: Option<Box<super::dedupe::Dedupe>>,
+    /// A direct conversation: when it last knocked for its absent user (ms).
+    pub(super) knocked_ms: u64,
 }
 
 /// A user's net presence change over an interval.
@@ -127,6 +129,7 @@ impl Room {
             token: 0,
             acked: 0,
             mids: None,
+            knocked_ms: 0,
         }
     }
 

@@ -100,6 +100,11 @@ impl Owner {
         n
     }
 
+    /// Knocks of direct conversations, for the shard to spread.
+    pub(crate) fn take_knocks(&mut self) -> Vec<(Id, Bytes)> {
+        std::mem::take(&mut self.knocks)
+    }
+
     /// Message ids the rooms in memory remember (see `dedupe`).
     pub(crate) fn dedupe_entries(&self) -> usize {
         self.rooms.values().map(Room::mids_len).sum()

@@ -15,9 +15,11 @@
 //!
 //! type 1  HEARTBEAT   (empty)
 //! type 2  ACTIVATE    (empty; see below)
-//! type 10 JOIN        rid:str conn uid:str name:str flags:u8 (bit0 echo, bit1 rejoin)
+//! type 10 JOIN        rid:str conn uid:str name:str flags:u8 (bit0 echo, bit1 rejoin, bit2 since)
+//!                     [epoch:u64 seq:u64]              (with bit2: the login resumes after that point)
 //! type 11 LEAVE       rid:str conn ack:u8
-//! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str>
+//! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str> [mid:str]
+//!                                                      (mid last, only when the message has one)
 //! type 13 GETONLINE   rid:str conn after:opt<str> limit:opt<u64>
 //! type 14 GETHISTORY  rid:str conn since:opt<u64> before:opt<u64> epoch:opt<u64> limit:opt<u64>
 //! type 20 JOINED      rid:str conn ack:blob
@@ -28,6 +30,7 @@
 //! type 30 DISCONNECT  uid:str code:u16                 (the server API: close a user's connections)
 //! type 31 API_ASK     ticket:u64 request:str           (the server API: a question for the owner node)
 //! type 32 API_ANSWER  ticket:u64 status:u16 body:blob  (its answer)
+//! type 33 KNOCK       uid:str frame:blob               (a direct conversation: to a user not in it)
 //! ```
 //!
 //! ACTIVATE picks the one link of a pair that carries traffic: the node with
@@ -67,6 +70,7 @@ const T_DIRECT: u8 = 22;
 const T_DISCONNECT: u8 = 30;
 const T_API_ASK: u8 = 31;
 const T_API_ANSWER: u8 = 32;
+const T_KNOCK: u8 = 33;
 
 /// A frame that cannot be decoded: the link is closed (and nothing else).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -216,6 +220,11 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
             b.put_u8(T_DISCONNECT);
             put_str(&mut b, uid);
             b.put_u16(*code);
+        }
+        NodeMsg::Knock { uid, frame } => {
+            b.put_u8(T_KNOCK);
+            put_str(&mut b, uid);
+            put_blob(&mut b, frame);
         }
         NodeMsg::ApiAsk { ticket, request, .. } => {
             b.put_u8(T_API_ASK);
@@ -373,6 +382,11 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
             let code = body.get_u16();
             Frame::Msg(NodeMsg::Disconnect { uid, code })
         }
+        T_KNOCK => {
+            let uid = get_id(&mut body)?;
+            let frame = get_blob(&mut body)?;
+            Frame::Msg(NodeMsg::Knock { uid, frame })
+        }
         T_API_ASK => {
             need(&body, 8)?;
             let ticket = body.get_u64();
@@ -496,6 +510,14 @@ mod tests {
         let mut short = BytesMut::from(&enc[..enc.len() - 1]);
         short[3] -= 1; // the length says one byte less
         assert!(decode(&mut short, 1).is_err());
+    }
+
+    #[test]
+    fn a_knock_crosses_the_link() {
+        let frame = Bytes::from_static(b"\x81\x02{}");
+        let m = round_trip(NodeMsg::Knock { uid: Id::parse_str("lee").unwrap(), frame: frame.clone() });
+        let NodeMsg::Knock { uid, frame: f } = m else { panic!() };
+        assert_eq!((uid.as_str(), f), ("lee", frame));
     }
 
     #[test]

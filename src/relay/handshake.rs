@@ -35,8 +35,9 @@ pub const MAGIC: &[u8; 4] = b"CCRL";
 /// Wire version spoken by this build (2: links carry traffic only once
 /// activated; 3: roster pages and history before a seq, see [`super::codec`];
 /// 4: the server API's disconnect; 5: its questions to other nodes;
-/// 6: mutual authentication by role and sealed, numbered records).
-pub const VERSION: u8 = 6;
+/// 6: mutual authentication by role and sealed, numbered records;
+/// 7: `since` on JOIN, `mid` on PUBLISH, KNOCK).
+pub const VERSION: u8 = 7;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;
 /// Length of a hello's nonce.

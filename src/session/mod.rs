@@ -41,18 +41,6 @@ pub(crate) struct Policy<'a> {
     pub(crate) verifier: Option<&'a Verifier>,
 }
 
-/// The two users of a direct conversation's room id, `dm:<uidA>:<uidB>`
-/// (the two in byte order, distinct): None for any other room, Err for a
-/// `dm:` id that is not one (uids with a `:` cannot have one).
-pub(crate) fn dm_parties(rid: &str) -> Option<Result<(&str, &str), &'static str>> {
-    let rest = rid.strip_prefix("dm:")?;
-    let bad = "a direct conversation is dm:<uid>:<uid>, the two uids in byte order";
-    Some(match rest.split_once(':') {
-        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(':') && a < b => Ok((a, b)),
-        _ => Err(bad),
-    })
-}
-
 fn auth(e: AuthError) -> ProtoError {
     ProtoError::invalid(e.to_string()).with_code(ERR_AUTH)
 }
@@ -153,7 +141,7 @@ impl Session {
                 }
                 // A direct conversation is its two users' only (checked
                 // before this login changes anything).
-                if let Some(parties) = dm_parties(&rid) {
+                if let Some(parties) = crate::ids::dm_parties(&rid) {
                     let (a, b) = parties.map_err(invalid)?;
                     let who = self.uid.as_ref().or(grant.as_ref().map(|g| &g.uid)).or(uid.as_ref());
                     if !who.is_some_and(|u| u.as_str() == a || u.as_str() == b) {

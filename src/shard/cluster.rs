@@ -104,6 +104,11 @@ pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
                 sh.route(conn.shard as usize, ShardMsg::ToMembers(d));
             }
         }
+        RelayEvent::Msg(NodeMsg::Knock { uid, frame }) => {
+            for s in 0..sh.nshards {
+                sh.route(s, ShardMsg::Knock { uid: uid.clone(), frame: frame.clone() });
+            }
+        }
         RelayEvent::Msg(NodeMsg::Disconnect { uid, code }) => {
             for s in 0..sh.nshards {
                 sh.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });

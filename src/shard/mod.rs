@@ -480,24 +480,56 @@ impl Shard {
                     }
                 }
             }
+            ShardMsg::Knock { uid, frame } => {
+                let frame = Rc::new(frame);
+                let mut conns = self.conns.borrow_mut();
+                let keys: Vec<u32> = conns
+                    .iter()
+                    .filter(|(_, e)| e.session.identity().is_some_and(|(u, _, _)| *u == uid))
+                    .map(|(k, _)| k)
+                    .collect();
+                for key in keys {
+                    if let Some(e) = conns.get_mut(key) {
+                        self.push(key, e, &frame);
+                    }
+                }
+                drop(conns);
+                self.flush.wake();
+            }
         }
     }
 
     /// A request for a room this shard owns.
     fn on_request(&self, req: Request) {
         let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
+        let knocks;
         {
             let mut owner = self.owner.borrow_mut();
             let live = owner.live_rooms();
             if let Some(code) = owner.handle(req, unix_ms(), &mut out) {
                 self.stats().error(code);
             }
+            knocks = owner.take_knocks();
             if owner.live_rooms() != live {
                 self.stats().rooms.store(owner.live_rooms() as i64, Relaxed);
             }
         }
         self.hold.send_or_hold(self, &mut out);
         *self.owner_out.borrow_mut() = out;
+        for (uid, frame) in knocks {
+            self.knock(uid, frame);
+        }
+    }
+
+    /// A direct conversation knocks for a user not in it: every connection
+    /// of that user, on every shard of every live node, is told.
+    fn knock(&self, uid: Id, frame: Bytes) {
+        for n in self.api().other_nodes() {
+            self.to_node(n, NodeMsg::Knock { uid: uid.clone(), frame: frame.clone() });
+        }
+        for s in 0..self.nshards {
+            self.route(s, ShardMsg::Knock { uid: uid.clone(), frame: frame.clone() });
+        }
     }
 
     /// Big rooms' presence batches that are due (on the sweeper's tick).
