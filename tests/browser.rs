@@ -931,6 +931,61 @@ fn a_dropped_connection_resumes_without_asking_for_history() {
     shot(&a, &dir, "resumed");
 }
 
+/// A direct conversation opened from the user list reaches the other
+/// person's page, which opens it by itself (unread); the room directory
+/// lists the rooms with people in them, never conversations, and joins one.
+fn direct_conversations_and_the_room_directory() {
+    let (dir, server, driver) = setup("dm_directory", &["--shards", "2"]);
+    let a = driver.page(server.addr);
+    let b = driver.page(server.addr);
+    a.login("Alice", "lobby", None);
+    b.login("Bob", "lobby", None);
+    let ub = b.my_uid();
+    a.wait_user(&ub);
+    // Alice opens the conversation with Bob from the user list.
+    a.click(&a.find(&format!("[data-testid=dm-button][data-uid='{ub}']")));
+    a.wait_js(
+        "the conversation's tab, active and joined",
+        "var t = document.querySelector('[data-testid=room-tab][aria-current=true]'); return !!t && t.dataset.rid.indexOf('dm:') === 0 && /@ Bob/.test(t.textContent) && !t.classList.contains('pending')",
+        json!([]),
+    );
+    a.say("just for you, bob");
+    a.wait_message("just for you, bob");
+    // Bob's page learns of it and opens it, unread.
+    b.wait_js(
+        "the conversation's tab on Bob's page, with an unread count",
+        "var t = Array.from(document.querySelectorAll('[data-testid=room-tab]')).find(function (t) { return t.dataset.rid.indexOf('dm:') === 0; }); return !!t && /@ Alice/.test(t.textContent) && /1/.test(t.textContent)",
+        json!([]),
+    );
+    shot(&b, &dir, "knocked");
+    b.click(&b.find("[data-testid=room-tab][data-rid^='dm:']"));
+    b.wait_message("just for you, bob");
+    // A third user's room, found in the directory and joined from it.
+    let mut carol = client(&server);
+    carol.login("Carol", "garden", Some("carol"));
+    b.click(&b.by_id("browse-rooms"));
+    b.wait_js(
+        "the directory with lobby and garden",
+        "var r = Array.from(document.querySelectorAll('[data-testid=directory-room]')).map(function (l) { return l.dataset.rid; }); return r.indexOf('lobby') >= 0 && r.indexOf('garden') >= 0",
+        json!([]),
+    );
+    let listed = b.exec(
+        "return Array.from(document.querySelectorAll('[data-testid=directory-room]')).map(function (l) { return l.dataset.rid + ' ' + l.textContent; })",
+        json!([]),
+    );
+    assert!(!listed.to_string().contains("dm:"), "conversations are not listed: {listed}");
+    assert!(listed.to_string().contains("lobby") && listed.to_string().contains("2 users"), "{listed}");
+    shot(&b, &dir, "directory");
+    b.click(&b.find("[data-testid=directory-room][data-rid=garden] button"));
+    b.wait_js(
+        "garden joined and open",
+        "var t = document.querySelector('[data-testid=room-tab][aria-current=true]'); return !!t && t.dataset.rid === 'garden' && !t.classList.contains('pending')",
+        json!([]),
+    );
+    carol.say("garden", "welcome bob");
+    b.wait_message("welcome bob");
+}
+
 fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     let (dir, server, driver) = setup("reading_older_messages_keeps_its_place", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
@@ -1422,6 +1477,7 @@ both_ways!(
     a_reload_keeps_the_identity_and_rooms_and_announces_nothing,
     the_outbox_survives_a_reload_and_sends_each_message_once,
     a_dropped_connection_resumes_without_asking_for_history,
+    direct_conversations_and_the_room_directory,
     reading_older_messages_keeps_its_place_and_text_is_shown_as_written,
     dark_mode_follows_the_system,
     scrolling_up_loads_older_messages_in_place,
