@@ -76,6 +76,9 @@ pub enum Request {
     },
     /// A chat message to sequence and fan out.
     Publish(Box<Publish>),
+    /// A change of a room message (edit, delete, reaction): an event of
+    /// the room, sequenced and fanned out like a message.
+    Change(Box<Change>),
     /// Roster request, a page at a time.
     GetOnline {
         /// Room.
@@ -113,6 +116,7 @@ impl Request {
             | Request::GetOnline { rid, .. }
             | Request::GetHistory { rid, .. } => rid,
             Request::Publish(p) => &p.rid,
+            Request::Change(c) => &c.rid,
         }
     }
 }
@@ -136,6 +140,23 @@ pub struct Publish {
     pub tid: Option<Id>,
     /// The client's id for the message (de-duplication).
     pub mid: Option<Id>,
+    /// The seq of the room message it answers.
+    pub reply: Option<u64>,
+}
+
+/// A change of a room message on its way to the owner.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Room.
+    pub rid: Id,
+    /// Sending connection.
+    pub from: ConnRef,
+    /// Sender's uid (from the session).
+    pub uid: Id,
+    /// The message changed.
+    pub seq: u64,
+    /// What changes.
+    pub change: crate::protocol::ChangeKind,
 }
 
 /// From an owner to the shard (or node) of some of a room's members.

@@ -217,3 +217,155 @@ fn a_knock_reaches_the_user_on_another_node() {
     let k = wait_cmd(&mut lee, "dm");
     assert_eq!(k["rid"], dm.as_str());
 }
+
+/// Sends a command and returns the next frame with one of `cmds` (or an error).
+fn ask(c: &mut Client, v: Value, cmds: &[&str]) -> Value {
+    c.send(v);
+    loop {
+        let f = c.recv();
+        if f["cmd"] == "error" || cmds.iter().any(|x| f["cmd"] == *x) {
+            return f;
+        }
+    }
+}
+
+fn page_of(c: &mut Client, rid: &str) -> Vec<Value> {
+    let h = ask(c, json!({"cmd": "getHistory", "rid": rid, "limit": 1000}), &["getHistory"]);
+    h["msgs"].as_array().unwrap().clone()
+}
+
+/// Edits, deletions, reactions and replies in one room, seen live and in
+/// history by a member and by a newcomer.
+fn changes_scenario(s: &Server, rid: &str) {
+    let mut ann = s.client();
+    ann.login_echo("Ann", rid, "ann");
+    let mut bob = s.client();
+    bob.login_echo("Bob", rid, "bob");
+    let (_, m1) = ann.say_acked(rid, "helo wrold").unwrap();
+    let (_, m2) = ann.say_acked(rid, "delete me").unwrap();
+    // Bob answers m1 with a reply.
+    bob.send(json!({"cmd": "message", "type": "text", "msg": "welcome", "rid": rid, "reply": m1}));
+    let r = loop {
+        let f = bob.recv();
+        if f["msg"] == "welcome" {
+            break f;
+        }
+    };
+    assert_eq!(r["reply"], m1, "{r}");
+    let e = ask(&mut ann, json!({"cmd": "edit", "rid": rid, "seq": m1, "msg": "hello world"}), &["edit"]);
+    assert_eq!((e["seq"].as_u64(), e["msg"].as_str(), e["uid"].as_str()), (Some(m1), Some("hello world"), Some("ann")));
+    let at = e["at"].as_u64().unwrap();
+    assert!(at > m1, "an event takes its own place in the sequence: {e}");
+    // Bob sees it live too.
+    let seen = loop {
+        let f = bob.recv();
+        if f["cmd"] == "edit" {
+            break f;
+        }
+    };
+    assert_eq!(seen["msg"], "hello world");
+    // Errors: someone else's message, an unknown seq.
+    let e = ask(&mut bob, json!({"cmd": "edit", "rid": rid, "seq": m1, "msg": "mine now"}), &["edit"]);
+    assert_eq!(e["errMsg"], "not your message", "{e}");
+    let e = ask(&mut bob, json!({"cmd": "delete", "rid": rid, "seq": m1}), &["delete"]);
+    assert_eq!(e["errMsg"], "not your message", "{e}");
+    let e = ask(&mut ann, json!({"cmd": "edit", "rid": rid, "seq": 99_999, "msg": "x"}), &["edit"]);
+    assert_eq!(e["errMsg"], "unknown seq", "{e}");
+    // Reactions from both, one taken back.
+    for (who, emoji) in [("bob", "👍"), ("ann", "👍"), ("bob", "🎉")] {
+        let c = if who == "bob" { &mut bob } else { &mut ann };
+        let r = ask(c, json!({"cmd": "react", "rid": rid, "seq": m1, "emoji": emoji, "on": true}), &["react"]);
+        assert_eq!(r["on"], true, "{r}");
+    }
+    ask(&mut bob, json!({"cmd": "react", "rid": rid, "seq": m1, "emoji": "🎉", "on": false}), &["react"]);
+    let d = ask(&mut ann, json!({"cmd": "delete", "rid": rid, "seq": m2}), &["delete"]);
+    assert_eq!(d["seq"], m2);
+    let e = ask(&mut ann, json!({"cmd": "edit", "rid": rid, "seq": m2, "msg": "back"}), &["edit"]);
+    assert_eq!(e["errMsg"], "the message was deleted", "{e}");
+    // A newcomer's page: the messages as they are now, no events.
+    let mut cy = s.client();
+    cy.login("Cy", rid, Some("cy"));
+    let page = page_of(&mut cy, rid);
+    assert_eq!(page.len(), 3, "messages only: {page:?}");
+    assert_eq!((page[0]["msg"].as_str(), page[0]["edited"].is_u64()), (Some("hello world"), true), "{page:?}");
+    assert_eq!(page[0]["reactions"], json!({"👍": ["bob", "ann"]}), "{page:?}");
+    assert_eq!((page[1]["msg"].as_str(), page[1]["deleted"].as_bool()), (Some(""), Some(true)));
+    assert_eq!(page[2]["reply"], m1);
+}
+
+#[test]
+fn messages_change_live_and_in_history_across_shards() {
+    let s = Server::start(&["--shards", "3", "--rate-limit", "0"]);
+    changes_scenario(&s, "changes");
+}
+
+#[test]
+fn changes_survive_a_restart_with_the_log_and_with_redis() {
+    let dir = crate::common::temp_data_dir();
+    let data = dir.to_str().unwrap().to_owned();
+    let redis = crate::common::redis::Redis::start();
+    let url = redis.url();
+    let setups: [Vec<&str>; 2] = [vec!["--data-dir", &data], vec!["--store", &url]];
+    for args in setups {
+        let mut all = vec!["--rate-limit", "0", "--history-memory", "2"];
+        all.extend(args.iter().copied());
+        let mut s = Server::start(&all);
+        changes_scenario(&s, "kept");
+        s.kill();
+        drop(s);
+        let s = Server::start(&all);
+        let mut cy = s.client();
+        cy.login("Cy", "kept", Some("cy"));
+        let page = page_of(&mut cy, "kept");
+        assert_eq!(page.len(), 3, "{args:?}: {page:?}");
+        assert_eq!(page[0]["msg"], "hello world", "{args:?}: {page:?}");
+        assert_eq!(page[0]["reactions"], json!({"👍": ["bob", "ann"]}), "{args:?}: {page:?}");
+        assert_eq!(page[1]["deleted"], true, "{args:?}");
+    }
+}
+
+#[test]
+fn changes_cross_nodes_and_bad_ones_are_refused() {
+    let cl = crate::cluster::Cluster::start_with(2, &["--rate-limit", "0"]);
+    let names = ["node0", "node1"];
+    let rid =
+        (0..200).map(|i| format!("ch{i}")).find(|r| cchat::placement::node_for(r, names) == Some("node1")).unwrap();
+    // Ann is on node 0; the room's owner is node 1.
+    let mut ann = cl.node(0).client();
+    ann.login_echo("Ann", &rid, "ann");
+    let (_, m) = ann.say_acked(&rid, "across").unwrap();
+    let r = ask(&mut ann, json!({"cmd": "react", "rid": rid, "seq": m, "emoji": "🚀"}), &["react"]);
+    assert_eq!((r["emoji"].as_str(), r["on"].as_bool()), (Some("🚀"), Some(true)), "{r}");
+    let e = ask(&mut ann, json!({"cmd": "edit", "rid": rid, "seq": m, "msg": "across nodes"}), &["edit"]);
+    assert_eq!(e["msg"], "across nodes", "{e}");
+    for (bad, why) in [
+        (json!({"cmd": "react", "rid": rid, "seq": m, "emoji": ""}), "emoji"),
+        (json!({"cmd": "edit", "rid": rid, "seq": 0, "msg": "x"}), "seq"),
+        (json!({"cmd": "edit", "rid": rid, "seq": m}), "msg"),
+        (json!({"cmd": "delete", "rid": "not-joined", "seq": m}), "member"),
+    ] {
+        let e = ask(&mut ann, bad.clone(), &[]);
+        assert!(e["errMsg"].as_str().unwrap().contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn the_edit_window_and_the_reaction_cap_hold() {
+    let s = Server::start(&["--rate-limit", "0", "--edit-window-secs", "1"]);
+    let mut ann = s.client();
+    ann.login_echo("Ann", "win", "ann");
+    let (_, m) = ann.say_acked("win", "quick").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let e = ask(&mut ann, json!({"cmd": "edit", "rid": "win", "seq": m, "msg": "too late"}), &["edit"]);
+    assert_eq!(e["errMsg"], "past the edit window", "{e}");
+    // Reactions are not bound by the window, but capped per message.
+    let mut refused = 0;
+    for i in 0..25 {
+        let r = ask(&mut ann, json!({"cmd": "react", "rid": "win", "seq": m, "emoji": format!("e{i}")}), &["react"]);
+        if r["cmd"] == "error" {
+            assert_eq!(r["errMsg"], "too many reactions on this message");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 5, "20 distinct emoji at most");
+}

@@ -159,6 +159,9 @@ pub struct StorageArgs {
     /// At most this many message ids remembered per room, whatever the window.
     #[arg(long, default_value_t = 10_000)]
     pub dedupe_max: usize,
+    /// Seconds after sending a message during which its author may edit or delete it.
+    #[arg(long, default_value_t = 86_400)]
+    pub edit_window_secs: u64,
     /// Where the embedded log of room messages lives; one process per directory.
     #[arg(long, default_value = "cchat-data")]
     pub data_dir: PathBuf,

@@ -136,6 +136,8 @@ pub struct Storage {
     pub dedupe_window: Duration,
     /// At most this many ids per room.
     pub dedupe_max: usize,
+    /// How long after sending a message its author may edit or delete it.
+    pub edit_window: Duration,
     /// Where the log lives.
     pub data_dir: PathBuf,
     /// When a room message is broadcast relative to the disk.
@@ -375,6 +377,7 @@ impl Config {
                 max_evicted_rooms: args.storage.max_evicted_rooms,
                 dedupe_window: Duration::from_secs(args.storage.dedupe_window_secs.min(1 << 32)),
                 dedupe_max: args.storage.dedupe_max.max(1),
+                edit_window: Duration::from_secs(args.storage.edit_window_secs.min(1 << 32)),
                 data_dir: args.storage.data_dir,
                 durability: args.storage.durability,
                 fsync_interval: Duration::from_millis(args.storage.fsync_interval_ms.clamp(1, 60_000)),

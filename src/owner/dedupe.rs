@@ -216,6 +216,7 @@ mod tests {
             msg: "\"mid\":\"fake\" \"uid\":\"bob\" \"ts\":1",
             tid: None,
             mid: Some("m-1"),
+            reply: None,
             seq: 3,
             epoch: 4,
             ts: 5,
@@ -235,7 +236,7 @@ mod tests {
         ) {
             let m = crate::protocol::MessageOut {
                 uid: &uid, name: &name, mtype: crate::protocol::MsgType::Text, rid: "r", msg: &msg,
-                tid: None, mid: Some(&mid), seq, epoch: 1, ts,
+                tid: None, mid: Some(&mid), reply: None, seq, epoch: 1, ts,
             };
             let (frame, off) = crate::protocol::encode_message(&m);
             prop_assert_eq!(ids_of(&frame[off..]), Some((uid.as_str(), mid.as_str(), seq, ts)));

@@ -261,8 +261,8 @@ impl RoomStore for LogRoomStore {
         self.disk.get(rid).map(|ix| (ix.epoch, ix.top))
     }
 
-    fn no_mids(&self, rid: &Id) -> bool {
-        self.disk.get(rid).is_some_and(|ix| ix.no_mids)
+    fn read_back_on_open(&self, rid: &Id) -> bool {
+        self.disk.get(rid).is_some_and(|ix| ix.top > 0 && !ix.no_mids)
     }
 
     fn opened(&mut self, rid: &Id) {
@@ -352,7 +352,7 @@ impl RoomStore for LogRoomStore {
             }
         }
         ix.top = ix.top.max(room.seq());
-        ix.no_mids = room.mids_len() == 0;
+        ix.no_mids = room.mids_len() == 0 && room.changes.is_none();
         self.evicted += 1;
         self.evicted_order.push_back(rid.clone());
         self.trim_evicted(rooms);

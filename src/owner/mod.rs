@@ -16,12 +16,13 @@ use bytes::Bytes;
 
 use crate::cluster::View;
 use crate::ids::{Id, Name};
-use crate::msg::{Audience, ConnRef, Delivery, Publish, Request};
+use crate::msg::{self, Audience, ConnRef, Delivery, Publish, Request};
 use crate::owner::room::{Change, Joined, Room};
-use crate::protocol::{self, ERR_INVALID, MessageOut, ProtoError};
+use crate::protocol::{self, ChangeKind, ERR_INVALID, MessageOut, ProtoError};
 use crate::store::Journal;
 use crate::store::redis::Refusal;
 
+mod changes;
 mod dedupe;
 pub(crate) use dedupe::Window;
 mod log;
@@ -120,6 +121,8 @@ pub(crate) struct Owner {
     /// Rooms whose message ids are being read back from their store, with
     /// the messages waiting for them (see [`Owner::load_mids`]).
     mids_loading: HashMap<Id, Vec<Request>>,
+    /// How long after sending a message its author may edit or delete it (ms).
+    pub(crate) edit_window_ms: u64,
     /// Knocks for the shard to spread: a direct conversation's message for
     /// a user not in it, `(uid, frame)` (see [`Owner::take_knocks`]).
     knocks: Vec<(Id, Bytes)>,
@@ -173,6 +176,7 @@ impl Owner {
             resuming: HashMap::new(),
             mids_loading: HashMap::new(),
             knocks: Vec::new(),
+            edit_window_ms: 24 * 3600 * 1000,
         }
     }
 
@@ -221,6 +225,7 @@ impl Owner {
             }
             Request::Leave { rid, conn, ack } => self.leave(rid, conn, ack, now_ms, out),
             Request::Publish(p) => return self.publish(p, now_ms, out),
+            Request::Change(c) => return self.change(c, now_ms, out),
             Request::GetOnline { rid, conn, after, limit } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
                 let frame = match self.rooms.get(&rid) {
@@ -232,10 +237,16 @@ impl Owner {
                 };
                 out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
             }
+            Request::GetHistory { ref rid, .. } if self.mids_loading.contains_key(rid) => {
+                // Its page waits until the room's changes are read back.
+                let rid = rid.clone();
+                self.mids_loading.get_mut(&rid).expect("checked").push(req);
+            }
             Request::GetHistory { rid, conn, since, before, epoch, limit } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
                 let reply = ReadReply::Conn(conn);
-                if let Some((_, epoch, msgs)) = self.plan_history(&rid, since, before, epoch, limit, reply) {
+                if let Some((_, epoch, mut msgs)) = self.plan_history(&rid, since, before, epoch, limit, reply) {
+                    self.fold_history(&rid, &mut msgs);
                     let frame = protocol::encode_history(&rid, epoch, msgs.iter().map(|b| &b[..]));
                     out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
                 }
@@ -415,48 +426,18 @@ impl Owner {
     }
 
     fn publish(&mut self, p: Box<Publish>, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
-        if now_ms < self.store_down.0 && p.tid.is_none() {
-            out.push(err(p.from, self.store_down.1));
-            return Some(ERR_INVALID);
-        }
-        // A disk that stalls must not let the journal (and what waits behind
-        // it) grow without bound: past this, messages are refused until the
-        // writer catches up.
-        if p.tid.is_none() && self.journal.as_ref().is_some_and(|j| j.pending_bytes() > JOURNAL_MAX) {
-            out.push(err(p.from, "message store is behind, try again shortly"));
-            return Some(ERR_INVALID);
-        }
         if p.from.is_api() && !self.rooms.contains_key(&p.rid) {
             // The server API publishes to any room, as no member: everyone
             // gets it, and it is stored like any message.
             self.room_or_load(&p.rid);
             self.schedule_evict(&p.rid, now_ms);
         }
-        // With a shared store, a room's messages wait for its claim (the
-        // request moves as it came, boxed: nothing is allocated for this).
-        let rid = p.rid.clone();
-        let mut req = Some(Request::Publish(p));
-        match self.store.admit(&rid, &mut req, &mut self.rooms, &*self.next_epoch, now_ms) {
-            Gate::Open => {}
-            Gate::Queued => return None,
-            Gate::Refuse(why) => {
-                let Some(Request::Publish(p)) = req else { unreachable!("not taken when refused") };
-                out.push(err(p.from, why));
-                return Some(ERR_INVALID);
-            }
-        }
-        let Some(Request::Publish(p)) = req else { unreachable!("not taken when open") };
-        // Its sender is still resuming the room, or the room's message ids
-        // are still being read back: it waits for them.
-        let resuming = self.resuming.get_mut(&(p.from, p.rid.clone()));
-        if let Some(waiting) = resuming.or(self.mids_loading.get_mut(&p.rid)) {
-            if waiting.len() >= MAX_WAITING {
-                out.push(err(p.from, "room is loading, try again shortly"));
-                return Some(ERR_INVALID);
-            }
-            waiting.push(Request::Publish(p));
-            return None;
-        }
+        let (rid, from, stored) = (p.rid.clone(), p.from, p.tid.is_none());
+        let p = match self.admit(&rid, from, stored, Request::Publish(p), now_ms, out) {
+            Ok(Request::Publish(p)) => p,
+            Ok(_) => unreachable!("given back as it came"),
+            Err(code) => return code,
+        };
         let Some(room) = self.rooms.get_mut(&p.rid) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
@@ -495,6 +476,7 @@ impl Owner {
                 msg: &p.msg,
                 tid: None,
                 mid,
+                reply: p.reply,
                 seq: orig.seq,
                 epoch: orig.epoch,
                 ts: orig.ts,
@@ -519,6 +501,7 @@ impl Owner {
             msg: &p.msg,
             tid: p.tid.as_deref(),
             mid: p.mid.as_deref(),
+            reply: p.reply,
             seq,
             epoch: room.epoch(),
             ts: now_ms,
@@ -532,12 +515,112 @@ impl Owner {
                         Some(RecordTag { rid: p.rid.clone(), token: room.token(), seq, from: p.from });
                 }
                 room.remember(seq, json);
+                room.changes.get_or_insert_default().note_message(seq, &p.uid, now_ms);
                 knock(room, &p, now_ms, &mut self.knocks);
                 let except = if sender_echo { None } else { Some(p.from) };
                 self.broadcast(&p.rid, frame, except, t0, out);
             }
             Some(targets) => deliver_to(&p.rid, &frame, targets, t0, out),
         }
+        None
+    }
+
+    /// Whether a room message or event (`stored`) from `from` may be
+    /// handled now: refused while the store is down or behind (its sender
+    /// told), held while the room's claim, its message ids or the sender's
+    /// resume are under way (handed back later, in order); else given back.
+    fn admit(
+        &mut self,
+        rid: &Id,
+        from: ConnRef,
+        stored: bool,
+        req: Request,
+        now_ms: u64,
+        out: &mut Vec<Out>,
+    ) -> Result<Request, Option<u16>> {
+        if now_ms < self.store_down.0 && stored {
+            out.push(err(from, self.store_down.1));
+            return Err(Some(ERR_INVALID));
+        }
+        // A disk that stalls must not let the journal (and what waits behind
+        // it) grow without bound: past this, messages are refused until the
+        // writer catches up.
+        if stored && self.journal.as_ref().is_some_and(|j| j.pending_bytes() > JOURNAL_MAX) {
+            out.push(err(from, "message store is behind, try again shortly"));
+            return Err(Some(ERR_INVALID));
+        }
+        // With a shared store, a room's messages wait for its claim (the
+        // request moves as it came, boxed: nothing is allocated for this).
+        let mut req = Some(req);
+        match self.store.admit(rid, &mut req, &mut self.rooms, &*self.next_epoch, now_ms) {
+            Gate::Open => {}
+            Gate::Queued => return Err(None),
+            Gate::Refuse(why) => {
+                out.push(err(from, why));
+                return Err(Some(ERR_INVALID));
+            }
+        }
+        let req = req.expect("not taken when open");
+        // Its sender is still resuming the room, or the room's message ids
+        // are still being read back: it waits for them.
+        let resuming = self.resuming.get_mut(&(from, rid.clone()));
+        if let Some(waiting) = resuming.or(self.mids_loading.get_mut(rid)) {
+            if waiting.len() >= MAX_WAITING {
+                out.push(err(from, "room is loading, try again shortly"));
+                return Err(Some(ERR_INVALID));
+            }
+            waiting.push(req);
+            return Err(None);
+        }
+        Ok(req)
+    }
+
+    /// A change of a room message (see `changes`): checked against the
+    /// message (in memory, its author, the edit window) and its state,
+    /// then sequenced, stored and broadcast like a message.
+    fn change(&mut self, c: Box<msg::Change>, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
+        let (rid, from) = (c.rid.clone(), c.from);
+        let c = match self.admit(&rid, from, true, Request::Change(c), now_ms, out) {
+            Ok(Request::Change(c)) => c,
+            Ok(_) => unreachable!("given back as it came"),
+            Err(code) => return code,
+        };
+        let edit_window = self.edit_window_ms;
+        let Some(room) = self.rooms.get_mut(&rid).filter(|r| r.member(&from).is_some()) else {
+            out.push(err(from, "not a member of rid"));
+            return Some(ERR_INVALID);
+        };
+        let target = room.changes.as_ref().and_then(|ch| ch.author(c.seq, &c.uid));
+        let why = match target {
+            None if c.seq > room.seq() => Some("unknown seq"),
+            None => Some("the message is too old to change (or not a message)"),
+            Some((own, ts)) => {
+                let by_author = matches!(c.change, ChangeKind::Edit(_) | ChangeKind::Delete);
+                if by_author && !own {
+                    Some("not your message")
+                } else if by_author && now_ms > ts + edit_window {
+                    Some("past the edit window")
+                } else {
+                    room.changes.as_ref().and_then(|ch| ch.check(c.seq, &c.uid, &c.change).err())
+                }
+            }
+        };
+        if let Some(why) = why {
+            out.push(err(from, why));
+            return Some(ERR_INVALID);
+        }
+        let at = room.next_seq();
+        let (frame, off) = protocol::encode_change(&rid, c.seq, &c.uid, &c.change, now_ms, room.epoch(), at);
+        let json = frame.slice(off..);
+        if let Some(j) = self.journal.as_mut() {
+            j.append(room.epoch(), at, now_ms, &rid, &json, room.token());
+            self.last_journalled = Some(RecordTag { rid: rid.clone(), token: room.token(), seq: at, from });
+        }
+        room.remember(at, json);
+        let ch = room.changes.get_or_insert_default();
+        ch.apply(c.seq, &c.uid, &c.change, now_ms);
+        ch.trim_below(at.saturating_sub(self.history_reach as u64));
+        self.broadcast(&rid, frame, None, Instant::now(), out);
         None
     }
 

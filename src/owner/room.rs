@@ -89,6 +89,10 @@ pub struct Room {
     pub(super) mids: Option<Box<super::dedupe::Dedupe>>,
     /// A direct conversation: when it last knocked for its absent user (ms).
     pub(super) knocked_ms: u64,
+    /// Its changed messages (edits, deletions, reactions; see `changes`).
+    pub(super) changes: Option<Box<super::changes::Changes>>,
+    /// Its stored records were read back since it came into memory.
+    pub(super) read_back: bool,
 }
 
 /// A user's net presence change over an interval.
@@ -130,6 +134,8 @@ impl Room {
             acked: 0,
             mids: None,
             knocked_ms: 0,
+            changes: None,
+            read_back: false,
         }
     }
 

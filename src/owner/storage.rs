@@ -59,7 +59,7 @@ impl Owner {
             };
             self.rooms.insert(rid.clone(), room);
             self.store.opened(rid);
-            if known.is_some_and(|(_, top)| top > 0) && !self.store.no_mids(rid) {
+            if self.store.read_back_on_open(rid) {
                 self.load_mids(rid, crate::node::unix_ms());
             }
         }
@@ -98,6 +98,12 @@ impl Owner {
             self.idle.shrink_to(64);
         }
         n
+    }
+
+    /// Folds a history page of `rid` (see `changes`): its events leave it,
+    /// its changed messages show their current state.
+    pub(crate) fn fold_history(&self, rid: &Id, msgs: &mut Vec<Bytes>) {
+        super::changes::fold(self.rooms.get(rid).and_then(|r| r.changes.as_deref()), msgs);
     }
 
     /// Knocks of direct conversations, for the shard to spread.
@@ -209,9 +215,12 @@ impl Owner {
     /// or a move from another node); its messages wait meanwhile. False
     /// when they are in already (nothing to read, or read from memory).
     pub(super) fn load_mids(&mut self, rid: &Id, now_ms: u64) -> bool {
-        let n = self.history_reach.min(self.dedupe.max);
+        let n = self.history_reach.min(self.dedupe.max.max(super::changes::AUTHORS));
         if n == 0 || self.mids_loading.contains_key(rid) {
             return self.mids_loading.contains_key(rid);
+        }
+        if self.rooms.get(rid).is_some_and(|r| r.read_back) {
+            return false; // read back when it came into memory
         }
         match self.plan_history(rid, None, None, None, n, ReadReply::Mids(rid.clone())) {
             Some((_, _, msgs)) => {
@@ -231,11 +240,14 @@ impl Owner {
     pub(crate) fn mids_loaded(&mut self, rid: &Id, msgs: Option<Vec<Bytes>>, now_ms: u64) -> Vec<Request> {
         let waiting = self.mids_loading.remove(rid).unwrap_or_default();
         if let Some(room) = self.rooms.get_mut(rid) {
+            room.read_back = true;
             let epoch = room.epoch();
             for json in msgs.iter().flatten() {
                 if let Some((uid, mid, seq, ts)) = super::dedupe::ids_of(json) {
                     room.note_mid(uid, mid, super::dedupe::Original { epoch, seq, ts }, self.dedupe, now_ms);
                 }
+                // Authors of messages and changes, for edits to come and pages.
+                room.changes.get_or_insert_default().apply_stored(json);
             }
         }
         waiting

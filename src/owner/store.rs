@@ -67,9 +67,9 @@ pub(crate) trait RoomStore: std::any::Any {
     /// `rid` came into memory.
     fn opened(&mut self, rid: &Id);
 
-    /// Known to hold no message with a client id (`mid`) for `rid`, so
-    /// that bringing it into memory need not read any back.
-    fn no_mids(&self, _rid: &Id) -> bool {
+    /// Whether `rid`, coming into memory, has stored records to read back
+    /// (its message ids, authors and changes; see `Owner::load_mids`).
+    fn read_back_on_open(&self, _rid: &Id) -> bool {
         false
     }
 

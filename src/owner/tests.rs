@@ -22,6 +22,7 @@ fn publish(from: ConnRef, uid: &str, msg: &str, tid: Option<&str>) -> Request {
         msg: msg.into(),
         tid: tid.map(id),
         mid: None,
+        reply: None,
     }))
 }
 
@@ -212,6 +213,14 @@ fn an_empty_room_is_evicted_and_comes_back_from_its_index() {
     // Back: same epoch, next seq; memory holds the new message, the disk the rest.
     out.clear();
     join(&mut o, conn(0, 0, 2), "b");
+    // Coming back, the room reads its newest records back (ids, authors,
+    // changes) before it takes a message.
+    let back = o.take_reads().pop().expect("the room's records are read back");
+    assert!(matches!(back.reply, ReadReply::Mids(_)));
+    assert_eq!(back.locs.iter().map(|(_, s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    for req in o.mids_loaded(&id("r"), Some(Vec::new()), 2000) {
+        o.handle(req, 2000, &mut out);
+    }
     o.handle(publish(conn(0, 0, 2), "b", "m5", None), 2000, &mut out);
     let Some(Out { msg: Delivery::Deliver { frame, .. }, .. }) = out.last() else { panic!("{out:?}") };
     assert!(text(frame).contains(r#""seq":6,"epoch":7"#), "{}", text(frame));
@@ -270,6 +279,7 @@ fn evicted_rooms_are_capped_oldest_first() {
             msg: "m".into(),
             tid: None,
             mid: None,
+            reply: None,
         };
         o.handle(Request::Publish(Box::new(p)), now, out);
         o.handle(Request::Leave { rid: room(i), conn: c, ack: false }, now, out);

@@ -137,6 +137,17 @@ pub enum Command {
         /// The client's id for this message (extension `mid`): a repeat
         /// within the room's de-duplication window is not posted again.
         mid: Option<Id>,
+        /// The seq of the room message this one answers (extension `reply`).
+        reply: Option<u64>,
+    },
+    /// Change a room message: edit or delete your own, react to any.
+    Change {
+        /// Room.
+        rid: Id,
+        /// The message changed.
+        seq: u64,
+        /// What changes.
+        change: ChangeKind,
     },
     /// Leave one room, or all.
     Logout {
@@ -276,6 +287,33 @@ fn parse_command(
                 tid: opt_id_field(&v, "tid").map_err(about)?,
                 reference,
                 mid: opt_id_field(&v, "mid").map_err(about)?,
+                reply: opt_u64(&v, "reply").map_err(about)?,
+            })
+        }
+        "edit" => {
+            let msg = v.get("msg").and_then(|m| m.as_str()).ok_or(ProtoError::invalid("msg must be a string"))?;
+            if msg.len() > limits.max_message_bytes {
+                return Err(ProtoError::invalid(format!("msg is longer than {} bytes", limits.max_message_bytes)));
+            }
+            Ok(Command::Change {
+                rid: id_field(&v, "rid")?,
+                seq: seq_field(&v)?,
+                change: ChangeKind::Edit(msg.to_owned()),
+            })
+        }
+        "delete" => Ok(Command::Change { rid: id_field(&v, "rid")?, seq: seq_field(&v)?, change: ChangeKind::Delete }),
+        "react" => {
+            let emoji = v.get("emoji").and_then(|e| e.as_str()).filter(|e| valid_emoji(e));
+            let emoji =
+                emoji.ok_or(ProtoError::invalid("emoji must be 1-32 bytes of text without control characters"))?;
+            let on = match v.get("on") {
+                None => true,
+                Some(o) => o.as_bool().ok_or(ProtoError::invalid("on must be a boolean"))?,
+            };
+            Ok(Command::Change {
+                rid: id_field(&v, "rid")?,
+                seq: seq_field(&v)?,
+                change: ChangeKind::React { emoji: emoji.to_owned(), on },
             })
         }
         "logout" => Ok(Command::Logout { rid: opt_id_field(&v, "rid")? }),
@@ -389,6 +427,69 @@ fn history_before(v: &Value<'_>) -> Result<(Option<u64>, Option<u64>), ProtoErro
         return Ok((Some(seq), Some(epoch)));
     }
     Ok((opt_u64(v, "before")?, None))
+}
+
+/// What a `Change` does to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Its text becomes this.
+    Edit(String),
+    /// It is deleted.
+    Delete,
+    /// A reaction added (`on`) or taken back.
+    React {
+        /// The reaction.
+        emoji: String,
+        /// Added, or taken back.
+        on: bool,
+    },
+}
+
+impl ChangeKind {
+    /// The command's name, which is its event's `cmd`.
+    pub fn cmd(&self) -> &'static str {
+        match self {
+            ChangeKind::Edit(_) => "edit",
+            ChangeKind::Delete => "delete",
+            ChangeKind::React { .. } => "react",
+        }
+    }
+}
+
+/// A reaction: 1–32 bytes of text with no control character.
+pub fn valid_emoji(e: &str) -> bool {
+    !e.is_empty() && e.len() <= 32 && !e.chars().any(char::is_control)
+}
+
+/// `seq` of a change: the message it changes (at least 1).
+fn seq_field(v: &Value<'_>) -> Result<u64, ProtoError> {
+    opt_u64(v, "seq")?.filter(|s| *s > 0).ok_or(ProtoError::invalid("seq must name a message (a positive integer)"))
+}
+
+/// A room event changing message `seq` (`edit`, `delete`, `react`), as
+/// members get it: `{"cmd","rid","seq","uid","ts","epoch","at",…}` where
+/// `at` is the event's own place in the room's sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_change(
+    rid: &str,
+    seq: u64,
+    uid: &str,
+    change: &ChangeKind,
+    ts: u64,
+    epoch: u64,
+    at: u64,
+) -> (Bytes, usize) {
+    let mut f = FrameBuf::with_capacity(128);
+    let mut o = Obj::new(f.body(), change.cmd()).str("rid", rid).num("seq", seq).str("uid", uid);
+    match change {
+        ChangeKind::Edit(msg) => o = o.str("msg", msg),
+        ChangeKind::Delete => {}
+        ChangeKind::React { emoji, on } => {
+            o = o.str("emoji", emoji).raw("on", |b| b.put_slice(if *on { b"true" } else { b"false" }));
+        }
+    }
+    o.num("ts", ts).num("epoch", epoch).num("at", at).end();
+    f.finish_with_body_offset()
 }
 
 /// A point in a room's sequence: the last message a client saw.
@@ -520,6 +621,8 @@ pub struct MessageOut<'a> {
     pub tid: Option<&'a str>,
     /// The client's id for the message.
     pub mid: Option<&'a str>,
+    /// The seq of the message it answers.
+    pub reply: Option<u64>,
     /// Room sequence number.
     pub seq: u64,
     /// Room epoch.
@@ -543,6 +646,9 @@ pub fn encode_message(m: &MessageOut<'_>) -> (Bytes, usize) {
     }
     if let Some(mid) = m.mid {
         o = o.str("mid", mid);
+    }
+    if let Some(r) = m.reply {
+        o = o.num("reply", r);
     }
     o.num("seq", m.seq).num("epoch", m.epoch).num("ts", m.ts).end();
     f.finish_with_body_offset()

@@ -18,10 +18,12 @@
 //! type 10 JOIN        rid:str conn uid:str name:str flags:u8 (bit0 echo, bit1 rejoin, bit2 since)
 //!                     [epoch:u64 seq:u64]              (with bit2: the login resumes after that point)
 //! type 11 LEAVE       rid:str conn ack:u8
-//! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str> [mid:str]
-//!                                                      (mid last, only when the message has one)
+//! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str>
+//!                     ext:u8 [mid:str] [reply:u64]     (ext bit0: a mid follows, bit1: a reply)
 //! type 13 GETONLINE   rid:str conn after:opt<str> limit:opt<u64>
 //! type 14 GETHISTORY  rid:str conn since:opt<u64> before:opt<u64> epoch:opt<u64> limit:opt<u64>
+//! type 15 CHANGE      rid:str conn uid:str seq:u64 kind:u8 (0 edit msg:text, 1 delete,
+//!                     2 react on emoji:str, 3 react off emoji:str)
 //! type 20 JOINED      rid:str conn ack:blob
 //! type 21 DELIVER     rid:str audience frame:blob
 //!                     audience := 0 except:opt<conn>   (every member on the node but one)
@@ -48,9 +50,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::ids::{Id, Name};
-use crate::msg::{Audience, ConnRef, Delivery, NodeMsg, Publish, Request};
-use crate::protocol::MsgType;
-use crate::protocol::Since;
+use crate::msg::{Audience, Change, ConnRef, Delivery, NodeMsg, Publish, Request};
+use crate::protocol::{ChangeKind, MsgType, Since};
 
 /// Largest frame accepted on a link (a getHistory reply of 100 long
 /// messages is well under it).
@@ -64,6 +65,7 @@ const T_LEAVE: u8 = 11;
 const T_PUBLISH: u8 = 12;
 const T_GETONLINE: u8 = 13;
 const T_GETHISTORY: u8 = 14;
+const T_CHANGE: u8 = 15;
 const T_JOINED: u8 = 20;
 const T_DELIVER: u8 = 21;
 const T_DIRECT: u8 = 22;
@@ -152,10 +154,31 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
                     put_str(&mut b, t);
                 }
             }
-            // Last and only when present: a message without one is the
-            // same bytes as before `mid` existed.
+            b.put_u8(u8::from(p.mid.is_some()) | u8::from(p.reply.is_some()) << 1);
             if let Some(mid) = &p.mid {
                 put_str(&mut b, mid);
+            }
+            if let Some(r) = p.reply {
+                b.put_u64(r);
+            }
+        }
+        NodeMsg::ToOwner(Request::Change(c)) => {
+            b.put_u8(T_CHANGE);
+            put_str(&mut b, &c.rid);
+            put_conn(&mut b, &c.from);
+            put_str(&mut b, &c.uid);
+            b.put_u64(c.seq);
+            match &c.change {
+                ChangeKind::Edit(msg) => {
+                    b.put_u8(0);
+                    b.put_u32(msg.len() as u32);
+                    b.put_slice(msg.as_bytes());
+                }
+                ChangeKind::Delete => b.put_u8(1),
+                ChangeKind::React { emoji, on } => {
+                    b.put_u8(if *on { 2 } else { 3 });
+                    put_str(&mut b, emoji);
+                }
             }
         }
         NodeMsg::ToOwner(Request::GetOnline { rid, conn, after, limit }) => {
@@ -307,7 +330,9 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
                 1 => Some(get_id(&mut body)?),
                 _ => return Err(CodecError::Invalid("option")),
             };
-            let mid = if body.has_remaining() { Some(get_id(&mut body)?) } else { None };
+            let ext = get_u8(&mut body)?;
+            let mid = if ext & 1 != 0 { Some(get_id(&mut body)?) } else { None };
+            let reply = if ext & 2 != 0 { Some(get_u64(&mut body)?) } else { None };
             Frame::Msg(NodeMsg::ToOwner(Request::Publish(Box::new(Publish {
                 rid,
                 from,
@@ -317,7 +342,30 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
                 msg,
                 tid,
                 mid,
+                reply,
             }))))
+        }
+        T_CHANGE => {
+            let rid = get_id(&mut body)?;
+            let from = peer(get_conn(&mut body)?);
+            let uid = get_id(&mut body)?;
+            let seq = get_u64(&mut body)?;
+            let change = match get_u8(&mut body)? {
+                0 => {
+                    let msg = get_blob(&mut body)?;
+                    ChangeKind::Edit(String::from_utf8(msg.to_vec()).map_err(|_| CodecError::Invalid("utf-8"))?)
+                }
+                1 => ChangeKind::Delete,
+                k @ (2 | 3) => {
+                    let emoji = get_str(&mut body)?;
+                    if !crate::protocol::valid_emoji(&emoji) {
+                        return Err(CodecError::Invalid("emoji"));
+                    }
+                    ChangeKind::React { emoji, on: k == 2 }
+                }
+                _ => return Err(CodecError::Invalid("change")),
+            };
+            Frame::Msg(NodeMsg::ToOwner(Request::Change(Box::new(Change { rid, from, uid, seq, change }))))
         }
         T_GETONLINE => {
             let rid = get_id(&mut body)?;
@@ -513,6 +561,28 @@ mod tests {
     }
 
     #[test]
+    fn changes_cross_the_link() {
+        use crate::protocol::ChangeKind;
+        for change in [
+            ChangeKind::Edit("néw".into()),
+            ChangeKind::Delete,
+            ChangeKind::React { emoji: "👍".into(), on: true },
+            ChangeKind::React { emoji: "🎉".into(), on: false },
+        ] {
+            let c = Change {
+                rid: Id::parse_str("r").unwrap(),
+                from: conn(4),
+                uid: Id::parse_str("u").unwrap(),
+                seq: 9,
+                change,
+            };
+            let m = round_trip(NodeMsg::ToOwner(Request::Change(Box::new(c.clone()))));
+            let NodeMsg::ToOwner(Request::Change(d)) = m else { panic!() };
+            assert_eq!((d.rid, d.uid, d.seq, d.change, d.from.node, d.from.key), (c.rid, c.uid, 9, c.change, 3, 4));
+        }
+    }
+
+    #[test]
     fn a_knock_crosses_the_link() {
         let frame = Bytes::from_static(b"\x81\x02{}");
         let m = round_trip(NodeMsg::Knock { uid: Id::parse_str("lee").unwrap(), frame: frame.clone() });
@@ -567,6 +637,7 @@ mod tests {
             msg: "héllo".into(),
             tid: Id::parse_str("t"),
             mid: Id::parse_str("m-1"),
+            reply: Some(7),
         }))));
         let NodeMsg::ToOwner(Request::Publish(p)) = m else { panic!() };
         assert_eq!((p.msg.as_str(), p.tid.unwrap().as_str(), p.from.node), ("héllo", "t", 3));
@@ -630,6 +701,7 @@ mod tests {
                 msg,
                 tid: None,
                 mid: None,
+                reply: None,
             }))));
             let body_len = enc.len() - 4;
             let cut = cut.min(body_len - 1);

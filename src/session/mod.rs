@@ -193,7 +193,18 @@ impl Session {
                 self.grant = Some(Box::new(g));
                 return Ok(Some(protocol::encode_refreshed(exp)));
             }
-            Command::Message { mtype, msg, rid, tid, mid, .. } => {
+            Command::Change { rid, seq, change } => {
+                let Some(uid) = &self.uid else { return Err(invalid("not logged in")) };
+                if !self.rooms.contains(&rid) {
+                    return Err(invalid("not a member of rid"));
+                }
+                // Changes are rate-limited like messages.
+                if !self.msg_bucket.take(rate, rate * 2.0, now_ms) {
+                    return Err(invalid("sending too fast"));
+                }
+                emit(Request::Change(Box::new(crate::msg::Change { rid, from: me, uid: uid.clone(), seq, change })));
+            }
+            Command::Message { mtype, msg, rid, tid, mid, reply, .. } => {
                 let (Some(uid), Some(name)) = (&self.uid, &self.name) else {
                     return Err(invalid("not logged in"));
                 };
@@ -204,7 +215,7 @@ impl Session {
                     return Err(invalid("sending too fast"));
                 }
                 let (uid, name) = (uid.clone(), name.clone());
-                emit(Request::Publish(Box::new(Publish { rid, from: me, uid, name, mtype, msg, tid, mid })));
+                emit(Request::Publish(Box::new(Publish { rid, from: me, uid, name, mtype, msg, tid, mid, reply })));
             }
             Command::Logout { rid } => {
                 if self.uid.is_none() {
@@ -375,7 +386,15 @@ mod tests {
     }
 
     fn say(rid: &str) -> Command {
-        Command::Message { mtype: MsgType::Text, msg: "hi".into(), rid: id(rid), tid: None, reference: None, mid: None }
+        Command::Message {
+            mtype: MsgType::Text,
+            msg: "hi".into(),
+            rid: id(rid),
+            tid: None,
+            reference: None,
+            mid: None,
+            reply: None,
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl Api<'_> {
             msg,
             tid: None,
             mid: None,
+            reply: None,
         })));
     }
 

@@ -100,6 +100,10 @@ pub(super) fn answer(
     budget: usize,
     reply: ReadReply,
 ) {
+    if !matches!(reply, ReadReply::Resume(_) | ReadReply::Mids(_)) {
+        // A page shows messages as they are now (a resume replays events).
+        sh.owner.borrow().fold_history(&crate::ids::Id::parse_str(rid).expect("a room id"), &mut msgs);
+    }
     crate::owner::fit(&mut msgs, forward, budget);
     match reply {
         ReadReply::Conn(conn) => {

@@ -168,6 +168,7 @@ impl Shard {
                     keep: storage.history,
                     max: storage.dedupe_max,
                 };
+                o.edit_window_ms = storage.edit_window.as_millis() as u64;
                 o.set_presence(
                     node.cfg.limits.presence_limit,
                     node.cfg.limits.presence_interval.as_millis() as u64,

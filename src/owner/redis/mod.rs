@@ -290,6 +290,13 @@ impl RoomStore for RedisRoomStore {
         None
     }
 
+    /// Nothing is known of a room before its claim: read its newest
+    /// records back whenever it comes into memory (an empty room answers
+    /// at once, nothing).
+    fn read_back_on_open(&self, _rid: &Id) -> bool {
+        true
+    }
+
     /// Not kept here: the store has it, and a new claim reads it again.
     fn evicted(&mut self, rid: &Id, _room: &Room, _rooms: &HashMap<Id, Room>) -> bool {
         self.claims.remove(rid);

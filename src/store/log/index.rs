@@ -67,8 +67,9 @@ pub struct RoomIndex {
     /// that a gap hides nothing on either side of it. The first and last
     /// are never holes.
     locs: VecDeque<Loc>,
-    /// Known to hold no message with a client id (`mid`): set when the
-    /// room left memory with none, so bringing it back reads none back.
+    /// Known to hold no message with a client id (`mid`) and no change
+    /// (edit, deletion, reaction): set when the room left memory with none,
+    /// so bringing it back reads nothing back.
     pub no_mids: bool,
 }
 
