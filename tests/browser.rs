@@ -986,6 +986,60 @@ fn direct_conversations_and_the_room_directory() {
     b.wait_message("welcome bob");
 }
 
+/// Edit (↑ on an empty composer), react, reply and delete, seen on both
+/// pages live and after a reload.
+fn messages_are_edited_reacted_to_replied_to_and_deleted() {
+    let (dir, server, driver) = setup("changes", &["--shards", "2", "--rate-limit", "0"]);
+    let a = driver.page(server.addr);
+    let b = driver.page(server.addr);
+    a.login("Alice", "lobby", None);
+    b.login("Bob", "lobby", None);
+    a.wait_user(&b.my_uid());
+    a.say("teh cat");
+    b.wait_message("teh cat");
+    // ↑ in the empty composer edits the last message.
+    let input = a.by_id("message-input");
+    a.send_keys(&input, "\u{E013}");
+    a.wait_js("the composer edits", "return !document.querySelector('[data-testid=edit-target]').hidden && document.querySelector('[data-testid=message-input]').value === 'teh cat'", json!([]));
+    a.exec("document.querySelector('[data-testid=message-input]').value = ''; return true", json!([]));
+    a.say("the cat");
+    for p in [&a, &b] {
+        p.wait_js(
+            "the edited text, marked",
+            "var m = Array.from(document.querySelectorAll('[data-testid=message-list] [data-testid=message]')).find(function (m) { return m.querySelector('.body').textContent === 'the cat'; }); return !!m && /\\(edited\\)/.test(m.textContent)",
+            json!([]),
+        );
+    }
+    assert_eq!(count_text(&a.messages(), "teh cat"), 0);
+    // Bob reacts with the picker; Alice adds hers by clicking the reaction.
+    b.exec("document.querySelector('[data-testid=message] [data-testid=react-button]').click(); return true", json!([]));
+    b.exec("document.querySelector('[data-testid=pick-emoji]').click(); return true", json!([]));
+    a.wait_js("👍 1 on Alice's page", "var r = document.querySelector('[data-testid=reaction]'); return !!r && r.textContent === '👍 1'", json!([]));
+    a.exec("document.querySelector('[data-testid=reaction]').click(); return true", json!([]));
+    b.wait_js("👍 2 on Bob's page", "var r = document.querySelector('[data-testid=reaction]'); return !!r && r.textContent === '👍 2'", json!([]));
+    // Bob replies to it: the reply quotes it.
+    b.exec("document.querySelector('[data-testid=message] [data-testid=reply-button]').click(); return true", json!([]));
+    b.wait_js("the reply bar", "return !document.querySelector('[data-testid=reply-target]').hidden", json!([]));
+    b.say("meow");
+    a.wait_js(
+        "the reply, quoting",
+        "var q = document.querySelector('[data-testid=reply-quote]'); return !!q && /Alice: the cat/.test(q.textContent)",
+        json!([]),
+    );
+    shot(&a, &dir, "changed");
+    // Alice deletes hers (confirmed).
+    a.exec("window.confirm = function () { return true; }; return true", json!([]));
+    a.exec("document.querySelector('[data-testid=message].own [data-testid=delete-button]').click(); return true", json!([]));
+    b.wait_js("deleted on Bob's page", "return !!document.querySelector('[data-testid=message][data-deleted=true]')", json!([]));
+    // A reload shows the room as it is now.
+    b.reload();
+    b.wait_connected();
+    b.wait_message("meow");
+    b.wait_js("deleted after the reload", "var d = document.querySelector('[data-testid=message][data-deleted=true]'); return !!d && /deleted/.test(d.textContent)", json!([]));
+    assert_eq!(count_text(&b.messages(), "the cat"), 0);
+    shot(&b, &dir, "reloaded");
+}
+
 fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     let (dir, server, driver) = setup("reading_older_messages_keeps_its_place", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
@@ -1478,6 +1532,7 @@ both_ways!(
     the_outbox_survives_a_reload_and_sends_each_message_once,
     a_dropped_connection_resumes_without_asking_for_history,
     direct_conversations_and_the_room_directory,
+    messages_are_edited_reacted_to_replied_to_and_deleted,
     reading_older_messages_keeps_its_place_and_text_is_shown_as_written,
     dark_mode_follows_the_system,
     scrolling_up_loads_older_messages_in_place,
