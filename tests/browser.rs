@@ -1012,13 +1012,27 @@ fn messages_are_edited_reacted_to_replied_to_and_deleted() {
     }
     assert_eq!(count_text(&a.messages(), "teh cat"), 0);
     // Bob reacts with the picker; Alice adds hers by clicking the reaction.
-    b.exec("document.querySelector('[data-testid=message] [data-testid=react-button]').click(); return true", json!([]));
+    b.exec(
+        "document.querySelector('[data-testid=message] [data-testid=react-button]').click(); return true",
+        json!([]),
+    );
     b.exec("document.querySelector('[data-testid=pick-emoji]').click(); return true", json!([]));
-    a.wait_js("👍 1 on Alice's page", "var r = document.querySelector('[data-testid=reaction]'); return !!r && r.textContent === '👍 1'", json!([]));
+    a.wait_js(
+        "👍 1 on Alice's page",
+        "var r = document.querySelector('[data-testid=reaction]'); return !!r && r.textContent === '👍 1'",
+        json!([]),
+    );
     a.exec("document.querySelector('[data-testid=reaction]').click(); return true", json!([]));
-    b.wait_js("👍 2 on Bob's page", "var r = document.querySelector('[data-testid=reaction]'); return !!r && r.textContent === '👍 2'", json!([]));
+    b.wait_js(
+        "👍 2 on Bob's page",
+        "var r = document.querySelector('[data-testid=reaction]'); return !!r && r.textContent === '👍 2'",
+        json!([]),
+    );
     // Bob replies to it: the reply quotes it.
-    b.exec("document.querySelector('[data-testid=message] [data-testid=reply-button]').click(); return true", json!([]));
+    b.exec(
+        "document.querySelector('[data-testid=message] [data-testid=reply-button]').click(); return true",
+        json!([]),
+    );
     b.wait_js("the reply bar", "return !document.querySelector('[data-testid=reply-target]').hidden", json!([]));
     b.say("meow");
     a.wait_js(
@@ -1029,8 +1043,15 @@ fn messages_are_edited_reacted_to_replied_to_and_deleted() {
     shot(&a, &dir, "changed");
     // Alice deletes hers (confirmed).
     a.exec("window.confirm = function () { return true; }; return true", json!([]));
-    a.exec("document.querySelector('[data-testid=message].own [data-testid=delete-button]').click(); return true", json!([]));
-    b.wait_js("deleted on Bob's page", "return !!document.querySelector('[data-testid=message][data-deleted=true]')", json!([]));
+    a.exec(
+        "document.querySelector('[data-testid=message].own [data-testid=delete-button]').click(); return true",
+        json!([]),
+    );
+    b.wait_js(
+        "deleted on Bob's page",
+        "return !!document.querySelector('[data-testid=message][data-deleted=true]')",
+        json!([]),
+    );
     // A reload shows the room as it is now.
     b.reload();
     b.wait_connected();
@@ -1111,7 +1132,7 @@ fn dark_mode_follows_the_system() {
 }
 
 fn scrolling_up_loads_older_messages_in_place() {
-    let (dir, server, driver) = setup("scrolling_up_loads_older_messages", &["--rate-limit", "0", "--history", "1000"]);
+    let (dir, server, driver) = setup("scrolling_up_loads_older_messages", &["--rate-limit", "0"]);
     let mut bob = client(&server);
     bob.login("Bob", "long", Some("bob"));
     for i in 1..=250 {
@@ -1140,6 +1161,13 @@ fn scrolling_up_loads_older_messages_in_place() {
     let top = a.exec("return document.querySelector('[data-testid=message-list]').scrollTop", json!([]));
     let height = a.exec("return document.querySelector('[data-testid=message-list]').scrollHeight", json!([]));
     assert!(top.as_f64().unwrap() < height.as_f64().unwrap() / 2.0, "kept near the top: {top} of {height}");
+    // Up once more: nothing older, and the page says it is the beginning.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.exec("return !!document.querySelector('[data-testid=beginning]')", json!([])) != json!(true) {
+        assert!(Instant::now() < deadline, "the beginning of the room was never shown");
+        a.exec("document.querySelector('[data-testid=message-list]').scrollTop = 0; return true;", json!([]));
+        std::thread::sleep(Duration::from_millis(300));
+    }
     shot(&a, &dir, "scrolled-back");
 }
 

@@ -369,3 +369,32 @@ fn the_edit_window_and_the_reaction_cap_hold() {
     }
     assert_eq!(refused, 5, "20 distinct emoji at most");
 }
+
+#[test]
+fn history_reaches_back_to_the_first_message_by_default() {
+    // 2,001 messages: the old 1,000-message wall would hide 1,001 of them.
+    let s = Server::start(&["--rate-limit", "0"]);
+    let mut a = s.client();
+    a.login_echo("Ann", "deep", "ann");
+    for i in 1..=2000 {
+        a.say("deep", &format!("m{i}"));
+    }
+    let (_, top) = a.say_acked("deep", "m2001").unwrap();
+    assert_eq!(top, 2001);
+    let mut seen = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut q = json!({"cmd": "getHistory", "rid": "deep", "limit": 1000});
+        if let Some(b) = before {
+            q["before"] = json!(b);
+        }
+        let page = ask(&mut a, q, &["getHistory"]);
+        let msgs = page["msgs"].as_array().unwrap().clone();
+        if msgs.is_empty() {
+            break;
+        }
+        before = msgs[0]["seq"].as_u64();
+        seen.splice(0..0, msgs.iter().map(|m| m["seq"].as_u64().unwrap()));
+    }
+    assert_eq!(seen, (1..=2001).collect::<Vec<_>>(), "every message once, back to the first");
+}

@@ -137,9 +137,11 @@ pub struct SecurityArgs {
 /// The flags under `--help`'s Storage heading.
 #[derive(Debug, clap::Args)]
 pub struct StorageArgs {
-    /// Messages per room that getHistory can reach: the newest from memory, older ones
-    /// read from the log (with `--durability memory`: at most `--history-memory`).
-    #[arg(long, default_value_t = 1000)]
+    /// Messages per room that getHistory can reach back, up to 1,048,576: the newest from
+    /// memory, older ones read from the log (8 bytes of index each while on disk; the log's
+    /// --retention-bytes and --retention decide what stays). With `--durability memory`: at
+    /// most `--history-memory`; with --store: --store-history.
+    #[arg(long, default_value_t = 1_000_000)]
     pub history: usize,
     /// Newest messages per room kept in memory while the room is in use.
     #[arg(long, default_value_t = 100)]
@@ -186,6 +188,9 @@ pub struct StorageArgs {
     /// continue each other's rooms (same epoch, next seq). Default: none.
     #[arg(long, env = "CCHAT_STORE")]
     pub store: Option<String>,
+    /// With --store: messages per room the store keeps (and getHistory reaches), in Redis's memory.
+    #[arg(long, default_value_t = 10_000)]
+    pub store_history: usize,
     /// With --store: hours a room's history is kept in the store after its last message.
     #[arg(long, default_value_t = 168.0)]
     pub store_ttl: f64,

@@ -371,7 +371,9 @@ impl Config {
                 api_key: args.security.api_key.filter(|k| !k.is_empty()),
             },
             storage: Storage {
-                history: args.storage.history.min(1 << 20),
+                // With a shared store, the store keeps what history reaches.
+                history: if args.storage.store.is_some() { args.storage.store_history } else { args.storage.history }
+                    .min(1 << 20),
                 history_memory: args.storage.history_memory.min(args.storage.history).min(1 << 20),
                 room_evict: Duration::from_millis(args.storage.room_evict_ms.min(86_400_000)),
                 max_evicted_rooms: args.storage.max_evicted_rooms,

@@ -23,6 +23,7 @@ use crate::store::Journal;
 use crate::store::redis::Refusal;
 
 mod changes;
+pub(crate) use changes::AUTHORS;
 mod dedupe;
 pub(crate) use dedupe::Window;
 mod log;

@@ -215,7 +215,7 @@ impl Owner {
     /// or a move from another node); its messages wait meanwhile. False
     /// when they are in already (nothing to read, or read from memory).
     pub(super) fn load_mids(&mut self, rid: &Id, now_ms: u64) -> bool {
-        let n = self.history_reach.min(self.dedupe.max.max(super::changes::AUTHORS));
+        let n = self.history_reach.min(super::changes::AUTHORS);
         if n == 0 || self.mids_loading.contains_key(rid) {
             return self.mids_loading.contains_key(rid);
         }

@@ -165,7 +165,7 @@ impl Shard {
                 let storage = &node.cfg.storage;
                 o.dedupe = crate::owner::Window {
                     ms: storage.dedupe_window.as_millis() as u64,
-                    keep: storage.history,
+                    keep: storage.history.min(crate::owner::AUTHORS),
                     max: storage.dedupe_max,
                 };
                 o.edit_window_ms = storage.edit_window.as_millis() as u64;
