@@ -283,6 +283,26 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
             shard.api().publish(rid, uid, name, mtype, msg.to_owned());
             json(202, serde_json::json!({ "ok": true }))
         }
+        ("POST", path @ ("/api/edit" | "/api/delete")) => {
+            // Moderation: any message of the room, in the name of `uid`.
+            let Some(rid) = id("rid") else { return bad("rid must be an id") };
+            let Some(seq) = v.get("seq").and_then(Value::as_u64).filter(|s| *s > 0) else {
+                return bad("seq must name a message (a positive integer)");
+            };
+            let change = if path == "/api/edit" {
+                let Some(msg) = v.get("msg").and_then(Value::as_str) else { return bad("msg must be a string") };
+                if msg.len() > node.cfg.limits.max_message_bytes {
+                    return bad("msg is too long");
+                }
+                crate::protocol::ChangeKind::Edit(msg.to_owned())
+            } else {
+                crate::protocol::ChangeKind::Delete
+            };
+            let uid = if v.get("uid").is_some() { id("uid") } else { Id::parse_str("server") };
+            let Some(uid) = uid else { return bad("uid must be an id") };
+            shard.api().change(rid, uid, seq, change);
+            json(202, serde_json::json!({ "ok": true }))
+        }
         ("POST", "/api/disconnect") => {
             let Some(uid) = id("uid") else { return bad("uid must be an id") };
             let code = v.get("code").and_then(Value::as_u64).unwrap_or(DEFAULT_DISCONNECT_CODE as u64);

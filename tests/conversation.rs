@@ -398,3 +398,46 @@ fn history_reaches_back_to_the_first_message_by_default() {
     }
     assert_eq!(seen, (1..=2001).collect::<Vec<_>>(), "every message once, back to the first");
 }
+
+#[test]
+fn a_moderator_edits_and_deletes_any_message_through_the_server_api() {
+    let key = "moderator-key-0123456789";
+    let admin_port = crate::common::free_port();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let s = Server::start(&["--rate-limit", "0", "--admin-listen", &admin, "--api-key", key]);
+    let mut ann = s.client();
+    ann.login_echo("Ann", "modded", "ann");
+    let (_, m) = ann.say_acked("modded", "rude words").unwrap();
+    let post = |path: &str, body: Value| crate::security::admin(&admin, "POST", path, Some(key), &body.to_string());
+    let r = post("/api/edit", json!({"rid": "modded", "seq": m, "msg": "[removed by a moderator]", "uid": "mod"}));
+    assert_eq!(r.0, 202, "{r:?}");
+    let e = wait_cmd(&mut ann, "edit");
+    assert_eq!((e["msg"].as_str(), e["uid"].as_str()), (Some("[removed by a moderator]"), Some("mod")));
+    let r = post("/api/delete", json!({"rid": "modded", "seq": m}));
+    assert_eq!(r.0, 202, "{r:?}");
+    let d = wait_cmd(&mut ann, "delete");
+    assert_eq!((d["seq"].as_u64(), d["uid"].as_str()), (Some(m), Some("server")));
+}
+
+#[test]
+fn a_reaction_flood_is_rate_limited_like_messages() {
+    let s = Server::start(&[]);
+    let mut ann = s.client();
+    ann.login_echo("Ann", "flood", "ann");
+    let (_, m) = ann.say_acked("flood", "react to me").unwrap();
+    for i in 0..200 {
+        ann.send(json!({"cmd": "react", "rid": "flood", "seq": m, "emoji": "+1", "on": i % 2 == 0}));
+    }
+    let mut refused = 0;
+    let mut taken = 0;
+    ann.ws.get_mut().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    while let Ok(tungstenite::Message::Text(t)) = ann.ws.read() {
+        let v: Value = serde_json::from_str(&t).unwrap();
+        match v["cmd"].as_str() {
+            Some("react") => taken += 1,
+            Some("error") => refused += 1,
+            _ => {}
+        }
+    }
+    assert!(refused > 100 && taken < 100, "taken {taken}, refused {refused}");
+}

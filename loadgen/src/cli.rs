@@ -98,6 +98,11 @@ pub struct Args {
     /// in again (what it misses meanwhile is replayed by its resume).
     #[arg(long, default_value_t = 500)]
     pub churn_away_ms: u64,
+    /// This fraction of the messages is followed by a reaction (`react`, on then off
+    /// in turn) from its sender to the last message it saw: room events that take
+    /// their place in the sequence and fan out like messages.
+    #[arg(long, default_value_t = 0.0)]
+    pub reactions: f64,
     /// Give every message a client id (`mid`), as a client that resends
     /// would (implied by --churn).
     #[arg(long)]
@@ -220,6 +225,9 @@ impl Config {
         }
         if args.duration <= 0.0 {
             bail!("--duration must be positive");
+        }
+        if !(0.0..=1.0).contains(&args.reactions) {
+            bail!("--reactions must be a fraction of the messages, from 0 to 1");
         }
         if !(0.0..=1.0).contains(&args.churn) {
             bail!("--churn must be a fraction of the clients per second, from 0 to 1");

@@ -240,6 +240,10 @@ pub struct Conn {
     pub waiting: Vec<(u32, u64)>,
     /// `--churn`: when the connection was dropped (ns), while it resumes.
     pub dropped_ns: Option<u64>,
+    /// `--reactions`: the seq of the last room message seen.
+    pub last_message: Option<u64>,
+    /// `--reactions`: the last reaction was an `on` (the next takes it back).
+    pub reacted: bool,
 }
 
 impl Conn {
@@ -260,6 +264,8 @@ impl Conn {
             recent: std::collections::VecDeque::new(),
             waiting: Vec::new(),
             dropped_ns: None,
+            last_message: None,
+            reacted: false,
         }
     }
 

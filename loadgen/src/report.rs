@@ -182,11 +182,22 @@ pub struct Summary {
     pub send_lag_ms: Percentiles,
     /// Checks.
     pub checks: ChecksReport,
+    /// Room events: reactions sent (`--reactions`), events received.
+    pub events: EventsReport,
     /// `--churn`: drops, resumes and resends (None without churn).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<ChurnReport>,
     /// CPU.
     pub cpu: CpuReport,
+}
+
+/// Room events in the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsReport {
+    /// Reactions sent (`--reactions`).
+    pub sent: u64,
+    /// Room events received (each member's copy).
+    pub received: u64,
 }
 
 /// What reconnect churn did (`--churn`).
@@ -307,6 +318,7 @@ impl Summary {
                 stray: c.stray,
                 problems: s.problems.clone(),
             },
+            events: EventsReport { sent: c.reactions_sent, received: c.events_received },
             churn: (a.churn > 0.0).then(|| ChurnReport {
                 drops: c.drops,
                 resumed: c.resumed,
@@ -387,6 +399,13 @@ impl Summary {
             "checks       seq gaps {}, seq backwards {}, error frames {} ({} refused for the rate limit), closed {}, unreadable {}, epoch changes {}",
             k.seq_gaps, k.seq_backwards, k.error_frames, k.refused, k.closed, k.unexpected, k.epoch_changes
         );
+        if self.events.sent > 0 || self.events.received > 0 {
+            let _ = writeln!(
+                o,
+                "events       {} reactions sent, {} room events received (counted with the deliveries below)",
+                self.events.sent, self.events.received
+            );
+        }
         if let Some(ch) = &self.churn {
             let r = &ch.resume_ms;
             let _ = writeln!(

@@ -133,6 +133,14 @@ pub enum Kind {
     /// The answer to a message sent again that the server already had
     /// (`"dup": true`): not a delivery.
     Dup,
+    /// A room event (`react`, `edit`, `delete`): its own place in the
+    /// room's sequence (`at`) and epoch.
+    Event {
+        /// Its place in the room's sequence.
+        at: u64,
+        /// The sequence's epoch.
+        epoch: u64,
+    },
     /// Anything else the server says (`newUser`, `userLeave`, …): ignored.
     Other,
     /// A message frame that does not have loadgen's layout, or not JSON.
@@ -167,6 +175,17 @@ impl Scanner {
                 return Kind::Dup;
             }
             self.delivery(p).map_or(Kind::Malformed, Kind::Message)
+        } else if rest.starts_with(b"react\"") || rest.starts_with(b"edit\"") || rest.starts_with(b"delete\"") {
+            // `..."epoch":E,"at":A}` closes every event frame.
+            let tail_at = p.windows(6).rposition(|w| w == br#","at":"#);
+            let tail_epoch = p.windows(9).rposition(|w| w == br#","epoch":"#);
+            match (tail_at, tail_epoch) {
+                (Some(a), Some(e)) => match (decimal(&p[a + 6..]), decimal(&p[e + 9..])) {
+                    (Some((at, _)), Some((epoch, _))) => Kind::Event { at, epoch },
+                    _ => Kind::Malformed,
+                },
+                _ => Kind::Malformed,
+            }
         } else if rest.starts_with(b"error\"") {
             Kind::Error
         } else if rest.starts_with(b"login\"") {
@@ -364,6 +383,13 @@ mod tests {
         message_json(&mut v, 7, 99, 3, 30, Some(0xab));
         let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(j["mid"], "mab-3");
+    }
+
+    #[test]
+    fn an_event_gives_its_place_in_the_sequence() {
+        let s = Scanner::default();
+        let e = br#"{"cmd":"react","rid":"r1","seq":4,"uid":"u2","emoji":"x","on":true,"ts":9,"epoch":77,"at":12}"#;
+        assert_eq!(s.classify(e), Kind::Event { at: 12, epoch: 77 });
     }
 
     #[test]

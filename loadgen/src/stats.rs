@@ -100,6 +100,12 @@ pub struct Counters {
     /// it was back.
     #[serde(default)]
     pub queued_while_down: u64,
+    /// `--reactions`: reactions sent.
+    #[serde(default)]
+    pub reactions_sent: u64,
+    /// Room events (reactions, edits, deletions) received.
+    #[serde(default)]
+    pub events_received: u64,
 }
 
 impl Counters {
@@ -135,6 +141,8 @@ impl Counters {
         self.resent += o.resent;
         self.dup_answers += o.dup_answers;
         self.queued_while_down += o.queued_while_down;
+        self.reactions_sent += o.reactions_sent;
+        self.events_received += o.events_received;
     }
 }
 

@@ -602,6 +602,7 @@ impl<'a> Worker<'a> {
                     if !own {
                         record(stats, sched.as_ref(), now, arrival, d);
                     }
+                    c.last_message = Some(d.seq);
                 }
                 Kind::Login => ev.login = true,
                 Kind::NotRecovered => {
@@ -611,6 +612,16 @@ impl<'a> Worker<'a> {
                     stats.problem(|| format!("client {client}: its resume was not recovered"));
                 }
                 Kind::Dup => stats.counters.dup_answers += 1,
+                Kind::Event { at, epoch } => {
+                    // In the room's sequence like a message; fanned out like
+                    // one too (counted with the deliveries for CPU figures).
+                    match c.seq.observe(at, epoch) {
+                        SeqVerdict::InOrder => {}
+                        verdict => seq_problem(stats, c.client, c.room, verdict),
+                    }
+                    stats.counters.events_received += 1;
+                    stats.counters.recv_total += 1;
+                }
                 Kind::Other => {}
                 Kind::Error => {
                     stats.counters.error_frames += 1;
@@ -738,6 +749,22 @@ impl<'a> Worker<'a> {
         self.send_frame(idx, room, m, due);
         self.conns[idx as usize].seq.sent_own();
         self.sent(sched, m, due, now);
+        // --reactions: this fraction of messages is followed by a reaction.
+        let a = &self.cfg.args;
+        if a.reactions > 0.0 && (m as u64 * 2_654_435_761 % 1_000_000) < (a.reactions * 1e6) as u64 {
+            self.send_reaction(idx);
+        }
+    }
+
+    /// A reaction from connection `idx` to the last room message it saw,
+    /// on and off in turn (so no message passes the reaction cap).
+    fn send_reaction(&mut self, idx: u32) {
+        let c = &mut self.conns[idx as usize];
+        let Some(seq) = c.last_message else { return };
+        c.reacted = !c.reacted;
+        let j = format!(r#"{{"cmd":"react","rid":"r{}","seq":{seq},"emoji":"+1","on":{}}}"#, c.room, c.reacted);
+        self.send_text(idx, j.as_bytes());
+        self.stats.counters.reactions_sent += 1;
     }
 
     /// Writes message `m` of `room` (due at `due`) on connection `idx`.

@@ -581,17 +581,26 @@ impl Owner {
     /// then sequenced, stored and broadcast like a message.
     fn change(&mut self, c: Box<msg::Change>, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
         let (rid, from) = (c.rid.clone(), c.from);
+        if from.is_api() && !self.rooms.contains_key(&rid) {
+            // A moderator's change brings the room in (its records read
+            // back first: the change waits for them in `admit`).
+            self.room_or_load(&rid);
+            self.schedule_evict(&rid, now_ms);
+        }
         let c = match self.admit(&rid, from, true, Request::Change(c), now_ms, out) {
             Ok(Request::Change(c)) => c,
             Ok(_) => unreachable!("given back as it came"),
             Err(code) => return code,
         };
         let edit_window = self.edit_window_ms;
-        let Some(room) = self.rooms.get_mut(&rid).filter(|r| r.member(&from).is_some()) else {
+        // The server API moderates: any message, at any time, as no member.
+        let moderator = from.is_api();
+        let Some(room) = self.rooms.get_mut(&rid).filter(|r| moderator || r.member(&from).is_some()) else {
             out.push(err(from, "not a member of rid"));
             return Some(ERR_INVALID);
         };
         let target = room.changes.as_ref().and_then(|ch| ch.author(c.seq, &c.uid));
+        let target = target.map(|(own, ts)| (own || moderator, if moderator { now_ms } else { ts }));
         let why = match target {
             None if c.seq > room.seq() => Some("unknown seq"),
             None => Some("the message is too old to change (or not a message)"),

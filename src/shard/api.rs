@@ -53,6 +53,12 @@ impl Api<'_> {
         })));
     }
 
+    /// The server API: a moderator's change of any message of `rid` (as
+    /// no member, in the name of `uid`), at the room's owner.
+    pub(crate) fn change(&self, rid: Id, uid: Id, seq: u64, change: crate::protocol::ChangeKind) {
+        self.sh.to_owner(Request::Change(Box::new(crate::msg::Change { rid, from: API_CONN, uid, seq, change })));
+    }
+
     /// The server API: asks the shard that owns `rid` (None when another
     /// node owns it); `make` builds the question around the reply channel.
     pub(crate) fn ask<T: Send + 'static>(
