@@ -90,6 +90,17 @@ pub enum Request {
         /// At most this many.
         limit: Option<usize>,
     },
+    /// A member is typing: the room's other members are told (not stored).
+    Typing {
+        /// Room.
+        rid: Id,
+        /// The typing connection.
+        conn: ConnRef,
+        /// Its user.
+        uid: Id,
+        /// The user's name.
+        name: Name,
+    },
     /// History request.
     GetHistory {
         /// Room.
@@ -114,6 +125,7 @@ impl Request {
             Request::Join { rid, .. }
             | Request::Leave { rid, .. }
             | Request::GetOnline { rid, .. }
+            | Request::Typing { rid, .. }
             | Request::GetHistory { rid, .. } => rid,
             Request::Publish(p) => &p.rid,
             Request::Change(c) => &c.rid,

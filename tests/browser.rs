@@ -1061,6 +1061,36 @@ fn messages_are_edited_reacted_to_replied_to_and_deleted() {
     shot(&b, &dir, "reloaded");
 }
 
+/// Typing shows on the other page and clears when the message comes; a
+/// second tab of the same browser is the same user.
+fn typing_is_shown_and_a_second_tab_is_the_same_user() {
+    let (dir, server, driver) = setup("typing_identity", &["--shards", "2"]);
+    let a = driver.page(server.addr);
+    let b = driver.page(server.addr);
+    a.login("Alice", "lobby", None);
+    b.login("Bob", "lobby", None);
+    let ua = a.my_uid();
+    b.wait_user(&ua);
+    a.send_keys(&a.by_id("message-input"), "hel");
+    b.wait_js(
+        "Alice is typing",
+        "return document.querySelector('[data-testid=typing]').textContent === 'Alice is typing…'",
+        json!([]),
+    );
+    shot(&b, &dir, "typing");
+    a.send_keys(&a.by_id("message-input"), "lo\u{E007}");
+    b.wait_message("hello");
+    b.wait_js("typing cleared", "return document.querySelector('[data-testid=typing]').textContent === ''", json!([]));
+    // A new tab of Alice's browser (its tab storage empty, its local
+    // storage shared): logging in there is Alice again, not a second user.
+    if !https() {
+        a.exec("sessionStorage.clear(); return true", json!([]));
+        a.reload();
+        a.login("Alice", "lobby", None);
+        assert_eq!(a.my_uid(), ua, "the same user in a new tab");
+    }
+}
+
 fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     let (dir, server, driver) = setup("reading_older_messages_keeps_its_place", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
@@ -1561,6 +1591,7 @@ both_ways!(
     a_dropped_connection_resumes_without_asking_for_history,
     direct_conversations_and_the_room_directory,
     messages_are_edited_reacted_to_replied_to_and_deleted,
+    typing_is_shown_and_a_second_tab_is_the_same_user,
     reading_older_messages_keeps_its_place_and_text_is_shown_as_written,
     dark_mode_follows_the_system,
     scrolling_up_loads_older_messages_in_place,

@@ -441,3 +441,39 @@ fn a_reaction_flood_is_rate_limited_like_messages() {
     }
     assert!(refused > 100 && taken < 100, "taken {taken}, refused {refused}");
 }
+
+#[test]
+fn typing_is_told_to_the_others_at_most_every_two_seconds_and_not_stored() {
+    let s = Server::start(&["--shards", "2", "--presence-limit", "3"]);
+    let mut ann = s.client();
+    ann.login("Ann", "typing", Some("ann"));
+    let mut bob = s.client();
+    bob.login("Bob", "typing", Some("bob"));
+    let _ = wait_cmd(&mut ann, "newUser");
+    for _ in 0..5 {
+        ann.send(json!({"cmd": "typing", "rid": "typing"}));
+    }
+    let t = wait_cmd(&mut bob, "typing");
+    assert_eq!((t["uid"].as_str(), t["name"].as_str(), t["rid"].as_str()), (Some("ann"), Some("Ann"), Some("typing")));
+    bob.expect_silence(Duration::from_millis(700));
+    ann.expect_silence(Duration::from_millis(100));
+    // Not a member: refused. Not stored: history has nothing.
+    let mut eve = s.client();
+    eve.login("Eve", "elsewhere", Some("eve"));
+    eve.send(json!({"cmd": "typing", "rid": "typing"}));
+    eve.expect_error(50);
+    bob.send(json!({"cmd": "getHistory", "rid": "typing"}));
+    assert_eq!(wait_cmd(&mut bob, "getHistory")["msgs"], json!([]));
+    // Past --presence-limit users, typing is not announced.
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let mut c = s.client();
+        c.login("X", "typing", Some(&format!("x{i}")));
+        others.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    let mut fresh = s.client();
+    fresh.login("Fresh", "typing", Some("fresh"));
+    ann.send(json!({"cmd": "typing", "rid": "typing"}));
+    fresh.expect_silence(Duration::from_millis(500));
+}

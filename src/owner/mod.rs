@@ -122,6 +122,9 @@ pub(crate) struct Owner {
     /// Rooms whose message ids are being read back from their store, with
     /// the messages waiting for them (see [`Owner::load_mids`]).
     mids_loading: HashMap<Id, Vec<Request>>,
+    /// When each (room, user) last said it was typing (ms): at most one
+    /// announcement per [`TYPING_EVERY_MS`]; pruned on the presence tick.
+    typing: HashMap<(Id, Id), u64>,
     /// How long after sending a message its author may edit or delete it (ms).
     pub(crate) edit_window_ms: u64,
     /// Knocks for the shard to spread: a direct conversation's message for
@@ -134,6 +137,9 @@ impl std::fmt::Debug for Owner {
         f.debug_struct("Owner").field("rooms", &self.rooms.len()).field("live", &self.live).finish_non_exhaustive()
     }
 }
+
+/// A user's typing is announced at most this often per room.
+const TYPING_EVERY_MS: u64 = 2_000;
 
 /// Messages one room may queue while its ids are read back.
 const MAX_WAITING: usize = 1024;
@@ -177,6 +183,7 @@ impl Owner {
             resuming: HashMap::new(),
             mids_loading: HashMap::new(),
             knocks: Vec::new(),
+            typing: HashMap::new(),
             edit_window_ms: 24 * 3600 * 1000,
         }
     }
@@ -227,6 +234,7 @@ impl Owner {
             Request::Leave { rid, conn, ack } => self.leave(rid, conn, ack, now_ms, out),
             Request::Publish(p) => return self.publish(p, now_ms, out),
             Request::Change(c) => return self.change(c, now_ms, out),
+            Request::Typing { rid, conn, uid, name } => self.typing(rid, conn, uid, name, now_ms, out),
             Request::GetOnline { rid, conn, after, limit } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
                 let frame = match self.rooms.get(&rid) {
@@ -334,6 +342,9 @@ impl Owner {
     /// what changed: at most one per room per `--presence-interval-ms`,
     /// however fast members come and go.
     pub(crate) fn tick_presence(&mut self, now_ms: u64, out: &mut Vec<Out>) {
+        if !self.typing.is_empty() {
+            self.typing.retain(|_, t| now_ms < *t + TYPING_EVERY_MS);
+        }
         if !self.leaving.is_empty() {
             let due: Vec<(Id, Id)> =
                 self.leaving.iter().filter(|(_, (_, at))| *at <= now_ms).map(|(k, _)| k.clone()).collect();
@@ -574,6 +585,23 @@ impl Owner {
             return Err(None);
         }
         Ok(req)
+    }
+
+    /// A member is typing: the room's other connections are told, at most
+    /// once per user per [`TYPING_EVERY_MS`], and not at all in a room past
+    /// `--presence-limit` users (where it would be noise, and costly).
+    fn typing(&mut self, rid: Id, conn: ConnRef, uid: Id, name: Name, now_ms: u64, out: &mut Vec<Out>) {
+        let Some(room) = self.rooms.get(&rid).filter(|r| r.member(&conn).is_some()) else { return };
+        if room.user_count() > self.presence_limit {
+            return;
+        }
+        let key = (rid, uid);
+        if self.typing.get(&key).is_some_and(|t| now_ms < t + TYPING_EVERY_MS) {
+            return;
+        }
+        let frame = protocol::encode_presence("typing", &key.1, &name, &key.0);
+        self.broadcast(&key.0, frame, Some(conn), Instant::now(), out);
+        self.typing.insert(key, now_ms);
     }
 
     /// A change of a room message (see `changes`): checked against the

@@ -163,6 +163,11 @@ pub enum Command {
         /// At most this many (capped at [`MAX_PAGE`]).
         limit: Option<usize>,
     },
+    /// The user is typing in a room (not stored; the others are told).
+    Typing {
+        /// Room.
+        rid: Id,
+    },
     /// List the rooms with members (DMs never), a page at a time.
     GetRooms {
         /// Start after this room (the previous page's `next`).
@@ -329,6 +334,7 @@ fn parse_command(
             after: opt_id_field(&v, "after")?,
             limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
         }),
+        "typing" => Ok(Command::Typing { rid: id_field(&v, "rid")? }),
         "getRooms" => Ok(Command::GetRooms {
             after: opt_id_field(&v, "after")?,
             limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),

@@ -24,6 +24,7 @@
 //! type 14 GETHISTORY  rid:str conn since:opt<u64> before:opt<u64> epoch:opt<u64> limit:opt<u64>
 //! type 15 CHANGE      rid:str conn uid:str seq:u64 kind:u8 (0 edit msg:text, 1 delete,
 //!                     2 react on emoji:str, 3 react off emoji:str)
+//! type 16 TYPING      rid:str conn uid:str name:str
 //! type 20 JOINED      rid:str conn ack:blob
 //! type 21 DELIVER     rid:str audience frame:blob
 //!                     audience := 0 except:opt<conn>   (every member on the node but one)
@@ -66,6 +67,7 @@ const T_PUBLISH: u8 = 12;
 const T_GETONLINE: u8 = 13;
 const T_GETHISTORY: u8 = 14;
 const T_CHANGE: u8 = 15;
+const T_TYPING: u8 = 16;
 const T_JOINED: u8 = 20;
 const T_DELIVER: u8 = 21;
 const T_DIRECT: u8 = 22;
@@ -161,6 +163,13 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
             if let Some(r) = p.reply {
                 b.put_u64(r);
             }
+        }
+        NodeMsg::ToOwner(Request::Typing { rid, conn, uid, name }) => {
+            b.put_u8(T_TYPING);
+            put_str(&mut b, rid);
+            put_conn(&mut b, conn);
+            put_str(&mut b, uid);
+            put_str(&mut b, name);
         }
         NodeMsg::ToOwner(Request::Change(c)) => {
             b.put_u8(T_CHANGE);
@@ -344,6 +353,13 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
                 mid,
                 reply,
             }))))
+        }
+        T_TYPING => {
+            let rid = get_id(&mut body)?;
+            let conn = peer(get_conn(&mut body)?);
+            let uid = get_id(&mut body)?;
+            let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
+            Frame::Msg(NodeMsg::ToOwner(Request::Typing { rid, conn, uid, name }))
         }
         T_CHANGE => {
             let rid = get_id(&mut body)?;

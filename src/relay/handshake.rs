@@ -36,7 +36,7 @@ pub const MAGIC: &[u8; 4] = b"CCRL";
 /// activated; 3: roster pages and history before a seq, see [`super::codec`];
 /// 4: the server API's disconnect; 5: its questions to other nodes;
 /// 6: mutual authentication by role and sealed, numbered records;
-/// 7: `since` on JOIN, `mid` on PUBLISH, KNOCK).
+/// 7: `since` on JOIN, `mid` and `reply` on PUBLISH, CHANGE, TYPING, KNOCK).
 pub const VERSION: u8 = 7;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;

@@ -235,6 +235,13 @@ impl Session {
                 self.member_check(&rid)?;
                 emit(Request::GetOnline { rid, conn: me, after, limit });
             }
+            Command::Typing { rid } => {
+                let (Some(uid), Some(name)) = (&self.uid, &self.name) else { return Err(invalid("not logged in")) };
+                if !self.rooms.contains(&rid) {
+                    return Err(invalid("not a member of rid"));
+                }
+                emit(Request::Typing { rid, conn: me, uid: uid.clone(), name: name.clone() });
+            }
             Command::GetRooms { .. } => {
                 // Answered by the shard's directory (see `shard/directory`).
                 if self.uid.is_none() {
