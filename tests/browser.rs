@@ -1091,6 +1091,59 @@ fn typing_is_shown_and_a_second_tab_is_the_same_user() {
     }
 }
 
+/// `@Name` is highlighted; a mention of you notifies (announced, and a
+/// desktop notification when turned on); Tab completes a member's name;
+/// Alt+↓ switches rooms; the type selector is back to text after a link.
+fn mentions_notify_and_the_keyboard_gets_around() {
+    let (dir, server, driver) = setup("mentions", &["--shards", "2"]);
+    let a = driver.page(server.addr);
+    let b = driver.page(server.addr);
+    a.login("Alice", "lobby", None);
+    b.login("Bob", "lobby", None);
+    b.wait_user(&a.my_uid());
+    a.wait_user(&b.my_uid());
+    // Bob writes "@Al" + Tab: completed to Alice.
+    let input = b.by_id("message-input");
+    b.send_keys(&input, "hi @Al\u{E004}");
+    assert_eq!(b.exec("return document.querySelector('[data-testid=message-input]').value", json!([])), "hi @Alice ");
+    b.send_keys(&input, "look\u{E007}");
+    a.wait_js(
+        "the mention, highlighted and notified",
+        "var m = document.querySelector('[data-testid=message][data-mentions-me=true]'); return !!m && m.querySelector('mark.mention').textContent === '@Alice' && window.__notified === 1 && /Bob in #lobby: hi @Alice look/.test(document.querySelector('#sr-status').textContent)",
+        json!([]),
+    );
+    shot(&a, &dir, "mention");
+    // Notifications can be turned on (asked once) and the choice is kept.
+    a.click(&a.by_id("notify"));
+    assert_eq!(
+        a.exec("return document.querySelector('[data-testid=notify]').getAttribute('aria-pressed')", json!([])),
+        "true"
+    );
+    // A picture link, then the selector is back to text.
+    a.exec("document.querySelector('[data-testid=message-type]').value = 'pic'; return true", json!([]));
+    a.say("http://example.invalid/cat.png");
+    a.wait_js(
+        "type back to text",
+        "return document.querySelector('[data-testid=message-type]').value === 'text'",
+        json!([]),
+    );
+    // Alt+↓ moves to the next room.
+    a.send_keys(&a.by_id("join-room-input"), "second");
+    a.click(&a.by_id("join-room-submit"));
+    a.wait_js("second joined", "var t = document.querySelector('[data-testid=room-tab][aria-current=true]'); return !!t && t.dataset.rid === 'second' && !t.classList.contains('pending')", json!([]));
+    a.send_keys(&a.by_id("message-input"), "\u{E00A}\u{E015}");
+    a.wait_js(
+        "back to lobby with Alt+↓",
+        "return document.querySelector('[data-testid=room-tab][aria-current=true]').dataset.rid === 'lobby'",
+        json!([]),
+    );
+    // A skip link leads to the message box.
+    assert_eq!(
+        a.exec("return document.querySelector('[data-testid=skip-link]').getAttribute('href')", json!([])),
+        "#message-input"
+    );
+}
+
 fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     let (dir, server, driver) = setup("reading_older_messages_keeps_its_place", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
@@ -1216,7 +1269,7 @@ fn consecutive_messages_of_one_sender_are_grouped() {
     bob.say("g", "b4");
     a.wait_message("b4");
     let grouped = a.exec(
-        "return Array.from(document.querySelectorAll('[data-testid=message-list] [data-testid=message]')).map(function (m) { return [m.querySelector('.body').textContent, m.classList.contains('grouped'), getComputedStyle(m.querySelector('.meta')).display !== 'none']; })",
+        "return Array.from(document.querySelectorAll('[data-testid=message-list] [data-testid=message]')).map(function (m) { return [m.querySelector('.body').textContent, m.classList.contains('grouped'), m.querySelector('.meta').getBoundingClientRect().height > 2]; })",
         json!([]),
     );
     assert_eq!(
@@ -1229,6 +1282,12 @@ fn consecutive_messages_of_one_sender_are_grouped() {
             ["b4", false, true]
         ])
     );
+    // Hidden from sight, not from screen readers: every message keeps its sender.
+    let named = a.exec(
+        "return Array.from(document.querySelectorAll('[data-testid=message-list] [data-testid=message]')).every(function (m) { var n = m.querySelector('.name'); return !!n && n.textContent.length > 0 && getComputedStyle(m.querySelector('.meta')).display !== 'none'; })",
+        json!([]),
+    );
+    assert_eq!(named, json!(true));
     shot(&a, &dir, "grouped");
 }
 
@@ -1592,6 +1651,7 @@ both_ways!(
     direct_conversations_and_the_room_directory,
     messages_are_edited_reacted_to_replied_to_and_deleted,
     typing_is_shown_and_a_second_tab_is_the_same_user,
+    mentions_notify_and_the_keyboard_gets_around,
     reading_older_messages_keeps_its_place_and_text_is_shown_as_written,
     dark_mode_follows_the_system,
     scrolling_up_loads_older_messages_in_place,
