@@ -208,3 +208,58 @@ fn with_tls_the_start_up_hint_says_https() {
     assert!(open.starts_with("open https://127.0.0.1:"), "{open}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_alert_rules_load_and_name_only_exported_metrics() {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"].into_iter().map(PathBuf::from).find(|p| p.exists());
+    let promtool = promtool.expect("promtool not found: apt-get install prometheus (.ci/run does)");
+    let out = std::process::Command::new(promtool).args(["check", "rules"]).arg(deploy("alerts.yml")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = std::fs::read_to_string(deploy("alerts.yml")).unwrap();
+    let server = Server::start(&[]);
+    let (_, body) = server.get("/metrics");
+    let families: HashSet<&str> = body.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let mut named = 0;
+    for line in rules.lines().filter(|l| l.trim_start().starts_with("expr:")) {
+        let mut rest = line;
+        while let Some(i) = rest.find("cchat_") {
+            let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[i + name.len()..];
+            let family = ["_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).filter(|f| families.contains(f));
+            assert!(
+                families.contains(name.as_str()) || family.is_some(),
+                "an alert names {name}, which /metrics does not export"
+            );
+            named += 1;
+        }
+    }
+    assert!(named >= 9, "the rules name {named} metrics");
+}
+
+#[test]
+fn the_images_health_check_tells_a_live_server_from_a_dead_port() {
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    // The probe as the image runs it, aimed at this test's server.
+    let at =
+        dockerfile.find("\"bash\", \"-c\", \"").expect("a HEALTHCHECK running bash") + "\"bash\", \"-c\", \"".len();
+    let probe = dockerfile[at..].split("\"]").next().unwrap().replace("\\\\", "\\");
+    assert!(probe.contains("/healthz"), "{probe}");
+    let server = Server::start(&[]);
+    let run = |port: u16| {
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(probe.replace("9503", &port.to_string()))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(run(server.addr.port()), "healthy: {probe}");
+    assert!(!run(crate::common::free_port()), "nothing listening: unhealthy");
+    let ignore = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.dockerignore")).unwrap();
+    assert!(ignore.lines().any(|l| l.trim() == "target/"), "the build context leaves target/ out");
+}

@@ -103,6 +103,10 @@ pub struct Args {
     /// their place in the sequence and fan out like messages.
     #[arg(long, default_value_t = 0.0)]
     pub reactions: f64,
+    /// This fraction of the messages is preceded by a `typing` from its sender (told
+    /// to the room's other members, not stored, not in the sequence).
+    #[arg(long, default_value_t = 0.0)]
+    pub typing: f64,
     /// Give every message a client id (`mid`), as a client that resends
     /// would (implied by --churn).
     #[arg(long)]
@@ -225,6 +229,9 @@ impl Config {
         }
         if args.duration <= 0.0 {
             bail!("--duration must be positive");
+        }
+        if !(0.0..=1.0).contains(&args.typing) {
+            bail!("--typing must be a fraction of the messages, from 0 to 1");
         }
         if !(0.0..=1.0).contains(&args.reactions) {
             bail!("--reactions must be a fraction of the messages, from 0 to 1");

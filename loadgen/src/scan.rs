@@ -133,6 +133,8 @@ pub enum Kind {
     /// The answer to a message sent again that the server already had
     /// (`"dup": true`): not a delivery.
     Dup,
+    /// Someone is typing (not in the room's sequence).
+    Typing,
     /// A room event (`react`, `edit`, `delete`): its own place in the
     /// room's sequence (`at`) and epoch.
     Event {
@@ -175,6 +177,8 @@ impl Scanner {
                 return Kind::Dup;
             }
             self.delivery(p).map_or(Kind::Malformed, Kind::Message)
+        } else if rest.starts_with(b"typing\"") {
+            Kind::Typing
         } else if rest.starts_with(b"react\"") || rest.starts_with(b"edit\"") || rest.starts_with(b"delete\"") {
             // `..."epoch":E,"at":A}` closes every event frame.
             let tail_at = p.windows(6).rposition(|w| w == br#","at":"#);

@@ -103,6 +103,9 @@ pub struct Counters {
     /// `--reactions`: reactions sent.
     #[serde(default)]
     pub reactions_sent: u64,
+    /// `--typing`: typing frames sent.
+    #[serde(default)]
+    pub typing_sent: u64,
     /// Room events (reactions, edits, deletions) received.
     #[serde(default)]
     pub events_received: u64,
@@ -142,6 +145,7 @@ impl Counters {
         self.dup_answers += o.dup_answers;
         self.queued_while_down += o.queued_while_down;
         self.reactions_sent += o.reactions_sent;
+        self.typing_sent += o.typing_sent;
         self.events_received += o.events_received;
     }
 }

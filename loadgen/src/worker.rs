@@ -612,6 +612,10 @@ impl<'a> Worker<'a> {
                     stats.problem(|| format!("client {client}: its resume was not recovered"));
                 }
                 Kind::Dup => stats.counters.dup_answers += 1,
+                Kind::Typing => {
+                    stats.counters.events_received += 1;
+                    stats.counters.recv_total += 1;
+                }
                 Kind::Event { at, epoch } => {
                     // In the room's sequence like a message; fanned out like
                     // one too (counted with the deliveries for CPU figures).
@@ -770,6 +774,13 @@ impl<'a> Worker<'a> {
     /// Writes message `m` of `room` (due at `due`) on connection `idx`.
     fn send_frame(&mut self, idx: u32, room: u32, m: u32, due: u64) {
         let mids = (self.cfg.args.mids || self.cfg.args.churn > 0.0).then_some(self.run_id);
+        // --typing: this fraction of messages is preceded by a typing.
+        let typing = self.cfg.args.typing;
+        if typing > 0.0 && (m as u64 * 40_503 % 1_000_000) < (typing * 1e6) as u64 {
+            let t = format!(r#"{{"cmd":"typing","rid":"r{room}"}}"#);
+            self.send_text(idx, t.as_bytes());
+            self.stats.counters.typing_sent += 1;
+        }
         let mut j = std::mem::take(&mut self.json);
         j.clear();
         scan::message_json(&mut j, room, due, m, self.cfg.payload, mids);
