@@ -303,6 +303,13 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
             shard.api().change(rid, uid, seq, change);
             json(202, serde_json::json!({ "ok": true }))
         }
+        ("POST", "/api/drain") => {
+            // As SIGTERM: clients are told to reconnect later (1012), the
+            // node exits once they are gone (see `--drain-timeout`).
+            tracing::info!("POST /api/drain: draining");
+            node.shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+            json(202, serde_json::json!({ "ok": true, "draining": true }))
+        }
         ("POST", "/api/disconnect") => {
             let Some(uid) = id("uid") else { return bad("uid must be an id") };
             let code = v.get("code").and_then(Value::as_u64).unwrap_or(DEFAULT_DISCONNECT_CODE as u64);

@@ -1144,6 +1144,43 @@ fn mentions_notify_and_the_keyboard_gets_around() {
     );
 }
 
+/// A draining server (SIGTERM) closes with 1012 and a retry hint: the
+/// page comes back after the hinted time (at most 3 s), not its backoff.
+fn a_draining_server_is_rejoined_after_its_hint() {
+    let (dir, mut server, driver) = setup("drain_hint", &[]);
+    let addr = server.addr;
+    let a = driver.page(addr);
+    a.login("Alice", "lobby", None);
+    server.signal(15);
+    a.wait_js(
+        "a reconnect within the hint",
+        "var s = document.querySelector('[data-testid=connection-status]'); var m = /reconnecting in ([0-9.]+) s/.exec(s.textContent); return s.dataset.state === 'disconnected' && !!m && Number(m[1]) <= 3.0",
+        json!([]),
+    );
+    shot(&a, &dir, "draining");
+    let t0 = Instant::now();
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the drained server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let listen = addr.to_string();
+    let deadline = Instant::now() + WAIT;
+    let _server2 = loop {
+        let args = server_args(&dir, &[]);
+        if let Some(s) = Server::try_start_on(&listen, &args.iter().map(String::as_str).collect::<Vec<_>>()) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "could not restart the server on {listen}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    a.wait_js_within(
+        "connected again",
+        "return document.querySelector('[data-testid=connection-status]').dataset.state === 'connected'",
+        json!([]),
+        Duration::from_secs(15),
+    );
+}
+
 fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     let (dir, server, driver) = setup("reading_older_messages_keeps_its_place", &["--rate-limit", "0"]);
     let a = driver.page(server.addr);
@@ -1652,6 +1689,7 @@ both_ways!(
     messages_are_edited_reacted_to_replied_to_and_deleted,
     typing_is_shown_and_a_second_tab_is_the_same_user,
     mentions_notify_and_the_keyboard_gets_around,
+    a_draining_server_is_rejoined_after_its_hint,
     reading_older_messages_keeps_its_place_and_text_is_shown_as_written,
     dark_mode_follows_the_system,
     scrolling_up_loads_older_messages_in_place,

@@ -147,7 +147,7 @@ fn idle_connections_are_pinged_then_closed() {
 }
 
 #[test]
-fn sigterm_closes_clients_1001_and_exits() {
+fn sigterm_drains_clients_with_a_retry_hint_and_exits() {
     let mut s = Server::start(&["--shards", "2"]);
     let mut clients: Vec<_> = (0..4).map(|_| s.client()).collect();
     for c in clients.iter_mut() {
@@ -160,7 +160,21 @@ fn sigterm_closes_clients_1001_and_exits() {
     }
     let t0 = Instant::now();
     s.signal(15);
-    assert_eq!(first.expect_close(), 1001);
+    // 1012 "service restart", saying when to come back (jittered per client).
+    first.ws.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reason = loop {
+        match first.ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 1012);
+                break f.reason.to_string();
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    let ms: u64 =
+        reason.split("retry in ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!((500..3000).contains(&ms), "{reason}");
     loop {
         if let Some(status) = s.child.try_wait().unwrap() {
             assert!(status.success(), "{status}");
@@ -329,5 +343,23 @@ fn per_ip_limits_answer_503_and_429() {
     assert!(passed + refused == 2 && passed <= refilled, "{statuses:?} ({refilled} tokens back)");
     if refilled == 0 {
         assert_eq!(refused, 2, "{statuses:?}");
+    }
+}
+
+#[test]
+fn the_server_api_drains_a_node() {
+    let admin = format!("127.0.0.1:{}", crate::common::free_port());
+    let mut s = Server::start(&["--admin-listen", &admin, "--api-key", "drain-key"]);
+    let mut c = s.client();
+    c.login("x", "r", None);
+    let (_, m) = crate::security::admin(&admin, "GET", "/metrics", None, "");
+    assert!(m.contains("cchat_draining 0"), "{m}");
+    let (st, _) = crate::security::admin(&admin, "POST", "/api/drain", Some("drain-key"), "{}");
+    assert_eq!(st, 202);
+    assert_eq!(c.expect_close(), 1012);
+    let t0 = Instant::now();
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the drained node did not exit");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -73,6 +73,10 @@ pub struct LimitArgs {
     /// Byte cap of each connection's outbound queue; past it the connection is closed with 1008.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_outbound_bytes: usize,
+    /// Seconds a draining node (SIGTERM, or POST /api/drain) waits for its clients to
+    /// leave after telling them to reconnect (close 1012 with a retry hint), at most.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain_timeout: f64,
     /// Seconds the server waits for clients to take their close frames at shutdown.
     #[arg(long, default_value_t = 3.0)]
     pub shutdown_grace: f64,

@@ -100,6 +100,8 @@ pub struct Limits {
     pub presence_grace: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// How long a draining node waits for its clients to leave, at most.
+    pub drain_timeout: Duration,
 }
 
 /// Security: logins, TLS, origins, the admin listener and API key.
@@ -360,6 +362,7 @@ impl Config {
                 presence_interval: Duration::from_millis(args.limits.presence_interval_ms.clamp(10, 3_600_000)),
                 presence_grace: Duration::from_millis(args.limits.presence_grace_ms.min(600_000)),
                 shutdown_grace: secs("shutdown-grace", args.limits.shutdown_grace)?,
+                drain_timeout: secs("drain-timeout", args.limits.drain_timeout)?,
             },
             security: Security {
                 token_secret: args.security.token_secret,

@@ -158,6 +158,8 @@ pub struct NodeStats {
     pub recovery_new_epochs: AtomicU64,
     /// The shared store's threads (`--store`).
     pub store: std::sync::Arc<super::StoreStats>,
+    /// 1 while the node drains (SIGTERM, or POST /api/drain).
+    pub draining: AtomicI64,
 }
 
 impl NodeStats {
@@ -178,6 +180,12 @@ impl NodeStats {
         let mut metric = |name: &str, kind: &str, help: &str, value: String| out.single(name, kind, help, value);
         metric("cchat_connections", "gauge", "Open WebSocket connections.", sum_i(|s| &s.connections).to_string());
         metric("cchat_max_connections", "gauge", "Connection cap of this node.", max_connections.to_string());
+        metric(
+            "cchat_draining",
+            "gauge",
+            "1 while the node drains: its clients were told to reconnect later (1012) and it exits once they are gone.",
+            self.draining.load(Relaxed).to_string(),
+        );
         metric("cchat_rooms", "gauge", "Rooms with members.", sum_i(|s| &s.rooms).to_string());
         metric(
             "cchat_messages_in_total",

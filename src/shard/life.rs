@@ -212,7 +212,10 @@ async fn serve(node: &Node, started: Started) {
     }
     drop(acceptor);
     shard.close_all();
-    let deadline = Instant::now() + node.cfg.limits.shutdown_grace + Duration::from_secs(1);
+    // Drain: the clients were told to come back later (1012); they leave
+    // at once, or the drain timeout ends it.
+    node.stats.draining.store(1, Relaxed);
+    let deadline = Instant::now() + node.cfg.limits.drain_timeout.max(node.cfg.limits.shutdown_grace);
     while shard.conn_count() > 0 && Instant::now() < deadline {
         Timer::new(Duration::from_millis(20)).await;
     }

@@ -136,6 +136,9 @@ pub struct Shard {
     pub(crate) handshakes: admission::Handshakes,
 }
 
+/// Close code 1012 (IANA registry: "Service Restart").
+const SERVICE_RESTART: u16 = 1012;
+
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard").field("id", &self.id).finish_non_exhaustive()
@@ -223,8 +226,11 @@ impl Shard {
     /// Begins shutdown: every connection gets a 1001 close frame.
     pub(crate) fn close_all(&self) {
         self.shutting_down.set(true);
-        for (_, e) in self.conns.borrow_mut().iter_mut() {
-            e.start_close(ws::close_code::GOING_AWAY, "server shutting down");
+        for (key, e) in self.conns.borrow_mut().iter_mut() {
+            // 1012 "service restart", with a jittered hint of when to come
+            // back, so that a node's clients do not all reconnect at once.
+            let wait = 500 + (key as u64).wrapping_mul(2_654_435_761) % 2_500;
+            e.start_close(SERVICE_RESTART, &format!("server restarting, retry in {wait} ms"));
         }
     }
 
