@@ -766,6 +766,35 @@ fn join_and_switch_rooms() {
     assert_eq!(current, "first", "the tab the user picked is still the open one");
 }
 
+/// A signed login that runs out (close 4001) stops the page: it says the
+/// session expired and does not reconnect in a loop.
+#[test]
+fn an_expired_session_says_so_and_stops() {
+    let (dir, server, driver) = setup("expired_session", &["--token-secret", "browser-secret"]);
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 2;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "dana", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(b"browser-secret").unwrap(),
+    )
+    .unwrap();
+    let b = driver.session(1200, 900);
+    b.navigate(&format!("http://{}/#token={token}", server.addr));
+    b.wait_js("the login form", "return !!document.querySelector('[data-testid=login-name]')", json!([]));
+    b.login("Dana", "lobby", None);
+    b.wait_js_within(
+        "the session-expired notice",
+        "var e = document.querySelector('[data-testid=login-error]'); return !e.hidden && /session expired/i.test(e.textContent)",
+        json!([]),
+        Duration::from_secs(10),
+    );
+    // And it stays put: no reconnect loop.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(b.status(), "idle");
+    shot(&b, &dir, "expired");
+}
+
 #[test]
 fn a_token_in_the_address_signs_the_login() {
     let (dir, server, driver) = setup("a_token_in_the_address_signs_the_login", &["--token-secret", "browser-secret"]);

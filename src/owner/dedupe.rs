@@ -14,8 +14,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher, RandomState};
 
-use super::room::Room;
-
 /// The message a `(uid, mid)` pair first named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Original {
@@ -106,31 +104,6 @@ impl Dedupe {
     /// Entries held.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
-    }
-}
-
-impl Room {
-    /// The message `uid` sent earlier under `mid`, if this room remembers it.
-    pub(crate) fn dup(&self, uid: &str, mid: &str) -> Option<Original> {
-        self.mids.as_ref()?.find(uid, mid)
-    }
-
-    /// Remembers that `uid`'s `mid` named `orig`.
-    pub(crate) fn note_mid(&mut self, uid: &str, mid: &str, orig: Original, w: Window, now_ms: u64) {
-        self.mids.get_or_insert_default().note(uid, mid, orig, w, now_ms);
-    }
-
-    /// Forgets the ids of messages `first..=last` of the current epoch.
-    pub(crate) fn forget_mids(&mut self, first: u64, last: u64) {
-        let epoch = self.epoch();
-        if let Some(d) = self.mids.as_mut() {
-            d.forget(epoch, first, last);
-        }
-    }
-
-    /// Ids remembered.
-    pub(crate) fn mids_len(&self) -> usize {
-        self.mids.as_ref().map_or(0, |d| d.len())
     }
 }
 

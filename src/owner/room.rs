@@ -383,6 +383,36 @@ impl Room {
         let b = self.history.partition_point(|(s, _)| *s < range.end).max(a);
         self.history.range(a..b).map(|(_, j)| j)
     }
+
+    /// The message `uid` sent earlier under `mid`, if this room remembers it.
+    pub(crate) fn dup(&self, uid: &str, mid: &str) -> Option<super::dedupe::Original> {
+        self.mids.as_ref()?.find(uid, mid)
+    }
+
+    /// Remembers that `uid`'s `mid` named `orig`.
+    pub(crate) fn note_mid(
+        &mut self,
+        uid: &str,
+        mid: &str,
+        orig: super::dedupe::Original,
+        w: super::dedupe::Window,
+        now_ms: u64,
+    ) {
+        self.mids.get_or_insert_default().note(uid, mid, orig, w, now_ms);
+    }
+
+    /// Forgets the ids of messages `first..=last` of the current epoch.
+    pub(crate) fn forget_mids(&mut self, first: u64, last: u64) {
+        let epoch = self.epoch();
+        if let Some(d) = self.mids.as_mut() {
+            d.forget(epoch, first, last);
+        }
+    }
+
+    /// Ids remembered.
+    pub(crate) fn mids_len(&self) -> usize {
+        self.mids.as_ref().map_or(0, |d| d.len())
+    }
 }
 
 /// The seqs a history request asks for, `[lo, hi)`, out of the reachable
