@@ -677,3 +677,64 @@ fn the_server_api_reaches_rooms_and_users_on_other_nodes() {
         assert_eq!(rooms.iter().filter(|x| **x == r).count(), 1, "{r} once: {v}");
     }
 }
+
+/// A node not upgraded yet (relay v6, here a wire-compatible fake) links
+/// with this one: the link runs at v6, its members get the room's
+/// messages, and what v6 cannot read (typing) is left off the link rather
+/// than breaking it — so a cluster is upgraded one node at a time.
+#[test]
+fn a_node_of_the_previous_relay_version_is_linked_at_its_version() {
+    use cchat::relay::codec;
+
+    let (s, relay) = relay_node("real", &["--rate-limit", "0"]);
+    let rid = room_owned_by("mixed", "real", "fake");
+    let mut peer = FakePeer::connect_at(&relay, "fake", SECRET, None, 6);
+    peer.send(&codec::activate()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("cchat_relay_link_up") < 1.0 {
+        assert!(Instant::now() < deadline, "the v6 link never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.wait_view(2);
+    // A member on the old node, joined with v6 bytes.
+    let join = cchat::msg::NodeMsg::ToOwner(cchat::msg::Request::Join {
+        rid: cchat::ids::Id::parse_str(&rid).unwrap(),
+        conn: cchat::msg::ConnRef { node: 0, shard: 0, key: 1, generation: 1 },
+        uid: cchat::ids::Id::parse_str("old").unwrap(),
+        name: cchat::ids::Name::parse("Old").unwrap(),
+        echo: false,
+        rejoin: false,
+        since: None,
+    });
+    peer.send(&codec::encode_for(&join, 6).unwrap()).unwrap();
+    let mut a = s.client();
+    a.login("ann", &rid, Some("a"));
+    // The old node's member posts (a v6 PUBLISH: no ext byte) and the local one gets it.
+    let publish = cchat::msg::NodeMsg::ToOwner(cchat::msg::Request::Publish(Box::new(cchat::msg::Publish {
+        rid: cchat::ids::Id::parse_str(&rid).unwrap(),
+        from: cchat::msg::ConnRef { node: 0, shard: 0, key: 1, generation: 1 },
+        uid: cchat::ids::Id::parse_str("old").unwrap(),
+        name: cchat::ids::Name::parse("Old").unwrap(),
+        mtype: cchat::protocol::MsgType::Text,
+        msg: "from the old node".into(),
+        tid: None,
+        mid: None,
+        reply: None,
+    })));
+    peer.send(&codec::encode_for(&publish, 6).unwrap()).unwrap();
+    loop {
+        let v = a.recv();
+        if v["cmd"] == "message" {
+            assert_eq!(v["msg"], "from the old node");
+            break;
+        }
+    }
+    // Typing (v7) is not sent to it; a message still is, and the link stays.
+    a.send(serde_json::json!({"cmd": "typing", "rid": rid}));
+    a.say(&rid, "to the old node");
+    let (types, eof) = peer.frame_types(Instant::now() + Duration::from_secs(2));
+    assert!(!eof, "the link stayed up");
+    assert!(types.contains(&21), "a DELIVER came: {types:?}");
+    assert!(!types.contains(&16) && !types.contains(&33), "nothing v6 cannot read: {types:?}");
+    assert_eq!(s.metric("cchat_relay_link_up"), 1.0);
+}

@@ -112,6 +112,33 @@ pub fn activate() -> Bytes {
     Bytes::from_static(&[0, 0, 0, 1, T_ACTIVATE])
 }
 
+/// Encodes a message for a link at relay version `wire`: as [`encode`] at
+/// this build's version; at version 6 (a peer not upgraded yet) a JOIN
+/// leaves out `since`, a PUBLISH its `mid` and `reply` (the ext byte), and
+/// CHANGE, TYPING and KNOCK, which v6 cannot read, are not sent (None).
+pub fn encode_for(msg: &NodeMsg, wire: u8) -> Option<Bytes> {
+    if wire >= 7 {
+        return Some(encode(msg));
+    }
+    match msg {
+        NodeMsg::ToOwner(Request::Change(_) | Request::Typing { .. }) | NodeMsg::Knock { .. } => None,
+        NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin, since: Some(_) }) => {
+            let (rid, conn, uid, name, echo, rejoin) = (rid.clone(), *conn, uid.clone(), name.clone(), *echo, *rejoin);
+            Some(encode(&NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin, since: None })))
+        }
+        NodeMsg::ToOwner(Request::Publish(p)) => {
+            // v7 appends `ext [mid] [reply]`: cut it, and fix the length.
+            let tail = 1 + p.mid.as_ref().map_or(0, |m| 2 + m.len()) + if p.reply.is_some() { 8 } else { 0 };
+            let full = encode(msg);
+            let mut b = BytesMut::from(&full[..full.len() - tail]);
+            let len = (b.len() - 4) as u32;
+            b[..4].copy_from_slice(&len.to_be_bytes());
+            Some(b.freeze())
+        }
+        _ => Some(encode(msg)),
+    }
+}
+
 /// Encodes a message for a link.
 pub fn encode(msg: &NodeMsg) -> Bytes {
     let mut b = BytesMut::with_capacity(64);
@@ -278,6 +305,12 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
 /// Decodes one frame from the front of `buf`, consuming it. Ok(None) while
 /// the frame is incomplete (nothing consumed). `node` is the link's peer.
 pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError> {
+    decode_for(buf, node, super::handshake::VERSION)
+}
+
+/// [`decode`] for a link at relay version `wire`: from a v6 peer a PUBLISH
+/// has no ext byte, and the types v6 does not have are errors.
+pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Frame>, CodecError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -291,6 +324,9 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
     buf.advance(4);
     let mut body = buf.split_to(len).freeze();
     let t = body.get_u8();
+    if wire < 7 && matches!(t, T_CHANGE | T_TYPING | T_KNOCK) {
+        return Err(CodecError::Invalid("frame type"));
+    }
     let peer = |c: ConnRef| ConnRef { node, ..c };
     let f = match t {
         T_HEARTBEAT => Frame::Heartbeat,
@@ -339,7 +375,7 @@ pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError
                 1 => Some(get_id(&mut body)?),
                 _ => return Err(CodecError::Invalid("option")),
             };
-            let ext = get_u8(&mut body)?;
+            let ext = if wire >= 7 { get_u8(&mut body)? } else { 0 };
             let mid = if ext & 1 != 0 { Some(get_id(&mut body)?) } else { None };
             let reply = if ext & 2 != 0 { Some(get_u64(&mut body)?) } else { None };
             Frame::Msg(NodeMsg::ToOwner(Request::Publish(Box::new(Publish {
@@ -596,6 +632,56 @@ mod tests {
             let NodeMsg::ToOwner(Request::Change(d)) = m else { panic!() };
             assert_eq!((d.rid, d.uid, d.seq, d.change, d.from.node, d.from.key), (c.rid, c.uid, 9, c.change, 3, 4));
         }
+    }
+
+    #[test]
+    fn a_link_at_version_6_carries_what_v6_reads() {
+        let round_trip_6 = |m: &NodeMsg| {
+            let enc = encode_for(m, 6)?;
+            let mut buf = BytesMut::from(&enc[..]);
+            match decode_for(&mut buf, 3, 6).unwrap().unwrap() {
+                Frame::Msg(m) => Some(m),
+                other => panic!("{other:?}"),
+            }
+        };
+        let join = NodeMsg::ToOwner(Request::Join {
+            rid: Id::parse_str("r").unwrap(),
+            conn: conn(5),
+            uid: Id::parse_str("u").unwrap(),
+            name: Name::parse("n").unwrap(),
+            echo: true,
+            rejoin: false,
+            since: Some(Since { epoch: 1, seq: 2 }),
+        });
+        let Some(NodeMsg::ToOwner(Request::Join { since, echo, .. })) = round_trip_6(&join) else { panic!() };
+        assert_eq!((since, echo), (None, true), "v6 has no resume");
+        let publish = NodeMsg::ToOwner(Request::Publish(Box::new(Publish {
+            rid: Id::parse_str("r").unwrap(),
+            from: conn(1),
+            uid: Id::parse_str("u").unwrap(),
+            name: Name::parse("n").unwrap(),
+            mtype: MsgType::Text,
+            msg: "héllo".into(),
+            tid: None,
+            mid: Id::parse_str("m-1"),
+            reply: Some(4),
+        })));
+        let Some(NodeMsg::ToOwner(Request::Publish(p))) = round_trip_6(&publish) else { panic!() };
+        assert_eq!((p.msg.as_str(), p.mid, p.reply), ("héllo", None, None));
+        let typing = NodeMsg::ToOwner(Request::Typing {
+            rid: Id::parse_str("r").unwrap(),
+            conn: conn(1),
+            uid: Id::parse_str("u").unwrap(),
+            name: Name::parse("n").unwrap(),
+        });
+        assert!(encode_for(&typing, 6).is_none(), "v6 cannot read TYPING: not sent");
+        let knock = NodeMsg::Knock { uid: Id::parse_str("u").unwrap(), frame: Bytes::from_static(b"x") };
+        assert!(encode_for(&knock, 6).is_none());
+        // And a v6 link refuses the frame types v6 does not have.
+        let mut buf = BytesMut::from(&encode(&knock)[..]);
+        assert!(decode_for(&mut buf, 3, 6).is_err());
+        // At version 7 nothing changes.
+        assert_eq!(encode_for(&publish, 7).unwrap(), encode(&publish));
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub const MAGIC: &[u8; 4] = b"CCRL";
 /// 6: mutual authentication by role and sealed, numbered records;
 /// 7: `since` on JOIN, `mid` and `reply` on PUBLISH, CHANGE, TYPING, KNOCK).
 pub const VERSION: u8 = 7;
+/// The oldest version this build still speaks: a link runs at the lower of
+/// the two ends' versions, so a cluster is upgraded one node at a time
+/// (see [`super::codec::encode_for`] for what a v6 link leaves out).
+pub const MIN_VERSION: u8 = 6;
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;
 /// Length of a hello's nonce.
@@ -50,7 +54,7 @@ pub enum HandshakeError {
     #[error("bad magic: not a cchat relay peer")]
     Magic,
     /// A relay of another wire version.
-    #[error("peer speaks relay version {0}, this node {VERSION}")]
+    #[error("peer speaks relay version {0}, this node {MIN_VERSION} to {VERSION}")]
     Version(u8),
     /// The node id is empty, too long or not UTF-8.
     #[error("bad node id")]
@@ -86,6 +90,8 @@ impl Role {
 /// One side's hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// The newest relay version the node speaks.
+    pub version: u8,
     /// The node's id.
     pub node_id: String,
     /// Fresh random bytes.
@@ -97,14 +103,19 @@ impl Hello {
     pub fn new(node_id: &str) -> Hello {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random source works");
-        Hello { node_id: node_id.to_owned(), nonce }
+        Hello { version: VERSION, node_id: node_id.to_owned(), nonce }
+    }
+
+    /// The version a link between this hello's node and `peer`'s runs at.
+    pub fn wire(&self, peer: &Hello) -> u8 {
+        self.version.min(peer.version)
     }
 
     /// Wire bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(4 + 1 + 2 + self.node_id.len() + NONCE_LEN);
         v.extend_from_slice(MAGIC);
-        v.push(VERSION);
+        v.push(self.version);
         v.extend_from_slice(&(self.node_id.len() as u16).to_be_bytes());
         v.extend_from_slice(self.node_id.as_bytes());
         v.extend_from_slice(&self.nonce);
@@ -120,8 +131,9 @@ impl Hello {
         if buf.len() < 7 {
             return Ok(None);
         }
-        if buf[4] != VERSION {
-            return Err(HandshakeError::Version(buf[4]));
+        let version = buf[4];
+        if !(MIN_VERSION..=VERSION).contains(&version) {
+            return Err(HandshakeError::Version(version));
         }
         let n = u16::from_be_bytes([buf[5], buf[6]]) as usize;
         if n == 0 || n > 256 {
@@ -132,7 +144,7 @@ impl Hello {
         }
         let node_id = std::str::from_utf8(&buf[7..7 + n]).map_err(|_| HandshakeError::NodeId)?.to_owned();
         let nonce = buf[7 + n..7 + n + NONCE_LEN].try_into().expect("length checked");
-        Ok(Some((Hello { node_id, nonce }, 7 + n + NONCE_LEN)))
+        Ok(Some((Hello { version, node_id, nonce }, 7 + n + NONCE_LEN)))
     }
 }
 
@@ -260,7 +272,7 @@ mod tests {
     fn a_proof_is_bound_to_both_node_ids() {
         let d = Hello::new("a");
         let b = Hello::new("b");
-        let c = Hello { node_id: "c".into(), nonce: b.nonce };
+        let c = Hello { version: VERSION, node_id: "c".into(), nonce: b.nonce };
         let tb = Transcript::new(b"s3cret", &d, &b);
         let tc = Transcript::new(b"s3cret", &d, &c);
         assert_eq!(tc.verify(Role::Dialer, &tb.proof(Role::Dialer)), Err(HandshakeError::Proof));
@@ -297,8 +309,16 @@ mod tests {
             assert_eq!(Hello::decode(&enc[..cut]).unwrap(), None);
         }
         assert_eq!(Hello::decode(b"GET / HTTP/1.1"), Err(HandshakeError::Magic));
+        // The versions this build speaks are taken, the link at the lower.
+        for v in MIN_VERSION..=VERSION {
+            let mut old = enc.clone();
+            old[4] = v;
+            let (h, _) = Hello::decode(&old).unwrap().unwrap();
+            assert_eq!(h.version, v);
+            assert_eq!(Hello::new("me").wire(&h), v);
+        }
         // Another version, older (5: proofs without roles, plain frames) or newer, is refused.
-        for other in [1, 5, VERSION + 1] {
+        for other in [1, MIN_VERSION - 1, VERSION + 1] {
             let mut v = enc.clone();
             v[4] = other;
             assert_eq!(Hello::decode(&v), Err(HandshakeError::Version(other)));

@@ -38,6 +38,8 @@ const WRITE_CHUNK: usize = 256 * 1024;
 #[derive(Debug)]
 pub(super) struct Link {
     pub(super) peer: u16,
+    /// The relay version this link runs at (see `codec::encode_for`).
+    pub(super) wire: u8,
     /// This node has the smaller name: it chooses the pair's link.
     pub(super) decides: bool,
     /// This link carries the pair's traffic.
@@ -87,7 +89,7 @@ pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Op
     relay.shaking.set(relay.shaking.get() + 1);
     let shaken = shake(&mut stream, &node, role).await;
     relay.shaking.set(relay.shaking.get() - 1);
-    let Shaken { peer: peer_name, rest, sealer, opener } = match shaken {
+    let Shaken { peer: peer_name, wire, rest, sealer, opener } = match shaken {
         Ok(x) => x,
         Err(e) => {
             node.relay.refused.fetch_add(1, Relaxed);
@@ -101,8 +103,12 @@ pub(super) async fn run_link(relay: Rc<Relay>, mut stream: TcpStream, dialed: Op
     if let Some(addr) = dialed {
         relay.dialed.borrow_mut().insert(addr, idx);
     }
+    if wire < super::handshake::VERSION {
+        info!(peer = %peer_name, wire, "relay link to a node of an older version: its newer features stay off on it");
+    }
     let link = Rc::new(Link {
         peer: idx,
+        wire,
         decides: me < peer_name,
         active: Cell::new(false),
         queue: RefCell::new(VecDeque::new()),
@@ -258,7 +264,7 @@ fn open_and_drain(relay: &Relay, link: &Rc<Link>, sec: &mut Secure, rbuf: &mut B
 
 fn drain_frames(relay: &Relay, link: &Rc<Link>, rbuf: &mut BytesMut) -> Result<(), String> {
     loop {
-        let frame = match codec::decode(rbuf, link.peer) {
+        let frame = match codec::decode_for(rbuf, link.peer, link.wire) {
             Ok(None) => return Ok(()),
             Ok(Some(frame)) => frame,
             Err(e) => {

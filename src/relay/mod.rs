@@ -128,7 +128,13 @@ impl Relay {
     pub fn send(&self, node: u16, msg: &NodeMsg) {
         let link = self.links.borrow().get(&node).cloned();
         match link {
-            Some(link) => link.push(codec::encode(msg)),
+            Some(link) => match codec::encode_for(msg, link.wire) {
+                Some(frame) => link.push(frame),
+                // Not expressible at the peer's older version: left out.
+                None => {
+                    self.node.relay.dropped.fetch_add(1, Relaxed);
+                }
+            },
             None => {
                 self.node.relay.dropped.fetch_add(1, Relaxed);
             }

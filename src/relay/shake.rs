@@ -18,6 +18,8 @@ pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Shaken {
     /// The peer's node id.
     pub(super) peer: String,
+    /// The relay version the link runs at (the lower of the two).
+    pub(super) wire: u8,
     /// Bytes read past the handshake: the first sealed records.
     pub(super) rest: BytesMut,
     pub(super) sealer: Sealer,
@@ -63,7 +65,8 @@ async fn exchange(stream: &mut TcpStream, node: &Node, role: Role) -> Result<Sha
         }
     }
     let (sealer, opener) = t.keys(role);
-    Ok(Shaken { peer: peer.node_id, rest: buf, sealer, opener })
+    let wire = own.wire(&peer);
+    Ok(Shaken { peer: peer.node_id, wire, rest: buf, sealer, opener })
 }
 
 async fn read_proof(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<BytesMut, String> {

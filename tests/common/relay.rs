@@ -45,6 +45,12 @@ pub fn read_hello(s: &mut TcpStream, buf: &mut Vec<u8>) -> Hello {
 impl FakePeer {
     /// Dials `relay` as node `name` with the cluster `secret`.
     pub fn connect(relay: &str, name: &str, secret: &str, rcvbuf: Option<usize>) -> FakePeer {
+        FakePeer::connect_at(relay, name, secret, rcvbuf, cchat::relay::handshake::VERSION)
+    }
+
+    /// As [`FakePeer::connect`], saying it speaks relay `version` at most
+    /// (a node not upgraded yet).
+    pub fn connect_at(relay: &str, name: &str, secret: &str, rcvbuf: Option<usize>, version: u8) -> FakePeer {
         let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         if let Some(n) = rcvbuf {
             sock.set_recv_buffer_size(n).unwrap();
@@ -52,7 +58,7 @@ impl FakePeer {
         sock.connect(&relay.parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
         let mut stream: TcpStream = sock.into();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let own = Hello::new(name);
+        let own = Hello { version, ..Hello::new(name) };
         stream.write_all(&own.encode()).unwrap();
         let mut buf = Vec::new();
         let theirs = read_hello(&mut stream, &mut buf);
