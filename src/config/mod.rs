@@ -173,6 +173,8 @@ pub struct Cluster {
     pub peers: Vec<SocketAddr>,
     /// Relay link queue cap.
     pub relay_queue_bytes: usize,
+    /// The newest relay version this node offers.
+    pub relay_max_version: u8,
     /// Cluster secret.
     pub cluster_secret: Option<String>,
 }
@@ -409,6 +411,16 @@ impl Config {
                 relay_listen: args.cluster.relay_listen,
                 peers: args.cluster.peers,
                 relay_queue_bytes: args.cluster.relay_queue_bytes.max(4096),
+                relay_max_version: {
+                    use crate::relay::handshake::{MIN_VERSION, VERSION};
+                    let v = args.cluster.relay_max_version;
+                    if !(MIN_VERSION..=VERSION).contains(&v) {
+                        return Err(ConfigError::Invalid(format!(
+                            "--relay-max-version must be {MIN_VERSION} to {VERSION}, not {v}"
+                        )));
+                    }
+                    v
+                },
                 cluster_secret: args.cluster.cluster_secret,
             },
             tuning: Tuning {

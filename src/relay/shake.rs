@@ -37,7 +37,7 @@ pub(super) async fn shake(stream: &mut TcpStream, node: &Node, role: Role) -> Re
 
 async fn exchange(stream: &mut TcpStream, node: &Node, role: Role) -> Result<Shaken, String> {
     let secret = node.cfg.cluster.cluster_secret.clone().unwrap_or_default();
-    let own = Hello::new(&node.cfg.cluster.node_id);
+    let own = Hello { version: node.cfg.cluster.relay_max_version, ..Hello::new(&node.cfg.cluster.node_id) };
     stream.write_all(&own.encode()).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(512);
     let (peer, used) = loop {
