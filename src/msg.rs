@@ -235,6 +235,12 @@ pub enum NodeMsg {
         /// The frame.
         frame: Bytes,
     },
+    /// The relay addresses the sending node knows (its own and its peers'):
+    /// the receiver dials those it does not reach yet. Handled by the relay.
+    Peers {
+        /// `ip:port` each.
+        addrs: Vec<String>,
+    },
     /// The server API: a question (`GET` path and query, e.g.
     /// `/api/online?rid=r`) for the node that owns the room, or for every
     /// node (`/api/rooms`); answered with [`NodeMsg::ApiAnswer`].

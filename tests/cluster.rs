@@ -489,7 +489,8 @@ fn the_smaller_name_picks_the_link() {
     let (types, eof) = z1.frame_types(Instant::now() + Duration::from_millis(600));
     assert!(!eof);
     assert_eq!(types.first(), Some(&T_ACTIVATE), "ACTIVATE comes first: {types:?}");
-    assert!(types[1..].iter().all(|&t| t == T_HEARTBEAT), "{types:?}");
+    // Then heartbeats, and the peers this node knows (PEERS, 34).
+    assert!(types[1..].iter().all(|&t| t == T_HEARTBEAT || t == 34), "{types:?}");
     // z1 speaks (a heartbeat) so it is not dropped as silent meanwhile.
     z1.send(&codec::heartbeat()).unwrap();
     s.wait_view(2);
@@ -827,6 +828,58 @@ fn a_cluster_is_upgraded_one_node_at_a_time_under_traffic() {
         assert_eq!(seqs, (1..=got.len() as u64).collect::<Vec<_>>(), "room {r}: a gap or a repeat");
         for a in &acked[k] {
             assert_eq!(got.iter().filter(|m| (m.0, m.1) == *a).count(), 1, "room {r}: acknowledged {a:?} not once");
+        }
+    }
+}
+
+/// A cluster that grows without restarts: a node started with one peer (a
+/// host name) meets every other node through what its peer tells it.
+#[test]
+fn a_node_that_knows_one_peer_meets_them_all() {
+    let ports = free_ports(6);
+    let (relays, clients) = (&ports[..3], &ports[3..]);
+    let start = |i: usize, peer: Option<String>| {
+        let mut args = vec![
+            "--node-id".to_owned(),
+            format!("grow{i}"),
+            "--relay-listen".into(),
+            format!("127.0.0.1:{}", relays[i]),
+            "--cluster-secret".into(),
+            SECRET.into(),
+        ];
+        if let Some(p) = peer {
+            args.push("--peer".into());
+            args.push(p);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::try_start_on(&format!("127.0.0.1:{}", clients[i]), &args).expect("node starts")
+    };
+    // grow0 knows no one; grow1 knows grow0; grow2 knows grow1 by name only.
+    let n0 = start(0, None);
+    let n1 = start(1, Some(format!("127.0.0.1:{}", relays[0])));
+    let n2 = start(2, Some(format!("localhost:{}", relays[1])));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in [&n0, &n1, &n2] {
+        while n.metric("cchat_relay_link_up") < 2.0 {
+            assert!(Instant::now() < deadline, "the cluster did not mesh through gossip");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        n.wait_view(3);
+    }
+    // And it carries traffic between the two that never named each other.
+    let names = ["grow0", "grow1", "grow2"];
+    let rid =
+        (0..200).map(|i| format!("g{i}")).find(|r| cchat::placement::node_for(r, names) == Some("grow0")).unwrap();
+    let mut a = n2.client();
+    a.login("a", &rid, Some("a"));
+    let mut b = n0.client();
+    b.login("b", &rid, Some("b"));
+    a.say(&rid, "across the grown cluster");
+    loop {
+        let v = b.recv();
+        if v["cmd"] == "message" {
+            assert_eq!(v["msg"], "across the grown cluster");
+            break;
         }
     }
 }

@@ -216,9 +216,16 @@ pub struct ClusterArgs {
     /// Where peers reach this node's relay. Default: none (single node).
     #[arg(long)]
     pub relay_listen: Option<SocketAddr>,
-    /// Another node's relay address; repeat for each.
+    /// Another node's relay address, `host:port` (a name is resolved again every 10 s,
+    /// each of its addresses a peer: a DNS round robin or a headless Service); repeat for
+    /// each. Nodes tell each other the peers they know, so one reachable peer is enough.
     #[arg(long = "peer")]
-    pub peers: Vec<SocketAddr>,
+    pub peers: Vec<String>,
+    /// The address other nodes reach this node's relay at, told to them so that a node
+    /// that joins through one peer finds the rest. Default: --relay-listen, unless it is
+    /// 0.0.0.0 or [::].
+    #[arg(long)]
+    pub relay_advertise: Option<SocketAddr>,
     /// Byte cap of each relay link's outbound queue; past it the link is closed (the
     /// peer is treated as failed and reconnects).
     #[arg(long, default_value_t = 64 << 20)]

@@ -169,8 +169,10 @@ pub struct Cluster {
     pub node_id: String,
     /// Relay address, when clustered.
     pub relay_listen: Option<SocketAddr>,
-    /// Peer relay addresses.
-    pub peers: Vec<SocketAddr>,
+    /// Peer relay addresses, `host:port` (names resolved by the relay).
+    pub peers: Vec<String>,
+    /// This node's relay address as told to other nodes.
+    pub relay_advertise: Option<SocketAddr>,
     /// Relay link queue cap.
     pub relay_queue_bytes: usize,
     /// The newest relay version this node offers.
@@ -409,7 +411,19 @@ impl Config {
             cluster: Cluster {
                 node_id,
                 relay_listen: args.cluster.relay_listen,
-                peers: args.cluster.peers,
+                peers: {
+                    for p in &args.cluster.peers {
+                        let port = p.rsplit_once(':').and_then(|(h, port)| (!h.is_empty()).then_some(port));
+                        if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                            return Err(ConfigError::Invalid(format!("--peer {p}: expected host:port")));
+                        }
+                    }
+                    args.cluster.peers
+                },
+                relay_advertise: args
+                    .cluster
+                    .relay_advertise
+                    .or(args.cluster.relay_listen.filter(|a| !a.ip().is_unspecified())),
                 relay_queue_bytes: args.cluster.relay_queue_bytes.max(4096),
                 relay_max_version: {
                     use crate::relay::handshake::{MIN_VERSION, VERSION};

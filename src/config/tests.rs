@@ -69,7 +69,12 @@ fn lists_in_the_file_and_the_command_line_replaces_them() {
     assert_eq!(c.cluster.peers.len(), 2);
     assert!(!c.tuning.pin);
     let c = Config::load(["cchat", "--config", p, "--peer", "127.0.0.1:3"]).unwrap();
-    assert_eq!(c.cluster.peers, vec!["127.0.0.1:3".parse().unwrap()]);
+    assert_eq!(c.cluster.peers, vec!["127.0.0.1:3".to_owned()]);
+    // Host names are taken (the relay resolves them); a bad one says so.
+    let c = Config::load(["cchat", "--peer", "cchat-1.cchat.default.svc:9601", "--cluster-secret", "s"]).unwrap();
+    assert_eq!(c.cluster.peers, vec!["cchat-1.cchat.default.svc:9601".to_owned()]);
+    let e = Config::load(["cchat", "--peer", "no-port", "--cluster-secret", "s"]).unwrap_err();
+    assert!(e.to_string().contains("host:port"), "{e}");
     std::fs::write(&path, "rate-limit = \"fast\"\n").unwrap();
     let e = Config::load(["cchat", "--config", p]).unwrap_err();
     assert!(matches!(e, ConfigError::Parse(..)), "{e}");

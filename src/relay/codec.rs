@@ -34,6 +34,7 @@
 //! type 31 API_ASK     ticket:u64 request:str           (the server API: a question for the owner node)
 //! type 32 API_ANSWER  ticket:u64 status:u16 body:blob  (its answer)
 //! type 33 KNOCK       uid:str frame:blob               (a direct conversation: to a user not in it)
+//! type 34 PEERS       n:u16 addr:str[n]                (relay addresses the sender knows; n <= 256)
 //! ```
 //!
 //! ACTIVATE picks the one link of a pair that carries traffic: the node with
@@ -75,6 +76,7 @@ const T_DISCONNECT: u8 = 30;
 const T_API_ASK: u8 = 31;
 const T_API_ANSWER: u8 = 32;
 const T_KNOCK: u8 = 33;
+const T_PEERS: u8 = 34;
 
 /// A frame that cannot be decoded: the link is closed (and nothing else).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -121,7 +123,9 @@ pub fn encode_for(msg: &NodeMsg, wire: u8) -> Option<Bytes> {
         return Some(encode(msg));
     }
     match msg {
-        NodeMsg::ToOwner(Request::Change(_) | Request::Typing { .. }) | NodeMsg::Knock { .. } => None,
+        NodeMsg::ToOwner(Request::Change(_) | Request::Typing { .. })
+        | NodeMsg::Knock { .. }
+        | NodeMsg::Peers { .. } => None,
         NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin, since: Some(_) }) => {
             let (rid, conn, uid, name, echo, rejoin) = (rid.clone(), *conn, uid.clone(), name.clone(), *echo, *rejoin);
             Some(encode(&NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin, since: None })))
@@ -280,6 +284,13 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
             put_str(&mut b, uid);
             b.put_u16(*code);
         }
+        NodeMsg::Peers { addrs } => {
+            b.put_u8(T_PEERS);
+            b.put_u16(addrs.len().min(256) as u16);
+            for a in addrs.iter().take(256) {
+                put_str(&mut b, a);
+            }
+        }
         NodeMsg::Knock { uid, frame } => {
             b.put_u8(T_KNOCK);
             put_str(&mut b, uid);
@@ -324,7 +335,7 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
     buf.advance(4);
     let mut body = buf.split_to(len).freeze();
     let t = body.get_u8();
-    if wire < 7 && matches!(t, T_CHANGE | T_TYPING | T_KNOCK) {
+    if wire < 7 && matches!(t, T_CHANGE | T_TYPING | T_KNOCK | T_PEERS) {
         return Err(CodecError::Invalid("frame type"));
     }
     let peer = |c: ConnRef| ConnRef { node, ..c };
@@ -481,6 +492,18 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
             }
             let code = body.get_u16();
             Frame::Msg(NodeMsg::Disconnect { uid, code })
+        }
+        T_PEERS => {
+            need(&body, 2)?;
+            let n = body.get_u16() as usize;
+            if n > 256 {
+                return Err(CodecError::Invalid("peer count"));
+            }
+            let mut addrs = Vec::with_capacity(n);
+            for _ in 0..n {
+                addrs.push(get_str(&mut body)?);
+            }
+            Frame::Msg(NodeMsg::Peers { addrs })
         }
         T_KNOCK => {
             let uid = get_id(&mut body)?;

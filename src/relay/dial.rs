@@ -24,7 +24,7 @@ pub(super) async fn dial_loop(relay: Rc<Relay>, addr: SocketAddr) {
         // links as it has peers, every peer has reached it by its own dial:
         // a late dial of ours would only make a second link that the pair's
         // deciding node closes unused, so it is not made.
-        let all_linked = known.is_none() && relay.live_links() >= relay.node.cfg.cluster.peers.len();
+        let all_linked = known.is_none() && relay.live_links() >= relay.target_count();
         if known.is_some_and(|idx| relay.up(idx)) || all_linked {
             Timer::new(Duration::from_millis(200)).await;
             continue;

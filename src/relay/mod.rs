@@ -104,7 +104,21 @@ pub struct Relay {
     started: Instant,
     /// Links in their handshake (at most [`MAX_SHAKING`] accepted at once).
     shaking: std::cell::Cell<usize>,
+    /// Every address with a dial loop: `--peer`s (names resolved again
+    /// every [`RESOLVE_EVERY`]) and what other nodes told of theirs.
+    targets: RefCell<std::collections::HashSet<SocketAddr>>,
+    /// The addresses `--peer` resolved to at start (the first round waits for them).
+    initial: RefCell<Vec<SocketAddr>>,
+    /// Addresses learnt (resolved or told), to be dialed by the membership task.
+    learnt: RefCell<Vec<SocketAddr>>,
+    /// This node's own relay addresses (never dialed).
+    own: Vec<SocketAddr>,
 }
+
+/// How often `--peer` names are resolved again.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+/// How often a node tells its peers the peers it knows.
+pub const GOSSIP_EVERY: Duration = Duration::from_secs(5);
 
 /// Handshakes under way past which the relay listener closes new sockets
 /// at once: a stranger who opens sockets in a loop holds at most this many
@@ -114,7 +128,12 @@ pub const MAX_SHAKING: usize = 64;
 impl Relay {
     /// A relay with no links yet; what it receives goes to `sink`.
     pub fn new(node: Arc<Node>, sink: Sink) -> Self {
+        let own = node.cfg.cluster.relay_advertise.into_iter().chain(node.cfg.cluster.relay_listen).collect();
         Relay {
+            targets: RefCell::new(std::collections::HashSet::new()),
+            initial: RefCell::new(Vec::new()),
+            learnt: RefCell::new(Vec::new()),
+            own,
             node,
             sink,
             links: RefCell::new(HashMap::new()),
@@ -156,14 +175,54 @@ impl Relay {
     /// say they are listening, so whoever starts a cluster can use it once
     /// its nodes are up. A peer that stays unreachable costs this wait once.
     pub async fn first_round(&self) {
-        let peers = &self.node.cfg.cluster.peers;
         while self.started.elapsed() < FIRST_ROUND {
-            let linked = |addr: &SocketAddr| self.dialed.borrow().get(addr).is_some_and(|&i| self.up(i));
-            if self.live_links() >= peers.len() || peers.iter().all(linked) {
+            let met = {
+                let peers = self.initial.borrow();
+                let linked = |addr: &SocketAddr| self.dialed.borrow().get(addr).is_some_and(|&i| self.up(i));
+                self.live_links() >= peers.len() || peers.iter().all(linked)
+            };
+            if met {
                 return;
             }
             Timer::new(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Dials `addr` from now on (once; never this node's own address).
+    fn dial(self: &Rc<Self>, addr: SocketAddr) {
+        if self.own.contains(&addr) || !self.targets.borrow_mut().insert(addr) {
+            return;
+        }
+        glommio::spawn_local(dial::dial_loop(self.clone(), addr)).detach();
+    }
+
+    /// Addresses a peer told of (see [`NodeMsg::Peers`]).
+    pub(super) fn learn(&self, addrs: &[String]) {
+        let mut learnt = self.learnt.borrow_mut();
+        learnt.extend(addrs.iter().filter_map(|a| a.parse::<SocketAddr>().ok()).take(256));
+    }
+
+    /// Tells every linked peer the relay addresses this node knows: its
+    /// own and those of the peers it reached by dialing.
+    fn gossip(&self) {
+        let mut addrs: Vec<String> = self.own.iter().take(1).map(ToString::to_string).collect();
+        for (addr, idx) in self.dialed.borrow().iter() {
+            if self.up(*idx) {
+                addrs.push(addr.to_string());
+            }
+        }
+        let msg = NodeMsg::Peers { addrs };
+        for link in self.links.borrow().values().filter(|l| l.active.get() && !l.closed.get()) {
+            if let Some(frame) = codec::encode_for(&msg, link.wire) {
+                link.push(frame);
+            }
+        }
+    }
+
+    /// Addresses to dial, counted for the "every peer reached" test of the
+    /// dial loops.
+    fn target_count(&self) -> usize {
+        self.targets.borrow().len()
     }
 
     /// Links currently up.
@@ -196,6 +255,8 @@ impl Relay {
         info!(peer = %link.stats.peer, "relay link up");
         node.cluster.lock().expect("cluster table").up[link.peer as usize] = true;
         self.announce(None);
+        // The newcomer (or this node) learns of the others at once.
+        self.gossip();
     }
 
     /// Removes `link` if it is still the current one; true if the node went down.
@@ -251,8 +312,71 @@ pub fn start(node: Arc<Node>, sink: Sink) -> anyhow::Result<(Rc<Relay>, Vec<glom
             .detach(),
         );
     }
-    for &peer in &node.cfg.cluster.peers {
-        tasks.push(glommio::spawn_local(dial::dial_loop(relay.clone(), peer)).detach());
+    // `--peer`s resolved now (a name that does not resolve yet is tried
+    // again every RESOLVE_EVERY), then the membership task: it dials what
+    // was learnt meanwhile, resolves the names again, and gossips.
+    let peers = node.cfg.cluster.peers.clone();
+    let first = resolve(&peers);
+    *relay.initial.borrow_mut() = first.clone();
+    for addr in first {
+        relay.dial(addr);
+    }
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<SocketAddr>>(4);
+    let names = peers.iter().any(|p| {
+        p.rsplit_once(':').is_some_and(|(h, _)| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_err())
+    });
+    if names {
+        let node = node.clone();
+        std::thread::Builder::new()
+            .name("peer-dns".into())
+            .spawn(move || {
+                while !node.shutdown.load(Relaxed) {
+                    std::thread::sleep(RESOLVE_EVERY);
+                    if tx.send(resolve(&peers)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("peer resolver thread: {e}"))?;
+    }
+    {
+        let relay = relay.clone();
+        tasks.push(
+            glommio::spawn_local(async move {
+                let mut since_gossip = Instant::now();
+                loop {
+                    Timer::new(Duration::from_millis(250)).await;
+                    while let Ok(addrs) = rx.try_recv() {
+                        relay.learnt.borrow_mut().extend(addrs);
+                    }
+                    let learnt = std::mem::take(&mut *relay.learnt.borrow_mut());
+                    for addr in learnt {
+                        relay.dial(addr);
+                    }
+                    if since_gossip.elapsed() >= GOSSIP_EVERY {
+                        since_gossip = Instant::now();
+                        relay.gossip();
+                    }
+                }
+            })
+            .detach(),
+        );
     }
     Ok((relay, tasks))
+}
+
+/// The addresses `peers` (`host:port`) stand for now; a name that does not
+/// resolve is left out (and logged).
+fn resolve(peers: &[String]) -> Vec<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for p in peers {
+        match p.to_socket_addrs() {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => warn!(peer = %p, error = %e, "cannot resolve a --peer (tried again later)"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
