@@ -235,6 +235,9 @@ pub enum NodeMsg {
         /// The frame.
         frame: Bytes,
     },
+    /// The sending node drains: take its rooms over now (it no longer owns
+    /// any), before its clients are told to leave. Handled by the relay.
+    Leaving,
     /// The relay addresses the sending node knows (its own and its peers'):
     /// the receiver dials those it does not reach yet. Handled by the relay.
     Peers {

@@ -55,6 +55,9 @@ pub struct Node {
     /// last gathered them (every couple of seconds): the room directory's
     /// cluster-wide part.
     pub remote_rooms: Mutex<Vec<(String, usize)>>,
+    /// Draining: shard 0 has handed this node's rooms to the others (or
+    /// there are none to hand): the shards may now tell their clients.
+    pub handed_off: AtomicBool,
     last_epoch: AtomicU64,
 }
 
@@ -75,6 +78,7 @@ impl Node {
             verifier: None,
             tls: None,
             remote_rooms: Mutex::new(Vec::new()),
+            handed_off: AtomicBool::new(false),
             per_ip: crate::perip::PerIp::new(cfg.limits.max_connections_per_ip, cfg.limits.new_connections_per_ip),
             login_attempts: crate::perip::Attempts::new(cfg.security.login_attempts_per_ip),
             last_epoch: AtomicU64::new(epoch),

@@ -883,3 +883,46 @@ fn a_node_that_knows_one_peer_meets_them_all() {
         }
     }
 }
+
+/// Draining hands the rooms over first: while a node drains, its rooms'
+/// messages from the other nodes' clients keep being taken, in one epoch,
+/// with no seq skipped.
+#[test]
+fn a_draining_node_hands_its_rooms_over_before_it_goes() {
+    let redis = crate::common::redis::Redis::start();
+    let url = redis.url();
+    let mut cl = Cluster::start_with(3, &["--store", &url]);
+    let names = ["node0", "node1", "node2"];
+    let rid =
+        (0..200).map(|i| format!("dr{i}")).find(|r| cchat::placement::node_for(r, names) == Some("node2")).unwrap();
+    let mut a = cl.node(0).client();
+    a.login_echo("a", &rid, "a");
+    let (epoch, first) = a.say_acked(&rid, "before").unwrap();
+    let mut gone = cl.nodes[2].take().unwrap();
+    // A client of the draining node: it is told to leave (1012) only once
+    // the room has been handed over (the order is the point, not the time).
+    let mut client = gone.client();
+    client.login("c", "elsewhere", Some("c"));
+    std::thread::sleep(Duration::from_millis(100));
+    let rooms = |cl: &Cluster| cl.node(0).metric("cchat_rooms") + cl.node(1).metric("cchat_rooms");
+    assert_eq!(rooms(&cl), 0.0, "node2 owns the room");
+    gone.signal(15);
+    let code = client.expect_close();
+    assert_eq!(code, 1012);
+    assert!(rooms(&cl) >= 1.0, "the room was handed over before node2's clients were told to leave");
+    let mut last = first;
+    for i in 0..20 {
+        let (e, s) =
+            a.say_acked(&rid, &format!("during {i}")).unwrap_or_else(|why| panic!("message {i} refused: {why}"));
+        assert_eq!((e, s), (epoch, last + 1), "the same epoch, the next seq");
+        last = s;
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let t1 = Instant::now();
+    while gone.child.try_wait().unwrap().is_none() {
+        assert!(t1.elapsed() < Duration::from_secs(15), "the drained node did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (e, s) = a.say_acked(&rid, "after").unwrap();
+    assert_eq!((e, s), (epoch, last + 1));
+}

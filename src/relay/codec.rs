@@ -35,6 +35,7 @@
 //! type 32 API_ANSWER  ticket:u64 status:u16 body:blob  (its answer)
 //! type 33 KNOCK       uid:str frame:blob               (a direct conversation: to a user not in it)
 //! type 34 PEERS       n:u16 addr:str[n]                (relay addresses the sender knows; n <= 256)
+//! type 35 LEAVING     (empty)                          (the sender drains: take its rooms over now)
 //! ```
 //!
 //! ACTIVATE picks the one link of a pair that carries traffic: the node with
@@ -77,6 +78,7 @@ const T_API_ASK: u8 = 31;
 const T_API_ANSWER: u8 = 32;
 const T_KNOCK: u8 = 33;
 const T_PEERS: u8 = 34;
+const T_LEAVING: u8 = 35;
 
 /// A frame that cannot be decoded: the link is closed (and nothing else).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -125,7 +127,8 @@ pub fn encode_for(msg: &NodeMsg, wire: u8) -> Option<Bytes> {
     match msg {
         NodeMsg::ToOwner(Request::Change(_) | Request::Typing { .. })
         | NodeMsg::Knock { .. }
-        | NodeMsg::Peers { .. } => None,
+        | NodeMsg::Peers { .. }
+        | NodeMsg::Leaving => None,
         NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin, since: Some(_) }) => {
             let (rid, conn, uid, name, echo, rejoin) = (rid.clone(), *conn, uid.clone(), name.clone(), *echo, *rejoin);
             Some(encode(&NodeMsg::ToOwner(Request::Join { rid, conn, uid, name, echo, rejoin, since: None })))
@@ -284,6 +287,7 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
             put_str(&mut b, uid);
             b.put_u16(*code);
         }
+        NodeMsg::Leaving => b.put_u8(T_LEAVING),
         NodeMsg::Peers { addrs } => {
             b.put_u8(T_PEERS);
             b.put_u16(addrs.len().min(256) as u16);
@@ -335,7 +339,7 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
     buf.advance(4);
     let mut body = buf.split_to(len).freeze();
     let t = body.get_u8();
-    if wire < 7 && matches!(t, T_CHANGE | T_TYPING | T_KNOCK | T_PEERS) {
+    if wire < 7 && matches!(t, T_CHANGE | T_TYPING | T_KNOCK | T_PEERS | T_LEAVING) {
         return Err(CodecError::Invalid("frame type"));
     }
     let peer = |c: ConnRef| ConnRef { node, ..c };
@@ -493,6 +497,7 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
             let code = body.get_u16();
             Frame::Msg(NodeMsg::Disconnect { uid, code })
         }
+        T_LEAVING => Frame::Msg(NodeMsg::Leaving),
         T_PEERS => {
             need(&body, 2)?;
             let n = body.get_u16() as usize;

@@ -283,6 +283,7 @@ fn drain_frames(relay: &Relay, link: &Rc<Link>, rbuf: &mut BytesMut) -> Result<(
                 relay.activate(link);
             }
             Frame::Msg(crate::msg::NodeMsg::Peers { addrs }) => relay.learn(&addrs),
+            Frame::Msg(crate::msg::NodeMsg::Leaving) => relay.peer_leaving(link.peer),
             Frame::Msg(msg) => {
                 if !link.active.get() {
                     warn!(peer = %link.stats.peer, "traffic on a link not activated: closing it");

@@ -196,6 +196,28 @@ impl Relay {
         glommio::spawn_local(dial::dial_loop(self.clone(), addr)).detach();
     }
 
+    /// This node drains: its peers are told to take its rooms over, and it
+    /// takes itself out of its own view (its shards hand their rooms over,
+    /// and their members join the new owners), before its clients are told.
+    pub fn leave(&self) {
+        for link in self.links.borrow().values().filter(|l| l.active.get() && !l.closed.get()) {
+            if let Some(frame) = codec::encode_for(&NodeMsg::Leaving, link.wire) {
+                link.push(frame);
+            }
+        }
+        self.node.cluster.lock().expect("cluster table").up[0] = false;
+        info!("draining: rooms handed to the other nodes");
+        self.announce(None);
+    }
+
+    /// A peer drains: it owns no room from now on (its link stays up
+    /// until it exits, carrying its members' traffic).
+    pub(super) fn peer_leaving(&self, idx: u16) {
+        info!(peer = idx, "a peer drains: taking its rooms over");
+        self.node.cluster.lock().expect("cluster table").up[idx as usize] = false;
+        self.announce(Some(idx));
+    }
+
     /// Addresses a peer told of (see [`NodeMsg::Peers`]).
     pub(super) fn learn(&self, addrs: &[String]) {
         let mut learnt = self.learnt.borrow_mut();

@@ -105,7 +105,7 @@ pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
             }
         }
         // The relay keeps what peers tell of other peers.
-        RelayEvent::Msg(NodeMsg::Peers { .. }) => {}
+        RelayEvent::Msg(NodeMsg::Peers { .. } | NodeMsg::Leaving) => {}
         RelayEvent::Msg(NodeMsg::Knock { uid, frame }) => {
             for s in 0..sh.nshards {
                 sh.route(s, ShardMsg::Knock { uid: uid.clone(), frame: frame.clone() });

@@ -169,6 +169,10 @@ async fn start(
     Ok(Started { shard, listener, log, tasks })
 }
 
+/// How long a draining node gives the others to take its rooms over
+/// before it tells its clients to leave.
+const HAND_OFF: Duration = Duration::from_millis(300);
+
 /// Accept failures are logged at most once a second (a full descriptor
 /// table fails every accept).
 static ACCEPT_LOG: Throttle = Throttle::new();
@@ -211,6 +215,21 @@ async fn serve(node: &Node, started: Started) {
         shard.sweeper.sweep(&shard);
     }
     drop(acceptor);
+    // Draining: in a cluster, the rooms go to the other nodes first (shard
+    // 0 tells them; every shard hands its rooms over and its members join
+    // the new owners), so that no message waits for a failover; then the
+    // clients are told to reconnect.
+    if shard.id == 0 {
+        if shard.leave_cluster() {
+            Timer::new(HAND_OFF).await;
+        }
+        node.handed_off.store(true, Relaxed);
+    } else {
+        let t0 = Instant::now();
+        while !node.handed_off.load(Relaxed) && t0.elapsed() < HAND_OFF * 4 {
+            Timer::new(Duration::from_millis(10)).await;
+        }
+    }
     shard.close_all();
     // Drain: the clients were told to come back later (1012); they leave
     // at once, or the drain timeout ends it.

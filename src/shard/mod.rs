@@ -223,6 +223,13 @@ impl Shard {
         self.reader.queue(self);
     }
 
+    /// Draining in a cluster (shard 0): the relay hands this node's rooms to
+    /// the others first. False when there is no relay.
+    pub(crate) fn leave_cluster(&self) -> bool {
+        let relay = self.relay.borrow().clone();
+        relay.map(|r| r.leave()).is_some()
+    }
+
     /// Begins shutdown: every connection gets a 1001 close frame.
     pub(crate) fn close_all(&self) {
         self.shutting_down.set(true);
