@@ -323,3 +323,26 @@ async fn respond(shard: &Shard, req: &AdminRequest, body: &[u8]) -> Vec<u8> {
         _ => http::response(404, "text/plain", b"not found\n"),
     }
 }
+
+/// `cchat --drain ADDR`: asks the node whose admin listener is at `admin`
+/// to drain (`POST /api/drain` with the key). Blocking: it runs before any
+/// executor, in the command's own process.
+pub fn drain(admin: std::net::SocketAddr, key: Option<&str>) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let Some(key) = key else { return Err("--drain needs --api-key (or CCHAT_API_KEY)".into()) };
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))
+        .map_err(|e| format!("cannot reach the admin listener at {admin}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = format!(
+        "POST /api/drain HTTP/1.1\r\nHost: {admin}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.split(' ').nth(1).unwrap_or("");
+    match status {
+        "202" => Ok(()),
+        "" => Err(format!("no answer from {admin}")),
+        s => Err(format!("the node answered {s}: {}", out.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim())),
+    }
+}

@@ -53,6 +53,7 @@
 //! | [`server`] | start shards, signals, shutdown | yes |
 
 pub(crate) mod admin;
+pub use admin::drain as drain_node;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -32,6 +32,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(admin) = args.drain {
+        return match cchat::drain_node(admin, args.security.api_key.as_deref()) {
+            Ok(()) => {
+                println!("ok: {admin} is draining");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Errors are the operator's to read: one line each, never a backtrace
     // (RUST_BACKTRACE is often set in operators' shells).
     let cfg = match Config::load(argv) {

@@ -23,7 +23,7 @@ fn the_example_config_loads_and_the_server_starts_with_it() {
     let help = String::from_utf8(help.stdout).unwrap();
     for flag in help.split_whitespace().filter_map(|w| w.strip_prefix("--")) {
         let key = flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-        if ["help", "version", "config", "check-config"].contains(&key) || key.is_empty() {
+        if ["help", "version", "config", "check-config", "drain"].contains(&key) || key.is_empty() {
             continue;
         }
         assert!(text.contains(&format!("{key} =")), "deploy/cchat.toml lacks `{key}`");
@@ -262,4 +262,40 @@ fn the_images_health_check_tells_a_live_server_from_a_dead_port() {
     assert!(!run(crate::common::free_port()), "nothing listening: unhealthy");
     let ignore = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target/"), "the build context leaves target/ out");
+}
+
+#[test]
+fn the_kubernetes_manifest_starts_nodes_that_find_each_other() {
+    let text = std::fs::read_to_string(deploy("k8s/cchat.yaml")).unwrap();
+    // The container's flags, as the pod gets them.
+    let mut argv = vec!["cchat".to_owned(), "--cluster-secret".into(), "s".into()];
+    let mut in_args = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t == "args:" {
+            in_args = true;
+            continue;
+        }
+        if in_args {
+            match t.strip_prefix("- --") {
+                Some(flag) => {
+                    argv.push(format!("--{}", flag.replace("$(POD_NAME)", "cchat-0").replace("$(POD_IP)", "10.1.2.3")))
+                }
+                None => in_args = false,
+            }
+        }
+    }
+    assert!(argv.len() > 8, "{argv:?}");
+    let cfg = cchat::config::Config::load(argv.clone()).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert_eq!(cfg.cluster.peers, vec!["cchat-relay:9600".to_owned()], "the headless Service names the peers");
+    assert_eq!(cfg.cluster.relay_advertise, Some("10.1.2.3:9600".parse().unwrap()));
+    assert_eq!(cfg.cluster.node_id, "cchat-0");
+    // The pod is given the time a drain takes.
+    let grace: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    assert!(grace >= cfg.limits.drain_timeout.as_secs() + 5, "{grace}");
+    assert!(text.contains("path: /healthz"));
 }

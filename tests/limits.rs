@@ -363,3 +363,29 @@ fn the_server_api_drains_a_node() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn cchat_drain_drains_a_node_through_its_admin_listener() {
+    let admin = format!("127.0.0.1:{}", crate::common::free_port());
+    let mut s = Server::start(&["--admin-listen", &admin, "--api-key", "drain-key-2"]);
+    let mut c = s.client();
+    c.login("x", "r", None);
+    let run = |key: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cchat"))
+            .args(["--drain", &admin, "--api-key", key])
+            .output()
+            .unwrap()
+    };
+    let wrong = run("wrong");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"), "{wrong:?}");
+    let ok = run("drain-key-2");
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("is draining"));
+    assert_eq!(c.expect_close(), 1012);
+    let t0 = Instant::now();
+    while s.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the drained node did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -26,6 +26,11 @@ pub struct Args {
     /// it is good, 2 with the error (the key and its line) when not.
     #[arg(long, value_name = "FILE", help_heading = "Basics")]
     pub check_config: Option<PathBuf>,
+    /// Drain the node whose admin listener is at ADDR (as SIGTERM: its rooms go to the
+    /// other nodes, its clients are told to reconnect, it exits) and exit: 0 once it
+    /// accepted, 1 when it did not. The key is --api-key (or CCHAT_API_KEY).
+    #[arg(long, value_name = "ADDR", help_heading = "Basics")]
+    pub drain: Option<SocketAddr>,
     #[command(flatten, next_help_heading = "Limits")]
     /// Limits: sizes, rates, timeouts, connection caps.
     pub limits: LimitArgs,
