@@ -298,4 +298,6 @@ fn the_kubernetes_manifest_starts_nodes_that_find_each_other() {
         .expect("terminationGracePeriodSeconds");
     assert!(grace >= cfg.limits.drain_timeout.as_secs() + 5, "{grace}");
     assert!(text.contains("path: /healthz"));
+    assert!(text.contains("kind: PodDisruptionBudget"), "at most one node drains at a time");
+    assert!(text.contains(r#"command: ["/usr/local/bin/cchat", "--drain", "127.0.0.1:9504"]"#), "preStop drains");
 }
