@@ -857,7 +857,7 @@ fn a_rolling_restart_loses_and_repeats_nothing() {
 /// no 100 ms holds more than a quarter of them.
 #[test]
 fn a_drained_nodes_clients_come_back_at_jittered_times() {
-    let mut s = Server::start(&["--rate-limit", "0"]);
+    let s = Server::start(&["--rate-limit", "0"]);
     let mut clients: Vec<_> = (0..40)
         .map(|i| {
             let mut c = s.client();
