@@ -10,6 +10,17 @@ use std::sync::Arc;
 
 use crate::placement::fnv1a;
 
+/// The relay's wire version spoken by this build (2: links carry traffic only once
+/// activated; 3: roster pages and history before a seq, see [`crate::relay::codec`];
+/// 4: the server API's disconnect; 5: its questions to other nodes;
+/// 6: mutual authentication by role and sealed, numbered records;
+/// 7: `since` on JOIN, `mid` and `reply` on PUBLISH, CHANGE, TYPING, KNOCK).
+pub const VERSION: u8 = 7;
+/// The oldest version this build still speaks: a link runs at the lower of
+/// the two ends' versions, so a cluster is upgraded one node at a time
+/// (see [`crate::relay::codec::encode_for`] for what a v6 link leaves out).
+pub const MIN_VERSION: u8 = 6;
+
 /// A snapshot of the live nodes.
 #[derive(Debug, Clone)]
 pub struct View {

@@ -426,7 +426,7 @@ impl Config {
                     .or(args.cluster.relay_listen.filter(|a| !a.ip().is_unspecified())),
                 relay_queue_bytes: args.cluster.relay_queue_bytes.max(4096),
                 relay_max_version: {
-                    use crate::relay::handshake::{MIN_VERSION, VERSION};
+                    use crate::cluster::{MIN_VERSION, VERSION};
                     let v = args.cluster.relay_max_version;
                     if !(MIN_VERSION..=VERSION).contains(&v) {
                         return Err(ConfigError::Invalid(format!(

@@ -32,16 +32,9 @@ use super::secure::{KEY_LEN, Opener, Sealer};
 
 /// Protocol magic.
 pub const MAGIC: &[u8; 4] = b"CCRL";
-/// Wire version spoken by this build (2: links carry traffic only once
-/// activated; 3: roster pages and history before a seq, see [`super::codec`];
-/// 4: the server API's disconnect; 5: its questions to other nodes;
-/// 6: mutual authentication by role and sealed, numbered records;
-/// 7: `since` on JOIN, `mid` and `reply` on PUBLISH, CHANGE, TYPING, KNOCK).
-pub const VERSION: u8 = 7;
-/// The oldest version this build still speaks: a link runs at the lower of
-/// the two ends' versions, so a cluster is upgraded one node at a time
-/// (see [`super::codec::encode_for`] for what a v6 link leaves out).
-pub const MIN_VERSION: u8 = 6;
+// The versions live with the cluster's other facts (config checks
+// `--relay-max-version` against them without depending on the relay).
+pub use crate::cluster::{MIN_VERSION, VERSION};
 /// Length of a proof.
 pub const PROOF_LEN: usize = 32;
 /// Length of a hello's nonce.
