@@ -14,8 +14,9 @@ use crate::placement::fnv1a;
 /// activated; 3: roster pages and history before a seq, see [`crate::relay::codec`];
 /// 4: the server API's disconnect; 5: its questions to other nodes;
 /// 6: mutual authentication by role and sealed, numbered records;
-/// 7: `since` on JOIN, `mid` and `reply` on PUBLISH, CHANGE, TYPING, KNOCK).
-pub const VERSION: u8 = 7;
+/// 7: `since` on JOIN, `mid` and `reply` on PUBLISH, CHANGE, TYPING, KNOCK;
+/// 8: FORWARD, a request passed on to its room's owner by another node).
+pub const VERSION: u8 = 8;
 /// The oldest version this build still speaks: a link runs at the lower of
 /// the two ends' versions, so a cluster is upgraded one node at a time
 /// (see [`crate::relay::codec::encode_for`] for what a v6 link leaves out).

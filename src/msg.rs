@@ -46,7 +46,7 @@ impl ConnRef {
 }
 
 /// To a room's owner.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Request {
     /// Admit a connection to a room.
     Join {
@@ -131,10 +131,37 @@ impl Request {
             Request::Change(c) => &c.rid,
         }
     }
+
+    /// The request's connection, as another node's (`node`): a request
+    /// passed on by a third node names its origin.
+    pub fn set_conn_node(&mut self, node: u16) {
+        match self {
+            Request::Join { conn, .. }
+            | Request::Leave { conn, .. }
+            | Request::GetOnline { conn, .. }
+            | Request::Typing { conn, .. }
+            | Request::GetHistory { conn, .. } => conn.node = node,
+            Request::Publish(p) => p.from.node = node,
+            Request::Change(c) => c.from.node = node,
+        }
+    }
+
+    /// The connection the request comes from.
+    pub fn conn(&self) -> ConnRef {
+        match self {
+            Request::Join { conn, .. }
+            | Request::Leave { conn, .. }
+            | Request::GetOnline { conn, .. }
+            | Request::Typing { conn, .. }
+            | Request::GetHistory { conn, .. } => *conn,
+            Request::Publish(p) => p.from,
+            Request::Change(c) => c.from,
+        }
+    }
 }
 
 /// A chat message on its way to the owner.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Publish {
     /// Room.
     pub rid: Id,
@@ -234,6 +261,20 @@ pub enum NodeMsg {
         uid: Id,
         /// The frame.
         frame: Bytes,
+    },
+    /// A request the sending node received for a room it does not own (its
+    /// sender's view was older, or it drains), passed on to the owner.
+    /// Unlike [`NodeMsg::ToOwner`], the request's connection is on
+    /// `origin`, not on the sending node.
+    Forwarded {
+        /// The node of the request's connection, by name (indices are per
+        /// process).
+        origin: std::sync::Arc<str>,
+        /// Times it was passed on: views that disagree settle within
+        /// milliseconds, and a request passed on more often is dropped.
+        hops: u8,
+        /// The request.
+        req: Request,
     },
     /// The sending node drains: take its rooms over now (it no longer owns
     /// any), before its clients are told to leave. Handled by the relay.

@@ -980,3 +980,105 @@ fn a_draining_node_hands_its_rooms_over_before_it_goes() {
     let (e, s) = a.say_acked(&rid, "after").unwrap();
     assert_eq!((e, s), (epoch, last + 1));
 }
+
+/// A drain under traffic, seen by everyone in a room the draining node
+/// owned (history in Redis): a member on another node gets every message,
+/// in order, with no seq skipped (its re-join at the new owner catches up
+/// what was sent before it came, and messages that went by the old owner
+/// are passed on); the drained node's member, back on another node with
+/// `since`, is recovered and continues where it stopped.
+#[test]
+fn a_drain_under_traffic_skips_nothing_for_any_member() {
+    let redis = crate::common::redis::Redis::start();
+    let url = redis.url();
+    let mut cl = Cluster::start_with(3, &["--store", &url, "--rate-limit", "0"]);
+    let names = ["node0", "node1", "node2"];
+    let rid =
+        (0..200).map(|i| format!("dt{i}")).find(|r| cchat::placement::node_for(r, names) == Some("node2")).unwrap();
+    let mut watcher = cl.node(0).client();
+    watcher.login("w", &rid, Some("w"));
+    let mut gone = cl.nodes[2].take().unwrap();
+    let mut drained = gone.client();
+    drained.login("d", &rid, Some("d"));
+    let mut sender = cl.node(1).client();
+    sender.login_echo("s", &rid, "s");
+    let (epoch, first) = sender.say_acked(&rid, "first").unwrap();
+    // Messages keep coming, each sent once (no wait for its ack), through
+    // the whole drain.
+    let r = rid.clone();
+    let traffic = std::thread::spawn(move || {
+        for i in 0..150 {
+            sender.send(
+                json!({"cmd": "message", "type": "text", "rid": r, "msg": format!("t{i}"), "mid": format!("t{i}")}),
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sender
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    gone.signal(15);
+    // The drained member reads until it is told to go, then comes back on
+    // node0 with where it stopped.
+    let mut seen = Vec::new();
+    drained.ws.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        match drained.ws.read().expect("a close frame") {
+            tungstenite::Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["cmd"] == "message" {
+                    assert_eq!(v["epoch"], epoch);
+                    seen.push(v["seq"].as_u64().unwrap());
+                }
+            }
+            tungstenite::Message::Close(f) => {
+                assert_eq!(f.map(|f| u16::from(f.code)), Some(1012));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mut back = cl.node(0).client();
+    let since = json!({"epoch": epoch, "seq": seen.last().unwrap()});
+    back.send(json!({"cmd": "login", "name": "d", "rid": rid, "uid": "d", "since": since}));
+    let ack = loop {
+        let v = back.recv();
+        if v["cmd"] == "login" && v["uid"] == "d" {
+            break v;
+        }
+    };
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let mut sender = traffic.join().unwrap();
+    sender.send(json!({"cmd": "message", "type": "text", "rid": rid, "msg": "last", "mid": "last"}));
+    sender.ws.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut frames = Vec::new();
+    let last = loop {
+        match sender.ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["msg"] == "last" {
+                    break v["seq"].as_u64().unwrap();
+                }
+                frames.push(v);
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no echo of the last message ({e}); the sender had: {frames:?}"),
+        }
+    };
+    // Everyone has every seq from the first message to the last, once, in order.
+    let read_to_last = |c: &mut crate::common::Client, mut got: Vec<u64>| {
+        while got.last() != Some(&last) {
+            let v = c.recv();
+            if v["cmd"] == "message" {
+                assert_eq!(v["epoch"], epoch, "renumbered");
+                got.push(v["seq"].as_u64().unwrap());
+            }
+        }
+        got
+    };
+    let expected: Vec<u64> = (first..=last).collect();
+    let w = read_to_last(&mut watcher, Vec::new());
+    assert_eq!(w, expected, "the member on node0 missed or repeated a message");
+    let d = read_to_last(&mut back, seen);
+    assert_eq!(d, expected, "the drained member missed or repeated a message");
+    let _ = gone.child.wait();
+}

@@ -235,10 +235,10 @@ pub struct ClusterArgs {
     /// peer is treated as failed and reconnects).
     #[arg(long, default_value_t = 64 << 20)]
     pub relay_queue_bytes: usize,
-    /// The newest relay version this node offers (6 or 7): pin a new node to the old
+    /// The newest relay version this node offers (6 to 8): pin a new node to the old
     /// version while a cluster is upgraded, if the old nodes must not see the new one's
     /// links at all. Each link already runs at the lower of its two ends' versions.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = crate::cluster::VERSION)]
     pub relay_max_version: u8,
     /// Shared secret relay peers prove they know.
     #[arg(long, env = "CCHAT_CLUSTER_SECRET", hide_env_values = true)]

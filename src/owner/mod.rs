@@ -224,9 +224,25 @@ impl Owner {
         // in order, joins and leaves too, and hands them back after.
         let req = self.store.hold(req)?;
         match req {
+            Request::Join { ref rid, rejoin: false, since: Some(_), .. } if self.claim_first(rid, now_ms) => {
+                // A shared store's room is resumed once claimed: only then
+                // is its epoch known (the claim hands the join back).
+                let rid = rid.clone();
+                let mut req = Some(req);
+                let gate = self.store.admit(&rid, &mut req, &mut self.rooms, &*self.next_epoch, now_ms);
+                if let Some(Request::Join { rid, conn, uid, name, echo, since: Some(since), .. }) = req {
+                    debug_assert!(!matches!(gate, Gate::Queued), "a queued join is taken");
+                    let r = Resume { rid, conn, uid, name, echo, epoch: since.epoch, since: since.seq, top: 0 };
+                    self.resume(Box::new(r), now_ms, out)
+                }
+            }
             Request::Join { rid, conn, uid, name, echo, rejoin: false, since: Some(since) } => {
                 let r = Resume { rid, conn, uid, name, echo, epoch: since.epoch, since: since.seq, top: 0 };
                 self.resume(Box::new(r), now_ms, out)
+            }
+            Request::Join { rid, conn, uid, name, echo, rejoin: true, since: Some(since) } => {
+                self.join(rid.clone(), conn, uid, name, echo, true, None, now_ms, out);
+                self.catch_up(&rid, conn, since, out);
             }
             Request::Join { rid, conn, uid, name, echo, rejoin, .. } => {
                 self.join(rid, conn, uid, name, echo, rejoin, None, now_ms, out)
@@ -455,7 +471,13 @@ impl Owner {
             return Some(ERR_INVALID);
         };
         let from_api = p.from.is_api();
-        let Some(sender_echo) = room.member(&p.from).map(|m| m.echo).or(from_api.then_some(true)) else {
+        // A connection on another node that is not a member here (yet):
+        // the room just moved here, and its message overtook its re-join
+        // (it came by the old owner, which passed it on). Its node's
+        // session let it send (it is in the room there, and peers are
+        // authenticated): taken, and echoed (its echo flag is not known).
+        let overtaken = p.from.node != 0;
+        let Some(sender_echo) = room.member(&p.from).map(|m| m.echo).or((from_api || overtaken).then_some(true)) else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
         };
@@ -535,6 +557,14 @@ impl Owner {
             Some(targets) => deliver_to(&p.rid, &frame, targets, t0, out),
         }
         None
+    }
+
+    /// Whether a resume of `rid` should first let the store claim the room
+    /// (brought into memory here if it was not): not while the store is
+    /// known to be down (the resume then says it could not recover).
+    fn claim_first(&mut self, rid: &Id, now_ms: u64) -> bool {
+        self.room_or_load(rid);
+        now_ms >= self.store_down.0
     }
 
     /// Whether a room message or event (`stored`) from `from` may be
@@ -744,6 +774,18 @@ impl Owner {
         for rid in gone {
             moved.extend(self.mids_loading.remove(&rid).unwrap_or_default());
         }
+        // Resumes under way for rooms that moved are dropped (their answer,
+        // when it comes, finds nothing to answer): the connections' shards
+        // make them again at the new owner; what their logins sent meanwhile
+        // follows them there.
+        let resumes: Vec<(ConnRef, Id)> =
+            self.resuming.keys().filter(|(_, rid)| view.owner(rid) != 0).cloned().collect();
+        for key in resumes {
+            moved.extend(self.resuming.remove(&key).unwrap_or_default());
+        }
+        // Joins that waited here are made again at the new owner by the
+        // joining connections' shards (see `shard/cluster.rs`): not twice.
+        moved.retain(|req| !matches!(req, Request::Join { .. }));
         let live = &mut self.live;
         self.rooms.retain(|rid, room| {
             let keep = view.owner(rid) == 0;

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use super::log::{DiskRead, LogRoomStore, Resume};
 use super::redis::{ClaimJob, RedisRoomStore, RemoteRead};
 use super::store::HistoryQuery;
-use super::{Out, Owner, ReadReply};
+use super::{Dest, Out, Owner, ReadReply};
 use crate::ids::Id;
-use crate::msg::Request;
+use crate::msg::{ConnRef, Delivery, Request};
 use crate::owner::room::Room;
+use crate::protocol::Since;
 use crate::store::redis::{Refusal, Refused};
 use crate::store::{Mark, RoomState};
 
@@ -299,6 +300,26 @@ impl Owner {
         }
     }
 
+    /// A member re-joining a room that moved here, whose shard had its
+    /// broadcasts up to `since`: what this owner sent before the re-join
+    /// came is sent to it now, from memory (all of it, or nothing when
+    /// memory does not reach back that far or the epoch is another).
+    pub(super) fn catch_up(&mut self, rid: &Id, conn: ConnRef, since: Since, out: &mut Vec<Out>) {
+        let Some(room) = self.rooms.get(rid) else { return };
+        if since.epoch != room.epoch() || since.seq >= room.seq() || room.memory_low() > since.seq + 1 {
+            return;
+        }
+        let missed: Vec<&Bytes> = room.history_range(since.seq + 1..room.seq() + 1).collect();
+        if missed.iter().map(|m| m.len() + 14).sum::<usize>() > self.reply_budget {
+            return;
+        }
+        let mut frames = bytes::BytesMut::new();
+        for json in missed {
+            frames.extend_from_slice(&crate::ws::text_frame(json));
+        }
+        out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame: frames.freeze() } });
+    }
+
     /// What a resuming login missed, read (`msgs`: `since + 1 ..= top` of
     /// `epoch`; None when the read failed): the ack, the messages, and
     /// membership, in that order. Recovered only when nothing is missing:
@@ -322,8 +343,12 @@ impl Owner {
         let mut all = msgs.unwrap_or_default();
         let mut ok = epoch == r.epoch && room.epoch() == r.epoch && r.since <= room.seq();
         if ok && r.top > 0 {
-            ok = all.len() as u64 == r.top - r.since;
-            all.extend(room.history_range(r.top + 1..room.seq() + 1).cloned());
+            // The store has the room's messages without gaps, from the
+            // oldest: a read that came back short lacks only the newest
+            // (still on their way to it), which memory holds.
+            let next = r.since + all.len() as u64 + 1;
+            ok = next <= r.top + 1 && room.memory_low() <= next;
+            all.extend(room.history_range(next..room.seq() + 1).cloned());
         }
         ok = ok && all.len() as u64 == room.seq() - r.since;
         // What is sent at once must fit the client's outbound queue.

@@ -498,6 +498,34 @@ pub fn encode_change(
     f.finish_with_body_offset()
 }
 
+/// The place in its room's sequence of a sequenced frame (a `message`, or
+/// a change event), read from the frame's end, where both encoders put
+/// it: `…"seq":S,"epoch":E,"ts":T}` or `…"ts":T,"epoch":E,"at":A}`. None
+/// for any other frame. Reads only the tail (no JSON parse): a shard calls
+/// it once per broadcast to know where its members are (see
+/// `shard/cluster.rs`, re-joins after a room moves).
+pub fn room_point(frame: &[u8]) -> Option<Since> {
+    let mut rest = frame.strip_suffix(b"}")?;
+    let mut fields = [(&b""[..], 0u64); 3];
+    for f in fields.iter_mut().rev() {
+        let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 20 {
+            return None;
+        }
+        let (head, num) = rest.split_at(rest.len() - digits);
+        let value = std::str::from_utf8(num).ok()?.parse().ok()?;
+        let head = head.strip_suffix(b"\":")?;
+        let open = head.iter().rposition(|b| *b == b'"')?;
+        *f = (&head[open + 1..], value);
+        rest = head[..open].strip_suffix(b",")?;
+    }
+    match fields {
+        [(b"seq", seq), (b"epoch", epoch), (b"ts", _)] => Some(Since { epoch, seq }),
+        [(b"ts", _), (b"epoch", epoch), (b"at", seq)] => Some(Since { epoch, seq }),
+        _ => None,
+    }
+}
+
 /// A point in a room's sequence: the last message a client saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Since {

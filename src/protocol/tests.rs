@@ -201,3 +201,38 @@ fn a_resume_ack_is_followed_by_its_messages_and_a_dup_is_flagged() {
     let v = body(&d);
     assert_eq!((v["dup"].as_bool(), v["seq"].as_u64(), v["mid"].as_str()), (Some(true), Some(3), Some("m")));
 }
+
+proptest! {
+    /// A shard reads where a broadcast stands in its room from the frame's
+    /// tail: right for every message and change event, whatever they carry.
+    #[test]
+    fn room_point_reads_what_the_encoders_wrote(
+        msg in ".{0,40}", name in ".{1,12}", mid in proptest::option::of("[a-z0-9]{1,8}"),
+        reply in proptest::option::of(1u64..1000), seq in any::<u64>(), epoch in any::<u64>(), ts in any::<u64>(),
+        at in any::<u64>(), emoji in "\\PC{1,2}",
+    ) {
+        let m = MessageOut {
+            uid: "u1", name: &name, mtype: MsgType::Text, rid: "r", msg: &msg, tid: None,
+            mid: mid.as_deref(), reply, seq, epoch, ts,
+        };
+        let (frame, _) = encode_message(&m);
+        prop_assert_eq!(room_point(&frame), Some(Since { epoch, seq }));
+        for change in [ChangeKind::Edit(msg.clone()), ChangeKind::Delete, ChangeKind::React { emoji: emoji.clone(), on: true }] {
+            let (frame, _) = encode_change("r", 3, "u1", &change, ts, epoch, at);
+            prop_assert_eq!(room_point(&frame), Some(Since { epoch, seq: at }));
+        }
+    }
+
+    /// Anything else is not mistaken for a sequenced frame, nor panics.
+    #[test]
+    fn room_point_takes_nothing_else(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+        let _ = room_point(&bytes);
+    }
+}
+
+#[test]
+fn room_point_of_other_frames_is_none() {
+    assert_eq!(room_point(&encode_presence("login", "u", "n", "r")), None);
+    assert_eq!(room_point(&encode_login_ack("u", "n", "r", Some(true), std::iter::empty())), None);
+    assert_eq!(room_point(b"{\"cmd\":\"x\",\"a\":1,\"b\":2,\"c\":3}"), None);
+}

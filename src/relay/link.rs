@@ -284,6 +284,17 @@ fn drain_frames(relay: &Relay, link: &Rc<Link>, rbuf: &mut BytesMut) -> Result<(
             }
             Frame::Msg(crate::msg::NodeMsg::Peers { addrs }) => relay.learn(&addrs),
             Frame::Msg(crate::msg::NodeMsg::Leaving) => relay.peer_leaving(link.peer),
+            Frame::Msg(crate::msg::NodeMsg::Forwarded { origin, hops, mut req }) if link.active.get() => {
+                // The request's connection is on `origin` (this node, when it
+                // comes back to where it started).
+                let node = if *origin == *relay.node.cfg.cluster.node_id {
+                    0
+                } else {
+                    relay.node.cluster.lock().expect("cluster table").index_of(&origin)
+                };
+                req.set_conn_node(node);
+                (relay.sink)(RelayEvent::Msg(crate::msg::NodeMsg::Forwarded { origin, hops, req }));
+            }
             Frame::Msg(msg) => {
                 if !link.active.get() {
                     warn!(peer = %link.stats.peer, "traffic on a link not activated: closing it");

@@ -28,6 +28,11 @@ pub(crate) struct Session {
     /// With signed logins: when the token expires (Unix seconds) and the
     /// rooms it allows.
     grant: Option<Box<Grant>>,
+    /// Rooms being resumed (`since`), until their owner's ack: should the
+    /// room move to another node meanwhile, it is resumed there (boxed:
+    /// empty on almost every connection, and idle memory counts).
+    #[allow(clippy::box_collection)] // 8 bytes on an idle connection, not 24
+    resuming: Option<Box<Vec<(Id, protocol::Since)>>>,
 }
 
 /// What a session is allowed and how: the server's settings it applies.
@@ -66,6 +71,23 @@ impl Session {
             msg_bucket: TokenBucket::new(rate * 2.0, now_ms),
             frame_bucket: TokenBucket::new(frame_burst(rate), now_ms),
             grant: None,
+            resuming: None,
+        }
+    }
+
+    /// Where a resume of `rid` started, while its ack is still to come.
+    pub(crate) fn resuming(&self, rid: &Id) -> Option<protocol::Since> {
+        self.resuming.as_ref()?.iter().find(|(r, _)| r == rid).map(|(_, s)| *s)
+    }
+
+    /// The owner's ack for `rid` came (or the room was left): no resume
+    /// of it is under way any more.
+    pub(crate) fn joined(&mut self, rid: &Id) {
+        if let Some(v) = &mut self.resuming {
+            v.retain(|(r, _)| r != rid);
+            if v.is_empty() {
+                self.resuming = None;
+            }
         }
     }
 
@@ -170,6 +192,10 @@ impl Session {
                 // repeat what it has had live: only a new member resumes.
                 let since = since.filter(|_| !self.rooms.contains(&rid));
                 self.rooms.insert(rid.clone());
+                if let Some(since) = since {
+                    self.joined(&rid);
+                    self.resuming.get_or_insert_default().push((rid.clone(), since));
+                }
                 emit(Request::Join { rid, conn: me, uid, name, echo: self.echo, rejoin: false, since });
             }
             Command::Refresh { token } => {
@@ -228,6 +254,7 @@ impl Session {
                     None => self.rooms.take_all(),
                 };
                 for rid in leaving {
+                    self.joined(&rid);
                     emit(Request::Leave { rid, conn: me, ack: true });
                 }
             }

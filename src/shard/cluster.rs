@@ -13,6 +13,7 @@ use crate::node::unix_ms;
 use crate::owner::{self, Dest, Out};
 use crate::placement::shard_for;
 use crate::relay::RelayEvent;
+use tracing::warn;
 
 /// Applies a new set of live nodes: forgets members on a dead node,
 /// hands over rooms this node no longer owns, and re-joins this shard's
@@ -45,7 +46,8 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
                 // is live again by now (it forgot this node's members).
                 let owner = view.owner(rid);
                 if old_view.owner(rid) != owner || down == Some(owner) {
-                    let indexed = members.get(rid).is_some_and(|m| m.contains(&key));
+                    let here = members.get(rid);
+                    let indexed = here.is_some_and(|m| m.conns.contains(&key));
                     rejoins.push(Request::Join {
                         rid: rid.clone(),
                         conn: sh.conn_ref(key, e.generation),
@@ -53,7 +55,12 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
                         name: name.clone(),
                         echo,
                         rejoin: indexed,
-                        since: None,
+                        // A resume the old owner had not answered yet is
+                        // made again at the new one (which dropped it).
+                        // A member re-joins from where this shard's
+                        // deliveries stand (what the new owner sent before
+                        // this re-join came, it sends again).
+                        since: if indexed { here.and_then(|m| m.seen) } else { e.session.resuming(rid) },
                     });
                 }
             }
@@ -68,14 +75,45 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
     sh.stats().view_nodes.store(view.live.len() as i64, Relaxed);
 }
 
+/// A request that came by the relay, for a room this node owns: to the
+/// room's shard. One for a room another node owns (its sender's view was
+/// older, or this node drains) is passed on to the owner, naming the node
+/// of its connection, at most [`MAX_HOPS`] times (views that disagree
+/// settle within milliseconds).
+fn to_owner_here(sh: &Shard, req: Request, hops: u8) {
+    let view = sh.view.borrow().clone();
+    let owner = view.owner(req.rid());
+    if owner == 0 {
+        // The sender chose this node as the owner; the shard is ours to pick.
+        return sh.route(shard_for(req.rid(), sh.nshards), ShardMsg::ToOwner(req));
+    }
+    let origin = match req.conn().node {
+        0 => Some(sh.node.cfg.cluster.node_id.as_str().into()),
+        // By the node table: a draining node is out of the view already.
+        n => sh.node.cluster.lock().expect("cluster table").names.get(n as usize).cloned(),
+    };
+    match origin {
+        Some(origin) if hops < MAX_HOPS => sh.to_node(owner, NodeMsg::Forwarded { origin, hops: hops + 1, req }),
+        // Its connection's node is gone (and the connection with it), or
+        // the views have not settled: dropped, said once a second.
+        _ => {
+            if let Some(held) = DROPPED_LOG.due() {
+                warn!(rid = %req.rid(), hops, held_back = held, "a request for another node's room dropped");
+            }
+        }
+    }
+}
+
+/// How often a request is passed on before it is dropped.
+const MAX_HOPS: u8 = 16;
+static DROPPED_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
+
 /// What shard 0's relay received: messages from other nodes go to the
 /// shard they are for, changes of the live set to every shard.
 pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
     match ev {
-        RelayEvent::Msg(NodeMsg::ToOwner(req)) => {
-            // The sender chose this node as the owner; the shard is ours to pick.
-            sh.route(shard_for(req.rid(), sh.nshards), ShardMsg::ToOwner(req));
-        }
+        RelayEvent::Msg(NodeMsg::ToOwner(req)) => to_owner_here(sh, req, 0),
+        RelayEvent::Msg(NodeMsg::Forwarded { req, hops, .. }) => to_owner_here(sh, req, hops),
         RelayEvent::Msg(NodeMsg::ToMembers(Delivery::Deliver { rid, frame, audience, t0 })) => {
             let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
             match audience {

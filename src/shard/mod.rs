@@ -87,6 +87,16 @@ use crate::ws;
 use conns::{ConnEntry, Conns};
 pub(crate) use sweep::TICK;
 
+/// A room's member connections on one shard.
+#[derive(Default)]
+pub(crate) struct Members {
+    pub(crate) conns: IndexSet<u32>,
+    /// Where the room's broadcasts this shard delivered stand (in a
+    /// cluster only): should the room move to another node, its members
+    /// re-join there from here, missing nothing sent meanwhile.
+    pub(crate) seen: Option<crate::protocol::Since>,
+}
+
 /// A shard's state, shared by its tasks through `Rc`.
 pub struct Shard {
     /// Index of this shard.
@@ -97,7 +107,7 @@ pub struct Shard {
     pub node: Arc<Node>,
     pub(crate) conns: RefCell<Conns>,
     /// This shard's member connections of each room (wherever its owner is).
-    members: RefCell<HashMap<Id, IndexSet<u32>>>,
+    members: RefCell<HashMap<Id, Members>>,
     owner: RefCell<Owner>,
     /// Reused: what the owner sends while handling one request.
     owner_out: RefCell<Vec<Out>>,
@@ -288,8 +298,8 @@ impl Shard {
     fn unindex(&self, rid: &Id, key: u32) {
         let mut members = self.members.borrow_mut();
         if let Some(set) = members.get_mut(rid) {
-            set.swap_remove(&key);
-            if set.is_empty() {
+            set.conns.swap_remove(&key);
+            if set.conns.is_empty() {
                 members.remove(rid);
                 let len = members.len();
                 if members.capacity() > 1024 && len * 4 < members.capacity() {
@@ -561,7 +571,8 @@ impl Shard {
             Delivery::Joined { rid, conn, ack } => {
                 let Some(e) = conns.by_ref(conn) else { return };
                 if e.session.rooms().contains(&rid) {
-                    self.members.borrow_mut().entry(rid).or_default().insert(conn.key);
+                    e.session.joined(&rid);
+                    self.members.borrow_mut().entry(rid).or_default().conns.insert(conn.key);
                 }
                 self.push(conn.key, e, &Rc::new(ack));
             }
@@ -572,11 +583,14 @@ impl Shard {
                 // another node reaches every shard).
                 match audience {
                     Audience::AllExcept(except) => {
-                        let members = self.members.borrow();
-                        if let Some(set) = members.get(&rid) {
+                        let mut members = self.members.borrow_mut();
+                        if let Some(set) = members.get_mut(&rid) {
+                            if self.view.borrow().live.len() > 1 {
+                                set.seen = crate::protocol::room_point(&frame).or(set.seen);
+                            }
                             let frame = Rc::new(frame);
                             let skip = except.filter(|c| c.node == 0 && c.shard as usize == self.id).map(|c| c.key);
-                            for &key in set {
+                            for &key in &set.conns {
                                 if Some(key) != skip
                                     && let Some(e) = conns.get_mut(key)
                                     && self.push(key, e, &frame)
