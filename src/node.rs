@@ -58,6 +58,10 @@ pub struct Node {
     /// Draining: shard 0 has handed this node's rooms to the others (or
     /// there are none to hand): the shards may now tell their clients.
     pub handed_off: AtomicBool,
+    /// Draining in a cluster: shards whose store has everything they
+    /// sequenced (their rooms' requests wait meanwhile), before the peers
+    /// are told to take the rooms over.
+    pub stored_for_hand_off: std::sync::atomic::AtomicUsize,
     last_epoch: AtomicU64,
 }
 
@@ -79,6 +83,7 @@ impl Node {
             tls: None,
             remote_rooms: Mutex::new(Vec::new()),
             handed_off: AtomicBool::new(false),
+            stored_for_hand_off: std::sync::atomic::AtomicUsize::new(0),
             per_ip: crate::perip::PerIp::new(cfg.limits.max_connections_per_ip, cfg.limits.new_connections_per_ip),
             login_attempts: crate::perip::Attempts::new(cfg.security.login_attempts_per_ip),
             last_epoch: AtomicU64::new(epoch),

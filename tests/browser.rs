@@ -1220,7 +1220,16 @@ fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
         bob.say("lobby", &format!("filler {i}"));
     }
     a.wait_message("filler 59");
-    // Scrolled to the top, a new message does not pull the list down.
+    // Scrolled to the top, a new message does not pull the list down. (At
+    // the top the page loads older messages first, keeping the reader's
+    // place: wait for the room's beginning, then go to the top again.)
+    a.exec("var l = document.querySelector('[data-testid=message-list]'); l.scrollTop = 0; return true;", json!([]));
+    a.wait_js_within(
+        "the room's beginning",
+        "return !!document.querySelector('[data-testid=beginning]')",
+        json!([]),
+        Duration::from_secs(10),
+    );
     a.exec("var l = document.querySelector('[data-testid=message-list]'); l.scrollTop = 0; return true;", json!([]));
     bob.say("lobby", "arrives while reading");
     a.wait_message("arrives while reading");

@@ -454,9 +454,11 @@ impl Owner {
     }
 
     fn publish(&mut self, p: Box<Publish>, now_ms: u64, out: &mut Vec<Out>) -> Option<u16> {
-        if p.from.is_api() && !self.rooms.contains_key(&p.rid) {
+        if (p.from.is_api() || p.from.node != 0) && !self.rooms.contains_key(&p.rid) {
             // The server API publishes to any room, as no member: everyone
-            // gets it, and it is stored like any message.
+            // gets it, and it is stored like any message. So does another
+            // node's connection, whose re-join this message overtook (see
+            // below): the members re-joining get it by their catch-up.
             self.room_or_load(&p.rid);
             self.schedule_evict(&p.rid, now_ms);
         }

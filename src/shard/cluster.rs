@@ -71,6 +71,11 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
     for req in rejoins.into_iter().chain(moved) {
         sh.to_owner(req);
     }
+    // What waited for a drain's hand-off, after the re-joins (once this
+    // node is out of the view: it owns nothing now).
+    if !view.live.iter().any(|(_, i)| *i == 0) {
+        sh.end_hand_off();
+    }
     // Last: a reader of the gauge knows this shard routes by the new view.
     sh.stats().view_nodes.store(view.live.len() as i64, Relaxed);
 }
@@ -87,12 +92,7 @@ fn to_owner_here(sh: &Shard, req: Request, hops: u8) {
         // The sender chose this node as the owner; the shard is ours to pick.
         return sh.route(shard_for(req.rid(), sh.nshards), ShardMsg::ToOwner(req));
     }
-    let origin = match req.conn().node {
-        0 => Some(sh.node.cfg.cluster.node_id.as_str().into()),
-        // By the node table: a draining node is out of the view already.
-        n => sh.node.cluster.lock().expect("cluster table").names.get(n as usize).cloned(),
-    };
-    match origin {
+    match sh.node_name(req.conn().node) {
         Some(origin) if hops < MAX_HOPS => sh.to_node(owner, NodeMsg::Forwarded { origin, hops: hops + 1, req }),
         // Its connection's node is gone (and the connection with it), or
         // the views have not settled: dropped, said once a second.

@@ -219,17 +219,37 @@ async fn serve(node: &Node, started: Started) {
     // 0 tells them; every shard hands its rooms over and its members join
     // the new owners), so that no message waits for a failover; then the
     // clients are told to reconnect.
+    //
+    // First every shard stops sequencing (its rooms' requests wait) until
+    // its store has all it sequenced: the new owners' claims then find
+    // every message, and none is numbered twice. Then shard 0 tells the
+    // peers (LEAVING); what waited goes to the new owners after it, on the
+    // same links, so they take it as owners.
+    let clustered = node.cfg.cluster.relay_listen.is_some() || !node.cfg.cluster.peers.is_empty();
+    if clustered {
+        shard.start_hand_off();
+        if node.cfg.storage.store.is_some() {
+            shard.redis.flush(&shard).await;
+        }
+        node.stored_for_hand_off.fetch_add(1, Relaxed);
+    }
     if shard.id == 0 {
+        let t0 = Instant::now();
+        while clustered && node.stored_for_hand_off.load(Relaxed) < shard.nshards && t0.elapsed() < HAND_OFF * 10 {
+            Timer::new(Duration::from_millis(2)).await;
+        }
         if shard.leave_cluster() {
             Timer::new(HAND_OFF).await;
         }
         node.handed_off.store(true, Relaxed);
     } else {
         let t0 = Instant::now();
-        while !node.handed_off.load(Relaxed) && t0.elapsed() < HAND_OFF * 4 {
+        while !node.handed_off.load(Relaxed) && t0.elapsed() < HAND_OFF * 14 {
             Timer::new(Duration::from_millis(10)).await;
         }
     }
+    // (A view change released them already, when there was one.)
+    shard.end_hand_off();
     shard.close_all();
     // Drain: the clients were told to come back later (1012); they leave
     // at once, or the drain timeout ends it.

@@ -109,6 +109,9 @@ pub struct Shard {
     /// This shard's member connections of each room (wherever its owner is).
     members: RefCell<HashMap<Id, Members>>,
     owner: RefCell<Owner>,
+    /// Draining in a cluster: requests for this shard's rooms wait here
+    /// until the rooms are handed over (see `life.rs`).
+    handing_off: RefCell<Option<Vec<Request>>>,
     /// Reused: what the owner sends while handling one request.
     owner_out: RefCell<Vec<Out>>,
     /// Reused: the requests one client command makes.
@@ -165,6 +168,7 @@ impl Shard {
             nshards: n,
             conns: RefCell::new(Conns::new()),
             members: RefCell::new(HashMap::new()),
+            handing_off: RefCell::new(None),
             owner: RefCell::new({
                 let mut o =
                     Owner::new(n, node.cfg.storage.history_memory, node.epoch, Box::new(move || epochs.next_epoch()));
@@ -459,9 +463,40 @@ impl Shard {
     /// another node through the relay (whose shard there is its own choice).
     fn to_owner(&self, req: Request) {
         let owner = self.view.borrow().owner(req.rid());
-        match owner {
-            0 => self.route(shard_for(req.rid(), self.nshards), ShardMsg::ToOwner(req)),
-            node => self.to_node(node, NodeMsg::ToOwner(req)),
+        match (owner, req.conn().node) {
+            (0, _) => self.route(shard_for(req.rid(), self.nshards), ShardMsg::ToOwner(req)),
+            (node, 0) => self.to_node(node, NodeMsg::ToOwner(req)),
+            // Another node's connection (a request that waited here for a
+            // room that moved): passed on naming that node.
+            (node, from) => {
+                // (A node unknown here has no connection here either.)
+                if let Some(origin) = self.node_name(from) {
+                    self.to_node(node, NodeMsg::Forwarded { origin, hops: 1, req });
+                }
+            }
+        }
+    }
+
+    /// A node's name, by its index here (0: this node).
+    pub(crate) fn node_name(&self, n: u16) -> Option<Arc<str>> {
+        match n {
+            0 => Some(self.node.cfg.cluster.node_id.as_str().into()),
+            // By the node table: a draining node is out of the view already.
+            n => self.node.cluster.lock().expect("cluster table").names.get(n as usize).cloned(),
+        }
+    }
+
+    /// Draining: requests for this shard's rooms wait from now on.
+    pub(crate) fn start_hand_off(&self) {
+        self.handing_off.borrow_mut().get_or_insert_default();
+    }
+
+    /// The rooms were handed over (or there is no one to hand them to):
+    /// what waited goes to the rooms' owners now, in order.
+    pub(crate) fn end_hand_off(&self) {
+        let Some(waiting) = self.handing_off.borrow_mut().take() else { return };
+        for req in waiting {
+            self.to_owner(req);
         }
     }
 
@@ -525,6 +560,9 @@ impl Shard {
 
     /// A request for a room this shard owns.
     fn on_request(&self, req: Request) {
+        if let Some(waiting) = self.handing_off.borrow_mut().as_mut() {
+            return waiting.push(req);
+        }
         let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
         let knocks;
         {
