@@ -27,12 +27,16 @@ pub const MIN_VERSION: u8 = 6;
 pub struct View {
     /// (name, index) of every live node, this node (index 0) included.
     pub live: Vec<(Arc<str>, u16)>,
+    /// Which of the node's views this is (0: the first; see
+    /// [`crate::node::Node::view_gen`]): a shard whose view is older than
+    /// the node's knows a newer one is on its way.
+    pub number: u64,
 }
 
 impl View {
     /// A view with only this node.
     pub fn solo(self_name: &str) -> View {
-        View { live: vec![(Arc::from(self_name), 0)] }
+        View { live: vec![(Arc::from(self_name), 0)], number: 0 }
     }
 
     /// The node that owns `rid`: rendezvous hashing over the live nodes.
@@ -83,6 +87,7 @@ impl Table {
                 .filter(|(_, (_, up))| **up)
                 .map(|(i, (n, _))| (n.clone(), i as u16))
                 .collect(),
+            number: 0,
         }
     }
 }

@@ -181,6 +181,9 @@ pub struct Publish {
     pub mid: Option<Id>,
     /// The seq of the room message it answers.
     pub reply: Option<u64>,
+    /// The sender wants its own message back (its session's echo flag): for
+    /// an owner that does not know it as a member yet (see `owner`).
+    pub echo: bool,
 }
 
 /// A change of a room message on its way to the owner.

@@ -62,6 +62,10 @@ pub struct Node {
     /// sequenced (their rooms' requests wait meanwhile), before the peers
     /// are told to take the rooms over.
     pub stored_for_hand_off: std::sync::atomic::AtomicUsize,
+    /// The newest view shard 0 sent its shards (each shard applies it in
+    /// its own time: one whose view is older holds requests it would send
+    /// by it, see `shard::on_request`).
+    pub view_gen: AtomicU64,
     last_epoch: AtomicU64,
 }
 
@@ -84,6 +88,7 @@ impl Node {
             remote_rooms: Mutex::new(Vec::new()),
             handed_off: AtomicBool::new(false),
             stored_for_hand_off: std::sync::atomic::AtomicUsize::new(0),
+            view_gen: AtomicU64::new(0),
             per_ip: crate::perip::PerIp::new(cfg.limits.max_connections_per_ip, cfg.limits.new_connections_per_ip),
             login_attempts: crate::perip::Attempts::new(cfg.security.login_attempts_per_ip),
             last_epoch: AtomicU64::new(epoch),
@@ -106,6 +111,12 @@ impl Node {
         self.stats.recovered_records.store(r.records, Relaxed);
         self.stats.recovery_dropped_bytes.store(r.dropped_bytes, Relaxed);
         self.stats.recovery_new_epochs.store(r.new_epochs, Relaxed);
+    }
+
+    /// Part of a cluster (a relay listener or peers): rooms may move
+    /// between nodes, and shards keep where each room's broadcasts stand.
+    pub fn clustered(&self) -> bool {
+        self.cfg.cluster.relay_listen.is_some() || !self.cfg.cluster.peers.is_empty()
     }
 
     /// An epoch for a room sequence starting now: Unix milliseconds, and

@@ -721,6 +721,7 @@ fn a_node_of_the_previous_relay_version_is_linked_at_its_version() {
         tid: None,
         mid: None,
         reply: None,
+        echo: false,
     })));
     peer.send(&codec::encode_for(&publish, 6).unwrap()).unwrap();
     loop {

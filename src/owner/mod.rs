@@ -477,9 +477,10 @@ impl Owner {
         // the room just moved here, and its message overtook its re-join
         // (it came by the old owner, which passed it on). Its node's
         // session let it send (it is in the room there, and peers are
-        // authenticated): taken, and echoed (its echo flag is not known).
+        // authenticated): taken, echoed as its session says.
         let overtaken = p.from.node != 0;
-        let Some(sender_echo) = room.member(&p.from).map(|m| m.echo).or((from_api || overtaken).then_some(true)) else {
+        let echo = room.member(&p.from).map(|m| m.echo).or(from_api.then_some(true)).or(overtaken.then_some(p.echo));
+        let Some(sender_echo) = echo else {
             out.push(err(p.from, "not a member of rid"));
             return Some(ERR_INVALID);
         };

@@ -10,7 +10,7 @@ use super::redis::{ClaimJob, RedisRoomStore, RemoteRead};
 use super::store::HistoryQuery;
 use super::{Dest, Out, Owner, ReadReply};
 use crate::ids::Id;
-use crate::msg::{ConnRef, Delivery, Request};
+use crate::msg::{Audience, ConnRef, Delivery, Request};
 use crate::owner::room::Room;
 use crate::protocol::Since;
 use crate::store::redis::{Refusal, Refused};
@@ -302,22 +302,22 @@ impl Owner {
 
     /// A member re-joining a room that moved here, whose shard had its
     /// broadcasts up to `since`: what this owner sent before the re-join
-    /// came is sent to it now, from memory (all of it, or nothing when
-    /// memory does not reach back that far or the epoch is another).
+    /// came is sent again, from memory (all of it, or nothing when memory
+    /// does not reach back that far or the epoch is another), to the
+    /// member's whole shard (or node) as the broadcasts it missed: its
+    /// other members missed them too, and a shard drops a broadcast it
+    /// already delivered (see `shard::on_delivery`), so none is seen twice.
     pub(super) fn catch_up(&mut self, rid: &Id, conn: ConnRef, since: Since, out: &mut Vec<Out>) {
         let Some(room) = self.rooms.get(rid) else { return };
         if since.epoch != room.epoch() || since.seq >= room.seq() || room.memory_low() > since.seq + 1 {
             return;
         }
-        let missed: Vec<&Bytes> = room.history_range(since.seq + 1..room.seq() + 1).collect();
-        if missed.iter().map(|m| m.len() + 14).sum::<usize>() > self.reply_budget {
-            return;
+        let t0 = std::time::Instant::now();
+        for json in room.history_range(since.seq + 1..room.seq() + 1) {
+            let frame = crate::ws::text_frame(json);
+            let msg = Delivery::Deliver { rid: rid.clone(), frame, audience: Audience::AllExcept(None), t0 };
+            out.push(Out { dest: Dest::of(conn), msg });
         }
-        let mut frames = bytes::BytesMut::new();
-        for json in missed {
-            frames.extend_from_slice(&crate::ws::text_frame(json));
-        }
-        out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame: frames.freeze() } });
     }
 
     /// What a resuming login missed, read (`msgs`: `since + 1 ..= top` of

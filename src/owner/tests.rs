@@ -23,6 +23,7 @@ fn publish(from: ConnRef, uid: &str, msg: &str, tid: Option<&str>) -> Request {
         tid: tid.map(id),
         mid: None,
         reply: None,
+        echo: false,
     }))
 }
 
@@ -280,6 +281,7 @@ fn evicted_rooms_are_capped_oldest_first() {
             tid: None,
             mid: None,
             reply: None,
+            echo: false,
         };
         o.handle(Request::Publish(Box::new(p)), now, out);
         o.handle(Request::Leave { rid: room(i), conn: c, ack: false }, now, out);

@@ -241,7 +241,18 @@ impl Session {
                     return Err(invalid("sending too fast"));
                 }
                 let (uid, name) = (uid.clone(), name.clone());
-                emit(Request::Publish(Box::new(Publish { rid, from: me, uid, name, mtype, msg, tid, mid, reply })));
+                emit(Request::Publish(Box::new(Publish {
+                    rid,
+                    from: me,
+                    uid,
+                    name,
+                    mtype,
+                    msg,
+                    tid,
+                    mid,
+                    reply,
+                    echo: self.echo,
+                })));
             }
             Command::Logout { rid } => {
                 if self.uid.is_none() {

@@ -50,6 +50,7 @@ impl Api<'_> {
             tid: None,
             mid: None,
             reply: None,
+            echo: false,
         })));
     }
 

@@ -71,6 +71,11 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
     for req in rejoins.into_iter().chain(moved) {
         sh.to_owner(req);
     }
+    // What waited for this view, as if it came now.
+    let waited = std::mem::take(&mut *sh.view_wait.borrow_mut());
+    for req in waited {
+        sh.on_request(req);
+    }
     // What waited for a drain's hand-off, after the re-joins (once this
     // node is out of the view: it owns nothing now).
     if !view.live.iter().any(|(_, i)| *i == 0) {
@@ -157,7 +162,10 @@ pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
         RelayEvent::Msg(NodeMsg::ApiAsk { ticket, from, request }) => sh.api().on_ask(ticket, from, request),
         RelayEvent::Msg(NodeMsg::ApiAnswer { ticket, status, body }) => sh.api().on_answer(ticket, status, body),
         RelayEvent::LiveSetChanged { down } => {
-            let view = Arc::new(sh.node.cluster.lock().expect("cluster table").view());
+            let table = sh.node.cluster.lock().expect("cluster table");
+            let number = sh.node.view_gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+            let view = Arc::new(View { number, ..table.view() });
+            drop(table);
             for s in 0..sh.nshards {
                 sh.route(s, ShardMsg::ClusterChanged { view: view.clone(), down });
             }

@@ -150,7 +150,7 @@ async fn start(
             tasks.push(glommio::spawn_local(log::run_syncer(shard.clone(), log.clone())).detach());
         }
     }
-    let clustered = node.cfg.cluster.relay_listen.is_some() || !node.cfg.cluster.peers.is_empty();
+    let clustered = node.clustered();
     if id == 0 && clustered {
         // The relay hands what it receives to this shard, which routes it.
         let weak = Rc::downgrade(&shard);
@@ -225,7 +225,7 @@ async fn serve(node: &Node, started: Started) {
     // every message, and none is numbered twice. Then shard 0 tells the
     // peers (LEAVING); what waited goes to the new owners after it, on the
     // same links, so they take it as owners.
-    let clustered = node.cfg.cluster.relay_listen.is_some() || !node.cfg.cluster.peers.is_empty();
+    let clustered = node.clustered();
     if clustered {
         shard.start_hand_off();
         if node.cfg.storage.store.is_some() {

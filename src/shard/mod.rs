@@ -112,6 +112,9 @@ pub struct Shard {
     /// Draining in a cluster: requests for this shard's rooms wait here
     /// until the rooms are handed over (see `life.rs`).
     handing_off: RefCell<Option<Vec<Request>>>,
+    /// Requests for rooms another node owned by this shard's view, while a
+    /// newer view was on its way (see `on_request`).
+    view_wait: RefCell<Vec<Request>>,
     /// Reused: what the owner sends while handling one request.
     owner_out: RefCell<Vec<Out>>,
     /// Reused: the requests one client command makes.
@@ -169,6 +172,7 @@ impl Shard {
             conns: RefCell::new(Conns::new()),
             members: RefCell::new(HashMap::new()),
             handing_off: RefCell::new(None),
+            view_wait: RefCell::new(Vec::new()),
             owner: RefCell::new({
                 let mut o =
                     Owner::new(n, node.cfg.storage.history_memory, node.epoch, Box::new(move || epochs.next_epoch()));
@@ -559,9 +563,21 @@ impl Shard {
     }
 
     /// A request for a room this shard owns.
-    fn on_request(&self, req: Request) {
+    pub(super) fn on_request(&self, req: Request) {
         if let Some(waiting) = self.handing_off.borrow_mut().as_mut() {
             return waiting.push(req);
+        }
+        // Sent here (by another shard, or released by the store) before
+        // the room moved to another node: on to its owner there. Unless
+        // this shard's view is behind the node's: the sender may have
+        // routed by the newer one (a member re-joining the room that moved
+        // here), so it waits for that view (`cluster::apply`).
+        let view = self.view.borrow().clone();
+        if view.owner(req.rid()) != 0 {
+            if view.number < self.node.view_gen.load(std::sync::atomic::Ordering::Acquire) {
+                return self.view_wait.borrow_mut().push(req);
+            }
+            return self.to_owner(req);
         }
         let mut out = std::mem::take(&mut *self.owner_out.borrow_mut());
         let knocks;
@@ -623,8 +639,18 @@ impl Shard {
                     Audience::AllExcept(except) => {
                         let mut members = self.members.borrow_mut();
                         if let Some(set) = members.get_mut(&rid) {
-                            if self.view.borrow().live.len() > 1 {
-                                set.seen = crate::protocol::room_point(&frame).or(set.seen);
+                            if self.node.clustered() {
+                                // A broadcast already delivered (a re-join's
+                                // catch-up overlapping what came live) is
+                                // dropped: no member sees a message twice.
+                                let point = crate::protocol::room_point(&frame);
+                                if let (Some(p), Some(s)) = (point, set.seen)
+                                    && p.epoch == s.epoch
+                                    && p.seq <= s.seq
+                                {
+                                    return;
+                                }
+                                set.seen = point.or(set.seen);
                             }
                             let frame = Rc::new(frame);
                             let skip = except.filter(|c| c.node == 0 && c.shard as usize == self.id).map(|c| c.key);

@@ -18,7 +18,7 @@ fn conn(key: u32) -> ConnRef {
 fn publish(from: ConnRef, msg: &str) -> Request {
     let name = Name::parse("a").unwrap();
     let (rid, uid, mtype, msg, tid) = (id("r"), id("a"), MsgType::Text, msg.into(), None);
-    Request::Publish(Box::new(Publish { rid, from, uid, name, mtype, msg, tid, mid: None, reply: None }))
+    Request::Publish(Box::new(Publish { rid, from, uid, name, mtype, msg, tid, mid: None, reply: None, echo: false }))
 }
 
 /// An owner under a shared store with member `a` (conn 1) in room "r".
@@ -268,7 +268,7 @@ fn what_waits_for_a_claim_goes_to_the_rooms_new_owner_when_it_moves() {
     assert_eq!(claims(&mut o).len(), 1);
     // A view in which another node owns "r".
     let view = (0..)
-        .map(|i| crate::cluster::View { live: vec![("a".into(), 0), (format!("b{i}").into(), 1)] })
+        .map(|i| crate::cluster::View { live: vec![("a".into(), 0), (format!("b{i}").into(), 1)], number: i })
         .find(|v| v.owner("r") == 1)
         .unwrap();
     let moved = o.keep_own(&view);

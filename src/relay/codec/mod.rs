@@ -19,7 +19,8 @@
 //!                     [epoch:u64 seq:u64]              (with bit2: the login resumes after that point)
 //! type 11 LEAVE       rid:str conn ack:u8
 //! type 12 PUBLISH     rid:str conn uid:str name:str mtype:u8 msg:text tid:opt<str>
-//!                     ext:u8 [mid:str] [reply:u64]     (ext bit0: a mid follows, bit1: a reply)
+//!                     ext:u8 [mid:str] [reply:u64]     (ext bit0: a mid follows, bit1: a reply,
+//!                                                       bit2: the sender wants its echo; v7 ignores it)
 //! type 13 GETONLINE   rid:str conn after:opt<str> limit:opt<u64>
 //! type 14 GETHISTORY  rid:str conn since:opt<u64> before:opt<u64> epoch:opt<u64> limit:opt<u64>
 //! type 15 CHANGE      rid:str conn uid:str seq:u64 kind:u8 (0 edit msg:text, 1 delete,
@@ -198,7 +199,7 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
                     put_str(&mut b, t);
                 }
             }
-            b.put_u8(u8::from(p.mid.is_some()) | u8::from(p.reply.is_some()) << 1);
+            b.put_u8(u8::from(p.mid.is_some()) | u8::from(p.reply.is_some()) << 1 | u8::from(p.echo) << 2);
             if let Some(mid) = &p.mid {
                 put_str(&mut b, mid);
             }
@@ -419,6 +420,7 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
                 tid,
                 mid,
                 reply,
+                echo: ext & 4 != 0,
             }))))
         }
         T_TYPING => {

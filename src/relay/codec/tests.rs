@@ -72,6 +72,7 @@ fn a_link_at_version_6_carries_what_v6_reads() {
         tid: None,
         mid: Id::parse_str("m-1"),
         reply: Some(4),
+        echo: true,
     })));
     let Some(NodeMsg::ToOwner(Request::Publish(p))) = round_trip_6(&publish) else { panic!() };
     assert_eq!((p.msg.as_str(), p.mid, p.reply), ("héllo", None, None));
@@ -105,6 +106,7 @@ fn a_forwarded_request_crosses_the_link_with_its_origin() {
         tid: None,
         mid: Some(Id::parse_str("m1").unwrap()),
         reply: None,
+        echo: false,
     }));
     let join = Request::Join {
         rid: Id::parse_str("r").unwrap(),
@@ -200,10 +202,12 @@ fn requests_take_the_links_node() {
         tid: Id::parse_str("t"),
         mid: Id::parse_str("m-1"),
         reply: Some(7),
+        echo: true,
     }))));
     let NodeMsg::ToOwner(Request::Publish(p)) = m else { panic!() };
     assert_eq!((p.msg.as_str(), p.tid.unwrap().as_str(), p.from.node), ("héllo", "t", 3));
     assert_eq!(p.mid.as_deref(), Some("m-1"));
+    assert!(p.echo, "the sender's echo flag crosses (ext bit 2)");
 }
 
 #[test]
@@ -264,6 +268,7 @@ proptest! {
             tid: None,
             mid: None,
             reply: None,
+            echo: false,
         }))));
         let body_len = enc.len() - 4;
         let cut = cut.min(body_len - 1);
