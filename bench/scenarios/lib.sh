@@ -56,11 +56,20 @@ WORK="$(mktemp -d -t cchat-bench.XXXXXX)"
 
 bench_cleanup() {
     stop_servers
+    # Servers a scenario started again itself (rolling.sh), by PID.
+    if [ -f "$WORK/restarted.pids" ]; then
+        local p
+        while read -r p; do kill -TERM "$p" 2> /dev/null || true; done < "$WORK/restarted.pids"
+        while read -r p; do
+            for _ in $(seq 100); do kill -0 "$p" 2> /dev/null || break; sleep 0.05; done
+            kill -KILL "$p" 2> /dev/null || true
+        done < "$WORK/restarted.pids"
+    fi
     if [ -n "$REDIS_PID" ]; then
         kill "$REDIS_PID" 2> /dev/null || true
         wait "$REDIS_PID" 2> /dev/null || true
     fi
-    rm -rf "$WORK"
+    if [ -n "${KEEP_WORK:-}" ]; then echo "bench: kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM

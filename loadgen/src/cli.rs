@@ -107,6 +107,12 @@ pub struct Args {
     /// to the room's other members, not stored, not in the sequence).
     #[arg(long, default_value_t = 0.0)]
     pub typing: f64,
+    /// A client the server closes with 1012 (a node draining) reconnects after the hinted
+    /// time to the other --url node with the fewest clients and resumes its room (`since`),
+    /// sending again under their `mid` what it sent before (implies --mids); counted, not
+    /// failures.
+    #[arg(long)]
+    pub follow_drain: bool,
     /// Give every message a client id (`mid`), as a client that resends
     /// would (implied by --churn).
     #[arg(long)]

@@ -240,6 +240,9 @@ pub struct Conn {
     pub waiting: Vec<(u32, u64)>,
     /// `--churn`: when the connection was dropped (ns), while it resumes.
     pub dropped_ns: Option<u64>,
+    /// `--follow-drain`: the node (index into --url) a drain moved it to,
+    /// instead of its room's.
+    pub moved_to: Option<u16>,
     /// `--reactions`: the seq of the last room message seen.
     pub last_message: Option<u64>,
     /// `--reactions`: the last reaction was an `on` (the next takes it back).
@@ -264,6 +267,7 @@ impl Conn {
             recent: std::collections::VecDeque::new(),
             waiting: Vec::new(),
             dropped_ns: None,
+            moved_to: None,
             last_message: None,
             reacted: false,
         }

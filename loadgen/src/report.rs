@@ -217,6 +217,8 @@ pub struct ChurnReport {
     pub dup_answers: u64,
     /// Messages that fell due while their sender was away, sent on its return.
     pub queued_while_down: u64,
+    /// Clients a draining node closed (1012) that came back on another node.
+    pub drain_reconnects: u64,
     /// From the drop to the resumed login's ack (the missed messages follow it).
     pub resume_ms: Percentiles,
 }
@@ -321,7 +323,8 @@ impl Summary {
                 problems: s.problems.clone(),
             },
             events: EventsReport { sent: c.reactions_sent, typing: c.typing_sent, received: c.events_received },
-            churn: (a.churn > 0.0).then(|| ChurnReport {
+            churn: (a.churn > 0.0 || a.follow_drain).then(|| ChurnReport {
+                drain_reconnects: c.drain_reconnects,
                 drops: c.drops,
                 resumed: c.resumed,
                 not_recovered: c.not_recovered,
@@ -412,8 +415,9 @@ impl Summary {
             let r = &ch.resume_ms;
             let _ = writeln!(
                 o,
-                "churn        {} drops, {} resumed, {} not recovered; {} resent ({} already stored), {} sent late; resume p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "churn        {} drops and {} drained, {} resumed, {} not recovered; {} resent ({} already stored), {} sent late; resume p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 ch.drops,
+                ch.drain_reconnects,
                 ch.resumed,
                 ch.not_recovered,
                 ch.resent,

@@ -100,6 +100,9 @@ pub struct Counters {
     /// it was back.
     #[serde(default)]
     pub queued_while_down: u64,
+    /// `--follow-drain`: clients a draining node closed (1012) that came back.
+    #[serde(default)]
+    pub drain_reconnects: u64,
     /// `--reactions`: reactions sent.
     #[serde(default)]
     pub reactions_sent: u64,
@@ -145,6 +148,7 @@ impl Counters {
         self.dup_answers += o.dup_answers;
         self.queued_while_down += o.queued_while_down;
         self.reactions_sent += o.reactions_sent;
+        self.drain_reconnects += o.drain_reconnects;
         self.typing_sent += o.typing_sent;
         self.events_received += o.events_received;
     }

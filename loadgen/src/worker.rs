@@ -200,11 +200,19 @@ struct Worker<'a> {
     /// `--churn`: the next drop step, and the drops owed (fractional).
     next_churn_ns: u64,
     churn_owed: f64,
+    /// `--follow-drain`: this worker's clients sent to each node (index
+    /// into --url), so that a drained node's clients go to the others
+    /// evenly and no node takes more than its share.
+    on_node: Vec<u32>,
 }
 
 impl<'a> Worker<'a> {
     fn new(cfg: &'a Config, plan: Plan, slice: Range<u32>, workers: u32) -> anyhow::Result<Self> {
-        let conns = slice.clone().map(|c| Conn::new(c, plan.room_of(c))).collect();
+        let conns: Vec<Conn> = slice.clone().map(|c| Conn::new(c, plan.room_of(c))).collect();
+        let mut on_node = vec![0; cfg.targets.len()];
+        for c in &conns {
+            on_node[node_of(&plan, c, cfg.targets.len())] += 1;
+        }
         let requests = cfg.targets.iter().map(|t| conn::upgrade_request(&t.host, &t.path)).collect();
         let concurrency = (cfg.args.connect_concurrency / workers).max(1);
         let now = sys::now_ns();
@@ -241,6 +249,7 @@ impl<'a> Worker<'a> {
             next_churn_ns: 0,
             churn_owed: 0.0,
             slice,
+            on_node,
         })
     }
 
@@ -304,6 +313,8 @@ impl<'a> Worker<'a> {
             let now = self.send_due();
             if a.churn > 0.0 {
                 self.churn(now, &sched)?;
+            }
+            if a.churn > 0.0 || a.follow_drain {
                 self.start_connects()?;
             }
             if self.next_msg == sched.end {
@@ -371,7 +382,7 @@ impl<'a> Worker<'a> {
     fn start_one(&mut self, idx: u32) -> anyhow::Result<()> {
         let c = &mut self.conns[idx as usize];
         c.attempts += 1;
-        let target = &self.cfg.targets[self.plan.node_of(c.client, c.room)];
+        let target = &self.cfg.targets[node_of(&self.plan, c, self.cfg.targets.len())];
         let from = self.cfg.source_spread.then(|| SocketAddrV4::new(plan::source_addr(c.client), 0));
         match conn::start_connect(target.addr, from, self.cfg.args.rcvbuf) {
             Ok(sock) => {
@@ -385,12 +396,29 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// `--follow-drain`: the client's node drained (or is down): it goes to
+    /// the other node with the fewest of this worker's clients. (Each node
+    /// of a rolling restart thus ends with about its share: clients spread
+    /// by a fixed rule piled up on one node, past a process's descriptors.)
+    fn move_client(&mut self, idx: u32) {
+        let nodes = self.cfg.targets.len();
+        let c = &mut self.conns[idx as usize];
+        let from = node_of(&self.plan, c, nodes);
+        if nodes < 2 {
+            return;
+        }
+        let to = (0..nodes).filter(|&n| n != from).min_by_key(|&n| self.on_node[n]).unwrap_or(from);
+        self.on_node[from] = self.on_node[from].saturating_sub(1);
+        self.on_node[to] += 1;
+        c.moved_to = Some(to as u16);
+    }
+
     /// A connect, upgrade or login failed: retry with backoff, or give up.
     fn attempt_failed(&mut self, idx: u32, why: String, fatal: bool) -> anyhow::Result<()> {
         let c = &mut self.conns[idx as usize];
         c.reset(State::Idle);
         self.in_flight -= 1;
-        let target = &self.cfg.targets[self.plan.node_of(c.client, c.room)];
+        let target = &self.cfg.targets[node_of(&self.plan, c, self.cfg.targets.len())];
         if fatal || c.attempts >= MAX_ATTEMPTS {
             bail!(
                 "client {} could not join room r{} on {} after {} attempt(s): {why}",
@@ -401,7 +429,12 @@ impl<'a> Worker<'a> {
             );
         }
         self.stats.counters.connect_retries += 1;
-        let due = sys::now_ns() + 100_000_000 * c.attempts as u64;
+        let attempts = c.attempts as u64;
+        if self.cfg.args.follow_drain && c.dropped_ns.is_some() {
+            // The node it was sent to is down too: try another.
+            self.move_client(idx);
+        }
+        let due = sys::now_ns() + 100_000_000 * attempts;
         self.retry.push_back((due, idx));
         Ok(())
     }
@@ -481,7 +514,7 @@ impl<'a> Worker<'a> {
                 self.conns[idx as usize].state = State::Upgrading;
                 self.epoll.modify(fd, sys::IN, idx as u64).context("epoll mod")?;
                 let c = &self.conns[idx as usize];
-                let node = self.plan.node_of(c.client, c.room);
+                let node = node_of(&self.plan, c, self.cfg.targets.len());
                 let req = self.requests[node].clone();
                 if let (true, Some(cfg)) = (self.cfg.targets[node].tls, &self.cfg.tls) {
                     // The upgrade request waits in rustls until the handshake is done.
@@ -549,7 +582,8 @@ impl<'a> Worker<'a> {
                 match conn::parse_upgrade(&c.head, &self.accept) {
                     Upgrade::Incomplete => continue,
                     Upgrade::Refused(why) => {
-                        let fatal = why.contains(" 503");
+                        // A node at its cap; with --follow-drain another node is tried.
+                        let fatal = why.contains(" 503") && !self.cfg.args.follow_drain;
                         return self.attempt_failed(idx, format!("upgrade refused: {why}"), fatal);
                     }
                     Upgrade::Done(off) => {
@@ -583,7 +617,7 @@ impl<'a> Worker<'a> {
     fn scan_frames(&mut self, idx: u32, filled: usize, stamp: u64) -> anyhow::Result<()> {
         let now = sys::now_ns();
         let arrival = if stamp > 0 { stamp.saturating_sub(self.rt_offset).min(now) } else { now };
-        let churning = self.cfg.args.churn > 0.0;
+        let churning = self.cfg.args.churn > 0.0 || self.cfg.args.follow_drain;
         let Worker { conns, buf, scanner, stats, sched, plan, .. } = self;
         let c = &mut conns[idx as usize];
         let mut ev = FrameEvents::default();
@@ -700,6 +734,19 @@ impl<'a> Worker<'a> {
         let c = &mut self.conns[idx as usize];
         match c.state {
             State::Connecting | State::Upgrading | State::LoggingIn => self.attempt_failed(idx, why, false),
+            State::Ready if code == Some(1012) && self.cfg.args.follow_drain => {
+                // A node drains: back after its hint, on the next node.
+                let hint = why.split("retry in ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok());
+                let now = sys::now_ns();
+                c.reset(State::Idle);
+                c.dropped_ns = Some(now);
+                c.attempts = 0;
+                self.connected -= 1;
+                self.stats.counters.drain_reconnects += 1;
+                self.retry.push_back((now + hint.unwrap_or(1000u64) * 1_000_000, idx));
+                self.move_client(idx);
+                Ok(())
+            }
             State::Ready => {
                 let (client, room) = (c.client, c.room);
                 c.reset(State::Closed);
@@ -773,7 +820,8 @@ impl<'a> Worker<'a> {
 
     /// Writes message `m` of `room` (due at `due`) on connection `idx`.
     fn send_frame(&mut self, idx: u32, room: u32, m: u32, due: u64) {
-        let mids = (self.cfg.args.mids || self.cfg.args.churn > 0.0).then_some(self.run_id);
+        let a = &self.cfg.args;
+        let mids = (a.mids || a.churn > 0.0 || a.follow_drain).then_some(self.run_id);
         // --typing: this fraction of messages is preceded by a typing.
         let typing = self.cfg.args.typing;
         if typing > 0.0 && (m as u64 * 40_503 % 1_000_000) < (typing * 1e6) as u64 {
@@ -788,7 +836,7 @@ impl<'a> Worker<'a> {
         self.json = j;
         let c = &mut self.conns[idx as usize];
         c.last_sent = Some(m);
-        if self.cfg.args.churn > 0.0 {
+        if self.cfg.args.churn > 0.0 || self.cfg.args.follow_drain {
             let now = sys::now_ns();
             while c.recent.front().is_some_and(|r| r.2 + RESEND_WINDOW_NS < now) {
                 c.recent.pop_front();
@@ -1024,4 +1072,13 @@ fn record(stats: &mut Stats, sched: Option<&Schedule>, now: u64, arrival: u64, d
 
 fn secs(s: f64) -> u64 {
     (s * 1e9) as u64
+}
+
+/// The node (index into --url) a client connects to: its room's, or after a
+/// drain (`--follow-drain`) the one it was moved to.
+fn node_of(plan: &Plan, c: &Conn, nodes: usize) -> usize {
+    match c.moved_to {
+        Some(n) => n as usize,
+        None => plan.node_of(c.client, c.room) % nodes.max(1),
+    }
 }

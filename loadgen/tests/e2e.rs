@@ -281,3 +281,90 @@ fn a_server_that_cannot_resume_fails_a_churn_run() {
     assert!(s["churn"]["not_recovered"].as_u64().unwrap() > 0, "{s:#}");
     assert!(run.output.contains("not recovered"), "{}", run.output);
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` on a free port with no persistence, killed on drop.
+struct Redis(Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Redis {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (apt install redis-server)");
+    // Owned by the guard from here on, so a failed start is killed too.
+    let redis = Redis(child, port);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return redis;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("redis-server did not start on {port}");
+}
+
+/// With --follow-drain, the clients of a node that drains (SIGTERM) come
+/// back on the other node after their hint, resume their rooms there and
+/// send again what may not have been taken: nothing is lost or repeated,
+/// and the report counts them.
+#[test]
+fn clients_of_a_draining_node_follow_it_to_another_and_lose_nothing() {
+    let _serial = serial();
+    let redis = start_redis();
+    let store = format!("redis://127.0.0.1:{}", redis.1);
+    let relay = [free_port(), free_port()];
+    let node = |i: usize| {
+        let (me, peer) = (format!("127.0.0.1:{}", relay[i]), format!("127.0.0.1:{}", relay[1 - i]));
+        let id = format!("n{i}");
+        let args =
+            ["--node-id", &id, "--relay-listen", &me, "--peer", &peer, "--cluster-secret", "e2e", "--store", &store];
+        start_server(&args)
+    };
+    let (a, b) = (node(0), node(1));
+    // Both see each other before the load starts.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let json = std::env::temp_dir().join(format!("loadgen-e2e-{}-follow.json", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let args = "--clients 200 --room-size 20 --rate 100 --payload 32 --duration 8 --warmup 1 --drain 5 --spread-rooms --follow-drain";
+    let lg = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &a.url, "--url", &b.url, "--json"])
+        .arg(&json)
+        .args(args.split(' '))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run loadgen");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let st = Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let out = lg.wait_with_output().unwrap();
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_else(|_| panic!("no summary:\n{output}")))
+            .unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(out.status.code(), Some(0), "loadgen failed:\n{output}");
+    let d = &s["deliveries"];
+    assert_eq!(d["received"], d["expected"], "{s:#}");
+    for k in ["seq_gaps", "seq_backwards", "error_frames", "closed"] {
+        assert_eq!(s["checks"][k], 0, "{k}: {s:#}");
+    }
+    let ch = &s["churn"];
+    // Half the clients were on the drained node.
+    assert_eq!(ch["drain_reconnects"], 100, "{ch:#}");
+    assert_eq!(ch["resumed"], 100, "{ch:#}");
+    assert_eq!(ch["not_recovered"], 0, "{ch:#}");
+    drop(b);
+}
