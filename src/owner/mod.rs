@@ -224,6 +224,13 @@ impl Owner {
         // in order, joins and leaves too, and hands them back after.
         let req = self.store.hold(req)?;
         match req {
+            // A resume this owner took already (or is reading for): the
+            // same login twice, as a node that drained handed on the one it
+            // held while the member's node made it again for the room's
+            // move. One answer: a second would replay the messages again.
+            Request::Join { ref rid, conn, rejoin: false, since: Some(_), .. }
+                if self.resuming.contains_key(&(conn, rid.clone()))
+                    || self.rooms.get(rid).is_some_and(|r| r.member(&conn).is_some()) => {}
             Request::Join { ref rid, rejoin: false, since: Some(_), .. } if self.claim_first(rid, now_ms) => {
                 // A shared store's room is resumed once claimed: only then
                 // is its epoch known (the claim hands the join back).

@@ -293,14 +293,14 @@ fn drain_frames(relay: &Relay, link: &Rc<Link>, rbuf: &mut BytesMut) -> Result<(
                     relay.node.cluster.lock().expect("cluster table").index_of(&origin)
                 };
                 req.set_conn_node(node);
-                (relay.sink)(RelayEvent::Msg(crate::msg::NodeMsg::Forwarded { origin, hops, req }));
+                (relay.sink)(RelayEvent::Msg(crate::msg::NodeMsg::Forwarded { origin, hops, req }, link.peer));
             }
             Frame::Msg(msg) => {
                 if !link.active.get() {
                     warn!(peer = %link.stats.peer, "traffic on a link not activated: closing it");
                     return Err("traffic before ACTIVATE".into());
                 }
-                (relay.sink)(RelayEvent::Msg(msg));
+                (relay.sink)(RelayEvent::Msg(msg, link.peer));
             }
         }
     }

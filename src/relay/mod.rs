@@ -80,8 +80,9 @@ pub const FIRST_ROUND: Duration = Duration::from_secs(1);
 /// What the relay hands to its node.
 #[derive(Debug)]
 pub enum RelayEvent {
-    /// A message from a peer (its connections carry the peer's node index).
-    Msg(NodeMsg),
+    /// A message from a peer (its connections carry the peer's node index),
+    /// and that peer's index.
+    Msg(NodeMsg, u16),
     /// The live set changed (the table in [`Node::cluster`] says how); `down`
     /// is a node whose members are gone.
     LiveSetChanged {

@@ -71,6 +71,8 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
     for req in rejoins.into_iter().chain(moved) {
         sh.to_owner(req);
     }
+    // Broadcasts of the rooms' new owners that came before this view.
+    release_early(sh, true);
     // What waited for this view, as if it came now.
     let waited = std::mem::take(&mut *sh.view_wait.borrow_mut());
     for req in waited {
@@ -117,50 +119,39 @@ static DROPPED_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new()
 /// shard they are for, changes of the live set to every shard.
 pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
     match ev {
-        RelayEvent::Msg(NodeMsg::ToOwner(req)) => to_owner_here(sh, req, 0),
-        RelayEvent::Msg(NodeMsg::Forwarded { req, hops, .. }) => to_owner_here(sh, req, hops),
-        RelayEvent::Msg(NodeMsg::ToMembers(Delivery::Deliver { rid, frame, audience, t0 })) => {
-            let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
-            match audience {
-                // One item per node came over the link; each local shard
-                // filters by its own members (a miss is one hash lookup).
-                Audience::AllExcept(except) => {
-                    for s in 0..sh.nshards {
-                        let audience = Audience::AllExcept(except);
-                        let msg = Delivery::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
-                        out.push(Out { dest: Dest::Shard(s), msg });
-                    }
-                }
-                // The owner named our connections; they are local here.
-                Audience::Only(mut targets) => {
-                    targets.retain(|c| c.node == 0 && (c.shard as usize) < sh.nshards);
-                    owner::deliver_to(&rid, &frame, targets, t0, &mut out);
-                }
+        RelayEvent::Msg(NodeMsg::ToOwner(req), _) => to_owner_here(sh, req, 0),
+        RelayEvent::Msg(NodeMsg::Forwarded { req, hops, .. }, _) => to_owner_here(sh, req, hops),
+        RelayEvent::Msg(NodeMsg::ToMembers(d @ (Delivery::Deliver { .. } | Delivery::Joined { .. })), from) => {
+            // From a node that does not own the room by this view: a new
+            // owner whose first broadcasts overtook the last ones of the
+            // old (a drained node's, on another link, before its LEAVING).
+            // They wait for the view without the old owner (or a tick).
+            let rid = match &d {
+                Delivery::Deliver { rid, .. } | Delivery::Joined { rid, .. } => rid,
+                Delivery::Direct { .. } => unreachable!(),
+            };
+            let mut early = sh.early.borrow_mut();
+            if sh.view.borrow().owner(rid) != from || early.iter().any(|(_, r, _)| r == rid) {
+                return early.push((std::time::Instant::now(), rid.clone(), d));
             }
-            for o in out.drain(..) {
-                sh.send_out(o);
-            }
-            *sh.owner_out.borrow_mut() = out;
+            drop(early);
+            to_members(sh, d);
         }
-        RelayEvent::Msg(NodeMsg::ToMembers(d @ (Delivery::Joined { conn, .. } | Delivery::Direct { conn, .. }))) => {
-            if (conn.shard as usize) < sh.nshards {
-                sh.route(conn.shard as usize, ShardMsg::ToMembers(d));
-            }
-        }
+        RelayEvent::Msg(NodeMsg::ToMembers(d @ Delivery::Direct { .. }), _) => to_members(sh, d),
         // The relay keeps what peers tell of other peers.
-        RelayEvent::Msg(NodeMsg::Peers { .. } | NodeMsg::Leaving) => {}
-        RelayEvent::Msg(NodeMsg::Knock { uid, frame }) => {
+        RelayEvent::Msg(NodeMsg::Peers { .. } | NodeMsg::Leaving, _) => {}
+        RelayEvent::Msg(NodeMsg::Knock { uid, frame }, _) => {
             for s in 0..sh.nshards {
                 sh.route(s, ShardMsg::Knock { uid: uid.clone(), frame: frame.clone() });
             }
         }
-        RelayEvent::Msg(NodeMsg::Disconnect { uid, code }) => {
+        RelayEvent::Msg(NodeMsg::Disconnect { uid, code }, _) => {
             for s in 0..sh.nshards {
                 sh.route(s, ShardMsg::Disconnect { uid: uid.clone(), code });
             }
         }
-        RelayEvent::Msg(NodeMsg::ApiAsk { ticket, from, request }) => sh.api().on_ask(ticket, from, request),
-        RelayEvent::Msg(NodeMsg::ApiAnswer { ticket, status, body }) => sh.api().on_answer(ticket, status, body),
+        RelayEvent::Msg(NodeMsg::ApiAsk { ticket, from, request }, _) => sh.api().on_ask(ticket, from, request),
+        RelayEvent::Msg(NodeMsg::ApiAnswer { ticket, status, body }, _) => sh.api().on_answer(ticket, status, body),
         RelayEvent::LiveSetChanged { down } => {
             let table = sh.node.cluster.lock().expect("cluster table");
             let number = sh.node.view_gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
@@ -169,6 +160,59 @@ pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
             for s in 0..sh.nshards {
                 sh.route(s, ShardMsg::ClusterChanged { view: view.clone(), down });
             }
+        }
+    }
+}
+
+/// What an owner on another node sent this node's members, passed to the
+/// shards that hold them.
+fn to_members(sh: &Shard, d: Delivery) {
+    let (rid, frame, audience, t0) = match d {
+        Delivery::Deliver { rid, frame, audience, t0 } => (rid, frame, audience, t0),
+        d @ (Delivery::Joined { conn, .. } | Delivery::Direct { conn, .. }) => {
+            if (conn.shard as usize) < sh.nshards {
+                sh.route(conn.shard as usize, ShardMsg::ToMembers(d));
+            }
+            return;
+        }
+    };
+    let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
+    match audience {
+        // One item per node came over the link; each local shard
+        // filters by its own members (a miss is one hash lookup).
+        Audience::AllExcept(except) => {
+            for s in 0..sh.nshards {
+                let audience = Audience::AllExcept(except);
+                let msg = Delivery::Deliver { rid: rid.clone(), frame: frame.clone(), audience, t0 };
+                out.push(Out { dest: Dest::Shard(s), msg });
+            }
+        }
+        // The owner named our connections; they are local here.
+        Audience::Only(mut targets) => {
+            targets.retain(|c| c.node == 0 && (c.shard as usize) < sh.nshards);
+            owner::deliver_to(&rid, &frame, targets, t0, &mut out);
+        }
+    }
+    for o in out.drain(..) {
+        sh.send_out(o);
+    }
+    *sh.owner_out.borrow_mut() = out;
+}
+
+/// How long a delivery from a node that is not its room's owner by this
+/// view waits for a view that says so (views that disagree for longer are
+/// another matter: it is delivered as it came).
+const EARLY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Shard 0: what waited for a view (see `on_relay_event`) goes on, in the
+/// order it came: all of it when a view was applied, or once the oldest
+/// waited [`EARLY_WAIT`] (on the sweeper's tick).
+pub(super) fn release_early(sh: &Shard, view_changed: bool) {
+    let due = sh.early.borrow().first().is_some_and(|(at, _, _)| view_changed || at.elapsed() >= EARLY_WAIT);
+    if due {
+        let early = std::mem::take(&mut *sh.early.borrow_mut());
+        for (_, _, d) in early {
+            to_members(sh, d);
         }
     }
 }

@@ -115,6 +115,9 @@ pub struct Shard {
     /// Requests for rooms another node owned by this shard's view, while a
     /// newer view was on its way (see `on_request`).
     view_wait: RefCell<Vec<Request>>,
+    /// Shard 0: deliveries from a node that does not own their room by
+    /// this shard's view yet, `(came, rid, delivery)` (see `cluster`).
+    early: RefCell<Vec<(std::time::Instant, Id, Delivery)>>,
     /// Reused: what the owner sends while handling one request.
     owner_out: RefCell<Vec<Out>>,
     /// Reused: the requests one client command makes.
@@ -173,6 +176,7 @@ impl Shard {
             members: RefCell::new(HashMap::new()),
             handing_off: RefCell::new(None),
             view_wait: RefCell::new(Vec::new()),
+            early: RefCell::new(Vec::new()),
             owner: RefCell::new({
                 let mut o =
                     Owner::new(n, node.cfg.storage.history_memory, node.epoch, Box::new(move || epochs.next_epoch()));

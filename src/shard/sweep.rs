@@ -103,6 +103,7 @@ impl Sweeper {
         }
         drop(conns);
         sh.tick_presence();
+        super::cluster::release_early(sh, false);
         if t.is_multiple_of(10) {
             let mut owner = sh.owner.borrow_mut();
             owner.evict_idle(unix_ms());
