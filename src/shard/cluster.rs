@@ -22,6 +22,7 @@ use tracing::warn;
 /// its sequence over (`--store`).
 pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
     let old_view = std::mem::replace(&mut *sh.view.borrow_mut(), view.clone());
+    *sh.prev_view.borrow_mut() = old_view.clone();
     let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
     let moved;
     {
@@ -60,7 +61,7 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
                         // A member re-joins from where this shard's
                         // deliveries stand (what the new owner sent before
                         // this re-join came, it sends again).
-                        since: if indexed { here.and_then(|m| m.seen) } else { e.session.resuming(rid) },
+                        since: if indexed { here.and_then(|m| m.seen.top()) } else { e.session.resuming(rid) },
                     });
                 }
             }
@@ -122,7 +123,8 @@ pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
         RelayEvent::Msg(NodeMsg::ToOwner(req), _) => to_owner_here(sh, req, 0),
         RelayEvent::Msg(NodeMsg::Forwarded { req, hops, .. }, _) => to_owner_here(sh, req, hops),
         RelayEvent::Msg(NodeMsg::ToMembers(d @ (Delivery::Deliver { .. } | Delivery::Joined { .. })), from) => {
-            // From a node that does not own the room by this view: a new
+            // From a node that owns the room by neither this view nor the
+            // one before (the old owner's last broadcasts pass): a new
             // owner whose first broadcasts overtook the last ones of the
             // old (a drained node's, on another link, before its LEAVING).
             // They wait for the view without the old owner (or a tick).
@@ -131,7 +133,8 @@ pub(super) fn on_relay_event(sh: &Shard, ev: RelayEvent) {
                 Delivery::Direct { .. } => unreachable!(),
             };
             let mut early = sh.early.borrow_mut();
-            if sh.view.borrow().owner(rid) != from || early.iter().any(|(_, r, _)| r == rid) {
+            let foreign = sh.view.borrow().owner(rid) != from && sh.prev_view.borrow().owner(rid) != from;
+            if foreign || early.iter().any(|(_, r, _)| r == rid) {
                 return early.push((std::time::Instant::now(), rid.clone(), d));
             }
             drop(early);

@@ -58,6 +58,7 @@ pub(crate) mod life;
 mod log;
 mod mesh;
 mod redis;
+mod seen;
 mod sweep;
 
 use std::cell::{Cell, RefCell};
@@ -93,8 +94,9 @@ pub(crate) struct Members {
     pub(crate) conns: IndexSet<u32>,
     /// Where the room's broadcasts this shard delivered stand (in a
     /// cluster only): should the room move to another node, its members
-    /// re-join there from here, missing nothing sent meanwhile.
-    pub(crate) seen: Option<crate::protocol::Since>,
+    /// re-join there from here, missing nothing sent meanwhile, and see
+    /// none of it twice.
+    pub(crate) seen: seen::Seen,
 }
 
 /// A shard's state, shared by its tasks through `Rc`.
@@ -149,6 +151,9 @@ pub struct Shard {
     started: Instant,
     /// Live nodes as this shard last applied them.
     view: RefCell<Arc<View>>,
+    /// The view before it: a room's owner by it may still be sending the
+    /// last of what it sequenced (see `cluster::on_relay_event`).
+    prev_view: RefCell<Arc<View>>,
     /// The relay (links to other nodes); only on shard 0 of a clustered node.
     relay: RefCell<Option<Rc<Relay>>>,
     /// Sockets in their handshake, oldest first (the first shed).
@@ -218,6 +223,7 @@ impl Shard {
             shutting_down: Cell::new(false),
             started: Instant::now(),
             view: RefCell::new(Arc::new(View::solo(&node.cfg.cluster.node_id))),
+            prev_view: RefCell::new(Arc::new(View::solo(&node.cfg.cluster.node_id))),
             relay: RefCell::new(None),
             handshakes: admission::Handshakes::default(),
             node,
@@ -643,18 +649,15 @@ impl Shard {
                     Audience::AllExcept(except) => {
                         let mut members = self.members.borrow_mut();
                         if let Some(set) = members.get_mut(&rid) {
-                            if self.node.clustered() {
-                                // A broadcast already delivered (a re-join's
-                                // catch-up overlapping what came live) is
-                                // dropped: no member sees a message twice.
-                                let point = crate::protocol::room_point(&frame);
-                                if let (Some(p), Some(s)) = (point, set.seen)
-                                    && p.epoch == s.epoch
-                                    && p.seq <= s.seq
-                                {
-                                    return;
-                                }
-                                set.seen = point.or(set.seen);
+                            // A broadcast already delivered (a re-join's
+                            // catch-up overlapping what came live) is
+                            // dropped: no member sees a message twice; one
+                            // that came late (an old owner's) is delivered.
+                            if self.node.clustered()
+                                && let Some(p) = crate::protocol::room_point(&frame)
+                                && !set.seen.take(p)
+                            {
+                                return;
                             }
                             let frame = Rc::new(frame);
                             let skip = except.filter(|c| c.node == 0 && c.shard as usize == self.id).map(|c| c.key);
