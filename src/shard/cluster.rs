@@ -76,8 +76,8 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
     release_early(sh, true);
     // What waited for this view, as if it came now.
     let waited = std::mem::take(&mut *sh.view_wait.borrow_mut());
-    for req in waited {
-        sh.on_request(req);
+    for (req, hops) in waited {
+        to_owner_here(sh, req, hops);
     }
     // What waited for a drain's hand-off, after the re-joins (once this
     // node is out of the view: it owns nothing now).
@@ -95,6 +95,12 @@ pub(super) fn apply(sh: &Shard, view: Arc<View>, down: Option<u16>) {
 /// settle within milliseconds).
 fn to_owner_here(sh: &Shard, req: Request, hops: u8) {
     let view = sh.view.borrow().clone();
+    if view.number < sh.node.view_gen.load(std::sync::atomic::Ordering::Acquire) {
+        // A newer view is on its way to this shard (a drained node's
+        // LEAVING came just before, with what it handed on): by this
+        // one the request would go back to the node that sent it.
+        return sh.view_wait.borrow_mut().push((req, hops));
+    }
     let owner = view.owner(req.rid());
     if owner == 0 {
         // The sender chose this node as the owner; the shard is ours to pick.

@@ -114,9 +114,10 @@ pub struct Shard {
     /// Draining in a cluster: requests for this shard's rooms wait here
     /// until the rooms are handed over (see `life.rs`).
     handing_off: RefCell<Option<Vec<Request>>>,
-    /// Requests for rooms another node owned by this shard's view, while a
-    /// newer view was on its way (see `on_request`).
-    view_wait: RefCell<Vec<Request>>,
+    /// Requests (and the hops they made) this shard would have sent to
+    /// another node by its view, while a newer view was on its way (see
+    /// `on_request`, `cluster::to_owner_here`).
+    view_wait: RefCell<Vec<(Request, u8)>>,
     /// Shard 0: deliveries from a node that does not own their room by
     /// this shard's view yet, `(came, rid, delivery)` (see `cluster`).
     early: RefCell<Vec<(std::time::Instant, Id, Delivery)>>,
@@ -573,7 +574,7 @@ impl Shard {
     }
 
     /// A request for a room this shard owns.
-    pub(super) fn on_request(&self, req: Request) {
+    fn on_request(&self, req: Request) {
         if let Some(waiting) = self.handing_off.borrow_mut().as_mut() {
             return waiting.push(req);
         }
@@ -585,7 +586,7 @@ impl Shard {
         let view = self.view.borrow().clone();
         if view.owner(req.rid()) != 0 {
             if view.number < self.node.view_gen.load(std::sync::atomic::Ordering::Acquire) {
-                return self.view_wait.borrow_mut().push(req);
+                return self.view_wait.borrow_mut().push((req, 0));
             }
             return self.to_owner(req);
         }
