@@ -31,7 +31,8 @@ restart_node() {
         "${relay[@]}" "${STORE_ARGS[@]}" > "$WORK/server-$n.restart.out" 2> "$WORK/server-$n.restart.err" &
     echo $! >> "$WORK/restarted.pids"
     for _ in $(seq 100); do grep -q '^listening on ' "$WORK/server-$n.restart.out" && break; sleep 0.1; done
-    NOTE="${NOTE:+$NOTE; }node $n drained and back in $((SECONDS - t0)) s"
+    # (A subshell: the main script reads these lines into NOTE.)
+    echo "node $n drained and listening again in $((SECONDS - t0)) s" >> "$WORK/restarts.txt"
 }
 (
     # After the connect phase and some traffic: one node every 8 s.
@@ -44,5 +45,6 @@ run_loadgen "$WORK/run1" --clients "$CLIENTS" --room-size 100 --rate "$RATE" --p
     --duration "$DURATION" --warmup 2 --drain 10 --spread-rooms --follow-drain || rc=$?
 wait "$RESTARTER" || true
 stop_servers
+[ -f "$WORK/restarts.txt" ] && NOTE="${NOTE:+$NOTE; }$(paste -sd ';' "$WORK/restarts.txt" | sed 's/;/; /g')"
 bench_report runs "$WORK/run1.json"
 exit $rc
