@@ -1573,13 +1573,15 @@ fn on_a_phone_unread_messages_in_tabs_out_of_sight_are_shown() {
     bob.say(rooms[2], "over here");
     let pill = a.wait_js(
         "the unread pill",
-        "var p = document.querySelector('[data-testid=tabs-unread]'); if (p.hidden) return null; var r = p.getBoundingClientRect(); return {text: p.textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom}",
+        "var p = document.querySelector('[data-testid=tabs-unread]'); if (p.hidden) return null; var r = p.getBoundingClientRect(); var s = document.querySelector('[data-testid=room-tabs]').getBoundingClientRect(); return {text: p.textContent, left: r.left, right: r.right, top: r.top, bottom: r.bottom, strip_right: s.right}",
         json!([]),
     );
     shot(&a, &dir, "pill");
     assert_eq!(pill["text"], "1 unread");
     let (l, r) = (pill["left"].as_f64().unwrap(), pill["right"].as_f64().unwrap());
     assert!(l >= 0.0 && r <= 390.0 && r > l, "on screen: {pill}");
+    // Beside the strip, not over it: no tab (the active one included) is covered.
+    assert!(l >= pill["strip_right"].as_f64().unwrap() - 1.0, "the pill covers the tabs: {pill}");
     a.click(&a.by_id("tabs-unread"));
     a.wait_js(
         "the tab with the unread message in view",
