@@ -1154,6 +1154,27 @@ fn mentions_notify_and_the_keyboard_gets_around() {
         json!([]),
     );
     shot(&a, &dir, "mention");
+    // A muted room stays quiet: the mention is shown, not notified.
+    a.click(&a.by_id("mute-room"));
+    assert_eq!(
+        a.exec("return document.querySelector('[data-testid=mute-room]').getAttribute('aria-pressed')", json!([])),
+        "true"
+    );
+    b.send_keys(&input, "@Alice again\u{E007}");
+    a.wait_js(
+        "the second mention, shown",
+        "return document.querySelectorAll('[data-testid=message][data-mentions-me=true]').length === 2",
+        json!([]),
+    );
+    assert_eq!(a.exec("return window.__notified", json!([])), 1, "a muted room notified");
+    assert_eq!(
+        a.exec("return JSON.parse(localStorage.getItem('cchat.muted'))", json!([])),
+        json!(["lobby"]),
+        "kept for the next visit"
+    );
+    a.click(&a.by_id("mute-room"));
+    b.send_keys(&input, "@Alice unmuted\u{E007}");
+    a.wait_js("notified again", "return window.__notified === 2", json!([]));
     // Notifications can be turned on (asked once) and the choice is kept.
     a.click(&a.by_id("notify"));
     assert_eq!(
