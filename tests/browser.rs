@@ -769,6 +769,33 @@ fn join_and_switch_rooms() {
     a.wait_message("in first");
     let current = a.exec("return document.querySelector('[aria-current=true]').dataset.rid", json!([]));
     assert_eq!(current, "first", "the tab the user picked is still the open one");
+    // Leaving the last room is not logging out: still signed in and
+    // connected, told what to do, and a room joined then works.
+    let uid = a.my_uid();
+    for _ in 0..2 {
+        let n = a.exec("return document.querySelectorAll('[data-testid=room-tab]').length", json!([]));
+        a.click(&a.by_id("leave-room"));
+        a.wait_js(
+            "a tab gone",
+            "return document.querySelectorAll('[data-testid=room-tab]').length === arguments[0] - 1",
+            json!([n]),
+        );
+    }
+    a.wait_js("the no-room note", "return !!document.querySelector('[data-testid=no-room]')", json!([]));
+    assert!(a.exec("return document.getElementById('login-view').hidden", json!([])).as_bool().unwrap(), "logged out");
+    assert_eq!(a.status(), "connected");
+    shot(&a, &dir, "no-room");
+    let join = a.by_id("join-room-input");
+    a.send_keys(&join, "fourth");
+    a.send_keys(&join, KEY_ENTER);
+    a.wait_js(
+        "fourth joined",
+        "var t = document.querySelector('[data-testid=room-tab][data-rid=fourth]'); return t && !t.classList.contains('pending') && t.getAttribute('aria-current') === 'true'",
+        json!([]),
+    );
+    assert_eq!(a.my_uid(), uid, "the same user");
+    a.say("back in a room");
+    a.wait_message("back in a room");
 }
 
 /// A signed login that runs out (close 4001) stops the page: it says the
