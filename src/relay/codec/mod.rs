@@ -337,7 +337,7 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
 /// Decodes one frame from the front of `buf`, consuming it. Ok(None) while
 /// the frame is incomplete (nothing consumed). `node` is the link's peer.
 pub fn decode(buf: &mut BytesMut, node: u16) -> Result<Option<Frame>, CodecError> {
-    decode_for(buf, node, super::handshake::VERSION)
+    decode_for(buf, node, crate::cluster::VERSION)
 }
 
 /// [`decode`] for a link at relay version `wire`: from a v6 peer a PUBLISH
