@@ -103,6 +103,11 @@ pub struct Args {
     /// their place in the sequence and fan out like messages.
     #[arg(long, default_value_t = 0.0)]
     pub reactions: f64,
+    /// This fraction of the messages is followed by an edit (`edit`) from its sender of
+    /// its own last message whose seq it knows (seen by a client of the same worker):
+    /// a room event, stored and fanned out like a message.
+    #[arg(long, default_value_t = 0.0)]
+    pub edits: f64,
     /// This fraction of the messages is preceded by a `typing` from its sender (told
     /// to the room's other members, not stored, not in the sequence).
     #[arg(long, default_value_t = 0.0)]
@@ -241,6 +246,9 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&args.reactions) {
             bail!("--reactions must be a fraction of the messages, from 0 to 1");
+        }
+        if !(0.0..=1.0).contains(&args.edits) {
+            bail!("--edits must be a fraction of the messages, from 0 to 1");
         }
         if !(0.0..=1.0).contains(&args.churn) {
             bail!("--churn must be a fraction of the clients per second, from 0 to 1");

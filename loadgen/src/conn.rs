@@ -247,6 +247,9 @@ pub struct Conn {
     pub last_message: Option<u64>,
     /// `--reactions`: the last reaction was an `on` (the next takes it back).
     pub reacted: bool,
+    /// `--edits`: the seq of its own last message, as a client of the same
+    /// worker saw it (a sender gets no echo of its own).
+    pub own_last: Option<u64>,
 }
 
 impl Conn {
@@ -270,6 +273,7 @@ impl Conn {
             moved_to: None,
             last_message: None,
             reacted: false,
+            own_last: None,
         }
     }
 

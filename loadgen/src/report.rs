@@ -196,6 +196,8 @@ pub struct Summary {
 pub struct EventsReport {
     /// Reactions sent (`--reactions`).
     pub sent: u64,
+    /// Edits sent (`--edits`).
+    pub edits: u64,
     /// Typing frames sent (`--typing`).
     pub typing: u64,
     /// Room events received (each member's copy).
@@ -322,7 +324,12 @@ impl Summary {
                 stray: c.stray,
                 problems: s.problems.clone(),
             },
-            events: EventsReport { sent: c.reactions_sent, typing: c.typing_sent, received: c.events_received },
+            events: EventsReport {
+                sent: c.reactions_sent,
+                edits: c.edits_sent,
+                typing: c.typing_sent,
+                received: c.events_received,
+            },
             churn: (a.churn > 0.0 || a.follow_drain).then(|| ChurnReport {
                 drain_reconnects: c.drain_reconnects,
                 drops: c.drops,
@@ -404,11 +411,11 @@ impl Summary {
             "checks       seq gaps {}, seq backwards {}, error frames {} ({} refused for the rate limit), closed {}, unreadable {}, epoch changes {}",
             k.seq_gaps, k.seq_backwards, k.error_frames, k.refused, k.closed, k.unexpected, k.epoch_changes
         );
-        if self.events.sent > 0 || self.events.typing > 0 || self.events.received > 0 {
+        if self.events.sent > 0 || self.events.edits > 0 || self.events.typing > 0 || self.events.received > 0 {
             let _ = writeln!(
                 o,
-                "events       {} reactions and {} typing sent, {} events received (counted with the deliveries below)",
-                self.events.sent, self.events.typing, self.events.received
+                "events       {} reactions, {} edits and {} typing sent, {} events received (counted with the deliveries below)",
+                self.events.sent, self.events.edits, self.events.typing, self.events.received
             );
         }
         if let Some(ch) = &self.churn {

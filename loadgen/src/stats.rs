@@ -106,6 +106,9 @@ pub struct Counters {
     /// `--reactions`: reactions sent.
     #[serde(default)]
     pub reactions_sent: u64,
+    /// `--edits`: edits sent.
+    #[serde(default)]
+    pub edits_sent: u64,
     /// `--typing`: typing frames sent.
     #[serde(default)]
     pub typing_sent: u64,
@@ -148,6 +151,7 @@ impl Counters {
         self.dup_answers += o.dup_answers;
         self.queued_while_down += o.queued_while_down;
         self.reactions_sent += o.reactions_sent;
+        self.edits_sent += o.edits_sent;
         self.drain_reconnects += o.drain_reconnects;
         self.typing_sent += o.typing_sent;
         self.events_received += o.events_received;

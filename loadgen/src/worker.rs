@@ -618,6 +618,7 @@ impl<'a> Worker<'a> {
         let now = sys::now_ns();
         let arrival = if stamp > 0 { stamp.saturating_sub(self.rt_offset).min(now) } else { now };
         let churning = self.cfg.args.churn > 0.0 || self.cfg.args.follow_drain;
+        let editing = self.cfg.args.edits > 0.0;
         let Worker { conns, buf, scanner, stats, sched, plan, .. } = self;
         let c = &mut conns[idx as usize];
         let mut ev = FrameEvents::default();
@@ -637,6 +638,9 @@ impl<'a> Worker<'a> {
                         record(stats, sched.as_ref(), now, arrival, d);
                     }
                     c.last_message = Some(d.seq);
+                    if editing {
+                        ev.own.push((schedule::route(plan, d.id).1, d.seq));
+                    }
                 }
                 Kind::Login => ev.login = true,
                 Kind::NotRecovered => {
@@ -699,6 +703,12 @@ impl<'a> Worker<'a> {
         if let Err(e) = r {
             self.stats.counters.unexpected += 1;
             return self.gone(idx, None, e.to_string());
+        }
+        for &(sender, seq) in &ev.own {
+            if self.slice.contains(&sender) {
+                let own = &mut self.conns[(sender - self.slice.start) as usize].own_last;
+                *own = Some(own.map_or(seq, |s| s.max(seq)));
+            }
         }
         for p in ev.pings {
             let mask = self.mask();
@@ -805,6 +815,21 @@ impl<'a> Worker<'a> {
         if a.reactions > 0.0 && (m as u64 * 2_654_435_761 % 1_000_000) < (a.reactions * 1e6) as u64 {
             self.send_reaction(idx);
         }
+        // --edits: this fraction by an edit of the sender's own last message.
+        let a = &self.cfg.args;
+        if a.edits > 0.0 && (m as u64 * 2_246_822_519 % 1_000_003) < (a.edits * 1_000_003.0) as u64 {
+            self.send_edit(idx);
+        }
+    }
+
+    /// An edit from connection `idx` of its own last message whose seq it
+    /// learnt (none yet: nothing sent).
+    fn send_edit(&mut self, idx: u32) {
+        let c = &mut self.conns[idx as usize];
+        let Some(seq) = c.own_last else { return };
+        let j = format!(r#"{{"cmd":"edit","rid":"r{}","seq":{seq},"msg":"edited by loadgen"}}"#, c.room);
+        self.send_text(idx, j.as_bytes());
+        self.stats.counters.edits_sent += 1;
     }
 
     /// A reaction from connection `idx` to the last room message it saw,
@@ -1018,6 +1043,9 @@ impl<'a> Worker<'a> {
 /// What the frames of one read asked for besides deliveries.
 #[derive(Default)]
 struct FrameEvents {
+    /// `--edits`: (client, seq) of messages whose sender is a client of
+    /// this worker (it learns its message's seq from them).
+    own: Vec<(u32, u64)>,
     login: bool,
     error: bool,
     close: Option<u16>,

@@ -121,6 +121,31 @@ fn a_clean_run_has_no_loss_and_keeps_order() {
     assert!(s["cpu"]["loadgen_ns_per_delivery"].as_f64().unwrap() > 0.0);
 }
 
+/// --edits and --reactions: senders edit their own messages and react to
+/// others'; the server takes every change (no error frame: each edit is of
+/// the sender's own message) and every member gets every event in order.
+#[test]
+fn edits_and_reactions_are_taken_and_fanned_out_in_order() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    let args = "--clients 200 --room-size 20 --rate 200 --duration 4 --warmup 1 --drain 3 --edits 0.1 --reactions 0.1";
+    let run = loadgen(&server, "edits", &args.split(' ').collect::<Vec<_>>());
+    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
+    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    let e = &s["events"];
+    assert!(e["edits"].as_u64().unwrap() > 20, "{s:#}");
+    assert!(e["sent"].as_u64().unwrap() > 20, "{s:#}");
+    // Each change reaches the room's other 19 members (and its sender's
+    // other members see it in the room's sequence).
+    assert!(
+        e["received"].as_u64().unwrap() >= 19 * (e["edits"].as_u64().unwrap() + e["sent"].as_u64().unwrap()) / 2,
+        "{s:#}"
+    );
+    for k in ["seq_gaps", "seq_backwards", "error_frames"] {
+        assert_eq!(s["checks"][k], 0, "{k}: {s:#}");
+    }
+}
+
 #[test]
 fn a_server_that_drops_slow_readers_fails_the_run() {
     let _serial = serial();
