@@ -1339,6 +1339,84 @@ fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     shot(&a, &dir, "reading");
 }
 
+/// The conversation features at phone width in dark mode, by real clicks
+/// and keys (not scripts): edit with ↑, react by tapping a reaction, reply
+/// and delete from a message's buttons; all legible on the dark page.
+#[test]
+fn changes_work_on_a_phone_in_dark_mode() {
+    let (dir, server, driver) = setup("changes_phone_dark", &["--rate-limit", "0"]);
+    let a = driver.session(390, 844);
+    a.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
+    a.cdp("Emulation.setEmulatedMedia", json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}));
+    a.open(server.addr);
+    a.login("Pat", "lobby", None);
+    let b = driver.page(server.addr);
+    b.login("Bob", "lobby", None);
+    a.wait_user(&b.my_uid());
+    b.say("a cat");
+    a.wait_message("a cat");
+    a.say("teh dog");
+    b.wait_message("teh dog");
+    // ↑ in the empty composer edits the last own message.
+    let input = a.by_id("message-input");
+    a.send_keys(&input, "\u{E013}");
+    a.wait_js("the composer edits", "return !document.querySelector('[data-testid=edit-target]').hidden && document.querySelector('[data-testid=message-input]').value === 'teh dog'", json!([]));
+    a.clear(&input);
+    a.send_keys(&input, "the dog\u{E007}");
+    b.wait_js(
+        "the edit on Bob's page",
+        "return Array.from(document.querySelectorAll('[data-testid=message] .body')).some(function (b) { return b.textContent === 'the dog'; })",
+        json!([]),
+    );
+    // Bob reacts to his message; Pat taps the reaction to add hers.
+    b.exec(
+        "document.querySelector('[data-testid=message] [data-testid=react-button]').click(); return true",
+        json!([]),
+    );
+    b.exec("document.querySelector('[data-testid=pick-emoji]').click(); return true", json!([]));
+    a.wait_js(
+        "👍 1",
+        "var r = document.querySelector('[data-testid=reaction]'); return !!r && r.textContent === '👍 1'",
+        json!([]),
+    );
+    a.click(&a.find("[data-testid=reaction]"));
+    b.wait_js(
+        "👍 2",
+        "var r = document.querySelector('[data-testid=reaction]'); return !!r && r.textContent === '👍 2'",
+        json!([]),
+    );
+    // Pat replies to Bob's message from its button.
+    a.click(&a.find("[data-testid=message]:not(.own) [data-testid=reply-button]"));
+    a.wait_js("the reply bar", "return !document.querySelector('[data-testid=reply-target]').hidden", json!([]));
+    a.send_keys(&input, "meow\u{E007}");
+    b.wait_js(
+        "the reply, quoting",
+        "var q = document.querySelector('[data-testid=reply-quote]'); return !!q && /Bob: a cat/.test(q.textContent)",
+        json!([]),
+    );
+    // Legible in the dark: the reaction chip and the quote are light on dark.
+    let lum = |css: &str| -> (f64, f64) {
+        let v = a.exec(
+            "var e = document.querySelector(arguments[0]); var s = getComputedStyle(e); function l(c) { var m = c.match(/[0-9.]+/g).map(Number); return (0.2126 * m[0] + 0.7152 * m[1] + 0.0722 * m[2]) / 255; } var bg = e, c = 'rgba(0, 0, 0, 0)'; while (bg && /rgba\\(0, 0, 0, 0\\)|transparent/.test(c = getComputedStyle(bg).backgroundColor)) bg = bg.parentElement; return [l(s.color), l(c)]",
+            json!([css]),
+        );
+        (v[0].as_f64().unwrap(), v[1].as_f64().unwrap())
+    };
+    for css in ["[data-testid=reaction]", "[data-testid=message] .body"] {
+        let (fg, bg) = lum(css);
+        assert!(fg > bg + 0.4, "{css}: text {fg:.2} on background {bg:.2}");
+    }
+    shot(&a, &dir, "changes-phone-dark");
+    // Pat deletes her message (confirmed) from its button.
+    a.exec("window.confirm = function () { return true; }; return true", json!([]));
+    a.click(&a.find("[data-testid=message].own [data-testid=delete-button]"));
+    b.wait_js(
+        "deleted on Bob's page",
+        "return !!document.querySelector('[data-testid=message][data-deleted=true]')",
+        json!([]),
+    );
+}
+
 fn dark_mode_follows_the_system() {
     let (dir, server, driver) = setup("dark_mode_follows_the_system", &[]);
     let a = driver.page(server.addr);
