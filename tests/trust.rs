@@ -233,11 +233,27 @@ impl Drop for Proxy {
 /// altered or repeated message is delivered or stored.
 #[test]
 fn a_link_altered_or_repeated_on_the_path_is_closed_and_nothing_forged_is_delivered() {
-    let (n0, relay0) = relay_node("node0", &[]);
-    let proxy = Proxy::start(relay0);
-    let ports = free_ports(1);
-    // No relay listener on node1: nodes tell each other the addresses they
-    // listen on, and node0 would dial node1 directly, around the proxy.
+    // Every path between the two goes through the proxy: node0 tells its
+    // peers the proxy's address as its own (nodes tell each other where
+    // they listen, and node1 would dial node0 around it), and node1 has no
+    // relay listener for node0 to dial.
+    let ports = free_ports(3);
+    let relay0 = format!("127.0.0.1:{}", ports[2]);
+    let proxy = Proxy::start(relay0.clone());
+    let n0 = Server::try_start_on(
+        &format!("127.0.0.1:{}", ports[1]),
+        &[
+            "--node-id",
+            "node0",
+            "--relay-listen",
+            &relay0,
+            "--relay-advertise",
+            &proxy.addr,
+            "--cluster-secret",
+            SECRET,
+        ],
+    )
+    .unwrap();
     let n1 = Server::try_start_on(
         &format!("127.0.0.1:{}", ports[0]),
         &["--node-id", "node1", "--cluster-secret", SECRET, "--peer", &proxy.addr, "--rate-limit", "0"],
