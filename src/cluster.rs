@@ -15,8 +15,9 @@ use crate::placement::fnv1a;
 /// 4: the server API's disconnect; 5: its questions to other nodes;
 /// 6: mutual authentication by role and sealed, numbered records;
 /// 7: `since` on JOIN, `mid` and `reply` on PUBLISH, CHANGE, TYPING, KNOCK;
-/// 8: FORWARD, a request passed on to its room's owner by another node).
-pub const VERSION: u8 = 8;
+/// 8: FORWARD, a request passed on to its room's owner by another node;
+/// 9: READ, a member's read marker).
+pub const VERSION: u8 = 9;
 /// The oldest version this build still speaks: a link runs at the lower of
 /// the two ends' versions, so a cluster is upgraded one node at a time
 /// (see [`crate::relay::codec::encode_for`] for what a v6 link leaves out).

@@ -101,6 +101,18 @@ pub enum Request {
         /// The user's name.
         name: Name,
     },
+    /// A member read the room up to `seq`: its user's marker moves (see
+    /// `owner/reads`).
+    Read {
+        /// Room.
+        rid: Id,
+        /// The reading connection.
+        conn: ConnRef,
+        /// Its user.
+        uid: Id,
+        /// The newest seq read.
+        seq: u64,
+    },
     /// History request.
     GetHistory {
         /// Room.
@@ -126,6 +138,7 @@ impl Request {
             | Request::Leave { rid, .. }
             | Request::GetOnline { rid, .. }
             | Request::Typing { rid, .. }
+            | Request::Read { rid, .. }
             | Request::GetHistory { rid, .. } => rid,
             Request::Publish(p) => &p.rid,
             Request::Change(c) => &c.rid,
@@ -140,6 +153,7 @@ impl Request {
             | Request::Leave { conn, .. }
             | Request::GetOnline { conn, .. }
             | Request::Typing { conn, .. }
+            | Request::Read { conn, .. }
             | Request::GetHistory { conn, .. } => conn.node = node,
             Request::Publish(p) => p.from.node = node,
             Request::Change(c) => c.from.node = node,
@@ -153,6 +167,7 @@ impl Request {
             | Request::Leave { conn, .. }
             | Request::GetOnline { conn, .. }
             | Request::Typing { conn, .. }
+            | Request::Read { conn, .. }
             | Request::GetHistory { conn, .. } => *conn,
             Request::Publish(p) => p.from,
             Request::Change(c) => c.from,

@@ -1083,3 +1083,37 @@ fn a_drain_under_traffic_skips_nothing_for_any_member() {
     assert_eq!(d, expected, "the drained member missed or repeated a message");
     let _ = gone.child.wait();
 }
+
+/// A read marker set on one node reaches the user's device on the other,
+/// whichever node owns the room, and the next login on either node
+/// carries it.
+#[test]
+fn read_markers_cross_nodes() {
+    let c = Cluster::start(2);
+    for owner in ["node0", "node1"] {
+        let other = if owner == "node0" { "node1" } else { "node0" };
+        let rid = room_owned_by("reads", owner, other);
+        let mut bob = c.node(1).client();
+        login(&mut bob, "Bob", &rid, "bob");
+        for i in 1..=3 {
+            bob.say_acked(&rid, &format!("m{i}")).unwrap();
+        }
+        let mut here = c.node(0).client();
+        here.login("Ann", &rid, Some("ann"));
+        let mut there = c.node(1).client();
+        there.login("Ann", &rid, Some("ann"));
+        here.send(serde_json::json!({"cmd": "read", "rid": rid, "seq": 2}));
+        loop {
+            let v = there.recv();
+            if v["cmd"] == "read" {
+                assert_eq!((v["rid"].as_str(), v["seq"].as_u64()), (Some(rid.as_str()), Some(2)), "{v}");
+                break;
+            }
+        }
+        for n in [0, 1] {
+            let mut d = c.node(n).client();
+            let ack = d.login("Ann", &rid, Some("ann"));
+            assert_eq!((ack["read"].as_u64(), ack["unread"].as_u64()), (Some(2), Some(1)), "{owner}, node{n}: {ack}");
+        }
+    }
+}

@@ -477,3 +477,105 @@ fn typing_is_told_to_the_others_at_most_every_two_seconds_and_not_stored() {
     ann.send(json!({"cmd": "typing", "rid": "typing"}));
     fresh.expect_silence(Duration::from_millis(500));
 }
+
+/// `read` (DESIGN.md §1 "Conversation"): a user's marker per room, told at
+/// once to the user's other connections (on any shard) and to no one else,
+/// carried by the user's next login ack with the count after it, kept
+/// across a SIGKILL (written within a second) and a SIGTERM (written on the
+/// way out), and never moved back. A user who never sent `read` gets
+/// CChat's ack unchanged.
+#[test]
+fn read_markers_reach_the_users_other_devices_and_survive_restarts() {
+    let dir = crate::common::temp_data_dir();
+    let data = dir.to_str().unwrap().to_owned();
+    let args = ["--data-dir", &data, "--shards", "2", "--rate-limit", "0"];
+    let mut s = Server::start(&args);
+    let mut bob = s.client();
+    bob.login_echo("Bob", "reads", "bob");
+    for i in 1..=5 {
+        bob.say_acked("reads", &format!("m{i}")).unwrap();
+    }
+    // Three devices of ann (two shards: the kernel spreads them).
+    let mut ann: Vec<Client> = (0..3).map(|_| s.client()).collect();
+    for a in ann.iter_mut() {
+        let ack = a.login("Ann", "reads", Some("ann"));
+        assert!(ack.get("read").is_none() && ack.get("unread").is_none(), "no marker: CChat's ack: {ack}");
+    }
+    ann[0].send(json!({"cmd": "read", "rid": "reads", "seq": 3}));
+    for a in ann[1..].iter_mut() {
+        assert_eq!(wait_cmd(a, "read"), json!({"cmd": "read", "rid": "reads", "seq": 3}));
+    }
+    // The reader and other users are not told; back is no move.
+    ann[0].send(json!({"cmd": "read", "rid": "reads", "seq": 2}));
+    ann[0].expect_silence(Duration::from_millis(300));
+    ann[1].expect_silence(Duration::from_millis(100));
+    assert_eq!(bob.expect("newUser")["uid"], "ann", "ann's first device; then nothing");
+    bob.expect_silence(Duration::from_millis(100));
+    // Errors: not a member; seq missing or of the wrong type.
+    let mut eve = s.client();
+    eve.login("Eve", "elsewhere", Some("eve"));
+    eve.send(json!({"cmd": "read", "rid": "reads", "seq": 1}));
+    eve.expect_error(50);
+    for bad in [json!({"cmd": "read", "rid": "reads"}), json!({"cmd": "read", "rid": "reads", "seq": "3"})] {
+        ann[0].send(bad);
+        ann[0].expect_error(50);
+    }
+    // A new device learns it at login: read 3, and 2 after it.
+    let mut phone = s.client();
+    let ack = phone.login("Ann", "reads", Some("ann"));
+    assert_eq!((ack["read"].as_u64(), ack["unread"].as_u64()), (Some(3), Some(2)), "{ack}");
+    // Killed a second and a half after the read: the marker was written.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop((ann, phone, bob, eve));
+    s.kill();
+    drop(s);
+    let mut s = Server::start(&args);
+    let mut a = s.client();
+    let ack = a.login("Ann", "reads", Some("ann"));
+    assert_eq!((ack["read"].as_u64(), ack["unread"].as_u64()), (Some(3), Some(2)), "after SIGKILL: {ack}");
+    // Past the newest: the newest. Then SIGTERM at once: written on the way out.
+    a.send(json!({"cmd": "read", "rid": "reads", "seq": 99}));
+    let mut b = s.client();
+    b.login("Ann", "reads", Some("ann"));
+    a.send(json!({"cmd": "getOnline", "rid": "reads"}));
+    let _ = wait_cmd(&mut a, "getOnline");
+    s.signal(15);
+    let _ = s.child.wait();
+    drop((a, b));
+    drop(s);
+    let s = Server::start(&args);
+    let mut a = s.client();
+    let ack = a.login("Ann", "reads", Some("ann"));
+    assert_eq!((ack["read"].as_u64(), ack["unread"].as_u64()), (Some(5), Some(0)), "after SIGTERM: {ack}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A damaged markers file costs the markers, not the server or a message.
+#[test]
+fn a_damaged_read_markers_file_is_ignored() {
+    let dir = crate::common::temp_data_dir();
+    let data = dir.to_str().unwrap().to_owned();
+    let args = ["--data-dir", &data, "--shards", "1"];
+    let mut s = Server::start(&args);
+    let mut a = s.client();
+    a.login_echo("Ann", "dmg", "ann");
+    a.say_acked("dmg", "kept").unwrap();
+    a.send(json!({"cmd": "read", "rid": "dmg", "seq": 1}));
+    a.send(json!({"cmd": "getOnline", "rid": "dmg"}));
+    let _ = wait_cmd(&mut a, "getOnline");
+    s.signal(15);
+    let _ = s.child.wait();
+    drop((a, s));
+    let file = dir.join("shard-0").join("read-markers");
+    let mut bytes = std::fs::read(&file).expect("markers written on the way out");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x04;
+    std::fs::write(&file, bytes).unwrap();
+    let s = Server::start(&args);
+    let mut a = s.client();
+    let ack = a.login("Ann", "dmg", Some("ann"));
+    assert!(ack.get("read").is_none(), "the damaged marker is not used: {ack}");
+    a.send(json!({"cmd": "getHistory", "rid": "dmg"}));
+    assert_eq!(wait_cmd(&mut a, "getHistory")["msgs"][0]["msg"], "kept");
+    let _ = std::fs::remove_dir_all(&dir);
+}

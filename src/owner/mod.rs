@@ -27,6 +27,7 @@ pub(crate) use changes::AUTHORS;
 mod dedupe;
 pub(crate) use dedupe::Window;
 mod log;
+pub(crate) mod reads;
 pub(crate) use log::{DiskRead, ReadReply, Resume, fit};
 mod redis;
 pub(crate) use redis::RemoteRead;
@@ -125,6 +126,8 @@ pub(crate) struct Owner {
     /// When each (room, user) last said it was typing (ms): at most one
     /// announcement per [`TYPING_EVERY_MS`]; pruned on the presence tick.
     typing: HashMap<(Id, Id), u64>,
+    /// Each user's read marker in the rooms this shard owns.
+    pub(crate) reads: reads::Reads,
     /// How long after sending a message its author may edit or delete it (ms).
     pub(crate) edit_window_ms: u64,
     /// Knocks for the shard to spread: a direct conversation's message for
@@ -184,6 +187,7 @@ impl Owner {
             mids_loading: HashMap::new(),
             knocks: Vec::new(),
             typing: HashMap::new(),
+            reads: reads::Reads::default(),
             edit_window_ms: 24 * 3600 * 1000,
         }
     }
@@ -258,6 +262,7 @@ impl Owner {
             Request::Publish(p) => return self.publish(p, now_ms, out),
             Request::Change(c) => return self.change(c, now_ms, out),
             Request::Typing { rid, conn, uid, name } => self.typing(rid, conn, uid, name, now_ms, out),
+            Request::Read { rid, conn, uid, seq } => self.read(rid, conn, uid, seq, out),
             Request::GetOnline { rid, conn, after, limit } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
                 let frame = match self.rooms.get(&rid) {
@@ -301,6 +306,7 @@ impl Owner {
         out: &mut Vec<Out>,
     ) {
         self.room_or_load(&rid);
+        let read = if ack.is_none() && !rejoin { self.read_state(&rid, &uid) } else { None };
         let room = self.rooms.get_mut(&rid).expect("loaded");
         let was_empty = room.is_empty();
         let joined = room.join(conn, &uid, &name, echo);
@@ -311,7 +317,7 @@ impl Owner {
             // The member already has its ack and its place; join quietly.
             return;
         }
-        let ack = ack.unwrap_or_else(|| protocol::encode_presence("login", &uid, &name, &rid));
+        let ack = ack.unwrap_or_else(|| protocol::encode_login_ack(&uid, &name, &rid, read, None, std::iter::empty()));
         out.push(Out { dest: Dest::of(conn), msg: Delivery::Joined { rid: rid.clone(), conn, ack } });
         // A change of name reaches the room whichever of the user's old and
         // new connections the owner hears from first: a new connection under
@@ -642,6 +648,38 @@ impl Owner {
         let frame = protocol::encode_presence("typing", &key.1, &name, &key.0);
         self.broadcast(&key.0, frame, Some(conn), Instant::now(), out);
         self.typing.insert(key, now_ms);
+    }
+
+    /// A member read its room up to `seq`: its user's marker moves there
+    /// (never past the room's newest seq, never back), and the user's
+    /// other connections in the room are told. Nothing is answered to the
+    /// reader.
+    fn read(&mut self, rid: Id, conn: ConnRef, uid: Id, seq: u64, out: &mut Vec<Out>) {
+        let Some(room) = self.rooms.get(&rid).filter(|r| r.member(&conn).is_some_and(|m| m.uid == uid)) else {
+            return;
+        };
+        let mark = reads::Mark { epoch: room.epoch(), seq: seq.min(room.seq()) };
+        if !self.reads.advance(&rid, &uid, mark) {
+            return;
+        }
+        let Some(user) = room.user(&uid) else { return };
+        let frame = protocol::encode_read(&rid, mark.seq);
+        for &c in user.conns.iter().filter(|c| **c != conn) {
+            out.push(Out { dest: Dest::of(c), msg: Delivery::Direct { conn: c, frame: frame.clone() } });
+        }
+    }
+
+    /// A user's read state in a room, for its login ack: the marker and
+    /// how many of the room's seqs follow it. None for a user with no
+    /// marker there (a client that never sent `read`: its ack stays
+    /// CChat's). A marker of an earlier epoch says nothing about this
+    /// sequence: the user has read the room as it is now.
+    pub(crate) fn read_state(&self, rid: &Id, uid: &Id) -> Option<(u64, u64)> {
+        let room = self.rooms.get(rid)?;
+        let mark = self.reads.get(rid, uid)?;
+        let top = room.seq();
+        let read = if mark.epoch == room.epoch() { mark.seq.min(top) } else { top };
+        Some((read, top - read))
     }
 
     /// A change of a room message (see `changes`): checked against the

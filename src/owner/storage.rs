@@ -356,7 +356,9 @@ impl Owner {
         if !ok {
             all.clear();
         }
-        let ack = crate::protocol::encode_login_ack(&r.uid, &r.name, &r.rid, Some(ok), all.iter().map(|b| &b[..]));
+        let read = self.read_state(&r.rid, &r.uid);
+        let ack =
+            crate::protocol::encode_login_ack(&r.uid, &r.name, &r.rid, read, Some(ok), all.iter().map(|b| &b[..]));
         let Resume { rid, conn, uid, name, echo, .. } = r;
         self.join(rid, conn, uid, name, echo, false, Some(ack), now_ms, out);
         waiting

@@ -452,3 +452,57 @@ fn a_resume_made_twice_for_one_connection_is_answered_once() {
     o.handle(resume(), 0, &mut out);
     assert_eq!(acks(&out), 0, "{out:?}");
 }
+
+/// A read marker moves forward only, never past the room's newest seq;
+/// the user's other connections (here on another shard and another node)
+/// are told, the reader and other users are not; a later login of the
+/// user gets it in its ack with the count of seqs after it (a user with
+/// no marker gets CChat's ack as it was).
+#[test]
+fn a_read_marker_reaches_the_users_other_connections_and_its_next_ack() {
+    let mut o = owner();
+    let (a1, a2, a3, b) = (conn(0, 0, 1), conn(0, 1, 2), conn(4, 0, 3), conn(0, 0, 4));
+    for (c, u) in [(a1, "ann"), (a2, "ann"), (a3, "ann"), (b, "bob")] {
+        join(&mut o, c, u);
+    }
+    let mut out = Vec::new();
+    for i in 0..5 {
+        o.handle(publish(b, "bob", &format!("m{i}"), None), 0, &mut out);
+    }
+    let read = |o: &mut Owner, seq: u64| {
+        let mut out = Vec::new();
+        o.handle(Request::Read { rid: id("r"), conn: a1, uid: id("ann"), seq }, 0, &mut out);
+        out
+    };
+    let out = read(&mut o, 3);
+    let told: Vec<(Dest, ConnRef, String)> = out
+        .iter()
+        .map(|o| match &o.msg {
+            Delivery::Direct { conn, frame } => (o.dest, *conn, text(frame)),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let frame = r#"{"cmd":"read","rid":"r","seq":3}"#.to_string();
+    assert_eq!(told, vec![(Dest::Shard(1), a2, frame.clone()), (Dest::Node(4), a3, frame)]);
+    assert!(read(&mut o, 2).is_empty(), "back: nothing moves, nobody is told");
+    assert!(read(&mut o, 3).is_empty(), "the same: likewise");
+    let out = read(&mut o, 99);
+    assert!(
+        out.iter().all(|o| matches!(&o.msg, Delivery::Direct { frame, .. } if text(frame).ends_with(r#""seq":5}"#)))
+    );
+    assert_eq!(o.read_state(&id("r"), &id("ann")), Some((5, 0)), "never past the newest");
+    let mut out = Vec::new();
+    o.handle(publish(b, "bob", "m5", None), 0, &mut out);
+    o.handle(publish(b, "bob", "m6", None), 0, &mut out);
+    let out = join(&mut o, conn(0, 1, 9), "ann");
+    let Some(Out { msg: Delivery::Joined { ack, .. }, .. }) = out.first() else { panic!("{out:?}") };
+    assert_eq!(text(ack), r#"{"cmd":"login","uid":"ann","name":"ann","rid":"r","read":5,"unread":2}"#);
+    let out = join(&mut o, conn(0, 1, 10), "bob");
+    let Some(Out { msg: Delivery::Joined { ack, .. }, .. }) = out.first() else { panic!("{out:?}") };
+    assert_eq!(text(ack), r#"{"cmd":"login","uid":"bob","name":"bob","rid":"r"}"#, "no marker: CChat's ack");
+    // Another user's connection cannot move ann's marker.
+    let mut out = Vec::new();
+    o.handle(Request::Read { rid: id("r"), conn: b, uid: id("ann"), seq: 7 }, 0, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(o.read_state(&id("r"), &id("ann")), Some((5, 2)));
+}

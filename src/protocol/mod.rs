@@ -168,6 +168,13 @@ pub enum Command {
         /// Room.
         rid: Id,
     },
+    /// The user has read the room up to `seq` (its read marker).
+    Read {
+        /// Room.
+        rid: Id,
+        /// The newest seq read (0: none yet).
+        seq: u64,
+    },
     /// List the rooms with members (DMs never), a page at a time.
     GetRooms {
         /// Start after this room (the previous page's `next`).
@@ -335,6 +342,10 @@ fn parse_command(
             limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
         }),
         "typing" => Ok(Command::Typing { rid: id_field(&v, "rid")? }),
+        "read" => Ok(Command::Read {
+            rid: id_field(&v, "rid")?,
+            seq: opt_u64(&v, "seq")?.ok_or(ProtoError::invalid("seq must be a non-negative integer"))?,
+        }),
         "getRooms" => Ok(Command::GetRooms {
             after: opt_id_field(&v, "after")?,
             limit: opt_u64(&v, "limit")?.map(|l| l.min(MAX_PAGE as u64) as usize),
@@ -567,18 +578,24 @@ pub fn encode_presence(cmd: &str, uid: &str, name: &str, rid: &str) -> Bytes {
     f.finish()
 }
 
-/// A login's ack: `{"cmd":"login","uid","name","rid"}`, with
-/// `"recovered"` when the login asked to resume (`since`), followed by
-/// the missed messages (`replay`, stored JSON), each its own frame.
+/// A login's ack: `{"cmd":"login","uid","name","rid"}`, with the user's
+/// read state (`read`: the marker, `unread`: the room's seqs after it)
+/// when the owner knows the room, `"recovered"` when the login asked to
+/// resume (`since`), followed by the missed messages (`replay`, stored
+/// JSON), each its own frame.
 pub fn encode_login_ack<'a>(
     uid: &str,
     name: &str,
     rid: &str,
+    read: Option<(u64, u64)>,
     recovered: Option<bool>,
     replay: impl Iterator<Item = &'a [u8]>,
 ) -> Bytes {
-    let mut f = FrameBuf::with_capacity(64 + uid.len() + name.len() + rid.len());
+    let mut f = FrameBuf::with_capacity(96 + uid.len() + name.len() + rid.len());
     let mut o = Obj::new(f.body(), "login").str("uid", uid).str("name", name).str("rid", rid);
+    if let Some((read, unread)) = read {
+        o = o.num("read", read).num("unread", unread);
+    }
     if let Some(r) = recovered {
         o = o.raw("recovered", |b| b.put_slice(if r { b"true" } else { b"false" }));
     }
@@ -593,6 +610,14 @@ pub fn encode_login_ack<'a>(
         all.extend_from_slice(&crate::ws::text_frame(json));
     }
     all.freeze()
+}
+
+/// A user's read marker moved: `{"cmd":"read","rid","seq"}`, for the
+/// user's other connections in the room.
+pub fn encode_read(rid: &str, seq: u64) -> Bytes {
+    let mut f = FrameBuf::with_capacity(40 + rid.len());
+    Obj::new(f.body(), "read").str("rid", rid).num("seq", seq).end();
+    f.finish()
 }
 
 /// A repeated message's answer: its `message` frame as first sequenced

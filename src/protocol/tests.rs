@@ -174,7 +174,7 @@ fn resume_and_message_ids_parse() {
 
 #[test]
 fn a_resume_ack_is_followed_by_its_messages_and_a_dup_is_flagged() {
-    let ack = encode_login_ack("u", "n", "r", Some(true), [&b"{\"a\":1}"[..], b"{}"].into_iter());
+    let ack = encode_login_ack("u", "n", "r", None, Some(true), [&b"{\"a\":1}"[..], b"{}"].into_iter());
     let (op, r, used) = crate::ws::parse_server_frame(&ack).unwrap().unwrap();
     assert_eq!(op, 1);
     assert_eq!(&ack[r], br#"{"cmd":"login","uid":"u","name":"n","rid":"r","recovered":true}"#);
@@ -182,7 +182,7 @@ fn a_resume_ack_is_followed_by_its_messages_and_a_dup_is_flagged() {
     assert_eq!(&ack[used..][r2], br#"{"a":1}"#);
     let (_, r3, _) = crate::ws::parse_server_frame(&ack[used + used2..]).unwrap().unwrap();
     assert_eq!(&ack[used + used2..][r3], b"{}");
-    let plain = encode_login_ack("u", "n", "r", None, std::iter::empty());
+    let plain = encode_login_ack("u", "n", "r", None, None, std::iter::empty());
     assert!(!String::from_utf8_lossy(&plain).contains("recovered"));
     let m = MessageOut {
         uid: "u",
@@ -233,6 +233,6 @@ proptest! {
 #[test]
 fn room_point_of_other_frames_is_none() {
     assert_eq!(room_point(&encode_presence("login", "u", "n", "r")), None);
-    assert_eq!(room_point(&encode_login_ack("u", "n", "r", Some(true), std::iter::empty())), None);
+    assert_eq!(room_point(&encode_login_ack("u", "n", "r", None, Some(true), std::iter::empty())), None);
     assert_eq!(room_point(b"{\"cmd\":\"x\",\"a\":1,\"b\":2,\"c\":3}"), None);
 }

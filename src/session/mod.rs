@@ -280,6 +280,13 @@ impl Session {
                 }
                 emit(Request::Typing { rid, conn: me, uid: uid.clone(), name: name.clone() });
             }
+            Command::Read { rid, seq } => {
+                let Some(uid) = &self.uid else { return Err(invalid("not logged in")) };
+                if !self.rooms.contains(&rid) {
+                    return Err(invalid("not a member of rid"));
+                }
+                emit(Request::Read { rid, conn: me, uid: uid.clone(), seq });
+            }
             Command::GetRooms { .. } => {
                 // Answered by the shard's directory (see `shard/directory`).
                 if self.uid.is_none() {

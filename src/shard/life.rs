@@ -20,7 +20,7 @@ use super::flush::Flusher;
 use super::history::Reader;
 use super::mesh::Mesh;
 use super::redis::RedisLink;
-use super::{Shard, TICK, admission, cluster, log};
+use super::{Shard, TICK, admission, cluster, log, reads};
 use crate::ids::Id;
 use crate::msg::ShardMsg;
 use crate::node::Node;
@@ -103,6 +103,7 @@ async fn start(
         None => None,
         Some(init) => {
             shard.restore(init.rooms, init.new_epoch);
+            reads::load(&shard);
             let storage = &node.cfg.storage;
             let cfg = LogConfig {
                 data: storage.data_dir.clone(),
@@ -144,6 +145,7 @@ async fn start(
         tasks.push(glommio::spawn_local(RedisLink::run(shard.clone(), events)).detach());
     }
     if let Some(log) = &log {
+        tasks.push(glommio::spawn_local(reads::run_writer(shard.clone())).detach());
         tasks.push(glommio::spawn_local(log::run_writer(shard.clone(), log.clone())).detach());
         tasks.push(glommio::spawn_local(Reader::run(shard.clone())).detach());
         if node.cfg.storage.durability == Durability::Written {
@@ -266,5 +268,8 @@ async fn serve(node: &Node, started: Started) {
     }
     for t in tasks {
         t.cancel();
+    }
+    if log.is_some() {
+        reads::write(&shard).await;
     }
 }

@@ -38,6 +38,7 @@
 //! | `hold` | what the owner sends, waiting until its store has the messages before it | `Hold` |
 //! | `log` | the log writer and syncer tasks (the embedded log) | tasks |
 //! | `history` | history reads from the log's files | `Reader` |
+//! | `reads` | users' read markers written beside the log, and read back at start | tasks |
 //! | `redis` | the link to the shared store (`--store`): claims, appends, history reads | `RedisLink` |
 //! | `cluster` | what the relay received; a change of the cluster's live nodes applied | functions |
 //! | `api` | what the admin listener's server API asks of a shard | `Api`, `ApiPeers` |
@@ -57,6 +58,7 @@ mod hold;
 pub(crate) mod life;
 mod log;
 mod mesh;
+mod reads;
 mod redis;
 mod seen;
 mod sweep;

@@ -26,6 +26,7 @@
 //! type 15 CHANGE      rid:str conn uid:str seq:u64 kind:u8 (0 edit msg:text, 1 delete,
 //!                     2 react on emoji:str, 3 react off emoji:str)
 //! type 16 TYPING      rid:str conn uid:str name:str
+//! type 17 READ        rid:str conn uid:str seq:u64     (v9: a member's read marker)
 //! type 20 JOINED      rid:str conn ack:blob
 //! type 21 DELIVER     rid:str audience frame:blob
 //!                     audience := 0 except:opt<conn>   (every member on the node but one)
@@ -37,7 +38,7 @@
 //! type 33 KNOCK       uid:str frame:blob               (a direct conversation: to a user not in it)
 //! type 34 PEERS       n:u16 addr:str[n]                (relay addresses the sender knows; n <= 256)
 //! type 35 LEAVING     (empty)                          (the sender drains: take its rooms over now)
-//! type 36 FORWARD     origin:str hops:u8 type:u8 body  (v8: a request of type 10–16 passed on by a
+//! type 36 FORWARD     origin:str hops:u8 type:u8 body  (v8: a request of type 10–17 passed on by a
 //!                                                       node that does not own its room; its conn
 //!                                                       is on the node named origin)
 //! ```
@@ -74,6 +75,7 @@ const T_GETONLINE: u8 = 13;
 const T_GETHISTORY: u8 = 14;
 const T_CHANGE: u8 = 15;
 const T_TYPING: u8 = 16;
+const T_READ: u8 = 17;
 const T_JOINED: u8 = 20;
 const T_DELIVER: u8 = 21;
 const T_DIRECT: u8 = 22;
@@ -128,6 +130,12 @@ pub fn activate() -> Bytes {
 pub fn encode_for(msg: &NodeMsg, wire: u8) -> Option<Bytes> {
     if wire < 8 && matches!(msg, NodeMsg::Forwarded { .. }) {
         // A v7 peer would take the connection for the sender's own.
+        return None;
+    }
+    if wire < 9
+        && matches!(msg, NodeMsg::ToOwner(Request::Read { .. }) | NodeMsg::Forwarded { req: Request::Read { .. }, .. })
+    {
+        // Read markers are v9's: an older peer's rooms keep none.
         return None;
     }
     if wire >= 7 {
@@ -213,6 +221,13 @@ pub fn encode(msg: &NodeMsg) -> Bytes {
             put_conn(&mut b, conn);
             put_str(&mut b, uid);
             put_str(&mut b, name);
+        }
+        NodeMsg::ToOwner(Request::Read { rid, conn, uid, seq }) => {
+            b.put_u8(T_READ);
+            put_str(&mut b, rid);
+            put_conn(&mut b, conn);
+            put_str(&mut b, uid);
+            b.put_u64(*seq);
         }
         NodeMsg::ToOwner(Request::Change(c)) => {
             b.put_u8(T_CHANGE);
@@ -356,7 +371,10 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
     buf.advance(4);
     let mut body = buf.split_to(len).freeze();
     let t = body.get_u8();
-    if wire < 7 && matches!(t, T_CHANGE | T_TYPING | T_KNOCK | T_PEERS | T_LEAVING) || wire < 8 && t == T_FORWARD {
+    if wire < 7 && matches!(t, T_CHANGE | T_TYPING | T_KNOCK | T_PEERS | T_LEAVING)
+        || wire < 8 && t == T_FORWARD
+        || wire < 9 && t == T_READ
+    {
         return Err(CodecError::Invalid("frame type"));
     }
     let peer = |c: ConnRef| ConnRef { node, ..c };
@@ -429,6 +447,13 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
             let uid = get_id(&mut body)?;
             let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
             Frame::Msg(NodeMsg::ToOwner(Request::Typing { rid, conn, uid, name }))
+        }
+        T_READ => {
+            let rid = get_id(&mut body)?;
+            let conn = peer(get_conn(&mut body)?);
+            let uid = get_id(&mut body)?;
+            let seq = get_u64(&mut body)?;
+            Frame::Msg(NodeMsg::ToOwner(Request::Read { rid, conn, uid, seq }))
         }
         T_CHANGE => {
             let rid = get_id(&mut body)?;
@@ -519,7 +544,7 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
         T_FORWARD => {
             let origin: std::sync::Arc<str> = get_str(&mut body)?.into();
             let hops = get_u8(&mut body)?;
-            if !(T_JOIN..=T_TYPING).contains(body.first().ok_or(CodecError::Truncated)?) {
+            if !(T_JOIN..=T_READ).contains(body.first().ok_or(CodecError::Truncated)?) {
                 return Err(CodecError::Invalid("forwarded frame type"));
             }
             // The inner request, decoded as a frame of its own; its node

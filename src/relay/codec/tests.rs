@@ -279,3 +279,29 @@ proptest! {
         prop_assert!(decode(&mut b, 1).is_err());
     }
 }
+
+/// READ (v9) crosses a v9 link, alone or forwarded; a link of version 8
+/// or older is not sent it (the marker stays with the sender's node) and
+/// refuses it.
+#[test]
+fn a_read_marker_crosses_a_v9_link_only() {
+    let read =
+        Request::Read { rid: Id::parse_str("r").unwrap(), conn: conn(6), uid: Id::parse_str("ann").unwrap(), seq: 41 };
+    let NodeMsg::ToOwner(Request::Read { rid, conn: c, uid, seq }) = round_trip(NodeMsg::ToOwner(read.clone())) else {
+        panic!()
+    };
+    assert_eq!((rid.as_str(), c.node, c.key, uid.as_str(), seq), ("r", 3, 6, "ann", 41));
+    let fwd = NodeMsg::Forwarded { origin: "n2".into(), hops: 1, req: read.clone() };
+    let mut buf = BytesMut::from(&encode(&fwd)[..]);
+    let Ok(Some(Frame::Msg(NodeMsg::Forwarded { req: Request::Read { seq: 41, .. }, .. }))) = decode(&mut buf, 3)
+    else {
+        panic!()
+    };
+    for wire in [6, 7, 8] {
+        assert!(encode_for(&NodeMsg::ToOwner(read.clone()), wire).is_none(), "v{wire}");
+        assert!(encode_for(&fwd, wire).is_none(), "v{wire}");
+        let mut buf = BytesMut::from(&encode(&NodeMsg::ToOwner(read.clone()))[..]);
+        assert!(decode_for(&mut buf, 3, wire).is_err(), "v{wire}");
+    }
+    assert_eq!(encode_for(&NodeMsg::ToOwner(read.clone()), 9).unwrap(), encode(&NodeMsg::ToOwner(read)));
+}

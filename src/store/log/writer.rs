@@ -228,7 +228,7 @@ impl Log {
 /// written: `bytes` are written and synced under a temporary name, renamed
 /// to `name` in `dir`, and the directory synced. All through the shard's
 /// executor (io_uring): a roll never blocks the shard on the disk.
-async fn put_synced(dir: &Path, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+pub(crate) async fn put_synced(dir: &Path, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let f = OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&tmp).await?;
     let len = bytes.len();
