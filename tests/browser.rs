@@ -1417,6 +1417,82 @@ fn changes_work_on_a_phone_in_dark_mode() {
     );
 }
 
+/// Two devices of one user (two browsers, one uid): what one reads is no
+/// longer unread on the other. Device B has another room open while bob
+/// writes in "second"; its tab counts two unread; device A has "second"
+/// open, sees them, and B's count goes. B's reload keeps it read (the
+/// marker is the server's, in the login ack).
+fn reading_on_one_device_clears_unread_on_the_other() {
+    let (dir, server, driver) = setup("read_markers", &["--shards", "2"]);
+    let join = |p: &Browser, rid: &str| {
+        let input = p.by_id("join-room-input");
+        p.send_keys(&input, rid);
+        p.send_keys(&input, KEY_ENTER);
+        p.wait_js(
+            &format!("{rid} joined"),
+            "var t = document.querySelector('[data-testid=room-tab][data-rid=\"' + arguments[0] + '\"]'); return t && !t.classList.contains('pending')",
+            json!([rid]),
+        );
+    };
+    let badge = |p: &Browser, rid: &str| -> u64 {
+        p.exec(
+            "var t = document.querySelector('[data-testid=room-tab][data-rid=\"' + arguments[0] + '\"]'); var b = t && t.querySelector('.badge'); return b ? Number(b.textContent) : 0",
+            json!([rid]),
+        )
+        .as_u64()
+        .unwrap_or(0)
+    };
+    let a = driver.page(server.addr);
+    a.login("Ann", "first", Some("ann"));
+    let b = driver.page(server.addr);
+    b.login("Ann", "first", Some("ann"));
+    join(&b, "second");
+    b.click(&b.find("[data-testid=room-tab][data-rid=first]"));
+    let mut bob = client(&server);
+    bob.login("Bob", "second", Some("bob"));
+    bob.say("second", "one");
+    bob.say("second", "two");
+    b.wait_js(
+        "two unread in second on B",
+        "var t = document.querySelector('[data-testid=room-tab][data-rid=second] .badge'); return !!t && t.textContent === '2'",
+        json!([]),
+    );
+    shot(&b, &dir, "unread-before");
+    // Device A opens "second" and reads both.
+    join(&a, "second");
+    a.wait_message("two");
+    b.wait_js(
+        "B's unread cleared by A's read",
+        "return !document.querySelector('[data-testid=room-tab][data-rid=second] .badge')",
+        json!([]),
+    );
+    shot(&b, &dir, "unread-after");
+    // One more, read on A as it comes: B ends with nothing unread, and a
+    // reload of B (its state from the server's marker) shows none either.
+    bob.say("second", "three");
+    a.wait_message("three");
+    b.wait_js(
+        "B: three read on A",
+        "return !document.querySelector('[data-testid=room-tab][data-rid=second] .badge')",
+        json!([]),
+    );
+    b.reload();
+    b.wait_connected();
+    b.wait_js(
+        "B's rooms back after the reload",
+        "return !!document.querySelector('[data-testid=room-tab][data-rid=second]')",
+        json!([]),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let active_second = b
+        .exec("var t = document.querySelector('[data-testid=room-tab][data-rid=second]'); return t.getAttribute('aria-current') === 'true'", json!([]))
+        .as_bool()
+        .unwrap_or(false);
+    if !active_second {
+        assert_eq!(badge(&b, "second"), 0, "the reloaded page counts what the marker says was read");
+    }
+}
+
 fn dark_mode_follows_the_system() {
     let (dir, server, driver) = setup("dark_mode_follows_the_system", &[]);
     let a = driver.page(server.addr);
@@ -1864,6 +1940,7 @@ macro_rules! both_ways {
 
 both_ways!(
     two_pages_chat_both_ways,
+    reading_on_one_device_clears_unread_on_the_other,
     private_message_reaches_only_target,
     markup_is_shown_as_text,
     media_messages_for_http_urls,
