@@ -1493,6 +1493,70 @@ fn reading_on_one_device_clears_unread_on_the_other() {
     }
 }
 
+/// A burst of 2,000 messages into the open room: every one is taken (the
+/// page keeps the newest 1,000 and draws the newest of them, in order, the
+/// last one at the bottom) while the page keeps drawing frames. The frame figures (longest gap between
+/// animation frames, long tasks, time to the last message shown) are
+/// measured with the Performance API and printed, and written to the file
+/// `CCHAT_PAGE_BURST_OUT` names (`bench/scenarios/page-burst.sh`): a
+/// benchmark's figures, not asserted here.
+#[test]
+fn a_burst_of_2000_messages_is_shown_whole() {
+    // CCHAT_PAGE_BURST_N: another burst size (the bench's floor: 20).
+    let n: usize = std::env::var("CCHAT_PAGE_BURST_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let (dir, server, driver) = setup("burst", &["--rate-limit", "0"]);
+    let a = driver.page(server.addr);
+    a.login("Reader", "burst", None);
+    let mut bob = client(&server);
+    bob.login("Bob", "burst", Some("bob"));
+    a.wait_user("bob");
+    // Measured in the page, which checks for the end at each frame (a
+    // WebDriver poll that queried the list would itself lay it out, and
+    // be counted as the page's work): the test only reads a flag.
+    a.exec(
+        "window.__frames = { last: performance.now(), maxGap: 0, long: 0, longMs: 0, done: null, lastText: arguments[0] };
+         var f = window.__frames, l = document.querySelector('[data-testid=message-list]');
+         (function tick(t) {
+           f.maxGap = Math.max(f.maxGap, t - f.last); f.last = t;
+           var last = l.lastElementChild, b = last && last.querySelector('.body');
+           if (b && b.textContent === f.lastText && l.scrollHeight - l.scrollTop - l.clientHeight < 60) f.done = t;
+           else requestAnimationFrame(tick);
+         })(performance.now());
+         try { new PerformanceObserver(function (list) { list.getEntries().forEach(function (e) { if (!f.done) { f.long++; f.longMs = Math.max(f.longMs, e.duration); } }); }).observe({ entryTypes: ['longtask'] }); } catch (e) {}
+         return true",
+        json!([format!("burst {}", n - 1)]),
+    );
+    // Sent at once (the server's frames are batched per socket).
+    let t0 = Instant::now();
+    for i in 0..n {
+        bob.send(json!({"cmd": "message", "rid": "burst", "type": "text", "msg": format!("burst {i}")}));
+    }
+    a.wait_js_within(
+        "the last message of the burst shown at the bottom",
+        "return window.__frames.done !== null",
+        json!([]),
+        Duration::from_secs(60),
+    );
+    let shown_s = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let f = a.exec("return window.__frames", json!([]));
+    let texts: Vec<String> = a.messages().iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+    assert!((n.min(100)..=1000).contains(&texts.len()), "{} drawn", texts.len());
+    let want: Vec<String> = (n - texts.len()..n).map(|i| format!("burst {i}")).collect();
+    assert_eq!(texts, want, "the newest, each once, in order");
+    shot(&a, &dir, "burst");
+    let figures = format!(
+        "{n} messages in one burst: the last one shown {shown_s:.2} s after the first was sent; longest gap between animation frames {:.0} ms; long tasks {} (longest {:.0} ms)",
+        f["maxGap"].as_f64().unwrap_or(-1.0),
+        f["long"],
+        f["longMs"].as_f64().unwrap_or(0.0)
+    );
+    eprintln!("{figures}");
+    if let Ok(out) = std::env::var("CCHAT_PAGE_BURST_OUT") {
+        std::fs::write(out, format!("{figures}\n")).unwrap();
+    }
+}
+
 fn dark_mode_follows_the_system() {
     let (dir, server, driver) = setup("dark_mode_follows_the_system", &[]);
     let a = driver.page(server.addr);
