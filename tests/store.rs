@@ -586,3 +586,45 @@ mod window {
         }
     }
 }
+
+/// Read markers live in the store too: a node restarted with nothing of
+/// its own (another data directory) tells a returning user its marker —
+/// in the login ack, or, when the room was not in memory yet, in a `read`
+/// frame right after it.
+#[test]
+fn read_markers_are_kept_in_the_store() {
+    let redis = Redis::start();
+    let mut s = start(&redis, &["--shards", "2"]);
+    let mut bob = s.client();
+    bob.login_echo("bob", "marks", "bob");
+    for i in 1..=3 {
+        say_acked(&mut bob, "marks", &format!("m{i}")).unwrap();
+    }
+    let mut ann = s.client();
+    ann.login("ann", "marks", Some("ann"));
+    ann.send(json!({"cmd": "read", "rid": "marks", "seq": 2}));
+    ann.send(json!({"cmd": "getOnline", "rid": "marks"}));
+    while ann.recv()["cmd"] != "getOnline" {}
+    // The marker's write goes with the next round trip to the store.
+    std::thread::sleep(Duration::from_millis(300));
+    drop((ann, bob));
+    s.kill();
+    let s = start(&redis, &["--shards", "2"]);
+    let mut ann = s.client();
+    let ack = ann.login("ann", "marks", Some("ann"));
+    let seq = match ack["read"].as_u64() {
+        Some(r) => r,
+        None => loop {
+            let v = ann.recv();
+            if v["cmd"] == "read" {
+                assert_eq!(v["rid"], "marks", "{v}");
+                break v["seq"].as_u64().unwrap();
+            }
+        },
+    };
+    assert_eq!(seq, 2, "the marker came back from the store");
+    // Now known to the owner: the next device's ack carries it.
+    let mut phone = s.client();
+    let ack = phone.login("ann", "marks", Some("ann"));
+    assert_eq!((ack["read"].as_u64(), ack["unread"].as_u64()), (Some(2), Some(1)), "{ack}");
+}

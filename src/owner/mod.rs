@@ -30,7 +30,7 @@ mod log;
 pub(crate) mod reads;
 pub(crate) use log::{DiskRead, ReadReply, Resume, fit};
 mod redis;
-pub(crate) use redis::RemoteRead;
+pub(crate) use redis::{MarkJob, RemoteRead, StoreJobs};
 pub mod room;
 mod storage;
 mod store;
@@ -662,6 +662,7 @@ impl Owner {
         if !self.reads.advance(&rid, &uid, mark) {
             return;
         }
+        self.store.read_moved(&rid, &uid, mark);
         let Some(user) = room.user(&uid) else { return };
         let frame = protocol::encode_read(&rid, mark.seq);
         for &c in user.conns.iter().filter(|c| **c != conn) {
@@ -672,10 +673,12 @@ impl Owner {
     /// A user's read state in a room, for its login ack: the marker and
     /// how many of the room's seqs follow it. None for a user with no
     /// marker there (a client that never sent `read`: its ack stays
-    /// CChat's). A marker of an earlier epoch says nothing about this
-    /// sequence: the user has read the room as it is now.
+    /// CChat's), and for a room whose sequence its store has yet to say (a
+    /// shared store's room before its claim). A marker of an earlier epoch
+    /// says nothing about this sequence: the user has read the room as it
+    /// is now.
     pub(crate) fn read_state(&self, rid: &Id, uid: &Id) -> Option<(u64, u64)> {
-        let room = self.rooms.get(rid)?;
+        let room = self.rooms.get(rid).filter(|_| self.store.sequence_known(rid))?;
         let mark = self.reads.get(rid, uid)?;
         let top = room.seq();
         let read = if mark.epoch == room.epoch() { mark.seq.min(top) } else { top };

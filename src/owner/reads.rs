@@ -15,7 +15,7 @@
 //! the least recently moved ones forgotten first (their users then read
 //! from the room's present, as someone with no marker does).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
@@ -50,6 +50,9 @@ pub(crate) struct Reads {
     clock: u64,
     cap: usize,
     dirty: bool,
+    /// Rooms whose markers came back from a shared store before the room's
+    /// sequence was known (its claim): their users are told once it is.
+    to_tell: HashSet<Id>,
 }
 
 impl Default for Reads {
@@ -76,7 +79,7 @@ pub(crate) enum ReadsError {
 impl Reads {
     /// Keeping at most `cap` markers.
     pub(crate) fn with_cap(cap: usize) -> Reads {
-        Reads { map: HashMap::new(), clock: 0, cap: cap.max(1), dirty: false }
+        Reads { map: HashMap::new(), clock: 0, cap: cap.max(1), dirty: false, to_tell: HashSet::new() }
     }
 
     /// The user's marker in the room, if one is kept.
@@ -128,6 +131,18 @@ impl Reads {
             return None;
         }
         Some(self.encode())
+    }
+
+    /// `rid`'s users are to be told their markers once its sequence is known.
+    pub(crate) fn tell_later(&mut self, rid: &Id) {
+        if self.to_tell.len() < self.cap {
+            self.to_tell.insert(rid.clone());
+        }
+    }
+
+    /// Whether `rid`'s users were to be told (and are no longer).
+    pub(crate) fn take_tell(&mut self, rid: &Id) -> bool {
+        self.to_tell.remove(rid)
     }
 
     /// The markers must be written again (the last write failed).

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use super::log::{DiskRead, LogRoomStore, Resume};
-use super::redis::{ClaimJob, RedisRoomStore, RemoteRead};
+use super::redis::RedisRoomStore;
 use super::store::HistoryQuery;
 use super::{Dest, Out, Owner, ReadReply};
 use crate::ids::Id;
@@ -202,6 +202,9 @@ impl Owner {
         let now = (now_ms, &*self.next_epoch);
         let top = state.as_ref().map_or(0, |(_, top)| *top);
         let waiting = s.on_claimed(&mut self.rooms, &mut self.store_down, (rid, token, state), now, out);
+        if self.reads.take_tell(rid) && self.store.sequence_known(rid) {
+            self.tell_reads(rid, out);
+        }
         // A room with stored messages: their ids are read back before its
         // messages are handled (the new owner recognises a repeat too).
         if top > 0 && self.rooms.contains_key(rid) && self.load_mids(rid, now_ms) {
@@ -271,9 +274,44 @@ impl Owner {
         }
     }
 
-    /// Claims and history reads for the store thread.
-    pub(crate) fn take_store_jobs(&mut self) -> Option<(Vec<ClaimJob>, Vec<RemoteRead>)> {
+    /// Claims, history reads and read markers for the store thread.
+    pub(crate) fn take_store_jobs(&mut self) -> Option<super::StoreJobs> {
         self.shared()?.take_jobs()
+    }
+
+    /// A room's read markers came back from the store (it came into memory
+    /// here): each marker further than what this owner has is taken, and
+    /// its user's connections already in the room are told it (they joined
+    /// before it was known, so their acks did not carry it).
+    pub(crate) fn on_reads(&mut self, rid: &Id, marks: Vec<(Id, u64, u64)>, now_ms: u64, out: &mut Vec<Out>) {
+        if !self.rooms.contains_key(rid) || marks.is_empty() {
+            return;
+        }
+        for (uid, epoch, seq) in marks {
+            self.reads.advance(rid, &uid, super::reads::Mark { epoch, seq });
+        }
+        if self.store.sequence_known(rid) {
+            self.tell_reads(rid, out);
+        } else {
+            // The room's epoch and top come with its claim: made now (not
+            // at its first message), and its users told when it answers.
+            self.reads.tell_later(rid);
+            let mut none = None;
+            let _ = self.store.admit(rid, &mut none, &mut self.rooms, &*self.next_epoch, now_ms);
+        }
+    }
+
+    /// Tells each user present in `rid` with a marker there its marker.
+    fn tell_reads(&self, rid: &Id, out: &mut Vec<Out>) {
+        let Some(room) = self.rooms.get(rid) else { return };
+        for (uid, _) in room.users() {
+            let uid = Id::parse_str(uid).expect("a present user's id");
+            let (Some((read, _)), Some(user)) = (self.read_state(rid, &uid), room.user(&uid)) else { continue };
+            let frame = crate::protocol::encode_read(rid, read);
+            for &c in &user.conns {
+                out.push(Out { dest: Dest::of(c), msg: Delivery::Direct { conn: c, frame: frame.clone() } });
+            }
+        }
     }
 
     /// A login resuming `r.rid` after `(r.epoch, r.since)`: when the room

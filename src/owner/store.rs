@@ -73,6 +73,16 @@ pub(crate) trait RoomStore: std::any::Any {
         false
     }
 
+    /// Whether `rid`'s epoch and top seq are known (a shared store's room
+    /// learns them at its claim).
+    fn sequence_known(&self, _rid: &Id) -> bool {
+        true
+    }
+
+    /// A user's read marker in `rid` moved (a store that keeps markers
+    /// writes it).
+    fn read_moved(&mut self, _rid: &Id, _uid: &Id, _mark: super::reads::Mark) {}
+
     /// Takes any request for a room whose store is busy with it (a claim
     /// under way), to hand back later in order; else gives it back.
     fn hold(&mut self, req: Request) -> Option<Request> {

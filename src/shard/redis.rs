@@ -22,7 +22,7 @@ use tracing::warn;
 
 use super::{Shard, history};
 use crate::node::unix_ms;
-use crate::owner::RemoteRead;
+use crate::owner::{MarkJob, RemoteRead};
 use crate::store::redis::{Event, Job, RedisStore, Refusal};
 
 /// History answers allowed to wait for the store per shard; past it a
@@ -63,11 +63,17 @@ impl RedisLink {
 
     /// Hands the owner's claims and history reads to the store thread.
     pub(super) fn queue_jobs(&self, sh: &Shard) {
-        let Some((claims, reads)) = sh.owner.borrow_mut().take_store_jobs() else { return };
+        let Some((claims, reads, marks)) = sh.owner.borrow_mut().take_store_jobs() else { return };
         let mut guard = self.link.borrow_mut();
         let Some(link) = guard.as_mut() else { return };
         for c in claims {
             link.store.send(Job::Claim { rid: c.rid, token: c.token, epoch: c.epoch, fresh: c.fresh });
+        }
+        for m in marks {
+            link.store.send(match m {
+                MarkJob::Load(rid) => Job::LoadReads { rid },
+                MarkJob::Set(rid, uid, mark) => Job::SetRead { rid, uid, epoch: mark.epoch, seq: mark.seq },
+            });
         }
         let mut busy = Vec::new();
         for r in reads {
@@ -152,6 +158,12 @@ impl RedisLink {
                 for req in waiting {
                     sh.on_request(req);
                 }
+            }
+            Event::Reads { rid, marks } => {
+                let mut out = std::mem::take(&mut *sh.owner_out.borrow_mut());
+                sh.owner.borrow_mut().on_reads(&rid, marks, unix_ms(), &mut out);
+                sh.hold.send_or_hold(sh, &mut out);
+                *sh.owner_out.borrow_mut() = out;
             }
             Event::Read { ticket, answer } => {
                 let read = self.link.borrow_mut().as_mut().and_then(|l| l.reads.remove(&ticket));

@@ -55,6 +55,18 @@ pub(crate) struct ClaimJob {
     pub(crate) fresh: bool,
 }
 
+/// Read markers to keep in the store, or to read back (see `owner/reads`).
+#[derive(Debug)]
+pub(crate) enum MarkJob {
+    /// A room came into memory here: its users' markers are read back.
+    Load(Id),
+    /// A user's marker moved.
+    Set(Id, Id, super::reads::Mark),
+}
+
+/// What the owner has for the store thread: claims, history reads, markers.
+pub(crate) type StoreJobs = (Vec<ClaimJob>, Vec<RemoteRead>, Vec<MarkJob>);
+
 /// A history answer the store must give.
 #[derive(Debug)]
 pub(crate) struct RemoteRead {
@@ -90,6 +102,7 @@ pub(crate) struct RedisRoomStore {
     claims: HashMap<Id, Claim>,
     jobs: Vec<ClaimJob>,
     reads: Vec<RemoteRead>,
+    marks: Vec<MarkJob>,
     /// Claim tokens: this shard's random base plus a count.
     token_base: u64,
     tokens: u64,
@@ -101,15 +114,23 @@ impl RedisRoomStore {
     /// A store that claims rooms with tokens from `token_base` and keeps
     /// `reach` messages per room.
     pub(super) fn new(token_base: u64, reach: usize) -> Self {
-        RedisRoomStore { claims: HashMap::new(), jobs: Vec::new(), reads: Vec::new(), token_base, tokens: 0, reach }
+        RedisRoomStore {
+            claims: HashMap::new(),
+            jobs: Vec::new(),
+            reads: Vec::new(),
+            marks: Vec::new(),
+            token_base,
+            tokens: 0,
+            reach,
+        }
     }
 
-    /// Claims and history reads for the store thread, if any.
-    pub(super) fn take_jobs(&mut self) -> Option<(Vec<ClaimJob>, Vec<RemoteRead>)> {
-        if self.jobs.is_empty() && self.reads.is_empty() {
+    /// Claims, history reads and read markers for the store thread, if any.
+    pub(super) fn take_jobs(&mut self) -> Option<StoreJobs> {
+        if self.jobs.is_empty() && self.reads.is_empty() && self.marks.is_empty() {
             return None;
         }
-        Some((std::mem::take(&mut self.jobs), std::mem::take(&mut self.reads)))
+        Some((std::mem::take(&mut self.jobs), std::mem::take(&mut self.reads), std::mem::take(&mut self.marks)))
     }
 
     fn next_token(&mut self) -> u64 {
@@ -218,9 +239,22 @@ impl RoomStore for RedisRoomStore {
         None
     }
 
-    /// A room this owner holds no claim on (new here): claimed at its first message.
+    /// A room this owner holds no claim on (new here): claimed at its
+    /// first message; its users' read markers are read back at once.
     fn opened(&mut self, rid: &Id) {
         self.claims.insert(rid.clone(), Claim::Needed { fresh: false });
+        self.marks.push(MarkJob::Load(rid.clone()));
+    }
+
+    /// Only once claimed (see [`Claim`]): until then the room's epoch and
+    /// top are the store's to say.
+    fn sequence_known(&self, rid: &Id) -> bool {
+        !self.claims.contains_key(rid)
+    }
+
+    /// A marker moved: kept in the store, for the room's next owner.
+    fn read_moved(&mut self, rid: &Id, uid: &Id, mark: super::reads::Mark) {
+        self.marks.push(MarkJob::Set(rid.clone(), uid.clone(), mark));
     }
 
     /// While a room's claim is under way, its requests wait in order.

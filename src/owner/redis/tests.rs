@@ -38,14 +38,15 @@ fn owner() -> Owner {
     o.handle(Request::Join { rid, conn, uid, name, echo: true, rejoin: false, since: None }, 0, &mut Vec::new());
     // A room coming into memory reads its newest records back from the
     // store (its ids, authors and changes): here there are none.
-    let reads = o.take_store_jobs().map(|(_, r)| r).unwrap_or_default();
+    let (_, reads, marks) = o.take_store_jobs().unwrap_or_default();
     assert!(reads.iter().any(|r| matches!(r.reply, ReadReply::Mids(_))), "the room's records are read back");
+    assert!(matches!(&marks[..], [MarkJob::Load(r)] if r.as_str() == "r"), "and its read markers: {marks:?}");
     assert!(o.mids_loaded(&id("r"), Some(Vec::new()), 0).is_empty());
     o
 }
 
 fn claims(o: &mut Owner) -> Vec<ClaimJob> {
-    o.take_store_jobs().map(|(c, _)| c).unwrap_or_default()
+    o.take_store_jobs().map(|(c, _, _)| c).unwrap_or_default()
 }
 
 /// (epoch, seq) of the messages the outs broadcast.
@@ -275,4 +276,38 @@ fn what_waits_for_a_claim_goes_to_the_rooms_new_owner_when_it_moves() {
     assert_eq!(moved.len(), 1, "the message is handed on, not dropped");
     assert!(matches!(&moved[0], Request::Publish(p) if p.msg == "x"));
     assert_eq!(o.live_rooms(), 0);
+}
+
+/// A room's read markers come back from the store when it comes into
+/// memory; its epoch and top are known only at its claim, so the claim is
+/// made then (not at its first message), and the users present are told
+/// their markers when it answers. A marker that moves is written back.
+#[test]
+fn read_markers_read_back_claim_the_room_and_are_told_after() {
+    let mut o = owner();
+    let mut out = Vec::new();
+    o.on_reads(&id("r"), vec![(id("a"), 7, 3), (id("gone"), 7, 1)], 0, &mut out);
+    assert!(out.is_empty(), "not told before the room's sequence is known");
+    assert_eq!(o.read_state(&id("r"), &id("a")), None, "nor in an ack");
+    let c = claims(&mut o);
+    assert_eq!(c.len(), 1, "claimed at once");
+    let out = answer(&mut o, &c[0], Ok((7, 5)));
+    let told: Vec<(ConnRef, String)> = out
+        .iter()
+        .filter_map(|o| match &o.msg {
+            Delivery::Direct { conn, frame } => {
+                let (_, r, _) = crate::ws::parse_server_frame(frame).unwrap().unwrap();
+                Some((*conn, String::from_utf8(frame[r].to_vec()).unwrap()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![(conn(1), r#"{"cmd":"read","rid":"r","seq":3}"#.to_string())]);
+    assert_eq!(o.read_state(&id("r"), &id("a")), Some((3, 2)));
+    run(&mut o, Request::Read { rid: id("r"), conn: conn(1), uid: id("a"), seq: 5 }, 0);
+    let (_, _, marks) = o.take_store_jobs().unwrap_or_default();
+    assert!(
+        matches!(&marks[..], [MarkJob::Set(r, u, m)] if r.as_str() == "r" && u.as_str() == "a" && (m.epoch, m.seq) == (7, 5)),
+        "{marks:?}"
+    );
 }

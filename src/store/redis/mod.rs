@@ -6,6 +6,7 @@
 //! ```text
 //! cchat:{RID}:m   hash: epoch, top (the newest stored seq), owner (a claim token)
 //! cchat:{RID}:h   list: the newest --history messages, as members received them
+//! cchat:{RID}:r   hash: uid → "epoch:seq", each user's read marker (see owner/reads)
 //! ```
 //!
 //! Both keys of a room share a hash tag, so every script touches one slot:
@@ -64,6 +65,23 @@ pub enum Job {
         records: Vec<Mark>,
         /// The journal position (see [`super::Journal::end`]).
         end: u64,
+    },
+    /// Set a user's read marker in a room (its owner moved it forward).
+    SetRead {
+        /// The room.
+        rid: Id,
+        /// The user.
+        uid: Id,
+        /// The room's epoch.
+        epoch: u64,
+        /// The newest seq read.
+        seq: u64,
+    },
+    /// Read a room's markers (it came into memory here): answered by
+    /// [`Event::Reads`], none for a room with more than [`MAX_ROOM_MARKERS`].
+    LoadReads {
+        /// The room.
+        rid: Id,
     },
     /// Read a history window.
     Read {
@@ -152,6 +170,14 @@ pub enum Event {
         /// What was not stored.
         refused: Vec<Refused>,
     },
+    /// A room's read markers, (uid, epoch, seq) each (none when Redis was
+    /// unavailable, or the room has too many).
+    Reads {
+        /// The room.
+        rid: Id,
+        /// Its markers.
+        marks: Vec<(Id, u64, u64)>,
+    },
     /// A history window: `Some((epoch, messages))` (epoch 0: no such room),
     /// or None when Redis was unavailable.
     Read {
@@ -234,3 +260,12 @@ impl RedisStore {
 pub fn keys(rid: &str) -> (String, String) {
     (format!("cchat:{{{rid}}}:m"), format!("cchat:{{{rid}}}:h"))
 }
+
+/// The key of a room's read markers (the same hash tag: the same slot).
+pub fn reads_key(rid: &str) -> String {
+    format!("cchat:{{{rid}}}:r")
+}
+
+/// A room with more read markers than this is not read back when it comes
+/// into memory (its users' markers then start from the room's present).
+pub const MAX_ROOM_MARKERS: usize = 10_000;

@@ -10,7 +10,7 @@ use futures_channel::mpsc::UnboundedSender;
 use redis::Value;
 use tracing::{info, warn};
 
-use super::{Event, Job, Refusal, Refused, StoreConfig, StoreStats, keys};
+use super::{Event, Job, MAX_ROOM_MARKERS, Refusal, Refused, StoreConfig, StoreStats, keys, reads_key};
 use crate::ids::Id;
 
 /// Messages per append script (Lua's argument stack is bounded).
@@ -36,6 +36,10 @@ struct Scripts {
 const CLAIM_LUA: &str = include_str!("lua/claim.lua");
 const APPEND_LUA: &str = include_str!("lua/append.lua");
 const HISTORY_LUA: &str = include_str!("lua/history.lua");
+/// A room's read markers, unless there are more than ARGV[1] (sent as text:
+/// it runs once per room coming into memory).
+const READS_LUA: &str = "if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[1]) then return {} end \
+                         return redis.call('HGETALL', KEYS[1])";
 
 /// A client for one Redis server or for a Redis Cluster.
 pub(super) enum Client {
@@ -76,9 +80,22 @@ impl Conn {
 
 /// What one call of a pipeline answers for.
 enum Call {
-    Claim { rid: Id, token: u64 },
-    Append { refused: Refused, n: u64 },
-    Read { ticket: u64 },
+    Claim {
+        rid: Id,
+        token: u64,
+    },
+    Append {
+        refused: Refused,
+        n: u64,
+    },
+    Read {
+        ticket: u64,
+    },
+    Reads {
+        rid: Id,
+    },
+    /// A write whose reply says nothing the shard needs.
+    Ignore,
 }
 
 pub(super) struct Worker {
@@ -311,6 +328,23 @@ impl Worker {
                         }
                     }
                 }
+                Job::SetRead { rid, uid, epoch, seq } => {
+                    let key = reads_key(rid);
+                    let mut c = redis::cmd("HSET");
+                    c.arg(&key).arg(uid.as_str()).arg(format!("{epoch}:{seq}"));
+                    cmds.push(c);
+                    let mut c = redis::cmd("PEXPIRE");
+                    c.arg(&key).arg(ttl);
+                    cmds.push(c);
+                    calls.push(Call::Ignore);
+                    calls.push(Call::Ignore);
+                }
+                Job::LoadReads { rid } => {
+                    let mut c = redis::cmd("EVAL");
+                    c.arg(READS_LUA).arg(1).arg(reads_key(rid)).arg(MAX_ROOM_MARKERS);
+                    cmds.push(c);
+                    calls.push(Call::Reads { rid: rid.clone() });
+                }
                 Job::Read { ticket, rid, since, before, limit } => {
                     let (m, h) = keys(rid);
                     let opt = |v: &Option<u64>| v.map(|s| s.to_string()).unwrap_or_default();
@@ -369,6 +403,18 @@ impl Worker {
                     }
                     Event::Appended { end, stored, refused }
                 }
+                Job::SetRead { .. } => {
+                    for _ in 0..2 {
+                        let _ = calls.next();
+                        let _ = replies.as_mut().and_then(Iterator::next);
+                    }
+                    continue;
+                }
+                Job::LoadReads { .. } => {
+                    let Some(Call::Reads { rid }) = calls.next() else { unreachable!("one call per load") };
+                    let reply = replies.as_mut().and_then(Iterator::next);
+                    Event::Reads { rid, marks: reply.map(|v| parse_reads(&v)).unwrap_or_default() }
+                }
                 Job::Read { .. } => {
                     let Some(Call::Read { ticket }) = calls.next() else { unreachable!("one call per read") };
                     let answer = replies.as_mut().and_then(Iterator::next).and_then(parse_read);
@@ -378,6 +424,25 @@ impl Worker {
             let _ = self.events.unbounded_send(ev);
         }
     }
+}
+
+/// HGETALL's answer: uid, "epoch:seq", uid, … (what does not parse is left out).
+fn parse_reads(v: &Value) -> Vec<(Id, u64, u64)> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let Value::Array(items) = v else { return Vec::new() };
+    items
+        .chunks_exact(2)
+        .filter_map(|kv| {
+            let uid = Id::parse_str(&text(&kv[0])?)?;
+            let mark = text(&kv[1])?;
+            let (e, s) = mark.split_once(':')?;
+            Some((uid, e.parse().ok()?, s.parse().ok()?))
+        })
+        .collect()
 }
 
 fn int(v: &Value) -> Option<u64> {
