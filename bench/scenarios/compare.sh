@@ -3,10 +3,12 @@
 # default (two shards pinned, released from a core loadgen keeps busy), with
 # strict pinning (STRICT_PIN=1: --unpin-above 0), with --no-pin (NO_PIN=1),
 # with a core each for it and loadgen (SPLIT=1: one shard on CPU 1, loadgen
-# on CPU 0), and against the comparison hub bench/hubs/tokio-hub (tokio +
-# tokio-tungstenite, "the usual way"), all driven by the same loadgen. Each
+# on CPU 0), against the comparison hub bench/hubs/tokio-hub (tokio +
+# tokio-tungstenite, "the usual way") and against the peer to beat,
+# bench/hubs/uws-hub (µWebSockets.js on Node, pub/sub per room), all driven
+# by the same loadgen. Each
 # configuration writes its own results/DATE-load-{a,b}[-strictpin|-nopin|-split|
-# -tokio-hub].* files (three runs each); this script then writes
+# -tokio-hub|-uws-hub].* files (three runs each); this script then writes
 # results/DATE-compare.md, a table of their medians.
 # RUNS=N changes the runs per configuration. Takes about 20 minutes.
 set -euo pipefail
@@ -24,6 +26,7 @@ for load in a b; do
     NO_BUILD=1 NO_PIN=1 "$DIR/scenarios/load-$load.sh" || status=1
     NO_BUILD=1 SPLIT=1 "$DIR/scenarios/load-$load.sh" || status=1
     NO_BUILD=1 BENCH_SERVER=tokio-hub "$DIR/scenarios/load-$load.sh" || status=1
+    NO_BUILD=1 BENCH_SERVER=uws-hub "$DIR/scenarios/load-$load.sh" || status=1
 done
 mkdir -p "$DIR/results/$DATE-compare"
 python3 - "$DIR/results" "$DATE" "$STARTED" > "$DIR/results/$DATE-compare/$DATE-compare.md" <<'PY'
@@ -35,13 +38,15 @@ configs = [
     ("-nopin", "cchat, 2 shards not pinned (--no-pin), loadgen beside it"),
     ("-split", "cchat, 1 shard on CPU 1, loadgen on CPU 0"),
     ("-tokio-hub", "tokio-hub (tokio + tokio-tungstenite), loadgen beside it"),
+    ("-uws-hub", "uws-hub (µWebSockets.js on Node, pub/sub per room), loadgen beside it"),
 ]
-print(f"# cchat beside a tokio + tokio-tungstenite hub, loads A and B ({date})\n")
+print(f"# cchat beside µWebSockets.js and a tokio + tokio-tungstenite hub, loads A and B ({date})\n")
 print("Produced by `bench/scenarios/compare.sh`: every row is the median of three runs of the")
 print("same loadgen command; the per-configuration files linked hold every run.")
-print("Latencies in ms, CPU per delivery in ns. The comparison hub is")
+print("Latencies in ms, CPU per delivery in ns. The comparison hubs are")
 print("`bench/hubs/tokio-hub` (a task and an unbounded channel per connection,")
-print("one write per frame, rooms behind a mutex).\n")
+print("one write per frame, rooms behind a mutex) and `bench/hubs/uws-hub`")
+print("(µWebSockets.js, one Node thread, a pub/sub topic per room).\n")
 print("| load | server | result | deliveries/s | lost | p50 | p90 | p99 | p99.9 | max | loadgen CPU | server CPU | file |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for load in ("a", "b"):

@@ -19,6 +19,8 @@
 #   their core is busy with loadgen); results get a `-strictpin` suffix.
 # BENCH_SERVER=tokio-hub measures the comparison hub (bench/hubs/tokio-hub, built
 #   here) instead of cchat, one node; results get a `-tokio-hub` suffix.
+#   BENCH_SERVER=uws-hub measures the µWebSockets.js hub (bench/hubs/uws-hub,
+#   Node; its npm package installed here), likewise with a `-uws-hub` suffix.
 # TLS=1 serves the client port over TLS (a certificate made by openssl) and
 #   loadgen connects with wss://; results get a `-tls` suffix.
 # STORE=redis keeps history and room sequence in a redis-server started here
@@ -44,6 +46,7 @@ STORE_ARGS=()
 SERVER_CMD=""
 BENCH_SERVER="${BENCH_SERVER:-cchat}"
 TOKIO_HUB="${TOKIO_HUB:-$ROOT/bench/hubs/tokio-hub/target/release/tokio-hub}"
+UWS_HUB="$ROOT/bench/hubs/uws-hub"
 SERVER_CPUS="${SERVER_CPUS:-1}"
 LOADGEN_CPUS="${LOADGEN_CPUS:-0}"
 SERVER_PIN=()
@@ -112,10 +115,14 @@ bench_init() {
             cargo build --release --manifest-path "$ROOT/bench/hubs/tokio-hub/Cargo.toml"
         fi
     fi
+    if [ "$BENCH_SERVER" = uws-hub ] && [ ! -d "$UWS_HUB/node_modules/@trufflesuite" ]; then
+        (cd "$UWS_HUB" && npm ci --no-audit --no-fund --ignore-scripts)
+    fi
     case "$BENCH_SERVER" in
         cchat) ;;
         tokio-hub) [ -x "$TOKIO_HUB" ] || { echo "bench: no tokio-hub binary at $TOKIO_HUB" >&2; exit 1; } ;;
-        *) echo "bench: unknown BENCH_SERVER=$BENCH_SERVER (cchat or tokio-hub)" >&2; exit 1 ;;
+        uws-hub) command -v node > /dev/null || { echo "bench: uws-hub needs node" >&2; exit 1; } ;;
+        *) echo "bench: unknown BENCH_SERVER=$BENCH_SERVER (cchat, tokio-hub or uws-hub)" >&2; exit 1 ;;
     esac
     [ -x "$CCHAT" ] || { echo "bench: no server binary at $CCHAT" >&2; exit 1; }
     [ -x "$LOADGEN" ] || { echo "bench: no loadgen binary at $LOADGEN" >&2; exit 1; }
@@ -190,8 +197,8 @@ start_servers() {
         # One shard per CPU the server may use.
         shards=$(taskset -c "$SERVER_CPUS" nproc)
     fi
-    if [ "$BENCH_SERVER" = tokio-hub ] && [ "$nodes" -ne 1 ]; then
-        echo "bench: tokio-hub runs as one node only" >&2
+    if [ "$BENCH_SERVER" != cchat ] && [ "$nodes" -ne 1 ]; then
+        echo "bench: $BENCH_SERVER runs as one node only" >&2
         exit 1
     fi
     for n in $(seq "$nodes"); do
@@ -207,6 +214,8 @@ start_servers() {
         : > "$log"
         if [ "$BENCH_SERVER" = tokio-hub ]; then
             cmd=("$TOKIO_HUB" "$listen")
+        elif [ "$BENCH_SERVER" = uws-hub ]; then
+            cmd=(node "$UWS_HUB/hub.js" "$listen")
         else
             cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 --data-dir "$WORK/data-$n" "${relay[@]}" "${STORE_ARGS[@]}" "$@")
             if [ "${TLS:-0}" = 1 ]; then
@@ -261,6 +270,9 @@ start_servers() {
     fi
     if [ "$BENCH_SERVER" = tokio-hub ]; then
         SERVER_CMD="tokio-hub 127.0.0.1:0 (bench/hubs/tokio-hub: tokio multi-thread runtime, a worker thread per core)"
+    fi
+    if [ "$BENCH_SERVER" = uws-hub ]; then
+        SERVER_CMD="node bench/hubs/uws-hub/hub.js 127.0.0.1:0 (µWebSockets.js $(node -p "require('$UWS_HUB/node_modules/@trufflesuite/uws-js-unofficial/package.json').version" 2>/dev/null), Node $(node --version): one thread, pub/sub per room)"
     fi
     if [ "${SPLIT:-0}" = 1 ]; then
         SERVER_CMD="taskset -c $SERVER_CPUS $SERVER_CMD"
