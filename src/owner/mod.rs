@@ -663,26 +663,17 @@ impl Owner {
             return;
         }
         self.store.read_moved(&rid, &uid, mark);
-        let Some(user) = room.user(&uid) else { return };
-        let frame = protocol::encode_read(&rid, mark.seq);
-        for &c in user.conns.iter().filter(|c| **c != conn) {
-            out.push(Out { dest: Dest::of(c), msg: Delivery::Direct { conn: c, frame: frame.clone() } });
-        }
+        reads::tell(room, &rid, &uid, mark.seq, Some(conn), out);
     }
 
-    /// A user's read state in a room, for its login ack: the marker and
-    /// how many of the room's seqs follow it. None for a user with no
-    /// marker there (a client that never sent `read`: its ack stays
-    /// CChat's), and for a room whose sequence its store has yet to say (a
-    /// shared store's room before its claim). A marker of an earlier epoch
-    /// says nothing about this sequence: the user has read the room as it
-    /// is now.
+    /// A user's read state in a room, for its login ack (see
+    /// [`reads::Reads::state`]). None for a user with no marker there (a
+    /// client that never sent `read`: its ack stays CChat's), and for a
+    /// room whose sequence its store has yet to say (a shared store's room
+    /// before its claim).
     pub(crate) fn read_state(&self, rid: &Id, uid: &Id) -> Option<(u64, u64)> {
         let room = self.rooms.get(rid).filter(|_| self.store.sequence_known(rid))?;
-        let mark = self.reads.get(rid, uid)?;
-        let top = room.seq();
-        let read = if mark.epoch == room.epoch() { mark.seq.min(top) } else { top };
-        Some((read, top - read))
+        self.reads.state(rid, uid, room)
     }
 
     /// A change of a room message (see `changes`): checked against the

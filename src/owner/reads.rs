@@ -19,7 +19,10 @@ use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
+use super::room::Room;
+use super::{Dest, Out};
 use crate::ids::Id;
+use crate::msg::{ConnRef, Delivery};
 
 /// Markers one shard keeps (~100 bytes each with two short ids).
 pub(crate) const MAX_MARKERS: usize = 200_000;
@@ -87,6 +90,17 @@ impl Reads {
         // (The key is a pair of ids: two reference-count increments per
         // lookup, once per login or read, never per message.)
         self.map.get(&(rid.clone(), uid.clone())).map(|e| e.mark)
+    }
+
+    /// The user's read state in `room` (whose sequence is known), for its
+    /// login ack: the marker and how many of the room's seqs follow it.
+    /// None with no marker. A marker of an earlier epoch says nothing about
+    /// this sequence: the user has read the room as it is now.
+    pub(crate) fn state(&self, rid: &Id, uid: &Id, room: &Room) -> Option<(u64, u64)> {
+        let mark = self.get(rid, uid)?;
+        let top = room.seq();
+        let read = if mark.epoch == room.epoch() { mark.seq.min(top) } else { top };
+        Some((read, top - read))
     }
 
     /// Moves the user's marker to `mark` if that is further (a newer epoch,
@@ -215,6 +229,16 @@ impl Reads {
             }
         }
         self.dirty = false;
+    }
+}
+
+/// Tells `uid`'s connections in `room`, all but `except`, that its marker
+/// there is at `seq`: one frame, shared.
+pub(crate) fn tell(room: &Room, rid: &str, uid: &str, seq: u64, except: Option<ConnRef>, out: &mut Vec<Out>) {
+    let Some(user) = room.user(uid) else { return };
+    let frame = crate::protocol::encode_read(rid, seq);
+    for &c in user.conns.iter().filter(|c| Some(**c) != except) {
+        out.push(Out { dest: Dest::of(c), msg: Delivery::Direct { conn: c, frame: frame.clone() } });
     }
 }
 

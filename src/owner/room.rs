@@ -262,6 +262,11 @@ impl Room {
         self.users.iter().map(|(id, u)| (id.as_str(), u.name.as_str()))
     }
 
+    /// Present users' ids.
+    pub fn user_ids(&self) -> impl Iterator<Item = &Id> {
+        self.users.keys()
+    }
+
     /// Number of present users.
     pub fn user_count(&self) -> usize {
         self.users.len()

@@ -304,12 +304,9 @@ impl Owner {
     /// Tells each user present in `rid` with a marker there its marker.
     fn tell_reads(&self, rid: &Id, out: &mut Vec<Out>) {
         let Some(room) = self.rooms.get(rid) else { return };
-        for (uid, _) in room.users() {
-            let uid = Id::parse_str(uid).expect("a present user's id");
-            let (Some((read, _)), Some(user)) = (self.read_state(rid, &uid), room.user(&uid)) else { continue };
-            let frame = crate::protocol::encode_read(rid, read);
-            for &c in &user.conns {
-                out.push(Out { dest: Dest::of(c), msg: Delivery::Direct { conn: c, frame: frame.clone() } });
+        for uid in room.user_ids() {
+            if let Some((read, _)) = self.read_state(rid, uid) {
+                super::reads::tell(room, rid, uid, read, None, out);
             }
         }
     }

@@ -281,11 +281,9 @@ impl Session {
                 emit(Request::Typing { rid, conn: me, uid: uid.clone(), name: name.clone() });
             }
             Command::Read { rid, seq } => {
-                let Some(uid) = &self.uid else { return Err(invalid("not logged in")) };
-                if !self.rooms.contains(&rid) {
-                    return Err(invalid("not a member of rid"));
-                }
-                emit(Request::Read { rid, conn: me, uid: uid.clone(), seq });
+                self.member_check(&rid)?;
+                let uid = self.uid.clone().expect("member_check: logged in");
+                emit(Request::Read { rid, conn: me, uid, seq });
             }
             Command::GetRooms { .. } => {
                 // Answered by the shard's directory (see `shard/directory`).
