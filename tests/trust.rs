@@ -3,14 +3,14 @@
 //! alters and repeats a link's bytes. Real node processes, raw sockets.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::cluster::{SECRET, free_ports, relay_node, room_owned_by};
+use crate::common::proxy::{FLIP, Proxy, REPEAT};
 use crate::common::relay::{read_at_least, read_hello};
 use crate::common::{Client, Server};
 
@@ -136,95 +136,6 @@ fn a_dialer_with_a_wrong_proof_never_sees_the_nodes_proof() {
     s.write_all(&t.proof(Role::Dialer)).unwrap();
     read_at_least(&mut s, &mut buf, 32);
     assert_eq!(t.verify(Role::Acceptor, &buf[..32]), Ok(()));
-}
-
-/// What the proxy does to the next chunk it carries from the dialer.
-const PASS: u8 = 0;
-const FLIP: u8 = 1;
-const REPEAT: u8 = 2;
-
-/// A TCP proxy on the path between two nodes: passes bytes through, or
-/// alters or repeats the next chunk going one way when told to.
-struct Proxy {
-    addr: String,
-    mode: Arc<AtomicU8>,
-    /// Every byte carried, both ways.
-    seen: Arc<Mutex<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-}
-
-impl Proxy {
-    fn start(target: String) -> Proxy {
-        let l = TcpListener::bind(format!("127.0.0.1:{}", free_ports(1)[0])).unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        l.set_nonblocking(true).unwrap();
-        let mode = Arc::new(AtomicU8::new(PASS));
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (m, st, sn) = (mode.clone(), stop.clone(), seen.clone());
-        let accept = std::thread::spawn(move || {
-            while !st.load(SeqCst) {
-                let Ok((down, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                down.set_nonblocking(false).unwrap();
-                let Ok(up) = TcpStream::connect(&target) else { continue };
-                for (mut from, mut to, tamper) in [
-                    (down.try_clone().unwrap(), up.try_clone().unwrap(), true),
-                    (up.try_clone().unwrap(), down.try_clone().unwrap(), false),
-                ] {
-                    let (m, st, sn) = (m.clone(), st.clone(), sn.clone());
-                    std::thread::spawn(move || {
-                        from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-                        let mut b = [0u8; 65536];
-                        while !st.load(SeqCst) {
-                            let n = match from.read(&mut b) {
-                                Ok(0) => break,
-                                Ok(n) => n,
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                    ) =>
-                                {
-                                    continue;
-                                }
-                                Err(_) => break,
-                            };
-                            let chunk = &mut b[..n];
-                            sn.lock().unwrap().extend_from_slice(chunk);
-                            let mode = if tamper { m.swap(PASS, SeqCst) } else { PASS };
-                            let ok = match mode {
-                                FLIP => {
-                                    chunk[n / 2] ^= 0x20;
-                                    to.write_all(chunk).is_ok()
-                                }
-                                REPEAT => to.write_all(chunk).is_ok() && to.write_all(chunk).is_ok(),
-                                _ => to.write_all(chunk).is_ok(),
-                            };
-                            if !ok {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                        let _ = from.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy { addr, mode, seen, stop, threads: Mutex::new(vec![accept]) }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, SeqCst);
-        for t in self.threads.lock().unwrap().drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// An on-path proxy alters one chunk of the link, later repeats one: each

@@ -3,6 +3,7 @@
 
 pub mod cert;
 pub mod procs;
+pub mod proxy;
 pub mod redis;
 pub mod relay;
 pub mod webdriver;
