@@ -201,7 +201,17 @@ impl Owner {
         let Some(s) = self.store.as_any_mut().downcast_mut::<RedisRoomStore>() else { return Vec::new() };
         let now = (now_ms, &*self.next_epoch);
         let top = state.as_ref().map_or(0, |(_, top)| *top);
+        let acked = self.rooms.get(rid).map(|r| (r.epoch(), r.acked()));
         let waiting = s.on_claimed(&mut self.rooms, &mut self.store_down, (rid, token, state), now, out);
+        if let (Some(room), Some((epoch, acked))) = (self.rooms.get_mut(rid), acked)
+            && room.epoch() == epoch
+            && room.seq() > acked
+        {
+            // The store has messages this owner never acknowledged (a round
+            // whose answer never came): their ids are read back, so that a
+            // sender who sends one again with its `mid` is recognised.
+            room.read_back = false;
+        }
         if self.reads.take_tell(rid) && self.store.sequence_known(rid) {
             self.tell_reads(rid, out);
         }

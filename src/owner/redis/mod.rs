@@ -224,7 +224,7 @@ impl RedisRoomStore {
         let claim = match refused.why {
             Refusal::Fenced => Claim::GivenUp { until: now_ms + GIVE_UP_MS },
             Refusal::Lost | Refusal::Gap => Claim::Needed { fresh: true },
-            Refusal::Unavailable | Refusal::Full | Refusal::LogWrite => {
+            Refusal::Unavailable | Refusal::Unknown | Refusal::Full | Refusal::LogWrite => {
                 *store_down = refuse_for_a_while(now_ms, refused.why);
                 Claim::Needed { fresh: false }
             }

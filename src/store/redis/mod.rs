@@ -109,6 +109,9 @@ pub enum Refusal {
     Gap,
     /// Redis could not be reached or did not answer.
     Unavailable,
+    /// The messages went to Redis, whose answer never came: they may or
+    /// may not be stored.
+    Unknown,
     /// Redis is at its `maxmemory` and may not evict (it answered OOM).
     Full,
     /// The embedded log could not write (or, in `sync` mode, fsync) the
@@ -123,6 +126,9 @@ impl Refusal {
             Refusal::Fenced => "message not stored: this room is served by another node now",
             Refusal::Lost | Refusal::Gap => "message not stored: the store lost this room's history, send it again",
             Refusal::Unavailable => "message store unavailable, try again shortly",
+            Refusal::Unknown => {
+                "message store did not answer: the message may have been stored; send it again with the same mid"
+            }
             Refusal::Full => "message store full, try again later",
             Refusal::LogWrite => {
                 "message not stored: the server cannot write its message log (disk full?), try again later"

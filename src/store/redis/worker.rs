@@ -168,13 +168,27 @@ impl Worker {
             // have been applied: it is sent again once connected, for up to
             // RETRY_FOR (the scripts take a repeat as done: see append.lua),
             // so that a blip neither refuses messages nor leaves stored ones
-            // undelivered. Then its jobs fail as unavailable.
+            // undelivered. Then its jobs fail: unavailable when no try
+            // reached Redis, else unknown.
+            //
+            // A round of appends written to a connection that then failed
+            // may have been applied before its deadline with the reply lost
+            // (Redis stopped between running the script and writing the
+            // reply, killed after its AOF write, a reply lost on the way):
+            // "not stored" would be a lie, so its senders are told the
+            // outcome is unknown (`Refusal::Unknown`: send again with the
+            // same `mid`). It cannot wait for Redis to say: what the shard
+            // sends after these messages is held until they are answered.
             let give_up = Instant::now() + RETRY_FOR;
+            let appends = calls.iter().any(|c| matches!(c, Call::Append { .. }));
+            let mut written = false;
             let mut cmds = Some(cmds);
             let replies = loop {
                 // Built again only for a second try (no copy of the messages otherwise).
                 let round = cmds.take().unwrap_or_else(|| self.build(&jobs, deadline).0);
+                written |= appends && self.conn.is_some();
                 if let Some(v) = self.round(round, calls.len()) {
+                    written = false;
                     break Some(v);
                 }
                 let now = Instant::now();
@@ -188,7 +202,11 @@ impl Worker {
                 std::thread::sleep(self.retry_at.min(give_up).saturating_duration_since(now));
                 self.connect_if_due();
             };
-            self.answer(jobs, calls, replies);
+            if written {
+                warn!(shard = self.shard, "the message store did not answer a round of messages it may have stored");
+            }
+            let failed = if written { Refusal::Unknown } else { Refusal::Unavailable };
+            self.answer(jobs, calls, replies, failed);
         }
         // The shard is gone (shutdown): it no longer counts as down.
         if !self.backoff.is_zero() {
@@ -360,7 +378,8 @@ impl Worker {
     }
 
     /// Turns the replies (None: the round trip failed) into events.
-    fn answer(&self, jobs: Vec<Job>, calls: Vec<Call>, replies: Option<Vec<Value>>) {
+    /// `failed`: why appends without a reply were not stored (or may be).
+    fn answer(&self, jobs: Vec<Job>, calls: Vec<Call>, replies: Option<Vec<Value>>, failed: Refusal) {
         let mut replies = replies.map(Vec::into_iter);
         let mut calls = calls.into_iter();
         for job in jobs {
@@ -396,7 +415,8 @@ impl Worker {
                             Some(Value::Int(-2)) => Refusal::Gap,
                             Some(Value::Int(-3)) => Refusal::Unavailable,
                             Some(v) if is_oom(&v) => Refusal::Full,
-                            _ => Refusal::Unavailable,
+                            Some(_) => Refusal::Unavailable,
+                            None => failed,
                         };
                         self.stats.refused.fetch_add(n, Relaxed);
                         refused.push(r);
