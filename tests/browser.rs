@@ -1984,6 +1984,52 @@ fn a_message_the_store_refuses_comes_back_to_the_input() {
     assert_eq!(count_text(&a.messages(), "kept for later"), 1);
 }
 
+/// A message Redis stored whose answer was lost (a proxy drops Redis's
+/// replies): the page neither hands it back to the input nor sends it as a
+/// new message; it stays in the outbox and goes again under its `mid`, and
+/// is shown once, stored once, when Redis is heard again.
+#[test]
+fn a_message_the_store_may_have_taken_is_sent_again_under_its_id() {
+    let redis = crate::common::redis::Redis::start();
+    let proxy = crate::common::proxy::Proxy::start(format!("127.0.0.1:{}", redis.port));
+    let url = format!("redis://{}", proxy.addr);
+    let (_dir, server, driver) = setup("store_in_doubt", &["--store", &url, "--rate-limit", "0"]);
+    let a = driver.page(server.addr);
+    a.login("Alice", "lobby", None);
+    a.say("stored first");
+    a.wait_message("stored first");
+    proxy.drop_replies.store(true, std::sync::atomic::Ordering::SeqCst);
+    a.say("in doubt");
+    a.wait_js(
+        "the page says it is sending again",
+        "var b = document.querySelector('[data-testid=error-banner]'); return !b.hidden && /could not confirm/i.test(b.textContent)",
+        json!([]),
+    );
+    let input = a.exec("return document.querySelector('[data-testid=message-input]').value", json!([]));
+    assert_eq!(input, "", "a message the store may have was handed back to the input");
+    assert_eq!(
+        a.exec(
+            "return document.querySelectorAll('[data-testid=outbox] [data-testid=pending-message]').length",
+            json!([])
+        ),
+        1
+    );
+    proxy.drop_replies.store(false, std::sync::atomic::Ordering::SeqCst);
+    a.wait_message("in doubt");
+    a.wait_js(
+        "the outbox emptied",
+        "return document.querySelectorAll('[data-testid=outbox] *').length === 0",
+        json!([]),
+    );
+    assert_eq!(count_text(&a.messages(), "in doubt"), 1);
+    let mut c = client(&server);
+    c.login("Check", "lobby", Some("check"));
+    c.send(json!({"cmd": "getHistory", "rid": "lobby"}));
+    let h = c.expect("getHistory");
+    let texts: Vec<String> = crate::common::history_msgs(&h).into_iter().map(|m| m.2).collect();
+    assert_eq!(texts, ["stored first", "in doubt"], "stored once");
+}
+
 /// Each scenario over http with open logins, and over https with signed ones.
 macro_rules! both_ways {
     ($($name:ident),* $(,)?) => {
