@@ -230,3 +230,59 @@ fn retention_bounds_the_log_and_forgets_rooms_it_emptied() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--retention-days`: a message older than the room's retention is served
+/// by no history page — from memory, from the log, through the server API,
+/// after a restart — and paging back ends at the oldest one kept.
+#[test]
+fn messages_past_the_retention_age_are_served_by_no_page() {
+    let dir = temp_data_dir();
+    let admin = format!("127.0.0.1:{}", crate::common::free_port());
+    // 0.0001 days: 8.64 s.
+    let flags = ["--retention-days", "0.0001", "--history-memory", "2", "--admin-listen", &admin, "--api-key", "k"];
+    let server = start(&dir, &flags);
+    let mut c = server.client();
+    c.login_echo("a", "aging", "a");
+    for k in 1..=3 {
+        c.say("aging", &format!("m{k}"));
+        c.expect("message");
+    }
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(4000));
+    for k in 4..=6 {
+        c.say("aging", &format!("m{k}"));
+        c.expect("message");
+    }
+    let epoch = ask(&mut c, json!({"cmd":"getHistory","rid":"aging"}))[0].0;
+    let all = |a: u64| (a..=6).map(|s| (epoch, s)).collect::<Vec<_>>();
+    assert!(t0.elapsed() < Duration::from_millis(8000), "too slow a machine to tell the two apart");
+    assert_eq!(ask(&mut c, json!({"cmd":"getHistory","rid":"aging"})), all(1));
+    // Past the first three's age, not the last three's.
+    while t0.elapsed() < Duration::from_millis(9000) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ask(&mut c, json!({"cmd":"getHistory","rid":"aging"})), all(4), "newest page");
+    assert_eq!(ask(&mut c, json!({"cmd":"getHistory","rid":"aging","since":0})), all(4), "from the start");
+    assert_eq!(ask(&mut c, json!({"cmd":"getHistory","rid":"aging","before":4})), vec![], "paging back ends");
+    let (st, body) = crate::security::admin(&admin, "GET", "/api/history?rid=aging", Some("k"), "");
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let api: Vec<u64> = v["msgs"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(api, [4, 5, 6], "the server API");
+    drop(c);
+    drop(server);
+    // After a restart, everything comes from the log: the same cut.
+    let server = start(&dir, &flags);
+    let mut c = server.client();
+    c.login_echo("b", "aging", "b");
+    assert_eq!(ask(&mut c, json!({"cmd":"getHistory","rid":"aging","limit":1000})), all(4));
+    // A resume whose gap starts past the age is not served; one after it is.
+    for (since, recovered) in [(0, false), (3, true)] {
+        let mut r = server.client();
+        r.send(json!({"cmd":"login","name":"r","rid":"aging","uid":"r","since":{"epoch":epoch,"seq":since}}));
+        let ack = r.expect("login");
+        assert_eq!(ack["recovered"], recovered, "since {since}: {ack}");
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

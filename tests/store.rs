@@ -261,6 +261,21 @@ fn redis_stopped_and_restarted_under_traffic() {
     assert_eq!(s.metric("cchat_store_down"), 0.0);
 }
 
+/// `--retention-days` holds for history read from Redis too.
+#[test]
+fn messages_past_the_retention_age_are_not_served_from_the_store() {
+    let redis = Redis::start();
+    // 0.00003 days: 2.592 s.
+    let s = start(&redis, &["--retention-days", "0.00003", "--history-memory", "1"]);
+    let mut c = s.client();
+    c.login_echo("a", "aging", "a");
+    say_acked(&mut c, "aging", "old").unwrap();
+    std::thread::sleep(Duration::from_millis(2800));
+    say_acked(&mut c, "aging", "new").unwrap();
+    let h: Vec<String> = history(&mut c, "aging").into_iter().map(|m| m.2).collect();
+    assert_eq!(h, ["new"]);
+}
+
 #[test]
 fn tls_and_a_password_in_the_store_url() {
     let redis = Redis::start_secure();

@@ -192,6 +192,11 @@ pub struct StorageArgs {
     /// Hours a sealed segment is kept after its newest message; 0 keeps by size only.
     #[arg(long, default_value_t = 0.0)]
     pub retention: f64,
+    /// Days a room's messages are kept: older ones are served by no history
+    /// page (log or `--store`) and their log segments go with them (at most one
+    /// segment later). 0: kept as long as the size limits allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub retention_days: f64,
     /// A shared store for history and room sequence, instead of the embedded log:
     /// `redis://[:PASSWORD@]host:port[/db]` or `rediss://…` (TLS). Nodes that share it
     /// continue each other's rooms (same epoch, next seq). Default: none.

@@ -152,6 +152,8 @@ pub struct Storage {
     pub retention_bytes: u64,
     /// Age past which sealed segments go; zero keeps by size only.
     pub retention: Duration,
+    /// Age past which a room's messages are no longer served (`--retention-days`); zero: none.
+    pub room_retention: Duration,
     /// The shared store's URL (`--store`), if any.
     pub store: Option<String>,
     /// How long the shared store keeps a room after its last message.
@@ -394,8 +396,21 @@ impl Config {
                 // overshoots its size by at most one batch of records.
                 segment_bytes: args.storage.segment_bytes.clamp(4096, 512 << 20),
                 retention_bytes: args.storage.retention_bytes.max(4096),
-                retention: Duration::from_secs_f64(if args.storage.retention.is_finite() {
-                    args.storage.retention.clamp(0.0, 1e6) * 3600.0
+                retention: {
+                    let hours = |h: f64| if h.is_finite() { h.clamp(0.0, 1e6) } else { 0.0 };
+                    let (by_hours, by_days) =
+                        (hours(args.storage.retention), hours(args.storage.retention_days * 24.0));
+                    // The shorter of the two, where set: segments go once
+                    // every room's messages in them are past it.
+                    let h = match (by_hours > 0.0, by_days > 0.0) {
+                        (true, true) => by_hours.min(by_days),
+                        (true, false) => by_hours,
+                        _ => by_days,
+                    };
+                    Duration::from_secs_f64(h * 3600.0)
+                },
+                room_retention: Duration::from_secs_f64(if args.storage.retention_days.is_finite() {
+                    args.storage.retention_days.clamp(0.0, 1e5) * 86_400.0
                 } else {
                     0.0
                 }),

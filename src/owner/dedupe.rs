@@ -129,7 +129,16 @@ pub(crate) fn ids_of(json: &[u8]) -> Option<(&str, &str, u64, u64)> {
     };
     let mid = text(find(json, b"\"mid\":\"")?)?;
     let uid = text(find(json, b"\"uid\":\"")?)?;
-    Some((uid, mid, num(rfind(json, b"\"seq\":")?)?, num(rfind(json, b"\"ts\":")?)?))
+    Some((uid, mid, num(rfind(json, b"\"seq\":")?)?, ts_of(json)?))
+}
+
+/// The `ts` of a stored message or change (its last `"ts":`: a string
+/// holds quotes only escaped, so no text can fake it).
+pub(crate) fn ts_of(json: &[u8]) -> Option<u64> {
+    const NAME: &[u8] = b"\"ts\":";
+    let at = json.windows(NAME.len()).rposition(|w| w == NAME)? + NAME.len();
+    let digits = json[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&json[at..at + digits]).ok()?.parse().ok()
 }
 
 #[cfg(test)]

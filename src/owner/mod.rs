@@ -130,6 +130,9 @@ pub(crate) struct Owner {
     pub(crate) reads: reads::Reads,
     /// How long after sending a message its author may edit or delete it (ms).
     pub(crate) edit_window_ms: u64,
+    /// Messages older than this are served by no history page
+    /// (`--retention-days`); 0: none.
+    pub(crate) retention_ms: u64,
     /// Knocks for the shard to spread: a direct conversation's message for
     /// a user not in it, `(uid, frame)` (see [`Owner::take_knocks`]).
     knocks: Vec<(Id, Bytes)>,
@@ -189,6 +192,7 @@ impl Owner {
             typing: HashMap::new(),
             reads: reads::Reads::default(),
             edit_window_ms: 24 * 3600 * 1000,
+            retention_ms: 0,
         }
     }
 
@@ -283,7 +287,7 @@ impl Owner {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
                 let reply = ReadReply::Conn(conn);
                 if let Some((_, epoch, mut msgs)) = self.plan_history(&rid, since, before, epoch, limit, reply) {
-                    self.fold_history(&rid, &mut msgs);
+                    self.fold_history(&rid, &mut msgs, now_ms);
                     let frame = protocol::encode_history(&rid, epoch, msgs.iter().map(|b| &b[..]));
                     out.push(Out { dest: Dest::of(conn), msg: Delivery::Direct { conn, frame } });
                 }
@@ -779,7 +783,7 @@ impl Owner {
     }
 
     /// Answers a question of the server API about the rooms owned here.
-    pub(crate) fn answer(&mut self, q: crate::msg::ApiQuery) {
+    pub(crate) fn answer(&mut self, q: crate::msg::ApiQuery, now_ms: u64) {
         use crate::msg::ApiQuery;
         match q {
             ApiQuery::Online { rid, reply } => {
@@ -789,9 +793,10 @@ impl Owner {
             }
             ApiQuery::History { rid, since, limit, reply } => {
                 let limit = limit.unwrap_or(protocol::MAX_PAGE).min(protocol::MAX_PAGE);
-                if let Some((ReadReply::Api(reply), epoch, msgs)) =
+                if let Some((ReadReply::Api(reply), epoch, mut msgs)) =
                     self.plan_history(&rid, since, None, None, limit, ReadReply::Api(reply))
                 {
+                    self.fold_history(&rid, &mut msgs, now_ms);
                     let _ = reply.send(Some((epoch, msgs)));
                 }
             }

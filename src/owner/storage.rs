@@ -103,7 +103,12 @@ impl Owner {
 
     /// Folds a history page of `rid` (see `changes`): its events leave it,
     /// its changed messages show their current state.
-    pub(crate) fn fold_history(&self, rid: &Id, msgs: &mut Vec<Bytes>) {
+    pub(crate) fn fold_history(&self, rid: &Id, msgs: &mut Vec<Bytes>, now_ms: u64) {
+        if self.retention_ms > 0 {
+            // Past `--retention-days`: served by no page, from wherever read.
+            let oldest = now_ms.saturating_sub(self.retention_ms);
+            msgs.retain(|m| super::dedupe::ts_of(m).is_none_or(|ts| ts >= oldest));
+        }
         super::changes::fold(self.rooms.get(rid).and_then(|r| r.changes.as_deref()), msgs);
     }
 
@@ -384,6 +389,7 @@ impl Owner {
             None if r.top > 0 => return Vec::new(), // it left (or disconnected) meanwhile
             None => Vec::new(),
         };
+        let retention_ms = self.retention_ms;
         let room = self.room_or_load(&r.rid);
         let mut all = msgs.unwrap_or_default();
         let mut ok = epoch == r.epoch && room.epoch() == r.epoch && r.since <= room.seq();
@@ -396,6 +402,10 @@ impl Owner {
             all.extend(room.history_range(next..room.seq() + 1).cloned());
         }
         ok = ok && all.len() as u64 == room.seq() - r.since;
+        // A gap reaching past `--retention-days` is not served either.
+        let oldest = now_ms.saturating_sub(retention_ms);
+        ok = ok
+            && (retention_ms == 0 || all.first().is_none_or(|m| super::dedupe::ts_of(m).is_none_or(|ts| ts >= oldest)));
         // What is sent at once must fit the client's outbound queue.
         ok = ok && all.iter().map(|m| m.len() + 14).sum::<usize>() <= self.reply_budget;
         if !ok {

@@ -102,7 +102,8 @@ pub(super) fn answer(
 ) {
     if !matches!(reply, ReadReply::Resume(_) | ReadReply::Mids(_)) {
         // A page shows messages as they are now (a resume replays events).
-        sh.owner.borrow().fold_history(&crate::ids::Id::parse_str(rid).expect("a room id"), &mut msgs);
+        let rid = crate::ids::Id::parse_str(rid).expect("a room id");
+        sh.owner.borrow().fold_history(&rid, &mut msgs, crate::node::unix_ms());
     }
     crate::owner::fit(&mut msgs, forward, budget);
     match reply {

@@ -202,6 +202,7 @@ impl Shard {
                     max: storage.dedupe_max,
                 };
                 o.edit_window_ms = storage.edit_window.as_millis() as u64;
+                o.retention_ms = storage.room_retention.as_millis() as u64;
                 o.set_presence(
                     node.cfg.limits.presence_limit,
                     node.cfg.limits.presence_interval.as_millis() as u64,
@@ -546,7 +547,7 @@ impl Shard {
             ShardMsg::ToNode(node, msg) => self.to_node(node, *msg),
             ShardMsg::ClusterChanged { view, down } => cluster::apply(self, view, down),
             ShardMsg::Api(q) => {
-                self.owner.borrow_mut().answer(q);
+                self.owner.borrow_mut().answer(q, unix_ms());
                 self.queue_store_work();
             }
             ShardMsg::Disconnect { uid, code } => {
