@@ -122,6 +122,31 @@ pub struct Args {
     /// would (implied by --churn).
     #[arg(long)]
     pub mids: bool,
+    /// Fail the run (exit 1) unless every term holds, e.g. "p99<=50ms,lost=0"
+    /// (see `--objective` for the terms).
+    #[arg(long, value_name = "OBJECTIVE")]
+    pub assert: Option<String>,
+    /// Step the rate until `--objective` breaks and report the highest rate that
+    /// held, with every step's row: starting at --rate, multiplied by --step-factor
+    /// while steps hold, then bisected to --precision. Each step is a whole run.
+    #[arg(long)]
+    pub find_max: bool,
+    /// What a step must meet for --find-max: terms joined by commas, each MEASURE OP VALUE
+    /// with OP one of <=, <, = — measures p50, p90, p99, p999, max, mean (ms, us or s),
+    /// completion_p99 (and the other percentiles), lost, errors, refused, gaps, closed.
+    /// The run's own checks (no loss, disorder or error) always apply.
+    #[arg(long, default_value = "p99<=100ms")]
+    pub objective: String,
+    /// --find-max: rate multiplier between steps before the first break.
+    #[arg(long, default_value_t = 2.0)]
+    pub step_factor: f64,
+    /// --find-max: stop bisecting when the highest rate that held and the lowest
+    /// that broke are within this fraction of each other.
+    #[arg(long, default_value_t = 0.1)]
+    pub precision: f64,
+    /// --find-max: at most this many steps.
+    #[arg(long, default_value_t = 12)]
+    pub max_steps: u32,
     /// No progress lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -261,6 +286,21 @@ impl Config {
         }
         if args.workers == Some(0) || args.clients_per_worker == 0 {
             bail!("--workers and --clients-per-worker must be at least 1");
+        }
+        if args.find_max {
+            if !(args.step_factor.is_finite() && args.step_factor > 1.0) {
+                bail!("--step-factor must be above 1");
+            }
+            if !(args.precision.is_finite() && args.precision > 0.0) {
+                bail!("--precision must be a positive fraction");
+            }
+            if args.max_steps == 0 {
+                bail!("--max-steps must be at least 1");
+            }
+            crate::objective::Objective::parse(&args.objective).context("--objective")?;
+        }
+        if let Some(a) = &args.assert {
+            crate::objective::Objective::parse(a).context("--assert")?;
         }
         let msgs = (args.warmup + args.duration) * args.rate;
         if msgs >= u32::MAX as f64 {

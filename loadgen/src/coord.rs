@@ -127,7 +127,20 @@ impl Drop for Children {
 
 fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u64>)> {
     let exe = std::env::current_exe().context("finding loadgen's own binary")?;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // The user's flags, at this run's rate (a --find-max step's, not --rate's).
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut given = std::env::args_os().skip(1);
+    while let Some(a) = given.next() {
+        match a.to_str() {
+            Some("--rate") => {
+                given.next();
+            }
+            Some(s) if s.starts_with("--rate=") => {}
+            _ => args.push(a),
+        }
+    }
+    args.push("--rate".into());
+    args.push(cfg.rate.to_string().into());
     let (tx, rx) = mpsc::channel::<(usize, Option<String>)>();
     let mut children = Children(Vec::new());
     for i in 0..workers {

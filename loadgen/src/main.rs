@@ -50,6 +50,8 @@
 //! | [`worker`] | the per-process event loop |
 //! | [`stats`] | measurements, their wire form and exact merge |
 //! | [`coord`] | worker processes, the common start, merging |
+//! | [`objective`] | `--assert` and `--objective` terms (`p99<=50ms,lost=0`) |
+//! | [`findmax`] | `--find-max`: the highest rate within an objective, step by step |
 //! | [`report`] | progress, summary, `.hgrm`, SVG |
 //! | [`sys`] | epoll, clocks, limits, CPU time |
 
@@ -63,6 +65,8 @@ use clap::Parser;
 pub mod cli;
 pub mod conn;
 pub mod coord;
+pub mod findmax;
+pub mod objective;
 pub mod plan;
 pub mod report;
 pub mod scan;
@@ -113,9 +117,23 @@ fn run_worker(cfg: &cli::Config, index: u32, count: u32) -> ExitCode {
 
 /// The coordinator: run, print, write files. Ok(false) when a check failed.
 fn run(cfg: &cli::Config) -> anyhow::Result<bool> {
+    if cfg.args.find_max {
+        return find_max(cfg);
+    }
     let (stats, summary) = coord::run(cfg)?;
     print!("{}", summary.text());
     let a = &cfg.args;
+    let mut ok = summary.ok;
+    if let Some(text) = &a.assert {
+        let objective = objective::Objective::parse(text)?;
+        let broken = objective.broken(&summary);
+        if broken.is_empty() {
+            println!("assert       {objective}: held");
+        } else {
+            println!("assert       {objective}: BROKEN: {}", broken.join("; "));
+            ok = false;
+        }
+    }
     if let Some(path) = &a.json {
         let mut text = serde_json::to_string_pretty(&summary)?;
         text.push('\n');
@@ -140,5 +158,18 @@ fn run(cfg: &cli::Config) -> anyhow::Result<bool> {
         );
         std::fs::write(path, plot).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(summary.ok)
+    Ok(ok)
+}
+
+/// `--find-max`: whole runs at stepped rates; Ok(false) when no step held.
+fn find_max(cfg: &cli::Config) -> anyhow::Result<bool> {
+    let objective = objective::Objective::parse(&cfg.args.objective)?;
+    let report = findmax::find_max(cfg, &objective, |c| Ok(coord::run(c)?.1))?;
+    print!("{}", report.text());
+    if let Some(path) = &cfg.args.json {
+        let mut text = serde_json::to_string_pretty(&report)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.max_rate.is_some())
 }

@@ -393,3 +393,57 @@ fn clients_of_a_draining_node_follow_it_to_another_and_lose_nothing() {
     assert_eq!(ch["not_recovered"], 0, "{ch:#}");
     drop(b);
 }
+
+/// `--find-max` against a server whose rate limit is known (5 messages/s
+/// per connection, 10 connections: 50/s) finds it. The limit is a token
+/// bucket with a burst of 2 s worth, so over a step of 3 s (warm-up and
+/// measure) up to 1 + 2/3 of it gets through: the answer lies between the
+/// limit and that, within the precision asked for.
+#[test]
+fn find_max_finds_a_known_rate_limit() {
+    let _serial = serial();
+    let server = start_server(&["--rate-limit", "5"]);
+    let args = "--clients 10 --room-size 10 --rate 40 --warmup 1 --duration 2 --drain 1 \
+                --find-max --objective lost=0 --step-factor 2 --precision 0.1 --max-steps 10";
+    let run = loadgen(&server, "findmax", &args.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(run.code, 0, "no step held:\n{}", run.output);
+    let s = run.summary.unwrap_or_else(|| panic!("no report:\n{}", run.output));
+    let max = s["max_rate"].as_f64().unwrap();
+    assert!((45.0..=92.0).contains(&max), "found {max} msg/s for a limit of 50:\n{}", run.output);
+    let steps = s["steps"].as_array().unwrap();
+    assert!(steps.len() >= 3, "{s:#}");
+    // Every step's row is there; the ones that broke say why.
+    for st in steps {
+        let rate = st["rate"].as_f64().unwrap();
+        assert_eq!(st["held"], rate <= max, "{st}");
+        if st["held"] == false {
+            assert!(st["why"].to_string().contains("rate limit"), "{st}");
+        }
+    }
+    assert_eq!(s["best"]["ok"], true);
+    assert!(run.output.contains("highest rate that held"), "{}", run.output);
+}
+
+/// `--assert`: a run that meets its objective exits 0; one that breaks a
+/// term exits 1 and says which, with what was measured.
+#[test]
+fn assert_objectives_set_the_exit_code() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    let base = "--clients 20 --room-size 10 --rate 50 --warmup 0.5 --duration 1 --drain 1 --assert";
+    let mut args: Vec<&str> = base.split(' ').collect();
+    args.push("p99<=60s,lost=0");
+    let run = loadgen(&server, "assert-held", &args);
+    assert_eq!(run.code, 0, "{}", run.output);
+    assert!(run.output.contains("p99<=60s,lost=0: held"), "{}", run.output);
+    *args.last_mut().unwrap() = "lost=0,p50<=1us";
+    let run = loadgen(&server, "assert-broken", &args);
+    assert_eq!(run.code, 1, "{}", run.output);
+    assert!(run.output.contains("BROKEN: latency p50 was"), "{}", run.output);
+    assert!(run.output.contains("wanted p50<=1us"), "{}", run.output);
+    // A term that means nothing is refused before any connection.
+    *args.last_mut().unwrap() = "p98<5ms";
+    let run = loadgen(&server, "assert-bad", &args);
+    assert_eq!(run.code, 2, "{}", run.output);
+    assert!(run.output.contains("unknown measure"), "{}", run.output);
+}
