@@ -1,6 +1,7 @@
 //! CPU times from /proc, in nanoseconds: of a process (`/proc/PID/stat`,
 //! user + system) and of the whole machine (`/proc/stat`, busy time of all
-//! CPUs). Parsing is pure; the readers return None where /proc is missing.
+//! CPUs); this process's resident memory. Parsing is pure; the readers
+//! return None where /proc is missing.
 
 /// CPU time (utime + stime) of process `pid`.
 pub fn process_cpu_ns(pid: u32) -> Option<u64> {
@@ -10,6 +11,17 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
 /// CPU time (utime + stime) of this process, all threads.
 pub fn own_cpu_ns() -> Option<u64> {
     process_cpu_ns(std::process::id())
+}
+
+/// Resident memory of this process (VmRSS in /proc/self/status).
+pub fn own_rss_bytes() -> Option<u64> {
+    parse_rss(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// VmRSS (kB) from a /proc/PID/status text, in bytes.
+pub fn parse_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    Some(line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()? * 1024)
 }
 
 /// Busy time of all CPUs together since boot.
@@ -55,12 +67,15 @@ mod tests {
         assert_eq!(parse_machine_busy(all), Some((100 + 5 + 50 + 3 + 2 + 1) * tick));
         assert_eq!(parse_process_cpu("garbage"), None);
         assert_eq!(parse_machine_busy("intr 1 2 3"), None);
+        assert_eq!(parse_rss("Name:\tx\nVmRSS:\t   2048 kB\nThreads: 3\n"), Some(2048 * 1024));
+        assert_eq!(parse_rss("Name:\tx\n"), None);
     }
 
     #[test]
     fn reads_this_machine() {
         assert!(own_cpu_ns().is_some());
         assert!(machine_busy_ns().is_some());
+        assert!(own_rss_bytes().is_some_and(|b| b > 0));
         assert!(process_cpu_ns(std::process::id()).is_some());
     }
 }

@@ -122,6 +122,11 @@ pub struct Args {
     /// would (implied by --churn).
     #[arg(long)]
     pub mids: bool,
+    /// A node's Prometheus endpoint (http://host:port/metrics: its --admin-listen) to
+    /// sample each second during the run (CPU, memory, connections, queues); repeat
+    /// for several nodes. The samples go in the JSON summary and the HTML report.
+    #[arg(long = "server-metrics", value_name = "URL")]
+    pub server_metrics: Vec<String>,
     /// Fail the run (exit 1) unless every term holds, e.g. "p99<=50ms,lost=0"
     /// (see `--objective` for the terms).
     #[arg(long, value_name = "OBJECTIVE")]
@@ -218,6 +223,10 @@ pub struct Config {
     pub payload: usize,
     /// Bind sockets to spread 127.x source addresses.
     pub source_spread: bool,
+    /// Every target is on this machine (its kernel's sockets are sampled).
+    pub local: bool,
+    /// `--server-metrics` endpoints.
+    pub server_metrics: Vec<crate::sampler::Endpoint>,
     /// TLS client settings, when a target is wss://.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -321,6 +330,12 @@ impl Config {
             rate: args.rate,
             payload: args.payload,
             source_spread: loopback && !args.no_source_spread,
+            local: loopback,
+            server_metrics: args
+                .server_metrics
+                .iter()
+                .map(|u| crate::sampler::Endpoint::parse(u))
+                .collect::<anyhow::Result<Vec<_>>>()?,
             targets,
             args,
         })

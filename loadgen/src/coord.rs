@@ -58,6 +58,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
         );
     }
     let server_pids = &cfg.args.server_pid;
+    let sampler = crate::sampler::Sampler::start(cfg.server_metrics.clone(), cfg.local);
     let (stats, server_cpu) = if workers == 1 {
         let mut link = InlineLink { printer: printer(cfg), server_pids, server_cpu0: None };
         let stats = worker::run(cfg, 0, 1, &mut link)?;
@@ -66,7 +67,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
     } else {
         run_processes(cfg, workers)?
     };
-    let summary = Summary::new(cfg, workers, &stats, server_cpu);
+    let mut summary = Summary::new(cfg, workers, &stats, server_cpu);
+    summary.server_samples = sampler.map(crate::sampler::Sampler::stop).unwrap_or_default();
     Ok((stats, summary))
 }
 

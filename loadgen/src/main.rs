@@ -53,6 +53,8 @@
 //! | [`objective`] | `--assert` and `--objective` terms (`p99<=50ms,lost=0`) |
 //! | [`findmax`] | `--find-max`: the highest rate within an objective, step by step |
 //! | [`report`] | progress, summary, `.hgrm`, SVG |
+//! | [`sampler`] | the server side each second: `/metrics`, the kernel's sockets |
+//! | [`html`] | the self-contained HTML report beside `--json` |
 //! | [`sys`] | epoll, clocks, limits, CPU time |
 
 #![warn(missing_docs)]
@@ -66,9 +68,11 @@ pub mod cli;
 pub mod conn;
 pub mod coord;
 pub mod findmax;
+pub mod html;
 pub mod objective;
 pub mod plan;
 pub mod report;
+pub mod sampler;
 pub mod scan;
 pub mod schedule;
 pub mod stats;
@@ -138,6 +142,9 @@ fn run(cfg: &cli::Config) -> anyhow::Result<bool> {
         let mut text = serde_json::to_string_pretty(&summary)?;
         text.push('\n');
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        let page = path.with_extension("html");
+        std::fs::write(&page, html::run_page(cfg, &summary, &stats))
+            .with_context(|| format!("writing {}", page.display()))?;
     }
     if let Some(path) = &a.hgrm {
         std::fs::write(path, report::hgrm(&stats.latency)).with_context(|| format!("writing {}", path.display()))?;
@@ -170,6 +177,9 @@ fn find_max(cfg: &cli::Config) -> anyhow::Result<bool> {
         let mut text = serde_json::to_string_pretty(&report)?;
         text.push('\n');
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        let page = path.with_extension("html");
+        std::fs::write(&page, html::find_max_page(cfg, &report))
+            .with_context(|| format!("writing {}", page.display()))?;
     }
     Ok(report.max_rate.is_some())
 }

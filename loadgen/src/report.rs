@@ -189,6 +189,9 @@ pub struct Summary {
     pub churn: Option<ChurnReport>,
     /// CPU.
     pub cpu: CpuReport,
+    /// The server side each second (`--server-metrics`, the kernel's sockets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_samples: Vec<crate::sampler::Sample>,
 }
 
 /// Room events in the run.
@@ -347,6 +350,7 @@ impl Summary {
                 server_cpu_s: server_cpu_ns.map(|n| n as f64 / 1e9),
                 server_ns_per_delivery: server_cpu_ns.map(per_delivery),
             },
+            server_samples: Vec::new(),
         }
     }
 
@@ -603,12 +607,12 @@ pub fn svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
     let mut o = String::new();
     let _ = write!(
         o,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12" role="img" aria-label="{t}">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>
+<text x="{}" y="24" text-anchor="middle" font-size="15">{t}</text>
 "#,
         W / 2.0,
-        xml_escape(title)
+        t = xml_escape(title)
     );
     // Grid and axes.
     let mut y = 0.0;

@@ -447,3 +447,59 @@ fn assert_objectives_set_the_exit_code() {
     assert_eq!(run.code, 2, "{}", run.output);
     assert!(run.output.contains("unknown measure"), "{}", run.output);
 }
+
+/// `--json` writes a self-contained HTML report beside the JSON: Chromium
+/// opens it and it shows its plots (the latency spectrum, latency over
+/// time, and with `--server-metrics` the server's CPU, memory and
+/// connections each second), the command and the machine.
+#[test]
+fn the_html_report_opens_in_chromium_and_shows_its_plots() {
+    let _serial = serial();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let server = start_server(&["--admin-listen", &admin]);
+    let metrics = format!("http://{admin}/metrics");
+    let args =
+        ["--clients", "100", "--room-size", "10", "--rate", "100", "--warmup", "1", "--duration", "3", "--drain", "1"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.extend(["--server-metrics", &metrics]);
+    let dir = std::env::temp_dir().join(format!("loadgen-html-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("run.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &server.url, "--json"])
+        .arg(&json)
+        .args(&args)
+        .output()
+        .expect("run loadgen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let samples = s["server_samples"].as_array().expect("server samples in the summary");
+    assert!(samples.iter().any(|x| x["node"] == 0 && x["values"]["cchat_connections"] == 100.0), "{samples:?}");
+    assert!(samples.iter().any(|x| x["values"]["process_resident_memory_bytes"].as_f64().unwrap_or(0.0) > 0.0));
+    let page = dir.join("run.html");
+    let text = std::fs::read_to_string(&page).expect("the HTML report beside the JSON");
+    assert!(!text.contains("<script") && !text.contains("src=\"http"), "self-contained, no script");
+    // Chromium loads it; its DOM holds the plots with their lines.
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("chromium (apt-get install chromium)");
+    let dom = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for label in [
+        "delivery latency by percentile",
+        "completion latency per second",
+        "server CPU",
+        "server resident memory",
+        "connections",
+    ] {
+        assert!(dom.contains(&format!("aria-label=\"{label}\"")), "no {label:?} plot in:\n{dom:.2000}");
+    }
+    assert!(dom.matches("<polyline").count() >= 5, "plots without lines");
+    assert!(dom.contains("--clients 100") && dom.contains("Machine:"), "command and machine");
+    let _ = std::fs::remove_dir_all(&dir);
+}

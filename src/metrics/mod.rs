@@ -53,5 +53,18 @@ pub fn render(shards: &NodeStats, relay: &RelayStats, max_connections: usize) ->
     shards.render(max_connections, &mut out);
     relay.render(&mut out);
     shards.store.render(&mut out);
+    // The standard process metrics (as Prometheus's client libraries name
+    // them), so a dashboard or loadgen's sampler sees CPU and memory.
+    if let Some(ns) = crate::procfs::own_cpu_ns() {
+        out.single(
+            "process_cpu_seconds_total",
+            "counter",
+            "CPU time of the process, user and system.",
+            ns as f64 / 1e9,
+        );
+    }
+    if let Some(b) = crate::procfs::own_rss_bytes() {
+        out.single("process_resident_memory_bytes", "gauge", "Resident memory of the process.", b);
+    }
     out.finish()
 }
