@@ -122,6 +122,16 @@ pub struct Args {
     /// would (implied by --churn).
     #[arg(long)]
     pub mids: bool,
+    /// Run the workers on these agents (`loadgen agent --listen ADDR` on each client
+    /// machine), host:port, comma-separated: the workers are shared out (worker i on
+    /// agent i mod N), started at one instant (clock offsets measured and reported),
+    /// and their measurements merged into one report. A lost agent fails the run.
+    #[arg(long, value_delimiter = ',', requires = "agent_secret")]
+    pub agents: Vec<String>,
+    /// The secret the coordinator and its agents share (both prove they hold it;
+    /// every line between them is authenticated with it).
+    #[arg(long, env = "LOADGEN_AGENT_SECRET", hide_env_values = true)]
+    pub agent_secret: Option<String>,
     /// A node's Prometheus endpoint (http://host:port/metrics: its --admin-listen) to
     /// sample each second during the run (CPU, memory, connections, queues); repeat
     /// for several nodes. The samples go in the JSON summary and the HTML report.
@@ -204,6 +214,18 @@ impl Target {
             .with_context(|| format!("--url {url:?}: no address"))?;
         Ok(Target { addr, host: host.to_string(), path: path.to_string(), tls })
     }
+}
+
+/// `loadgen agent`: run workers for a coordinator on another machine.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen agent", about = "Runs loadgen workers for a coordinator (loadgen --agents …)")]
+pub struct AgentArgs {
+    /// Address to listen on for coordinators, e.g. 0.0.0.0:7070.
+    #[arg(long)]
+    pub listen: String,
+    /// The secret shared with the coordinator.
+    #[arg(long, env = "LOADGEN_AGENT_SECRET", hide_env_values = true)]
+    pub agent_secret: String,
 }
 
 /// Validated settings shared by the coordinator and every worker.

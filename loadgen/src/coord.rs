@@ -59,7 +59,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
     }
     let server_pids = &cfg.args.server_pid;
     let sampler = crate::sampler::Sampler::start(cfg.server_metrics.clone(), cfg.local);
-    let (stats, server_cpu) = if workers == 1 {
+    let agents = cfg.args.agents.len() as u32;
+    let workers = if agents > 0 { workers.max(agents) } else { workers };
+    let mut agent_reports = Vec::new();
+    let (stats, server_cpu) = if agents > 0 {
+        run_agents(cfg, workers, &mut agent_reports)?
+    } else if workers == 1 {
         let mut link = InlineLink { printer: printer(cfg), server_pids, server_cpu0: None };
         let stats = worker::run(cfg, 0, 1, &mut link)?;
         let cpu = server_cpu_delta(server_pids, link.server_cpu0.as_deref());
@@ -69,6 +74,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
     };
     let mut summary = Summary::new(cfg, workers, &stats, server_cpu);
     summary.server_samples = sampler.map(crate::sampler::Sampler::stop).unwrap_or_default();
+    summary.agents = agent_reports;
     Ok((stats, summary))
 }
 
@@ -127,23 +133,58 @@ impl Drop for Children {
     }
 }
 
-fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u64>)> {
-    let exe = std::env::current_exe().context("finding loadgen's own binary")?;
-    // The user's flags, at this run's rate (a --find-max step's, not --rate's).
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    let mut given = std::env::args_os().skip(1);
+/// The user's flags for a worker, at this run's rate (a --find-max
+/// step's, not --rate's), without what only the coordinator uses.
+fn worker_args(cfg: &Config) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut given = std::env::args().skip(1);
     while let Some(a) = given.next() {
-        match a.to_str() {
-            Some("--rate") => {
+        match a.as_str() {
+            "--rate" | "--agents" | "--agent-secret" => {
                 given.next();
             }
-            Some(s) if s.starts_with("--rate=") => {}
+            s if ["--rate=", "--agents=", "--agent-secret="].iter().any(|p| s.starts_with(p)) => {}
             _ => args.push(a),
         }
     }
     args.push("--rate".into());
-    args.push(cfg.rate.to_string().into());
-    let (tx, rx) = mpsc::channel::<(usize, Option<String>)>();
+    args.push(cfg.rate.to_string());
+    args
+}
+
+/// Where the workers run, and how they are told to go.
+enum Fleet {
+    /// Processes of this machine.
+    Local(Children),
+    /// Agents on other machines (or other processes of this one).
+    Agents(Vec<crate::agent::AgentLink>),
+}
+
+impl Fleet {
+    fn go(&mut self, t0: u64) -> anyhow::Result<()> {
+        match self {
+            Fleet::Local(children) => {
+                for (j, c) in children.0.iter_mut().enumerate() {
+                    let stdin = c.stdin.as_mut().expect("piped stdin");
+                    writeln!(stdin, "go {t0}")
+                        .and_then(|_| stdin.flush())
+                        .with_context(|| format!("telling worker {j} to go"))?;
+                }
+            }
+            Fleet::Agents(links) => {
+                for l in links {
+                    l.go(t0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u64>)> {
+    let exe = std::env::current_exe().context("finding loadgen's own binary")?;
+    let args = worker_args(cfg);
+    let (tx, rx) = mpsc::channel::<Heard>();
     let mut children = Children(Vec::new());
     for i in 0..workers {
         let mut child = Command::new(&exe)
@@ -160,18 +201,66 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
             for line in BufReader::new(out).lines() {
                 match line {
                     Ok(l) => {
-                        if tx.send((i as usize, Some(l))).is_err() {
+                        if tx.send(Heard::Line(i as usize, l)).is_err() {
                             return;
                         }
                     }
                     Err(_) => break,
                 }
             }
-            let _ = tx.send((i as usize, None));
+            let _ = tx.send(Heard::Exit(i as usize));
         });
         children.0.push(child);
     }
     drop(tx);
+    run_fleet(cfg, workers, Fleet::Local(children), rx)
+}
+
+/// Workers spread over `--agents` (worker i on agent i mod N).
+fn run_agents(
+    cfg: &Config,
+    workers: u32,
+    reports: &mut Vec<crate::report::AgentReport>,
+) -> anyhow::Result<(Stats, Option<u64>)> {
+    let a = &cfg.args;
+    let secret = a.agent_secret.as_deref().context("--agents needs --agent-secret")?;
+    let n = a.agents.len() as u32;
+    let (tx, rx) = mpsc::channel::<Heard>();
+    let mut links = Vec::new();
+    for (k, addr) in a.agents.iter().enumerate() {
+        let indices: Vec<u32> = (0..workers).filter(|i| i % n == k as u32).collect();
+        let link =
+            crate::agent::AgentLink::start(addr, secret, worker_args(cfg), indices.clone(), workers, tx.clone())?;
+        if !a.quiet {
+            eprintln!(
+                "loadgen: agent {addr}: workers {indices:?}, clock offset {:+.3} ms (ping {:.3} ms)",
+                link.offset_ns as f64 / 1e6,
+                link.rtt_ns as f64 / 1e6
+            );
+        }
+        reports.push(crate::report::AgentReport {
+            addr: addr.clone(),
+            workers: indices,
+            clock_offset_ms: link.offset_ns as f64 / 1e6,
+            ping_ms: link.rtt_ns as f64 / 1e6,
+        });
+        links.push(link);
+    }
+    drop(tx);
+    run_fleet(cfg, workers, Fleet::Agents(links), rx)
+}
+
+/// What the coordinator hears from a worker, wherever it runs.
+use crate::agent::Heard;
+
+/// Waits for every worker to log in, starts them together, shows progress
+/// and merges their reports.
+fn run_fleet(
+    cfg: &Config,
+    workers: u32,
+    mut fleet: Fleet,
+    rx: mpsc::Receiver<Heard>,
+) -> anyhow::Result<(Stats, Option<u64>)> {
     let n = workers as usize;
     let mut progress = vec![Progress::default(); n];
     let mut ready = vec![false; n];
@@ -184,7 +273,8 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
     let mut last_print = started;
     while reports.iter().any(Option::is_none) {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok((i, Some(line))) => match serde_json::from_str::<ToCoordinator>(&line) {
+            Ok(Heard::Line(i, _)) if i >= n => bail!("a line from worker {i}, which this run does not have"),
+            Ok(Heard::Line(i, line)) => match serde_json::from_str::<ToCoordinator>(&line) {
                 Ok(ToCoordinator::Progress(p)) => progress[i] = p,
                 Ok(ToCoordinator::Ready) => {
                     ready[i] = true;
@@ -192,12 +282,7 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
                     if ready.iter().all(|r| *r) {
                         server_cpu0 = Some(a.server_pid.iter().map(|p| cchat::procfs::process_cpu_ns(*p)).collect());
                         let t0 = sys::now_ns() + GO_LEAD_NS;
-                        for (j, c) in children.0.iter_mut().enumerate() {
-                            let stdin = c.stdin.as_mut().expect("piped stdin");
-                            writeln!(stdin, "go {t0}")
-                                .and_then(|_| stdin.flush())
-                                .with_context(|| format!("telling worker {j} to go"))?;
-                        }
+                        fleet.go(t0)?;
                         deadline = t0 + ((a.warmup + a.duration + a.drain + 60.0) * 1e9) as u64;
                     }
                 }
@@ -206,11 +291,12 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
                 }
                 Err(e) => bail!("worker {i} said something unreadable ({e}): {line:.200}"),
             },
-            Ok((i, None)) => {
-                if reports[i].is_none() {
-                    bail!("worker {i} exited before reporting (its error is above)");
+            Ok(Heard::Exit(i)) => {
+                if reports.get(i).is_some_and(Option::is_none) {
+                    bail!("worker {i} exited before reporting (its error is above, or in its agent's log)");
                 }
             }
+            Ok(Heard::Failed(why)) => bail!("{why}: the run is incomplete"),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => bail!("all workers exited before reporting"),
         }
@@ -233,8 +319,10 @@ fn run_processes(cfg: &Config, workers: u32) -> anyhow::Result<(Stats, Option<u6
     for r in it {
         merged.merge(&r)?;
     }
-    for c in &mut children.0 {
-        let _ = c.wait();
+    if let Fleet::Local(children) = &mut fleet {
+        for c in &mut children.0 {
+            let _ = c.wait();
+        }
     }
     Ok((merged, server_cpu))
 }

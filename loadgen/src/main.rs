@@ -43,6 +43,7 @@
 //! | module | concept |
 //! |---|---|
 //! | [`cli`] | flags and the validated config |
+//! | [`agent`] | `loadgen agent` and the coordinator's authenticated link to it |
 //! | [`plan`] | clients → rooms → nodes, clients → workers, source addresses |
 //! | [`schedule`] | the open-loop send schedule and expected deliveries |
 //! | [`scan`] | `msg` layout, server frames, the delivery scanner |
@@ -64,6 +65,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
+pub mod agent;
 pub mod cli;
 pub mod conn;
 pub mod coord;
@@ -83,6 +85,20 @@ pub mod worker;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("agent") {
+        let a = cli::AgentArgs::parse_from(std::env::args().skip(1));
+        if a.agent_secret.len() < 8 {
+            eprintln!("loadgen agent: --agent-secret must be at least 8 characters");
+            return ExitCode::from(2);
+        }
+        return match agent::serve(&a.listen, &a.agent_secret) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadgen agent: {e:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
     let args = cli::Args::parse();
     let cfg = match cli::Config::from_args(args) {
         Ok(c) => c,

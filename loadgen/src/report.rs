@@ -189,9 +189,25 @@ pub struct Summary {
     pub churn: Option<ChurnReport>,
     /// CPU.
     pub cpu: CpuReport,
+    /// `--agents`: each agent, its workers and its clock.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentReport>,
     /// The server side each second (`--server-metrics`, the kernel's sockets).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub server_samples: Vec<crate::sampler::Sample>,
+}
+
+/// An agent of a distributed run.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentReport {
+    /// `host:port`.
+    pub addr: String,
+    /// The worker indices it ran.
+    pub workers: Vec<u32>,
+    /// Its clock minus the coordinator's, as measured (ms).
+    pub clock_offset_ms: f64,
+    /// Round trip of the ping that measured it (ms).
+    pub ping_ms: f64,
 }
 
 /// Room events in the run.
@@ -351,6 +367,7 @@ impl Summary {
                 server_ns_per_delivery: server_cpu_ns.map(per_delivery),
             },
             server_samples: Vec::new(),
+            agents: Vec::new(),
         }
     }
 

@@ -503,3 +503,108 @@ fn the_html_report_opens_in_chromium_and_shows_its_plots() {
     assert!(dom.contains("--clients 100") && dom.contains("Machine:"), "command and machine");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `loadgen agent` process, killed on drop.
+struct Agent(Child, String);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_agent(secret: &str) -> Agent {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["agent", "--listen", &addr, "--agent-secret", secret])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start an agent");
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the agent never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Agent(child, addr)
+}
+
+/// Three agents on this machine, each its own process with its own
+/// workers and source addresses, against a two-node cluster: the merged
+/// run counts exactly what a single-process run of the same shape counts.
+/// An agent without the secret is refused; an agent killed mid-run fails
+/// the run, saying which.
+#[test]
+fn three_agents_against_two_nodes_count_what_one_process_counts() {
+    let _serial = serial();
+    let relay = [free_port(), free_port()];
+    let node = |i: usize| {
+        let (me, peer) = (format!("127.0.0.1:{}", relay[i]), format!("127.0.0.1:{}", relay[1 - i]));
+        let id = format!("n{i}");
+        start_server(&["--node-id", &id, "--relay-listen", &me, "--peer", &peer, "--cluster-secret", "e2e"])
+    };
+    let (a, b) = (node(0), node(1));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let agents: Vec<Agent> = (0..3).map(|_| start_agent("agents-e2e")).collect();
+    let list = agents.iter().map(|g| g.1.clone()).collect::<Vec<_>>().join(",");
+    let shape = "--clients 300 --room-size 30 --rate 150 --warmup 1 --duration 3 --drain 2 --spread-rooms";
+    let run = |name: &str, extra: &[&str]| {
+        let json = std::env::temp_dir().join(format!("loadgen-e2e-{}-{name}.json", std::process::id()));
+        let _ = std::fs::remove_file(&json);
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["--url", &a.url, "--url", &b.url, "--json"])
+            .arg(&json)
+            .args(shape.split(' '))
+            .args(extra)
+            .output()
+            .expect("run loadgen");
+        let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let s: Option<Value> = std::fs::read_to_string(&json).ok().map(|t| serde_json::from_str(&t).unwrap());
+        let _ = std::fs::remove_file(&json);
+        (out.status.code(), s, output)
+    };
+    let (code, one, output) = run("one", &["--workers", "1"]);
+    assert_eq!(code, Some(0), "{output}");
+    let (code, many, output) = run("agents", &["--agents", &list, "--agent-secret", "agents-e2e"]);
+    assert_eq!(code, Some(0), "{output}");
+    let (one, many) = (one.unwrap(), many.unwrap());
+    for k in ["expected", "received", "lost"] {
+        assert_eq!(one["deliveries"][k], many["deliveries"][k], "{k}");
+    }
+    assert_eq!(one["latency_ms"]["count"], many["latency_ms"]["count"]);
+    assert_eq!(many["agents"].as_array().unwrap().len(), 3, "{many:#}");
+    for g in many["agents"].as_array().unwrap() {
+        // Same machine: the clocks agree to well within a millisecond.
+        assert!(g["clock_offset_ms"].as_f64().unwrap().abs() < 1.0, "{g}");
+    }
+    // Latency within noise: the same order of magnitude.
+    let (p1, p3) = (one["latency_ms"]["p50"].as_f64().unwrap(), many["latency_ms"]["p50"].as_f64().unwrap());
+    assert!(p3 < p1 * 10.0 + 5.0 && p1 < p3 * 10.0 + 5.0, "p50 {p1} vs {p3}");
+
+    // The wrong secret: refused, said so.
+    let (code, _, output) = run("wrong", &["--agents", &list, "--agent-secret", "not-the-secret"]);
+    assert_ne!(code, Some(0));
+    assert!(output.contains("refused the run: wrong --agent-secret"), "{output}");
+
+    // An agent killed mid-run fails the run, naming it.
+    let json = std::env::temp_dir().join(format!("loadgen-e2e-{}-killed.json", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &a.url, "--url", &b.url, "--json"])
+        .arg(&json)
+        .args(shape.replace("--duration 3", "--duration 6").split(' '))
+        .args(["--agents", &list, "--agent-secret", "agents-e2e"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut agents = agents;
+    let victim = agents.remove(1);
+    let victim_addr = victim.1.clone();
+    drop(victim);
+    let out = child.wait_with_output().unwrap();
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{output}");
+    assert!(output.contains(&format!("agent {victim_addr} went away mid-run")), "{output}");
+    assert!(!json.exists(), "no report for an incomplete run");
+}
