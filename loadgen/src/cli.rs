@@ -35,6 +35,21 @@ pub struct Args {
     /// Messages per second sent in total, on a fixed schedule.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
+    /// A load described in TOML (a file, or a preset: fanout-a, fanout-b,
+    /// one-room-100k, chat-mix, churn, centrifugo-1m; see loadgen/scenarios/): it
+    /// sets the flags of the same names; flags given here win over it.
+    #[arg(long, value_name = "FILE|PRESET")]
+    pub scenario: Option<String>,
+    /// Internal: the scenario's text, as the coordinator read it (for workers
+    /// on machines without the file).
+    #[arg(long, hide = true)]
+    pub scenario_text: Option<String>,
+    /// A ramp instead of a constant rate: after the warm-up (at --rate), the rate
+    /// moves linearly to each stage's target over its seconds, as k6's ramping arrival
+    /// rate does: "SECONDS:RATE,SECONDS:RATE,…" (e.g. "10:1000,30:1000,10:0"). The
+    /// stages are the measured time (--duration is their sum).
+    #[arg(long)]
+    pub stages: Option<String>,
     /// Seconds of measured traffic (after the connect phase and the warm-up).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -112,6 +127,10 @@ pub struct Args {
     /// to the room's other members, not stored, not in the sequence).
     #[arg(long, default_value_t = 0.0)]
     pub typing: f64,
+    /// This fraction of the messages is followed by a history read (`getHistory`, a
+    /// page of 50) from its sender; every read must be answered.
+    #[arg(long, default_value_t = 0.0)]
+    pub history_reads: f64,
     /// A client the server closes with 1012 (a node draining) reconnects after the hinted
     /// time to the other --url node with the fewest clients and resumes its room (`since`),
     /// sending again under their `mid` what it sent before (implies --mids); counted, not
@@ -249,8 +268,40 @@ pub struct Config {
     pub local: bool,
     /// `--server-metrics` endpoints.
     pub server_metrics: Vec<crate::sampler::Endpoint>,
+    /// `--stages`, if given.
+    pub ramp: Option<crate::schedule::Ramp>,
     /// TLS client settings, when a target is wss://.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// `--stages "10:100,30:100"`: (seconds, msg/s) pairs.
+pub fn parse_stages(text: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (d, r) = part.split_once(':').with_context(|| format!("{part:?}: want SECONDS:RATE"))?;
+        let (d, r): (f64, f64) = (
+            d.trim().trim_end_matches('s').parse().with_context(|| format!("{part:?}: {d:?} is not seconds"))?,
+            r.trim().parse().with_context(|| format!("{part:?}: {r:?} is not a rate"))?,
+        );
+        if !(d.is_finite() && d > 0.0 && r.is_finite() && r >= 0.0) {
+            bail!("{part:?}: seconds must be positive and the rate not negative");
+        }
+        out.push((d, r));
+    }
+    if out.is_empty() {
+        bail!("no stages");
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// The run's send schedule, from `t0`.
+    pub fn schedule(&self, t0: u64) -> crate::schedule::Schedule {
+        match self.ramp {
+            Some(r) => crate::schedule::Schedule::ramped(t0, self.rate, self.args.warmup, r),
+            None => crate::schedule::Schedule::new(t0, self.rate, self.args.warmup, self.args.duration),
+        }
+    }
 }
 
 /// A TLS client trusting the certificates in `ca` (PEM).
@@ -303,6 +354,9 @@ impl Config {
         if !(0.0..=1.0).contains(&args.reactions) {
             bail!("--reactions must be a fraction of the messages, from 0 to 1");
         }
+        if !(0.0..=1.0).contains(&args.history_reads) {
+            bail!("--history-reads must be a fraction of the messages, from 0 to 1");
+        }
         if !(0.0..=1.0).contains(&args.edits) {
             bail!("--edits must be a fraction of the messages, from 0 to 1");
         }
@@ -333,9 +387,26 @@ impl Config {
         if let Some(a) = &args.assert {
             crate::objective::Objective::parse(a).context("--assert")?;
         }
-        let msgs = (args.warmup + args.duration) * args.rate;
+        let ramp = match &args.stages {
+            Some(text) => {
+                let stages = parse_stages(text).context("--stages")?;
+                if args.find_max {
+                    bail!("--find-max steps a constant rate: it cannot take --stages");
+                }
+                Some(crate::schedule::Ramp::new(&stages).context("--stages: at most 32 stages")?)
+            }
+            None => None,
+        };
+        let mut args = args;
+        if let Some(r) = &ramp {
+            args.duration = r.duration();
+        }
+        let msgs = match &ramp {
+            Some(r) => args.warmup * args.rate + r.messages(args.rate),
+            None => (args.warmup + args.duration) * args.rate,
+        };
         if msgs >= u32::MAX as f64 {
-            bail!("--rate × (--warmup + --duration) must stay under 2^32 messages");
+            bail!("--rate × (--warmup + --duration) (or the stages' messages) must stay under 2^32 messages");
         }
         let targets = args.urls.iter().map(|u| Target::parse(u)).collect::<anyhow::Result<Vec<_>>>()?;
         let loopback = targets.iter().all(|t| matches!(t.addr, SocketAddr::V4(a) if a.ip().is_loopback()));
@@ -353,6 +424,7 @@ impl Config {
             payload: args.payload,
             source_spread: loopback && !args.no_source_spread,
             local: loopback,
+            ramp,
             server_metrics: args
                 .server_metrics
                 .iter()

@@ -103,7 +103,7 @@ fn printer(cfg: &Config) -> ProgressPrinter {
 /// Messages the run sends in all, warm-up included (the workers' schedules
 /// together), for the progress bar.
 fn messages_to_send(cfg: &Config) -> u64 {
-    crate::schedule::Schedule::new(0, cfg.rate, cfg.args.warmup, cfg.args.duration).end as u64
+    cfg.schedule(0).end as u64
 }
 
 /// Server CPU used since `before` (None if any server could not be read).
@@ -140,12 +140,19 @@ fn worker_args(cfg: &Config) -> Vec<String> {
     let mut given = std::env::args().skip(1);
     while let Some(a) = given.next() {
         match a.as_str() {
-            "--rate" | "--agents" | "--agent-secret" => {
+            "--rate" | "--agents" | "--agent-secret" | "--scenario" | "--scenario-text" => {
                 given.next();
             }
-            s if ["--rate=", "--agents=", "--agent-secret="].iter().any(|p| s.starts_with(p)) => {}
+            s if ["--rate=", "--agents=", "--agent-secret=", "--scenario=", "--scenario-text="]
+                .iter()
+                .any(|p| s.starts_with(p)) => {}
             _ => args.push(a),
         }
+    }
+    // The scenario as read here: an agent's machine may not have the file.
+    if let Some(t) = &cfg.args.scenario_text {
+        args.push("--scenario-text".into());
+        args.push(t.clone());
     }
     args.push("--rate".into());
     args.push(cfg.rate.to_string());

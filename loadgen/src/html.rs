@@ -29,7 +29,11 @@ pub fn run_page(cfg: &Config, summary: &Summary, stats: &Stats) -> String {
             ("arrival in loadgen's socket", &stats.socket_latency),
         ],
     );
-    let over_time = completion_over_time(&stats.last_arrival, cfg.rate);
+    let sched = cfg.schedule(0);
+    let start = sched.due(sched.first_measured);
+    let over_time = completion_over_time(&stats.last_arrival, |i| {
+        (sched.due(sched.first_measured + i as u32) - start) as f64 / 1e9
+    });
     if !over_time.is_empty() {
         let _ = write!(
             b,
@@ -106,17 +110,15 @@ pub fn find_max_page(cfg: &Config, report: &FindMax) -> String {
 }
 
 /// Per second of the measured phase: (second, p50, p99, max, count) of
-/// the completion latency (ms) of the messages due in it.
-pub fn completion_over_time(last_arrival: &[u32], rate: f64) -> Vec<(f64, f64, f64, f64, f64)> {
-    if rate <= 0.0 {
-        return Vec::new();
-    }
+/// the completion latency (ms) of the messages due in it; `at(i)`: when
+/// measured message i was due, in seconds from the first.
+pub fn completion_over_time(last_arrival: &[u32], at: impl Fn(usize) -> f64) -> Vec<(f64, f64, f64, f64, f64)> {
     let mut seconds: Vec<Vec<u32>> = Vec::new();
     for (i, &v) in last_arrival.iter().enumerate() {
         if v == 0 {
             continue;
         }
-        let s = (i as f64 / rate) as usize;
+        let s = at(i).max(0.0) as usize;
         if seconds.len() <= s {
             seconds.resize_with(s + 1, Vec::new);
         }
@@ -448,7 +450,7 @@ mod tests {
             *x = 1 + (i as u32 + 1) * 1000; // (i + 1) ms
         }
         v[5] = 0; // never arrived: not counted
-        let t = completion_over_time(&v, 10.0);
+        let t = completion_over_time(&v, |i| i as f64 / 10.0);
         assert_eq!(t.len(), 2);
         assert_eq!((t[0].0, t[0].3, t[0].4), (0.0, 10.0, 9.0));
         assert_eq!((t[1].0, t[1].1, t[1].3, t[1].4), (1.0, 16.0, 20.0, 10.0));

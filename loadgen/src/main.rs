@@ -44,6 +44,7 @@
 //! |---|---|
 //! | [`cli`] | flags and the validated config |
 //! | [`agent`] | `loadgen agent` and the coordinator's authenticated link to it |
+//! | [`scenario`] | `--scenario`: a load in TOML, and the presets |
 //! | [`plan`] | clients → rooms → nodes, clients → workers, source addresses |
 //! | [`schedule`] | the open-loop send schedule and expected deliveries |
 //! | [`scan`] | `msg` layout, server frames, the delivery scanner |
@@ -63,7 +64,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::Parser as _;
 
 pub mod agent;
 pub mod cli;
@@ -76,6 +77,7 @@ pub mod plan;
 pub mod report;
 pub mod sampler;
 pub mod scan;
+pub mod scenario;
 pub mod schedule;
 pub mod stats;
 pub mod sys;
@@ -99,7 +101,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let args = cli::Args::parse();
+    let args = match scenario::parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = match cli::Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {

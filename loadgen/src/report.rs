@@ -221,6 +221,10 @@ pub struct EventsReport {
     pub typing: u64,
     /// Room events received (each member's copy).
     pub received: u64,
+    /// History pages asked for (`--history-reads`).
+    pub history_reads: u64,
+    /// Of them, answered.
+    pub history_answered: u64,
 }
 
 /// What reconnect churn did (`--churn`).
@@ -267,6 +271,13 @@ impl Summary {
             failures.push(format!(
                 "{} messages refused by the server's rate limit (\"sending too fast\"): start the server with --rate-limit 0 for a load test",
                 c.refused
+            ));
+        }
+        if c.history_answered < c.history_sent && a.churn == 0.0 && !a.follow_drain {
+            failures.push(format!(
+                "{} of {} history reads unanswered",
+                c.history_sent - c.history_answered,
+                c.history_sent
             ));
         }
         if c.error_frames > c.refused {
@@ -348,6 +359,8 @@ impl Summary {
                 edits: c.edits_sent,
                 typing: c.typing_sent,
                 received: c.events_received,
+                history_reads: c.history_sent,
+                history_answered: c.history_answered,
             },
             churn: (a.churn > 0.0 || a.follow_drain).then(|| ChurnReport {
                 drain_reconnects: c.drain_reconnects,
@@ -437,6 +450,13 @@ impl Summary {
                 o,
                 "events       {} reactions, {} edits and {} typing sent, {} events received (counted with the deliveries below)",
                 self.events.sent, self.events.edits, self.events.typing, self.events.received
+            );
+        }
+        if self.events.history_reads > 0 {
+            let _ = writeln!(
+                o,
+                "history      {} pages asked for, {} answered",
+                self.events.history_reads, self.events.history_answered
             );
         }
         if let Some(ch) = &self.churn {

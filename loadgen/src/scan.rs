@@ -135,6 +135,8 @@ pub enum Kind {
     Dup,
     /// Someone is typing (not in the room's sequence).
     Typing,
+    /// A `getHistory` answer.
+    History,
     /// A room event (`react`, `edit`, `delete`): its own place in the
     /// room's sequence (`at`) and epoch.
     Event {
@@ -190,6 +192,8 @@ impl Scanner {
                 },
                 _ => Kind::Malformed,
             }
+        } else if rest.starts_with(b"getHistory\"") {
+            Kind::History
         } else if rest.starts_with(b"error\"") {
             Kind::Error
         } else if rest.starts_with(b"login\"") {

@@ -11,17 +11,89 @@
 
 use crate::plan::Plan;
 
+/// Stages a ramp may have.
+pub const MAX_STAGES: usize = 32;
+
+/// `--stages`: after the warm-up (at `--rate`), the rate moves linearly to
+/// each stage's target over its duration, as k6's ramping arrival rate
+/// does. Fixed-size, so that a schedule stays a plain value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ramp {
+    /// (seconds, target msg/s) per stage.
+    stages: [(f64, f64); MAX_STAGES],
+    n: usize,
+}
+
+impl Ramp {
+    /// The stages, at most [`MAX_STAGES`].
+    pub fn new(stages: &[(f64, f64)]) -> Option<Ramp> {
+        if stages.is_empty() || stages.len() > MAX_STAGES {
+            return None;
+        }
+        let mut s = [(0.0, 0.0); MAX_STAGES];
+        s[..stages.len()].copy_from_slice(stages);
+        Some(Ramp { stages: s, n: stages.len() })
+    }
+
+    fn stages(&self) -> &[(f64, f64)] {
+        &self.stages[..self.n]
+    }
+
+    /// Seconds the stages last together.
+    pub fn duration(&self) -> f64 {
+        self.stages().iter().map(|s| s.0).sum()
+    }
+
+    /// Messages sent over the stages, starting at `rate`.
+    pub fn messages(&self, rate: f64) -> f64 {
+        let mut from = rate;
+        let mut n = 0.0;
+        for &(d, to) in self.stages() {
+            n += (from + to) / 2.0 * d;
+            from = to;
+        }
+        n
+    }
+
+    /// Seconds into the stages when message `k` (counted from their start) is due.
+    fn time_of(&self, rate: f64, k: f64) -> f64 {
+        let (mut from, mut t, mut n) = (rate, 0.0, 0.0);
+        for &(d, to) in self.stages() {
+            let here = (from + to) / 2.0 * d;
+            if k < n + here || d == 0.0 {
+                let left = k - n;
+                // r(τ) = from + (to - from) τ / d; N(τ) = from τ + (to - from) τ² / 2d.
+                let slope = (to - from) / d;
+                let tau = if slope.abs() < 1e-12 {
+                    left / from.max(1e-9)
+                } else {
+                    (-from + (from * from + 2.0 * slope * left).max(0.0).sqrt()) / slope
+                };
+                return t + tau.clamp(0.0, d);
+            }
+            n += here;
+            t += d;
+            from = to;
+        }
+        t
+    }
+}
+
 /// The schedule of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     /// Time of message 0 (ns, CLOCK_MONOTONIC).
     pub t0: u64,
-    /// Messages per second in total.
+    /// Messages per second in total (during the warm-up, with a ramp).
     pub rate: f64,
     /// First measured message (those before it are warm-up).
     pub first_measured: u32,
     /// One past the last message.
     pub end: u32,
+    /// `--stages`, if any (then `duration` is theirs).
+    pub ramp: Option<Ramp>,
+    /// Warm-up seconds.
+    warmup: f64,
 }
 
 impl Schedule {
@@ -29,12 +101,26 @@ impl Schedule {
     pub fn new(t0: u64, rate: f64, warmup: f64, duration: f64) -> Schedule {
         let first = (warmup * rate).ceil() as u32;
         let end = ((warmup + duration) * rate).ceil().max(first as f64 + 1.0) as u32;
-        Schedule { t0, rate, first_measured: first, end }
+        Schedule { t0, rate, first_measured: first, end, ramp: None, warmup }
+    }
+
+    /// The same with the rate ramped by `ramp` after the warm-up.
+    pub fn ramped(t0: u64, rate: f64, warmup: f64, ramp: Ramp) -> Schedule {
+        let first = (warmup * rate).ceil() as u32;
+        let end = (warmup * rate + ramp.messages(rate)).ceil().max(first as f64 + 1.0) as u32;
+        Schedule { t0, rate, first_measured: first, end, ramp: Some(ramp), warmup }
     }
 
     /// When message `m` is due (ns).
     pub fn due(&self, m: u32) -> u64 {
-        self.t0 + (m as f64 * 1e9 / self.rate).round() as u64
+        let in_warmup = self.warmup * self.rate;
+        match self.ramp {
+            Some(r) if m as f64 >= in_warmup => {
+                let t = self.warmup + r.time_of(self.rate, m as f64 - in_warmup);
+                self.t0 + (t * 1e9).round() as u64
+            }
+            _ => self.t0 + (m as f64 * 1e9 / self.rate).round() as u64,
+        }
     }
 
     /// Whether message `m` is measured (not warm-up, not past the end).
@@ -87,6 +173,40 @@ mod tests {
         assert_eq!(s.due(2000), 1_000 + 1_000_000_000);
         assert!(s.is_measured(2000) && !s.is_measured(1999) && !s.is_measured(6000));
         assert_eq!(s.measured(), 4000);
+    }
+
+    #[test]
+    fn a_ramp_sends_what_its_stages_add_up_to_at_their_rates() {
+        // 1 s warm-up at 100/s, then up to 300/s over 2 s, 4 s flat, down to 0 over 2 s.
+        let r = Ramp::new(&[(2.0, 300.0), (4.0, 300.0), (2.0, 0.0)]).unwrap();
+        let s = Schedule::ramped(0, 100.0, 1.0, r);
+        assert_eq!(s.first_measured, 100);
+        assert_eq!(s.end, 100 + 400 + 1200 + 300);
+        let at = |m: u32| s.due(m) as f64 / 1e9;
+        assert!((at(100) - 1.0).abs() < 1e-6);
+        // 400 sent over the first stage: message 500 is due at its end.
+        assert!((at(500) - 3.0).abs() < 1e-3, "{}", at(500));
+        // Halfway through the flat stage, at 300/s.
+        assert!((at(1100) - 5.0).abs() < 1e-3, "{}", at(1100));
+        assert!(at(1999) <= 9.0 + 1e-6 && at(1999) > 8.8, "{}", at(1999));
+        // Due times never go back.
+        assert!((0..s.end - 1).all(|m| s.due(m) <= s.due(m + 1)));
+    }
+
+    proptest::proptest! {
+        /// Any ramp: due times rise with m and stay within its span.
+        #[test]
+        fn ramps_are_monotonic(stages in proptest::collection::vec((0.1f64..5.0, 0.0f64..500.0), 1..6), rate in 1.0f64..300.0) {
+            let r = Ramp::new(&stages).unwrap();
+            let s = Schedule::ramped(0, rate, 0.5, r);
+            let span = ((0.5 + r.duration()) * 1e9) as u64 + 1_000;
+            let mut last = 0;
+            for m in 0..s.end {
+                let d = s.due(m);
+                proptest::prop_assert!(d >= last && d <= span, "m {} due {} after {} (span {})", m, d, last, span);
+                last = d;
+            }
+        }
     }
 
     #[test]

@@ -115,6 +115,12 @@ pub struct Counters {
     /// Room events (reactions, edits, deletions) received.
     #[serde(default)]
     pub events_received: u64,
+    /// `--history-reads`: history pages asked for.
+    #[serde(default)]
+    pub history_sent: u64,
+    /// Of them, answered.
+    #[serde(default)]
+    pub history_answered: u64,
 }
 
 impl Counters {
@@ -155,6 +161,8 @@ impl Counters {
         self.drain_reconnects += o.drain_reconnects;
         self.typing_sent += o.typing_sent;
         self.events_received += o.events_received;
+        self.history_sent += o.history_sent;
+        self.history_answered += o.history_answered;
     }
 }
 

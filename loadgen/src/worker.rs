@@ -301,7 +301,7 @@ impl<'a> Worker<'a> {
 
     fn traffic(&mut self, t0: u64, link: &mut dyn Link) -> anyhow::Result<()> {
         let a = &self.cfg.args;
-        let sched = Schedule::new(t0, self.cfg.rate, a.warmup, a.duration);
+        let sched = self.cfg.schedule(t0);
         self.stats.last_arrival = vec![0; sched.measured() as usize];
         self.stats.counters.expected_measured = schedule::expected_deliveries(&self.plan, &sched, &self.slice);
         self.sched = Some(sched);
@@ -650,6 +650,7 @@ impl<'a> Worker<'a> {
                     stats.problem(|| format!("client {client}: its resume was not recovered"));
                 }
                 Kind::Dup => stats.counters.dup_answers += 1,
+                Kind::History => stats.counters.history_answered += 1,
                 Kind::Typing => {
                     stats.counters.events_received += 1;
                     stats.counters.recv_total += 1;
@@ -819,6 +820,13 @@ impl<'a> Worker<'a> {
         let a = &self.cfg.args;
         if a.edits > 0.0 && (m as u64 * 2_246_822_519 % 1_000_003) < (a.edits * 1_000_003.0) as u64 {
             self.send_edit(idx);
+        }
+        // --history-reads: this fraction by a page of the room's history.
+        let a = &self.cfg.args;
+        if a.history_reads > 0.0 && (m as u64 * 3_266_489_917 % 1_000_033) < (a.history_reads * 1_000_033.0) as u64 {
+            let j = format!(r#"{{"cmd":"getHistory","rid":"r{room}","limit":50}}"#);
+            self.send_text(idx, j.as_bytes());
+            self.stats.counters.history_sent += 1;
         }
     }
 

@@ -608,3 +608,65 @@ fn three_agents_against_two_nodes_count_what_one_process_counts() {
     assert!(output.contains(&format!("agent {victim_addr} went away mid-run")), "{output}");
     assert!(!json.exists(), "no report for an incomplete run");
 }
+
+/// A scenario file with each step kind — a ramp of stages, typing,
+/// reactions, edits, history reads, reconnects with resume — run over two
+/// worker processes (which get the scenario's text, not its path): every
+/// kind is sent and answered, the ramp sends what its stages add up to,
+/// and a flag on the command line wins over the file.
+#[test]
+fn a_scenario_file_drives_every_kind_of_step() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    let dir = std::env::temp_dir().join(format!("loadgen-scenario-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mix.toml");
+    std::fs::write(
+        &file,
+        r#"description = "every step kind"
+clients = 500
+room_size = 10
+rate = 20
+warmup = 0.5
+drain = 3
+stages = [ { seconds = 2, rate = 60 }, { seconds = 1, rate = 60 }, { seconds = 1, rate = 0 } ]
+typing = 0.3
+reactions = 0.2
+edits = 0.1
+history_reads = 0.1
+mids = true
+churn = 0.05
+churn_away_ms = 200
+"#,
+    )
+    .unwrap();
+    let args = ["--scenario", file.to_str().unwrap(), "--clients", "60", "--workers", "2"];
+    let run = loadgen(&server, "scenario", &args);
+    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit {}:\n{}", run.code, run.output));
+    assert_eq!(run.code, 0, "{}", run.output);
+    assert_eq!(s["config"]["clients"], 60, "the command line wins");
+    assert_eq!(s["config"]["room_size"], 10);
+    // 10 in the warm-up; then (20+60)/2·2 + 60·1 + (60+0)/2·1 = 170 measured.
+    assert_eq!(s["messages"]["measured"], 170, "{s:#}");
+    assert_eq!(s["config"]["duration_s"], 4.0);
+    let e = &s["events"];
+    for k in ["sent", "edits", "typing", "history_reads"] {
+        assert!(e[k].as_u64().unwrap() > 0, "{k}: {e}");
+    }
+    assert_eq!(e["history_reads"], e["history_answered"], "{e}");
+    assert!(s["churn"]["drops"].as_u64().unwrap() > 0, "{s:#}");
+    assert_eq!(s["churn"]["not_recovered"], 0);
+    assert_eq!(s["deliveries"]["lost"], 0);
+    // A preset by name; a scenario that names an unknown key is refused.
+    let run = loadgen(
+        &server,
+        "preset",
+        &["--scenario", "fanout-a", "--clients", "100", "--duration", "1", "--warmup", "0.2", "--rate", "50"],
+    );
+    assert_eq!(run.code, 0, "{}", run.output);
+    std::fs::write(&file, "clients = 5\nthink_time = 3\n").unwrap();
+    let run = loadgen(&server, "bad-scenario", &["--scenario", file.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}", run.output);
+    assert!(run.output.contains("think_time"), "{}", run.output);
+    let _ = std::fs::remove_dir_all(&dir);
+}
