@@ -127,6 +127,10 @@ pub struct Args {
     /// to the room's other members, not stored, not in the sequence).
     #[arg(long, default_value_t = 0.0)]
     pub typing: f64,
+    /// This fraction of the messages is followed by a private message (`tid`) from its
+    /// sender to the next member of its room; each must reach its target only.
+    #[arg(long, default_value_t = 0.0)]
+    pub private: f64,
     /// This fraction of the messages is followed by a history read (`getHistory`, a
     /// page of 50) from its sender; every read must be answered.
     #[arg(long, default_value_t = 0.0)]
@@ -353,6 +357,9 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&args.reactions) {
             bail!("--reactions must be a fraction of the messages, from 0 to 1");
+        }
+        if !(0.0..=1.0).contains(&args.private) {
+            bail!("--private must be a fraction of the messages, from 0 to 1");
         }
         if !(0.0..=1.0).contains(&args.history_reads) {
             bail!("--history-reads must be a fraction of the messages, from 0 to 1");

@@ -225,6 +225,12 @@ pub struct EventsReport {
     pub history_reads: u64,
     /// Of them, answered.
     pub history_answered: u64,
+    /// Private messages sent (`--private`).
+    pub private_sent: u64,
+    /// Private messages received by their targets.
+    pub private_received: u64,
+    /// Refused: their target was away (`--churn`).
+    pub private_refused: u64,
 }
 
 /// What reconnect churn did (`--churn`).
@@ -278,6 +284,12 @@ impl Summary {
                 "{} of {} history reads unanswered",
                 c.history_sent - c.history_answered,
                 c.history_sent
+            ));
+        }
+        if c.private_received + c.private_refused != c.private_sent {
+            failures.push(format!(
+                "{} private messages sent, {} received by their targets ({} refused: target away)",
+                c.private_sent, c.private_received, c.private_refused
             ));
         }
         if c.error_frames > c.refused {
@@ -361,6 +373,9 @@ impl Summary {
                 received: c.events_received,
                 history_reads: c.history_sent,
                 history_answered: c.history_answered,
+                private_sent: c.private_sent,
+                private_received: c.private_received,
+                private_refused: c.private_refused,
             },
             churn: (a.churn > 0.0 || a.follow_drain).then(|| ChurnReport {
                 drain_reconnects: c.drain_reconnects,
@@ -450,6 +465,13 @@ impl Summary {
                 o,
                 "events       {} reactions, {} edits and {} typing sent, {} events received (counted with the deliveries below)",
                 self.events.sent, self.events.edits, self.events.typing, self.events.received
+            );
+        }
+        if self.events.private_sent > 0 {
+            let _ = writeln!(
+                o,
+                "private      {} sent, {} received by their targets, {} refused (target away)",
+                self.events.private_sent, self.events.private_received, self.events.private_refused
             );
         }
         if self.events.history_reads > 0 {

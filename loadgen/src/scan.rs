@@ -137,6 +137,8 @@ pub enum Kind {
     Typing,
     /// A `getHistory` answer.
     History,
+    /// A private message (`tid`): to its target only, outside the sequence.
+    Private,
     /// A room event (`react`, `edit`, `delete`): its own place in the
     /// room's sequence (`at`) and epoch.
     Event {
@@ -177,6 +179,9 @@ impl Scanner {
         if rest.starts_with(b"message\"") {
             if p.ends_with(br#","dup":true}"#) {
                 return Kind::Dup;
+            }
+            if memchr::memmem::find(p, br#","tid":""#).is_some() {
+                return Kind::Private;
             }
             self.delivery(p).map_or(Kind::Malformed, Kind::Message)
         } else if rest.starts_with(b"typing\"") {

@@ -4,7 +4,7 @@
 //! shape (`clients`, `room_size`, `payload`, `spread_rooms`), the rate
 //! (`rate`, `warmup`, `duration`, or `stages = [{seconds, rate}, …]` for a
 //! ramp), what each message brings along (`reactions`, `edits`, `typing`,
-//! `history_reads`, `mids`) and reconnects (`churn`, `churn_away_ms`).
+//! `history_reads`, `private`, `mids`) and reconnects (`churn`, `churn_away_ms`).
 //! A flag given on the command line wins over the scenario. Presets ship
 //! in `loadgen/scenarios/` and are built in: `fanout-a`, `fanout-b`,
 //! `one-room-100k`, `chat-mix`, `churn`, `centrifugo-1m`.
@@ -66,6 +66,8 @@ pub struct Scenario {
     pub typing: Option<f64>,
     /// `--history-reads`.
     pub history_reads: Option<f64>,
+    /// `--private`.
+    pub private: Option<f64>,
     /// `--mids`.
     pub mids: Option<bool>,
     /// `--churn`.
@@ -120,6 +122,7 @@ impl Scenario {
             edits,
             typing,
             history_reads,
+            private,
             churn,
             churn_away_ms
         );

@@ -121,6 +121,15 @@ pub struct Counters {
     /// Of them, answered.
     #[serde(default)]
     pub history_answered: u64,
+    /// `--private`: private messages sent.
+    #[serde(default)]
+    pub private_sent: u64,
+    /// Private messages received.
+    #[serde(default)]
+    pub private_received: u64,
+    /// Private messages refused because their target was away (`--churn`).
+    #[serde(default)]
+    pub private_refused: u64,
 }
 
 impl Counters {
@@ -163,6 +172,9 @@ impl Counters {
         self.events_received += o.events_received;
         self.history_sent += o.history_sent;
         self.history_answered += o.history_answered;
+        self.private_sent += o.private_sent;
+        self.private_received += o.private_received;
+        self.private_refused += o.private_refused;
     }
 }
 

@@ -651,6 +651,7 @@ impl<'a> Worker<'a> {
                 }
                 Kind::Dup => stats.counters.dup_answers += 1,
                 Kind::History => stats.counters.history_answered += 1,
+                Kind::Private => stats.counters.private_received += 1,
                 Kind::Typing => {
                     stats.counters.events_received += 1;
                     stats.counters.recv_total += 1;
@@ -666,6 +667,10 @@ impl<'a> Worker<'a> {
                     stats.counters.recv_total += 1;
                 }
                 Kind::Other => {}
+                Kind::Error if memchr::memmem::find(p, b"tid is not in the room").is_some() => {
+                    // --private to a member away (--churn): refused, not lost.
+                    stats.counters.private_refused += 1;
+                }
                 Kind::Error => {
                     stats.counters.error_frames += 1;
                     if p.windows(8).any(|w| w == b"too fast") {
@@ -820,6 +825,19 @@ impl<'a> Worker<'a> {
         let a = &self.cfg.args;
         if a.edits > 0.0 && (m as u64 * 2_246_822_519 % 1_000_003) < (a.edits * 1_000_003.0) as u64 {
             self.send_edit(idx);
+        }
+        // --private: this fraction by a private message to the next member.
+        let a = &self.cfg.args;
+        if a.private > 0.0 && (m as u64 * 1_103_515_245 % 1_000_037) < (a.private * 1_000_037.0) as u64 {
+            let members = self.plan.members(room);
+            if members.len() > 1 {
+                let to = members.start + (sender - members.start + 1) % members.len() as u32;
+                let j = format!(
+                    r#"{{"cmd":"message","type":"text","rid":"r{room}","tid":"u{to}","msg":"private from u{sender}"}}"#
+                );
+                self.send_text(idx, j.as_bytes());
+                self.stats.counters.private_sent += 1;
+            }
         }
         // --history-reads: this fraction by a page of the room's history.
         let a = &self.cfg.args;

@@ -610,7 +610,8 @@ fn three_agents_against_two_nodes_count_what_one_process_counts() {
 }
 
 /// A scenario file with each step kind — a ramp of stages, typing,
-/// reactions, edits, history reads, reconnects with resume — run over two
+/// reactions, edits, history reads, private messages, reconnects with
+/// resume — run over two
 /// worker processes (which get the scenario's text, not its path): every
 /// kind is sent and answered, the ramp sends what its stages add up to,
 /// and a flag on the command line wins over the file.
@@ -634,6 +635,7 @@ typing = 0.3
 reactions = 0.2
 edits = 0.1
 history_reads = 0.1
+private = 0.1
 mids = true
 churn = 0.05
 churn_away_ms = 200
@@ -654,6 +656,12 @@ churn_away_ms = 200
         assert!(e[k].as_u64().unwrap() > 0, "{k}: {e}");
     }
     assert_eq!(e["history_reads"], e["history_answered"], "{e}");
+    assert!(e["private_received"].as_u64().unwrap() > 0, "{e}");
+    assert_eq!(
+        e["private_sent"].as_u64(),
+        Some(e["private_received"].as_u64().unwrap() + e["private_refused"].as_u64().unwrap()),
+        "{e}"
+    );
     assert!(s["churn"]["drops"].as_u64().unwrap() > 0, "{s:#}");
     assert_eq!(s["churn"]["not_recovered"], 0);
     assert_eq!(s["deliveries"]["lost"], 0);
