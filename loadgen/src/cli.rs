@@ -127,6 +127,13 @@ pub struct Args {
     /// to the room's other members, not stored, not in the sequence).
     #[arg(long, default_value_t = 0.0)]
     pub typing: f64,
+    /// Client classes: "NAME:SHARE:THINK,…" — in every room the first SHARE of its
+    /// members are the first class, and so on (shares add up to 1); a member sends
+    /// about every THINK seconds (0: never, a lurker), i.e. the classes split --rate
+    /// in proportion to SHARE / THINK. A scenario with classes and no rate sends
+    /// Σ clients·SHARE/THINK messages a second.
+    #[arg(long)]
+    pub classes: Option<String>,
     /// This fraction of the messages is followed by a private message (`tid`) from its
     /// sender to the next member of its room; each must reach its target only.
     #[arg(long, default_value_t = 0.0)]
@@ -274,8 +281,53 @@ pub struct Config {
     pub server_metrics: Vec<crate::sampler::Endpoint>,
     /// `--stages`, if given.
     pub ramp: Option<crate::schedule::Ramp>,
+    /// `--classes`, if given (else every member alike).
+    pub classes: crate::plan::Classes,
     /// TLS client settings, when a target is wss://.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// One client class of `--classes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassSpec {
+    /// Its name.
+    pub name: String,
+    /// Its share of every room's members.
+    pub share: f64,
+    /// Seconds between a member's messages (0: never sends).
+    pub think_s: f64,
+}
+
+/// `--classes "lurker:0.8:0,talker:0.2:30"`.
+pub fn parse_classes(text: &str) -> anyhow::Result<Vec<ClassSpec>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let f: Vec<&str> = part.split(':').collect();
+        let [name, share, think] = f[..] else { bail!("{part:?}: want NAME:SHARE:THINK") };
+        let share: f64 = share.parse().with_context(|| format!("{part:?}: {share:?} is not a share"))?;
+        let think_s: f64 =
+            think.trim_end_matches('s').parse().with_context(|| format!("{part:?}: {think:?} is not seconds"))?;
+        if !(share.is_finite() && (0.0..=1.0).contains(&share) && think_s.is_finite() && think_s >= 0.0) {
+            bail!("{part:?}: a share from 0 to 1 and seconds not negative");
+        }
+        out.push(ClassSpec { name: name.to_string(), share, think_s });
+    }
+    Ok(out)
+}
+
+/// Send weights of the classes: in proportion to 1/THINK, the slowest
+/// sender 1 (at most 1,000).
+pub fn class_weights(classes: &[ClassSpec]) -> Vec<u16> {
+    let slowest = classes.iter().map(|c| c.think_s).fold(0.0, f64::max);
+    classes
+        .iter()
+        .map(|c| if c.think_s > 0.0 { (slowest / c.think_s).round().clamp(1.0, 1000.0) as u16 } else { 0 })
+        .collect()
+}
+
+/// Messages a second the classes send together: Σ clients·SHARE/THINK.
+pub fn class_rate(classes: &[ClassSpec], clients: u32) -> f64 {
+    classes.iter().filter(|c| c.think_s > 0.0).map(|c| clients as f64 * c.share / c.think_s).sum()
 }
 
 /// `--stages "10:100,30:100"`: (seconds, msg/s) pairs.
@@ -404,6 +456,17 @@ impl Config {
             }
             None => None,
         };
+        let classes = match &args.classes {
+            Some(text) => {
+                let c = parse_classes(text).context("--classes")?;
+                let weights = class_weights(&c);
+                let pairs: Vec<(f64, u16)> = c.iter().zip(weights).map(|(c, w)| (c.share, w)).collect();
+                crate::plan::Classes::new(&pairs).context(
+                    "--classes: 1 to 8 classes whose shares add up to 1, at least one that sends (THINK > 0)",
+                )?
+            }
+            None => crate::plan::Classes::default(),
+        };
         let mut args = args;
         if let Some(r) = &ramp {
             args.duration = r.duration();
@@ -432,6 +495,7 @@ impl Config {
             source_spread: loopback && !args.no_source_spread,
             local: loopback,
             ramp,
+            classes,
             server_metrics: args
                 .server_metrics
                 .iter()

@@ -35,6 +35,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<(Stats, Summary)> {
         room_size: cfg.room_size,
         nodes: cfg.targets.len() as u32,
         spread: cfg.args.spread_rooms,
+        classes: cfg.classes,
     };
     let limit = sys::raise_nofile();
     let fd_cap = limit.saturating_sub(FD_MARGIN).clamp(1, u32::MAX as u64) as u32;

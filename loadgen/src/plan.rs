@@ -27,6 +27,70 @@ pub struct Plan {
     /// Spread each room's members over the nodes (client `c` on node
     /// `c % nodes`), for nodes joined by the relay.
     pub spread: bool,
+    /// Who sends how much (`--classes`); none: every member alike.
+    pub classes: Classes,
+}
+
+/// Client classes (`--classes`): in every room the first `share` of its
+/// members are class 0, the next class 1, and so on; a member of a class
+/// sends `weight` times as often as one of weight 1 (0: never: a lurker).
+/// Fixed-size, so that a plan stays a plain value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Classes {
+    n: u8,
+    /// Cumulative share of the room's members, per mille, per class.
+    upto: [u16; MAX_CLASSES],
+    weight: [u16; MAX_CLASSES],
+}
+
+/// Classes a run may have.
+pub const MAX_CLASSES: usize = 8;
+
+impl Classes {
+    /// From (share, weight) pairs; the shares must add up to 1.
+    pub fn new(classes: &[(f64, u16)]) -> Option<Classes> {
+        if classes.is_empty() || classes.len() > MAX_CLASSES || classes.iter().all(|c| c.1 == 0) {
+            return None;
+        }
+        let total: f64 = classes.iter().map(|c| c.0).sum();
+        if (total - 1.0).abs() > 1e-6 || classes.iter().any(|c| !(c.0 >= 0.0)) {
+            return None;
+        }
+        let mut out = Classes { n: classes.len() as u8, ..Classes::default() };
+        let mut acc = 0.0;
+        for (i, &(share, w)) in classes.iter().enumerate() {
+            acc += share;
+            out.upto[i] = (acc * 1000.0).round().min(1000.0) as u16;
+            out.weight[i] = w;
+        }
+        out.upto[classes.len() - 1] = 1000;
+        Some(out)
+    }
+
+    /// The sender of turn `turn` among `len` members (offsets from the
+    /// room's first): each class's members in turn, weighted; None when
+    /// the room has no member of a class that sends (too small).
+    fn sender(&self, len: u32, turn: u32) -> Option<u32> {
+        let mut bounds = [0u32; MAX_CLASSES + 1];
+        let mut total = 0u64;
+        for i in 0..self.n as usize {
+            bounds[i + 1] = (len as u64 * self.upto[i] as u64 / 1000) as u32;
+            total += (bounds[i + 1] - bounds[i]) as u64 * self.weight[i] as u64;
+        }
+        if total == 0 {
+            return None;
+        }
+        let mut k = turn as u64 % total;
+        for i in 0..self.n as usize {
+            let members = (bounds[i + 1] - bounds[i]) as u64;
+            let slots = members * self.weight[i] as u64;
+            if k < slots {
+                return Some(bounds[i] + (k % members) as u32);
+            }
+            k -= slots;
+        }
+        None
+    }
 }
 
 impl Plan {
@@ -44,6 +108,15 @@ impl Plan {
     pub fn members(&self, r: u32) -> Range<u32> {
         let start = r * self.room_size;
         start..(start + self.room_size).min(self.clients)
+    }
+
+    /// Who sends turn `turn` of room `r` (its members in turn, weighted
+    /// by their class).
+    pub fn sender(&self, r: u32, turn: u32) -> u32 {
+        let m = self.members(r);
+        let len = m.len() as u32;
+        let off = if self.classes.n == 0 { None } else { self.classes.sender(len, turn) };
+        m.start + off.unwrap_or(turn % len)
     }
 
     /// The node (index into the URLs) that client `c` of room `r` connects to:
@@ -110,7 +183,28 @@ mod tests {
     use super::*;
 
     fn plan(clients: u32, room_size: u32) -> Plan {
-        Plan { clients, room_size, nodes: 1, spread: false }
+        Plan { clients, room_size, nodes: 1, spread: false, classes: Classes::default() }
+    }
+
+    #[test]
+    fn classes_send_by_their_weight_and_lurkers_never() {
+        // 80 % lurkers, 15 % casual (weight 1), 5 % talkers (weight 6).
+        let c = Classes::new(&[(0.8, 0), (0.15, 1), (0.05, 6)]).unwrap();
+        let p = Plan { classes: c, ..plan(100, 100) };
+        let mut sent = [0u32; 100];
+        for turn in 0..4500 {
+            sent[(p.sender(0, turn) - p.members(0).start) as usize] += 1;
+        }
+        assert!(sent[..80].iter().all(|&n| n == 0), "a lurker sent");
+        // 15·1 + 5·6 = 45 slots per cycle, 100 cycles.
+        assert!(sent[80..95].iter().all(|&n| n == 100), "{:?}", &sent[80..95]);
+        assert!(sent[95..].iter().all(|&n| n == 600), "{:?}", &sent[95..]);
+        // A room too small for a sending member (5 % of 10 rounds to none):
+        // everyone in turn.
+        let p = Plan { classes: Classes::new(&[(0.05, 1), (0.95, 0)]).unwrap(), ..plan(10, 10) };
+        assert_eq!((0..10).map(|t| p.sender(0, t)).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        assert!(Classes::new(&[(0.5, 1)]).is_none(), "shares must add up to 1");
+        assert!(Classes::new(&[(1.0, 0)]).is_none(), "somebody must send");
     }
 
     #[test]

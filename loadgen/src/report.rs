@@ -75,6 +75,15 @@ pub struct RunConfig {
     pub connect_concurrency: u32,
     /// Source addresses spread over 127.0.0.0/8.
     pub source_spread: bool,
+    /// `--stages`, if the rate ramped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<String>,
+    /// `--classes`, if members sent unequally.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<String>,
+    /// `--scenario`, if one was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
 }
 
 /// Connect phase.
@@ -335,6 +344,9 @@ impl Summary {
                 workers,
                 connect_concurrency: a.connect_concurrency,
                 source_spread: cfg.source_spread,
+                stages: a.stages.clone(),
+                classes: a.classes.clone(),
+                scenario: a.scenario.clone(),
             },
             connect: ConnectReport {
                 seconds: connect_s,

@@ -180,10 +180,12 @@ impl Scanner {
             if p.ends_with(br#","dup":true}"#) {
                 return Kind::Dup;
             }
-            if memchr::memmem::find(p, br#","tid":""#).is_some() {
-                return Kind::Private;
+            match self.delivery(p) {
+                Some(d) => Kind::Message(d),
+                // Not loadgen's room message: a private one (`--private`).
+                None if memchr::memmem::find(p, br#","tid":""#).is_some() => Kind::Private,
+                None => Kind::Malformed,
             }
-            self.delivery(p).map_or(Kind::Malformed, Kind::Message)
         } else if rest.starts_with(b"typing\"") {
             Kind::Typing
         } else if rest.starts_with(b"react\"") || rest.starts_with(b"edit\"") || rest.starts_with(b"delete\"") {

@@ -5,7 +5,10 @@
 //! (`rate`, `warmup`, `duration`, or `stages = [{seconds, rate}, …]` for a
 //! ramp), what each message brings along (`reactions`, `edits`, `typing`,
 //! `history_reads`, `private`, `mids`) and reconnects (`churn`, `churn_away_ms`).
-//! A flag given on the command line wins over the scenario. Presets ship
+//! `classes = [{name, share, think_s}, …]` divides every room's members
+//! into classes that send every `think_s` seconds (0: never); without a
+//! `rate`, the rate is what they send together. A flag given on the
+//! command line wins over the scenario. Presets ship
 //! in `loadgen/scenarios/` and are built in: `fanout-a`, `fanout-b`,
 //! `one-room-100k`, `chat-mix`, `churn`, `centrifugo-1m`.
 
@@ -34,6 +37,19 @@ pub struct Stage {
     pub rate: f64,
 }
 
+/// One client class.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Class {
+    /// Its name.
+    pub name: String,
+    /// Its share of every room's members (the shares add up to 1).
+    pub share: f64,
+    /// Seconds between a member's messages; 0 or absent: never sends.
+    #[serde(default)]
+    pub think_s: f64,
+}
+
 /// A scenario file.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +74,8 @@ pub struct Scenario {
     pub drain: Option<f64>,
     /// `--stages`, as a list.
     pub stages: Option<Vec<Stage>>,
+    /// `--classes`, as a list; without `rate`, the rate is what they send.
+    pub classes: Option<Vec<Class>>,
     /// `--reactions`.
     pub reactions: Option<f64>,
     /// `--edits`.
@@ -136,6 +154,21 @@ impl Scenario {
         {
             a.mids = v;
         }
+        if let Some(cl) = &self.classes
+            && !given("classes")
+        {
+            a.classes =
+                Some(cl.iter().map(|c| format!("{}:{}:{}", c.name, c.share, c.think_s)).collect::<Vec<_>>().join(","));
+            if self.rate.is_none()
+                && !given("rate")
+                && let Ok(specs) = crate::cli::parse_classes(a.classes.as_deref().unwrap_or(""))
+            {
+                let r = crate::cli::class_rate(&specs, a.clients);
+                if r > 0.0 {
+                    a.rate = r;
+                }
+            }
+        }
         if let Some(st) = &self.stages
             && !given("stages")
         {
@@ -179,6 +212,20 @@ mod tests {
             s.apply(&mut a, |_| false);
             crate::cli::Config::from_args(a).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
+    }
+
+    #[test]
+    fn classes_set_the_weights_and_the_rate() {
+        let s = Scenario::parse(
+            "clients = 1000\nroom_size = 100\nclasses = [{name = \"lurker\", share = 0.9}, {name = \"talker\", share = 0.1, think_s = 20}]\n",
+        )
+        .unwrap();
+        let mut a = Args::try_parse_from(["loadgen", "--url", "ws://127.0.0.1:1/"]).unwrap();
+        s.apply(&mut a, |_| false);
+        // 1,000 clients · 0.1 every 20 s: 5 msg/s.
+        assert_eq!(a.rate, 5.0);
+        assert_eq!(a.classes.as_deref(), Some("lurker:0.9:0,talker:0.1:20"));
+        crate::cli::Config::from_args(a).unwrap();
     }
 
     #[test]

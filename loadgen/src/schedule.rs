@@ -1,5 +1,6 @@
 //! The open-loop send schedule: message `m` is due at `t0 + m / rate`, in
-//! room `m % rooms`, from that room's members in turn.
+//! room `m % rooms`, from that room's members in turn (weighted by their
+//! class with `--classes`).
 //!
 //! The schedule is a pure function of the flags and `t0` (a shared
 //! `CLOCK_MONOTONIC` instant chosen by the coordinator), so every worker knows
@@ -143,9 +144,7 @@ impl Schedule {
 pub fn route(plan: &Plan, m: u32) -> (u32, u32) {
     let rooms = plan.rooms();
     let room = m % rooms;
-    let members = plan.members(room);
-    let turn = (m / rooms) % members.len() as u32;
-    (room, members.start + turn)
+    (room, plan.sender(room, m / rooms))
 }
 
 /// Deliveries of measured messages that the clients `slice` must receive:
@@ -211,7 +210,7 @@ mod tests {
 
     #[test]
     fn routes_spread_over_rooms_and_members() {
-        let p = Plan { clients: 250, room_size: 100, nodes: 1, spread: false };
+        let p = Plan { clients: 250, room_size: 100, nodes: 1, spread: false, classes: Default::default() };
         assert_eq!(route(&p, 0), (0, 0));
         assert_eq!(route(&p, 1), (1, 100));
         assert_eq!(route(&p, 2), (2, 200));
@@ -222,7 +221,7 @@ mod tests {
 
     #[test]
     fn expected_deliveries_add_up_over_slices() {
-        let p = Plan { clients: 1000, room_size: 300, nodes: 1, spread: false };
+        let p = Plan { clients: 1000, room_size: 300, nodes: 1, spread: false, classes: Default::default() };
         let s = Schedule::new(0, 100.0, 0.5, 1.0);
         let whole = expected_deliveries(&p, &s, &(0..1000));
         let parts: u64 = [0..123, 123..700, 700..1000].iter().map(|r| expected_deliveries(&p, &s, r)).sum();

@@ -139,6 +139,7 @@ pub fn run(cfg: &Config, index: u32, count: u32, link: &mut dyn Link) -> anyhow:
         room_size: cfg.room_size,
         nodes: cfg.targets.len() as u32,
         spread: cfg.args.spread_rooms,
+        classes: cfg.classes,
     };
     let slice = plan.worker_slices(count)[index as usize].clone();
     let limit = sys::raise_nofile();

@@ -609,9 +609,9 @@ fn three_agents_against_two_nodes_count_what_one_process_counts() {
     assert!(!json.exists(), "no report for an incomplete run");
 }
 
-/// A scenario file with each step kind — a ramp of stages, typing,
-/// reactions, edits, history reads, private messages, reconnects with
-/// resume — run over two
+/// A scenario file with each step kind — client classes (half only
+/// read), a ramp of stages, typing, reactions, edits, history reads,
+/// private messages, reconnects with resume — run over two
 /// worker processes (which get the scenario's text, not its path): every
 /// kind is sent and answered, the ramp sends what its stages add up to,
 /// and a flag on the command line wins over the file.
@@ -636,6 +636,7 @@ reactions = 0.2
 edits = 0.1
 history_reads = 0.1
 private = 0.1
+classes = [ { name = "reader", share = 0.5 }, { name = "talker", share = 0.5, think_s = 5 } ]
 mids = true
 churn = 0.05
 churn_away_ms = 200
@@ -647,6 +648,7 @@ churn_away_ms = 200
     let s = run.summary.unwrap_or_else(|| panic!("no summary; exit {}:\n{}", run.code, run.output));
     assert_eq!(run.code, 0, "{}", run.output);
     assert_eq!(s["config"]["clients"], 60, "the command line wins");
+    assert_eq!(s["config"]["classes"], "reader:0.5:0,talker:0.5:5");
     assert_eq!(s["config"]["room_size"], 10);
     // 10 in the warm-up; then (20+60)/2·2 + 60·1 + (60+0)/2·1 = 170 measured.
     assert_eq!(s["messages"]["measured"], 170, "{s:#}");
