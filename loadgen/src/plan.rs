@@ -53,7 +53,7 @@ impl Classes {
             return None;
         }
         let total: f64 = classes.iter().map(|c| c.0).sum();
-        if (total - 1.0).abs() > 1e-6 || classes.iter().any(|c| !(c.0 >= 0.0)) {
+        if (total - 1.0).abs() > 1e-6 || classes.iter().any(|c| c.0.is_nan() || c.0 < 0.0) {
             return None;
         }
         let mut out = Classes { n: classes.len() as u8, ..Classes::default() };
