@@ -659,11 +659,13 @@ churn_away_ms = 200
     }
     assert_eq!(e["history_reads"], e["history_answered"], "{e}");
     assert!(e["private_received"].as_u64().unwrap() > 0, "{e}");
-    assert_eq!(
-        e["private_sent"].as_u64(),
-        Some(e["private_received"].as_u64().unwrap() + e["private_refused"].as_u64().unwrap()),
-        "{e}"
+    // Not stored: under churn one to a target that is away may reach nobody.
+    let (sent, got, refused) = (
+        e["private_sent"].as_u64().unwrap(),
+        e["private_received"].as_u64().unwrap(),
+        e["private_refused"].as_u64().unwrap(),
     );
+    assert!(got + refused <= sent && got > sent / 2, "{e}");
     assert!(s["churn"]["drops"].as_u64().unwrap() > 0, "{s:#}");
     assert_eq!(s["churn"]["not_recovered"], 0);
     assert_eq!(s["deliveries"]["lost"], 0);
