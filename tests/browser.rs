@@ -247,6 +247,16 @@ fn count_text(msgs: &[Value], text: &str) -> usize {
     msgs.iter().filter(|m| m["text"] == text).count()
 }
 
+/// The relative luminance (0–1) of the first `css` element's text and of
+/// the first background behind it that is not transparent.
+fn luminance(b: &Browser, css: &str) -> (f64, f64) {
+    let v = b.exec(
+        "var e = document.querySelector(arguments[0]); var s = getComputedStyle(e); function l(c) { var m = c.match(/[0-9.]+/g).map(Number); return (0.2126 * m[0] + 0.7152 * m[1] + 0.0722 * m[2]) / 255; } var bg = e, c = 'rgba(0, 0, 0, 0)'; while (bg && /rgba\\(0, 0, 0, 0\\)|transparent/.test(c = getComputedStyle(bg).backgroundColor)) bg = bg.parentElement; return [l(s.color), l(c)]",
+        json!([css]),
+    );
+    (v[0].as_f64().unwrap(), v[1].as_f64().unwrap())
+}
+
 /// Reads frames until a `message` arrives; returns it.
 fn next_message(c: &mut Client) -> Value {
     loop {
@@ -1339,6 +1349,73 @@ fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
     shot(&a, &dir, "reading");
 }
 
+/// Direct conversations and the room directory at phone width in dark
+/// mode: the conversation opens from the (folded) user list, its tab and
+/// its unread count reach the other side, the directory lists and joins a
+/// room; the directory and the tabs are legible on the dark page.
+#[test]
+fn conversations_and_the_directory_work_on_a_phone_in_dark_mode() {
+    let (dir, server, driver) = setup("dm_phone_dark", &["--rate-limit", "0"]);
+    let a = driver.session(390, 844);
+    a.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
+    a.cdp("Emulation.setEmulatedMedia", json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}));
+    a.open(server.addr);
+    a.login("Pat", "lobby", None);
+    let b = driver.page(server.addr);
+    b.login("Bob", "lobby", None);
+    let ub = b.my_uid();
+    a.wait_user(&ub);
+    // On a phone the user list is folded: unfolded by a tap on its title.
+    a.exec(
+        "var p = document.getElementById('users-panel'); var d = p.tagName === 'DETAILS' ? p : p.querySelector('details'); if (d && !d.open) d.querySelector('summary').click(); return true",
+        json!([]),
+    );
+    a.click(&a.find(&format!("[data-testid=dm-button][data-uid='{ub}']")));
+    a.wait_js(
+        "the conversation's tab, active and joined",
+        "var t = document.querySelector('[data-testid=room-tab][aria-current=true]'); return !!t && t.dataset.rid.indexOf('dm:') === 0 && /@ Bob/.test(t.textContent) && !t.classList.contains('pending')",
+        json!([]),
+    );
+    a.say("from my phone");
+    a.wait_message("from my phone");
+    b.wait_js(
+        "the conversation's tab on Bob's page, unread",
+        "var t = Array.from(document.querySelectorAll('[data-testid=room-tab]')).find(function (t) { return t.dataset.rid.indexOf('dm:') === 0; }); return !!t && /@ Pat/.test(t.textContent) && /1/.test(t.textContent)",
+        json!([]),
+    );
+    b.click(&b.find("[data-testid=room-tab][data-rid^='dm:']"));
+    b.wait_message("from my phone");
+    // The directory, on the phone.
+    let mut carol = client(&server);
+    carol.login("Carol", "garden", Some("carol"));
+    a.click(&a.by_id("browse-rooms"));
+    a.wait_js(
+        "the directory with lobby and garden, no conversation",
+        "var r = Array.from(document.querySelectorAll('[data-testid=directory-room]')).map(function (l) { return l.dataset.rid; }); return r.indexOf('lobby') >= 0 && r.indexOf('garden') >= 0 && !r.some(function (x) { return x.indexOf('dm:') === 0; })",
+        json!([]),
+    );
+    // The directory is light on dark; the open tab, on the accent colour,
+    // dark on light: either way far apart.
+    for css in ["[data-testid=directory-room]", "[data-testid=room-tab][data-rid^='dm:']"] {
+        let (fg, bg) = luminance(&a, css);
+        assert!((fg - bg).abs() > 0.4, "{css}: text {fg:.2} on background {bg:.2}");
+    }
+    let (fg, bg) = luminance(&a, "[data-testid=directory-room]");
+    assert!(fg > bg, "the directory is dark: text {fg:.2} on {bg:.2}");
+    // Nothing wider than the phone.
+    let wide = a.exec("return document.documentElement.scrollWidth <= window.innerWidth + 1", json!([]));
+    assert_eq!(wide, true, "the page scrolls sideways on a phone");
+    shot(&a, &dir, "directory-phone-dark");
+    a.click(&a.find("[data-testid=directory-room][data-rid=garden] button"));
+    a.wait_js(
+        "garden joined and open",
+        "var t = document.querySelector('[data-testid=room-tab][aria-current=true]'); return !!t && t.dataset.rid === 'garden' && !t.classList.contains('pending')",
+        json!([]),
+    );
+    carol.say("garden", "hello phone");
+    a.wait_message("hello phone");
+}
+
 /// The conversation features at phone width in dark mode, by real clicks
 /// and keys (not scripts): edit with ↑, react by tapping a reaction, reply
 /// and delete from a message's buttons; all legible on the dark page.
@@ -1395,15 +1472,8 @@ fn changes_work_on_a_phone_in_dark_mode() {
         json!([]),
     );
     // Legible in the dark: the reaction chip and the quote are light on dark.
-    let lum = |css: &str| -> (f64, f64) {
-        let v = a.exec(
-            "var e = document.querySelector(arguments[0]); var s = getComputedStyle(e); function l(c) { var m = c.match(/[0-9.]+/g).map(Number); return (0.2126 * m[0] + 0.7152 * m[1] + 0.0722 * m[2]) / 255; } var bg = e, c = 'rgba(0, 0, 0, 0)'; while (bg && /rgba\\(0, 0, 0, 0\\)|transparent/.test(c = getComputedStyle(bg).backgroundColor)) bg = bg.parentElement; return [l(s.color), l(c)]",
-            json!([css]),
-        );
-        (v[0].as_f64().unwrap(), v[1].as_f64().unwrap())
-    };
     for css in ["[data-testid=reaction]", "[data-testid=message] .body"] {
-        let (fg, bg) = lum(css);
+        let (fg, bg) = luminance(&a, css);
         assert!(fg > bg + 0.4, "{css}: text {fg:.2} on background {bg:.2}");
     }
     shot(&a, &dir, "changes-phone-dark");
