@@ -441,10 +441,6 @@ impl Config {
             if args.max_steps == 0 {
                 bail!("--max-steps must be at least 1");
             }
-            crate::objective::Objective::parse(&args.objective).context("--objective")?;
-        }
-        if let Some(a) = &args.assert {
-            crate::objective::Objective::parse(a).context("--assert")?;
         }
         let ramp = match &args.stages {
             Some(text) => {

@@ -115,6 +115,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Objectives are checked before any connection is made.
+    let objectives =
+        [("--objective", cfg.args.find_max.then_some(&cfg.args.objective)), ("--assert", cfg.args.assert.as_ref())];
+    for (flag, text) in objectives {
+        if let Some(Err(e)) = text.map(|t| objective::Objective::parse(t)) {
+            eprintln!("loadgen: {flag}: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     if let (Some(index), Some(count)) = (cfg.args.worker_index, cfg.args.worker_count) {
         return run_worker(&cfg, index, count);
     }
