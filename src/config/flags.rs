@@ -16,7 +16,8 @@ pub struct Args {
     /// Client address (WebSocket + HTTP).
     #[arg(long, default_value = "0.0.0.0:9503", help_heading = "Basics")]
     pub listen: SocketAddr,
-    /// Executors, one per core. Default: the number of online cores.
+    /// Executors, one per core. Default: the number of online cores, but one on a box of
+    /// two cores or fewer (the other is left to the kernel's network path).
     #[arg(long, help_heading = "Basics")]
     pub shards: Option<usize>,
     /// TOML file with the same settings (keys are the long flag names).

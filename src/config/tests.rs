@@ -89,3 +89,10 @@ fn relay_needs_secret() {
         assert!(Config::load(["cchat", "--relay-listen", "127.0.0.1:1"]).is_err());
     }
 }
+
+#[test]
+fn one_shard_by_default_on_two_cores_or_fewer() {
+    assert_eq!([1, 2, 3, 4, 16].map(default_shards), [1, 1, 3, 4, 16]);
+    let cfg = Config::from_args(Args::try_parse_from(["cchat", "--shards", "2"]).unwrap()).unwrap();
+    assert_eq!(cfg.shards, 2, "--shards wins");
+}
