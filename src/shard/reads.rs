@@ -32,7 +32,9 @@ pub(super) fn load(sh: &Shard) {
     let data = &sh.node.cfg.storage.data_dir;
     let Ok(dirs) = std::fs::read_dir(data) else { return };
     let mut all = Vec::new();
-    for entry in dirs.flatten() {
+    // Shard directories only: the data directory also holds files (its
+    // lock, the node's state), which have no markers to read.
+    for entry in dirs.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
         let path = entry.path().join(FILE);
         match std::fs::read(&path) {
             Ok(bytes) => match Reads::decode(&bytes) {
