@@ -74,10 +74,27 @@ impl Driver {
         b.open(server);
         b
     }
+
+    /// A phone (390×844) in dark mode with the chat page of `server` loaded.
+    fn dark_phone(&self, server: SocketAddr) -> Browser {
+        let b = self.session(390, 844);
+        b.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
+        b.dark();
+        b.open(server);
+        b
+    }
 }
 
 impl Browser {
     // ---- page-level helpers ------------------------------------------------
+
+    /// The system asks for dark mode from now on.
+    fn dark(&self) {
+        self.cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+        );
+    }
 
     fn open(&self, server: SocketAddr) {
         if https() {
@@ -1356,10 +1373,7 @@ fn reading_older_messages_keeps_its_place_and_text_is_shown_as_written() {
 #[test]
 fn conversations_and_the_directory_work_on_a_phone_in_dark_mode() {
     let (dir, server, driver) = setup("dm_phone_dark", &["--rate-limit", "0"]);
-    let a = driver.session(390, 844);
-    a.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
-    a.cdp("Emulation.setEmulatedMedia", json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}));
-    a.open(server.addr);
+    let a = driver.dark_phone(server.addr);
     a.login("Pat", "lobby", None);
     let b = driver.page(server.addr);
     b.login("Bob", "lobby", None);
@@ -1422,10 +1436,7 @@ fn conversations_and_the_directory_work_on_a_phone_in_dark_mode() {
 #[test]
 fn changes_work_on_a_phone_in_dark_mode() {
     let (dir, server, driver) = setup("changes_phone_dark", &["--rate-limit", "0"]);
-    let a = driver.session(390, 844);
-    a.cmd("POST", "/window/rect", Some(json!({"width": 390, "height": 844})));
-    a.cdp("Emulation.setEmulatedMedia", json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}));
-    a.open(server.addr);
+    let a = driver.dark_phone(server.addr);
     a.login("Pat", "lobby", None);
     let b = driver.page(server.addr);
     b.login("Bob", "lobby", None);
@@ -1632,7 +1643,7 @@ fn dark_mode_follows_the_system() {
     let a = driver.page(server.addr);
     let background = || a.exec("return getComputedStyle(document.documentElement).backgroundColor", json!([]));
     let light = background();
-    a.cdp("Emulation.setEmulatedMedia", json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}));
+    a.dark();
     a.login("Dana", "lobby", None);
     let dark = background();
     assert_ne!(light, dark);
