@@ -106,8 +106,7 @@ impl Owner {
     pub(crate) fn fold_history(&self, rid: &Id, msgs: &mut Vec<Bytes>, now_ms: u64) {
         if self.retention_ms > 0 {
             // Past `--retention-days`: served by no page, from wherever read.
-            let oldest = now_ms.saturating_sub(self.retention_ms);
-            msgs.retain(|m| super::dedupe::ts_of(m).is_none_or(|ts| ts >= oldest));
+            msgs.retain(|m| kept(m, self.retention_ms, now_ms));
         }
         super::changes::fold(self.rooms.get(rid).and_then(|r| r.changes.as_deref()), msgs);
     }
@@ -403,9 +402,7 @@ impl Owner {
         }
         ok = ok && all.len() as u64 == room.seq() - r.since;
         // A gap reaching past `--retention-days` is not served either.
-        let oldest = now_ms.saturating_sub(retention_ms);
-        ok = ok
-            && (retention_ms == 0 || all.first().is_none_or(|m| super::dedupe::ts_of(m).is_none_or(|ts| ts >= oldest)));
+        ok = ok && all.first().is_none_or(|m| kept(m, retention_ms, now_ms));
         // What is sent at once must fit the client's outbound queue.
         ok = ok && all.iter().map(|m| m.len() + 14).sum::<usize>() <= self.reply_budget;
         if !ok {
@@ -418,4 +415,10 @@ impl Owner {
         self.join(rid, conn, uid, name, echo, false, Some(ack), now_ms, out);
         waiting
     }
+}
+
+/// Whether a stored message or change is within `--retention-days`
+/// (`retention_ms`, 0: no limit) at `now_ms`.
+fn kept(json: &[u8], retention_ms: u64, now_ms: u64) -> bool {
+    retention_ms == 0 || super::dedupe::ts_of(json).is_none_or(|ts| ts >= now_ms.saturating_sub(retention_ms))
 }
