@@ -657,7 +657,10 @@ churn_away_ms = 200
     for k in ["sent", "edits", "typing", "history_reads"] {
         assert!(e[k].as_u64().unwrap() > 0, "{k}: {e}");
     }
-    assert_eq!(e["history_reads"], e["history_answered"], "{e}");
+    // Under churn a reader dropped before its answer never gets it (the run
+    // itself only demands every answer without reconnects).
+    let (asked, answered) = (e["history_reads"].as_u64().unwrap(), e["history_answered"].as_u64().unwrap());
+    assert!(answered <= asked && answered > asked / 2, "{e}");
     assert!(e["private_received"].as_u64().unwrap() > 0, "{e}");
     // Not stored: under churn one to a target that is away may reach nobody.
     let (sent, got, refused) = (
