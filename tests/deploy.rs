@@ -301,3 +301,28 @@ fn the_kubernetes_manifest_starts_nodes_that_find_each_other() {
     assert!(text.contains("kind: PodDisruptionBudget"), "at most one node drains at a time");
     assert!(text.contains(r#"command: ["/usr/local/bin/cchat", "--drain", "127.0.0.1:9504"]"#), "preStop drains");
 }
+
+/// The README's first command, `cargo run --release --bin cchat`, keeps its
+/// history in `./cchat-data`: a relative directory must work (glommio opens
+/// directories relative to no descriptor, which newer kernels refuse).
+#[test]
+fn the_default_data_dir_is_relative_to_where_the_server_starts() {
+    use std::io::{BufRead, BufReader};
+    let cwd = crate::common::temp_data_dir();
+    std::fs::create_dir_all(&cwd).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cchat"));
+    cmd.args(["--listen", "127.0.0.1:0"]).current_dir(&cwd).stdout(std::process::Stdio::piped());
+    let mut child = crate::common::procs::spawn(&mut cmd).unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("did not start: {line:?}"));
+    let mut c = crate::common::Client::connect(addr.parse().unwrap());
+    c.login_echo("ann", "lobby", "ann");
+    let (_, seq) = c.say_acked("lobby", "kept on disk").unwrap();
+    assert_eq!(seq, 1);
+    crate::common::procs::reap(&mut child);
+    let shard0 = cwd.join("cchat-data").join("shard-0");
+    let logged: u64 = std::fs::read_dir(&shard0).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(logged > 0, "nothing in {}", shard0.display());
+    let _ = std::fs::remove_dir_all(&cwd);
+}

@@ -401,7 +401,10 @@ impl Config {
                 dedupe_window: Duration::from_secs(args.storage.dedupe_window_secs.min(1 << 32)),
                 dedupe_max: args.storage.dedupe_max.max(1),
                 edit_window: Duration::from_secs(args.storage.edit_window_secs.min(1 << 32)),
-                data_dir: args.storage.data_dir,
+                // Absolute: glommio opens directories relative to no
+                // descriptor (-1, not AT_FDCWD), which newer kernels refuse
+                // for a relative path (EBADF, seen on 6.18).
+                data_dir: std::path::absolute(&args.storage.data_dir).unwrap_or(args.storage.data_dir),
                 durability: args.storage.durability,
                 fsync_interval: Duration::from_millis(args.storage.fsync_interval_ms.clamp(1, 60_000)),
                 // A record's place names its offset in 30 bits; a segment
