@@ -25,6 +25,9 @@ pub enum Request {
         origin: Option<String>,
         /// The `Host` header.
         host: Option<String>,
+        /// The client offered permessage-deflate in a form this server
+        /// accepts ([`crate::ws::deflate::accepts`]).
+        deflate: bool,
     },
     /// A plain GET of this path.
     Get(String),
@@ -76,7 +79,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, &'static str> {
     };
     let accept = derive_accept_key(key.trim().as_bytes());
     let (origin, host) = (header("origin").map(str::to_owned), header("host").map(str::to_owned));
-    Ok(Some((Request::Upgrade { accept, origin, host }, len)))
+    let offers = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok());
+    let deflate = crate::ws::deflate::accepts(offers);
+    Ok(Some((Request::Upgrade { accept, origin, host, deflate }, len)))
 }
 
 /// Whether a browser upgrade from `origin` may proceed. With no
@@ -144,10 +153,11 @@ pub fn parse_admin(buf: &[u8]) -> Result<Option<(AdminRequest, usize)>, &'static
     Ok(Some((AdminRequest { method, path: path.to_owned(), query: query.to_owned(), api_key, body_len }, len)))
 }
 
-/// The 101 response.
-pub fn switching_protocols(accept: &str) -> String {
+/// The 101 response; `deflate` accepts the client's permessage-deflate offer.
+pub fn switching_protocols(accept: &str, deflate: bool) -> String {
+    let ext = if deflate { crate::ws::deflate::RESPONSE_HEADER } else { "" };
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{ext}\r\n"
     )
 }
 
@@ -265,7 +275,12 @@ mod tests {
         // The RFC 6455 example key.
         assert_eq!(
             r,
-            Request::Upgrade { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(), origin: None, host: Some("x".into()) }
+            Request::Upgrade {
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                origin: None,
+                host: Some("x".into()),
+                deflate: false
+            }
         );
     }
 

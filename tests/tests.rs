@@ -14,6 +14,8 @@ mod browser;
 mod cluster;
 // The deployment kit: example config, dashboard, systemd unit.
 mod deploy;
+// permessage-deflate: the offer, broadcasts compressed once, compressed input.
+mod compression;
 // Direct conversations and the room directory (getRooms).
 mod conversation;
 // Idempotent sends (mid) and resume (login since).

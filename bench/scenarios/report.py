@@ -80,6 +80,7 @@ FIGURES = [
     ("send lag p99 ms", lambda s: s["send_lag_ms"]["p99"]),
     ("loadgen ns/delivery", lambda s: s["cpu"]["loadgen_ns_per_delivery"]),
     ("server ns/delivery", lambda s: s["cpu"]["server_ns_per_delivery"]),
+    ("wire B/delivery", lambda s: s["deliveries"].get("bytes_per_delivery")),
 ]
 
 

@@ -56,6 +56,15 @@ pub struct Args {
     /// Bytes of `msg` in each message (at least 24: the send time and message id).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    /// What fills `msg` after its send time and id: `dots` (one repeated byte, the
+    /// historical default) or `chat` (words of everyday chat, as compressible as
+    /// real messages, for measuring compression honestly).
+    #[arg(long, value_enum, default_value_t = crate::scan::Filler::Dots)]
+    pub text: crate::scan::Filler,
+    /// Offer permessage-deflate in the upgrade (as browsers do); compressed frames
+    /// are inflated before they are read, and bytes received count as on the wire.
+    #[arg(long)]
+    pub deflate: bool,
     /// Write the summary as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

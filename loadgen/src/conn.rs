@@ -34,11 +34,17 @@ pub enum State {
 /// in base64, which the server checks.)
 pub const WS_KEY: &str = "bG9hZGdlbi1jY2hhdGtleQ==";
 
-/// The HTTP upgrade request.
-pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+/// The HTTP upgrade request; `deflate` offers permessage-deflate without
+/// context takeover (loadgen inflates each message on its own).
+pub fn upgrade_request(host: &str, path: &str, deflate: bool) -> Vec<u8> {
+    let ext = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; server_no_context_takeover\r\n"
+    } else {
+        ""
+    };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
     )
     .into_bytes()
 }
@@ -335,7 +341,7 @@ mod tests {
 
     #[test]
     fn request_names_host_and_path() {
-        let r = String::from_utf8(upgrade_request("127.0.0.1:9", "/x")).unwrap();
+        let r = String::from_utf8(upgrade_request("127.0.0.1:9", "/x", false)).unwrap();
         assert!(r.starts_with("GET /x HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"));
         assert!(r.ends_with("\r\n\r\n"));
     }

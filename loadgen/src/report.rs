@@ -121,6 +121,13 @@ pub struct DeliveriesReport {
     pub refused: u64,
     /// Received per second of measured time.
     pub per_second: f64,
+    /// Bytes read from the sockets from the start of traffic (frames as on the
+    /// wire: compressed ones compressed).
+    pub bytes_received: u64,
+    /// Those bytes per message frame received (a ratio to compare runs by).
+    pub bytes_per_delivery: f64,
+    /// Frames that came compressed (`--deflate`).
+    pub deflated_frames: u64,
 }
 
 /// Order and error checks.
@@ -366,6 +373,9 @@ impl Summary {
                 received: c.recv_measured,
                 lost,
                 per_second: c.recv_measured as f64 / a.duration,
+                bytes_received: c.recv_bytes,
+                bytes_per_delivery: c.recv_bytes as f64 / c.recv_total.max(1) as f64,
+                deflated_frames: c.deflated_frames,
             },
             latency_ms: Percentiles::of(&s.latency),
             socket_latency_ms: Percentiles::of(&s.socket_latency),
@@ -443,6 +453,11 @@ impl Summary {
             o,
             "deliveries   {} of {} expected, {} lost, {:.0}/s (messages sent: {}, measured {})",
             d.received, d.expected, d.lost, d.per_second, self.messages.sent, self.messages.measured
+        );
+        let _ = writeln!(
+            o,
+            "wire         {} bytes read, {:.1} per delivery, {} frames compressed",
+            d.bytes_received, d.bytes_per_delivery, d.deflated_frames
         );
         if d.refused > 0 {
             let _ = writeln!(

@@ -17,7 +17,7 @@ pub const MSG_HEAD: usize = 24;
 /// Writes the `msg` of message `id` due at `due_ns`, padded to `len` bytes.
 /// Hex digits and `.` only: nothing the server escapes, so the text arrives
 /// byte for byte.
-pub fn write_msg(out: &mut Vec<u8>, due_ns: u64, id: u32, len: usize) {
+pub fn write_msg(out: &mut Vec<u8>, due_ns: u64, id: u32, len: usize, filler: Filler) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let start = out.len();
     for i in (0..16).rev() {
@@ -26,8 +26,48 @@ pub fn write_msg(out: &mut Vec<u8>, due_ns: u64, id: u32, len: usize) {
     for i in (0..8).rev() {
         out.push(HEX[((id >> (i * 4)) & 0xf) as usize]);
     }
-    out.resize(start + len.max(MSG_HEAD), b'.');
+    let end = start + len.max(MSG_HEAD);
+    match filler {
+        Filler::Dots => out.resize(end, b'.'),
+        Filler::Chat => {
+            // Words picked by the message id, so that messages differ as
+            // real ones do, and no two runs' texts depend on a clock.
+            let mut x = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            while out.len() < end {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                out.push(b' ');
+                out.extend_from_slice(CHAT_WORDS[(x % CHAT_WORDS.len() as u64) as usize].as_bytes());
+            }
+            out.truncate(end);
+        }
+    }
 }
+
+/// What fills a message's `msg` after its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filler {
+    /// One byte repeated: the cheapest to make and to read.
+    Dots,
+    /// Everyday chat words: as compressible as real messages.
+    Chat,
+}
+
+/// The words of `--text chat`: the most frequent words of chat messages,
+/// with a few names, numbers and emoji-free slang (JSON-safe, ASCII).
+const CHAT_WORDS: &[&str] = &[
+    "I", "you", "the", "to", "a", "it", "and", "is", "that", "in", "of", "for", "me", "on", "so", "have", "we", "be",
+    "just", "my", "do", "this", "not", "are", "lol", "with", "but", "what", "was", "can", "at", "if", "get", "know",
+    "like", "ok", "yeah", "no", "your", "all", "it's", "I'm", "go", "about", "up", "think", "will", "one", "out",
+    "now", "how", "there", "see", "when", "time", "good", "they", "going", "don't", "back", "today", "tomorrow",
+    "meeting", "thanks", "sure", "later", "need", "want", "call", "did", "had", "right", "here", "home", "work",
+    "night", "still", "tonight", "haha", "let's", "maybe", "really", "then", "can't", "got", "sorry", "please",
+    "coffee", "lunch", "deploy", "build", "ship", "fixed", "review", "PR", "ticket", "prod", "Alice", "Bob", "Carol",
+    "Dave", "Erin", "Frank", "3pm", "10", "Friday", "Monday", "weekend", "soon", "done", "nice", "great", "awesome",
+    "hmm", "btw", "omw", "brb", "np", "idk",
+];
 
 /// Reads the (due time, id) at the front of a `msg`.
 pub fn read_msg_head(msg: &[u8]) -> Option<(u64, u32)> {
@@ -81,9 +121,17 @@ fn decimal(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// The JSON text of a room message from loadgen (the body of a client frame).
-pub fn message_json(out: &mut Vec<u8>, room: u32, due_ns: u64, id: u32, payload: usize, mid: Option<u64>) {
+pub fn message_json(
+    out: &mut Vec<u8>,
+    room: u32,
+    due_ns: u64,
+    id: u32,
+    payload: usize,
+    mid: Option<u64>,
+    filler: Filler,
+) {
     out.extend_from_slice(br#"{"cmd":"message","type":"text","msg":""#);
-    write_msg(out, due_ns, id, payload);
+    write_msg(out, due_ns, id, payload, filler);
     out.extend_from_slice(br#"","rid":"r"#);
     // Writing into a Vec cannot fail; no String per message.
     let _ = std::io::Write::write_fmt(out, format_args!("{room}"));
@@ -257,6 +305,13 @@ impl std::fmt::Display for FrameError {
     }
 }
 
+thread_local! {
+    /// The worker thread's inflater for compressed frames (reset per message).
+    static INFLATER: std::cell::Cell<cchat::ws::deflate::Inflater> = std::cell::Cell::new(Default::default());
+    /// Compressed frames this thread has read.
+    pub static DEFLATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Calls `f(opcode, payload)` on every whole frame at the front of `data`;
 /// returns how many bytes they took (the rest is an incomplete frame).
 #[inline]
@@ -269,7 +324,16 @@ pub fn for_each_frame(data: &[u8], mut f: impl FnMut(u8, &[u8])) -> Result<usize
                 if buf[0] & 0x80 == 0 || op == 0 {
                     return Err(FrameError::Fragmented);
                 }
-                f(op, &buf[range]);
+                if buf[0] & 0x40 != 0 {
+                    // permessage-deflate (--deflate): each message on its own.
+                    let mut z = INFLATER.with(|i| i.take());
+                    let r = z.text(&buf[range], 1 << 24).map(|text| f(op, text));
+                    INFLATER.with(|i| i.set(z));
+                    r.map_err(|_| FrameError::Protocol)?;
+                    DEFLATED.with(|d| d.set(d.get() + 1));
+                } else {
+                    f(op, &buf[range]);
+                }
                 off += used;
             }
             Ok(None) => break,
@@ -341,7 +405,7 @@ mod tests {
 
     fn msg(due: u64, id: u32, len: usize) -> String {
         let mut v = Vec::new();
-        write_msg(&mut v, due, id, len);
+        write_msg(&mut v, due, id, len, Filler::Dots);
         String::from_utf8(v).unwrap()
     }
 
@@ -383,7 +447,7 @@ mod tests {
     #[test]
     fn the_message_json_is_what_the_server_expects() {
         let mut v = Vec::new();
-        message_json(&mut v, 7, 99, 3, 30, None);
+        message_json(&mut v, 7, 99, 3, 30, None, Filler::Dots);
         let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(j["cmd"], "message");
         assert_eq!(j["rid"], "r7");
@@ -395,7 +459,7 @@ mod tests {
         let l: serde_json::Value = serde_json::from_str(&login_json(5, 2, Some((9, 41)))).unwrap();
         assert_eq!((l["since"]["epoch"].as_u64(), l["since"]["seq"].as_u64()), (Some(9), Some(41)));
         let mut v = Vec::new();
-        message_json(&mut v, 7, 99, 3, 30, Some(0xab));
+        message_json(&mut v, 7, 99, 3, 30, Some(0xab), Filler::Dots);
         let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!(j["mid"], "mab-3");
     }

@@ -52,6 +52,9 @@ pub struct Counters {
     pub expected_measured: u64,
     /// Bytes read during the traffic phase.
     pub recv_bytes: u64,
+    /// Compressed frames read (`--deflate`), at any phase.
+    #[serde(default)]
+    pub deflated_frames: u64,
     /// Times a member's `seq` jumped forward (messages missing in between).
     pub seq_gaps: u64,
     /// Messages skipped by those jumps.
@@ -146,6 +149,7 @@ impl Counters {
         self.recv_measured += o.recv_measured;
         self.expected_measured += o.expected_measured;
         self.recv_bytes += o.recv_bytes;
+        self.deflated_frames += o.deflated_frames;
         self.seq_gaps += o.seq_gaps;
         self.seq_skipped += o.seq_skipped;
         self.seq_backwards += o.seq_backwards;

@@ -214,7 +214,7 @@ impl<'a> Worker<'a> {
         for c in &conns {
             on_node[node_of(&plan, c, cfg.targets.len())] += 1;
         }
-        let requests = cfg.targets.iter().map(|t| conn::upgrade_request(&t.host, &t.path)).collect();
+        let requests = cfg.targets.iter().map(|t| conn::upgrade_request(&t.host, &t.path, cfg.args.deflate)).collect();
         let concurrency = (cfg.args.connect_concurrency / workers).max(1);
         let now = sys::now_ns();
         Ok(Worker {
@@ -621,6 +621,7 @@ impl<'a> Worker<'a> {
         let churning = self.cfg.args.churn > 0.0 || self.cfg.args.follow_drain;
         let editing = self.cfg.args.edits > 0.0;
         let Worker { conns, buf, scanner, stats, sched, plan, .. } = self;
+        stats.counters.deflated_frames += crate::scan::DEFLATED.take();
         let c = &mut conns[idx as usize];
         let mut ev = FrameEvents::default();
         let r = c.inbox.take(buf, filled, |op, p| match op {
@@ -883,7 +884,7 @@ impl<'a> Worker<'a> {
         }
         let mut j = std::mem::take(&mut self.json);
         j.clear();
-        scan::message_json(&mut j, room, due, m, self.cfg.payload, mids);
+        scan::message_json(&mut j, room, due, m, self.cfg.payload, mids, self.cfg.args.text);
         self.send_text(idx, &j);
         self.json = j;
         let c = &mut self.conns[idx as usize];

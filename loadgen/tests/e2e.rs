@@ -685,3 +685,30 @@ churn_away_ms = 200
     assert!(run.output.contains("think_time"), "{}", run.output);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// --deflate offers permessage-deflate and reads compressed frames; with
+/// --text chat the same run puts fewer bytes on the wire, and still loses
+/// nothing and keeps order.
+#[test]
+fn compressed_runs_read_every_message_with_fewer_bytes() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    let base = "--clients 200 --room-size 20 --rate 100 --duration 3 --warmup 1 --drain 5 --payload 400 --text chat";
+    let mut per_delivery = Vec::new();
+    for extra in ["", " --deflate"] {
+        let args = format!("{base}{extra}");
+        let run = loadgen(&server, "deflate", &args.split(' ').collect::<Vec<_>>());
+        let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
+        assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+        let d = &s["deliveries"];
+        assert_eq!(d["received"], d["expected"]);
+        assert_eq!(d["lost"], 0);
+        for k in ["seq_gaps", "seq_backwards", "error_frames", "closed", "unexpected"] {
+            assert_eq!(s["checks"][k], 0, "{k}: {s:#}");
+        }
+        let compressed = d["deflated_frames"].as_u64().unwrap();
+        assert_eq!(compressed > 0, !extra.is_empty(), "{s:#}");
+        per_delivery.push(d["bytes_per_delivery"].as_f64().unwrap());
+    }
+    assert!(per_delivery[1] < per_delivery[0] * 0.8, "bytes per delivery, plain then compressed: {per_delivery:?}");
+}

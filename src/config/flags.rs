@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::Durability;
+use super::{CompressionMode, Durability};
 
 /// Flags of the `cchat` binary (and keys of its config file).
 #[derive(Debug, Parser)]
@@ -281,4 +281,13 @@ pub struct TuningArgs {
     /// frames under load; 0 turns it off.
     #[arg(long, default_value_t = 10.0)]
     pub coalesce_ms: f64,
+    /// permessage-deflate (RFC 7692): `auto` accepts a client's offer (browsers make
+    /// one) and sends it each broadcast frame compressed once, shared by every member
+    /// that negotiated it; `off` declines every offer.
+    #[arg(long, value_enum, default_value_t = CompressionMode::Auto)]
+    pub compression: CompressionMode,
+    /// Smallest frame, in bytes, worth compressing: shorter ones go plain (a short
+    /// frame compressed alone barely shrinks, and costs CPU all the same).
+    #[arg(long, default_value_t = 128)]
+    pub compression_min_bytes: usize,
 }

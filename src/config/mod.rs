@@ -28,6 +28,16 @@ pub enum Durability {
     Memory,
 }
 
+/// Whether WebSocket messages may be compressed (permessage-deflate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionMode {
+    /// Never: offers are declined.
+    Off,
+    /// Accepted when a client offers it; frames of at least
+    /// `--compression-min-bytes` go compressed (once per broadcast).
+    Auto,
+}
+
 /// A setting that cannot be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -199,6 +209,9 @@ pub struct Tuning {
     pub coalesce: Duration,
     /// Flusher load (share of a 100 ms tick spent writing) above which the delay applies.
     pub coalesce_above: f64,
+    /// Smallest text frame sent compressed to a client that negotiated
+    /// permessage-deflate; None: compression is off (offers are declined).
+    pub compress_min: Option<usize>,
 }
 
 impl Default for Config {
@@ -474,6 +487,10 @@ impl Config {
                 unpin_above: if unpin.is_nan() { 0.0 } else { unpin.clamp(0.0, 100.0) / 100.0 },
                 coalesce: Duration::from_micros((args.tuning.coalesce_ms.clamp(0.0, 1000.0) * 1000.0) as u64),
                 coalesce_above: 0.6,
+                compress_min: match args.tuning.compression {
+                    CompressionMode::Off => None,
+                    CompressionMode::Auto => Some(args.tuning.compression_min_bytes),
+                },
             },
         };
         if let Some(url) = &cfg.storage.store

@@ -31,6 +31,15 @@ pub struct ShardStats {
     pub errors: [AtomicU64; 4],
     /// Connections closed because their outbound queue passed its cap.
     pub slow_consumer_closes: AtomicU64,
+    /// Frames compressed (permessage-deflate): one per broadcast and shard
+    /// with a member that negotiated it, not one per recipient.
+    pub deflated_frames: AtomicU64,
+    /// Bytes of those frames before compression.
+    pub deflated_plain_bytes: AtomicU64,
+    /// Bytes of those frames after compression.
+    pub deflated_bytes: AtomicU64,
+    /// Compressed messages received from clients and inflated.
+    pub inflated_messages: AtomicU64,
     /// Connections closed for a WebSocket protocol violation.
     pub protocol_closes: AtomicU64,
     /// Connections closed for idleness or a missed handshake deadline.
@@ -102,6 +111,10 @@ impl ShardStats {
             writes: AtomicU64::new(0),
             errors: Default::default(),
             slow_consumer_closes: AtomicU64::new(0),
+            deflated_frames: AtomicU64::new(0),
+            deflated_plain_bytes: AtomicU64::new(0),
+            deflated_bytes: AtomicU64::new(0),
+            inflated_messages: AtomicU64::new(0),
             protocol_closes: AtomicU64::new(0),
             timeout_closes: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
@@ -210,6 +223,30 @@ impl NodeStats {
             "counter",
             "Write system calls to client sockets; deliveries per write is the batching.",
             sum_u(|s| &s.writes).to_string(),
+        );
+        metric(
+            "cchat_deflated_frames_total",
+            "counter",
+            "Frames compressed (permessage-deflate), once per broadcast and shard, shared by its recipients.",
+            sum_u(|s| &s.deflated_frames).to_string(),
+        );
+        metric(
+            "cchat_deflated_plain_bytes_total",
+            "counter",
+            "Bytes of the compressed frames before compression (the ratio is deflated_bytes over this).",
+            sum_u(|s| &s.deflated_plain_bytes).to_string(),
+        );
+        metric(
+            "cchat_deflated_bytes_total",
+            "counter",
+            "Bytes of the compressed frames after compression.",
+            sum_u(|s| &s.deflated_bytes).to_string(),
+        );
+        metric(
+            "cchat_inflated_messages_total",
+            "counter",
+            "Compressed messages received from clients (permessage-deflate) and inflated.",
+            sum_u(|s| &s.inflated_messages).to_string(),
         );
         metric(
             "cchat_slow_consumer_closes_total",

@@ -83,12 +83,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
             None => return,
         }
     };
-    let key = shard.register(stream.as_raw_fd());
+    let (leftover, deflate) = leftover;
+    let key = shard.register(stream.as_raw_fd(), deflate);
     if let Some(t) = tls {
         shard.conns.borrow_mut().set_tls(key, t);
     }
     let guard = Registered { shard: &shard, key };
-    run(&shard, key, &mut stream, leftover).await;
+    run(&shard, key, &mut stream, leftover, deflate).await;
     drop(guard);
     drop(slot);
 }
@@ -124,14 +125,14 @@ impl Drop for Registered<'_> {
 }
 
 /// Reads the HTTP head; answers plain requests; returns the bytes after the
-/// head for an accepted upgrade.
+/// head for an accepted upgrade, and whether it negotiated permessage-deflate.
 async fn handshake(
     shard: &Shard,
     stream: &mut TcpStream,
     ip: Option<std::net::IpAddr>,
     mut tls: Option<&mut rustls::ServerConnection>,
     slot: &mut IpSlot<'_>,
-) -> Option<Vec<u8>> {
+) -> Option<(Vec<u8>, bool)> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut first = true;
     let (req, head_len) = loop {
@@ -158,7 +159,7 @@ async fn handshake(
     };
     let node = &shard.node;
     let reply = match req {
-        Request::Upgrade { accept, origin, host } => {
+        Request::Upgrade { accept, origin, host, deflate } => {
             if !http::origin_allowed(origin.as_deref(), host.as_deref(), &node.cfg.security.allowed_origins) {
                 http::response(403, "text/plain", b"origin not allowed")
             } else if shard.shutting_down.get() {
@@ -183,11 +184,13 @@ async fn handshake(
                 node.stats.shards[shard.id].rejected_connections.fetch_add(1, Relaxed);
                 http::response(503, "text/plain", b"connection limit reached")
             } else {
-                if send_all(stream, tls.as_deref_mut(), http::switching_protocols(&accept).as_bytes()).await.is_err() {
+                let deflate = deflate && node.cfg.tuning.compress_min.is_some();
+                let reply = http::switching_protocols(&accept, deflate);
+                if send_all(stream, tls.as_deref_mut(), reply.as_bytes()).await.is_err() {
                     node.open.fetch_sub(1, Relaxed);
                     return None;
                 }
-                return Some(buf.split_off(head_len));
+                return Some((buf.split_off(head_len), deflate));
             }
         }
         Request::Get(path) => http::route(&path, node),
@@ -286,8 +289,8 @@ enum Wake {
     Gone,
 }
 
-async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>) {
-    let mut dec = Decoder::default();
+async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>, deflate: bool) {
+    let mut dec = Decoder::new(deflate);
     let mut pending = Vec::new();
     if !leftover.is_empty() {
         let mut data = leftover;
@@ -399,6 +402,11 @@ fn process(shard: &Shard, key: u32, dec: &mut Decoder, data: &mut [u8], pending:
             Event::AssembledText => {
                 let mut m = dec.take_message();
                 shard.on_text(key, &mut m);
+            }
+            Event::Deflated(r) => shard.on_deflated(key, &buf[r], max)?,
+            Event::AssembledDeflated => {
+                let m = dec.take_message();
+                shard.on_deflated(key, &m, max)?;
             }
             Event::Binary => shard.on_binary(key),
             Event::Ping(r) => shard.send_frame(key, ws::pong_frame(&buf[r])),

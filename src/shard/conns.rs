@@ -34,6 +34,10 @@ pub(crate) struct ConnEntry {
     pub(crate) last_rx: u32,
     /// A ping was sent since then.
     pub(crate) pinged: bool,
+    /// The client negotiated permessage-deflate: its messages may come
+    /// compressed, and frames of at least `--compression-min-bytes` go to it
+    /// compressed (the shard's one compressed copy of each).
+    pub(crate) deflate: bool,
     /// The connection's TLS state, on a TLS port: frames are sealed into
     /// records when written, and input decrypted when read.
     pub(crate) tls: Option<Box<rustls::ServerConnection>>,
@@ -78,7 +82,7 @@ impl Conns {
     }
 
     /// Registers a connection; returns its slot and generation.
-    pub(crate) fn insert(&mut self, fd: RawFd, session: Session, tick: u32) -> (u32, u32) {
+    pub(crate) fn insert(&mut self, fd: RawFd, session: Session, tick: u32, deflate: bool) -> (u32, u32) {
         let generation = self.next_gen;
         self.next_gen = generation.wrapping_add(1);
         let key = self.slab.insert(ConnEntry {
@@ -91,6 +95,7 @@ impl Conns {
             born: tick,
             last_rx: tick,
             pinged: false,
+            deflate,
             tls: None,
         });
         (key as u32, generation)

@@ -49,6 +49,8 @@ mod admission;
 mod api;
 pub(crate) use api::answers;
 mod cluster;
+mod compress;
+pub(crate) use compress::Outgoing;
 pub(crate) mod conn;
 mod conns;
 mod directory;
@@ -84,7 +86,7 @@ use crate::placement::shard_for;
 use crate::protocol::{self, ERR_NOT_COMMAND, ProtoError};
 use crate::relay::Relay;
 pub(crate) use crate::session::outbound::OutState;
-use crate::session::outbound::{Pushed, SharedFrame};
+use crate::session::outbound::Pushed;
 use crate::session::{self, Session};
 use crate::ws;
 use conns::{ConnEntry, Conns};
@@ -147,6 +149,8 @@ pub struct Shard {
     pub(crate) read_buf: RefCell<Box<[u8]>>,
     /// Shared too: what a TLS connection's read decrypts to.
     pub(crate) plain_buf: RefCell<Vec<u8>>,
+    /// permessage-deflate: the shard's compressor and inflater.
+    zip: compress::Compression,
     json_buffers: RefCell<simd_json::Buffers>,
     uid_counter: Cell<u64>,
     /// Set when the node shuts down.
@@ -222,6 +226,7 @@ impl Shard {
             sweeper: sweep::Sweeper::new(&node.cfg.limits),
             read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
             plain_buf: RefCell::new(Vec::new()),
+            zip: compress::Compression::new(node.cfg.tuning.compress_min),
             json_buffers: RefCell::new(simd_json::Buffers::new(1024)),
             uid_counter: Cell::new(0),
             shutting_down: Cell::new(false),
@@ -294,9 +299,9 @@ impl Shard {
     // ---- connections ---------------------------------------------------
 
     /// Registers an upgraded connection; returns its slot.
-    pub(crate) fn register(&self, fd: RawFd) -> u32 {
+    pub(crate) fn register(&self, fd: RawFd, deflate: bool) -> u32 {
         let session = Session::new(self.node.cfg.limits.rate_limit, self.now_ms());
-        let (key, _) = self.conns.borrow_mut().insert(fd, session, self.sweeper.now());
+        let (key, _) = self.conns.borrow_mut().insert(fd, session, self.sweeper.now(), deflate);
         self.stats().connections.fetch_add(1, Relaxed);
         key
     }
@@ -365,7 +370,8 @@ impl Shard {
 
     /// Queues a frame on a connection; false if it is closing or was just
     /// closed for passing its outbound cap.
-    fn push(&self, key: u32, e: &mut ConnEntry, frame: &SharedFrame) -> bool {
+    fn push(&self, key: u32, e: &mut ConnEntry, frame: &Outgoing) -> bool {
+        let frame = self.zip.pick(e.deflate, frame, self.stats());
         match e.out.push(frame, self.node.cfg.limits.max_outbound_bytes) {
             Pushed::Queued { newly_dirty } => {
                 if newly_dirty {
@@ -386,7 +392,7 @@ impl Shard {
     /// Queues a frame to one local connection and schedules the flush.
     pub(crate) fn send_frame(&self, key: u32, frame: Bytes) {
         if let Some(e) = self.conns.borrow_mut().get_mut(key) {
-            self.push(key, e, &Rc::new(frame));
+            self.push(key, e, &Outgoing::new(frame));
         }
         self.flush.wake();
     }
@@ -457,6 +463,12 @@ impl Shard {
             self.to_owner(r);
         }
         *self.requests.borrow_mut() = requests;
+    }
+
+    /// A compressed text message: inflated with the shard's inflater, then
+    /// handled as any other.
+    pub(crate) fn on_deflated(&self, key: u32, data: &[u8], max: usize) -> Result<(), ws::WsError> {
+        self.zip.inflate(data, max, self.stats(), |text| self.on_text(key, text))
     }
 
     /// A binary frame: the protocol has none.
@@ -558,7 +570,7 @@ impl Shard {
                 }
             }
             ShardMsg::Knock { uid, frame } => {
-                let frame = Rc::new(frame);
+                let frame = Outgoing::new(frame);
                 let mut conns = self.conns.borrow_mut();
                 let keys: Vec<u32> = conns
                     .iter()
@@ -642,7 +654,7 @@ impl Shard {
                     e.session.joined(&rid);
                     self.members.borrow_mut().entry(rid).or_default().conns.insert(conn.key);
                 }
-                self.push(conn.key, e, &Rc::new(ack));
+                self.push(conn.key, e, &Outgoing::new(ack));
             }
             Delivery::Deliver { rid, frame, audience, t0 } => {
                 let mut n = 0u64;
@@ -663,7 +675,7 @@ impl Shard {
                             {
                                 return;
                             }
-                            let frame = Rc::new(frame);
+                            let frame = Outgoing::new(frame);
                             let skip = except.filter(|c| c.node == 0 && c.shard as usize == self.id).map(|c| c.key);
                             for &key in &set.conns {
                                 if Some(key) != skip
@@ -676,7 +688,7 @@ impl Shard {
                         }
                     }
                     Audience::Only(targets) => {
-                        let frame = Rc::new(frame);
+                        let frame = Outgoing::new(frame);
                         for c in targets {
                             if let Some(e) = conns.by_ref(c)
                                 && self.push(c.key, e, &frame)
@@ -692,7 +704,7 @@ impl Shard {
             }
             Delivery::Direct { conn, frame } => {
                 if let Some(e) = conns.by_ref(conn) {
-                    self.push(conn.key, e, &Rc::new(frame));
+                    self.push(conn.key, e, &Outgoing::new(frame));
                 }
             }
         }

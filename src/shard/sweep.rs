@@ -2,7 +2,6 @@
 //! queue memory, the core pin, published latency; shedding and shutdown.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -71,7 +70,7 @@ impl Sweeper {
         self.tick.set(t);
         sh.flush.tick(TICK);
         let (ping_after, idle_after, login_after) = (self.ping_after, self.idle_after, self.login_after);
-        let ping = Rc::new(ws::ping_frame());
+        let ping = super::Outgoing::new(ws::ping_frame());
         let now_ms = crate::node::unix_ms();
         let mut conns = sh.conns.borrow_mut();
         for (key, e) in conns.iter_mut() {

@@ -553,11 +553,16 @@ impl Raw {
 
     /// Next server frame: (opcode, payload). None at EOF.
     pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.read_frame_b0().map(|(b0, p)| (b0 & 0x0f, p))
+    }
+
+    /// Next server frame: (its first byte: FIN, RSV bits, opcode; payload). None at EOF.
+    pub fn read_frame_b0(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
-            if let Some((op, r, used)) = cchat::ws::parse_server_frame(&self.buf).unwrap() {
-                let p = self.buf[r].to_vec();
+            if let Some((_, r, used)) = cchat::ws::parse_server_frame(&self.buf).unwrap() {
+                let (b0, p) = (self.buf[0], self.buf[r].to_vec());
                 self.buf.drain(..used);
-                return Some((op, p));
+                return Some((b0, p));
             }
             let mut b = [0u8; 4096];
             match self.s.read(&mut b) {

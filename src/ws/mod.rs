@@ -16,6 +16,8 @@ use thiserror::Error;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
+pub mod deflate;
+
 /// Close codes the server sends (RFC 6455 §7.4.1).
 pub mod close_code {
     /// Normal closure.
@@ -75,6 +77,14 @@ pub enum Event {
     /// A whole text message reassembled from fragments; take it with
     /// [`Decoder::take_message`].
     AssembledText,
+    /// A whole compressed text message (permessage-deflate) at this range
+    /// of the input buffer: inflate it with the shard's
+    /// [`deflate::Inflater`], which also checks that it is UTF-8. (Binary
+    /// compressed messages are [`Event::Binary`].)
+    Deflated(Range<usize>),
+    /// A compressed text message reassembled from fragments: take it with
+    /// [`Decoder::take_message`], then inflate it.
+    AssembledDeflated,
     /// A binary message (the chat protocol has no use for one: error 101).
     Binary,
     /// A ping whose payload must be echoed in a pong; payload range of the input.
@@ -92,17 +102,27 @@ pub enum Event {
 #[derive(Debug, Default)]
 pub struct Decoder {
     frag: Option<Box<Fragmented>>,
+    /// The connection negotiated permessage-deflate: RSV1 on a message's
+    /// first frame means it is compressed (otherwise RSV1 is an error).
+    deflate: bool,
 }
 
 /// A fragmented message being reassembled (or reassembled, waiting to be taken).
 #[derive(Debug)]
 struct Fragmented {
     is_text: bool,
+    /// The first frame had RSV1: the message is compressed.
+    deflated: bool,
     data: Vec<u8>,
     complete: bool,
 }
 
 impl Decoder {
+    /// A decoder for a connection that did (or did not) negotiate permessage-deflate.
+    pub fn new(deflate: bool) -> Self {
+        Decoder { frag: None, deflate }
+    }
+
     /// Decodes one frame from the front of `buf`.
     ///
     /// Returns `Ok(None)` when `buf` holds no whole frame yet (nothing is
@@ -110,6 +130,7 @@ impl Decoder {
     /// unmasked in place. `max` bounds a frame's payload and a reassembled
     /// message.
     pub fn decode(&mut self, buf: &mut [u8], max: usize) -> Result<Option<(Event, usize)>, WsError> {
+        let deflate = self.deflate;
         let mut cur = Cursor::new(&*buf);
         let (hdr, len) = match FrameHeader::parse(&mut cur) {
             Ok(Some(h)) => h,
@@ -119,8 +140,13 @@ impl Decoder {
             Err(_) => return Err(WsError::Protocol("bad frame header")),
         };
         let hlen = cur.position() as usize;
-        if hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {
+        if hdr.rsv2 || hdr.rsv3 || (hdr.rsv1 && !deflate) {
             return Err(WsError::Protocol("reserved bits set"));
+        }
+        // RFC 7692 §6.1: RSV1 marks the first frame of a compressed data
+        // message, never a control frame or a continuation.
+        if hdr.rsv1 && matches!(hdr.opcode, OpCode::Control(_) | OpCode::Data(Data::Continue)) {
+            return Err(WsError::Protocol("RSV1 on a control frame or a continuation"));
         }
         let Some(mask) = hdr.mask else {
             return Err(WsError::Protocol("unmasked client frame"));
@@ -162,6 +188,9 @@ impl Decoder {
                 } else if !f.is_text {
                     self.frag = None;
                     Event::Binary
+                } else if f.deflated {
+                    f.complete = true;
+                    Event::AssembledDeflated
                 } else {
                     if std::str::from_utf8(&f.data).is_err() {
                         return Err(WsError::InvalidUtf8);
@@ -176,8 +205,12 @@ impl Decoder {
                 }
                 let is_text = d == Data::Text;
                 if !hdr.is_final {
-                    self.frag = Some(Box::new(Fragmented { is_text, data: buf[range].to_vec(), complete: false }));
+                    let deflated = hdr.rsv1;
+                    self.frag =
+                        Some(Box::new(Fragmented { is_text, deflated, data: buf[range].to_vec(), complete: false }));
                     Event::Fragment
+                } else if is_text && hdr.rsv1 {
+                    Event::Deflated(range)
                 } else if is_text {
                     if std::str::from_utf8(&buf[range.clone()]).is_err() {
                         return Err(WsError::InvalidUtf8);
@@ -263,9 +296,18 @@ impl FrameBuf {
         self.finish_op(OpCode::Data(Data::Text))
     }
 
-    fn finish_op(mut self, opcode: OpCode) -> (Bytes, usize) {
+    /// Finishes a text frame whose body is a compressed message (RSV1 set,
+    /// RFC 7692 §6).
+    pub fn finish_deflated(self) -> Bytes {
+        self.finish_hdr(FrameHeader { rsv1: true, opcode: OpCode::Data(Data::Text), ..FrameHeader::default() }).0
+    }
+
+    fn finish_op(self, opcode: OpCode) -> (Bytes, usize) {
+        self.finish_hdr(FrameHeader { opcode, ..FrameHeader::default() })
+    }
+
+    fn finish_hdr(mut self, hdr: FrameHeader) -> (Bytes, usize) {
         let body_len = (self.buf.len() - HEADROOM) as u64;
-        let hdr = FrameHeader { opcode, ..FrameHeader::default() };
         let hlen = hdr.len(body_len);
         let start = HEADROOM - hlen;
         let mut head = &mut self.buf[start..HEADROOM];
