@@ -16,7 +16,15 @@ use std::time::Duration;
 
 fn main() {
     let n: usize = std::env::var("CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let server = support::Server::start(&["--shards", "2", "--rate-limit", "0"]);
+    // SHARDS: the server's shard count (default: the server's own choice,
+    // one on a box of two cores or fewer).
+    let shards = std::env::var("SHARDS").ok();
+    let mut args = vec!["--rate-limit", "0"];
+    if let Some(s) = &shards {
+        args.extend(["--shards", s.as_str()]);
+    }
+    let server = support::Server::start(&args);
+    let shards = shards.unwrap_or_else(|| format!("default: {}", cchat::config::default_shards(std::thread::available_parallelism().map_or(1, |n| n.get()))));
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = server.rss_bytes();
     let connect = |range: std::ops::Range<usize>| {
@@ -36,7 +44,7 @@ fn main() {
     let per = (rss1 as f64 - rss0 as f64) / n as f64;
     let slope = (rss1 as f64 - rss_half as f64) / (n - half) as f64;
     let body = format!(
-        "| connections | RSS empty | RSS at {half} | RSS at {n} | (RSS at {n} - empty) / {n} | marginal: second {} connections |\n|---|---|---|---|---|---|\n| {n} (rooms of 100, 2 shards) | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B |\n\nTarget: under 2 KiB per idle connection. The marginal figure leaves out\none-time growth (tables sized for the first connections).",
+        "| connections | RSS empty | RSS at {half} | RSS at {n} | (RSS at {n} - empty) / {n} | marginal: second {} connections |\n|---|---|---|---|---|---|\n| {n} (rooms of 100, shards {shards}) | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B |\n\nTarget: under 2 KiB per idle connection. The marginal figure leaves out\none-time growth (tables sized for the first connections).",
         n - half,
         rss0 as f64 / 1048576.0,
         rss_half as f64 / 1048576.0,
@@ -59,7 +67,8 @@ fn main() {
     };
     let body = body + &kernel;
     println!("{body}");
-    support::write_result("idle-memory", "cargo bench --bench idle_memory", &body);
+    let name = if std::env::var("SHARDS").is_ok() { "idle-memory" } else { "idle-memory-default-shards" };
+    support::write_result(name, "cargo bench --bench idle_memory", &body);
     drop(socks);
 }
 
