@@ -11,6 +11,16 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
 
+/// Entries of each of a shard's io_uring rings (glommio's default: 128).
+/// The kernel sizes a ring's table of pending polls by it (2^(log2(2 ×
+/// depth) − 5) buckets, at most 256), and every pending read of an idle
+/// connection is such a poll: with 128, a shard's thousands of idle sockets
+/// sat in 8 buckets, and each cancellation glommio submits (a timer's, as
+/// the executor sleeps and wakes) walked one of those chains — a quarter of
+/// the server's CPU in a profile of 4,000 connections in rooms of 2
+/// (bench/results/2026-12-07-ring-depth). 4,096 gives the 256 buckets.
+const RING_DEPTH: usize = 4096;
+
 use crate::config::Config;
 use crate::ids::Id;
 use crate::msg::ShardMsg;
@@ -119,6 +129,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let h = LocalExecutorBuilder::new(place)
             .name(&format!("shard-{i}"))
             .io_memory(1 << 20)
+            .ring_depth(RING_DEPTH)
             .spin_before_park(node.cfg.tuning.busy_poll)
             .spawn(move || async move {
                 // Runs on the shard's thread: the pin it manages is its own.
