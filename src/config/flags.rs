@@ -278,8 +278,10 @@ pub struct TuningArgs {
     pub unpin_above: f64,
     /// Milliseconds a shard lets outgoing frames pile up before writing, applied only
     /// while writing takes over 60% of its time, so that each write carries more
-    /// frames under load; 0 turns it off.
-    #[arg(long, default_value_t = 10.0)]
+    /// frames under load. The pause also lets the shard take in new input between
+    /// passes: 0 (off) let back-to-back passes hold reads back (p50 ~10 ms at load A),
+    /// and 10 cost 10 ms; 1 measured best (bench/results/2026-12-07-coalesce).
+    #[arg(long, default_value_t = 1.0)]
     pub coalesce_ms: f64,
     /// permessage-deflate (RFC 7692): `auto` accepts a client's offer (browsers make
     /// one) and sends it each broadcast frame compressed once, shared by every member
