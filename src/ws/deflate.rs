@@ -68,17 +68,12 @@ fn offer_acceptable(offer: &str) -> bool {
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// The shard's compressor: one per shard, reset for every message.
+#[derive(Debug)]
 pub struct Deflater {
     z: Compress,
     /// Where a payload is compressed before it is framed (kept: one
     /// allocation per shard, not per broadcast).
     scratch: Vec<u8>,
-}
-
-impl std::fmt::Debug for Deflater {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Deflater")
-    }
 }
 
 impl Default for Deflater {
@@ -110,42 +105,45 @@ impl Deflater {
             return None;
         }
         let payload = &frame[body];
-        self.z.reset();
         self.scratch.clear();
         if self.scratch.capacity() > KEEP {
             self.scratch = Vec::new();
         }
-        loop {
-            // A deflate stream is at most a little longer than its input.
-            self.scratch.reserve(payload.len() / 8 + 64);
-            let read = self.z.total_in() as usize;
-            self.z.compress_vec(&payload[read..], &mut self.scratch, FlushCompress::Sync).ok()?;
-            // Done once every byte is read and the flush had room to end.
-            if self.z.total_in() as usize == payload.len() && self.scratch.len() < self.scratch.capacity() {
-                break;
-            }
-        }
-        let z = self.scratch.strip_suffix(&TAIL)?;
-        if z.len() >= payload.len() {
+        deflate_into(&mut self.z, payload, &mut self.scratch)?;
+        if self.scratch.len() >= payload.len() {
             return None;
         }
-        let mut out = FrameBuf::with_capacity(z.len());
-        out.body().put_slice(z);
+        let mut out = FrameBuf::with_capacity(self.scratch.len());
+        out.body().put_slice(&self.scratch);
         Some(out.finish_deflated())
     }
 }
 
+/// Compresses all of `input` onto the end of `out` as RFC 7692 §7.2.1 sends
+/// a message: a fresh stream, a sync flush, its 4-byte tail left off.
+fn deflate_into(z: &mut Compress, input: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    z.reset();
+    loop {
+        // A deflate stream is at most a little longer than its input.
+        out.reserve(input.len() / 8 + 64);
+        let read = z.total_in() as usize;
+        z.compress_vec(&input[read..], out, FlushCompress::Sync).ok()?;
+        // Done once every byte is read and the flush had room to end.
+        if z.total_in() as usize == input.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    let end = out.len().checked_sub(TAIL.len()).filter(|&n| out[n..] == TAIL)?;
+    out.truncate(end);
+    Some(())
+}
+
 /// The shard's inflater: one per shard, reset for every message (the
 /// client was told `client_no_context_takeover`).
+#[derive(Debug)]
 pub struct Inflater {
     z: Decompress,
     out: Vec<u8>,
-}
-
-impl std::fmt::Debug for Inflater {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Inflater")
-    }
 }
 
 impl Default for Inflater {
@@ -205,36 +203,16 @@ impl Inflater {
 /// Deflates `payload` as a client would (raw deflate, sync flush, tail
 /// dropped), for tests and the load generator.
 pub fn deflate_message(payload: &[u8]) -> Vec<u8> {
-    let mut z = Compress::new(Compression::default(), false);
-    let mut out = Vec::with_capacity(payload.len() + 64);
-    loop {
-        out.reserve(256);
-        let before = z.total_in() as usize;
-        z.compress_vec(&payload[before..], &mut out, FlushCompress::Sync).expect("deflate");
-        if z.total_in() as usize == payload.len() && out.ends_with(&TAIL) && out.len() < out.capacity() {
-            break;
-        }
-    }
-    out.truncate(out.len() - TAIL.len());
+    let mut out = Vec::new();
+    deflate_into(&mut Compress::new(Compression::default(), false), payload, &mut out).expect("deflate");
     out
 }
 
-/// Inflates one compressed message (no context kept), for clients: tests and
-/// the load generator. None if it is not valid deflate data.
+/// Inflates one compressed text message (no context kept), for clients:
+/// tests and the load generator. None if it is not valid deflate data or
+/// not UTF-8.
 pub fn inflate_message(data: &[u8]) -> Option<Vec<u8>> {
-    let mut z = Decompress::new(false);
-    let mut out = Vec::with_capacity(data.len() * 4 + 64);
-    let mut input = Vec::with_capacity(data.len() + 4);
-    input.extend_from_slice(data);
-    input.extend_from_slice(&TAIL);
-    loop {
-        let before = z.total_in() as usize;
-        out.reserve(1024);
-        z.decompress_vec(&input[before..], &mut out, FlushDecompress::Sync).ok()?;
-        if z.total_in() as usize == input.len() && out.len() < out.capacity() {
-            return Some(out);
-        }
-    }
+    Inflater::default().text(data, 1 << 30).ok().map(|t| t.to_vec())
 }
 
 /// Writes `payload` as a client's masked, compressed text frame (RSV1 set).
