@@ -186,6 +186,25 @@ impl Browser {
         v.as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until a conversation's tab shows `@ peer` with an unread count of 1.
+    fn wait_unread_conversation(&self, peer: &str) {
+        self.wait_js(
+            &format!("the conversation's tab with {peer}, one unread"),
+            "var t = Array.from(document.querySelectorAll('[data-testid=room-tab]')).find(function (t) { return t.dataset.rid.indexOf('dm:') === 0; }); return !!t && t.textContent.indexOf('@ ' + arguments[0]) >= 0 && /1/.test(t.textContent)",
+            json!([peer]),
+        );
+    }
+
+    /// Waits until the room directory lists every room of `rids` and no
+    /// direct conversation (those are never listed).
+    fn wait_directory(&self, rids: &[&str]) {
+        self.wait_js(
+            &format!("the directory with {rids:?}, no conversation"),
+            "var r = Array.from(document.querySelectorAll('[data-testid=directory-room]')).map(function (l) { return l.dataset.rid; }); return arguments[0].every(function (w) { return r.indexOf(w) >= 0; }) && !r.some(function (x) { return x.indexOf('dm:') === 0; })",
+            json!([rids]),
+        );
+    }
+
     /// Waits until a message with this body text is shown; returns it.
     fn wait_message(&self, text: &str) -> Value {
         self.wait_js(
@@ -1059,11 +1078,7 @@ fn direct_conversations_and_the_room_directory() {
     a.say("just for you, bob");
     a.wait_message("just for you, bob");
     // Bob's page learns of it and opens it, unread.
-    b.wait_js(
-        "the conversation's tab on Bob's page, with an unread count",
-        "var t = Array.from(document.querySelectorAll('[data-testid=room-tab]')).find(function (t) { return t.dataset.rid.indexOf('dm:') === 0; }); return !!t && /@ Alice/.test(t.textContent) && /1/.test(t.textContent)",
-        json!([]),
-    );
+    b.wait_unread_conversation("Alice");
     shot(&b, &dir, "knocked");
     b.click(&b.find("[data-testid=room-tab][data-rid^='dm:']"));
     b.wait_message("just for you, bob");
@@ -1071,11 +1086,7 @@ fn direct_conversations_and_the_room_directory() {
     let mut carol = client(&server);
     carol.login("Carol", "garden", Some("carol"));
     b.click(&b.by_id("browse-rooms"));
-    b.wait_js(
-        "the directory with lobby and garden",
-        "var r = Array.from(document.querySelectorAll('[data-testid=directory-room]')).map(function (l) { return l.dataset.rid; }); return r.indexOf('lobby') >= 0 && r.indexOf('garden') >= 0",
-        json!([]),
-    );
+    b.wait_directory(&["lobby", "garden"]);
     let listed = b.exec(
         "return Array.from(document.querySelectorAll('[data-testid=directory-room]')).map(function (l) { return l.dataset.rid + ' ' + l.textContent; })",
         json!([]),
@@ -1392,22 +1403,14 @@ fn conversations_and_the_directory_work_on_a_phone_in_dark_mode() {
     );
     a.say("from my phone");
     a.wait_message("from my phone");
-    b.wait_js(
-        "the conversation's tab on Bob's page, unread",
-        "var t = Array.from(document.querySelectorAll('[data-testid=room-tab]')).find(function (t) { return t.dataset.rid.indexOf('dm:') === 0; }); return !!t && /@ Pat/.test(t.textContent) && /1/.test(t.textContent)",
-        json!([]),
-    );
+    b.wait_unread_conversation("Pat");
     b.click(&b.find("[data-testid=room-tab][data-rid^='dm:']"));
     b.wait_message("from my phone");
     // The directory, on the phone.
     let mut carol = client(&server);
     carol.login("Carol", "garden", Some("carol"));
     a.click(&a.by_id("browse-rooms"));
-    a.wait_js(
-        "the directory with lobby and garden, no conversation",
-        "var r = Array.from(document.querySelectorAll('[data-testid=directory-room]')).map(function (l) { return l.dataset.rid; }); return r.indexOf('lobby') >= 0 && r.indexOf('garden') >= 0 && !r.some(function (x) { return x.indexOf('dm:') === 0; })",
-        json!([]),
-    );
+    a.wait_directory(&["lobby", "garden"]);
     // The directory is light on dark; the open tab, on the accent colour,
     // dark on light: either way far apart.
     for css in ["[data-testid=directory-room]", "[data-testid=room-tab][data-rid^='dm:']"] {
