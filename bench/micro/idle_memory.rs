@@ -24,12 +24,7 @@ fn main() {
         args.extend(["--shards", s.as_str()]);
     }
     let server = support::Server::start(&args);
-    let shards = shards.unwrap_or_else(|| {
-        format!(
-            "default: {}",
-            cchat::config::default_shards(std::thread::available_parallelism().map_or(1, |n| n.get()))
-        )
-    });
+    let shards = shards.unwrap_or_else(|| format!("default: {}", cchat::config::default_shards_here()));
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = server.rss_bytes();
     let connect = |range: std::ops::Range<usize>| {

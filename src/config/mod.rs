@@ -325,6 +325,11 @@ pub fn default_shards(cores: usize) -> usize {
     if cores <= 2 { 1 } else { cores }
 }
 
+/// [`default_shards`] for this machine's online cores.
+pub fn default_shards_here() -> usize {
+    default_shards(std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 impl Config {
     /// Reads the command line (`argv`, program name first) and the config
     /// file it names, and validates the result.
@@ -353,8 +358,7 @@ impl Config {
 
     /// Validates parsed flags (the config file, if any, already merged in).
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let shards =
-            args.shards.unwrap_or_else(|| default_shards(std::thread::available_parallelism().map_or(1, |n| n.get())));
+        let shards = args.shards.unwrap_or_else(default_shards_here);
         if shards == 0 || shards > 1024 {
             return Err(ConfigError::Invalid("shards must be between 1 and 1024".into()));
         }
