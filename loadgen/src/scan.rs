@@ -305,17 +305,20 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-thread_local! {
-    /// The worker thread's inflater for compressed frames (reset per message).
-    static INFLATER: std::cell::Cell<cchat::ws::deflate::Inflater> = std::cell::Cell::new(Default::default());
-    /// Compressed frames this thread has read.
-    pub static DEFLATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+/// A worker's inflater for compressed frames (`--deflate`; reset for each
+/// message, as the server compresses them) and how many it opened.
+#[derive(Debug, Default)]
+pub struct Opener {
+    z: cchat::ws::deflate::Inflater,
+    /// Compressed frames opened since the caller last took the count.
+    pub deflated: u64,
 }
 
-/// Calls `f(opcode, payload)` on every whole frame at the front of `data`;
-/// returns how many bytes they took (the rest is an incomplete frame).
+/// Calls `f(opcode, payload)` on every whole frame at the front of `data`,
+/// compressed ones opened first; returns how many bytes they took (the rest
+/// is an incomplete frame).
 #[inline]
-pub fn for_each_frame(data: &[u8], mut f: impl FnMut(u8, &[u8])) -> Result<usize, FrameError> {
+pub fn for_each_frame(data: &[u8], opener: &mut Opener, mut f: impl FnMut(u8, &[u8])) -> Result<usize, FrameError> {
     let mut off = 0;
     while off < data.len() {
         let buf = &data[off..];
@@ -326,11 +329,9 @@ pub fn for_each_frame(data: &[u8], mut f: impl FnMut(u8, &[u8])) -> Result<usize
                 }
                 if buf[0] & 0x40 != 0 {
                     // permessage-deflate (--deflate): each message on its own.
-                    let mut z = INFLATER.with(|i| i.take());
-                    let r = z.text(&buf[range], 1 << 24).map(|text| f(op, text));
-                    INFLATER.with(|i| i.set(z));
-                    r.map_err(|_| FrameError::Protocol)?;
-                    DEFLATED.with(|d| d.set(d.get() + 1));
+                    let text = opener.z.text(&buf[range], 1 << 24).map_err(|_| FrameError::Protocol)?;
+                    f(op, text);
+                    opener.deflated += 1;
                 } else {
                     f(op, &buf[range]);
                 }
@@ -366,8 +367,14 @@ impl Inbox {
 
     /// Runs `f` on every whole frame in `shared[..filled]` and keeps the tail.
     #[inline]
-    pub fn take(&mut self, shared: &[u8], filled: usize, f: impl FnMut(u8, &[u8])) -> Result<(), FrameError> {
-        let used = for_each_frame(&shared[..filled], f)?;
+    pub fn take(
+        &mut self,
+        shared: &[u8],
+        filled: usize,
+        opener: &mut Opener,
+        f: impl FnMut(u8, &[u8]),
+    ) -> Result<(), FrameError> {
+        let used = for_each_frame(&shared[..filled], opener, f)?;
         self.pending.clear();
         if used < filled {
             self.pending.extend_from_slice(&shared[used..filled]);
@@ -500,10 +507,10 @@ mod tests {
     fn fragmented_and_masked_frames_are_refused() {
         let mut f = frames(&[(1, b"abc".to_vec())]);
         f[0] &= 0x7f;
-        assert_eq!(for_each_frame(&f, |_, _| {}), Err(FrameError::Fragmented));
+        assert_eq!(for_each_frame(&f, &mut Opener::default(), |_, _| {}), Err(FrameError::Fragmented));
         let mut f = frames(&[(1, b"abc".to_vec())]);
         f[1] |= 0x80;
-        assert_eq!(for_each_frame(&f, |_, _| {}), Err(FrameError::Protocol));
+        assert_eq!(for_each_frame(&f, &mut Opener::default(), |_, _| {}), Err(FrameError::Protocol));
     }
 
     fn id_string() -> impl Strategy<Value = String> {
@@ -576,7 +583,7 @@ mod tests {
                 let n = cuts.next().unwrap_or(room).min(room).min(stream.len() - off);
                 shared[start..start + n].copy_from_slice(&stream[off..off + n]);
                 off += n;
-                inbox.take(&shared, start + n, |op, p| got.push((op, p.to_vec()))).unwrap();
+                inbox.take(&shared, start + n, &mut Opener::default(), |op, p| got.push((op, p.to_vec()))).unwrap();
             }
             prop_assert_eq!(inbox.pending(), 0);
             prop_assert_eq!(got, payloads);

@@ -168,6 +168,8 @@ struct Worker<'a> {
     epoll: Epoll,
     buf: Vec<u8>,
     scanner: Scanner,
+    /// Opens compressed frames (`--deflate`).
+    opener: crate::scan::Opener,
     accept: String,
     requests: Vec<Vec<u8>>,
     stats: Stats,
@@ -224,6 +226,7 @@ impl<'a> Worker<'a> {
             epoll: Epoll::new(1024).context("epoll_create")?,
             buf: vec![0; READ_BUF],
             scanner: Scanner::default(),
+            opener: Default::default(),
             accept: tungstenite::handshake::derive_accept_key(conn::WS_KEY.as_bytes()),
             requests,
             stats: Stats::new(0),
@@ -620,11 +623,10 @@ impl<'a> Worker<'a> {
         let arrival = if stamp > 0 { stamp.saturating_sub(self.rt_offset).min(now) } else { now };
         let churning = self.cfg.args.churn > 0.0 || self.cfg.args.follow_drain;
         let editing = self.cfg.args.edits > 0.0;
-        let Worker { conns, buf, scanner, stats, sched, plan, .. } = self;
-        stats.counters.deflated_frames += crate::scan::DEFLATED.take();
+        let Worker { conns, buf, scanner, opener, stats, sched, plan, .. } = self;
         let c = &mut conns[idx as usize];
         let mut ev = FrameEvents::default();
-        let r = c.inbox.take(buf, filled, |op, p| match op {
+        let r = c.inbox.take(buf, filled, opener, |op, p| match op {
             1 => match scanner.classify(p) {
                 Kind::Message(d) => {
                     // A resume replays the member's own messages too (live,
@@ -708,6 +710,7 @@ impl<'a> Worker<'a> {
                 stats.problem(|| format!("unexpected opcode {op}"));
             }
         });
+        stats.counters.deflated_frames += std::mem::take(&mut opener.deflated);
         if let Err(e) = r {
             self.stats.counters.unexpected += 1;
             return self.gone(idx, None, e.to_string());
