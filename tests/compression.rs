@@ -189,3 +189,34 @@ fn with_compression_off_an_offer_is_declined_and_frames_go_plain() {
     let (_, ext) = connect(s.addr, "permessage-deflate; server_max_window_bits=10");
     assert_eq!(ext, None, "a window under 32 KB cannot be shared by every recipient");
 }
+
+#[test]
+fn a_compressed_connection_rests_and_wakes_still_compressed() {
+    // --dormant-after: the task that ends forgets nothing the connection
+    // negotiated; the new one inflates its input and gets frames compressed.
+    let s = Server::start(&["--shards", "1", "--dormant-after", "0.3", "--compression-min-bytes", "100"]);
+    let (mut z, _) = connect(s.addr, OFFER);
+    let mut plain = s.client();
+    login(&mut z, "z", "lobby", true);
+    plain.login("plain", "lobby", Some("plain"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.metric("cchat_dormant_connections") < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "never dormant");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send_z(&mut z, &json!({"cmd": "message", "type": "text", "rid": "lobby", "msg": chat_text()}));
+    assert_eq!(plain.expect("message")["msg"], chat_text());
+    assert!(s.metric("cchat_dormant_wakes_total") >= 1.0);
+    while s.metric("cchat_dormant_connections") < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "never dormant again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A reply to the woken (and again dormant) connection: still compressed.
+    plain.say("lobby", &chat_text());
+    let (zz, m) = expect(&mut z, "message");
+    assert!(zz, "compressed, as negotiated");
+    assert_eq!(m["msg"], chat_text());
+    // And its next compressed message is inflated by the next task.
+    send_z(&mut z, &json!({"cmd": "message", "type": "text", "rid": "lobby", "msg": "ok, zipped"}));
+    assert_eq!(plain.expect("message")["msg"], "ok, zipped");
+}

@@ -12,6 +12,8 @@ mod bigroom;
 mod browser;
 // Several nodes joined by the relay: meshing, failover, faults.
 mod cluster;
+// Quiet connections resting without a task (--dormant-after).
+mod dormant;
 // The deployment kit: example config, dashboard, systemd unit.
 mod deploy;
 // permessage-deflate: the offer, broadcasts compressed once, compressed input.

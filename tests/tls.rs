@@ -150,7 +150,7 @@ fn sighup_reloads_a_renewed_certificate_without_a_restart() {
 }
 
 /// A metric from the admin listener (the client port speaks only TLS).
-fn admin_metric(admin: &str, name: &str) -> f64 {
+pub(crate) fn admin_metric(admin: &str, name: &str) -> f64 {
     let (_, body) = crate::security::admin(admin, "GET", "/metrics", None, "");
     body.lines()
         .filter(|l| l.split([' ', '{']).next() == Some(name))

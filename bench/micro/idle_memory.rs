@@ -19,12 +19,19 @@ fn main() {
     // SHARDS: the server's shard count (default: the server's own choice,
     // one on a box of two cores or fewer).
     let shards = std::env::var("SHARDS").ok();
+    // DORMANT_AFTER: the server's --dormant-after (0: every connection
+    // keeps its task, the figure before dormancy).
+    let dormant = std::env::var("DORMANT_AFTER").ok();
     let mut args = vec!["--rate-limit", "0"];
     if let Some(s) = &shards {
         args.extend(["--shards", s.as_str()]);
     }
+    if let Some(d) = &dormant {
+        args.extend(["--dormant-after", d.as_str()]);
+    }
     let server = support::Server::start(&args);
     let shards = shards.unwrap_or_else(|| format!("default: {}", cchat::config::default_shards_here()));
+    let dormant = dormant.map_or_else(|| "5 s (default)".to_owned(), |d| format!("{d} s"));
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = server.rss_bytes();
     let connect = |range: std::ops::Range<usize>| {
@@ -35,16 +42,18 @@ fn main() {
     let kernel0 = kernel_bytes();
     let half = n / 2;
     let mut socks = connect(0..half);
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(7));
     let rss_half = server.rss_bytes();
     socks.extend(connect(half..n));
-    std::thread::sleep(Duration::from_secs(2));
+    // Idle past --dormant-after (5 s by default): the connections rest
+    // without a task, as every idle connection of a server does.
+    std::thread::sleep(Duration::from_secs(7));
     let rss1 = server.rss_bytes();
     let kernel1 = kernel_bytes();
     let per = (rss1 as f64 - rss0 as f64) / n as f64;
     let slope = (rss1 as f64 - rss_half as f64) / (n - half) as f64;
     let body = format!(
-        "| connections | RSS empty | RSS at {half} | RSS at {n} | (RSS at {n} - empty) / {n} | marginal: second {} connections |\n|---|---|---|---|---|---|\n| {n} (rooms of 100, shards {shards}) | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B |\n\nTarget: under 2 KiB per idle connection. The marginal figure leaves out\none-time growth (tables sized for the first connections).",
+        "| connections | RSS empty | RSS at {half} | RSS at {n} | (RSS at {n} - empty) / {n} | marginal: second {} connections |\n|---|---|---|---|---|---|\n| {n} (rooms of 100, shards {shards}, dormant after {dormant}) | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} B | {:.0} B |\n\nTarget: under 2 KiB per idle connection. The marginal figure leaves out\none-time growth (tables sized for the first connections).",
         n - half,
         rss0 as f64 / 1048576.0,
         rss_half as f64 / 1048576.0,
@@ -67,7 +76,11 @@ fn main() {
     };
     let body = body + &kernel;
     println!("{body}");
-    let name = if std::env::var("SHARDS").is_ok() { "idle-memory" } else { "idle-memory-default-shards" };
+    let name = match (std::env::var("SHARDS").is_ok(), std::env::var("DORMANT_AFTER").is_ok()) {
+        (false, false) => "idle-memory-default-shards",
+        (false, true) => "idle-memory-dormant-after",
+        (true, _) => "idle-memory",
+    };
     support::write_result(name, "cargo bench --bench idle_memory", &body);
     drop(socks);
 }

@@ -283,6 +283,11 @@ pub struct TuningArgs {
     /// and 10 cost 10 ms; 1 measured best (bench/results/2026-12-07-coalesce).
     #[arg(long, default_value_t = 1.0)]
     pub coalesce_ms: f64,
+    /// Seconds without input after which a connection's task ends and the shard's
+    /// epoll watches its socket instead (half the memory of an idle connection; the
+    /// next input, a full socket or a close starts a new task). 0: never.
+    #[arg(long, default_value_t = 5.0)]
+    pub dormant_after: f64,
     /// permessage-deflate (RFC 7692): `auto` accepts a client's offer (browsers make
     /// one) and sends it each broadcast frame compressed once, shared by every member
     /// that negotiated it; `off` declines every offer.

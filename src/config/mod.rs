@@ -209,6 +209,8 @@ pub struct Tuning {
     pub coalesce: Duration,
     /// Flusher load (share of a 100 ms tick spent writing) above which the delay applies.
     pub coalesce_above: f64,
+    /// Silence after which a connection goes dormant; None: never.
+    pub dormant_after: Option<Duration>,
     /// Smallest text frame sent compressed to a client that negotiated
     /// permessage-deflate; None: compression is off (offers are declined).
     pub compress_min: Option<usize>,
@@ -491,6 +493,10 @@ impl Config {
                 unpin_above: if unpin.is_nan() { 0.0 } else { unpin.clamp(0.0, 100.0) / 100.0 },
                 coalesce: Duration::from_micros((args.tuning.coalesce_ms.clamp(0.0, 1000.0) * 1000.0) as u64),
                 coalesce_above: 0.6,
+                dormant_after: match args.tuning.dormant_after {
+                    s if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s.min(86_400.0))),
+                    _ => None,
+                },
                 compress_min: match args.tuning.compression {
                     CompressionMode::Off => None,
                     CompressionMode::Auto => Some(args.tuning.compression_min_bytes),

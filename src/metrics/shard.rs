@@ -40,6 +40,10 @@ pub struct ShardStats {
     pub deflated_bytes: AtomicU64,
     /// Compressed messages received from clients and inflated.
     pub inflated_messages: AtomicU64,
+    /// Connections resting without a task (see `--dormant-after`).
+    pub dormant: AtomicI64,
+    /// Dormant connections woken (input, a full socket, a close).
+    pub dormant_wakes: AtomicU64,
     /// Connections closed for a WebSocket protocol violation.
     pub protocol_closes: AtomicU64,
     /// Connections closed for idleness or a missed handshake deadline.
@@ -115,6 +119,8 @@ impl ShardStats {
             deflated_plain_bytes: AtomicU64::new(0),
             deflated_bytes: AtomicU64::new(0),
             inflated_messages: AtomicU64::new(0),
+            dormant: AtomicI64::new(0),
+            dormant_wakes: AtomicU64::new(0),
             protocol_closes: AtomicU64::new(0),
             timeout_closes: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
@@ -247,6 +253,18 @@ impl NodeStats {
             "counter",
             "Compressed messages received from clients (permessage-deflate) and inflated.",
             sum_u(|s| &s.inflated_messages).to_string(),
+        );
+        metric(
+            "cchat_dormant_connections",
+            "gauge",
+            "Open connections resting without a task, their sockets watched by the shard's epoll (--dormant-after).",
+            sum_i(|s| &s.dormant).to_string(),
+        );
+        metric(
+            "cchat_dormant_wakes_total",
+            "counter",
+            "Dormant connections woken (input, a full socket to write, a close) and served by a new task.",
+            sum_u(|s| &s.dormant_wakes).to_string(),
         );
         metric(
             "cchat_slow_consumer_closes_total",

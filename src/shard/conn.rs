@@ -84,14 +84,42 @@ pub(crate) async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
     };
     let (leftover, deflate) = leftover;
-    let key = shard.register(stream.as_raw_fd(), deflate);
+    // The address's place goes to the connection table, which gives it
+    // back when the connection ends (its task may end earlier: dormancy).
+    let key = shard.register(stream.as_raw_fd(), deflate, slot.ip.take());
     if let Some(t) = tls {
         shard.conns.borrow_mut().set_tls(key, t);
     }
-    let guard = Registered { shard: &shard, key };
-    run(&shard, key, &mut stream, leftover, deflate).await;
-    drop(guard);
-    drop(slot);
+    serve_registered(&shard, key, stream, Start::Upgraded(leftover), deflate).await;
+}
+
+/// Starts a new task on a dormant connection's socket (see
+/// [`super::dormant`]), unless it woke already or is gone.
+pub(crate) async fn resume(shard: Rc<Shard>, key: u32, generation: u32) {
+    let Some((fd, deflate)) = shard.dormancy.leave(&shard, key, generation) else { return };
+    // SAFETY: the entry held this descriptor for the connection alone;
+    // the stream now owns it (and closes it when the connection ends).
+    let stream = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    serve_registered(&shard, key, stream, Start::Woken, deflate).await;
+}
+
+/// How a connection's task starts.
+enum Start {
+    /// After the handshake, with the bytes that came after its head.
+    Upgraded(Vec<u8>),
+    /// Woken from dormancy: input is likely waiting (read it at once: a
+    /// new glommio stream would first wait for its poll to come back).
+    Woken,
+}
+
+/// Serves a registered connection until it ends (and leaves the table)
+/// or goes dormant (and stays in it).
+async fn serve_registered(shard: &Shard, key: u32, mut stream: TcpStream, start: Start, deflate: bool) {
+    let guard = Registered { shard, key };
+    if let Ended::Dormant = run(shard, key, &mut stream, start, deflate).await {
+        // The entry holds a copy of the socket now; this task's copy closes.
+        std::mem::forget(guard);
+    }
 }
 
 static PER_IP_LOG: Throttle = Throttle::new();
@@ -287,14 +315,29 @@ enum Wake {
     Read(usize),
     Closing,
     Gone,
+    /// The sweeper asks the task to go dormant.
+    Rest,
 }
 
-async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>, deflate: bool) {
+/// How a connection's task ended.
+enum Ended {
+    /// The connection is over.
+    Closed,
+    /// The connection rests in the shard's epoll; a new task will serve it.
+    Dormant,
+}
+
+async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, start: Start, deflate: bool) -> Ended {
     let mut dec = Decoder::new(deflate);
     let mut pending = Vec::new();
-    if !leftover.is_empty() {
-        let mut data = leftover;
-        feed(shard, key, &mut dec, &mut data, &mut pending);
+    let mut woken = false;
+    match start {
+        Start::Upgraded(leftover) if !leftover.is_empty() => {
+            let mut data = leftover;
+            feed(shard, key, &mut dec, &mut data, &mut pending);
+        }
+        Start::Upgraded(_) => {}
+        Start::Woken => woken = true,
     }
     loop {
         let wake = poll_fn(|cx| {
@@ -307,7 +350,11 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>,
                         return Poll::Ready(Wake::Gone);
                     }
                 }
-                OutState::Idle | OutState::Dirty => {}
+                OutState::Idle | OutState::Dirty => {
+                    if shard.dormancy.asked(shard, key) {
+                        return Poll::Ready(Wake::Rest);
+                    }
+                }
             }
             // Back-pressure: while this shard's cross-shard outboxes are
             // backed up, stop reading new commands; the shard wakes every
@@ -316,6 +363,11 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>,
                 return Poll::Pending;
             }
             let mut rb = shard.read_buf.borrow_mut();
+            if std::mem::take(&mut woken)
+                && let Some(r) = recv_now(stream.as_raw_fd(), &mut rb)
+            {
+                return Poll::Ready(if r == 0 { Wake::Gone } else { Wake::Read(r) });
+            }
             match Pin::new(&mut *stream).poll_read(cx, &mut rb[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::Gone),
                 Poll::Ready(Ok(n)) => Poll::Ready(Wake::Read(n)),
@@ -350,16 +402,37 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, leftover: Vec<u8>,
                     }
                 };
                 if !open {
-                    return;
+                    return Ended::Closed;
                 }
                 glommio::yield_if_needed().await;
             }
+            Wake::Rest => {
+                // Only with nothing half read: a new task starts with a new decoder.
+                if dec.is_idle() && pending.is_empty() && shard.dormancy.enter(shard, key, stream.as_raw_fd()) {
+                    return Ended::Dormant;
+                }
+                shard.dormancy.decline(shard, key);
+            }
             Wake::Closing => {
                 Box::pin(linger(shard, key, stream)).await;
-                return;
+                return Ended::Closed;
             }
-            Wake::Gone => return,
+            Wake::Gone => return Ended::Closed,
         }
+    }
+}
+
+/// Reads what the socket holds without waiting: Some(0) at its end (or on
+/// an error), None when nothing is there.
+fn recv_now(fd: std::os::fd::RawFd, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n >= 0 {
+        return Some(n as usize);
+    }
+    match std::io::Error::last_os_error().kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
+        _ => Some(0),
     }
 }
 

@@ -1,11 +1,13 @@
 //! The shard's connection table: a slab of entries, each with a generation
 //! so that a stale [`ConnRef`] (its slot reused since) is recognised.
 
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::task::Waker;
 
 use slab::Slab;
 
+use super::dormant::Rest;
 use super::flush::Flusher;
 use crate::msg::ConnRef;
 use crate::session::Session;
@@ -41,6 +43,12 @@ pub(crate) struct ConnEntry {
     /// The connection's TLS state, on a TLS port: frames are sealed into
     /// records when written, and input decrypted when read.
     pub(crate) tls: Option<Box<rustls::ServerConnection>>,
+    /// Whether a task serves the connection or it is dormant (see
+    /// [`super::dormant`]).
+    pub(crate) rest: Rest,
+    /// The peer's address while the connection holds one of its places
+    /// (`--max-connections-per-ip`), given back when the entry goes.
+    pub(crate) ip: Option<IpAddr>,
 }
 
 impl ConnEntry {
@@ -50,6 +58,11 @@ impl ConnEntry {
             Some(old) if old.will_wake(w) => {}
             _ => self.waker = Some(w.clone()),
         }
+    }
+
+    /// Forgets the waker (the task it wakes is gone).
+    pub(crate) fn take_waker(&mut self) {
+        self.waker = None;
     }
 
     /// Wakes the connection's task, if it waits.
@@ -82,7 +95,14 @@ impl Conns {
     }
 
     /// Registers a connection; returns its slot and generation.
-    pub(crate) fn insert(&mut self, fd: RawFd, session: Session, tick: u32, deflate: bool) -> (u32, u32) {
+    pub(crate) fn insert(
+        &mut self,
+        fd: RawFd,
+        session: Session,
+        tick: u32,
+        deflate: bool,
+        ip: Option<IpAddr>,
+    ) -> (u32, u32) {
         let generation = self.next_gen;
         self.next_gen = generation.wrapping_add(1);
         let key = self.slab.insert(ConnEntry {
@@ -97,6 +117,8 @@ impl Conns {
             pinged: false,
             deflate,
             tls: None,
+            rest: Rest::Awake,
+            ip,
         });
         (key as u32, generation)
     }

@@ -129,6 +129,7 @@ async fn start(
         }
     }
     tasks.push(glommio::spawn_local(Flusher::run(shard.clone())).detach());
+    tasks.push(glommio::spawn_local(super::dormant::Dormancy::run(shard.clone())).detach());
     tasks.push(glommio::spawn_local(Directory::run(shard.clone())).detach());
     if let Some(url) = &node.cfg.storage.store {
         let storage = &node.cfg.storage;

@@ -43,6 +43,7 @@
 //! | `cluster` | what the relay received; a change of the cluster's live nodes applied | functions |
 //! | `api` | what the admin listener's server API asks of a shard | `Api`, `ApiPeers` |
 //! | `sweep` | timers: pings, deadlines, the core pin, published latency | `Sweeper` |
+//! | `dormant` | quiet connections without a task: one epoll per shard watches their sockets | `Dormancy` |
 //! | `admission` | sockets still in their handshake (the first shed), logins' token budget | `Handshakes` |
 
 mod admission;
@@ -54,6 +55,7 @@ pub(crate) use compress::Outgoing;
 pub(crate) mod conn;
 mod conns;
 mod directory;
+mod dormant;
 mod flush;
 mod history;
 mod hold;
@@ -141,6 +143,8 @@ pub struct Shard {
     /// `getRooms` questions waiting for the room directory (see `directory`).
     directory: directory::Directory,
     pub(crate) flush: flush::Flusher,
+    /// The epoll that watches quiet connections' sockets (see `dormant`).
+    pub(crate) dormancy: dormant::Dormancy,
     pub(crate) mesh: mesh::Mesh,
     /// Timers: the tick, deadlines, pings, the core pin (see `sweep`).
     pub(crate) sweeper: sweep::Sweeper,
@@ -222,8 +226,10 @@ impl Shard {
             api_peers: api::ApiPeers::default(),
             directory: directory::Directory::default(),
             flush: flush::Flusher::new(&node.cfg.tuning),
+            dormancy: dormant::Dormancy::new(id, node.cfg.tuning.dormant_after.is_some())
+                .expect("an epoll and a socket pair (the server's descriptors are not used up yet)"),
             mesh: mesh::Mesh::new(n, node.cfg.tuning.shard_queue, senders),
-            sweeper: sweep::Sweeper::new(&node.cfg.limits),
+            sweeper: sweep::Sweeper::new(&node.cfg.limits, node.cfg.tuning.dormant_after),
             read_buf: RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
             plain_buf: RefCell::new(Vec::new()),
             zip: compress::Compression::new(node.cfg.tuning.compress_min),
@@ -299,9 +305,9 @@ impl Shard {
     // ---- connections ---------------------------------------------------
 
     /// Registers an upgraded connection; returns its slot.
-    pub(crate) fn register(&self, fd: RawFd, deflate: bool) -> u32 {
+    pub(crate) fn register(&self, fd: RawFd, deflate: bool, ip: Option<std::net::IpAddr>) -> u32 {
         let session = Session::new(self.node.cfg.limits.rate_limit, self.now_ms());
-        let (key, _) = self.conns.borrow_mut().insert(fd, session, self.sweeper.now(), deflate);
+        let (key, _) = self.conns.borrow_mut().insert(fd, session, self.sweeper.now(), deflate, ip);
         self.stats().connections.fetch_add(1, Relaxed);
         key
     }
@@ -315,6 +321,9 @@ impl Shard {
         let mut e = self.conns.borrow_mut().remove(key);
         self.stats().connections.fetch_sub(1, Relaxed);
         self.node.open.fetch_sub(1, Relaxed);
+        if let Some(ip) = e.ip.take() {
+            self.node.per_ip.release(ip);
+        }
         let me = self.conn_ref(key, e.generation);
         for rid in e.session.take_rooms() {
             self.unindex(&rid, key);
@@ -341,6 +350,9 @@ impl Shard {
         if let Some(e) = self.conns.borrow_mut().get_mut(key) {
             e.last_rx = self.sweeper.now();
             e.pinged = false;
+            if e.rest == dormant::Rest::Declined {
+                e.rest = dormant::Rest::Awake;
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use tracing::{info, warn};
 
 use super::Shard;
+use super::dormant::Rest;
 use crate::config::Limits;
 use crate::node::unix_ms;
 use crate::pinning::{Action, CorePin};
@@ -29,6 +30,8 @@ pub(crate) struct Sweeper {
     ping_after: u32,
     idle_after: u32,
     login_after: u32,
+    /// Silence after which a connection's task is asked to go dormant.
+    dormant_after: Option<u32>,
     /// Delivery latencies since they were last published.
     latency: RefCell<Histogram<u64>>,
     /// This shard's pin to its core, when pinned (see [`crate::pinning`]).
@@ -36,13 +39,14 @@ pub(crate) struct Sweeper {
 }
 
 impl Sweeper {
-    pub(super) fn new(limits: &Limits) -> Self {
+    pub(super) fn new(limits: &Limits, dormant_after: Option<Duration>) -> Self {
         let ticks = |d: Duration| (d.as_millis() / TICK.as_millis()).max(1) as u32;
         Sweeper {
             tick: Cell::new(0),
             ping_after: ticks(limits.ping_interval),
             idle_after: ticks(limits.idle_timeout),
             login_after: ticks(limits.login_timeout),
+            dormant_after: dormant_after.map(ticks),
             latency: RefCell::new(Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")),
             pin: RefCell::new(None),
         }
@@ -70,6 +74,8 @@ impl Sweeper {
         self.tick.set(t);
         sh.flush.tick(TICK);
         let (ping_after, idle_after, login_after) = (self.ping_after, self.idle_after, self.login_after);
+        let dormant_after = self.dormant_after.unwrap_or(u32::MAX);
+        let mut asks = 0;
         let ping = super::Outgoing::new(ws::ping_frame());
         let now_ms = crate::node::unix_ms();
         let mut conns = sh.conns.borrow_mut();
@@ -98,6 +104,11 @@ impl Sweeper {
             } else if quiet >= ping_after && !e.pinged {
                 e.pinged = true;
                 sh.push(key, e, &ping);
+            } else if quiet >= dormant_after && e.rest == Rest::Awake && asks < super::dormant::ASKS_PER_TICK {
+                // Its task frees itself at its next poll, if nothing is half read.
+                asks += 1;
+                e.rest = Rest::Asked;
+                e.wake();
             }
         }
         drop(conns);
@@ -111,6 +122,7 @@ impl Sweeper {
         }
         sh.flush.wake();
         if t.is_multiple_of(10) {
+            sh.dormancy.collect();
             self.review_pin(sh);
             let mut local = self.latency.borrow_mut();
             if let Ok(mut shared) = sh.stats().latency.try_lock() {

@@ -123,6 +123,12 @@ impl Decoder {
         Decoder { frag: None, deflate }
     }
 
+    /// No fragmented message is being put together: a new decoder would
+    /// read what comes next the same way.
+    pub fn is_idle(&self) -> bool {
+        self.frag.is_none()
+    }
+
     /// Decodes one frame from the front of `buf`.
     ///
     /// Returns `Ok(None)` when `buf` holds no whole frame yet (nothing is
