@@ -42,12 +42,13 @@ fn main() {
     let kernel0 = kernel_bytes();
     let half = n / 2;
     let mut socks = connect(0..half);
-    std::thread::sleep(Duration::from_secs(7));
+    std::thread::sleep(Duration::from_secs(9));
     let rss_half = server.rss_bytes();
     socks.extend(connect(half..n));
-    // Idle past --dormant-after (5 s by default): the connections rest
-    // without a task, as every idle connection of a server does.
-    std::thread::sleep(Duration::from_secs(7));
+    // Idle past --dormant-after (5 s by default) and the 2 s it takes to
+    // ask 5,000 tasks to rest: the connections rest without a task, as
+    // every idle connection of a server does.
+    std::thread::sleep(Duration::from_secs(9));
     let rss1 = server.rss_bytes();
     let kernel1 = kernel_bytes();
     let per = (rss1 as f64 - rss0 as f64) / n as f64;
