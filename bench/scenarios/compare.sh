@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side by side, in one session: loads A and B against cchat as it starts by
-# default (two shards pinned, released from a core loadgen keeps busy), with
+# default (its own shard count: one per core, one on <= 2 cores; pinned,
+# released from a core loadgen keeps busy), with
 # strict pinning (STRICT_PIN=1: --unpin-above 0), with --no-pin (NO_PIN=1),
 # with a core each for it and loadgen (SPLIT=1: one shard on CPU 1, loadgen
 # on CPU 0), against the comparison hub bench/hubs/tokio-hub (tokio +
@@ -33,9 +34,9 @@ python3 - "$DIR/results" "$DATE" "$STARTED" > "$DIR/results/$DATE-compare/$DATE-
 import json, os, sys
 results, date, started = sys.argv[1], sys.argv[2], int(sys.argv[3])
 configs = [
-    ("", "cchat as started by default (2 shards pinned, released from a busy core), loadgen beside it"),
-    ("-strictpin", "cchat, 2 shards pinned whatever happens (--unpin-above 0), loadgen beside it"),
-    ("-nopin", "cchat, 2 shards not pinned (--no-pin), loadgen beside it"),
+    ("", "cchat as started by default (shards: its choice, pinned, released from a busy core), loadgen beside it"),
+    ("-strictpin", "cchat, default shards pinned whatever happens (--unpin-above 0), loadgen beside it"),
+    ("-nopin", "cchat, default shards not pinned (--no-pin), loadgen beside it"),
     ("-split", "cchat, 1 shard on CPU 1, loadgen on CPU 0"),
     ("-tokio-hub", "tokio-hub (tokio + tokio-tungstenite), loadgen beside it"),
     ("-uws-hub", "uws-hub (µWebSockets.js on Node, pub/sub per room), loadgen beside it"),

@@ -201,6 +201,9 @@ start_servers() {
         echo "bench: $BENCH_SERVER runs as one node only" >&2
         exit 1
     fi
+    # SHARDS "default": the server chooses (one per core, one on <= 2 cores).
+    local shards_arg=(--shards "$shards")
+    if [ "$shards" = default ]; then shards_arg=(); fi
     for n in $(seq "$nodes"); do
         if [ "$nodes" -eq 1 ]; then listen=127.0.0.1:0; else listen="127.0.0.1:$((9500 + n))"; fi
         relay=()
@@ -217,7 +220,7 @@ start_servers() {
         elif [ "$BENCH_SERVER" = uws-hub ]; then
             cmd=(node "$UWS_HUB/hub.js" "$listen")
         else
-            cmd=("$CCHAT" --listen "$listen" --shards "$shards" --rate-limit 0 --data-dir "$WORK/data-$n" "${relay[@]}" "${STORE_ARGS[@]}" "$@")
+            cmd=("$CCHAT" --listen "$listen" ${shards_arg[@]+"${shards_arg[@]}"} --rate-limit 0 --data-dir "$WORK/data-$n" "${relay[@]}" "${STORE_ARGS[@]}" "$@")
             if [ "${TLS:-0}" = 1 ]; then
                 make_tls_cert
                 cmd+=(--tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
@@ -255,7 +258,7 @@ start_servers() {
         done
         sleep 0.5
     fi
-    SERVER_CMD="cchat --listen $( [ "$nodes" -eq 1 ] && echo 127.0.0.1:0 || echo "127.0.0.1:950X (X = 1..$nodes, $nodes processes)") --shards $shards --rate-limit 0${*:+ $*}"
+    SERVER_CMD="cchat --listen $( [ "$nodes" -eq 1 ] && echo 127.0.0.1:0 || echo "127.0.0.1:950X (X = 1..$nodes, $nodes processes)")${shards_arg[*]:+ ${shards_arg[*]}} --rate-limit 0${*:+ $*}"
     if [ "${CLUSTER:-0}" = 1 ] && [ "$nodes" -gt 1 ]; then
         SERVER_CMD="$SERVER_CMD --node-id nodeX --relay-listen 127.0.0.1:960X --peer 127.0.0.1:960Y (each other node) --cluster-secret …"
     fi
