@@ -144,6 +144,44 @@ fn the_idle_timeout_closes_a_dormant_connection_that_never_answers_pings() {
 }
 
 #[test]
+fn a_dormant_connection_answers_pings_without_waking() {
+    // Pinged every second, closed after 3 s without input: a client that
+    // answers each ping stays open, and its pongs are read in place (no
+    // task), so it stays dormant throughout.
+    let s = start(&["--shards", "1", "--ping-interval", "1", "--idle-timeout", "3"]);
+    let mut r = Raw::connect(s.addr);
+    r.frame(1, json!({"cmd": "login", "name": "r", "uid": "r", "rid": "r"}).to_string().as_bytes());
+    wait_dormant(&s, 1.0);
+    let wakes = s.metric("cchat_dormant_wakes_total");
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut pings = 0;
+    r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while Instant::now() < until {
+        let (b0, payload) = r.read_frame_b0().expect("closed: the pongs did not count as input");
+        match b0 & 0x0f {
+            0x9 => {
+                pings += 1;
+                r.write(&raw_frame(0x8a, &payload, true));
+            }
+            0x1 => {} // the login's ack
+            op => panic!("unexpected opcode {op}"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 6 s");
+    assert_eq!(s.metric("cchat_dormant_wakes_total"), wakes, "a pong woke the connection");
+    assert_eq!(s.metric("cchat_dormant_connections"), 1.0);
+    // Anything else still wakes it, and it is served as ever.
+    r.frame(1, json!({"cmd": "getOnline", "rid": "r"}).to_string().as_bytes());
+    loop {
+        let (b0, p) = r.read_frame_b0().expect("the reply");
+        if b0 & 0x0f == 1 && String::from_utf8_lossy(&p).contains("getOnline") {
+            break;
+        }
+    }
+    assert!(s.metric("cchat_dormant_wakes_total") > wakes);
+}
+
+#[test]
 fn a_frame_half_sent_keeps_its_task_until_the_rest_comes() {
     let s = start(&["--shards", "1"]);
     let mut r = Raw::connect(s.addr);

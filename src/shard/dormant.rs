@@ -26,6 +26,9 @@
 //! bench/results/2026-12-07-dormant-load-b). Output never needs the task:
 //! the flusher writes to the socket directly.
 //!
+//! A report whose input is only pongs (the answer to the sweeper's ping)
+//! is read in place and the connection stays dormant.
+//!
 //! The sweeper asks at most [`ASKS_PER_TICK`] tasks a tick, and once a
 //! second, after many went dormant, the allocator is asked to give back
 //! the pages their tasks freed ([`Dormancy::collect`]).
@@ -209,12 +212,49 @@ impl Dormancy {
             }
             let whole = have - have % 8;
             for r in buf[..whole].chunks_exact(8) {
-                wake(sh, u64::from_le_bytes(r.try_into().expect("8 bytes")));
+                let r = u64::from_le_bytes(r.try_into().expect("8 bytes"));
+                if !sh.dormancy.take_pongs(sh, r) {
+                    wake(sh, r);
+                }
             }
             // A report split across two reads: keep its start.
             buf.copy_within(whole..have, 0);
             have -= whole;
         }
+    }
+
+    /// Takes a dormant connection's input in place when it is nothing but
+    /// pongs (its answer to the sweeper's ping) and keeps it dormant: an
+    /// idle connection is pinged every `--ping-interval`, and a task for
+    /// each pong would make 100,000 idle connections 5,000 wakes a second.
+    /// Anything else — another frame, part of one, TLS records, the end
+    /// of the stream — is left unread for a task (false).
+    fn take_pongs(&self, sh: &Shard, report: u64) -> bool {
+        let (key, generation) = (report as u32, (report >> 32) as u32);
+        let fd = {
+            let conns = sh.conns.borrow();
+            match conns.get(key) {
+                Some(e) if e.generation == generation && e.rest == Rest::Dormant && e.tls.is_none() => e.fd,
+                _ => return false,
+            }
+        };
+        let mut buf = [0u8; 512];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n <= 0 || whole_pongs(&buf[..n as usize]) == 0 {
+            return false;
+        }
+        let n = whole_pongs(&buf[..n as usize]);
+        // SAFETY: as above; these bytes were just peeked, so they are there.
+        let taken = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
+        if taken != n as isize {
+            return false; // cannot happen; if it did, a task reads what is left
+        }
+        sh.touch(key);
+        let mut ev =
+            libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32, u64: report };
+        // Watched again (one-shot: the report disarmed it); on failure a task takes over.
+        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut ev) == 0 }
     }
 
     /// Takes what [`waker`]s were woken with. They only note it: glommio
@@ -245,6 +285,25 @@ impl Drop for Dormancy {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
     }
+}
+
+/// Bytes of the whole client pong frames that make up all of `data` (0
+/// when anything else is in it): final, no reserved bits, masked, a
+/// payload of at most 125 bytes, as RFC 6455 has a client send a pong.
+fn whole_pongs(data: &[u8]) -> usize {
+    let mut off = 0;
+    while off < data.len() {
+        let rest = &data[off..];
+        if rest.len() < 2 || rest[0] != 0x8a || rest[1] & 0x80 == 0 || rest[1] & 0x7f > 125 {
+            return 0;
+        }
+        let len = 2 + 4 + usize::from(rest[1] & 0x7f);
+        if rest.len() < len {
+            return 0;
+        }
+        off += len;
+    }
+    off
 }
 
 /// A report's 8 bytes: the slot, and the generation above it.
@@ -327,6 +386,32 @@ fn drop_raw(_: *const ()) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_whole_masked_pongs_are_taken_in_place() {
+        let pong = |payload: &[u8]| {
+            let mut f = vec![0x8a, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+            f.extend_from_slice(payload);
+            f
+        };
+        let two = [pong(b"abc"), pong(b"")].concat();
+        assert_eq!(whole_pongs(&two), two.len());
+        assert_eq!(whole_pongs(&two[..two.len() - 1]), 0, "a pong cut short");
+        assert_eq!(whole_pongs(&[pong(b"x"), vec![0x81, 0x80, 0, 0, 0, 0]].concat()), 0, "a text frame after it");
+        assert_eq!(whole_pongs(&[0x8a, 0x03, b'a', b'b', b'c']), 0, "unmasked");
+        assert_eq!(whole_pongs(&[0x0a, 0x80, 0, 0, 0, 0]), 0, "not final");
+        assert_eq!(whole_pongs(&[0xca, 0x80, 0, 0, 0, 0]), 0, "RSV1");
+        assert_eq!(whole_pongs(&[0x8a, 0xfe, 0, 0]), 0, "an extended length");
+        assert_eq!(whole_pongs(&[]), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn whatever_bytes_come_the_count_is_all_or_nothing(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let n = whole_pongs(&data);
+            proptest::prop_assert!(n == 0 || n == data.len());
+        }
+    }
 
     #[test]
     fn a_report_carries_the_slot_and_the_generation() {
