@@ -330,14 +330,11 @@ enum Ended {
 async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, start: Start, deflate: bool) -> Ended {
     let mut dec = Decoder::new(deflate);
     let mut pending = Vec::new();
-    let mut woken = false;
-    match start {
-        Start::Upgraded(leftover) if !leftover.is_empty() => {
-            let mut data = leftover;
-            feed(shard, key, &mut dec, &mut data, &mut pending);
-        }
-        Start::Upgraded(_) => {}
-        Start::Woken => woken = true,
+    let mut woken = matches!(start, Start::Woken);
+    if let Start::Upgraded(mut data) = start
+        && !data.is_empty()
+    {
+        feed(shard, key, &mut dec, &mut data, &mut pending);
     }
     loop {
         let wake = poll_fn(|cx| {
@@ -364,7 +361,7 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, start: Start, defl
             }
             let mut rb = shard.read_buf.borrow_mut();
             if std::mem::take(&mut woken)
-                && let Some(r) = recv_now(stream.as_raw_fd(), &mut rb)
+                && let Some(r) = recv_now(stream.as_raw_fd(), &mut rb, false)
             {
                 return Poll::Ready(if r == 0 { Wake::Gone } else { Wake::Read(r) });
             }
@@ -422,11 +419,12 @@ async fn run(shard: &Shard, key: u32, stream: &mut TcpStream, start: Start, defl
     }
 }
 
-/// Reads what the socket holds without waiting: Some(0) at its end (or on
-/// an error), None when nothing is there.
-fn recv_now(fd: std::os::fd::RawFd, buf: &mut [u8]) -> Option<usize> {
+/// Reads what the socket holds without waiting (`peek`: leaves it there):
+/// Some(0) at its end (or on an error), None when nothing is there.
+pub(super) fn recv_now(fd: std::os::fd::RawFd, buf: &mut [u8], peek: bool) -> Option<usize> {
+    let flags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
     // SAFETY: `buf` is valid for writes of its length.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
     if n >= 0 {
         return Some(n as usize);
     }

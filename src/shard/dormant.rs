@@ -47,6 +47,7 @@ use futures_lite::AsyncReadExt;
 use tracing::warn;
 
 use super::Shard;
+use super::conn::recv_now;
 
 /// What the sweeper and the connection's task agree on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,11 +128,7 @@ impl Dormancy {
         if copy < 0 {
             return false;
         }
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
-            u64: report(key, e.generation),
-        };
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, copy, &mut ev) } < 0 {
+        if !self.arm(libc::EPOLL_CTL_ADD, copy, report(key, e.generation)) {
             unsafe { libc::close(copy) };
             return false;
         }
@@ -230,7 +227,7 @@ impl Dormancy {
     /// Anything else — another frame, part of one, TLS records, the end
     /// of the stream — is left unread for a task (false).
     fn take_pongs(&self, sh: &Shard, report: u64) -> bool {
-        let (key, generation) = (report as u32, (report >> 32) as u32);
+        let (key, generation) = unreport(report);
         let fd = {
             let conns = sh.conns.borrow();
             match conns.get(key) {
@@ -239,22 +236,24 @@ impl Dormancy {
             }
         };
         let mut buf = [0u8; 512];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-        if n <= 0 || whole_pongs(&buf[..n as usize]) == 0 {
-            return false;
-        }
-        let n = whole_pongs(&buf[..n as usize]);
-        // SAFETY: as above; these bytes were just peeked, so they are there.
-        let taken = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
-        if taken != n as isize {
-            return false; // cannot happen; if it did, a task reads what is left
+        let peeked = recv_now(fd, &mut buf, true).unwrap_or(0);
+        let n = whole_pongs(&buf[..peeked]);
+        // These bytes were just peeked, so they are there to take.
+        if n == 0 || recv_now(fd, &mut buf[..n], false) != Some(n) {
+            return false; // a task reads what is there
         }
         sh.touch(key);
+        // Watched again (one-shot: the report disarmed it); on failure a task takes over.
+        self.arm(libc::EPOLL_CTL_MOD, fd, report)
+    }
+
+    /// Adds `fd` to the epoll (`op` ADD) or re-arms it (MOD): one report
+    /// for its next input or hang-up, then nothing until armed again.
+    fn arm(&self, op: libc::c_int, fd: RawFd, report: u64) -> bool {
         let mut ev =
             libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32, u64: report };
-        // Watched again (one-shot: the report disarmed it); on failure a task takes over.
-        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut ev) == 0 }
+        // SAFETY: `ev` is a valid event for the call's duration.
+        unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut ev) == 0 }
     }
 
     /// Takes what [`waker`]s were woken with. They only note it: glommio
@@ -311,6 +310,11 @@ fn report(key: u32, generation: u32) -> u64 {
     u64::from(key) | u64::from(generation) << 32
 }
 
+/// The slot and generation a report names.
+fn unreport(report: u64) -> (u32, u32) {
+    (report as u32, (report >> 32) as u32)
+}
+
 /// The watcher thread: waits on the epoll, passes what it reports on.
 /// It checks `stop` twice a second, and ends when the shard's end of the
 /// pair is gone.
@@ -351,7 +355,8 @@ thread_local! {
 /// (a report and a wake can both come for one rest: the second finds it
 /// awake).
 fn wake(sh: &Rc<Shard>, report: u64) {
-    glommio::spawn_local(super::conn::resume(sh.clone(), report as u32, (report >> 32) as u32)).detach();
+    let (key, generation) = unreport(report);
+    glommio::spawn_local(super::conn::resume(sh.clone(), key, generation)).detach();
 }
 
 /// The waker a dormant connection's entry holds in place of its task's:
@@ -415,8 +420,7 @@ mod tests {
 
     #[test]
     fn a_report_carries_the_slot_and_the_generation() {
-        let r = report(7, u32::MAX);
-        assert_eq!((r as u32, (r >> 32) as u32), (7, u32::MAX));
+        assert_eq!(unreport(report(7, u32::MAX)), (7, u32::MAX));
         let w = waker(7, 3);
         let w2 = w.clone();
         assert!(w.will_wake(&w2));
