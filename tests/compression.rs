@@ -10,7 +10,7 @@ use std::time::Duration;
 use cchat::ws::deflate::{client_deflated_frame, inflate_message};
 use serde_json::{Value, json};
 
-use crate::common::{Raw, Server};
+use crate::common::{Raw, Server, wait_until};
 
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
 
@@ -199,18 +199,12 @@ fn a_compressed_connection_rests_and_wakes_still_compressed() {
     let mut plain = s.client();
     login(&mut z, "z", "lobby", true);
     plain.login("plain", "lobby", Some("plain"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while s.metric("cchat_dormant_connections") < 2.0 {
-        assert!(std::time::Instant::now() < deadline, "never dormant");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let both_dormant = || s.metric("cchat_dormant_connections") >= 2.0;
+    wait_until("never dormant", both_dormant);
     send_z(&mut z, &json!({"cmd": "message", "type": "text", "rid": "lobby", "msg": chat_text()}));
     assert_eq!(plain.expect("message")["msg"], chat_text());
     assert!(s.metric("cchat_dormant_wakes_total") >= 1.0);
-    while s.metric("cchat_dormant_connections") < 2.0 {
-        assert!(std::time::Instant::now() < deadline, "never dormant again");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("never dormant again", both_dormant);
     // A reply to the woken (and again dormant) connection: still compressed.
     plain.say("lobby", &chat_text());
     let (zz, m) = expect(&mut z, "message");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{Client, Raw, Server, raw_frame};
+use crate::common::{Client, Raw, Server, raw_frame, wait_until};
 
 /// Waits until the server reports `n` dormant connections.
 fn wait_dormant(s: &Server, n: f64) {
@@ -18,15 +18,18 @@ fn wait_dormant(s: &Server, n: f64) {
 
 /// Waits until `metric` (the dormant connections) is `n`.
 fn wait_dormant_by(metric: impl Fn() -> f64, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let d = metric();
-        if d == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{d} dormant connections, expected {n}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(&format!("never {n} dormant connections"), || metric() == n);
+}
+
+/// Two clients logged into `rid` (the first told of the second), both
+/// dormant.
+fn two_resting(s: &Server, rid: &str, first: &str, second: &str) -> (Client, Client) {
+    let (mut a, mut b) = (s.client(), s.client());
+    a.login(first, rid, Some(first));
+    b.login(second, rid, Some(second));
+    a.expect("newUser");
+    wait_dormant(s, 2.0);
+    (a, b)
 }
 
 fn start(extra: &[&str]) -> Server {
@@ -77,23 +80,16 @@ fn a_dormant_reader_that_falls_behind_gets_everything_once_it_reads() {
     // flusher needs the connection's task to wait for room, and the
     // dormant connection gets one back.
     let s = start(&["--shards", "1", "--max-message-bytes", "60000", "--max-outbound-bytes", "16000000"]);
-    let mut slow = s.client();
-    let mut talker = s.client();
-    slow.login("slow", "big", Some("slow"));
-    talker.login("talker", "big", Some("talker"));
-    slow.expect("newUser");
-    wait_dormant(&s, 2.0);
+    let (mut slow, mut talker) = two_resting(&s, "big", "slow", "talker");
     // 11 MB: more than loopback's socket buffers hold at both ends.
     let text = "x".repeat(55_000);
     let wakes = s.metric("cchat_dormant_wakes_total");
     for i in 0..200 {
         talker.say("big", &format!("{i}{text}"));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.metric("cchat_dormant_wakes_total") < wakes + 2.0 {
-        assert!(Instant::now() < deadline, "the full socket never woke the dormant reader");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the full socket never woke the dormant reader", || {
+        s.metric("cchat_dormant_wakes_total") >= wakes + 2.0
+    });
     for i in 0..200 {
         let m = slow.expect("message");
         assert!(m["msg"].as_str().unwrap().starts_with(&format!("{i}x")), "message {i} in order");
@@ -105,19 +101,10 @@ fn closes_from_either_side_end_a_dormant_connection_and_free_its_place() {
     let s = start(&["--shards", "1", "--max-connections-per-ip", "2", "--presence-grace-ms", "0"]);
     // The client goes away while dormant: the server notices (its epoll
     // reports the hang-up) and gives the address's place back.
-    let mut a = s.client();
-    let mut b = s.client();
-    a.login("a", "r", Some("a"));
-    b.login("b", "r", Some("b"));
-    a.expect("newUser");
-    wait_dormant(&s, 2.0);
+    let (a, mut b) = two_resting(&s, "r", "a", "b");
     drop(a);
     b.expect("userLeave");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while s.metric("cchat_connections") != 1.0 {
-        assert!(Instant::now() < deadline, "the dormant connection's hang-up went unnoticed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the dormant connection's hang-up went unnoticed", || s.metric("cchat_connections") == 1.0);
     let mut c = s.client();
     c.login("c", "r", Some("c"));
     b.expect("newUser");

@@ -32,6 +32,16 @@ pub struct Server {
 /// their local ports and could take a port between its choice and the
 /// server's bind; a process-wide counter keeps two tests of this run from
 /// choosing the same one; a bind checks that no other process holds it.
+/// Polls `cond` every 50 ms until it holds; fails after 10 s, saying `what`
+/// did not happen.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
