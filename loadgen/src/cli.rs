@@ -112,6 +112,13 @@ pub struct Args {
     /// the relay.
     #[arg(long)]
     pub spread_rooms: bool,
+    /// Run the workers under SCHED_BATCH: when the load generator shares the
+    /// server's cores, its wake-ups (one per burst of frames) then do not
+    /// preempt the server; it reads in longer runs, as clients on other
+    /// machines would not take the server's core at all. Latency "at socket"
+    /// (the kernel's receive time) is unaffected; read latency includes the wait.
+    #[arg(long)]
+    pub sched_batch: bool,
     /// Reconnect churn: each second this fraction of the clients (at random)
     /// drop their connection and log in again resuming their room (`since`),
     /// sending again, under the same `mid`, what they sent in the seconds

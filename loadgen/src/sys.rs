@@ -38,6 +38,17 @@ pub fn raise_nofile() -> u64 {
     rl.rlim_cur
 }
 
+/// Puts the calling thread (and threads it starts later) under SCHED_BATCH:
+/// its wake-ups no longer preempt the thread running on the core.
+pub fn sched_batch() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; param is a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// CPU time (user + system) this process has used, in nanoseconds.
 pub fn cpu_ns() -> u64 {
     // SAFETY: an all-zero rusage is a valid value to be overwritten.
@@ -230,5 +241,24 @@ impl Drop for Epoll {
     fn drop(&mut self) {
         // SAFETY: fd is ours and closed once.
         unsafe { libc::close(self.fd) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sched_batch_sets_the_calling_threads_policy() {
+        std::thread::spawn(|| {
+            super::sched_batch().expect("SCHED_BATCH needs no privilege");
+            // SAFETY: pid 0 is the calling thread.
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_BATCH);
+            // A thread started now inherits it.
+            let child = std::thread::spawn(|| unsafe { libc::sched_getscheduler(0) }).join().unwrap();
+            assert_eq!(child, libc::SCHED_BATCH);
+        })
+        .join()
+        .unwrap();
+        // SAFETY: as above; the test's own thread is left as it was.
+        assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_OTHER);
     }
 }

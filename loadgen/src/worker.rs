@@ -142,6 +142,9 @@ pub fn run(cfg: &Config, index: u32, count: u32, link: &mut dyn Link) -> anyhow:
         classes: cfg.classes,
     };
     let slice = plan.worker_slices(count)[index as usize].clone();
+    if cfg.args.sched_batch {
+        sys::sched_batch().context("--sched-batch: sched_setscheduler(SCHED_BATCH)")?;
+    }
     let limit = sys::raise_nofile();
     if slice.len() as u64 + 64 > limit {
         bail!(

@@ -190,6 +190,20 @@ fn worker_processes_split_a_room_and_merge_exactly() {
 }
 
 #[test]
+fn sched_batch_workers_measure_the_same_run() {
+    let _serial = serial();
+    let server = start_server(&[]);
+    // Each worker process puts itself under SCHED_BATCH (it fails the run if
+    // it cannot); what it measures must not change.
+    let args = "--clients 200 --room-size 100 --rate 20 --duration 2 --warmup 1 --drain 5 --workers 2 --sched-batch";
+    let run = loadgen(&server, "batch", &args.split(' ').collect::<Vec<_>>());
+    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
+    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    assert_eq!(s["deliveries"]["expected"], 40 * 99);
+    assert_eq!(s["deliveries"]["received"], 40 * 99);
+}
+
+#[test]
 fn a_run_refused_by_the_rate_limit_says_how_to_lift_it() {
     let _serial = serial();
     // 1 message/s per connection (burst 2) against 50 messages/s from 10 clients.

@@ -81,6 +81,20 @@ struct Args {
     /// about 120).
     #[arg(long, default_value_t = 120)]
     msg_bytes: usize,
+    /// Start the schedule at this wall-clock time (Unix milliseconds), so
+    /// that several processes fan the same messages out at the same moments:
+    /// one room larger than one process's open-file limit allows.
+    #[arg(long)]
+    start_at_ms: Option<u64>,
+    /// Write each measured message's completion (the latency of its last
+    /// delivery in this process, µs) to this file, a `message latency_us`
+    /// line each, for combining the processes of one room.
+    #[arg(long)]
+    completion_out: Option<std::path::PathBuf>,
+    /// Run the reader thread under SCHED_BATCH, as `loadgen --sched-batch`
+    /// runs its workers: its wake-ups do not preempt the writers.
+    #[arg(long)]
+    reader_batch: bool,
 }
 
 fn now_ns(origin: Instant) -> u64 {
@@ -418,8 +432,18 @@ impl Injector {
 }
 
 /// The reader: every client socket in one edge-triggered epoll set.
-fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u64, u64) {
+fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, Vec<u64>, u64, u64, u64) {
+    if args.reader_batch {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is this thread; param is a valid sched_param.
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        assert_eq!(r, 0, "sched_setscheduler(SCHED_BATCH): {}", std::io::Error::last_os_error());
+    }
     let mut inject = args.inject.then(|| Injector::new(args, &fds));
+    // Per message of the schedule: its latest delivery's latency (µs), 0
+    // for one not measured. Message m was due at t0 + m / rate.
+    let per_msg = 1e9 / args.rate;
+    let mut completion = vec![0u64; ((sh.end - sh.t0) as f64 / per_msg) as usize + 2];
     let ep = epoll_of(fds.iter().enumerate().map(|(i, &fd)| (fd, i as u64)));
     let fb = args.frame_bytes;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -445,7 +469,12 @@ fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u6
                 for f in frames.chunks_exact(fb) {
                     let due = u64::from_le_bytes(f[..8].try_into().expect("8 bytes"));
                     if due >= sh.measure_from {
-                        hist.saturating_record(now.saturating_sub(due) / 1000);
+                        let us = now.saturating_sub(due) / 1000;
+                        hist.saturating_record(us);
+                        let m = (((due - sh.t0) as f64) / per_msg).round() as usize;
+                        if let Some(c) = completion.get_mut(m) {
+                            *c = (*c).max(us.max(1));
+                        }
                     }
                     received += 1;
                 }
@@ -454,7 +483,7 @@ fn reader(args: &Args, sh: &Shared, fds: Vec<RawFd>) -> (Histogram<u64>, u64, u6
             });
         }
     }
-    (hist, received, thread_cpu_ns() - cpu0, inject.map_or(0, |i| i.send_errors))
+    (hist, completion, received, thread_cpu_ns() - cpu0, inject.map_or(0, |i| i.send_errors))
 }
 
 fn main() {
@@ -479,7 +508,14 @@ fn main() {
         servers.push(s);
     }
     let origin = Instant::now();
-    let t0 = now_ns(origin) + 200_000_000;
+    let t0 = now_ns(origin)
+        + match args.start_at_ms {
+            Some(at) => {
+                let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+                (at as u128 * 1_000_000).saturating_sub(wall.as_nanos()).max(1) as u64
+            }
+            None => 200_000_000,
+        };
     let warm = 1_000_000_000;
     let sh = Arc::new(Shared {
         origin,
@@ -535,7 +571,7 @@ fn main() {
     reports.extend(writer_hs.drain(..).map(|h| h.join().expect("writer")));
     let writer_cpu: u64 = reports.iter().map(|r| r.cpu_ns).sum();
     let late_ms = reports.iter().map(|r| r.done_ns).max().unwrap_or(0).saturating_sub(sh.end) as f64 / 1e6;
-    let (hist, received, reader_cpu, inject_errors) = reader_h.join().expect("reader");
+    let (hist, completion, received, reader_cpu, inject_errors) = reader_h.join().expect("reader");
     let send_errors: u64 = reports.iter().map(|r| r.send_errors).sum::<u64>() + inject_errors;
     let sent = expected(&sh);
     // Deliveries per second over the time they actually took: from the first
@@ -567,6 +603,23 @@ fn main() {
         ms(0.999),
         hist.max() as f64 / 1000.0
     );
+    let mut done: Vec<u64> = completion.iter().copied().filter(|&us| us > 0).collect();
+    done.sort_unstable();
+    if let Some(&last) = done.last() {
+        let at = |q: f64| done[((done.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        println!(
+            "completion ms p50 {:.3} p99 {:.3} max {:.3} ({} messages)",
+            at(0.5),
+            at(0.99),
+            last as f64 / 1000.0,
+            done.len()
+        );
+    }
+    if let Some(path) = &args.completion_out {
+        let lines: String =
+            completion.iter().enumerate().filter(|(_, us)| **us > 0).map(|(m, us)| format!("{m} {us}\n")).collect();
+        std::fs::write(path, lines).expect("write --completion-out");
+    }
     println!(
         "cpu ns/delivery writers {:.0} reader {:.0}{}",
         writer_cpu as f64 / received.max(1) as f64,
