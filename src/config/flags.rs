@@ -234,7 +234,7 @@ pub struct ClusterArgs {
     pub peers: Vec<String>,
     /// The address other nodes reach this node's relay at, told to them so that a node
     /// that joins through one peer finds the rest. Default: --relay-listen, unless it is
-    /// 0.0.0.0 or [::].
+    /// 0.0.0.0 or `[::]`.
     #[arg(long)]
     pub relay_advertise: Option<SocketAddr>,
     /// Byte cap of each relay link's outbound queue; past it the link is closed (the

@@ -373,7 +373,7 @@ impl Shard {
         self.conns.borrow().get(key).map_or(0, |e| e.out.queued())
     }
 
-    /// Starts closing a connection with a close frame (see [`outbound`]).
+    /// Starts closing a connection with a close frame (see [`crate::session::outbound`]).
     pub(crate) fn begin_close(&self, key: u32, code: u16, reason: &str) {
         if let Some(e) = self.conns.borrow_mut().get_mut(key) {
             e.start_close(code, reason);

@@ -36,7 +36,7 @@ struct Scripts {
 const CLAIM_LUA: &str = include_str!("lua/claim.lua");
 const APPEND_LUA: &str = include_str!("lua/append.lua");
 const HISTORY_LUA: &str = include_str!("lua/history.lua");
-/// A room's read markers, unless there are more than ARGV[1] (sent as text:
+/// A room's read markers, unless there are more than `ARGV[1]` (sent as text:
 /// it runs once per room coming into memory).
 const READS_LUA: &str = "if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[1]) then return {} end \
                          return redis.call('HGETALL', KEYS[1])";
