@@ -8,23 +8,24 @@
 # error, or with p99 over 1 s. DURABILITY=memory|written|sync picks the
 # log's mode (default: the server's, written), for the modes side by side:
 #   for d in memory written; do DURABILITY=$d bench/scenarios/ceiling.sh; done
-# STORE=redis measures history in Redis instead (see lib.sh).
+# STORE=redis measures history in Redis instead (see lib.sh). The server
+# starts with its default shard count (SHARDS=N to set --shards).
 source "$(dirname "$0")/lib.sh"
 MODE_ARGS=()
 if [ -n "${DURABILITY:-}" ]; then MODE_ARGS=(--durability "$DURABILITY"); fi
-bench_init "ceiling${DURABILITY:+-$DURABILITY}" "ceiling: shape A (rooms of 100, 64 B) stepped up until p99 > 50 ms or a loss${DURABILITY:+, --durability $DURABILITY}"
+bench_init "ceiling${DURABILITY:+-$DURABILITY}" "ceiling: shape A (rooms of 100, 64 B) stepped up until p99 > ${P99_LIMIT_MS:-50} ms or a loss${DURABILITY:+, --durability $DURABILITY}"
 RATES="${RATES:-1000 2000 3000 5000 7500 10000 15000 20000 30000 40000 50000 60000 80000 100000}"
 export P99_LIMIT_MS="${P99_LIMIT_MS:-50}"
 steps=()
 for rate in $RATES; do
     wait_quiet
     if [ -n "$REDIS_PORT" ]; then redis-cli -p "$REDIS_PORT" flushall > /dev/null; fi
-    start_servers 1 2 "${MODE_ARGS[@]}"
+    start_servers 1 "${SHARDS:-default}" "${MODE_ARGS[@]}"
     rc=0
     t0=$SECONDS
     run_loadgen "$WORK/step-$rate" --clients 2000 --room-size 100 --rate "$rate" --payload 64 \
         --duration 5 --warmup 1 --drain 2 || rc=$?
-    if [ -n "$REDIS_PORT" ]; then NOTE="${NOTE:+$NOTE; }$rate msg/s: $(store_note $((SECONDS - t0)) 2)"; fi
+    if [ -n "$REDIS_PORT" ]; then NOTE="${NOTE:+$NOTE; }$rate msg/s: $(store_note $((SECONDS - t0)) "${SHARDS:-1}")"; fi
     stop_servers
     [ -f "$WORK/step-$rate.json" ] || { echo "bench: step $rate produced no summary (exit $rc)" >&2; break; }
     steps+=("$rate msg/s=$WORK/step-$rate.json")
