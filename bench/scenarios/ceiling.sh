@@ -20,6 +20,9 @@ steps=()
 for rate in $RATES; do
     wait_quiet
     if [ -n "$REDIS_PORT" ]; then redis-cli -p "$REDIS_PORT" flushall > /dev/null; fi
+    # A fresh server: without the last step's log, whose rooms a restart
+    # would read back while this step's flood begins.
+    rm -rf "$WORK"/data-*
     start_servers 1 "${SHARDS:-default}" "${MODE_ARGS[@]}"
     rc=0
     t0=$SECONDS
