@@ -271,6 +271,51 @@ fn a_repeat_is_recognised_after_an_eviction_and_after_a_killed_node_restarts() {
     assert_eq!(h.len(), 7, "{h:?}");
 }
 
+/// A restart opens many rooms at once: their message ids are read back
+/// several at a time, and each answer reaches its own room.
+#[test]
+fn after_a_restart_repeats_in_many_rooms_at_once_are_each_recognised() {
+    let dir = crate::common::temp_data_dir();
+    let data = dir.to_str().unwrap().to_owned();
+    let args = ["--rate-limit", "0", "--data-dir", &data, "--history-memory", "2", "--shards", "1"];
+    let mut s = Server::start(&args);
+    let rooms: Vec<(String, String)> = (0..12).map(|i| (format!("many{i}"), fresh_uid())).collect();
+    let mut firsts = Vec::new();
+    for (i, (rid, uid)) in rooms.iter().enumerate() {
+        let mut c = s.client();
+        c.login_echo("A", rid, uid);
+        // Rooms differ in length, so their seqs differ too.
+        for k in 0..(3 + i) {
+            send_mid(&mut c, rid, &format!("filler {k}"), &format!("f-{k}"));
+        }
+        firsts.push(send_mid(&mut c, rid, "kept", "m-1")["seq"].clone());
+        for k in 0..3 {
+            send_mid(&mut c, rid, &format!("after {k}"), &format!("a-{k}"));
+        }
+    }
+    s.kill();
+    drop(s);
+
+    let s = Server::start(&args);
+    // All log in first, then all send again: the read-backs overlap.
+    let mut clients: Vec<Client> = rooms
+        .iter()
+        .map(|(rid, uid)| {
+            let mut c = s.client();
+            c.login_echo("A", rid, uid);
+            c
+        })
+        .collect();
+    for (c, (rid, _)) in clients.iter_mut().zip(&rooms) {
+        say_mid(c, rid, "kept", "m-1");
+    }
+    for ((c, (rid, _)), first) in clients.iter_mut().zip(&rooms).zip(&firsts) {
+        let dup = next_message(c);
+        assert_eq!(dup["rid"], json!(rid), "{dup}");
+        assert_eq!((dup["dup"].clone(), dup["seq"].clone()), (json!(true), first.clone()), "{rid}: {dup}");
+    }
+}
+
 #[test]
 fn with_redis_a_repeat_is_recognised_by_the_rooms_new_owner() {
     let redis = crate::common::redis::Redis::start();

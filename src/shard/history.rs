@@ -4,7 +4,7 @@
 //! never waits on the disk. Records of one request that lie near each other
 //! in a segment are read in one read, and the reads of a request run at once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -31,11 +31,19 @@ const SPAN: u64 = 64 << 10;
 /// Bytes read past a record's start when its length is not known yet.
 const GUESS: u64 = 4096;
 
+/// Rooms whose message ids are read back at once: a restart opens many
+/// rooms together, and each one's messages wait for its read-back (up to
+/// 1,024, then they are refused), so these do not queue behind each other.
+/// Other reads go one at a time, in order.
+const MIDS_AT_ONCE: usize = 4;
+
 /// History requests waiting for the disk, and the reader task's waker.
 #[derive(Debug, Default)]
 pub(super) struct Reader {
     queue: RefCell<VecDeque<DiskRead>>,
     waker: RefCell<Option<Waker>>,
+    /// Read-backs of message ids under way (at most [`MIDS_AT_ONCE`]).
+    mids: Cell<usize>,
 }
 
 impl Reader {
@@ -55,38 +63,63 @@ impl Reader {
         for reply in refused {
             refuse(sh, reply, "history is busy, try again shortly");
         }
-        if !self.queue.borrow().is_empty()
-            && let Some(w) = self.waker.borrow_mut().take()
-        {
+        if !self.queue.borrow().is_empty() {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
 
-    /// The reader task: one request at a time, its reads at once.
+    /// The reader task: one request at a time, its reads at once; a room's
+    /// read-back of its message ids in a task of its own, up to
+    /// [`MIDS_AT_ONCE`] together (the next request waits while that many run).
     pub(super) async fn run(sh: Rc<Shard>) {
-        let data = sh.node.cfg.storage.data_dir.clone();
         let me = &sh.reader;
         loop {
-            let req = std::future::poll_fn(|cx| match me.queue.borrow_mut().pop_front() {
-                Some(r) => Poll::Ready(r),
-                None => {
-                    *me.waker.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
+            let req = std::future::poll_fn(|cx| {
+                let mut queue = me.queue.borrow_mut();
+                let ready = queue
+                    .front()
+                    .is_some_and(|r| !matches!(r.reply, ReadReply::Mids(_)) || me.mids.get() < MIDS_AT_ONCE);
+                if ready {
+                    return Poll::Ready(queue.pop_front().expect("a front"));
                 }
+                *me.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
             })
             .await;
-            let DiskRead { rid, epoch, locs, tail, reply, forward, budget } = req;
-            let (mut msgs, missing) = read_records(&data, &rid, &locs).await;
-            sh.stats().history_disk_reads.fetch_add(1, Relaxed);
-            sh.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
-            if missing > 0 {
-                sh.stats().history_disk_errors.fetch_add(1, Relaxed);
-                warn!(shard = sh.id, %rid, missing, "history: messages missing from the log (retention or damage)");
+            if matches!(req.reply, ReadReply::Mids(_)) {
+                me.mids.set(me.mids.get() + 1);
+                let sh = sh.clone();
+                glommio::spawn_local(async move {
+                    serve(&sh, req).await;
+                    sh.reader.mids.set(sh.reader.mids.get() - 1);
+                    sh.reader.wake();
+                })
+                .detach();
+            } else {
+                serve(&sh, req).await;
             }
-            msgs.extend(tail);
-            answer(&sh, &rid, epoch, msgs, forward, budget, reply);
         }
     }
+}
+
+/// Reads one request's records from the log and answers it.
+async fn serve(sh: &Shard, req: DiskRead) {
+    let DiskRead { rid, epoch, locs, tail, reply, forward, budget } = req;
+    let (mut msgs, missing) = read_records(&sh.node.cfg.storage.data_dir, &rid, &locs).await;
+    sh.stats().history_disk_reads.fetch_add(1, Relaxed);
+    sh.stats().history_disk_records.fetch_add(msgs.len() as u64, Relaxed);
+    if missing > 0 {
+        sh.stats().history_disk_errors.fetch_add(1, Relaxed);
+        warn!(shard = sh.id, %rid, missing, "history: messages missing from the log (retention or damage)");
+    }
+    msgs.extend(tail);
+    answer(sh, &rid, epoch, msgs, forward, budget, reply);
 }
 
 /// Sends a history answer read from a store (the log or a shared one),
