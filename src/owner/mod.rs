@@ -9,7 +9,8 @@
 //!
 //! | file | part |
 //! |---|---|
-//! | `mod.rs` | the owner, its one dispatch (`Owner::handle`), members and presence, messages, admission, broadcast |
+//! | `mod.rs` | the owner, its one dispatch (`Owner::handle`), members, messages, admission, broadcast |
+//! | `presence` | who is told when users come, go and type, and when (batches, grace) |
 //! | `storage` | the owner's entry points for its store (the only other home of `Owner`'s methods) |
 //! | `store` | the one interface to a room's store; `log`, `redis`: the embedded log's and the shared store's side |
 //! | `room` | one room: roster, sequence, recent history |
@@ -19,7 +20,6 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use indexmap::IndexMap;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -37,6 +37,7 @@ pub(crate) use changes::AUTHORS;
 mod dedupe;
 pub(crate) use dedupe::Window;
 mod log;
+mod presence;
 pub(crate) mod reads;
 pub(crate) use log::{DiskRead, ReadReply, Resume, fit};
 mod redis;
@@ -44,6 +45,7 @@ pub(crate) use redis::{MarkJob, RemoteRead, StoreJobs};
 pub mod room;
 mod storage;
 mod store;
+use presence::Presence;
 pub(crate) use store::RecordTag;
 use store::{Gate, RoomStore};
 
@@ -89,17 +91,8 @@ pub(crate) struct Owner {
     live: usize,
     /// The epoch a room that was never used reports (the node's start).
     node_epoch: u64,
-    /// Rooms with more users than this announce presence in batches.
-    presence_limit: usize,
-    /// At most one batch per room per this many milliseconds.
-    presence_interval_ms: u64,
-    /// Big rooms with presence changes to announce, and when (Unix ms).
-    presence_due: IndexMap<Id, u64>,
-    /// A disconnected user's departure is announced this long after it,
-    /// unless the user is back by then (then neither is announced).
-    grace_ms: u64,
-    /// Departures waiting out the grace period: (room, user) → (name, due).
-    leaving: IndexMap<(Id, Id), (Name, u64)>,
+    /// Who is told when users come, go and type (see `presence`).
+    presence: Presence,
     /// Epochs for new room sequences (strictly increasing per node).
     next_epoch: Box<dyn Fn() -> u64>,
     /// Reused destination lists of a broadcast.
@@ -133,9 +126,6 @@ pub(crate) struct Owner {
     /// Rooms whose message ids are being read back from their store, with
     /// the messages waiting for them (see [`Owner::load_mids`]).
     mids_loading: HashMap<Id, Vec<Request>>,
-    /// When each (room, user) last said it was typing (ms): at most one
-    /// announcement per [`TYPING_EVERY_MS`]; pruned on the presence tick.
-    typing: HashMap<(Id, Id), u64>,
     /// Each user's read marker in the rooms this shard owns.
     pub(crate) reads: reads::Reads,
     /// How long after sending a message its author may edit or delete it (ms).
@@ -153,9 +143,6 @@ impl std::fmt::Debug for Owner {
         f.debug_struct("Owner").field("rooms", &self.rooms.len()).field("live", &self.live).finish_non_exhaustive()
     }
 }
-
-/// A user's typing is announced at most this often per room.
-const TYPING_EVERY_MS: u64 = 2_000;
 
 /// Messages one room may queue while its ids are read back.
 const MAX_WAITING: usize = 1024;
@@ -179,11 +166,7 @@ impl Owner {
             history_cap,
             live: 0,
             node_epoch,
-            presence_limit: 1000,
-            presence_interval_ms: 1000,
-            presence_due: IndexMap::new(),
-            grace_ms: 0,
-            leaving: IndexMap::new(),
+            presence: Presence::default(),
             next_epoch,
             shards: Vec::new(),
             nodes: Vec::new(),
@@ -199,7 +182,6 @@ impl Owner {
             resuming: HashMap::new(),
             mids_loading: HashMap::new(),
             knocks: Vec::new(),
-            typing: HashMap::new(),
             reads: reads::Reads::default(),
             edit_window_ms: 24 * 3600 * 1000,
             retention_ms: 0,
@@ -209,9 +191,7 @@ impl Owner {
     /// Rooms with more than `limit` users announce joins and leaves in one
     /// presence frame per `interval_ms` instead of one frame per event.
     pub(crate) fn set_presence(&mut self, limit: usize, interval_ms: u64, grace_ms: u64) {
-        self.presence_limit = limit;
-        self.presence_interval_ms = interval_ms.max(1);
-        self.grace_ms = grace_ms;
+        self.presence.set(limit, interval_ms, grace_ms);
     }
 
     /// The journal, when there is one.
@@ -337,19 +317,10 @@ impl Owner {
         // new connections the owner hears from first: a new connection under
         // another name while the old one is still here (Renamed), or after it
         // left within the grace period (NewUser, and a pending departure).
-        if joined == Joined::Renamed {
-            let big = room.user_count() > self.presence_limit;
-            self.announce(&rid, &uid, &name, Change::Joined, big, Some(conn), now_ms, out);
-        } else if joined == Joined::NewUser {
-            if let Some((was, _)) = self.leaving.swap_remove(&(rid.clone(), uid.clone())) {
-                // Back within the grace period: neither leave nor join is
-                // announced, unless the user came back under another name
-                // (a change of name): then the room learns the new one.
-                if was == name {
-                    return;
-                }
-            }
-            let big = room.user_count() > self.presence_limit;
+        let big = self.presence.big(room.user_count());
+        // Back within the grace period under the same name: neither leave
+        // nor join is announced (under another name, the room learns it).
+        if joined == Joined::Renamed || (joined == Joined::NewUser && !self.presence.back(&rid, &uid, &name)) {
             self.announce(&rid, &uid, &name, Change::Joined, big, Some(conn), now_ms, out);
         }
     }
@@ -369,45 +340,24 @@ impl Owner {
         now_ms: u64,
         out: &mut Vec<Out>,
     ) {
-        if big {
-            if let Some(room) = self.rooms.get_mut(rid) {
-                room.note_presence(uid, name, change);
-                self.presence_due.entry(rid.clone()).or_insert(now_ms + self.presence_interval_ms);
-            }
-            return;
+        let Some(room) = self.rooms.get_mut(rid) else { return };
+        if let Some(frame) = self.presence.announce(rid, room, uid, name, change, big, now_ms) {
+            self.broadcast(rid, frame, except, Instant::now(), out);
         }
-        let cmd = if change == Change::Joined { "newUser" } else { "userLeave" };
-        let frame = protocol::encode_presence(cmd, uid, name, rid);
-        self.broadcast(rid, frame, except, Instant::now(), out);
     }
 
     /// Sends each big room whose interval is over one presence frame with
     /// what changed: at most one per room per `--presence-interval-ms`,
     /// however fast members come and go.
     pub(crate) fn tick_presence(&mut self, now_ms: u64, out: &mut Vec<Out>) {
-        if !self.typing.is_empty() {
-            self.typing.retain(|_, t| now_ms < *t + TYPING_EVERY_MS);
-        }
-        if !self.leaving.is_empty() {
-            let due: Vec<(Id, Id)> =
-                self.leaving.iter().filter(|(_, (_, at))| *at <= now_ms).map(|(k, _)| k.clone()).collect();
-            for key in due {
-                let Some((name, _)) = self.leaving.swap_remove(&key) else { continue };
-                let (rid, uid) = key;
-                let Some(room) = self.rooms.get(&rid) else { continue };
-                if room.user(&uid).is_none() {
-                    let big = room.user_count() + 1 > self.presence_limit;
-                    self.announce(&rid, &uid, &name, Change::Left, big, None, now_ms, out);
-                }
+        for (rid, uid, name) in self.presence.departures_due(now_ms) {
+            let Some(room) = self.rooms.get(&rid) else { continue };
+            if room.user(&uid).is_none() {
+                let big = self.presence.big(room.user_count() + 1);
+                self.announce(&rid, &uid, &name, Change::Left, big, None, now_ms, out);
             }
         }
-        if self.presence_due.is_empty() {
-            return;
-        }
-        let due: Vec<Id> =
-            self.presence_due.iter().filter(|(_, at)| **at <= now_ms).map(|(rid, _)| rid.clone()).collect();
-        for rid in due {
-            self.presence_due.swap_remove(&rid);
+        for rid in self.presence.batches_due(now_ms) {
             let Some(room) = self.rooms.get_mut(&rid) else { continue };
             let d = room.take_presence(protocol::PRESENCE_LIST_MAX);
             if d.totals == (0, 0) {
@@ -424,7 +374,7 @@ impl Owner {
         self.resuming.remove(&(conn, rid.clone()));
         let left = self.rooms.get_mut(&rid).and_then(|room| {
             let left = room.leave(conn)?;
-            Some((left, room.is_empty(), room.user_count() + 1 > self.presence_limit))
+            Some((left, room.is_empty(), room.user_count() + 1))
         });
         if ack {
             out.push(Out {
@@ -432,18 +382,17 @@ impl Owner {
                 msg: Delivery::Direct { conn, frame: protocol::encode_logout(&rid) },
             });
         }
-        let Some((left, emptied, big)) = left else { return };
+        let Some((left, emptied, users_before)) = left else { return };
         if emptied {
             self.emptied(&rid, now_ms);
             return; // nobody is left to tell
         }
         if left.user_gone {
-            if !ack && self.grace_ms > 0 {
-                // A disconnect (not a logout): the user may be back in a moment.
-                self.leaving.insert((rid, left.uid), (left.name, now_ms + self.grace_ms));
-                return;
+            // A disconnect (not a logout): the user may be back in a moment.
+            let big = self.presence.big(users_before);
+            if !self.presence.hold_departure(rid.clone(), left.uid.clone(), left.name.clone(), ack, now_ms) {
+                self.announce(&rid, &left.uid, &left.name, Change::Left, big, None, now_ms, out);
             }
-            self.announce(&rid, &left.uid, &left.name, Change::Left, big, None, now_ms, out);
         }
     }
 
@@ -454,7 +403,7 @@ impl Owner {
     /// with messages is evicted a little later (with a log: its index stays).
     fn emptied(&mut self, rid: &Id, now_ms: u64) {
         self.live -= 1;
-        self.presence_due.swap_remove(rid);
+        self.presence.emptied(rid);
         match self.rooms.get(rid).map(Room::seq) {
             Some(0) => {
                 self.rooms.remove(rid);
@@ -652,16 +601,10 @@ impl Owner {
     /// `--presence-limit` users (where it would be noise, and costly).
     fn typing(&mut self, rid: Id, conn: ConnRef, uid: Id, name: Name, now_ms: u64, out: &mut Vec<Out>) {
         let Some(room) = self.rooms.get(&rid).filter(|r| r.member(&conn).is_some()) else { return };
-        if room.user_count() > self.presence_limit {
-            return;
+        if self.presence.typing(&rid, &uid, room.user_count(), now_ms) {
+            let frame = protocol::encode_presence("typing", &uid, &name, &rid);
+            self.broadcast(&rid, frame, Some(conn), Instant::now(), out);
         }
-        let key = (rid, uid);
-        if self.typing.get(&key).is_some_and(|t| now_ms < t + TYPING_EVERY_MS) {
-            return;
-        }
-        let frame = protocol::encode_presence("typing", &key.1, &name, &key.0);
-        self.broadcast(&key.0, frame, Some(conn), Instant::now(), out);
-        self.typing.insert(key, now_ms);
     }
 
     /// A member read its room up to `seq`: its user's marker moves there
@@ -776,7 +719,7 @@ impl Owner {
             let users_before = room.user_count();
             for left in room.remove_node(dead) {
                 if left.user_gone {
-                    gone.push((rid.clone(), left, users_before > self.presence_limit));
+                    gone.push((rid.clone(), left, self.presence.big(users_before)));
                 }
             }
             if had_members && room.is_empty() {
