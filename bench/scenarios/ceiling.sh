@@ -28,7 +28,7 @@ for rate in $RATES; do
     t0=$SECONDS
     run_loadgen "$WORK/step-$rate" --clients 2000 --room-size 100 --rate "$rate" --payload 64 \
         --duration 5 --warmup 1 --drain 2 || rc=$?
-    if [ -n "$REDIS_PORT" ]; then NOTE="${NOTE:+$NOTE; }$rate msg/s: $(store_note $((SECONDS - t0)) "${SHARDS:-1}")"; fi
+    if [ -n "$REDIS_PORT" ]; then NOTE="${NOTE:+$NOTE; }$rate msg/s: $(store_note $((SECONDS - t0)))"; fi
     stop_servers
     [ -f "$WORK/step-$rate.json" ] || { echo "bench: step $rate produced no summary (exit $rc)" >&2; break; }
     steps+=("$rate msg/s=$WORK/step-$rate.json")

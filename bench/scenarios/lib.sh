@@ -143,18 +143,20 @@ start_redis() {
     STORE_ARGS=(--store "redis://127.0.0.1:$REDIS_PORT")
 }
 
-# store_note: the store's round trips during the last run (STORE=redis).
+# store_note SECS: the store's round trips during the last run (STORE=redis),
+# per shard: each server's shards are counted from its metrics, so a server
+# left to choose its shard count is counted as it chose.
 store_note() {
-    local secs="$1" shards="$2" url addr trips=0 us=0 t u
+    local secs="$1" url addr trips=0 us=0 shards=0 m
     for url in "${SERVER_URLS[@]}"; do
         addr=${url#*://}
         addr=${addr%/}
-        t=$(curl -sk "http://$addr/metrics" | awk '/^cchat_store_round_trips_total/ {print $2}')
-        u=$(curl -sk "http://$addr/metrics" | awk '/^cchat_store_round_trip_seconds_total/ {print $2}')
-        trips=$((trips + ${t:-0}))
-        us=$(python3 -c "print(int($us + ${u:-0} * 1e6))")
+        m=$(curl -sk "http://$addr/metrics")
+        trips=$((trips + $(awk '/^cchat_store_round_trips_total/ {print $2}' <<< "$m" | grep . || echo 0)))
+        us=$(python3 -c "print(int($us + $(awk '/^cchat_store_round_trip_seconds_total/ {print $2}' <<< "$m" | grep . || echo 0) * 1e6))")
+        shards=$((shards + $(grep -c '^cchat_shard_pinned{' <<< "$m" || true)))
     done
-    python3 -c "t, us, s, n = $trips, $us, $secs, $shards * ${#SERVER_URLS[@]}; print(f'store: {t} round trips, {t / s / n / 1000:.3f} per shard per ms over {s} s, mean {us / max(t, 1):.0f} µs each')"
+    python3 -c "t, us, s, n = $trips, $us, $secs, max($shards, 1); print(f'store: {t} round trips, {t / s / n / 1000:.3f} per shard per ms over {s} s, mean {us / max(t, 1):.0f} µs each')"
 }
 
 # cpu_busy: percent of all CPU time used in the last second, machine-wide.
@@ -341,7 +343,7 @@ bench_runs() {
         local t0=$SECONDS
         run_loadgen "$WORK/run$r" "$@" || rc=$?
         if [ -n "$REDIS_PORT" ]; then
-            NOTE="${NOTE:+$NOTE; }run $r: $(store_note $((SECONDS - t0)) "$shards")"
+            NOTE="${NOTE:+$NOTE; }run $r: $(store_note $((SECONDS - t0)))"
         fi
         local rss=() pid
         for pid in "${SERVER_PIDS[@]}"; do
