@@ -112,6 +112,22 @@ pub fn dm_parties(rid: &str) -> Option<Result<(&str, &str), &'static str>> {
     })
 }
 
+/// Test shorthands: an identifier or a name known to be valid.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Id, Name};
+
+    /// `s` as an identifier (it must be one).
+    pub(crate) fn id(s: &str) -> Id {
+        Id::parse_str(s).expect("a valid identifier")
+    }
+
+    /// `s` as a display name (it must be one).
+    pub(crate) fn name(s: &str) -> Name {
+        Name::parse(s).expect("a valid name")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,9 +233,7 @@ mod tests {
     use super::*;
     use crate::protocol::{MessageOut, MsgType, encode_change, encode_message};
 
-    fn id(s: &str) -> Id {
-        Id::parse_str(s).unwrap()
-    }
+    use crate::ids::testing::id;
 
     fn message(seq: u64, text: &str) -> Bytes {
         let m = MessageOut {

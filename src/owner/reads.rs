@@ -247,9 +247,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn id(s: &str) -> Id {
-        Id::parse_str(s).unwrap()
-    }
+    use crate::ids::testing::id;
 
     fn m(epoch: u64, seq: u64) -> Mark {
         Mark { epoch, seq }

@@ -448,12 +448,8 @@ mod tests {
     fn c(shard: u16, key: u32) -> ConnRef {
         ConnRef { node: 0, shard, key, generation: 0 }
     }
-    fn id(s: &str) -> Id {
-        Id::parse_str(s).unwrap()
-    }
-    fn nm(s: &str) -> Name {
-        Name::parse(s).unwrap()
-    }
+    use crate::ids::testing::id;
+    use crate::ids::testing::name as nm;
 
     #[test]
     fn join_and_leave_announce_users_not_connections() {
@@ -547,9 +543,7 @@ mod tests {
 mod presence_tests {
     use super::*;
 
-    fn id(s: &str) -> Id {
-        Id::parse_str(s).unwrap()
-    }
+    use crate::ids::testing::id;
 
     #[test]
     fn roster_pages_list_every_user_once() {

@@ -3,9 +3,7 @@
 use super::*;
 use crate::protocol::MsgType;
 
-fn id(s: &str) -> Id {
-    Id::parse_str(s).unwrap()
-}
+use crate::ids::testing::id;
 
 fn conn(node: u16, shard: u16, key: u32) -> ConnRef {
     ConnRef { node, shard, key, generation: 1 }

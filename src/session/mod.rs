@@ -317,9 +317,7 @@ mod tests {
 
     const ME: ConnRef = ConnRef { node: 0, shard: 0, key: 1, generation: 1 };
 
-    fn id(s: &str) -> Id {
-        Id::parse_str(s).unwrap()
-    }
+    use crate::ids::testing::id;
 
     const OPEN: Policy<'static> = Policy { rate: 1.0, max_rooms: 100, verifier: None };
 

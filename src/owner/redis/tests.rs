@@ -7,9 +7,7 @@ use crate::ids::Name;
 use crate::msg::{ConnRef, Delivery, Publish};
 use crate::protocol::MsgType;
 
-fn id(s: &str) -> Id {
-    Id::parse_str(s).unwrap()
-}
+use crate::ids::testing::id;
 
 fn conn(key: u32) -> ConnRef {
     ConnRef { node: 0, shard: 0, key, generation: 1 }
