@@ -390,7 +390,7 @@ impl Owner {
         if left.user_gone {
             // A disconnect (not a logout): the user may be back in a moment.
             let big = self.presence.big(users_before);
-            if !self.presence.hold_departure(rid.clone(), left.uid.clone(), left.name.clone(), ack, now_ms) {
+            if !self.presence.hold_departure(&rid, &left.uid, &left.name, ack, now_ms) {
                 self.announce(&rid, &left.uid, &left.name, Change::Left, big, None, now_ms, out);
             }
         }

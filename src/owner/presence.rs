@@ -97,11 +97,11 @@ impl Presence {
 
     /// A user's last connection left `rid`: true when its departure waits
     /// out the grace period (a disconnect, not a logout, with a grace set).
-    pub(super) fn hold_departure(&mut self, rid: Id, uid: Id, name: Name, logout: bool, now_ms: u64) -> bool {
+    pub(super) fn hold_departure(&mut self, rid: &Id, uid: &Id, name: &Name, logout: bool, now_ms: u64) -> bool {
         if logout || self.grace_ms == 0 {
             return false;
         }
-        self.leaving.insert((rid, uid), (name, now_ms + self.grace_ms));
+        self.leaving.insert((rid.clone(), uid.clone()), (name.clone(), now_ms + self.grace_ms));
         true
     }
 
@@ -160,26 +160,22 @@ impl Presence {
 mod tests {
     use super::*;
 
-    fn id(s: &str) -> Id {
-        Id::parse_str(s).unwrap()
-    }
+    use crate::ids::testing::id;
 
-    fn name(s: &str) -> Name {
-        Name::parse(s).unwrap()
-    }
+    use crate::ids::testing::name;
 
     #[test]
     fn a_departure_waits_out_the_grace_period_unless_the_user_is_back() {
         let mut p = Presence::default();
-        assert!(!p.hold_departure(id("r"), id("u"), name("Ann"), false, 0), "no grace: announced at once");
+        assert!(!p.hold_departure(&id("r"), &id("u"), &name("Ann"), false, 0), "no grace: announced at once");
         p.set(1000, 1000, 500);
-        assert!(!p.hold_departure(id("r"), id("u"), name("Ann"), true, 0), "a logout is announced at once");
-        assert!(p.hold_departure(id("r"), id("u"), name("Ann"), false, 0));
+        assert!(!p.hold_departure(&id("r"), &id("u"), &name("Ann"), true, 0), "a logout is announced at once");
+        assert!(p.hold_departure(&id("r"), &id("u"), &name("Ann"), false, 0));
         assert!(p.back(&id("r"), &id("u"), &name("Ann")), "back under the same name: nothing to say");
         assert!(p.departures_due(10_000).is_empty(), "the return took it");
-        assert!(p.hold_departure(id("r"), id("u"), name("Ann"), false, 0));
+        assert!(p.hold_departure(&id("r"), &id("u"), &name("Ann"), false, 0));
         assert!(!p.back(&id("r"), &id("u"), &name("Bea")), "back under another name: announced");
-        assert!(p.hold_departure(id("r"), id("v"), name("Cy"), false, 100));
+        assert!(p.hold_departure(&id("r"), &id("v"), &name("Cy"), false, 100));
         assert!(p.departures_due(599).is_empty());
         assert_eq!(p.departures_due(600), vec![(id("r"), id("v"), name("Cy"))]);
         assert!(p.departures_due(10_000).is_empty(), "taken once");
