@@ -79,6 +79,14 @@ struct Run {
     output: String,
 }
 
+/// A run that must pass: its summary, or the test fails with loadgen's output.
+fn passing(server: &Server, name: &str, args: &str) -> Value {
+    let run = loadgen(server, name, &args.split(' ').collect::<Vec<_>>());
+    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
+    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    s
+}
+
 fn loadgen(server: &Server, name: &str, args: &[&str]) -> Run {
     let json = std::env::temp_dir().join(format!("loadgen-e2e-{}-{name}.json", std::process::id()));
     let _ = std::fs::remove_file(&json);
@@ -102,9 +110,7 @@ fn a_clean_run_has_no_loss_and_keeps_order() {
     let _serial = serial();
     let server = start_server(&[]);
     let args = "--clients 1000 --room-size 50 --rate 100 --duration 5 --warmup 1 --drain 5";
-    let run = loadgen(&server, "clean", &args.split(' ').collect::<Vec<_>>());
-    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
-    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    let s = passing(&server, "clean", args);
     assert_eq!(s["ok"], true);
     let d = &s["deliveries"];
     // 500 measured messages, each to the 49 other members of its room.
@@ -129,9 +135,7 @@ fn edits_and_reactions_are_taken_and_fanned_out_in_order() {
     let _serial = serial();
     let server = start_server(&[]);
     let args = "--clients 200 --room-size 20 --rate 200 --duration 4 --warmup 1 --drain 3 --edits 0.1 --reactions 0.1";
-    let run = loadgen(&server, "edits", &args.split(' ').collect::<Vec<_>>());
-    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
-    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    let s = passing(&server, "edits", args);
     let e = &s["events"];
     assert!(e["edits"].as_u64().unwrap() > 20, "{s:#}");
     assert!(e["sent"].as_u64().unwrap() > 20, "{s:#}");
@@ -178,9 +182,7 @@ fn worker_processes_split_a_room_and_merge_exactly() {
     // recipients in both, and the coordinator merges counts and per-message
     // completion times.
     let args = "--clients 400 --room-size 400 --rate 20 --duration 3 --warmup 1 --drain 5 --workers 2";
-    let run = loadgen(&server, "workers", &args.split(' ').collect::<Vec<_>>());
-    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
-    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    let s = passing(&server, "workers", args);
     assert_eq!(s["config"]["workers"], 2);
     assert_eq!(s["deliveries"]["expected"], 60 * 399);
     assert_eq!(s["deliveries"]["received"], 60 * 399);
@@ -196,9 +198,7 @@ fn sched_batch_workers_measure_the_same_run() {
     // Each worker process puts itself under SCHED_BATCH (it fails the run if
     // it cannot); what it measures must not change.
     let args = "--clients 200 --room-size 100 --rate 20 --duration 2 --warmup 1 --drain 5 --workers 2 --sched-batch";
-    let run = loadgen(&server, "batch", &args.split(' ').collect::<Vec<_>>());
-    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
-    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    let s = passing(&server, "batch", args);
     assert_eq!(s["deliveries"]["expected"], 40 * 99);
     assert_eq!(s["deliveries"]["received"], 40 * 99);
 }
@@ -287,9 +287,7 @@ fn under_reconnect_churn_every_member_sees_every_message_once() {
     let _serial = serial();
     let server = start_server(&[]);
     let args = "--clients 400 --room-size 40 --rate 200 --duration 4 --warmup 1 --drain 5 --churn 0.1 --churn-away-ms 300 --workers 2";
-    let run = loadgen(&server, "churn", &args.split(' ').collect::<Vec<_>>());
-    let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
-    assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+    let s = passing(&server, "churn", args);
     let d = &s["deliveries"];
     assert_eq!(d["received"], d["expected"], "{s:#}");
     let c = &s["checks"];
@@ -711,9 +709,7 @@ fn compressed_runs_read_every_message_with_fewer_bytes() {
     let mut per_delivery = Vec::new();
     for extra in ["", " --deflate"] {
         let args = format!("{base}{extra}");
-        let run = loadgen(&server, "deflate", &args.split(' ').collect::<Vec<_>>());
-        let s = run.summary.unwrap_or_else(|| panic!("no summary; exit code {}:\n{}", run.code, run.output));
-        assert_eq!(run.code, 0, "loadgen failed:\n{}", run.output);
+        let s = passing(&server, "deflate", &args);
         let d = &s["deliveries"];
         assert_eq!(d["received"], d["expected"]);
         assert_eq!(d["lost"], 0);
