@@ -32,6 +32,14 @@ fn two_resting(s: &Server, rid: &str, first: &str, second: &str) -> (Client, Cli
     (a, b)
 }
 
+/// A raw client logged into room `r`, once it is the one dormant connection.
+fn resting_raw(s: &Server) -> Raw {
+    let mut r = Raw::connect(s.addr);
+    r.frame(1, json!({"cmd": "login", "name": "r", "uid": "r", "rid": "r"}).to_string().as_bytes());
+    wait_dormant(s, 1.0);
+    r
+}
+
 fn start(extra: &[&str]) -> Server {
     let mut args = vec!["--dormant-after", "0.3", "--rate-limit", "0"];
     args.extend_from_slice(extra);
@@ -121,9 +129,7 @@ fn closes_from_either_side_end_a_dormant_connection_and_free_its_place() {
 #[test]
 fn the_idle_timeout_closes_a_dormant_connection_that_never_answers_pings() {
     let s = start(&["--shards", "1", "--ping-interval", "1", "--idle-timeout", "2"]);
-    let mut r = Raw::connect(s.addr);
-    r.frame(1, json!({"cmd": "login", "name": "r", "uid": "r", "rid": "r"}).to_string().as_bytes());
-    wait_dormant(&s, 1.0);
+    let mut r = resting_raw(&s);
     // Pinged while dormant (the ping needs no task), never answered, and
     // closed for idleness: the close needs the task back.
     assert_eq!(r.expect_close(), 1001);
@@ -136,9 +142,7 @@ fn a_dormant_connection_answers_pings_without_waking() {
     // answers each ping stays open, and its pongs are read in place (no
     // task), so it stays dormant throughout.
     let s = start(&["--shards", "1", "--ping-interval", "1", "--idle-timeout", "3"]);
-    let mut r = Raw::connect(s.addr);
-    r.frame(1, json!({"cmd": "login", "name": "r", "uid": "r", "rid": "r"}).to_string().as_bytes());
-    wait_dormant(&s, 1.0);
+    let mut r = resting_raw(&s);
     let wakes = s.metric("cchat_dormant_wakes_total");
     let until = Instant::now() + Duration::from_secs(6);
     let mut pings = 0;
