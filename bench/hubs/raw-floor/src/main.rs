@@ -95,6 +95,14 @@ struct Args {
     /// runs its workers: its wake-ups do not preempt the writers.
     #[arg(long)]
     reader_batch: bool,
+    /// `batch` writers: submit the sends of up to this many queued sockets
+    /// in one io_uring submission instead of a `send` each (0: `send`).
+    #[arg(long, default_value_t = 0)]
+    uring: usize,
+    /// `--inject` writers: hold a socket's first queued frame this long
+    /// before writing it, so later frames share its send.
+    #[arg(long, default_value_t = 0)]
+    hold_us: u64,
 }
 
 fn now_ns(origin: Instant) -> u64 {
@@ -142,6 +150,8 @@ struct Out {
     pending: Vec<u8>,
     queued: bool,
     broken: bool,
+    /// When its oldest unwritten frame was queued (ns since origin).
+    since: u64,
 }
 
 /// What a writer did.
@@ -188,6 +198,10 @@ struct Outputs {
     writes: u64,
     sent: u64,
     errors: u64,
+    ring: Option<(io_uring::IoUring, usize)>,
+    /// The time queued frames are stamped with, and how long they are held.
+    now: u64,
+    hold: u64,
 }
 
 impl Outputs {
@@ -199,8 +213,11 @@ impl Outputs {
                 members[client / args.room_size].push(k);
             }
         }
-        let out = fds.iter().map(|&(_, fd)| Out { fd, pending: Vec::new(), queued: false, broken: false }).collect();
-        Outputs { out, dirty: VecDeque::new(), members, writes: 0, sent: 0, errors: 0 }
+        let out = fds.iter().map(|&(_, fd)| Out { fd, pending: Vec::new(), queued: false, broken: false, since: 0 }).collect();
+        let ring = (args.uring > 0).then(|| {
+            (io_uring::IoUring::new((args.uring as u32).next_power_of_two()).expect("io_uring"), args.uring)
+        });
+        Outputs { out, dirty: VecDeque::new(), members, writes: 0, sent: 0, errors: 0, ring, now: 0, hold: args.hold_us * 1000 }
     }
 
     /// Queues `frame` for every receiver of `room` and marks their sockets
@@ -219,18 +236,67 @@ impl Outputs {
                 continue;
             }
             o.queued = true;
+            o.since = self.now;
             self.dirty.push_back(k);
         }
     }
 
-    /// Writes the next marked socket once; false when none is marked.
+    /// Writes the next marked socket once (with `--uring`, the next few in
+    /// one submission); false when none is marked.
     fn write_next(&mut self) -> bool {
+        if self.ring.is_some() {
+            return self.write_ring();
+        }
+        if self.hold > 0 && self.dirty.front().is_some_and(|&k| self.out[k].since + self.hold > self.now) {
+            return false;
+        }
         let Some(k) = self.dirty.pop_front() else { return false };
         let o = &mut self.out[k];
         if flush(o, &mut self.writes, &mut self.errors) {
             self.dirty.push_back(k);
         } else {
             o.queued = false;
+        }
+        true
+    }
+
+    /// Up to `--uring` queued sockets' sends in one io_uring submission,
+    /// waiting for all of them.
+    fn write_ring(&mut self) -> bool {
+        use io_uring::{opcode, types};
+        let (ring, most) = self.ring.as_mut().expect("ring");
+        let mut n = 0;
+        while n < *most {
+            let Some(k) = self.dirty.pop_front() else { break };
+            let o = &self.out[k];
+            let e = opcode::Send::new(types::Fd(o.fd), o.pending.as_ptr(), o.pending.len() as u32)
+                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(k as u64);
+            // SAFETY: pending stays alive and unchanged until the completion is reaped below.
+            unsafe { ring.submission().push(&e).expect("room in the ring") };
+            n += 1;
+        }
+        if n == 0 {
+            return false;
+        }
+        ring.submit_and_wait(n).expect("submit");
+        let done: Vec<(usize, i32)> = ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
+        for (k, r) in done {
+            self.writes += 1;
+            let o = &mut self.out[k];
+            if r >= 0 {
+                o.pending.drain(..r as usize);
+            } else if r != -libc::EAGAIN && r != -libc::EINTR {
+                self.errors += 1;
+                o.broken = true;
+                o.pending = Vec::new();
+            }
+            if o.pending.is_empty() {
+                o.queued = false;
+            } else {
+                self.dirty.push_back(k);
+            }
         }
         true
     }
@@ -325,7 +391,8 @@ fn inject_writer(args: &Args, sh: &Shared, fds: Vec<(usize, RawFd)>) -> WriterRe
     let mut done_ns = 0;
     let cpu0 = thread_cpu_ns();
     while !sh.stop.load(Relaxed) {
-        let timeout = if outs.dirty.is_empty() { 20 } else { 0 };
+        outs.now = now_ns(sh.origin);
+        let timeout = if outs.dirty.is_empty() { 20 } else if outs.hold > 0 { 1 } else { 0 };
         // SAFETY: events has room for events.len() entries.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout) };
         for e in events.iter().take(n.max(0) as usize) {
@@ -338,6 +405,7 @@ fn inject_writer(args: &Args, sh: &Shared, fds: Vec<(usize, RawFd)>) -> WriterRe
                 }
             });
         }
+        outs.now = now_ns(sh.origin);
         for _ in 0..64 {
             if !outs.write_next() {
                 break;
