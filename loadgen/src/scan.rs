@@ -544,6 +544,15 @@ mod tests {
             prop_assert_eq!(hex(format!("{v:016x}").as_bytes()), Some(v));
         }
 
+        /// Any run of digits reads as `str::parse` reads it, up to where a
+        /// u64 overflows, and stops at the first other byte.
+        #[test]
+        fn decimal_agrees_with_parse(digits in "[0-9]{0,24}", after in "[^0-9]?") {
+            let text = format!("{digits}{after}");
+            let expected = digits.parse::<u64>().ok().map(|v| (v, digits.len()));
+            prop_assert_eq!(decimal(text.as_bytes()), expected);
+        }
+
         /// The scanner never panics, whatever the bytes.
         #[test]
         fn scanner_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), prefix in 0usize..3) {
