@@ -597,7 +597,7 @@ impl Owner {
     }
 
     /// A member is typing: the room's other connections are told, at most
-    /// once per user per [`TYPING_EVERY_MS`], and not at all in a room past
+    /// once per user per [`presence::TYPING_EVERY_MS`], and not at all in a room past
     /// `--presence-limit` users (where it would be noise, and costly).
     fn typing(&mut self, rid: Id, conn: ConnRef, uid: Id, name: Name, now_ms: u64, out: &mut Vec<Out>) {
         let Some(room) = self.rooms.get(&rid).filter(|r| r.member(&conn).is_some()) else { return };

@@ -469,17 +469,17 @@ fn process(shard: &Shard, key: u32, dec: &mut Decoder, data: &mut [u8], pending:
             break;
         };
         match ev {
-            Event::Text(r) => shard.on_text(key, &mut buf[r]),
+            Event::Text(r) => shard.input().text(key, &mut buf[r]),
             Event::AssembledText => {
                 let mut m = dec.take_message();
-                shard.on_text(key, &mut m);
+                shard.input().text(key, &mut m);
             }
-            Event::Deflated(r) => shard.on_deflated(key, &buf[r], max)?,
+            Event::Deflated(r) => shard.input().deflated(key, &buf[r], max)?,
             Event::AssembledDeflated => {
                 let m = dec.take_message();
-                shard.on_deflated(key, &m, max)?;
+                shard.input().deflated(key, &m, max)?;
             }
-            Event::Binary => shard.on_binary(key),
+            Event::Binary => shard.input().binary(key),
             Event::Ping(r) => shard.send_frame(key, ws::pong_frame(&buf[r])),
             Event::Pong | Event::Fragment => {}
             Event::Close(code) => {

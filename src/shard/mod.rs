@@ -8,8 +8,9 @@
 //! after another.
 //!
 //! Message path:
-//! 1. a connection's task hands a client command to its `session`, which
-//!    turns it into a [`Request`] for the room's owner;
+//! 1. a connection's task hands a client's frame to the shard (`input`),
+//!    whose `session` turns the command into a [`Request`] for the room's
+//!    owner;
 //! 2. the owner (`owner`) sequences it, encodes the frame once and makes one
 //!    [`Delivery`] per shard (and node) that holds members;
 //! 3. each shard puts the shared bytes on its members' `outbound` queues;
@@ -33,6 +34,7 @@
 //! | `life` | the shard's start (mesh, listener, log, tasks, relay) and stop | tasks |
 //! | `conn` | one connection's task: the handshake, then bytes in, frames out | task |
 //! | `conns` | the connection table, a TLS connection's records | `Conns` |
+//! | `input` | a client's frames: admitted, parsed, turned into requests by its session | `Input` |
 //! | `mesh` | queues between shards, back-pressure, parked readers | `Mesh` |
 //! | `flush` | the write path: every dirty socket written once per pass | `Flusher` |
 //! | `hold` | what the owner sends, waiting until its store has the messages before it | `Hold` |
@@ -59,6 +61,7 @@ mod dormant;
 mod flush;
 mod history;
 mod hold;
+mod input;
 pub(crate) mod life;
 mod log;
 mod mesh;
@@ -85,11 +88,11 @@ use crate::msg::{Audience, ConnRef, Delivery, NodeMsg, Request, ShardMsg};
 use crate::node::{Node, unix_ms};
 use crate::owner::{Dest, Out, Owner};
 use crate::placement::shard_for;
-use crate::protocol::{self, ERR_NOT_COMMAND, ProtoError};
+use crate::protocol::ProtoError;
 use crate::relay::Relay;
+use crate::session::Session;
 pub(crate) use crate::session::outbound::OutState;
 use crate::session::outbound::Pushed;
-use crate::session::{self, Session};
 use crate::ws;
 use conns::{ConnEntry, Conns};
 pub(crate) use sweep::TICK;
@@ -254,6 +257,11 @@ impl Shard {
         api::Api { sh: self }
     }
 
+    /// What a connection's task hands the shard: its client's frames (see `input`).
+    pub(crate) fn input(&self) -> input::Input<'_> {
+        input::Input { sh: self }
+    }
+
     /// Sends a message to a shard (see [`mesh::Mesh::route`]).
     pub(crate) fn route(&self, dst: usize, msg: ShardMsg) {
         self.mesh.route(self, dst, msg);
@@ -412,80 +420,6 @@ impl Shard {
     fn send_error(&self, key: u32, err: &ProtoError) {
         self.stats().error(err.code);
         self.send_frame(key, err.encode());
-    }
-
-    // ---- input -----------------------------------------------------------
-
-    /// Handles one complete text message from a client.
-    pub(crate) fn on_text(&self, key: u32, data: &mut [u8]) {
-        let (rate, now) = (self.node.cfg.limits.rate_limit, self.now_ms());
-        let admitted = self.conns.borrow_mut().get_mut(key).is_some_and(|e| e.session.admit_frame(rate, now));
-        if !admitted {
-            return self.send_error(key, &ProtoError::new(protocol::ERR_INVALID, "sending too fast"));
-        }
-        let limits = protocol::ParseLimits { max_message_bytes: self.node.cfg.limits.max_message_bytes };
-        let cmd = match protocol::parse(data, &mut self.json_buffers.borrow_mut(), limits) {
-            Ok(cmd) => cmd,
-            Err(e) => return self.send_error(key, &e),
-        };
-        let reference = cmd.reference();
-        let rooms_page = match &cmd {
-            protocol::Command::GetRooms { after, limit } => Some((after.clone(), *limit)),
-            _ => None,
-        };
-        // A token check for a connection not logged in yet comes out of
-        // its address's budget (an ES256 check costs ~50 us: bad tokens
-        // sent in a loop must not buy the server's CPU).
-        let charged = match admission::login_attempt(self, key, &cmd) {
-            Ok(charged) => charged,
-            Err(e) => return self.send_error(key, &e.about(reference)),
-        };
-        let mut requests = std::mem::take(&mut *self.requests.borrow_mut());
-        let result = {
-            let mut conns = self.conns.borrow_mut();
-            let Some(e) = conns.get_mut(key) else { return };
-            let me = self.conn_ref(key, e.generation);
-            let policy = session::Policy {
-                rate,
-                max_rooms: self.node.cfg.limits.max_rooms_per_connection,
-                verifier: self.node.verifier.as_ref(),
-            };
-            e.session.command(cmd, me, policy, now, || self.assign_uid(), &mut |r| requests.push(r))
-        };
-        if let (Some(ip), Ok(_)) = (charged, &result) {
-            self.node.login_attempts.give_back(ip);
-        }
-        match result {
-            Err(e) => self.send_error(key, &e.about(reference)),
-            Ok(Some(reply)) => self.send_frame(key, reply),
-            Ok(None) => {
-                if let Some((after, limit)) = rooms_page {
-                    self.directory.ask(self, key, after, limit);
-                }
-            }
-        }
-        for r in requests.drain(..) {
-            match &r {
-                Request::Leave { rid, .. } => self.unindex(rid, key),
-                Request::Publish(_) => {
-                    self.stats().messages_in.fetch_add(1, Relaxed);
-                }
-                _ => {}
-            }
-            self.to_owner(r);
-        }
-        *self.requests.borrow_mut() = requests;
-    }
-
-    /// A compressed text message: inflated with the shard's inflater, then
-    /// handled as any other.
-    pub(crate) fn on_deflated(&self, key: u32, data: &[u8], max: usize) -> Result<(), ws::WsError> {
-        self.zip.inflate(data, max, self.stats(), |text| self.on_text(key, text))
-    }
-
-    /// A binary frame: the protocol has none.
-    pub(crate) fn on_binary(&self, key: u32) {
-        self.send_error(key, &ProtoError::new(ERR_NOT_COMMAND, "binary frames are not supported"));
     }
 
     /// Milliseconds since the shard started (wrapping), the rate limiter's clock.
