@@ -1,4 +1,9 @@
+use super::encoder::put_str;
 use super::*;
+use crate::ids::{Id, Name};
+use crate::msg::{Audience, Change, ConnRef, Delivery, Publish, Request};
+use crate::protocol::{MsgType, Since};
+use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 
 fn conn(k: u32) -> ConnRef {
