@@ -129,29 +129,27 @@ impl Presence {
         if !self.typing.is_empty() {
             self.typing.retain(|_, t| now_ms < *t + TYPING_EVERY_MS);
         }
-        if self.leaving.is_empty() {
-            return Vec::new();
-        }
-        let due: Vec<(Id, Id)> =
-            self.leaving.iter().filter(|(_, (_, at))| *at <= now_ms).map(|(k, _)| k.clone()).collect();
-        let mut gone = Vec::with_capacity(due.len());
-        for key in due {
-            if let Some((name, _)) = self.leaving.swap_remove(&key) {
-                gone.push((key.0, key.1, name));
+        let mut gone = Vec::new();
+        self.leaving.retain(|(rid, uid), (name, at)| {
+            let due = *at <= now_ms;
+            if due {
+                gone.push((rid.clone(), uid.clone(), name.clone()));
             }
-        }
+            !due
+        });
         gone
     }
 
     /// On the tick, then: takes the big rooms whose batch is due.
     pub(super) fn batches_due(&mut self, now_ms: u64) -> Vec<Id> {
-        if self.due.is_empty() {
-            return Vec::new();
-        }
-        let due: Vec<Id> = self.due.iter().filter(|(_, at)| **at <= now_ms).map(|(rid, _)| rid.clone()).collect();
-        for rid in &due {
-            self.due.swap_remove(rid);
-        }
+        let mut due = Vec::new();
+        self.due.retain(|rid, at| {
+            let ready = *at <= now_ms;
+            if ready {
+                due.push(rid.clone());
+            }
+            !ready
+        });
         due
     }
 }
@@ -160,9 +158,7 @@ impl Presence {
 mod tests {
     use super::*;
 
-    use crate::ids::testing::id;
-
-    use crate::ids::testing::name;
+    use crate::ids::testing::{id, name};
 
     #[test]
     fn a_departure_waits_out_the_grace_period_unless_the_user_is_back() {
