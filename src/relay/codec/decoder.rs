@@ -44,7 +44,7 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
             let rid = get_id(&mut body)?;
             let conn = peer(get_conn(&mut body)?);
             let uid = get_id(&mut body)?;
-            let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
+            let name = get_name(&mut body)?;
             let flags = get_u8(&mut body)?;
             let since = match flags & 4 {
                 0 => None,
@@ -70,15 +70,14 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
             let rid = get_id(&mut body)?;
             let from = peer(get_conn(&mut body)?);
             let uid = get_id(&mut body)?;
-            let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
+            let name = get_name(&mut body)?;
             let mtype = match get_u8(&mut body)? {
                 0 => MsgType::Text,
                 1 => MsgType::Audio,
                 2 => MsgType::Pic,
                 _ => return Err(CodecError::Invalid("message type")),
             };
-            let msg = get_blob(&mut body)?;
-            let msg = String::from_utf8(msg.to_vec()).map_err(|_| CodecError::Invalid("utf-8"))?;
+            let msg = get_text(&mut body)?;
             let tid = match get_u8(&mut body)? {
                 0 => None,
                 1 => Some(get_id(&mut body)?),
@@ -104,7 +103,7 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
             let rid = get_id(&mut body)?;
             let conn = peer(get_conn(&mut body)?);
             let uid = get_id(&mut body)?;
-            let name = Name::parse(&get_str(&mut body)?).ok_or(CodecError::Invalid("name"))?;
+            let name = get_name(&mut body)?;
             Frame::Msg(NodeMsg::ToOwner(Request::Typing { rid, conn, uid, name }))
         }
         T_READ => {
@@ -120,10 +119,7 @@ pub fn decode_for(buf: &mut BytesMut, node: u16, wire: u8) -> Result<Option<Fram
             let uid = get_id(&mut body)?;
             let seq = get_u64(&mut body)?;
             let change = match get_u8(&mut body)? {
-                0 => {
-                    let msg = get_blob(&mut body)?;
-                    ChangeKind::Edit(String::from_utf8(msg.to_vec()).map_err(|_| CodecError::Invalid("utf-8"))?)
-                }
+                0 => ChangeKind::Edit(get_text(&mut body)?),
                 1 => ChangeKind::Delete,
                 k @ (2 | 3) => {
                     let emoji = get_str(&mut body)?;
@@ -286,10 +282,19 @@ fn get_id(b: &mut Bytes) -> Result<Id, CodecError> {
     Id::parse_str(&get_str(b)?).ok_or(CodecError::Invalid("identifier"))
 }
 
+fn get_name(b: &mut Bytes) -> Result<Name, CodecError> {
+    Name::parse(&get_str(b)?).ok_or(CodecError::Invalid("name"))
+}
+
 fn get_blob(b: &mut Bytes) -> Result<Bytes, CodecError> {
     let n = get_u32(b)? as usize;
     need(b, n)?;
     Ok(b.split_to(n))
+}
+
+/// A message body (`text`: a u32 length, UTF-8).
+fn get_text(b: &mut Bytes) -> Result<String, CodecError> {
+    String::from_utf8(get_blob(b)?.to_vec()).map_err(|_| CodecError::Invalid("utf-8"))
 }
 
 fn get_conn(b: &mut Bytes) -> Result<ConnRef, CodecError> {
