@@ -174,17 +174,24 @@ fn flush(o: &mut Out, writes: &mut u64, errors: &mut u64) -> bool {
         libc::send(o.fd, o.pending.as_ptr().cast(), o.pending.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     };
     *writes += 1;
-    if r >= 0 {
-        o.pending.drain(..r as usize);
-    } else {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted {
+    let r = if r >= 0 { Ok(r as usize) } else { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) };
+    settle(o, r, errors);
+    !o.pending.is_empty()
+}
+
+/// What a send did to `o`: the bytes it took leave the queue; a full
+/// socket (EAGAIN) or an interrupted call keeps them; any other error
+/// breaks the socket, dropping its bytes (counted).
+fn settle(o: &mut Out, sent: Result<usize, i32>, errors: &mut u64) {
+    match sent {
+        Ok(n) => drop(o.pending.drain(..n)),
+        Err(libc::EAGAIN | libc::EINTR) => {}
+        Err(_) => {
             *errors += 1;
             o.broken = true;
             o.pending = Vec::new();
         }
     }
-    !o.pending.is_empty()
 }
 
 /// A writer's sockets and their output queues.
@@ -281,17 +288,11 @@ impl Outputs {
             return false;
         }
         ring.submit_and_wait(n).expect("submit");
-        let done: Vec<(usize, i32)> = ring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
-        for (k, r) in done {
+        for c in ring.completion() {
+            let (k, r) = (c.user_data() as usize, c.result());
             self.writes += 1;
             let o = &mut self.out[k];
-            if r >= 0 {
-                o.pending.drain(..r as usize);
-            } else if r != -libc::EAGAIN && r != -libc::EINTR {
-                self.errors += 1;
-                o.broken = true;
-                o.pending = Vec::new();
-            }
+            settle(o, if r >= 0 { Ok(r as usize) } else { Err(-r) }, &mut self.errors);
             if o.pending.is_empty() {
                 o.queued = false;
             } else {
